@@ -1,0 +1,19 @@
+"""Maps the top-level folders into the one import namespace ``lifelong``.
+
+All metadata lives in pyproject.toml; this file only lists the packages, because
+setuptools cannot discover sub-packages of folders whose names differ from their
+import names (``common/`` is ``lifelong.common``).
+"""
+
+from setuptools import find_packages, setup
+
+FOLDERS = {"lifelong": "cli", "lifelong.common": "common", "lifelong.cloud": "cloud",
+           "lifelong.edge": "edge", "lifelong.broker": "broker"}
+
+packages = []
+for name, folder in FOLDERS.items():
+    packages.append(name)
+    if name != "lifelong":
+        packages += [f"{name}.{sub}" for sub in find_packages(folder)]
+
+setup(packages=packages)
