@@ -16,7 +16,7 @@ help:
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,kubernetes,examples]'

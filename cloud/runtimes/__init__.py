@@ -1,0 +1,1 @@
+"""Worker runtimes of the GM: edge processes over the bus (standalone) and Kubernetes Pods."""

@@ -1,0 +1,69 @@
+"""The interface of a worker runtime: how the GM starts and stops a stage's worker.
+
+Standalone (``edge_process.py``): the worker becomes a ``Worker`` object in the store, sent
+down to the LC named by the template's ``spec.nodeName``; the LC runs it as a local process and
+reports its phase upstream. Kubernetes (``kubernetes_pods.py``): a Pod built from the
+template, as upstream Sedna does; its phase comes from a Pod watch.
+
+Either way the runtime calls ``on_phase`` with a ``WorkerPhase``, and the lifelong-learning
+controller moves the job's stage with it (Starting -> Running -> Completed | Failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from lifelong.common.stages import Stage
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything needed to start one stage's worker of one job."""
+
+    job_namespace: str
+    job_name: str
+    job_uid: str
+    stage: Stage
+    round: int
+    template: dict[str, Any]  # the pod template exactly as the user gave it
+    env: dict[str, str]  # the Sedna worker environment variables for this stage
+
+    @property
+    def name(self) -> str:
+        """``{job}-{stage}-{round}``: unique per job, stage and round; idempotent to create."""
+        return f"{self.job_name}-{self.stage.value.lower()}-{self.round}"
+
+    @property
+    def node_name(self) -> str | None:
+        node = self.template.get("spec", {}).get("nodeName")
+        return str(node) if node else None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPhase:
+    """A worker's phase as a runtime observed it."""
+
+    job_namespace: str
+    job_name: str
+    stage: Stage
+    round: int
+    worker: str
+    phase: Phase
+    exit_code: int | None = None
+    message: str = ""
+    output: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerRuntime(Protocol):
+    def ensure_worker(self, spec: WorkerSpec) -> None:
+        """Start the worker unless it already exists (idempotent by ``spec.name``)."""
+
+    def delete_workers(self, job_namespace: str, job_name: str) -> None:
+        """Stop and remove every worker of the job."""
+
+    def set_phase_handler(self, on_phase: Callable[[WorkerPhase], None]) -> None:
+        """Where observed phases go (the lifelong-learning controller)."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: real brokers for every test that needs one.
+
+``broker`` is parametrised over every broker this machine can run: Debian's mosquitto
+binary (or testcontainers' eclipse-mosquitto where Docker works), and the embedded amqtt
+broker always. With ``LIFELONG_REQUIRE_MOSQUITTO=1`` (set by CI) a missing mosquitto fails
+the run instead of quietly testing one broker only.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.brokers import Broker, Users, available_kinds, make_broker
+
+ALL_KINDS = ("mosquitto", "amqtt")
+
+
+def _broker_params() -> list[object]:
+    have = available_kinds()
+    params: list[object] = []
+    mosquitto_kind = (
+        "mosquitto"
+        if "mosquitto" in have
+        else ("mosquitto-container" if "mosquitto-container" in have else None)
+    )
+    if mosquitto_kind is not None:
+        params.append(pytest.param(mosquitto_kind, id="mosquitto"))
+    else:
+        params.append(pytest.param("mosquitto-missing", id="mosquitto"))
+    params.append(pytest.param("amqtt", id="amqtt"))
+    return params
+
+
+def _require(kind: str) -> str:
+    if kind == "mosquitto-missing":
+        if os.environ.get("LIFELONG_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail(
+                "LIFELONG_REQUIRE_MOSQUITTO=1 but neither the mosquitto binary nor Docker is available"
+            )
+        pytest.skip("mosquitto is not installed and Docker does not work")
+    return kind
+
+
+@pytest.fixture(params=_broker_params())
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The name of one available broker kind (parametrised)."""
+    return _require(str(request.param))
+
+
+@pytest.fixture
+def broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+    """A running anonymous broker on its own port; stopped after the test."""
+    b = make_broker(broker_kind, tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+NODE_USERS = {"gm": "gm-secret", "node-a": "a-secret", "node-b": "b-secret"}
+
+
+@pytest.fixture
+def acl_broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+    """A broker with per-node passwords and the shipped topic ACL (users in ``NODE_USERS``)."""
+    if broker_kind == "mosquitto-container":
+        pytest.skip("the container broker runs without ACLs")
+    b = make_broker(broker_kind, tmp_path, acl=True, users=Users(dict(NODE_USERS)))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique topic prefix, so tests sharing a broker never see each other's messages."""
+    return f"t{uuid.uuid4().hex[:10]}/v1"
