@@ -7,8 +7,13 @@ import names (``common/`` is ``lifelong.common``).
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"lifelong": "cli", "lifelong.common": "common", "lifelong.cloud": "cloud",
-           "lifelong.edge": "edge", "lifelong.broker": "broker"}
+FOLDERS = {
+    "lifelong": "cli",
+    "lifelong.common": "common",
+    "lifelong.cloud": "cloud",
+    "lifelong.edge": "edge",
+    "lifelong.broker": "broker",
+}
 
 packages = []
 for name, folder in FOLDERS.items():

@@ -2,6 +2,7 @@
 
     LifelongError                 base; ``exit_code`` is what the CLI exits with
     ├── ValidationError           a resource (YAML/JSON) is malformed; ``path`` names the field
+    ├── ConfigError               a setting is unusable (also a ``ValueError``), e.g. a broker URL
     ├── ProtocolError             a bus message is unacceptable (counted, never applied)
     │   ├── DecodeError           the bytes are not a valid msgpack/JSON envelope
     │   ├── PayloadTooLarge       over the configured payload limit
@@ -10,9 +11,11 @@
     │   └── IdentityError         an envelope speaks for another node than its topic's
     ├── BusError                  talking to the MQTT broker failed
     │   ├── ConnectError          could not connect (socket error or CONNACK refusal; ``rc``)
+    │   ├── ConnectionLost        an established connection dropped (socket, keepalive, broker)
     │   ├── NotConnected          an operation needs a connection that is not up
     │   ├── PublishError          the broker refused or the client could not queue (``rc``)
-    │   └── PublishTimeout        the broker did not confirm a QoS 1 publish in time
+    │   ├── PublishTimeout        the broker did not confirm a QoS 1 publish in time
+    │   └── SubscribeError        the broker refused a subscription (SUBACK 0x80) or never answered
     └── StateError                an event is not allowed in the job's current state
 
 Every ``ProtocolError`` carries a short machine-readable ``reason`` used as a metric label.
@@ -43,6 +46,12 @@ class ValidationError(LifelongError):
     @property
     def path(self) -> str:
         return self.errors[0][0] if self.errors else ""
+
+
+class ConfigError(LifelongError, ValueError):
+    """A setting (URL, policy, option) cannot be used. Raised before any I/O happens."""
+
+    exit_code = 2
 
 
 class ProtocolError(LifelongError):
@@ -83,6 +92,10 @@ class ConnectError(BusError):
     pass
 
 
+class ConnectionLost(BusError):
+    pass
+
+
 class NotConnected(BusError):
     pass
 
@@ -92,6 +105,10 @@ class PublishError(BusError):
 
 
 class PublishTimeout(BusError):
+    pass
+
+
+class SubscribeError(BusError):
     pass
 
 

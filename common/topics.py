@@ -155,8 +155,14 @@ class Topics:
         kind = _segment(rest[3], "kind", topic)
         if kind.startswith("_"):
             raise TopicError(f"topic {topic!r}: kind {kind!r} may not start with '_'")
-        return Topic(self.prefix, node, direction, kind, _segment(rest[4], "namespace", topic),
-                     _segment(rest[5], "name", topic))
+        return Topic(
+            self.prefix,
+            node,
+            direction,
+            kind,
+            _segment(rest[4], "namespace", topic),
+            _segment(rest[5], "name", topic),
+        )
 
 
 def _segment(value: str, what: str, topic: str) -> str:

@@ -156,6 +156,10 @@ class MosquittoBroker(Broker):
             "log_type error",
             "log_type warning",
         ]
+        if os.geteuid() == 0:
+            # As root, mosquitto drops to the `mosquitto` user, which cannot read pytest's
+            # 0700 temporary directories (password and ACL files): stay root in tests.
+            lines.append("user root")
         if self.users is not None:
             passwd = self.users.write_mosquitto_passwd(self.workdir / f"passwd-{self.port}")
             lines += ["allow_anonymous false", f"password_file {passwd}"]
