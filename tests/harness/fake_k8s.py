@@ -11,6 +11,8 @@ a ``kubernetes.client.Configuration`` pointing at it). It implements just enough
   delete-collection;
 * the ``status`` subresource: writes to the main resource keep the status, writes to
   ``/status`` change only the status;
+* API discovery of the kinds the project uses (``DISCOVERY``), enough for ``kubectl apply
+  --dry-run=client`` to map kinds to resources;
 * watch (``?watch=true``) as chunked JSON lines from a ``resourceVersion``, ending after
   ``timeoutSeconds``; a ``resourceVersion`` older than the last ``compact()`` gets an
   ``ERROR`` event with code 410 (as the real server does after etcd compaction).
@@ -87,6 +89,71 @@ def _matches(labels: dict[str, str], selector: str | None) -> bool:
         if labels.get(key.strip()) != value.lstrip("=").strip():
             return False
     return True
+
+
+#: API discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/{group}/{version}``) for the kinds
+#: the project uses, so that ``kubectl`` (e.g. ``apply --dry-run=client``) can map kinds to
+#: resources: groupVersion -> [(plural, kind, namespaced)].
+DISCOVERY: dict[str, list[tuple[str, str, bool]]] = {
+    "v1": [
+        ("namespaces", "Namespace", False),
+        ("nodes", "Node", False),
+        ("pods", "Pod", True),
+        ("services", "Service", True),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("configmaps", "ConfigMap", True),
+        ("secrets", "Secret", True),
+    ],
+    "apps/v1": [("deployments", "Deployment", True)],
+    "rbac.authorization.k8s.io/v1": [
+        ("clusterroles", "ClusterRole", False),
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+    ],
+    "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
+    "coordination.k8s.io/v1": [("leases", "Lease", True)],
+    "sedna.io/v1alpha1": [
+        ("lifelonglearningjobs", "LifelongLearningJob", True),
+        ("datasets", "Dataset", True),
+        ("models", "Model", True),
+    ],
+}
+_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+def _discovery(path: str) -> Obj | None:
+    """The discovery document at ``path``, or None when ``path`` is not a discovery path."""
+    if path == "/version":
+        return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake", "platform": "linux/amd64"}
+    if path == "/api":
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+        }
+    if path == "/apis":
+        groups = []
+        for gv in DISCOVERY:
+            if "/" in gv:
+                group, version = gv.split("/")
+                ref = {"groupVersion": gv, "version": version}
+                groups.append({"name": group, "versions": [ref], "preferredVersion": ref})
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+    gv = path.removeprefix("/api/").removeprefix("/apis/")
+    if path.startswith(("/api/", "/apis/")) and gv in DISCOVERY:
+        resources = [
+            {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": _VERBS,
+            }
+            for plural, kind, namespaced in DISCOVERY[gv]
+        ]
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+    return None
 
 
 @dataclass
@@ -201,7 +268,8 @@ class FakeKubernetesApiServer:
     def put(self, resource: str, obj: Obj) -> Obj:
         """Create or replace an object directly (status included), as a kubelet or an admin would."""
         meta = obj.setdefault("metadata", {})
-        ns = "" if resource.split("/")[-1] in CLUSTER_SCOPED else meta.setdefault("namespace", "default")
+        cluster_scoped = resource.rsplit("/", maxsplit=1)[-1] in CLUSTER_SCOPED
+        ns = "" if cluster_scoped else meta.setdefault("namespace", "default")
         with self._cond:
             key = (resource, ns, meta["name"])
             old = self._objects.get(key)
@@ -263,13 +331,19 @@ class FakeKubernetesApiServer:
                     and (route.namespace is None or n == ns)
                     and _matches(o["metadata"].get("labels") or {}, query.get("labelSelector"))
                 ]
-                return 200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": str(self._rv)},
-                             "items": items}
+                return 200, {
+                    "kind": "List",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(self._rv)},
+                    "items": items,
+                }
             if method == "DELETE" and route.name is None:
                 gone = []
                 for key, o in sorted(self._objects.items()):
-                    if key[0] == route.resource and key[1] == ns and _matches(
-                        o["metadata"].get("labels") or {}, query.get("labelSelector")
+                    if (
+                        key[0] == route.resource
+                        and key[1] == ns
+                        and _matches(o["metadata"].get("labels") or {}, query.get("labelSelector"))
                     ):
                         gone.append(self._delete(key))
                 return 200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": gone}
@@ -280,7 +354,9 @@ class FakeKubernetesApiServer:
                     meta["name"] = meta.get("generateName", "x-") + uuid.uuid4().hex[:5]
                 key = (route.resource, ns, meta["name"])
                 if key in self._objects:
-                    return 409, _status(409, "AlreadyExists", f'{route.plural} "{meta["name"]}" already exists')
+                    return 409, _status(
+                        409, "AlreadyExists", f'{route.plural} "{meta["name"]}" already exists'
+                    )
                 obj = copy.deepcopy(body)
                 self._fill_new_meta(obj, ns)
                 obj["metadata"].pop("resourceVersion", None)
@@ -381,7 +457,9 @@ class FakeKubernetesApiServer:
                     if self._closing or time.monotonic() >= deadline:
                         return
                     if self._watch_epoch != epoch:
-                        pending = [{"type": "ERROR", "object": _status(410, "Expired", "watch expired (fake)")}]
+                        pending = [
+                            {"type": "ERROR", "object": _status(410, "Expired", "watch expired (fake)")}
+                        ]
                         done = True
                         break
                     self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
@@ -426,13 +504,19 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         self.fake.requests.append((method, self.path))
+        discovery = _discovery(split.path.rstrip("/")) if method == "GET" else None
+        if discovery is not None:
+            self._reply(200, discovery)
+            return
         route = self._route(split.path)
         if route is None:
             self._reply(404, _status(404, "NotFound", f"the fake does not serve {split.path}"))
             return
         fault = self.fake._take_fault(method, split.path)
         if fault is not None:
-            self._reply(fault, _status(fault, "Conflict" if fault == 409 else "Injected", "injected by the fake"))
+            self._reply(
+                fault, _status(fault, "Conflict" if fault == 409 else "Injected", "injected by the fake")
+            )
             return
         if method == "GET" and query.get("watch") in ("true", "1", "True"):
             self._watch(route, query)

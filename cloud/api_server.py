@@ -1,0 +1,263 @@
+"""The GM's local HTTP API (standalone mode), used by ``lifelong apply/get/describe/delete``.
+
+Stdlib ``ThreadingHTTPServer`` on 127.0.0.1:9300 by default: it is an admin interface on the
+GM's own host, not a public API (no authentication; bind it to loopback). JSON in and out:
+
+=======================================  =================================================
+``GET /healthz``                         ``ok``
+``GET /metrics``                         Prometheus text format
+``GET /api/v1/nodes``                    ``{"items": [{node, online, agent, ...}]}``
+``POST /api/v1/apply``                   body: one resource; ``{"result": "created" |
+                                         "configured" | "unchanged", "object": {...}}``
+``GET /api/v1/{kind}?namespace=NS``      ``{"items": [...]}`` (all namespaces without NS)
+``GET /api/v1/{kind}/{ns}/{name}``       the object
+``DELETE /api/v1/{kind}/{ns}/{name}``    ``{"result": "deleted", "object": {...}}``
+``GET /api/v1/describe/{kind}/{ns}/{name}``  the object, its workers, worker info, per-node delivery
+=======================================  =================================================
+
+Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation), 404, 409.
+Validation happens here, before anything is stored: the API models, the job's Dataset must exist,
+and every node named (dataset node, template ``nodeName``) must be known (has said hello).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.metrics import GMMetrics
+from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore
+from lifelong.common.api import RESOURCE_TYPES, dump_resource, parse_resource
+from lifelong.common.errors import LifelongError, ValidationError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 9300
+MAX_BODY = 1024 * 1024
+READ_KINDS = (*RESOURCE_TYPES, "Worker")
+
+
+def _known_nodes(state: GMState) -> set[str]:
+    return {n.node for n in state.nodes() if n.last_hello > 0 or n.online}
+
+
+def validate(obj: Any, store: ResourceStore, state: GMState) -> Object:
+    """The wire form of a valid resource, or ``ValidationError`` naming the problem."""
+    if isinstance(obj, dict) and obj.get("kind") == "Worker":
+        raise ValidationError([("kind", "Worker objects are made by the GM, not applied")])
+    res = parse_resource(obj)
+    wire = dump_resource(res)
+    wire.pop("status", None)
+    known = _known_nodes(state)
+    ns = res.metadata.namespace
+    problems: list[tuple[str, str]] = []
+    spec = wire.get("spec", {})
+    if res.kind == "LifelongLearningJob":
+        ds_name = spec.get("dataset", {}).get("name")
+        if store.get("Dataset", ns, ds_name) is None:
+            problems.append(("spec.dataset.name", f"Dataset {ns}/{ds_name} does not exist"))
+        for field in ("trainSpec", "evalSpec", "deploySpec"):
+            node = ((spec.get(field, {}).get("template") or {}).get("spec") or {}).get("nodeName")
+            if not node:
+                problems.append(
+                    (f"spec.{field}.template.spec.nodeName", "names no node to run the worker on")
+                )
+            elif node not in known:
+                problems.append(
+                    (
+                        f"spec.{field}.template.spec.nodeName",
+                        f"node {node!r} is not known (no LC on it has said hello)",
+                    )
+                )
+    elif res.kind == "Dataset":
+        node = spec.get("nodeName")
+        if node not in known:
+            problems.append(("spec.nodeName", f"node {node!r} is not known (no LC on it has said hello)"))
+    if problems:
+        raise ValidationError(problems, source=f"{res.kind} {ns}/{res.metadata.name}")
+    return wire
+
+
+class GMApi:
+    """What the HTTP handlers call; separate from HTTP so it is easy to test."""
+
+    def __init__(self, store: ResourceStore, state: GMState, metrics: GMMetrics) -> None:
+        self.store = store
+        self.state = state
+        self.metrics = metrics
+        self._apply_lock = threading.Lock()
+
+    def apply(self, obj: Any) -> dict[str, Any]:
+        wire = validate(obj, self.store, self.state)
+        key = (wire["kind"], wire["metadata"].get("namespace", "default"), wire["metadata"]["name"])
+        with self._apply_lock:
+            before = self.store.get(*key)
+            stored = self.store.apply(wire)
+        if before is None:
+            result = "created"
+        elif before["metadata"].get("resourceVersion") == stored["metadata"].get("resourceVersion"):
+            result = "unchanged"
+        else:
+            result = "configured"
+        log.info("%s %s/%s %s", key[0], key[1], key[2], result)
+        return {"result": result, "object": stored}
+
+    def delete(self, kind: str, ns: str, name: str) -> dict[str, Any]:
+        gone = self.store.delete(kind, ns, name)
+        if gone is None:
+            raise NotFound(f'{kind} "{name}" not found in namespace {ns}')
+        log.info("%s %s/%s deleted", kind, ns, name)
+        return {"result": "deleted", "object": gone}
+
+    def get(self, kind: str, ns: str, name: str) -> Object:
+        obj = self.store.get(kind, ns, name)
+        if obj is None:
+            raise NotFound(f'{kind} "{name}" not found in namespace {ns}')
+        return obj
+
+    def describe(self, kind: str, ns: str, name: str) -> dict[str, Any]:
+        obj = self.get(kind, ns, name)
+        out: dict[str, Any] = {"object": obj}
+        if kind == "LifelongLearningJob":
+            out["workers"] = [
+                w for w in self.store.list("Worker", ns) if (w.get("spec") or {}).get("job") == name
+            ]
+            out["workerInfo"] = self.state.worker_info(ns, name)
+        out["delivery"] = [
+            {"node": r.node, "op": r.op, "rv": r.rv, "acked": r.acked, "attempts": r.attempts}
+            for r in self.state.down_rows(key=(kind, ns, name))
+        ]
+        return out
+
+    def nodes(self) -> list[dict[str, Any]]:
+        unacked = self.state.unacked_counts()
+        return [
+            {
+                "node": n.node,
+                "online": n.online,
+                "agent": n.agent,
+                "lastHello": n.last_hello,
+                "unacked": unacked.get(n.node, 0),
+            }
+            for n in self.state.nodes()
+        ]
+
+
+def _kind(value: str) -> str:
+    if value not in READ_KINDS:
+        raise NotFound(f"unknown kind {value!r}; expected one of {', '.join(READ_KINDS)}")
+    return value
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api: " + format, *args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(status, json.dumps(value, separators=(",", ":")).encode())
+
+    def _error(self, exc: Exception) -> None:
+        if isinstance(exc, ValidationError):
+            status = HTTPStatus.BAD_REQUEST
+        elif isinstance(exc, NotFound):
+            status = HTTPStatus.NOT_FOUND
+        elif isinstance(exc, Conflict):
+            status = HTTPStatus.CONFLICT
+        elif isinstance(exc, LifelongError):
+            status = HTTPStatus.BAD_REQUEST
+        else:
+            log.exception("api request failed")
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+        self._json(status, {"error": str(exc), "reason": type(exc).__name__})
+
+    def _route(self, method: str) -> None:
+        url = urlsplit(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        query = parse_qs(url.query)
+        api = self.server.api
+        try:
+            if method == "GET" and parts == ["healthz"]:
+                self._send(200, b"ok\n", "text/plain")
+            elif method == "GET" and parts == ["metrics"]:
+                self._send(200, api.metrics.render(), "text/plain; version=0.0.4")
+            elif parts[:2] != ["api", "v1"]:
+                raise NotFound(f"no such path {url.path}")
+            elif method == "GET" and parts[2:] == ["nodes"]:
+                self._json(200, {"items": api.nodes()})
+            elif method == "POST" and parts[2:] == ["apply"]:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY:
+                    raise ValidationError([("", f"request body over {MAX_BODY} bytes")])
+                try:
+                    obj = json.loads(self.rfile.read(length) or b"null")
+                except ValueError as exc:
+                    raise ValidationError([("", f"request body is not JSON: {exc}")]) from None
+                self._json(200, api.apply(obj))
+            elif method == "GET" and len(parts) == 6 and parts[2] == "describe":
+                self._json(200, api.describe(_kind(parts[3]), parts[4], parts[5]))
+            elif method == "GET" and len(parts) == 3:
+                ns = query.get("namespace", [None])[0]
+                self._json(200, {"items": list(api.store.list(_kind(parts[2]), ns))})
+            elif method == "GET" and len(parts) == 5:
+                self._json(200, api.get(_kind(parts[2]), parts[3], parts[4]))
+            elif method == "DELETE" and len(parts) == 5:
+                self._json(200, api.delete(_kind(parts[2]), parts[3], parts[4]))
+            else:
+                raise NotFound(f"no such path {method} {url.path}")
+        except Exception as exc:
+            self._error(exc)
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: GMApi) -> None:
+        super().__init__(address, _Handler)
+        self.api = api
+
+
+class ApiServer:
+    """The HTTP server on its own thread."""
+
+    def __init__(self, api: GMApi, host: str = DEFAULT_API_HOST, port: int = DEFAULT_API_PORT) -> None:
+        self._server = _Server((host, port), api)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="gm-api", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

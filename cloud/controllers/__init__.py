@@ -1,0 +1,1 @@
+"""The GM's controllers: one package per resource kind (controller, downstream, upstream)."""

@@ -1,0 +1,120 @@
+"""The Dataset controller.
+
+Downstream: a Dataset goes to the node named by ``spec.nodeName`` (status-only changes are not
+sent back: the node is where the counts come from). Jobs using the dataset are reconciled again
+when its node changes, since the dataset's node is one of theirs.
+
+Upstream: ``report`` bodies ``{"numberOfSamples": n, "updateTime": "<RFC 3339>"}`` set the
+status; a report older than the stored ``updateTime`` is stale (the outbox may coalesce counts,
+and an unacknowledged older one may be resent after a newer one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
+from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.metrics import GMMetrics
+from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
+from lifelong.common.envelope import Envelope
+from lifelong.common.statemachine import format_time, parse_time
+
+log = logging.getLogger(__name__)
+
+KIND = "Dataset"
+JOB_KIND = "LifelongLearningJob"
+
+
+class DatasetController:
+    kind = KIND
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        downstream: Downstream,
+        metrics: GMMetrics,
+        *,
+        enqueue_job: Callable[[Key], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.downstream = downstream
+        self.metrics = metrics
+        self.enqueue_job = enqueue_job
+        self._nodes: dict[Key, str | None] = {}
+        self._lock = threading.Lock()
+
+    def on_event(self, event: WatchEvent) -> None:
+        started = time.perf_counter()
+        key = event.key
+        if event.type == "DELETED":
+            self.downstream.gone(key, str(event.object.get("metadata", {}).get("resourceVersion", "")))
+            node: str | None = None
+        else:
+            spec = event.object.get("spec") or {}
+            node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
+            self.downstream.want(key, [node] if node else [], event.object, include_status=False)
+        with self._lock:
+            changed = key not in self._nodes or self._nodes[key] != node
+            self._nodes[key] = node
+            if event.type == "DELETED":
+                self._nodes.pop(key, None)
+        if changed and self.enqueue_job is not None:
+            for job in self.store.list(JOB_KIND, key[1]):
+                if (job.get("spec", {}).get("dataset") or {}).get("name") == key[2]:
+                    self.enqueue_job((JOB_KIND, key[1], job["metadata"]["name"]))
+        self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
+
+    def report_key(self, env: Envelope) -> Key:
+        return (KIND, env.ns, env.name)
+
+    def apply_report(self, node: str, env: Envelope) -> Outcome:
+        body = env.body
+        if not isinstance(body, dict):
+            raise ReportRejected("schema", "a Dataset report needs a body")
+        count = body.get("numberOfSamples")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ReportRejected(
+                "schema", f"body.numberOfSamples must be a non-negative integer, not {count!r}"
+            )
+        raw_time = body.get("updateTime")
+        try:
+            when = parse_time(raw_time) if isinstance(raw_time, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            raise ReportRejected("schema", f"body.updateTime must be an RFC 3339 time, not {raw_time!r}")
+        for _ in range(8):
+            obj = self.store.get(KIND, env.ns, env.name)
+            if obj is None:
+                raise ReportRejected("unknown_resource", f"dataset {env.ns}/{env.name} does not exist")
+            if obj.get("spec", {}).get("nodeName") != node:
+                raise ReportRejected(
+                    "wrong_node", f"dataset {env.ns}/{env.name} does not belong to node {node}"
+                )
+            status = dict(obj.get("status") or {})
+            old = status.get("updateTime")
+            try:
+                if isinstance(old, str) and parse_time(old) > when:
+                    return Outcome.DUPLICATE
+            except ValueError:
+                pass
+            if status.get("numberOfSamples") == count and old == format_time(when):
+                return Outcome.DUPLICATE
+            status["numberOfSamples"] = count
+            status["updateTime"] = format_time(when)
+            try:
+                self.store.update_status(
+                    KIND, env.ns, env.name, status, resource_version=obj["metadata"]["resourceVersion"]
+                )
+            except Conflict:
+                continue
+            except NotFound:
+                raise ReportRejected(
+                    "unknown_resource", f"dataset {env.ns}/{env.name} does not exist"
+                ) from None
+            return Outcome.APPLIED
+        raise Conflict(f"dataset {env.ns}/{env.name}: too many conflicting writes")

@@ -1,0 +1,286 @@
+"""The LifelongLearningJob controller: drives a job through its stages and tells its nodes.
+
+Who calls it: the service, on the job's work-queue key, for every store event of a job
+(``on_event``) and every report about it (``apply_report``, ``apply_worker_phase``).
+
+On every event it reconciles the job, level-triggered:
+
+1. settle the history (``Created``: none -> Train/Waiting; a trailing Completed/Failed gets its
+   follow-up);
+2. on ``Ready``: once any ``retryAfter`` has passed, append ``Starting`` (with the version read,
+   so two deciders cannot both start), then ask the runtime for the worker. ``Starting`` and
+   ``Running`` re-ensure the worker (idempotent by name), so a crash between the two steps heals;
+3. send the job to every node that needs it (``downstream.job_nodes``).
+
+Reports become state-machine events (``upstream.py``); the machine decides applied / duplicate /
+illegal, and every status write is a compare-and-swap on the resourceVersion, retried on
+``Conflict``. A resent report never appends a second condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
+from lifelong.cloud.controllers.lifelonglearning import downstream as lldown
+from lifelong.cloud.controllers.lifelonglearning import upstream as llup
+from lifelong.cloud.controllers.lifelonglearning.workerenv import (
+    DEFAULT_KB_SERVER,
+    DEFAULT_LC_SERVER,
+    worker_env,
+)
+from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.metrics import GMMetrics
+from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
+from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, WatchEvent
+from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.common.envelope import Envelope
+from lifelong.common.errors import StateError, ValidationError
+from lifelong.common.stages import ConditionType, Stage
+from lifelong.common.statemachine import (
+    Condition,
+    Created,
+    Event,
+    WorkerFailed,
+    WorkerStarting,
+    current,
+    current_round,
+    format_time,
+    retry_after,
+    transition,
+)
+
+log = logging.getLogger(__name__)
+
+KIND = "LifelongLearningJob"
+CAS_RETRIES = 8
+
+
+def conditions_of(job: Object) -> list[Condition]:
+    raw = (job.get("status") or {}).get("conditions") or []
+    return [Condition.from_dict(c) for c in raw]
+
+
+class LifelongLearningController:
+    kind = KIND
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        downstream: Downstream,
+        runtime: WorkerRuntime,
+        *,
+        executor: KeyedExecutor,
+        state: GMState,
+        metrics: GMMetrics,
+        lc_server: str = DEFAULT_LC_SERVER,
+        kb_server: str = DEFAULT_KB_SERVER,
+        backoff_base: float = 10.0,
+        backoff_cap: float = 360.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.downstream = downstream
+        self.runtime = runtime
+        self.executor = executor
+        self.state = state
+        self.metrics = metrics
+        self.lc_server = lc_server
+        self.kb_server = kb_server
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.clock = clock
+
+    @property
+    def _backoff(self) -> dict[str, float]:
+        return {"backoff_base": self.backoff_base, "backoff_cap": self.backoff_cap}
+
+    # -- store events ----------------------------------------------------------------------
+    def on_event(self, event: WatchEvent) -> None:
+        key = event.key
+        started = time.perf_counter()
+        try:
+            if event.type == "DELETED":
+                _, ns, name = key
+                rv = str(event.object.get("metadata", {}).get("resourceVersion", ""))
+                log.info("job %s/%s deleted; stopping its workers", ns, name)
+                self.runtime.delete_workers(ns, name)
+                self.downstream.gone(key, rv)
+                self.state.forget_job(ns, name)
+            else:
+                self.reconcile(key)
+        finally:
+            self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
+
+    def enqueue(self, key: Key) -> None:
+        self.executor.submit(key, lambda: self.reconcile(key))
+
+    def reconcile(self, key: Key) -> None:
+        _, ns, name = key
+        for _ in range(CAS_RETRIES):
+            job = self.store.get(KIND, ns, name)
+            if job is None:
+                return
+            try:
+                conds = conditions_of(job)
+            except ValidationError as exc:
+                log.error("job %s/%s has a malformed condition, not driving it: %s", ns, name, exc)
+                return
+            now = self.clock()
+            try:
+                settled = transition(conds, Created(), now, **self._backoff)
+                if settled:
+                    job = self._append(job, conds, settled)
+                    continue
+                cur = current(conds)
+                if cur is not None and cur.type is ConditionType.READY:
+                    after = retry_after(conds)
+                    if after is not None and now < after:
+                        delay = (after - now).total_seconds()
+                        log.info("job %s/%s %s Ready: backing off %.1fs", ns, name, cur.stage.value, delay)
+                        self.executor.call_later(delay + 0.05, key, lambda: self.reconcile(key))
+                    else:
+                        event = WorkerStarting(cur.stage, message="starting the worker")
+                        new = transition(conds, event, now, **self._backoff)
+                        job = self._append(job, conds, new)
+                        conds = conds + new
+                        cur = current(conds)
+                if cur is not None and cur.type in (ConditionType.STARTING, ConditionType.RUNNING):
+                    try:
+                        self._ensure_worker(job, conds, cur.stage)
+                    except (ValueError, ValidationError) as exc:  # can never start: the stage fails
+                        log.error("job %s/%s: cannot start the %s worker: %s", ns, name, cur.stage.value, exc)
+                        failed = WorkerFailed(cur.stage, reason="StartFailed", message=str(exc))
+                        self._append(job, conds, transition(conds, failed, now, **self._backoff))
+                        continue
+                    except (Conflict, StateError):
+                        raise
+                    except Exception:  # the runtime's API is down: try again later
+                        log.exception(
+                            "job %s/%s: starting the %s worker failed; retrying", ns, name, cur.stage.value
+                        )
+                        self.executor.call_later(2.0, key, lambda: self.reconcile(key))
+            except Conflict:
+                continue  # someone wrote in between: read again
+            except StateError as exc:
+                log.warning("job %s/%s: %s; reading it again", ns, name, exc)
+                continue
+            self._send(job)
+            return
+        log.warning("job %s/%s: gave up after %d conflicting writes; will retry", ns, name, CAS_RETRIES)
+        self.executor.call_later(1.0, key, lambda: self.reconcile(key))
+
+    def _append(self, job: Object, conds: list[Condition], new: list[Condition]) -> Object:
+        meta = job["metadata"]
+        status: dict[str, Any] = dict(job.get("status") or {})
+        status["conditions"] = [c.to_dict() for c in conds + new]
+        status.setdefault("startTime", format_time(self.clock()))
+        for cond in new:
+            log.info(
+                "job %s/%s stage=%s -> %s%s",
+                meta.get("namespace"),
+                meta.get("name"),
+                cond.stage.value,
+                cond.type.value,
+                f" ({cond.message})" if cond.message else "",
+            )
+        return self.store.update_status(
+            KIND,
+            meta.get("namespace", "default"),
+            meta["name"],
+            status,
+            resource_version=str(meta.get("resourceVersion")),
+        )
+
+    def _dataset(self, job: Object) -> Object | None:
+        name = (job.get("spec", {}).get("dataset") or {}).get("name")
+        if not isinstance(name, str):
+            return None
+        return self.store.get("Dataset", job["metadata"].get("namespace", "default"), name)
+
+    def _ensure_worker(self, job: Object, conds: list[Condition], stage: Stage) -> None:
+        meta = job["metadata"]
+        round_ = current_round(conds)
+        spec = WorkerSpec(
+            job_namespace=meta.get("namespace", "default"),
+            job_name=meta["name"],
+            job_uid=str(meta.get("uid", "")),
+            stage=stage,
+            round=round_,
+            template=lldown.template_of(job, stage),
+            env=worker_env(
+                job,
+                stage,
+                round_,
+                conds,
+                self._dataset(job),
+                lc_server=self.lc_server,
+                kb_server=self.kb_server,
+            ),
+        )
+        self.runtime.ensure_worker(spec)
+
+    def _send(self, job: Object) -> None:
+        key = (KIND, job["metadata"].get("namespace", "default"), job["metadata"]["name"])
+        self.downstream.want(key, lldown.job_nodes(job, self._dataset(job)), job, include_status=True)
+
+    # -- upstream --------------------------------------------------------------------------
+    def report_key(self, env: Envelope) -> Key:
+        return (KIND, env.ns, env.name)
+
+    def apply_report(self, node: str, env: Envelope) -> Outcome:
+        report = llup.parse_job_report(env.body)
+        job = self.store.get(KIND, env.ns, env.name)
+        if job is None:
+            raise ReportRejected("unknown_resource", f"job {env.ns}/{env.name} does not exist")
+        if node not in lldown.job_nodes(job, self._dataset(job)):
+            raise ReportRejected("wrong_node", f"node {node} takes no part in job {env.ns}/{env.name}")
+        if report.event == "workerInfo":
+            self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
+            return Outcome.APPLIED
+        return self._apply_event(env.ns, env.name, llup.job_event(report), report.round, from_node=node)
+
+    def apply_worker_phase(self, phase: WorkerPhase) -> Outcome:
+        """A worker's phase (from the edge-process or the Pod runtime) moves the job's stage."""
+        event = llup.phase_event(phase)
+        if event is None:
+            return Outcome.DUPLICATE
+        return self._apply_event(
+            phase.job_namespace, phase.job_name, event, phase.round, from_node=phase.worker
+        )
+
+    def _apply_event(self, ns: str, name: str, event: Event, round_: int, *, from_node: str) -> Outcome:
+        for _ in range(CAS_RETRIES):
+            job = self.store.get(KIND, ns, name)
+            if job is None:
+                raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist")
+            conds = conditions_of(job)
+            if round_ < current_round(conds):
+                log.info(
+                    "job %s/%s: stale report from %s for round %d (now %d)",
+                    ns,
+                    name,
+                    from_node,
+                    round_,
+                    current_round(conds),
+                )
+                return Outcome.DUPLICATE
+            try:
+                new = transition(conds, event, self.clock(), **self._backoff)
+            except StateError as exc:
+                raise ReportRejected("state", f"job {ns}/{name}: {exc}") from None
+            if not new:
+                return Outcome.DUPLICATE
+            try:
+                job = self._append(job, conds, new)
+            except Conflict:
+                continue
+            except NotFound:
+                raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist") from None
+            return Outcome.APPLIED
+        raise Conflict(f"job {ns}/{name}: too many conflicting writes")

@@ -1,0 +1,1 @@
+"""The Worker controller (standalone mode): Worker objects go down to their node; phases come up."""

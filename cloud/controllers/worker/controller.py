@@ -1,0 +1,96 @@
+"""The Worker controller (standalone mode only).
+
+A ``Worker`` object (made by ``cloud/runtimes/edge_process.py``) goes down to the node named by
+its template's ``spec.nodeName``; the LC runs it as a local process. The LC's ``Worker`` reports
+(``{"job", "stage", "round", "phase", "exitCode", "message", "output"}``) are recorded in the
+Worker's status and handed to the lifelong-learning controller, which moves the job's stage.
+A Worker whose terminal phase has been applied is deleted (its delete reaches the node, which
+has nothing left to stop), so nodes do not accumulate finished workers.
+
+Reports are applied under the *job's* work-queue key, in order with the job's other events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
+from lifelong.cloud.controllers.lifelonglearning.downstream import template_node, template_of
+from lifelong.cloud.controllers.lifelonglearning.upstream import parse_worker_report
+from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.metrics import GMMetrics
+from lifelong.cloud.runtimes.base import WorkerPhase
+from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
+from lifelong.common.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+KIND = "Worker"
+JOB_KIND = "LifelongLearningJob"
+
+
+class WorkerController:
+    kind = KIND
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        downstream: Downstream,
+        metrics: GMMetrics,
+        on_phase: Callable[[WorkerPhase], Outcome],
+    ) -> None:
+        self.store = store
+        self.downstream = downstream
+        self.metrics = metrics
+        self.on_phase = on_phase
+
+    def on_event(self, event: WatchEvent) -> None:
+        started = time.perf_counter()
+        if event.type == "DELETED":
+            self.downstream.gone(event.key, str(event.object.get("metadata", {}).get("resourceVersion", "")))
+        else:
+            template = (event.object.get("spec") or {}).get("template") or {}
+            node = (template.get("spec") or {}).get("nodeName")
+            nodes = [node] if isinstance(node, str) and node else []
+            self.downstream.want(event.key, nodes, event.object, include_status=False)
+        self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
+
+    def report_key(self, env: Envelope) -> Key:
+        job = (env.body or {}).get("job")
+        return (JOB_KIND, env.ns, job if isinstance(job, str) else env.name)
+
+    def apply_report(self, node: str, env: Envelope) -> Outcome:
+        phase = parse_worker_report(env.ns, env.name, env.body)
+        worker = self.store.get(KIND, env.ns, env.name)
+        if worker is not None:
+            spec = worker.get("spec") or {}
+            wnode = ((spec.get("template") or {}).get("spec") or {}).get("nodeName")
+            if wnode != node:
+                raise ReportRejected("wrong_node", f"worker {env.ns}/{env.name} does not run on node {node}")
+            status = {
+                "phase": phase.phase,
+                "exitCode": phase.exit_code,
+                "message": phase.message,
+                "output": phase.output,
+                "node": node,
+            }
+            try:
+                self.store.update_status(KIND, env.ns, env.name, status)
+            except NotFound:
+                worker = None
+        if worker is None:
+            job = self.store.get(JOB_KIND, env.ns, phase.job_name)
+            if job is not None and template_node(template_of(job, phase.stage)) != node:
+                raise ReportRejected(
+                    "wrong_node",
+                    f"the {phase.stage.value} worker of {env.ns}/{phase.job_name} "
+                    f"does not run on node {node}",
+                )
+        outcome = self.on_phase(phase)
+        if phase.phase in ("Succeeded", "Failed") and worker is not None:
+            with contextlib.suppress(NotFound, Conflict):
+                self.store.delete(KIND, env.ns, env.name)
+        return outcome

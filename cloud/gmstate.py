@@ -1,0 +1,314 @@
+"""The GM's own bookkeeping, in SQLite: nodes, applied upstream reports, per-node downstream.
+
+Who uses it: ``cloud/upstream.py`` (dedupe of reports by (node, epoch, seq), hello), and
+``cloud/downstream.py`` (what each node should hold, what it acknowledged, resend backoff).
+It survives a GM restart, which is what makes a resent report idempotent across restarts and
+lets a restarted GM keep resending what a node never acknowledged.
+
+Tables:
+
+``nodes``       node, online, agent, epoch, boot, last_hello, last_seen
+``applied``     (node, epoch, seq) of every upstream report applied; pruned below a hello's lowSeq
+``downstream``  (node, kind, ns, name) -> op (upsert|delete), rv, the object sent, acked_rv,
+                last_sent, attempts. A row is what the node should hold (upsert) or a tombstone
+                (delete) until the node acknowledges it.
+``worker_info`` the last body each worker posted to its LC (``workerInfo`` reports)
+
+Thread-safe: one connection behind a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+APPLIED_KEEP_SECONDS = 7 * 24 * 3600.0
+"""How long an applied (node, epoch, seq) is remembered when no hello prunes it first."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT NOT NULL DEFAULT '',
+    epoch TEXT NOT NULL DEFAULT '', boot TEXT NOT NULL DEFAULT '',
+    last_hello REAL NOT NULL DEFAULT 0, last_seen REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS applied (
+    node TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (node, epoch, seq)
+);
+CREATE TABLE IF NOT EXISTS downstream (
+    node TEXT NOT NULL, kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+    op TEXT NOT NULL, rv TEXT NOT NULL, object TEXT, acked_rv TEXT,
+    last_sent REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (node, kind, ns, name)
+);
+CREATE INDEX IF NOT EXISTS downstream_by_key ON downstream (kind, ns, name);
+CREATE TABLE IF NOT EXISTS worker_info (
+    ns TEXT NOT NULL, job TEXT NOT NULL, worker TEXT NOT NULL, info TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (ns, job, worker)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node: str
+    online: bool
+    agent: str
+    epoch: str
+    boot: str
+    last_hello: float
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class DownRow:
+    """One resource as one node should hold it (or a tombstone)."""
+
+    node: str
+    kind: str
+    ns: str
+    name: str
+    op: str  # "upsert" | "delete"
+    rv: str
+    object: dict[str, Any] | None
+    acked_rv: str | None
+    last_sent: float
+    attempts: int
+
+    @property
+    def acked(self) -> bool:
+        return self.acked_rv == self.rv
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.ns, self.name)
+
+
+class GMState:
+    """SQLite bookkeeping of the GM (``:memory:`` for tests)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives any process crash; a power cut may lose the last
+        # records, which costs at most a duplicate apply (caught by the state machine) or a
+        # resend (repaired by the next hello's diff).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._applied_since_prune = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- nodes -----------------------------------------------------------------------------
+    def hello(self, node: str, *, agent: str, epoch: str, boot: str, low_seq: int | None) -> NodeInfo | None:
+        """Record a hello; forget applied seqs below ``low_seq`` (and of other epochs).
+
+        Returns the node as it was before (None if never seen).
+        """
+        now = time.time()
+        with self._lock:
+            before = self.node(node)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen) "
+                "VALUES (?, 1, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
+                "agent=excluded.agent, epoch=excluded.epoch, boot=excluded.boot, "
+                "last_hello=excluded.last_hello, last_seen=excluded.last_seen",
+                (node, agent, epoch, boot, now, now),
+            )
+            self._db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
+            if low_seq is not None:
+                self._db.execute(
+                    "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
+                )
+            self._db.execute("COMMIT")
+        return before
+
+    def set_online(self, node: str, online: bool, agent: str = "") -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO nodes (node, online, agent, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(node) DO UPDATE SET online=excluded.online, last_seen=excluded.last_seen, "
+                "agent=CASE WHEN excluded.agent != '' THEN excluded.agent ELSE nodes.agent END",
+                (node, int(online), agent, now),
+            )
+
+    def node(self, node: str) -> NodeInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT node, online, agent, epoch, boot, last_hello, last_seen FROM nodes WHERE node=?",
+                (node,),
+            ).fetchone()
+        return None if row is None else _node(row)
+
+    def nodes(self) -> list[NodeInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT node, online, agent, epoch, boot, last_hello, last_seen FROM nodes ORDER BY node"
+            ).fetchall()
+        return [_node(r) for r in rows]
+
+    # -- upstream dedupe -------------------------------------------------------------------
+    def is_applied(self, node: str, epoch: str, seq: int) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM applied WHERE node=? AND epoch=? AND seq=?", (node, epoch, seq)
+            ).fetchone()
+        return row is not None
+
+    def mark_applied(self, node: str, epoch: str, seq: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO applied (node, epoch, seq, at) VALUES (?, ?, ?, ?)",
+                (node, epoch, seq, now),
+            )
+            self._applied_since_prune += 1
+            if self._applied_since_prune >= 1000:
+                # A node that stays connected sends no hello (no lowSeq): records older than
+                # APPLIED_KEEP_SECONDS go anyway. A resend that old is still caught by the state
+                # machine (duplicate conditions) and by the round check.
+                self._applied_since_prune = 0
+                self._db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,))
+
+    def applied_count(self, node: str) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM applied WHERE node=?", (node,)).fetchone()[0])
+
+    # -- downstream ------------------------------------------------------------------------
+    def down_rows(
+        self, node: str | None = None, key: tuple[str, str, str] | None = None, *, unacked: bool = False
+    ) -> list[DownRow]:
+        sql = "SELECT node, kind, ns, name, op, rv, object, acked_rv, last_sent, attempts FROM downstream"
+        where: list[str] = ["(acked_rv IS NULL OR acked_rv != rv)"] if unacked else []
+        args: list[Any] = []
+        if node is not None:
+            where.append("node=?")
+            args.append(node)
+        if key is not None:
+            where.append("kind=? AND ns=? AND name=?")
+            args.extend(key)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY node, kind, ns, name", args).fetchall()
+        return [_down(r) for r in rows]
+
+    def set_down(
+        self, node: str, key: tuple[str, str, str], op: str, rv: str, obj: dict[str, Any] | None
+    ) -> bool:
+        """Record what ``node`` should hold for ``key``; True if it differs from before (resend)."""
+        kind, ns, name = key
+        text = None if obj is None else json.dumps(obj, separators=(",", ":"), sort_keys=True)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT op, rv FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?",
+                (node, kind, ns, name),
+            ).fetchone()
+            if row is not None and row[0] == op and row[1] == rv:
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO downstream (node, kind, ns, name, op, rv, object, acked_rv, "
+                "last_sent, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0)",
+                (node, kind, ns, name, op, rv, text),
+            )
+        return True
+
+    def mark_sent(self, node: str, key: tuple[str, str, str], rv: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE downstream SET last_sent=?, attempts=attempts+1 "
+                "WHERE node=? AND kind=? AND ns=? AND name=? AND rv=?",
+                (time.time(), node, *key, rv),
+            )
+
+    def reset_backoff(self, node: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE downstream SET last_sent=0, attempts=0 WHERE node=?", (node,))
+
+    def ack_down(self, node: str, key: tuple[str, str, str], rv: str, op: str) -> bool:
+        """The node stored (or ignored as stale) ``rv`` of ``key``. Tombstones go away once acked."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT op, rv FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key)
+            ).fetchone()
+            if row is None or row[1] != rv:
+                return False
+            if row[0] == "delete":
+                self._db.execute(
+                    "DELETE FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key)
+                )
+            else:
+                self._db.execute(
+                    "UPDATE downstream SET acked_rv=? WHERE node=? AND kind=? AND ns=? AND name=?",
+                    (rv, node, *key),
+                )
+        return True
+
+    def drop_down(self, node: str, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key)
+            )
+
+    def unacked_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT node, COUNT(*) FROM downstream WHERE acked_rv IS NULL OR acked_rv != rv GROUP BY node"
+            ).fetchall()
+        return {str(n): int(c) for n, c in rows}
+
+    # -- worker info -----------------------------------------------------------------------
+    def put_worker_info(self, ns: str, job: str, worker: str, info: Any) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO worker_info (ns, job, worker, info, at) VALUES (?, ?, ?, ?, ?)",
+                (ns, job, worker, json.dumps(info, separators=(",", ":")), time.time()),
+            )
+
+    def worker_info(self, ns: str, job: str) -> dict[str, Any]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT worker, info FROM worker_info WHERE ns=? AND job=? ORDER BY worker", (ns, job)
+            ).fetchall()
+        return {str(w): json.loads(i) for w, i in rows}
+
+    def forget_job(self, ns: str, job: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM worker_info WHERE ns=? AND job=?", (ns, job))
+
+
+def _node(row: Iterable[Any]) -> NodeInfo:
+    node, online, agent, epoch, boot, last_hello, last_seen = row
+    return NodeInfo(
+        str(node), bool(online), str(agent), str(epoch), str(boot), float(last_hello), float(last_seen)
+    )
+
+
+def _down(row: Iterable[Any]) -> DownRow:
+    node, kind, ns, name, op, rv, obj, acked, last_sent, attempts = row
+    return DownRow(
+        str(node),
+        str(kind),
+        str(ns),
+        str(name),
+        str(op),
+        str(rv),
+        None if obj is None else json.loads(obj),
+        None if acked is None else str(acked),
+        float(last_sent),
+        int(attempts),
+    )

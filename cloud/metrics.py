@@ -1,0 +1,87 @@
+"""Prometheus metrics of the GM, in a registry of its own (one per ``GMMetrics``, so tests and
+several GMs in one process never collide). Served at ``/metrics`` by ``cloud/api_server.py``.
+
+Counters are bumped where things happen (``cloud/upstream.py``, ``cloud/downstream.py``, the
+controllers); gauges that mirror stored state (nodes online, unacknowledged downstream changes,
+jobs by stage and state) are read when scraped, from callbacks the service installs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class _StateCollector(Collector):
+    def __init__(self, metrics: GMMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        online = GaugeMetricFamily("lifelong_gm_nodes_online", "Edge nodes currently online")
+        online.add_metric([], float(self._m.nodes_online_fn()))
+        yield online
+        unacked = GaugeMetricFamily(
+            "lifelong_gm_downstream_unacked",
+            "Downstream changes a node has not acknowledged yet",
+            labels=["node"],
+        )
+        for node, count in sorted(self._m.unacked_fn().items()):
+            unacked.add_metric([node], float(count))
+        yield unacked
+        jobs = GaugeMetricFamily(
+            "lifelong_gm_jobs", "LifelongLearningJobs by stage and state", labels=["stage", "state"]
+        )
+        for (stage, state), count in sorted(self._m.jobs_fn().items()):
+            jobs.add_metric([stage, state], float(count))
+        yield jobs
+
+
+class GMMetrics:
+    """Every metric of one GM."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.upstream_applied = Counter(
+            "lifelong_gm_upstream_applied", "Upstream reports applied", ["kind"], registry=r
+        )
+        self.upstream_duplicate = Counter(
+            "lifelong_gm_upstream_duplicate",
+            "Upstream reports recognised as already applied (resent) or stale",
+            ["kind"],
+            registry=r,
+        )
+        self.upstream_rejected = Counter(
+            "lifelong_gm_upstream_rejected", "Upstream messages rejected, by reason", ["reason"], registry=r
+        )
+        self.downstream_sent = Counter(
+            "lifelong_gm_downstream_sent", "Downstream messages published, by operation", ["op"], registry=r
+        )
+        self.downstream_failed = Counter(
+            "lifelong_gm_downstream_failed",
+            "Downstream messages that could not be published (resent later), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.hellos = Counter("lifelong_gm_hellos", "Hello messages handled", registry=r)
+        self.reconcile_seconds = Histogram(
+            "lifelong_gm_reconcile_seconds",
+            "Time to reconcile one object, by kind",
+            ["kind"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.nodes_online_fn: Callable[[], int] = lambda: 0
+        self.unacked_fn: Callable[[], Mapping[str, int]] = dict
+        self.jobs_fn: Callable[[], Mapping[tuple[str, str], int]] = dict
+        r.register(_StateCollector(self))
+
+    def reject(self, reason: str) -> None:
+        self.upstream_rejected.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

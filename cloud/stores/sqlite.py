@@ -1,0 +1,323 @@
+"""The standalone resource store: one SQLite file, the GM's own little API server database.
+
+Who uses it: ``lifelong gm --store sqlite:PATH`` (through ``cloud/service.py``), the controllers
+and the local HTTP API. It implements ``lifelong.cloud.stores.base.ResourceStore``.
+
+How it works:
+
+* ``resourceVersion`` is one global integer counter (table ``meta``) that grows with every change
+  of any object: apply with a changed spec, a changed status, a delete. Versions are decimal
+  strings on the wire, as docs/protocol.md says.
+* An object is kept as two JSON columns, ``body`` (everything but ``status``) and ``status``:
+  ``apply`` writes only the first, ``update_status`` only the second.
+* Every change is appended to the ``changes`` table in the same transaction; ``watch`` lists
+  the objects, then follows that log from the version the list was taken at, woken by an
+  in-process condition variable. A watcher that falls behind the pruned log re-lists.
+
+Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway).
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifelong.cloud.stores.base import Conflict, NotFound, Object, WatchEvent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "default"
+CHANGE_LOG_KEEP = 20_000
+"""Changes kept for watchers that fall behind; older ones are pruned (a watcher then re-lists)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+    rv INTEGER NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL,
+    PRIMARY KEY (kind, ns, name)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    rv INTEGER PRIMARY KEY, type TEXT NOT NULL, object TEXT NOT NULL
+);
+"""
+
+# metadata fields the store owns; a caller's values are ignored
+_SERVER_META = ("resourceVersion", "uid", "creationTimestamp", "generation")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _key(obj: Object) -> tuple[str, str, str]:
+    kind = obj.get("kind")
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("object has no kind")
+    if not isinstance(name, str) or not name:
+        raise ValueError("object has no metadata.name")
+    ns = meta.get("namespace") or DEFAULT_NAMESPACE
+    return kind, str(ns), name
+
+
+def _desired_part(obj: Object) -> Object:
+    """What ``apply`` compares: everything but status and the server-owned metadata."""
+    out = {k: copy.deepcopy(v) for k, v in obj.items() if k != "status"}
+    meta = dict(out.get("metadata") or {})
+    for field in _SERVER_META:
+        meta.pop(field, None)
+    out["metadata"] = meta
+    return out
+
+
+class SqliteStore:
+    """``ResourceStore`` over one SQLite file (``:memory:`` works for tests)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._closed = False
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0)")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _current_rv(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
+        return int(row[0])
+
+    def _next_rv(self) -> int:
+        rv = self._current_rv() + 1
+        self._db.execute("UPDATE meta SET value=? WHERE key='rv'", (rv,))
+        return rv
+
+    @staticmethod
+    def _compose(body: str, status: str, rv: int) -> Object:
+        obj: Object = json.loads(body)
+        st = json.loads(status)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
+        if st:
+            obj["status"] = st
+        return obj
+
+    def _log(self, rv: int, type_: str, obj: Object) -> None:
+        self._db.execute("INSERT INTO changes (rv, type, object) VALUES (?, ?, ?)", (rv, type_, _dumps(obj)))
+        if rv % 1000 == 0:
+            self._db.execute("DELETE FROM changes WHERE rv <= ?", (rv - CHANGE_LOG_KEEP,))
+
+    def _row(self, kind: str, ns: str, name: str) -> tuple[int, str, str] | None:
+        row = self._db.execute(
+            "SELECT rv, body, status FROM objects WHERE kind=? AND ns=? AND name=?", (kind, ns, name)
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+    # -- ResourceStore ---------------------------------------------------------------------
+    @property
+    def resource_version(self) -> str:
+        """The newest version of the whole store (the counter)."""
+        with self._lock:
+            return str(self._current_rv())
+
+    def get(self, kind: str, namespace: str, name: str) -> Object | None:
+        with self._lock:
+            row = self._row(kind, namespace, name)
+        return None if row is None else self._compose(row[1], row[2], row[0])
+
+    def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
+        with self._lock:
+            if namespace is None:
+                rows = self._db.execute(
+                    "SELECT rv, body, status FROM objects WHERE kind=? ORDER BY ns, name", (kind,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT rv, body, status FROM objects WHERE kind=? AND ns=? ORDER BY name",
+                    (kind, namespace),
+                ).fetchall()
+        return [self._compose(body, status, rv) for rv, body, status in rows]
+
+    def apply(self, obj: Object) -> Object:
+        kind, ns, name = _key(obj)
+        desired = _desired_part(obj)
+        desired["metadata"]["namespace"] = ns
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(kind, ns, name)
+                if row is None:
+                    meta = desired["metadata"]
+                    meta["uid"] = str(uuid.uuid4())
+                    meta["creationTimestamp"] = _now()
+                    meta["generation"] = 1
+                    status = "{}"
+                    type_ = "ADDED"
+                else:
+                    old_rv, old_body, status = row
+                    old = json.loads(old_body)
+                    if _desired_part(old) == desired:
+                        self._db.execute("COMMIT")
+                        return self._compose(old_body, status, old_rv)
+                    meta = desired["metadata"]
+                    old_meta = old.get("metadata", {})
+                    meta["uid"] = old_meta.get("uid")
+                    meta["creationTimestamp"] = old_meta.get("creationTimestamp")
+                    changed_spec = old.get("spec") != desired.get("spec")
+                    meta["generation"] = int(old_meta.get("generation", 1)) + (1 if changed_spec else 0)
+                    type_ = "MODIFIED"
+                rv = self._next_rv()
+                body = _dumps(desired)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO objects (kind, ns, name, rv, body, status) VALUES (?,?,?,?,?,?)",
+                    (kind, ns, name, rv, body, status),
+                )
+                result = self._compose(body, status, rv)
+                self._log(rv, type_, result)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._changed.notify_all()
+        return result
+
+    def update_status(
+        self, kind: str, namespace: str, name: str, status: Object, *, resource_version: str | None = None
+    ) -> Object:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(kind, namespace, name)
+                if row is None:
+                    raise NotFound(f"{kind} {namespace}/{name} not found")
+                old_rv, body, old_status = row
+                if resource_version is not None and str(old_rv) != str(resource_version):
+                    raise Conflict(
+                        f"{kind} {namespace}/{name} is at version {old_rv}, not {resource_version}"
+                    )
+                new_status = _dumps(status)
+                if new_status == old_status:
+                    self._db.execute("COMMIT")
+                    return self._compose(body, old_status, old_rv)
+                rv = self._next_rv()
+                self._db.execute(
+                    "UPDATE objects SET rv=?, status=? WHERE kind=? AND ns=? AND name=?",
+                    (rv, new_status, kind, namespace, name),
+                )
+                result = self._compose(body, new_status, rv)
+                self._log(rv, "MODIFIED", result)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._changed.notify_all()
+        return result
+
+    def delete(self, kind: str, namespace: str, name: str) -> Object | None:
+        """Delete; the returned object (and the DELETED event) carry the deletion's version."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(kind, namespace, name)
+                if row is None:
+                    self._db.execute("COMMIT")
+                    return None
+                _, body, status = row
+                rv = self._next_rv()
+                self._db.execute(
+                    "DELETE FROM objects WHERE kind=? AND ns=? AND name=?", (kind, namespace, name)
+                )
+                result = self._compose(body, status, rv)
+                self._log(rv, "DELETED", result)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._changed.notify_all()
+        return result
+
+    def _snapshot(self) -> tuple[int, builtins.list[Object]]:
+        with self._lock:
+            rv = self._current_rv()
+            rows = self._db.execute("SELECT rv, body, status FROM objects ORDER BY rv").fetchall()
+        return rv, [self._compose(body, status, r) for r, body, status in rows]
+
+    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
+        """List (ADDED for each object), then every change in version order, until ``stop``."""
+        seen: set[tuple[str, str, str]] = set()
+
+        def relist() -> int:
+            rv, objects = self._snapshot()
+            present = set()
+            for obj in objects:
+                event = WatchEvent("ADDED", obj)
+                present.add(event.key)
+                handler(event)
+            for key in seen - present:
+                kind, ns, name = key
+                handler(WatchEvent("DELETED", {"kind": kind, "metadata": {"namespace": ns, "name": name}}))
+            seen.clear()
+            seen.update(present)
+            return rv
+
+        last = relist()
+        while not stop.is_set():
+            with self._changed:
+                if self._closed:
+                    return
+                rows = self._db.execute(
+                    "SELECT rv, type, object FROM changes WHERE rv > ? ORDER BY rv LIMIT 500", (last,)
+                ).fetchall()
+                if not rows:
+                    if self._current_rv() > last:
+                        gap = True  # the log was pruned past us
+                    else:
+                        self._changed.wait(timeout=0.5)
+                        continue
+                else:
+                    gap = int(rows[0][0]) != last + 1 and self._oldest_change() > last + 1
+            if gap:
+                log.warning("store watch fell behind the change log; re-listing")
+                last = relist()
+                continue
+            for rv, type_, text in rows:
+                event = WatchEvent(type_, json.loads(text))
+                if type_ == "DELETED":
+                    seen.discard(event.key)
+                else:
+                    seen.add(event.key)
+                handler(event)
+                last = int(rv)
+                if stop.is_set():
+                    return
+
+    def _oldest_change(self) -> int:
+        row = self._db.execute("SELECT MIN(rv) FROM changes").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def close(self) -> None:
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
+            self._changed.notify_all()
+            self._db.close()

@@ -1,0 +1,186 @@
+"""Upstream, the bus side: checks every message from the edge, then applies it exactly once.
+
+Who calls it: the bus client's network thread calls ``on_message`` for everything under
+``{p}/node/+/up/#`` and ``{p}/node/+/presence``. Checks come first, on that thread, and are cheap:
+
+1. the topic parses (``topic``), the payload is within the size limit (``too_large``), decodes
+   (``decode``) and speaks our protocol version (``version``);
+2. the envelope's node equals the topic's node (``identity``), its kind/ns/name equal the
+   topic's (``topic_mismatch``), its operation fits the topic (``op``), a report has a ``seq``
+   (``schema``), its kind has a controller (``unknown_kind``), and its node has said hello so
+   its outbox epoch is known (``unknown_node``: not acknowledged, the LC resends after hello).
+
+A rejected message is counted by reason and logged, never applied, and never stops the GM.
+Accepted work is handed to the keyed executor: reports under the key of the object they change
+(in order per object), hello and acks under the node. Applying a report: skip it if
+(node, epoch, seq) was applied before, else let the kind's controller apply it durably, record
+(node, epoch, seq), and only then acknowledge it. A report that can never apply
+(``ReportRejected``) is counted and acknowledged; a store failure is not acknowledged (resent).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lifelong.cloud.controllers.base import Controller, Outcome, ReportRejected
+from lifelong.cloud.controllers.registry import Registry
+from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.metrics import GMMetrics
+from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.common.codec import decode
+from lifelong.common.envelope import Envelope, Op
+from lifelong.common.errors import ProtocolError
+from lifelong.common.topics import Direction, Topics
+
+log = logging.getLogger(__name__)
+
+
+class Upstream:
+    def __init__(
+        self,
+        state: GMState,
+        topics: Topics,
+        *,
+        registry: Registry,
+        downstream: Downstream,
+        executor: KeyedExecutor,
+        metrics: GMMetrics,
+        max_payload: int | None = None,
+    ) -> None:
+        self.state = state
+        self.topics = topics
+        self.registry = registry
+        self.downstream = downstream
+        self.executor = executor
+        self.metrics = metrics
+        self.max_payload = max_payload
+
+    def filters(self) -> list[str]:
+        return [self.topics.all_up_filter(), self.topics.all_presence_filter()]
+
+    def _reject(self, reason: str, topic: str, message: str) -> None:
+        self.metrics.reject(reason)
+        log.warning("rejected message on %s (%s): %s", topic[:300], reason, message[:300])
+
+    # -- network thread --------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        try:
+            self._on_message(topic, payload)
+        except ProtocolError as exc:
+            self._reject(getattr(exc, "reason", "invalid"), topic, str(exc))
+        except Exception:  # never let one message stop the GM
+            self.metrics.reject("internal")
+            log.exception("failed to handle a message on %s", topic[:300])
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed.node is None:
+            return  # the GM's own presence
+        node = parsed.node
+        if parsed.is_presence:
+            if not payload:
+                return  # a cleared retained message
+            env = decode(payload, max_payload=self.max_payload)
+            self._check_node(env, node, topic)
+            state = (env.body or {}).get("state")
+            if env.op is not Op.PRESENCE or state not in ("online", "offline"):
+                raise ReportRejected("schema", "presence needs op presence and body.state online|offline")
+            agent = (env.body or {}).get("agent")
+            self.state.set_online(node, state == "online", agent if isinstance(agent, str) else "")
+            log.info("node %s is %s", node, state)
+            return
+        if parsed.direction is not Direction.UP:
+            raise ReportRejected("direction", "the GM only reads upstream topics")
+        env = decode(payload, max_payload=self.max_payload)
+        self._check_node(env, node, topic)
+        if parsed.is_control:
+            if env.kind != parsed.kind:
+                raise ReportRejected("topic_mismatch", f"envelope kind {env.kind!r} on a control topic")
+            if env.op is Op.HELLO:
+                self._hello(node, env)
+            elif env.op is Op.ACK:
+                applied = (env.body or {}).get("applied")
+                if not isinstance(applied, list):
+                    raise ReportRejected("schema", "an ack needs body.applied (a list)")
+                self.executor.submit(("node", node), lambda: self._ack(node, applied))
+            else:
+                raise ReportRejected("op", f"operation {env.op.value!r} is not allowed on up/_ctl")
+            return
+        if (env.kind, env.ns, env.name) != (parsed.kind, parsed.ns, parsed.name):
+            raise ReportRejected(
+                "topic_mismatch",
+                f"envelope is about {env.kind}/{env.ns}/{env.name}, the topic about "
+                f"{parsed.kind}/{parsed.ns}/{parsed.name}",
+            )
+        if env.op is not Op.REPORT:
+            raise ReportRejected("op", f"operation {env.op.value!r} is not allowed on an up resource topic")
+        if env.seq is None:
+            raise ReportRejected("schema", "a report needs a seq")
+        controller = self.registry.get(env.kind)
+        if controller is None:
+            raise ReportRejected("unknown_kind", f"no controller for kind {env.kind!r}")
+        info = self.state.node(node)
+        if info is None or not info.epoch:
+            raise ReportRejected("unknown_node", f"node {node} has not said hello yet; its report waits")
+        epoch = info.epoch
+        key = controller.report_key(env)
+        self.executor.submit(key, lambda: self._apply(node, epoch, env, controller))
+
+    def _check_node(self, env: Envelope, node: str, topic: str) -> None:
+        if env.node != node:
+            raise ReportRejected(
+                "identity", f"envelope speaks for node {env.node!r} on node {node!r}'s topic"
+            )
+
+    def _hello(self, node: str, env: Envelope) -> None:
+        body: dict[str, Any] = env.body or {}
+        epoch = body.get("epoch")
+        resources = body.get("resources")
+        outbox = body.get("outbox") or {}
+        if not isinstance(epoch, str) or not epoch:
+            raise ReportRejected("schema", "hello needs body.epoch")
+        if not isinstance(resources, list):
+            raise ReportRejected("schema", "hello needs body.resources (a list)")
+        low = outbox.get("lowSeq") if isinstance(outbox, dict) else None
+        low_seq = low if isinstance(low, int) and not isinstance(low, bool) else None
+        agent = body.get("agent")
+        boot = body.get("boot")
+        # Recorded here, on the network thread, so reports that follow find the new epoch.
+        self.state.hello(
+            node,
+            agent=agent if isinstance(agent, str) else "",
+            epoch=epoch,
+            boot=boot if isinstance(boot, str) else "",
+            low_seq=low_seq,
+        )
+        self.metrics.hellos.inc()
+        log.info("node %s said hello (%s, epoch %s, holds %d)", node, agent, epoch[:12], len(resources))
+        self.executor.submit(("node", node), lambda: self.downstream.on_hello(node, resources))
+
+    def _ack(self, node: str, applied: list[Any]) -> None:
+        self.downstream.on_ack(node, [a for a in applied if isinstance(a, dict)])
+
+    # -- worker threads --------------------------------------------------------------------
+    def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller) -> None:
+        assert env.seq is not None
+        seq = env.seq
+        if self.state.is_applied(node, epoch, seq):
+            self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
+            self.downstream.ack_upstream(node, epoch, [seq])
+            return
+        try:
+            outcome = controller.apply_report(node, env)
+        except ReportRejected as exc:
+            self._reject(exc.reason, f"{node}/{env.kind}/{env.ns}/{env.name}", str(exc))
+            outcome = None
+        except Exception:
+            log.exception("applying report %s of node %s failed; not acknowledged", seq, node)
+            return
+        self.state.mark_applied(node, epoch, seq)
+        if outcome is Outcome.APPLIED:
+            self.metrics.upstream_applied.labels(kind=env.kind).inc()
+        elif outcome is Outcome.DUPLICATE:
+            self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
+        self.downstream.ack_upstream(node, epoch, [seq])

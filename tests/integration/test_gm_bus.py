@@ -1,0 +1,322 @@
+"""The real GM (in-process ``GMService``) on real brokers, with the LC played by the test.
+
+The LC side is plain paho-mqtt plus the codec and speaks only docs/protocol.md: hello, reports,
+acks of downstream messages. Covered: hello -> upserts + sync; unacknowledged changes resent
+until acked; reports acked only once applied; bad envelopes (node != topic node, garbage,
+oversize) counted while the GM keeps working; retained GM presence and its will.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from harness.brokers import Broker
+from harness.waiting import wait_for
+from paho.mqtt.enums import CallbackAPIVersion
+
+from lifelong.cloud.service import GMService, GMSettings
+from lifelong.common.codec import decode, encode
+from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.topics import Topics
+
+
+class PahoLC:
+    """An LC played with paho: records what comes down, sends what the test says."""
+
+    def __init__(self, broker: Broker, prefix: str, node: str) -> None:
+        self.node = node
+        self.topics = Topics(prefix)
+        self.received: list[Envelope] = []
+        self.gm_presence: list[str] = []
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lc-{node}-{uuid.uuid4().hex[:6]}")
+        self.client.on_message = self._on_message
+        self.subscribed = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "paho LC could not subscribe"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        # a clean session: subscribe on every (re)connect
+        client.subscribe([(self.topics.node_down_filter(self.node), 1), (self.topics.gm_presence(), 1)])
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        env = decode(msg.payload)
+        with self.lock:
+            if msg.topic == self.topics.gm_presence():
+                self.gm_presence.append((env.body or {}).get("state", ""))
+            else:
+                self.received.append(env)
+
+    def envelopes(self, op: Op | None = None, kind: str | None = None) -> list[Envelope]:
+        with self.lock:
+            return [
+                e for e in self.received if (op is None or e.op is op) and (kind is None or e.kind == kind)
+            ]
+
+    def send(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def hello(self, resources: list[dict[str, Any]] | None = None, epoch: str = "epoch-1") -> None:
+        body = {"agent": "paho-lc/0", "epoch": epoch, "boot": "b", "resources": resources or [],
+                "outbox": {"depth": 0, "lowSeq": None, "nextSeq": self.seq + 1}}  # fmt: skip
+        env = Envelope.new(node=self.node, kind=CONTROL_KIND, op=Op.HELLO, body=body)
+        self.send(self.topics.up_ctl(self.node), encode(env))
+
+    def ack(self, envs: list[Envelope]) -> None:
+        applied = [{"kind": e.kind, "ns": e.ns, "name": e.name, "rv": e.rv, "op": e.op.value} for e in envs]
+        env = Envelope.new(node=self.node, kind=CONTROL_KIND, op=Op.ACK, body={"applied": applied})
+        self.send(self.topics.up_ctl(self.node), encode(env))
+
+    def report(self, kind: str, name: str, body: dict[str, Any], seq: int | None = None) -> int:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        env = Envelope.new(
+            node=self.node, kind=kind, ns="default", name=name, op=Op.REPORT, seq=seq, body=body
+        )
+        self.send(self.topics.up(self.node, kind, "default", name), encode(env))
+        return seq
+
+    def acked_seqs(self) -> list[int]:
+        return [s for e in self.envelopes(Op.ACK) for s in (e.body or {}).get("seqs", [])]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def api(gm: GMService, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{gm.api_port}{path}", data=data, method=method)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw[:1] in (b"{", b"[") else raw
+
+
+def make_gm(broker: Broker, prefix: str, tmp_path: Path, **kw: Any) -> GMService:
+    settings = GMSettings(
+        broker=broker.url,
+        store=f"sqlite:{tmp_path / 'gm.db'}",
+        api_port=0,
+        prefix=prefix,
+        resend_base=0.3,
+        resend_cap=1.0,
+        resend_interval=0.1,
+        **kw,
+    )
+    gm = GMService(settings)
+    gm.start()
+    assert gm.bus.wait_connected(10)
+    return gm
+
+
+@pytest.fixture
+def gm(broker: Broker, prefix: str, tmp_path: Path) -> Iterator[GMService]:
+    g = make_gm(broker, prefix, tmp_path)
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def lc(broker: Broker, prefix: str) -> Iterator[PahoLC]:
+    client = PahoLC(broker, prefix, "node-a")
+    yield client
+    client.close()
+
+
+DATASET = {
+    "apiVersion": "sedna.io/v1alpha1",
+    "kind": "Dataset",
+    "metadata": {"name": "ds1"},
+    "spec": {"url": "/data/ds.txt", "format": "txt", "nodeName": "node-a"},
+}
+
+
+def job_manifest(node: str = "node-a") -> dict[str, Any]:
+    tpl = {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "LifelongLearningJob",
+        "metadata": {"name": "job1"},
+        "spec": {
+            "dataset": {"name": "ds1", "trainProb": 0.8},
+            "trainSpec": {
+                "template": tpl,
+                "trigger": {"condition": {"operator": ">", "threshold": 1.0, "metric": "num_of_samples"}},
+            },
+            "evalSpec": {"template": tpl},
+            "deploySpec": {"template": tpl},
+            "outputDir": "/out",
+        },
+    }  # fmt: skip
+
+
+def test_gm_presence_is_retained_online_and_offline_after_a_clean_stop(
+    broker: Broker, prefix: str, tmp_path: Path, lc: PahoLC
+) -> None:
+    gm = make_gm(broker, prefix, tmp_path)
+    try:
+        wait_for(
+            lambda: lc.gm_presence and lc.gm_presence[-1] == "online", what="retained GM presence online"
+        )
+    finally:
+        gm.stop()
+    wait_for(lambda: lc.gm_presence[-1] == "offline", what="GM presence offline")
+    late = PahoLC(broker, prefix, "node-late")  # retained: a later subscriber sees it too
+    try:
+        wait_for(lambda: late.gm_presence == ["offline"], what="retained offline for a late subscriber")
+    finally:
+        late.close()
+
+
+def test_gm_will_says_offline_when_its_connection_dies(
+    broker: Broker, prefix: str, tmp_path: Path, lc: PahoLC
+) -> None:
+    gm = make_gm(broker, prefix, tmp_path)
+    try:
+        wait_for(lambda: lc.gm_presence and lc.gm_presence[-1] == "online", what="GM presence online")
+        gm.bus.kill()  # no DISCONNECT: the broker publishes the will
+        wait_for(lambda: lc.gm_presence[-1] == "offline", what="the will's offline")
+    finally:
+        gm.stop()
+
+
+def test_hello_gets_upserts_and_a_sync(gm: GMService, lc: PahoLC) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    assert api(gm, "POST", "/api/v1/apply", DATASET)["result"] == "created"
+    assert api(gm, "POST", "/api/v1/apply", job_manifest())["result"] == "created"
+    wait_for(lambda: lc.envelopes(Op.UPSERT, "LifelongLearningJob"), what="the job upsert")
+    # a reconnect that holds nothing gets everything again, then a sync naming it all
+    before = len(lc.envelopes())
+    lc.hello(resources=[])
+    wait_for(lambda: len(lc.envelopes(Op.SYNC)) >= 2, what="the second sync")
+    after = lc.envelopes()[before:]
+    kinds = {(e.op, e.kind) for e in after}
+    assert (Op.UPSERT, "LifelongLearningJob") in kinds and (Op.UPSERT, "Dataset") in kinds
+    sync = lc.envelopes(Op.SYNC)[-1].body["resources"]
+    assert {r["name"] for r in sync} == {"ds1", "job1"}
+    assert api(gm, "GET", "/healthz") == b"ok\n"
+
+
+def test_unacked_changes_are_resent_until_acked(gm: GMService, lc: PahoLC) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    api(gm, "POST", "/api/v1/apply", DATASET)
+    wait_for(lambda: len(lc.envelopes(Op.UPSERT, "Dataset")) >= 3, timeout=15, what="resends of the dataset")
+    lc.ack(lc.envelopes(Op.UPSERT, "Dataset")[-1:])
+    wait_for(lambda: gm.state.unacked_counts().get("node-a", 0) == 0, what="the ack recorded")
+    count = len(lc.envelopes(Op.UPSERT, "Dataset"))
+    # the resend ticker runs every 0.1 s: give it a few rounds (a deadline, not a sleep)
+    assert not _true_within(lambda: len(lc.envelopes(Op.UPSERT, "Dataset")) > count, 1.5)
+    nodes = api(gm, "GET", "/api/v1/nodes")["items"]
+    assert nodes[0]["node"] == "node-a" and nodes[0]["online"] and nodes[0]["unacked"] == 0
+
+
+def _true_within(predicate: Any, seconds: float) -> bool:
+    from harness.waiting import DeadlineExceeded
+
+    try:
+        wait_for(predicate, timeout=seconds)
+    except DeadlineExceeded:
+        return False
+    return True
+
+
+def test_reports_are_applied_once_and_acked(gm: GMService, lc: PahoLC) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    api(gm, "POST", "/api/v1/apply", DATASET)
+    body = {"numberOfSamples": 12, "updateTime": "2026-05-01T00:00:00Z"}
+    seq = lc.report("Dataset", "ds1", body)
+    lc.report("Dataset", "ds1", body, seq=seq)
+    wait_for(lambda: lc.acked_seqs().count(seq) == 2, what="both copies acked")
+    ds = api(gm, "GET", "/api/v1/Dataset/default/ds1")
+    assert ds["status"]["numberOfSamples"] == 12
+    metrics = api(gm, "GET", "/metrics")
+    assert b'lifelong_gm_upstream_applied_total{kind="Dataset"} 1.0' in metrics
+    assert b'lifelong_gm_upstream_duplicate_total{kind="Dataset"} 1.0' in metrics
+
+
+def test_bad_envelopes_are_counted_and_the_gm_survives(gm: GMService, lc: PahoLC) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    api(gm, "POST", "/api/v1/apply", DATASET)
+    topic = lc.topics.up("node-a", "Dataset", "default", "ds1")
+    spoof = Envelope.new(node="node-b", kind="Dataset", ns="default", name="ds1", op=Op.REPORT, seq=50,
+                         body={"numberOfSamples": 999, "updateTime": "2026-05-01T00:00:00Z"})  # fmt: skip
+    lc.send(topic, encode(spoof))
+    lc.send(topic, b"\x00\x01not an envelope")
+    lc.send(topic, b"{" + b" " * (300 * 1024) + b"}")
+
+    def rejected(reason: str) -> float:
+        return gm.metrics.upstream_rejected.labels(reason=reason)._value.get()
+
+    wait_for(
+        lambda: rejected("identity") == 1 and rejected("decode") == 1 and rejected("too_large") == 1,
+        what="three rejections counted",
+    )
+    seq = lc.report("Dataset", "ds1", {"numberOfSamples": 3, "updateTime": "2026-05-01T00:00:00Z"})
+    wait_for(lambda: seq in lc.acked_seqs(), what="a good report applied after the bad ones")
+    assert api(gm, "GET", "/api/v1/Dataset/default/ds1")["status"]["numberOfSamples"] == 3
+
+
+def test_unacked_report_is_applied_after_a_gm_restart(
+    broker: Broker, prefix: str, tmp_path: Path, lc: PahoLC
+) -> None:
+    gm = make_gm(broker, prefix, tmp_path)
+    try:
+        lc.hello()
+        wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+        api(gm, "POST", "/api/v1/apply", DATASET)
+        api(gm, "POST", "/api/v1/apply", job_manifest())
+        ready = {"event": "ready", "stage": "Train", "round": 1, "data": {}}
+        seq = lc.report("LifelongLearningJob", "job1", ready)
+        wait_for(lambda: seq in lc.acked_seqs(), what="ready acked")
+    finally:
+        gm.stop()
+    gm = make_gm(broker, prefix, tmp_path)
+    try:
+        lc.report("LifelongLearningJob", "job1", ready, seq=seq)  # as if the ack had been lost
+        wait_for(lambda: lc.acked_seqs().count(seq) == 2, what="the resend acked by the new GM")
+        wait_for(lambda: lc.envelopes(Op.UPSERT, "Worker"), what="the train worker sent down")
+        job = api(gm, "GET", "/api/v1/LifelongLearningJob/default/job1")
+        types = [(c["stage"], c["type"]) for c in job["status"]["conditions"]]
+        assert types.count(("Train", "Ready")) == 1
+    finally:
+        gm.stop()
+
+
+def test_a_broker_restart_without_persistence_converges(gm: GMService, lc: PahoLC, broker: Broker) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    api(gm, "POST", "/api/v1/apply", DATASET)
+    wait_for(lambda: lc.envelopes(Op.UPSERT, "Dataset"), what="the dataset sent")
+    lc.ack(lc.envelopes(Op.UPSERT, "Dataset")[-1:])
+    wait_for(lambda: gm.state.unacked_counts().get("node-a", 0) == 0, what="acked")
+    broker.stop()  # forgets every retained message and session
+    wait_for(lambda: not gm.bus.connected, what="the GM seeing the broker gone")
+    assert api(gm, "POST", "/api/v1/apply", job_manifest())["result"] == "created"  # the GM keeps working
+    lc.subscribed.clear()
+    broker.start()
+    assert gm.bus.wait_connected(20)
+    assert lc.subscribed.wait(20)
+    wait_for(lambda: lc.gm_presence and lc.gm_presence[-1] == "online", what="GM presence published again")
+    before = len(lc.envelopes())
+    lc.hello(resources=[])  # as an LC that lost its state would
+    wait_for(lambda: any(e.op is Op.SYNC for e in lc.envelopes()[before:]), what="the sync after the restart")
+    after = {(e.op, e.kind) for e in lc.envelopes()[before:]}
+    assert {(Op.UPSERT, "Dataset"), (Op.UPSERT, "LifelongLearningJob")} <= after

@@ -1,0 +1,559 @@
+"""The GM in-process, with its bus replaced by a recorder: controllers, downstream, upstream.
+
+The network is covered by tests/integration/test_gm_bus.py (real brokers); here the GM's
+decisions are checked: which nodes get what, the stage machine driven by reports, idempotent
+apply (also across a GM restart on the same databases), rejected envelopes, validation at apply.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.waiting import wait_for
+
+from lifelong.cloud.api_server import GMApi
+from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
+from lifelong.cloud.service import GMService, GMSettings
+from lifelong.common.codec import decode, encode
+from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.errors import NotConnected, ValidationError
+from lifelong.common.topics import Topics
+
+PREFIX = "t/v1"
+TOPICS = Topics(PREFIX)
+
+
+class FakeBus:
+    """Records what the GM publishes; ``connected=False`` makes publishing fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Envelope]] = []
+        self.first_bytes: set[bytes] = set()
+        self.connected = True
+        self.lock = threading.Lock()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+        if not self.connected:
+            raise NotConnected("down")
+        with self.lock:
+            self.sent.append((topic, decode(payload)))
+            self.first_bytes.add(payload[:1])
+        return object()
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def envelopes(
+        self, node: str | None = None, op: Op | None = None, kind: str | None = None
+    ) -> list[Envelope]:
+        with self.lock:
+            return [
+                e
+                for _, e in self.sent
+                if (node is None or e.node == node)
+                and (op is None or e.op is op)
+                and (kind is None or e.kind == kind)
+            ]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.sent.clear()
+
+
+def template(node: str, command: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "w", "image": "x", "command": command or ["true"]}],
+        }
+    }
+
+
+def dataset(name: str = "ds1", node: str = "node-a") -> dict[str, Any]:
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"url": "/data/ds.txt", "format": "txt", "nodeName": node},
+    }
+
+
+def job(
+    name: str = "job1", *, train: str = "node-a", eval_: str = "node-a", deploy: str = "node-b"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "LifelongLearningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "dataset": {"name": "ds1", "trainProb": 0.8},
+            "trainSpec": {
+                "template": template(train),
+                "trigger": {
+                    "checkPeriodSeconds": 1,
+                    "condition": {"operator": ">", "threshold": 5.0, "metric": "num_of_samples"},
+                },
+            },
+            "evalSpec": {"template": template(eval_)},
+            "deploySpec": {"template": template(deploy)},
+            "outputDir": "/out/job1",
+        },
+    }
+
+
+class GM:
+    """A GMService on two SQLite files with a FakeBus; ``restart()`` keeps the files."""
+
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        self.tmp = tmp
+        self.settings = settings
+        self.bus = FakeBus()
+        self.svc = self._make()
+        self.seq = 0
+
+    def _make(self) -> GMService:
+        svc = GMService(
+            GMSettings(
+                broker="mqtt://127.0.0.1:1",
+                store=f"sqlite:{self.tmp / 'store.db'}",
+                api_port=-1,
+                prefix=PREFIX,
+                resend_base=0.2,
+                resend_cap=0.4,
+                backoff_base=0.5,
+                **self.settings,
+            )
+        )
+        svc.bus = self.bus  # type: ignore[assignment]
+        svc.start_controllers()
+        return svc
+
+    def restart(self) -> None:
+        self.svc.stop()
+        self.bus = FakeBus()
+        self.svc = self._make()
+
+    def stop(self) -> None:
+        self.svc.stop()
+
+    @property
+    def api(self) -> GMApi:
+        return GMApi(self.svc.store, self.svc.state, self.svc.metrics)
+
+    def deliver(self, topic: str, env: Envelope | bytes) -> None:
+        payload = env if isinstance(env, bytes) else encode(env)
+        self.svc.upstream.on_message(topic, payload, False)
+
+    def hello(
+        self,
+        node: str,
+        resources: list[dict[str, Any]] | None = None,
+        epoch: str = "ep1",
+        low: int | None = None,
+    ) -> None:
+        body = {
+            "agent": "test-lc/0",
+            "epoch": epoch,
+            "boot": "b1",
+            "resources": resources or [],
+            "outbox": {"depth": 0, "lowSeq": low, "nextSeq": 1},
+        }
+        self.deliver(TOPICS.up_ctl(node), Envelope.new(node=node, kind=CONTROL_KIND, op=Op.HELLO, body=body))
+
+    def report(self, node: str, kind: str, name: str, body: dict[str, Any], seq: int | None = None) -> int:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        env = Envelope.new(node=node, kind=kind, ns="default", name=name, op=Op.REPORT, seq=seq, body=body)
+        self.deliver(TOPICS.up(node, kind, "default", name), env)
+        return seq
+
+    def idle(self) -> None:
+        assert self.svc.executor.wait_idle(10)
+
+    def job(self, name: str = "job1") -> dict[str, Any]:
+        obj = self.svc.store.get("LifelongLearningJob", "default", name)
+        assert obj is not None
+        return obj
+
+    def conditions(self, name: str = "job1") -> list[tuple[str, str]]:
+        conds = (self.job(name).get("status") or {}).get("conditions") or []
+        return [(c["stage"], c["type"]) for c in conds]
+
+    def acked_seqs(self, node: str) -> list[int]:
+        return [s for e in self.bus.envelopes(node, Op.ACK) for s in (e.body or {}).get("seqs", [])]
+
+
+@pytest.fixture
+def gm(tmp_path: Path) -> Iterator[GM]:
+    g = GM(tmp_path)
+    yield g
+    g.stop()
+
+
+def setup_job(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.hello("node-b")
+    gm.idle()
+    gm.api.apply(dataset())
+    gm.api.apply(job())
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+
+
+# -- downstream node selection --------------------------------------------------------------
+
+
+def test_job_goes_to_dataset_train_eval_and_deploy_nodes() -> None:
+    j = job(train="node-t", eval_="node-e", deploy="node-d")
+    assert job_nodes(j, dataset(node="node-a")) == ["node-a", "node-t", "node-e", "node-d"]
+    assert job_nodes(job(train="node-a", eval_="node-a", deploy="node-a"), dataset()) == ["node-a"]
+    assert job_nodes(j, None) == ["node-t", "node-e", "node-d"]
+
+
+def test_applied_job_is_sent_to_every_node_that_needs_it(gm: GM) -> None:
+    setup_job(gm)
+    wait_for(lambda: gm.bus.envelopes("node-b", Op.UPSERT, "LifelongLearningJob"), what="job on node-b")
+    up_a = gm.bus.envelopes("node-a", Op.UPSERT, "LifelongLearningJob")
+    assert up_a and up_a[-1].body["object"]["metadata"]["name"] == "job1"
+    ds_a = gm.bus.envelopes("node-a", Op.UPSERT, "Dataset")
+    assert ds_a and not gm.bus.envelopes("node-b", Op.UPSERT, "Dataset")
+    # every upsert carries the object's own version
+    for env in gm.bus.envelopes(op=Op.UPSERT):
+        assert env.rv == env.body["object"]["metadata"]["resourceVersion"]
+
+
+def test_offline_node_gets_nothing_until_its_hello_then_the_difference_and_a_sync(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.hello("node-b")
+    gm.idle()
+    gm.deliver(
+        TOPICS.node_presence("node-b"),
+        Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
+    )
+    gm.bus.clear()
+    gm.api.apply(dataset())
+    gm.api.apply(job())
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+    gm.idle()
+    assert not gm.bus.envelopes("node-b")
+    gm.bus.clear()
+    gm.hello("node-b", resources=[{"kind": "LifelongLearningJob", "ns": "default", "name": "old", "rv": "1"}])
+    gm.idle()
+    sent = gm.bus.envelopes("node-b")
+    assert [e.op for e in sent] == [Op.UPSERT, Op.SYNC]
+    assert sent[1].body == {
+        "resources": [{"kind": "LifelongLearningJob", "ns": "default", "name": "job1", "rv": sent[0].rv}]
+    }
+
+
+def test_hello_with_current_versions_sends_only_the_sync(gm: GM) -> None:
+    setup_job(gm)
+    wait_for(lambda: gm.bus.envelopes("node-b", Op.UPSERT), what="job on node-b")
+    gm.idle()
+    rv = gm.job()["metadata"]["resourceVersion"]
+    gm.bus.clear()
+    gm.hello("node-b", resources=[{"kind": "LifelongLearningJob", "ns": "default", "name": "job1", "rv": rv}])
+    gm.idle()
+    assert [e.op for e in gm.bus.envelopes("node-b")] == [Op.SYNC]
+
+
+def test_unacked_changes_are_resent_with_backoff_and_acked_ones_are_not(gm: GM) -> None:
+    setup_job(gm)
+    wait_for(lambda: len(gm.bus.envelopes("node-b", Op.UPSERT)) >= 2, timeout=5, what="a resend")
+    env = gm.bus.envelopes("node-b", Op.UPSERT)[-1]
+    ack = {"applied": [{"kind": env.kind, "ns": env.ns, "name": env.name, "rv": env.rv, "op": "upsert"}]}
+    gm.deliver(TOPICS.up_ctl("node-b"), Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.ACK, body=ack))
+    gm.idle()
+    wait_for(lambda: gm.svc.state.unacked_counts().get("node-b", 0) == 0, what="node-b acked")
+    gm.bus.clear()
+    gm.svc.downstream.resend_due(now=10**10)
+    assert not gm.bus.envelopes("node-b")
+
+
+def test_deleted_job_sends_deletes_and_a_reconnecting_node_gets_the_delete(gm: GM) -> None:
+    setup_job(gm)
+    wait_for(lambda: gm.bus.envelopes("node-b", Op.UPSERT), what="job on node-b")
+    gm.idle()
+    rv_held = gm.bus.envelopes("node-b", Op.UPSERT)[-1].rv
+    gm.deliver(
+        TOPICS.node_presence("node-b"),
+        Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
+    )
+    gm.api.delete("LifelongLearningJob", "default", "job1")
+    wait_for(lambda: gm.bus.envelopes("node-a", Op.DELETE, "LifelongLearningJob"), what="delete to node-a")
+    gm.idle()
+    assert not gm.bus.envelopes("node-b", Op.DELETE)
+    gm.hello(
+        "node-b", resources=[{"kind": "LifelongLearningJob", "ns": "default", "name": "job1", "rv": rv_held}]
+    )
+    gm.idle()
+    ops = [(e.op, e.kind) for e in gm.bus.envelopes("node-b")]
+    assert (Op.DELETE, "LifelongLearningJob") in ops
+    deletion = gm.bus.envelopes("node-b", Op.DELETE)[-1]
+    assert int(deletion.rv or 0) > int(rv_held or 0)
+    assert gm.bus.envelopes("node-b", Op.SYNC)[-1].body == {"resources": []}
+
+
+def test_dataset_counts_are_not_sent_back_to_their_node(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    before = len(gm.bus.envelopes("node-a", Op.UPSERT, "Dataset"))
+    gm.report("node-a", "Dataset", "ds1", {"numberOfSamples": 7, "updateTime": "2026-01-01T00:00:00Z"})
+    gm.idle()
+    ds = gm.svc.store.get("Dataset", "default", "ds1")
+    assert ds is not None and ds["status"]["numberOfSamples"] == 7
+    gm.idle()
+    assert len(gm.bus.envelopes("node-a", Op.UPSERT, "Dataset")) == before
+
+
+# -- the stage machine, driven by reports ---------------------------------------------------
+
+
+def ready(stage: str, rnd: int, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"event": "ready", "stage": stage, "round": rnd, "data": data or {}}
+
+
+def phase(
+    stage: str, rnd: int, p: str, output: dict[str, Any] | None = None, code: int | None = None
+) -> dict[str, Any]:
+    return {
+        "job": "job1",
+        "stage": stage,
+        "round": rnd,
+        "phase": p,
+        "exitCode": code,
+        "message": "",
+        "output": output or {},
+    }
+
+
+def worker_name(stage: str, rnd: int) -> str:
+    return f"job1-{stage.lower()}-{rnd}"
+
+
+def test_a_round_goes_train_eval_deploy_and_back_to_train(gm: GM) -> None:
+    setup_job(gm)
+    gm.report(
+        "node-a",
+        "LifelongLearningJob",
+        "job1",
+        ready("Train", 1, {"trainDataURL": "/d/t.txt", "evalDataURL": "/d/e.txt"}),
+    )
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    wait_for(lambda: gm.bus.envelopes("node-a", Op.UPSERT, "Worker"), what="the Worker sent to node-a")
+    worker = gm.bus.envelopes("node-a", Op.UPSERT, "Worker")[-1].body["object"]
+    assert worker["metadata"]["name"] == "job1-train-1"
+    assert worker["spec"]["env"]["TRAIN_DATASET_URL"] == "/d/t.txt"
+    assert worker["spec"]["env"]["OUTPUT_URL"] == "/out/job1/1/train"
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Running"))
+    models = {"models": [{"url": "/out/job1/1/train/model.pkl", "format": "pkl"}]}
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Succeeded", models))
+    wait_for(lambda: gm.conditions()[-1] == ("Eval", "Waiting"), what="Eval/Waiting")
+    wait_for(
+        lambda: gm.svc.store.get("Worker", "default", "job1-train-1") is None,
+        what="the finished worker removed",
+    )
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Eval", 1, models))
+    wait_for(lambda: gm.conditions()[-1] == ("Eval", "Starting"), what="Eval/Starting")
+    wait_for(lambda: gm.svc.store.get("Worker", "default", "job1-eval-1"), what="eval worker")
+    env = gm.svc.store.get("Worker", "default", "job1-eval-1")["spec"]["env"]
+    assert env["MODEL_URLS"] == "/out/job1/1/train/model.pkl"
+    assert env["TEST_DATASET_URL"] == "/d/e.txt"
+    gm.report("node-a", "Worker", worker_name("Eval", 1), phase("Eval", 1, "Succeeded", models))
+    wait_for(lambda: gm.conditions()[-1] == ("Deploy", "Waiting"), what="Deploy/Waiting")
+    gm.report("node-b", "LifelongLearningJob", "job1", ready("Deploy", 1, {"model": models["models"][0]}))
+    wait_for(lambda: gm.svc.store.get("Worker", "default", "job1-deploy-1"), what="deploy worker")
+    wait_for(lambda: gm.bus.envelopes("node-b", Op.UPSERT, "Worker"), what="deploy worker on node-b")
+    gm.report("node-b", "Worker", worker_name("Deploy", 1), phase("Deploy", 1, "Succeeded"))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Waiting"), what="Train/Waiting of round 2")
+    assert gm.conditions() == [
+        ("Train", "Waiting"), ("Train", "Ready"), ("Train", "Starting"), ("Train", "Running"),
+        ("Train", "Completed"), ("Eval", "Waiting"), ("Eval", "Ready"), ("Eval", "Starting"),
+        ("Eval", "Completed"), ("Deploy", "Waiting"), ("Deploy", "Ready"), ("Deploy", "Starting"),
+        ("Deploy", "Completed"), ("Train", "Waiting"),
+    ]  # fmt: skip
+    completed = next(c for c in gm.job()["status"]["conditions"] if c["type"] == "Completed")
+    assert '"models"' in completed["data"]
+
+
+def test_a_failed_worker_goes_back_to_train_waiting_with_backoff(gm: GM) -> None:
+    setup_job(gm)
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Failed", code=3))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Waiting"), what="Train/Waiting after the failure")
+    assert gm.conditions()[-2] == ("Train", "Failed")
+    assert "exit code 3" in gm.job()["status"]["conditions"][-2]["message"]
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 2))
+    wait_for(
+        lambda: gm.conditions()[-1] == ("Train", "Starting"), timeout=10, what="restart after the backoff"
+    )
+    wait_for(lambda: gm.svc.store.get("Worker", "default", "job1-train-2"), what="the round-2 train worker")
+
+
+def test_the_same_report_twice_appends_one_condition_and_is_acked_twice(gm: GM) -> None:
+    setup_job(gm)
+    seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
+    gm.idle()
+    wait_for(lambda: gm.acked_seqs("node-a").count(seq) == 2, what="both copies acked")
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    assert gm.conditions().count(("Train", "Ready")) == 1
+    assert gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get() >= 1
+
+
+def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:
+    setup_job(gm)
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    seq = gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Running"))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Running"), what="Train/Running")
+    gm.idle()
+    before = gm.conditions()
+    gm.restart()
+    # the LC never got the ack: it resends the same report (same epoch and seq) to the new GM
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Running"), seq=seq)
+    wait_for(lambda: seq in gm.acked_seqs("node-a"), what="the resend acked")
+    gm.idle()
+    assert gm.conditions() == before
+    # and a resend whose record was pruned is still a duplicate for the state machine
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Running"), seq=seq + 100)
+    wait_for(lambda: seq + 100 in gm.acked_seqs("node-a"), what="the second resend acked")
+    assert gm.conditions() == before
+
+
+def test_stale_reports_of_an_earlier_round_change_nothing(gm: GM) -> None:
+    setup_job(gm)
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    gm.report("node-a", "Worker", worker_name("Train", 0), phase("Train", 0, "Succeeded"))
+    gm.idle()
+    assert gm.conditions()[-1] == ("Train", "Starting")
+
+
+def test_worker_info_is_kept(gm: GM) -> None:
+    setup_job(gm)
+    gm.report(
+        "node-a",
+        "LifelongLearningJob",
+        "job1",
+        {"event": "workerInfo", "worker": "job1-train-1", "info": {"a": 1}},
+    )
+    gm.idle()
+    assert gm.svc.state.worker_info("default", "job1") == {"job1-train-1": {"a": 1}}
+
+
+# -- rejected messages ----------------------------------------------------------------------
+
+
+def rejected(gm: GM, reason: str) -> float:
+    return gm.svc.metrics.upstream_rejected.labels(reason=reason)._value.get()
+
+
+def test_bad_envelopes_are_counted_by_reason_and_never_applied(gm: GM) -> None:
+    setup_job(gm)
+    topic = TOPICS.up("node-a", "LifelongLearningJob", "default", "job1")
+    # node differs from the topic's node
+    env = Envelope.new(
+        node="node-b", kind="LifelongLearningJob", ns="default", name="job1", op=Op.REPORT, seq=1,
+        body=ready("Train", 1),
+    )  # fmt: skip
+    gm.deliver(topic, env)
+    gm.deliver(topic, b"\xc1garbage")
+    gm.deliver(topic, b"{" + b" " * (300 * 1024) + b"}")
+    mismatch = Envelope.new(
+        node="node-a", kind="LifelongLearningJob", ns="default", name="job1", op=Op.REPORT, seq=2, body={}
+    )
+    gm.deliver(TOPICS.up("node-a", "Dataset", "default", "job1"), mismatch)
+    gm.deliver(TOPICS.up("node-a", "Nope", "default", "x"), Envelope.new(
+        node="node-a", kind="Nope", ns="default", name="x", op=Op.REPORT, seq=3, body={}))  # fmt: skip
+    gm.report("node-a", "LifelongLearningJob", "job1", {"event": "bogus"})
+    gm.report("node-a", "LifelongLearningJob", "nojob", ready("Train", 1))
+    gm.deliver(TOPICS.up("node-z", "Dataset", "default", "ds1"), Envelope.new(
+        node="node-z", kind="Dataset", ns="default", name="ds1", op=Op.REPORT, seq=1, body={}))  # fmt: skip
+    gm.deliver("t/v1/node/node-a/sideways/x", b"{}")
+    gm.idle()
+    assert rejected(gm, "identity") == 1
+    assert rejected(gm, "decode") == 1
+    assert rejected(gm, "too_large") == 1
+    assert rejected(gm, "topic_mismatch") == 1
+    assert rejected(gm, "unknown_kind") == 1
+    assert rejected(gm, "schema") == 1
+    assert rejected(gm, "unknown_resource") == 1
+    assert rejected(gm, "unknown_node") == 1
+    assert rejected(gm, "topic") == 1
+    assert gm.conditions() == [("Train", "Waiting")]
+    # and the GM still works
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    assert b"lifelong_gm_upstream_rejected_total" in gm.svc.metrics.render()
+
+
+# -- validation at apply ----------------------------------------------------------------------
+
+
+def test_apply_refuses_unknown_nodes_missing_datasets_and_bad_fields(gm: GM) -> None:
+    with pytest.raises(ValidationError, match="node 'node-a' is not known"):
+        gm.api.apply(dataset())
+    gm.hello("node-a")
+    gm.idle()
+    assert gm.api.apply(dataset())["result"] == "created"
+    assert gm.api.apply(dataset())["result"] == "unchanged"
+    changed = dataset()
+    changed["spec"]["url"] = "/data/other.txt"
+    assert gm.api.apply(changed)["result"] == "configured"
+    with pytest.raises(ValidationError, match=r"spec\.dataset\.name: Dataset default/ds2 does not exist"):
+        bad = job()
+        bad["spec"]["dataset"]["name"] = "ds2"
+        gm.api.apply(bad)
+    with pytest.raises(
+        ValidationError, match=r"deploySpec\.template\.spec\.nodeName: node 'node-b' is not known"
+    ):
+        gm.api.apply(job())
+    with pytest.raises(ValidationError, match=r"spec\.outputDir"):
+        bad = job()
+        del bad["spec"]["outputDir"]
+        gm.api.apply(bad)
+    assert gm.svc.store.list("LifelongLearningJob") == []
+
+
+def test_json_codec_and_reports_from_nodes_outside_the_job(tmp_path: Path) -> None:
+    g = GM(tmp_path, codec="json")
+    try:
+        setup_job(g)
+        wait_for(lambda: g.bus.envelopes("node-b", Op.UPSERT), what="the job on node-b, JSON-encoded")
+        assert g.bus.first_bytes == {b"{"}
+        g.hello("node-c")
+        g.idle()
+        g.report("node-c", "LifelongLearningJob", "job1", ready("Train", 1))
+        g.idle()
+        assert rejected(g, "wrong_node") == 1
+        assert g.conditions() == [("Train", "Waiting")]
+    finally:
+        g.stop()
+
+
+def test_a_worker_that_can_never_start_fails_the_stage(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.idle()
+    gm.api.apply(dataset())
+    broken = job()
+    del broken["spec"]["trainSpec"]["template"]["spec"]["nodeName"]
+    gm.svc.store.apply(broken)  # past the API's validation, as a hand-edited store would be
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: ("Train", "Failed") in gm.conditions(), what="Train/Failed")
+    failed = next(c for c in gm.job()["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "StartFailed" and "names no node" in failed["message"]
+    assert gm.conditions()[-1] == ("Train", "Waiting")
+
+
+def test_resend_backoff_doubles_up_to_its_cap(gm: GM) -> None:
+    down = gm.svc.downstream  # resend_base 0.2, resend_cap 0.4 in this fixture
+    assert [down.backoff(n) for n in range(5)] == [0.0, 0.2, 0.4, 0.4, 0.4]
+    down.resend_base, down.resend_cap = 2.0, 60.0
+    assert [down.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [2.0, 4.0, 8.0, 60.0, 60.0, 60.0]

@@ -1,0 +1,156 @@
+"""The standalone SQLite store: versions, status kept apart from spec, conflicts, the watch."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from harness.waiting import wait_for
+
+from lifelong.cloud.stores import sqlite as sqlite_store
+from lifelong.cloud.stores.base import Conflict, NotFound, WatchEvent
+from lifelong.cloud.stores.sqlite import SqliteStore
+
+
+def ds(name: str = "ds1", node: str = "node-a", url: str = "/data/a.txt") -> dict:
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"url": url, "format": "txt", "nodeName": node},
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SqliteStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+def test_apply_fills_metadata_and_versions_grow(store: SqliteStore) -> None:
+    a = store.apply(ds("a"))
+    b = store.apply(ds("b"))
+    assert a["metadata"]["namespace"] == "default"
+    assert a["metadata"]["uid"] and a["metadata"]["creationTimestamp"]
+    assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
+    assert store.get("Dataset", "default", "a") == a
+    assert [o["metadata"]["name"] for o in store.list("Dataset")] == ["a", "b"]
+    assert store.list("Dataset", "other") == []
+
+
+def test_unchanged_apply_keeps_version_and_changed_apply_bumps_it(store: SqliteStore) -> None:
+    first = store.apply(ds())
+    again = store.apply({**ds(), "metadata": {"name": "ds1", "resourceVersion": "999"}})
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    changed = store.apply(ds(url="/data/b.txt"))
+    assert int(changed["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert changed["metadata"]["uid"] == first["metadata"]["uid"]
+    assert changed["metadata"]["generation"] == 2
+
+
+def test_status_is_written_apart_from_spec(store: SqliteStore) -> None:
+    store.apply(ds())
+    with_status = store.update_status("Dataset", "default", "ds1", {"numberOfSamples": 5})
+    assert with_status["status"] == {"numberOfSamples": 5}
+    # apply never touches status, even when the caller sends one
+    reapplied = store.apply({**ds(url="/x"), "status": {"numberOfSamples": 0}})
+    assert reapplied["status"] == {"numberOfSamples": 5}
+    assert reapplied["spec"]["url"] == "/x"
+    # status writes never touch spec
+    again = store.update_status("Dataset", "default", "ds1", {"numberOfSamples": 6})
+    assert again["spec"]["url"] == "/x"
+    # a new object starts without status
+    assert "status" not in store.apply({**ds("fresh"), "status": {"numberOfSamples": 9}})
+
+
+def test_status_conflict_and_not_found(store: SqliteStore) -> None:
+    obj = store.apply(ds())
+    rv = obj["metadata"]["resourceVersion"]
+    store.update_status("Dataset", "default", "ds1", {"numberOfSamples": 1}, resource_version=rv)
+    with pytest.raises(Conflict):
+        store.update_status("Dataset", "default", "ds1", {"numberOfSamples": 2}, resource_version=rv)
+    with pytest.raises(NotFound):
+        store.update_status("Dataset", "default", "nope", {})
+    same = store.get("Dataset", "default", "ds1")
+    assert same is not None
+    unchanged = store.update_status("Dataset", "default", "ds1", {"numberOfSamples": 1})
+    assert unchanged["metadata"]["resourceVersion"] == same["metadata"]["resourceVersion"]
+
+
+def test_delete_returns_the_deletion_version(store: SqliteStore) -> None:
+    obj = store.apply(ds())
+    gone = store.delete("Dataset", "default", "ds1")
+    assert gone is not None
+    assert int(gone["metadata"]["resourceVersion"]) > int(obj["metadata"]["resourceVersion"])
+    assert store.get("Dataset", "default", "ds1") is None
+    assert store.delete("Dataset", "default", "ds1") is None
+
+
+def test_versions_survive_reopening(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "s.db")
+    rv = int(s.apply(ds())["metadata"]["resourceVersion"])
+    s.close()
+    s2 = SqliteStore(tmp_path / "s.db")
+    try:
+        assert int(s2.apply(ds("b"))["metadata"]["resourceVersion"]) == rv + 1
+    finally:
+        s2.close()
+
+
+def _collect(store: SqliteStore) -> tuple[list[WatchEvent], threading.Event, threading.Thread]:
+    events: list[WatchEvent] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=store.watch, args=(events.append,), kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    return events, stop, thread
+
+
+def test_watch_lists_then_streams_changes_in_order(store: SqliteStore) -> None:
+    store.apply(ds("a"))
+    events, stop, thread = _collect(store)
+    try:
+        wait_for(lambda: len(events) == 1, what="the initial list")
+        store.apply(ds("b"))
+        store.update_status("Dataset", "default", "a", {"numberOfSamples": 3})
+        store.delete("Dataset", "default", "b")
+        wait_for(lambda: len(events) == 4, what="three changes")
+        assert [(e.type, e.key[2]) for e in events] == [
+            ("ADDED", "a"),
+            ("ADDED", "b"),
+            ("MODIFIED", "a"),
+            ("DELETED", "b"),
+        ]
+        versions = [int(e.object["metadata"]["resourceVersion"]) for e in events[1:]]
+        assert versions == sorted(versions)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_watch_relists_after_falling_behind_the_pruned_log(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CHANGE_LOG_KEEP", 1)
+    store.apply(ds("a"))
+    store.apply(ds("gone"))
+    events, stop, thread = _collect(store)
+    wait_for(lambda: len(events) == 2, what="the initial list")
+    stop.set()
+    thread.join(5)
+    # many changes while nobody watches; the log gets pruned
+    store.delete("Dataset", "default", "gone")
+    for i in range(1100):
+        store.update_status("Dataset", "default", "a", {"numberOfSamples": i})
+    store._db.execute("DELETE FROM changes WHERE rv < (SELECT MAX(rv) FROM changes)")
+    seen: list[WatchEvent] = []
+    stop2 = threading.Event()
+    t2 = threading.Thread(target=store.watch, args=(seen.append,), kwargs={"stop": stop2}, daemon=True)
+    t2.start()
+    try:
+        wait_for(lambda: any(e.key[2] == "a" for e in seen), what="a re-list")
+        assert {e.key[2] for e in seen} == {"a"}
+    finally:
+        stop2.set()
+        t2.join(5)

@@ -1,0 +1,273 @@
+"""deploy/k8s: the manifests parse, their copies are current, RBAC grants what the code calls,
+and kustomize renders them.
+
+Rendering uses the ``kubectl`` binary (Debian's ``kubernetes-client``) and is skipped, with
+the reason, where it is missing. ``kubectl apply --dry-run=client`` needs an API server for
+discovery even in client mode; it is given a FAKE one (tests/harness/fake_k8s.py, discovery
+only, nothing is stored) and runs with ``--validate=false`` because the fake serves no
+OpenAPI schema. So this checks that kustomize and kubectl accept and map every object, not
+that a real cluster would admit them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness.fake_k8s import FakeKubernetesApiServer
+
+from lifelong.cloud.leader import LeaderElectionSettings
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+CRDS = REPO / "deploy" / "crds"
+MOSQUITTO = REPO / "deploy" / "mosquitto"
+CODE = {
+    "stores/kubernetes.py": REPO / "cloud" / "stores" / "kubernetes.py",
+    "runtimes/kubernetes_pods.py": REPO / "cloud" / "runtimes" / "kubernetes_pods.py",
+    "leader.py": REPO / "cloud" / "leader.py",
+}
+SEDNA = ("lifelonglearningjobs", "datasets", "models")
+
+#: Every Kubernetes client method the GM's Kubernetes code calls -> (API group, resources, verbs)
+#: it needs. A method missing here fails the test: add it, and grant it in gm-rbac.yaml.
+#: Methods given to ``Watch.stream`` (the list methods) also need ``watch``.
+NEEDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "get_namespaced_custom_object": ("sedna.io", SEDNA, ("get",)),
+    "list_namespaced_custom_object": ("sedna.io", SEDNA, ("list", "watch")),
+    "list_cluster_custom_object": ("sedna.io", SEDNA, ("list", "watch")),
+    "create_namespaced_custom_object": ("sedna.io", SEDNA, ("create",)),
+    "replace_namespaced_custom_object": ("sedna.io", SEDNA, ("update",)),
+    "replace_namespaced_custom_object_status": ("sedna.io", tuple(f"{p}/status" for p in SEDNA), ("update",)),
+    "delete_namespaced_custom_object": ("sedna.io", SEDNA, ("delete",)),
+    "list_node": ("", ("nodes",), ("list",)),
+    "create_namespaced_pod": ("", ("pods",), ("create",)),
+    "delete_collection_namespaced_pod": ("", ("pods",), ("deletecollection",)),
+    "list_pod_for_all_namespaces": ("", ("pods",), ("list", "watch")),
+    "list_namespaced_pod": ("", ("pods",), ("list", "watch")),
+    "read_namespaced_lease": ("coordination.k8s.io", ("leases",), ("get",)),
+    "create_namespaced_lease": ("coordination.k8s.io", ("leases",), ("create",)),
+    "replace_namespaced_lease": ("coordination.k8s.io", ("leases",), ("update",)),
+}
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML speaks YAML 1.1, where a bare ``=`` is the "value" tag; kustomize writes YAML 1.2
+    and leaves ``=`` (an operator in the job CRD's enum) unquoted. Read it as the string."""
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+
+
+def load_all() -> dict[str, list[dict[str, Any]]]:
+    docs: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(K8S.rglob("*.yaml")):
+        docs[str(path.relative_to(K8S))] = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return docs
+
+
+def objects() -> list[dict[str, Any]]:
+    return [d for name, ds in load_all().items() if name != "kustomization.yaml" for d in ds]
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    for obj in objects():
+        if obj["kind"] == kind and obj["metadata"]["name"] == name:
+            return obj
+    raise AssertionError(f"no {kind} {name} in deploy/k8s")
+
+
+def test_k8s_every_manifest_parses() -> None:
+    docs = load_all()
+    assert "kustomization.yaml" in docs
+    for name, ds in docs.items():
+        assert ds, f"{name} is empty"
+        for doc in ds:
+            assert {"apiVersion", "kind"} <= set(doc), f"{name}: a document without apiVersion/kind"
+            if doc["kind"] != "Kustomization":
+                assert doc["metadata"]["name"], f"{name}: an object without a name"
+    kustomization = docs["kustomization.yaml"][0]
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file(), f"kustomization.yaml lists {resource}, which does not exist"
+
+
+def test_k8s_copies_match_their_sources() -> None:
+    """deploy/k8s/crds and deploy/k8s/mosquitto are copies (kustomize reads nothing outside
+    deploy/k8s). When this fails, run deploy/k8s/sync.sh."""
+    sources = sorted(p.name for p in CRDS.glob("*.yaml"))
+    assert sources, "deploy/crds has no CRDs (make crds)"
+    assert sorted(p.name for p in (K8S / "crds").glob("*.yaml")) == sources, "run deploy/k8s/sync.sh"
+    for name in sources:
+        assert (K8S / "crds" / name).read_bytes() == (CRDS / name).read_bytes(), f"crds/{name}: run sync.sh"
+    for name in ("mosquitto.conf", "acl"):
+        assert (K8S / "mosquitto" / name).read_bytes() == (MOSQUITTO / name).read_bytes(), f"{name}: sync.sh"
+    resources = load_all()["kustomization.yaml"][0]["resources"]
+    assert sorted(r.removeprefix("crds/") for r in resources if r.startswith("crds/")) == sources
+
+
+def called_methods() -> dict[str, set[str]]:
+    """Client methods called in each Kubernetes module (``self._custom.x``, ``self._core.x``, …)."""
+    pattern = re.compile(r"\b(?:self|store)\._(?:custom|core|api)\.(\w+)")
+    return {name: set(pattern.findall(path.read_text())) for name, path in CODE.items()}
+
+
+def granted(
+    rules: list[dict[str, Any]], group: str, resource: str, verb: str, name: str | None = None
+) -> bool:
+    for rule in rules:
+        names = rule.get("resourceNames")
+        if (
+            group in rule.get("apiGroups", [])
+            and resource in rule.get("resources", [])
+            and verb in rule.get("verbs", [])
+            and (not names or name in names)
+        ):
+            return True
+    return False
+
+
+def test_k8s_rbac_grants_what_the_code_calls() -> None:
+    calls = called_methods()
+    assert all(calls.values()), f"found no API calls in some module: {calls}"
+    unknown = {m for ms in calls.values() for m in ms} - set(NEEDS)
+    assert not unknown, f"add these client methods to NEEDS and to gm-rbac.yaml: {sorted(unknown)}"
+
+    cluster_rules = find("ClusterRole", "lifelong-gm")["rules"]
+    lease_rules = find("Role", "lifelong-gm-leader-election")["rules"]
+    lease_name = LeaderElectionSettings().lease_name
+    for module, methods in calls.items():
+        for method in methods:
+            group, resources, verbs = NEEDS[method]
+            for resource in resources:
+                for verb in verbs:
+                    if resource == "leases":
+                        name = None if verb == "create" else lease_name
+                        ok = granted(lease_rules, group, resource, verb, name)
+                    else:
+                        ok = granted(cluster_rules, group, resource, verb)
+                    assert ok, f"{module} calls {method}: {verb} {group or 'core'}/{resource} is not granted"
+
+    # Least privilege: nothing beyond the API groups and resources the code uses, no wildcards.
+    for rule in cluster_rules + lease_rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+    assert {r for rule in cluster_rules for r in rule["resources"]} == {
+        *SEDNA,
+        *(f"{p}/status" for p in SEDNA),
+        "pods",
+        "nodes",
+    }
+    assert not any(granted(cluster_rules, "", "secrets", v) for v in ("get", "list"))
+    assert not any(granted(cluster_rules, "coordination.k8s.io", "leases", v) for v in ("get", "update"))
+
+    # The bindings give those roles to the GM's ServiceAccount.
+    sa = find("ServiceAccount", "lifelong-gm")
+    for kind, name in (("ClusterRoleBinding", "lifelong-gm"), ("RoleBinding", "lifelong-gm-leader-election")):
+        binding = find(kind, name)
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "lifelong-gm", "namespace": sa["metadata"]["namespace"]}
+        ]
+    role_binding = find("RoleBinding", "lifelong-gm-leader-election")
+    assert role_binding["metadata"]["namespace"] == sa["metadata"]["namespace"]
+
+
+def test_k8s_gm_deployment_runs_the_gm_with_leader_election() -> None:
+    deployment = find("Deployment", "lifelong-gm")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["serviceAccountName"] == "lifelong-gm"
+    container = pod["containers"][0]
+    command = container["command"] + container["args"]
+    assert command == ["lifelong", "gm", "--store", "kubernetes", "--broker", "mqtt://mosquitto:1883"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # leader identity
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert all(
+        "value" not in e or "password" not in e["value"].lower() or e["value"].startswith("/")
+        for e in container["env"]
+    )
+
+    service = find("Service", "mosquitto")
+    assert service["spec"]["ports"][0]["port"] == 1883
+    broker = find("Deployment", "mosquitto")
+    assert service["spec"]["selector"].items() <= broker["spec"]["template"]["metadata"]["labels"].items()
+    projected = broker["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    assert projected[0]["configMap"]["name"] == "mosquitto-config"
+    assert {i["path"] for s in projected for i in next(iter(v for v in s.values()))["items"]} == {
+        "mosquitto.conf",
+        "acl",
+        "passwd",
+    }  # everything mosquitto.conf points at under /mosquitto/config/
+    conf = (MOSQUITTO / "mosquitto.conf").read_text()
+    for path in ("/mosquitto/config/passwd", "/mosquitto/config/acl"):
+        assert path in conf
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.skip("kubectl is not installed (Debian: apt-get install kubernetes-client)")
+    return found
+
+
+def test_k8s_kustomize_renders() -> None:
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(K8S)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.load_all(out.stdout, Loader=_Yaml12Loader) if d]
+    kinds = sorted(d["kind"] for d in rendered)
+    assert kinds == sorted(
+        ["CustomResourceDefinition"] * 3
+        + ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+        + ["Deployment", "Deployment", "Service", "ConfigMap"]
+    )
+    configmap = next(d for d in rendered if d["kind"] == "ConfigMap")
+    assert configmap["data"]["mosquitto.conf"] == (MOSQUITTO / "mosquitto.conf").read_text()
+    assert configmap["data"]["acl"] == (MOSQUITTO / "acl").read_text()
+    broker = next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "mosquitto")
+    volume = broker["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["configMap"]
+    assert volume["name"] == configmap["metadata"]["name"]  # the generated name (with its hash)
+    for doc in rendered:
+        if doc["kind"] not in ("CustomResourceDefinition", "Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == "lifelong", doc["metadata"]["name"]
+    gm = next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "lifelong-gm")
+    assert gm["spec"]["template"]["spec"]["containers"][0]["image"] == "lifelong:0.1.0"
+
+
+@pytest.fixture
+def discovery_server() -> Iterator[FakeKubernetesApiServer]:
+    with FakeKubernetesApiServer() as server:
+        yield server
+
+
+def test_k8s_kubectl_apply_dry_run_renders_fake_api(
+    discovery_server: FakeKubernetesApiServer, tmp_path: Path
+) -> None:
+    """``kubectl apply -k deploy/k8s --dry-run=client -o yaml``, discovery from a FAKE API server."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    cmd = [
+        kubectl(),
+        "--kubeconfig",
+        str(kubeconfig),
+        "--server",
+        discovery_server.url,
+        "apply",
+        "-k",
+        str(K8S),
+        "--dry-run=client",
+        "--validate=false",
+        "-o",
+        "yaml",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    rendered = yaml.load(out.stdout, Loader=_Yaml12Loader)
+    assert len(rendered["items"]) == 13
+    assert not any(m in ("POST", "PUT", "PATCH", "DELETE") for m, _ in discovery_server.requests)
