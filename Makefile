@@ -47,8 +47,9 @@ imports: .build/pkg
 
 check: lint typecheck imports
 
-crds: $(STAMP)
+crds: $(STAMP)  ## also refreshes the copies kustomize needs in deploy/k8s
 	$(BIN)/python -m lifelong.common.api.crdgen deploy/crds
+	sh deploy/k8s/sync.sh
 
 demo: $(STAMP)
 	$(BIN)/lifelong demo

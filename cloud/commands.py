@@ -1,12 +1,17 @@
 """Sub-commands of the cloud side: ``lifelong gm`` and the kubectl-like client commands.
 
 Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``.
+
+``lifelong gm`` also reads a few options from ``LIFELONG_GM_*`` environment variables (the
+Kubernetes Deployment sets them); a flag given on the command line wins. The list is in
+``GM_ENV`` and in ``lifelong gm --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -18,9 +23,43 @@ from lifelong.common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+#: Environment variable -> the ``lifelong gm`` flag it gives a default to (flags win).
+GM_ENV: dict[str, str] = {
+    "LIFELONG_GM_BROKER": "--broker",
+    "LIFELONG_GM_STORE": "--store",
+    "LIFELONG_GM_STATE": "--state",
+    "LIFELONG_GM_PREFIX": "--prefix",
+    "LIFELONG_GM_USERNAME": "--username",
+    "LIFELONG_GM_PASSWORD_FILE": "--password-file",
+    "LIFELONG_GM_API_HOST": "--api-host",
+    "LIFELONG_GM_API_PORT": "--api-port",
+    "LIFELONG_GM_LEASE_NAME": "--lease-name",
+}
+
+GM_EPILOG = (
+    "environment (a flag on the command line wins):\n"
+    + "".join(f"  {var:<27} {flag}\n" for var, flag in GM_ENV.items())
+    + "\nKubernetes mode (--store kubernetes): every replica campaigns for the Lease LEASE_NAME in\n"
+    "the namespace POD_NAMESPACE (default: default) as POD_NAME (else HOSTNAME); only the leader\n"
+    "connects to the broker and runs the controllers. A leader that loses the Lease exits with\n"
+    "status 1 so that Kubernetes restarts it as a follower. The HTTP API then serves only\n"
+    "/healthz and /metrics (use kubectl for resources)."
+)
+
+
+def _env(flag: str, default: str | None) -> str | None:
+    """The default of ``flag``: its ``LIFELONG_GM_*`` variable when set (and not empty), else ``default``."""
+    for var, name in GM_ENV.items():
+        if name == flag and os.environ.get(var):
+            return os.environ[var]
+    return default
+
+
 def cmd_gm(args: argparse.Namespace) -> int:
     from lifelong.cloud.service import GMService, GMSettings
 
+    if not args.broker:
+        raise ConfigError("lifelong gm needs --broker mqtt://HOST:PORT (or LIFELONG_GM_BROKER)")
     password = None
     if args.password_file:
         try:
@@ -46,6 +85,8 @@ def cmd_gm(args: argparse.Namespace) -> int:
         backoff_cap=args.job_backoff_cap,
         lc_server=args.lc_server,
         kb_server=args.kb_server,
+        leader_election=not args.no_leader_election,
+        lease_name=args.lease_name,
     )
     stop = threading.Event()
 
@@ -58,10 +99,14 @@ def cmd_gm(args: argparse.Namespace) -> int:
     service = GMService(settings)
     try:
         service.start()
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(0.5):
+            if service.lost_leadership.is_set():
+                break
     finally:
         service.stop()
+    if service.lost_leadership.is_set():
+        log.error("exiting with status 1: this GM lost the lease (Kubernetes restarts it as a follower)")
+        return 1
     return 0
 
 
@@ -70,29 +115,57 @@ def register(sub: Any) -> None:
     from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER, DEFAULT_LC_SERVER
     from lifelong.common.topics import DEFAULT_PREFIX
 
-    p = sub.add_parser("gm", help="run the cloud Global Manager")
-    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p = sub.add_parser(
+        "gm",
+        help="run the cloud Global Manager",
+        epilog=GM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--broker", default=_env("--broker", None), help="mqtt://HOST:PORT or mqtts://HOST:PORT (required)"
+    )
     p.add_argument(
         "--store",
-        default="sqlite:lifelong-gm.db",
+        default=_env("--store", "sqlite:lifelong-gm.db"),
         help="sqlite:PATH (standalone, the default: sqlite:lifelong-gm.db) or kubernetes",
     )
-    p.add_argument("--state", help="the GM's bookkeeping database (default: STORE_PATH.gmstate)")
+    p.add_argument(
+        "--state",
+        default=_env("--state", None),
+        help="the GM's bookkeeping database (default: STORE_PATH.gmstate; ./lifelong-gm-state.db "
+        "with --store kubernetes)",
+    )
     p.add_argument("--kubeconfig", help="kubeconfig file for --store kubernetes (default: in-cluster)")
     p.add_argument(
-        "--api-host", default=DEFAULT_API_HOST, help=f"HTTP API address (default {DEFAULT_API_HOST})"
+        "--api-host",
+        default=_env("--api-host", DEFAULT_API_HOST),
+        help=f"HTTP API address (default {DEFAULT_API_HOST})",
     )
     p.add_argument(
         "--api-port",
         type=int,
-        default=DEFAULT_API_PORT,
+        default=_env("--api-port", str(DEFAULT_API_PORT)),
         help=f"HTTP API port, -1 for none (default {DEFAULT_API_PORT})",
     )
-    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    p.add_argument(
+        "--prefix", default=_env("--prefix", DEFAULT_PREFIX), help=f"topic prefix (default {DEFAULT_PREFIX})"
+    )
     p.add_argument("--codec", choices=["msgpack", "json"], default="msgpack", help="codec of sent messages")
     p.add_argument("--client-id", help="MQTT client id (default lifelong-gm-HOST-PID)")
-    p.add_argument("--username", help="broker user name")
-    p.add_argument("--password-file", help="file holding the broker password")
+    p.add_argument("--username", default=_env("--username", None), help="broker user name")
+    p.add_argument(
+        "--password-file", default=_env("--password-file", None), help="file holding the broker password"
+    )
+    p.add_argument(
+        "--lease-name",
+        default=_env("--lease-name", "lifelong-gm"),
+        help="--store kubernetes: the Lease the replicas elect a leader with (default lifelong-gm)",
+    )
+    p.add_argument(
+        "--no-leader-election",
+        action="store_true",
+        help="--store kubernetes: act at once without a Lease (only ever run one replica then)",
+    )
     p.add_argument("--workers", type=int, default=4, help="controller threads (default 4)")
     p.add_argument("--resend-base", type=float, default=2.0, help="first resend wait, seconds (default 2)")
     p.add_argument("--resend-cap", type=float, default=60.0, help="longest resend wait, seconds (default 60)")

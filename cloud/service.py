@@ -8,14 +8,47 @@ per object), a resend ticker (unacknowledged downstream changes, with backoff), 
 server. ``stop()`` is the staged shutdown SIGTERM triggers: stop taking requests, publish the
 retained ``offline`` presence and disconnect (the broker drops the will), finish queued work,
 close the databases.
+
+Kubernetes mode (``store="kubernetes"``): the resources are the ``sedna.io`` custom objects
+(:class:`~lifelong.cloud.stores.kubernetes.KubernetesStore`), workers are Pods
+(:class:`~lifelong.cloud.runtimes.kubernetes_pods.KubernetesPodsRuntime`), and a job whose
+Dataset is missing or whose nodes are not Node objects gets one ``Failed`` condition naming
+the reason and is parked until its spec changes (see the lifelong-learning controller).
+
+Leadership (Kubernetes mode, ``leader_election`` on, the default): every replica campaigns for
+the ``coordination.k8s.io`` Lease ``lease_name`` in ``lease_namespace`` (``POD_NAMESPACE``,
+else ``default``) as ``identity`` (``POD_NAME``, else ``HOSTNAME``) with
+:class:`~lifelong.cloud.leader.LeaderElector`.
+
+* A **follower** serves ``/healthz`` and ``/metrics`` (so its probes pass) and does nothing
+  else: it does **not connect to the broker** (no presence, no will, no upstream subscription,
+  which a plain MQTT subscription would otherwise deliver to every replica), does not watch
+  the store or Pods, and writes nothing.
+* On **becoming leader** it connects to the broker (retained ``online`` presence), subscribes
+  to upstream, starts the store watch (a full list first, so every job is reconciled and every
+  node is sent what it should hold), the Pod watch and the resend ticker.
+* On **losing leadership** (no successful renewal for ``renew_deadline``) it stops acting at
+  once: the watches and the ticker stop, the executor takes no new work, and the bus
+  disconnects cleanly *without* an ``offline`` presence (a successor may already be online).
+  ``lost_leadership`` is set and ``lifelong gm`` exits with status 1, so Kubernetes restarts
+  the container as a fresh follower (client-go's controllers do the same). A service never
+  leads twice.
+* On ``stop()`` a leader first stops acting and publishes ``offline``, then releases the
+  Lease, so a successor takes over on its next retry instead of waiting out the lease.
+
+In Kubernetes mode the HTTP API serves only ``/healthz`` and ``/metrics``: resources are
+read and written with kubectl (RBAC applies there); the API has no authentication and may
+listen on ``0.0.0.0`` for the kubelet's probes and Prometheus.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,23 +56,24 @@ from typing import Any
 from lifelong.cloud.api_server import DEFAULT_API_HOST, DEFAULT_API_PORT, ApiServer, GMApi
 from lifelong.cloud.controllers.base import ReportRejected
 from lifelong.cloud.controllers.dataset.controller import DatasetController
-from lifelong.cloud.controllers.lifelonglearning.controller import LifelongLearningController
+from lifelong.cloud.controllers.lifelonglearning.controller import LifelongLearningController, Validator
 from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER, DEFAULT_LC_SERVER
 from lifelong.cloud.controllers.registry import Registry
 from lifelong.cloud.controllers.worker.controller import WorkerController
 from lifelong.cloud.downstream import Downstream
 from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default_identity
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
-from lifelong.cloud.stores.base import ResourceStore, WatchEvent
+from lifelong.cloud.stores.base import Object, ResourceStore, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
 from lifelong.cloud.upstream import Upstream
 from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, Will
-from lifelong.common.codec import Codec, encode
+from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
-from lifelong.common.errors import BusError, ConfigError
+from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
 from lifelong.common.statemachine import Condition
 from lifelong.common.topics import DEFAULT_PREFIX, Topics
 
@@ -82,6 +116,35 @@ class GMSettings:
     max_payload: int | None = None
     lc_server: str = DEFAULT_LC_SERVER
     kb_server: str = DEFAULT_KB_SERVER
+    leader_election: bool = True
+    """Kubernetes mode: act only while holding the Lease. Off: act at once (one replica only!)."""
+    lease_name: str = "lifelong-gm"
+    lease_namespace: str | None = None
+    """Default: ``POD_NAMESPACE``, else ``default``."""
+    identity: str | None = None
+    """This replica's name in the Lease. Default: ``POD_NAME``, else ``HOSTNAME``."""
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    kube_watch_timeout: int = 30
+    """Seconds one Kubernetes watch request (store, Pods) stays open before it is resumed."""
+
+    @property
+    def kubernetes(self) -> bool:
+        return self.store == "kubernetes"
+
+    def leader_election_settings(self) -> LeaderElectionSettings:
+        try:
+            return LeaderElectionSettings(
+                lease_name=self.lease_name,
+                namespace=self.lease_namespace or os.environ.get("POD_NAMESPACE") or "default",
+                lease_duration=self.lease_duration,
+                renew_deadline=self.renew_deadline,
+                retry_period=self.retry_period,
+                request_timeout=min(5.0, self.renew_deadline / 2),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"leader election: {exc}") from None
 
 
 def _open_store(settings: GMSettings) -> ResourceStore:
@@ -96,7 +159,10 @@ def _open_store(settings: GMSettings) -> ResourceStore:
         except ImportError as exc:
             raise ConfigError(f"--store kubernetes is not available: {exc}") from None
         try:
-            store: ResourceStore = k8s_store.KubernetesStore(kubeconfig=settings.kubeconfig)
+            store: ResourceStore = k8s_store.KubernetesStore(
+                kubeconfig=settings.kubeconfig,
+                settings=k8s_store.KubernetesStoreSettings(watch_timeout=settings.kube_watch_timeout),
+            )
         except Exception as exc:  # the kubernetes client raises several types for a bad config
             raise ConfigError(f"cannot use Kubernetes: {type(exc).__name__}: {exc}") from None
         return store
@@ -123,9 +189,50 @@ def _runtime(settings: GMSettings, store: ResourceStore) -> WorkerRuntime:
         from kubernetes import client
 
         core = client.CoreV1Api(getattr(store, "api_client", None))
-        runtime: WorkerRuntime = kubernetes_pods.KubernetesPodsRuntime(core)
+        runtime: WorkerRuntime = kubernetes_pods.KubernetesPodsRuntime(
+            core, settings=kubernetes_pods.PodsRuntimeSettings(watch_timeout=settings.kube_watch_timeout)
+        )
         return runtime
     return EdgeProcessRuntime(store)
+
+
+class _ProbesOnlyStore:
+    """The store the HTTP API sees in Kubernetes mode: it refuses everything (use kubectl)."""
+
+    MESSAGE = "in Kubernetes mode the GM's HTTP API serves only /healthz and /metrics; use kubectl"
+
+    def _refuse(self) -> LifelongError:
+        return LifelongError(self.MESSAGE)
+
+    def get(self, kind: str, namespace: str, name: str) -> Object | None:
+        raise self._refuse()
+
+    def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
+        raise self._refuse()
+
+    def apply(self, obj: Object) -> Object:
+        raise self._refuse()
+
+    def update_status(
+        self, kind: str, namespace: str, name: str, status: Object, *, resource_version: str | None = None
+    ) -> Object:
+        raise self._refuse()
+
+    def delete(self, kind: str, namespace: str, name: str) -> Object | None:
+        raise self._refuse()
+
+    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
+        raise self._refuse()
+
+    def close(self) -> None:
+        pass
+
+
+class _ProbesOnlyApi(GMApi):
+    """Kubernetes mode: ``/healthz`` and ``/metrics`` only; every resource request is refused."""
+
+    def nodes(self) -> list[dict[str, Any]]:
+        raise LifelongError(_ProbesOnlyStore.MESSAGE)
 
 
 class GMService:
@@ -134,6 +241,9 @@ class GMService:
     def __init__(self, settings: GMSettings) -> None:
         self.settings = settings
         BrokerAddress.parse(settings.broker)  # ConfigError before anything is opened
+        lease_settings = (
+            settings.leader_election_settings() if settings.kubernetes and settings.leader_election else None
+        )
         self.topics = Topics(settings.prefix)
         self.codec = Codec(settings.codec)
         self.metrics = GMMetrics()
@@ -143,6 +253,11 @@ class GMService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stopped = False
+        self._lock = threading.Lock()  # orders becoming leader against stop()
+        self._acting = False
+        self._api_started = False
+        self.lost_leadership = threading.Event()
+        """Set when this replica lost the Lease and stopped acting (``lifelong gm`` exits 1)."""
 
         will = Will(self.topics.gm_presence(), self._presence("offline"))
         credentials = Credentials(settings.username, settings.password) if settings.username else None
@@ -165,6 +280,13 @@ class GMService:
             resend_cap=settings.resend_cap,
         )
         self.runtime = _runtime(settings, self.store)
+        validate: Validator | None = None
+        if settings.kubernetes:
+            from lifelong.cloud.stores.kubernetes import KubernetesStore, kubernetes_validation_condition
+
+            if isinstance(self.store, KubernetesStore):
+                validate = functools.partial(kubernetes_validation_condition, store=self.store)
+
         self.registry = Registry()
         self.jobs = LifelongLearningController(
             self.store,
@@ -177,8 +299,11 @@ class GMService:
             kb_server=settings.kb_server,
             backoff_base=settings.backoff_base,
             backoff_cap=settings.backoff_cap,
+            validate=validate,
         )
-        self.runtime.set_phase_handler(self._on_runtime_phase)
+        if not settings.kubernetes:
+            # The Pod runtime starts its Pod watch here, so in Kubernetes mode only a leader calls it.
+            self.runtime.set_phase_handler(self._on_runtime_phase)
         self.registry.register(self.jobs)
         self.registry.register(
             DatasetController(self.store, self.downstream, self.metrics, enqueue_job=self.jobs.enqueue)
@@ -201,10 +326,12 @@ class GMService:
         self.metrics.jobs_fn = self._jobs_by_state
         self.api: ApiServer | None = None
         if settings.api_port >= 0:
+            if settings.kubernetes:
+                api: GMApi = _ProbesOnlyApi(_ProbesOnlyStore(), self.state, self.metrics)
+            else:
+                api = GMApi(self.store, self.state, self.metrics)
             try:
-                self.api = ApiServer(
-                    GMApi(self.store, self.state, self.metrics), settings.api_host, settings.api_port
-                )
+                self.api = ApiServer(api, settings.api_host, settings.api_port)
             except OSError as exc:
                 self.executor.shutdown()
                 self.store.close()
@@ -212,6 +339,17 @@ class GMService:
                 raise ConfigError(
                     f"cannot serve the API on {settings.api_host}:{settings.api_port}: {exc.strerror or exc}"
                 ) from None
+        self.elector: LeaderElector | None = None
+        if lease_settings is not None:
+            from kubernetes import client
+
+            self.elector = LeaderElector(
+                client.CoordinationV1Api(getattr(self.store, "api_client", None)),
+                identity=settings.identity or default_identity(),
+                settings=lease_settings,
+                on_started_leading=self._on_started_leading,
+                on_stopped_leading=self._on_stopped_leading,
+            )
 
     # -- wiring ----------------------------------------------------------------------------
     def _presence(self, state: str) -> bytes:
@@ -229,6 +367,27 @@ class GMService:
         except BusError as exc:
             log.warning("could not publish GM presence: %s", exc)
         log.info("connected to the broker%s", "" if first else " again")
+
+    def _on_gm_presence(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """Say ``online`` again when an ``offline`` GM presence appears while this GM acts.
+
+        With replicas the presence topic is shared: the will of a previous leader that died
+        (published by the broker only after its keep-alive ran out) or the ``offline`` of one
+        that shut down may land after this leader said ``online``.
+        """
+        if self._stop.is_set() or not self._acting:
+            return
+        try:
+            env = decode(payload)
+        except ProtocolError:
+            return
+        body = env.body if isinstance(env.body, dict) else {}
+        if body.get("state") == "offline":
+            log.info("GM presence says offline (a previous GM's); saying online again")
+            try:
+                self.bus.publish(self.topics.gm_presence(), self._presence("online"), qos=1, retain=True)
+            except BusError as exc:
+                log.warning("could not publish GM presence: %s", exc)
 
     def _on_runtime_phase(self, phase: WorkerPhase) -> None:
         """A phase the runtime observed (the Pod watch): applied on the job's work queue."""
@@ -287,18 +446,47 @@ class GMService:
     def api_port(self) -> int | None:
         return None if self.api is None else self.api.port
 
+    @property
+    def acting(self) -> bool:
+        """True while this GM runs its controllers and talks to the edges (the leader's job)."""
+        return self._acting
+
     def start(self) -> None:
-        for topic_filter in self.upstream.filters():
-            self.bus.subscribe(topic_filter, self.upstream.on_message)
-        self.bus.start()
-        self.start_controllers()
+        if self.elector is None:
+            self._act()
+        else:
+            self._start_api()
+            self.elector.start()
         log.info(
-            "GM started: broker %s, store %s, prefix %s, API %s",
+            "GM started: broker %s, store %s, prefix %s, API %s%s",
             self.settings.broker,
             self.settings.store,
             self.topics.prefix,
             f"http://{self.settings.api_host}:{self.api_port}" if self.api else "off",
+            ""
+            if self.elector is None
+            else (
+                f"; campaigning for lease {self.elector.settings.namespace}/"
+                f"{self.elector.settings.lease_name} as {self.elector.identity}"
+            ),
         )
+
+    def _act(self) -> None:
+        """Connect to the broker and start the controllers (at start, or on becoming leader)."""
+        for topic_filter in self.upstream.filters():
+            self.bus.subscribe(topic_filter, self.upstream.on_message)
+        if self.settings.kubernetes:
+            self.bus.subscribe(self.topics.gm_presence(), self._on_gm_presence)
+        self.bus.start()
+        if self.settings.kubernetes:
+            self.runtime.set_phase_handler(self._on_runtime_phase)
+        self.start_controllers()
+        self._acting = True
+
+    def _start_api(self) -> None:
+        if self.api is not None and not self._api_started:
+            self._api_started = True
+            self.api.start()
 
     def start_controllers(self) -> None:
         """Everything but the bus connection: the store watch, the resend ticker, the API."""
@@ -306,26 +494,66 @@ class GMService:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        if self.api is not None:
-            self.api.start()
+        self._start_api()
+
+    # -- leadership ------------------------------------------------------------------------
+    def _on_started_leading(self) -> None:
+        with self._lock:
+            if self._stopped or self.lost_leadership.is_set():
+                log.info("leading, but this GM is stopping or lost the lease before: not acting")
+                return
+            log.info("this GM leads now: connecting to the broker and starting the controllers")
+            try:
+                self._act()
+            except Exception:  # holding the Lease without acting would stall every replica
+                log.exception("could not start acting as the leader; exiting")
+                self.lost_leadership.set()
+
+    def _on_stopped_leading(self) -> None:
+        with self._lock:
+            if self._stopped or not self._acting:
+                return  # stop() released the lease, or we never acted
+            log.error("lost the lease: this GM stops acting now and exits (Kubernetes restarts it)")
+            self.lost_leadership.set()
+            self._acting = False
+            self._stop.set()
+            self._close_runtime()
+            # A clean DISCONNECT (the broker drops the will) and no offline presence: the
+            # successor may already have said online.
+            self.bus.close()
+            self.executor.shutdown(timeout=1.0)
+
+    def _close_runtime(self) -> None:
+        """Stop the runtime's watch. The Pod watch may sit in a long request, so this waits
+        only briefly; the watch thread is a daemon and ends with its request."""
+        close = getattr(self.runtime, "close", None)
+        if callable(close):
+            closer = threading.Thread(target=close, name="gm-runtime-close", daemon=True)
+            closer.start()
+            closer.join(2.0)
 
     def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         log.info("GM stopping")
-        if self.api is not None:
+        if self.api is not None and self._api_started:
             self.api.stop()
         self._stop.set()
-        self.bus.close(final=(self.topics.gm_presence(), self._presence("offline")))
+        if self.lost_leadership.is_set():
+            self.bus.close()
+        else:
+            self.bus.close(final=(self.topics.gm_presence(), self._presence("offline")))
         self.executor.shutdown()
         for thread in self._threads:
             thread.join(5)
-        close = getattr(self.runtime, "close", None)
-        if callable(close):
-            close()
+        self._close_runtime()
+        if self.elector is not None:  # after everything stopped: a successor may start at once
+            self.elector.stop(release=True)
         self.store.close()
         self.state.close()
+        self._acting = False
         log.info("GM stopped")
 
     def __enter__(self) -> GMService:

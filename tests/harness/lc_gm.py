@@ -37,7 +37,17 @@ class Received:
 
 
 class FakeGM:
-    def __init__(self, host: str, port: int, prefix: str, node: str, *, auto_ack: bool = True) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        node: str,
+        *,
+        auto_ack: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.topics = Topics(prefix)
         self.node = node
         self.auto_ack = auto_ack
@@ -50,13 +60,24 @@ class FakeGM:
         self._rv = 100
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gm-{uuid.uuid4().hex[:8]}")
         self.client.on_message = self._on_message
-        connected = threading.Event()
-        self.client.on_connect = lambda *a: connected.set()
+        self.connected = threading.Event()
+        self._filters = [f"{prefix}/node/{node}/up/#", self.topics.node_presence(node)]
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.reconnect_delay_set(0.2, 1)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(host, port)
         self.client.loop_start()
-        assert connected.wait(10), "fake GM could not connect"
-        self.client.subscribe(f"{prefix}/node/{node}/up/#", qos=1)
-        self.client.subscribe(self.topics.node_presence(node), qos=1)
+        assert self.connected.wait(10), "fake GM could not connect"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        # Clean session: (re)subscribe on every connect, as the real GM does.
+        client.subscribe([(f, 1) for f in self._filters])
+
+    def _on_subscribe(self, *args: Any) -> None:
+        self.connected.set()
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -90,7 +111,8 @@ class FakeGM:
     # -- sending ----------------------------------------------------------------------------
     def _send(self, topic: str, env: Envelope) -> None:
         info = self.client.publish(topic, encode(env), qos=1)
-        info.wait_for_publish(10)
+        if threading.current_thread() is not self.client._thread:  # never block paho's own thread
+            info.wait_for_publish(10)
 
     def next_rv(self) -> str:
         self._rv += 1
@@ -120,7 +142,9 @@ class FakeGM:
         self._send(self.topics.down_ctl(self.node), env)
 
     # -- queries ----------------------------------------------------------------------------
-    def reports(self, kind: str | None = None, pred: Callable[[Envelope], bool] | None = None) -> list[Envelope]:
+    def reports(
+        self, kind: str | None = None, pred: Callable[[Envelope], bool] | None = None
+    ) -> list[Envelope]:
         with self.lock:
             out = [e for e in self.applied.values() if kind is None or e.kind == kind]
         return [e for e in out if pred is None or pred(e)]
@@ -128,7 +152,9 @@ class FakeGM:
     def job_events(self, event: str, stage: str | None = None) -> list[Envelope]:
         return self.reports(
             "LifelongLearningJob",
-            lambda e: (e.body or {}).get("event") == event and (stage is None or e.body.get("stage") == stage),
+            lambda e: (
+                (e.body or {}).get("event") == event and (stage is None or e.body.get("stage") == stage)
+            ),
         )
 
     def acked(self, kind: str, name: str, rv: str) -> bool:

@@ -61,7 +61,9 @@ def job(
     }
 
 
-def worker(job_name: str, stage: str, rnd: int, code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def worker(
+    job_name: str, stage: str, rnd: int, code: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "lifelong.io/v1",
         "kind": "Worker",
@@ -70,7 +72,9 @@ def worker(job_name: str, stage: str, rnd: int, code: str, env: dict[str, str] |
             "job": job_name,
             "stage": stage,
             "round": rnd,
-            "template": {"spec": {"containers": [{"name": "w", "command": [sys.executable, "-c"], "args": [code]}]}},
+            "template": {
+                "spec": {"containers": [{"name": "w", "command": [sys.executable, "-c"], "args": [code]}]}
+            },
             "env": env or {},
         },
     }

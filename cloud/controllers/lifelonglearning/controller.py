@@ -12,6 +12,18 @@ On every event it reconciles the job, level-triggered:
    ``Running`` re-ensure the worker (idempotent by name), so a crash between the two steps heals;
 3. send the job to every node that needs it (``downstream.job_nodes``).
 
+With a ``validate`` hook (Kubernetes mode: the Dataset must exist and every node named must be
+a Node object), step 0 checks the job first. A job that fails gets one ``Failed`` condition
+with the hook's reason and message, and its ``data`` records the spec's ``metadata.generation``
+(``{"rejectedGeneration": N}``). While that condition is the last one and the generation is
+unchanged the job is *parked*: not validated again, not settled, not started, only sent to its
+nodes as it is; resyncs and its own status events append nothing, and reports and worker
+phases about it are rejected (reason ``state``) rather than moving it on. Changing the spec (a new
+generation) validates it again: valid, the history is settled as after any failure (Train
+Waiting, with the failure backoff); still invalid, one new ``Failed`` for the new generation.
+A generation found valid is remembered (in memory) and not checked again, so status changes
+cost no extra API calls; a GM restart checks each job once more.
+
 Reports become state-machine events (``upstream.py``); the machine decides applied / duplicate /
 illegal, and every status write is a compare-and-swap on the resourceVersion, retried on
 ``Conflict``. A resent report never appends a second condition.
@@ -19,6 +31,7 @@ illegal, and every status write is a compare-and-swap on the resourceVersion, re
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +50,7 @@ from lifelong.cloud.downstream import Downstream
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, WatchEvent
+from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, StoreError, WatchEvent
 from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
@@ -59,6 +72,26 @@ log = logging.getLogger(__name__)
 
 KIND = "LifelongLearningJob"
 CAS_RETRIES = 8
+REJECTED_GENERATION = "rejectedGeneration"
+"""Key in the ``data`` of a validation ``Failed`` condition: the spec generation it judged."""
+
+_UNSET = object()
+
+Validator = Callable[[Object], dict[str, Any] | None]
+"""A job -> a ``Failed`` condition (camelCase dict) saying why it cannot run, or None."""
+
+
+def parked(job: Object, conds: list[Condition]) -> bool:
+    """Whether the job's last condition is a validation ``Failed`` for its current spec."""
+    last = conds[-1] if conds else None
+    if last is None or last.type is not ConditionType.FAILED or not last.data:
+        return False
+    try:
+        data = json.loads(last.data)
+    except ValueError:
+        return False
+    judged = data.get(REJECTED_GENERATION, _UNSET) if isinstance(data, dict) else _UNSET
+    return judged is not _UNSET and judged == job.get("metadata", {}).get("generation")
 
 
 def conditions_of(job: Object) -> list[Condition]:
@@ -83,8 +116,11 @@ class LifelongLearningController:
         backoff_base: float = 10.0,
         backoff_cap: float = 360.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        validate: Validator | None = None,
     ) -> None:
         self.store = store
+        self.validate = validate
+        self._valid_generation: dict[Key, object] = {}  # job -> the spec generation found valid
         self.downstream = downstream
         self.runtime = runtime
         self.executor = executor
@@ -112,6 +148,7 @@ class LifelongLearningController:
                 self.runtime.delete_workers(ns, name)
                 self.downstream.gone(key, rv)
                 self.state.forget_job(ns, name)
+                self._valid_generation.pop(key, None)
             else:
                 self.reconcile(key)
         finally:
@@ -133,6 +170,18 @@ class LifelongLearningController:
                 return
             now = self.clock()
             try:
+                if self.validate is not None:
+                    try:
+                        blocked, job = self._check_spec(job, conds)
+                    except Conflict:
+                        raise
+                    except StoreError as exc:  # the API server is unreachable: check again later
+                        log.warning("job %s/%s: cannot validate it now (%s); retrying", ns, name, exc)
+                        self.executor.call_later(2.0, key, lambda: self.reconcile(key))
+                        return
+                    if blocked:
+                        self._send(job)
+                        return
                 settled = transition(conds, Created(), now, **self._backoff)
                 if settled:
                     job = self._append(job, conds, settled)
@@ -174,6 +223,35 @@ class LifelongLearningController:
             return
         log.warning("job %s/%s: gave up after %d conflicting writes; will retry", ns, name, CAS_RETRIES)
         self.executor.call_later(1.0, key, lambda: self.reconcile(key))
+
+    def _check_spec(self, job: Object, conds: list[Condition]) -> tuple[bool, Object]:
+        """(parked, job): whether the job must not be driven, and the job after any write.
+
+        See the module docstring. Raises ``Conflict`` when the job changed under the write.
+        """
+        assert self.validate is not None
+        meta = job["metadata"]
+        generation = meta.get("generation")
+        key = (KIND, meta.get("namespace", "default"), meta["name"])
+        if generation is not None and self._valid_generation.get(key) == generation:
+            return False, job
+        if parked(job, conds):
+            return True, job
+        problem = self.validate(job)
+        if problem is None:
+            if generation is not None:
+                self._valid_generation[key] = generation
+            return False, job
+        failed = Condition.from_dict({**problem, "data": json.dumps({REJECTED_GENERATION: generation})})
+        log.warning(
+            "job %s/%s (generation %s) cannot run: %s: %s",
+            meta.get("namespace"),
+            meta.get("name"),
+            generation,
+            failed.reason,
+            failed.message,
+        )
+        return True, self._append(job, conds, [failed])
 
     def _append(self, job: Object, conds: list[Condition], new: list[Condition]) -> Object:
         meta = job["metadata"]
@@ -260,6 +338,8 @@ class LifelongLearningController:
             if job is None:
                 raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist")
             conds = conditions_of(job)
+            if parked(job, conds):  # e.g. a report sent before the spec became invalid
+                raise ReportRejected("state", f"job {ns}/{name} failed validation; its spec must change")
             if round_ < current_round(conds):
                 log.info(
                     "job %s/%s: stale report from %s for round %d (now %d)",

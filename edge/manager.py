@@ -1,0 +1,415 @@
+"""The lifelong-learning manager: decides when a job's ``Waiting`` stage becomes ``Ready``.
+
+Called by the service's control loop (``step``) every poll and whenever a downstream change
+arrives. It reads the jobs the GM sent (their last condition drives everything, DESIGN §4),
+the local dataset counts and its own per-job progress, and reports ``ready`` through the
+outbox. Progress and the report are committed in one transaction, so after a crash either
+both happened or neither did.
+
+Per job, in the ``progress`` table::
+
+    round        the last training round this node fired (the GM's round is the number of
+                 Train/Ready conditions; ours may be one ahead while our report travels)
+    cursor       samples of the dataset already consumed by a round (never counted twice)
+    trainCount, evalCount, trainFile, evalFile   the cumulative pools and their latest files
+    acted        ["Eval/3", "Deploy/3", ...]: stages this node already reported ready for
+    uid          the job's metadata.uid (or creationTimestamp): a job re-created under the same
+                 name while this node was offline starts its progress over
+
+Who acts: Train on the Dataset's node; Eval on the eval template's ``nodeName`` (default: the
+dataset's node); Deploy likewise with the deploy template.
+
+Train/Waiting: when the trigger fires on the samples after ``cursor``, they are split by
+``trainProb`` with a deterministic hash of (job, sample index), so a restart never changes
+the split; the round's files are ``outputDir/data/train/<round>/train.<fmt>`` and
+``outputDir/data/eval/<round>/eval.<fmt>``, each holding the whole pool so far (csv keeps its
+header). Eval/Waiting: ready with the models of the last Train/Completed condition (its
+``data``), or those the round's train worker reported here. Deploy/Waiting: the evaluated
+model (last Eval/Completed, else the trained one) is copied under ``outputDir/deploy/`` and
+reported ready with its new url.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lifelong.common.errors import ValidationError
+from lifelong.common.stages import ConditionType, Stage
+from lifelong.common.statemachine import Condition, current, current_round
+from lifelong.edge.dataset_monitor import DatasetMonitor, local_path, read_samples
+from lifelong.edge.db import Store
+from lifelong.edge.outbox import Outbox, OutboxFull
+from lifelong.edge.triggers import Trigger
+
+log = logging.getLogger("lifelong.edge.manager")
+
+JOB_KIND = "LifelongLearningJob"
+DATASET_KIND = "Dataset"
+
+
+def split_is_train(ns: str, job: str, index: int, train_prob: float) -> bool:
+    """Deterministic split of sample ``index``: the same answer after any restart."""
+    digest = hashlib.sha256(f"{ns}/{job}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < train_prob
+
+
+def conditions_of(job: dict[str, Any]) -> list[Condition]:
+    raw = ((job.get("status") or {}).get("conditions")) or []
+    out = []
+    for item in raw:
+        try:
+            out.append(Condition.from_dict(item))
+        except ValidationError:
+            continue
+    return out
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def models_in(data: Any) -> list[dict[str, Any]]:
+    """Models named by a condition's ``data`` (upstream puts them under ``output.models``)."""
+    if not isinstance(data, dict):
+        return []
+    for holder in (data.get("output"), data):
+        if isinstance(holder, dict):
+            models = holder.get("models")
+            if isinstance(models, list) and models:
+                return [m for m in models if isinstance(m, dict)]
+            model = holder.get("model")
+            if isinstance(model, dict):
+                return [model]
+    return []
+
+
+def fresh_progress(uid: str = "") -> dict[str, Any]:
+    return {"round": 0, "cursor": 0, "trainCount": 0, "evalCount": 0, "acted": [], "uid": uid}
+
+
+def _write_atomic(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as fh:
+        fh.writelines(line + "\n" for line in lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _template_node(spec: dict[str, Any], key: str) -> str | None:
+    node = (((spec.get(key) or {}).get("template") or {}).get("spec") or {}).get("nodeName")
+    return node if isinstance(node, str) and node else None
+
+
+class Manager:
+    """Runs the per-job decisions; ``step()`` is called from one thread only."""
+
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        node: str,
+        monitor: DatasetMonitor,
+        *,
+        worker_outputs: Callable[[str, str, str, int], list[dict[str, Any]]] | None = None,
+        local_now: Callable[[], datetime] = datetime.now,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.node = node
+        self.monitor = monitor
+        self.worker_outputs = worker_outputs
+        self.local_now = local_now
+        self.mono = mono
+        self._last_check: dict[tuple[str, str], float] = {}
+        self._warned: set[str] = set()
+        self._forget: set[tuple[str, str]] = set()
+        self._forget_lock = threading.Lock()
+        self.rounds_fired = 0
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    # -- progress --------------------------------------------------------------------------
+    def progress(self, ns: str, name: str) -> dict[str, Any]:
+        rec = self.store.get_record("progress", ns, name)
+        return rec if rec is not None else fresh_progress()
+
+    def forget(self, ns: str, name: str) -> None:
+        """The job was deleted: drop its progress (its files stay). Called on the session
+        thread; done at the start of the next ``step`` so that a step in progress cannot
+        write the progress back after it was dropped."""
+        with self._forget_lock:
+            self._forget.add((ns, name))
+
+    def _check_identity(self, ns: str, name: str, job: dict[str, Any]) -> None:
+        """A job deleted and created again under the same name (while this node was offline,
+        so no delete came) is a new job: its progress starts over."""
+        meta = job.get("metadata") or {}
+        uid = str(meta.get("uid") or meta.get("creationTimestamp") or "")
+        rec = self.store.get_record("progress", ns, name)
+        if rec is not None and rec.get("uid", uid) == uid:
+            if "uid" not in rec:
+                rec["uid"] = uid
+                self.store.put_record("progress", ns, name, rec)
+            return
+        if rec is not None:
+            log.warning("job %s/%s was re-created (uid %s): its progress starts over", ns, name, uid)
+        self.store.put_record(
+            "progress",
+            ns,
+            name,
+            {"round": 0, "cursor": 0, "trainCount": 0, "evalCount": 0, "acted": [], "uid": uid},
+        )
+        self._last_check.pop((ns, name), None)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def step(self) -> None:
+        with self._forget_lock:
+            forget, self._forget = self._forget, set()
+        for ns, name in forget:
+            if self.store.get_resource(JOB_KIND, ns, name) is None:
+                self.store.delete_record("progress", ns, name)
+                self._last_check.pop((ns, name), None)
+        for _kind, ns, name, _rv, job in self.store.resources(JOB_KIND):
+            try:
+                self._step_job(ns, name, job)
+            except OutboxFull as exc:
+                self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
+            except Exception:
+                log.exception("job %s/%s: manager step failed", ns, name)
+
+    def _dataset(self, ns: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        ds_name = (spec.get("dataset") or {}).get("name")
+        if not ds_name:
+            return None
+        held = self.store.get_resource(DATASET_KIND, ns, ds_name)
+        if held is None:
+            return None
+        return ds_name, held[1]
+
+    def _step_job(self, ns: str, name: str, job: dict[str, Any]) -> None:
+        self._check_identity(ns, name, job)
+        spec = job.get("spec") or {}
+        conds = conditions_of(job)
+        cur = current(conds)
+        stage, ctype = (cur.stage, cur.type) if cur else (Stage.TRAIN, ConditionType.WAITING)
+        if ctype is not ConditionType.WAITING:
+            return
+        dataset = self._dataset(ns, spec)
+        ds_node = None
+        if dataset is not None:
+            ds_node = (dataset[1].get("spec") or {}).get("nodeName") or self.node
+        job_round = current_round(conds)
+        if stage is Stage.TRAIN:
+            if dataset is not None and ds_node == self.node:
+                self._train(ns, name, spec, dataset[0], dataset[1], job_round)
+        elif stage is Stage.EVAL:
+            if (_template_node(spec, "evalSpec") or ds_node) == self.node:
+                self._eval(ns, name, conds, job_round)
+        elif (_template_node(spec, "deploySpec") or ds_node) == self.node:
+            self._deploy(ns, name, spec, conds, job_round)
+
+    # -- Train ------------------------------------------------------------------------------
+    def _train(  # noqa: PLR0917 - private, called once
+        self, ns: str, name: str, spec: dict[str, Any], ds_name: str, dataset: dict[str, Any], job_round: int
+    ) -> None:
+        prog = self.progress(ns, name)
+        if prog["round"] > job_round:
+            return  # our ready for the next round is on its way to the GM
+        if prog["round"] < job_round:
+            prog["round"] = job_round  # the GM knows more rounds than we do (state lost or moved)
+            self.store.put_record("progress", ns, name, prog)
+        ds_spec = dataset.get("spec") or {}
+        counted = self.monitor.count(ns, ds_name, ds_spec)
+        if counted.count is None:
+            self._warn_once(
+                f"ds/{ns}/{ds_name}/{counted.status}", f"dataset {ns}/{ds_name}: {counted.message}"
+            )
+            return
+        total = counted.count
+        if total < prog["cursor"]:
+            log.warning(
+                "job %s/%s: dataset %s shrank from %d to %d samples (replaced or truncated); "
+                "counting its samples anew",
+                ns,
+                name,
+                ds_name,
+                prog["cursor"],
+                total,
+            )
+            prog["cursor"] = 0
+            self.store.put_record("progress", ns, name, prog)
+        new = total - prog["cursor"]
+        try:
+            trigger = Trigger.from_spec((spec.get("trainSpec") or {}).get("trigger"))
+        except ValidationError as exc:
+            self._warn_once(f"trigger/{ns}/{name}", f"job {ns}/{name}: {exc}")
+            return
+        now = self.mono()
+        key = (ns, name)
+        if not trigger.due(now, self._last_check.get(key)):
+            return
+        self._last_check[key] = now
+        if not (trigger.in_window(self.local_now()) and trigger.condition_holds(new)):
+            return
+        self._fire(ns, name, spec, ds_spec, prog, job_round + 1, total)
+
+    def _fire(  # noqa: PLR0917 - private, called once
+        self,
+        ns: str,
+        name: str,
+        spec: dict[str, Any],
+        ds_spec: dict[str, Any],
+        prog: dict[str, Any],
+        rnd: int,
+        total: int,
+    ) -> None:
+        fmt = (ds_spec.get("format") or "txt").lower()
+        samples, header = read_samples(local_path(ds_spec.get("url", "")), fmt, prog["cursor"], total)
+        total = prog["cursor"] + len(samples)  # the file may have changed since it was counted
+        try:
+            train_prob = float((spec.get("dataset") or {}).get("trainProb", 0.8))
+        except (TypeError, ValueError):
+            train_prob = 0.8
+        train_new: list[str] = []
+        eval_new: list[str] = []
+        for offset, line in enumerate(samples):
+            index = prog["cursor"] + offset
+            (train_new if split_is_train(ns, name, index, train_prob) else eval_new).append(line)
+        out_dir = Path(str(spec.get("outputDir") or "")) if spec.get("outputDir") else None
+        if out_dir is None:
+            self._warn_once(f"out/{ns}/{name}", f"job {ns}/{name}: spec.outputDir is empty")
+            return
+        out_dir = local_path(str(out_dir))
+        files = {}
+        for pool, new_lines in (("train", train_new), ("eval", eval_new)):
+            previous: list[str] = []
+            prev_file = prog.get(f"{pool}File")
+            if prev_file and Path(prev_file).exists():
+                previous, _ = read_samples(Path(prev_file), fmt, 0, 1 << 62)
+            path = out_dir / "data" / pool / str(rnd) / f"{pool}.{fmt}"
+            lines = ([header] if header is not None else []) + previous + new_lines
+            _write_atomic(path, lines)
+            files[pool] = (path, len(previous) + len(new_lines))
+        new_prog = dict(prog)
+        new_prog.update(
+            round=rnd,
+            cursor=total,
+            trainCount=files["train"][1],
+            evalCount=files["eval"][1],
+            trainFile=str(files["train"][0]),
+            evalFile=str(files["eval"][0]),
+        )
+        body = {
+            "event": "ready",
+            "stage": Stage.TRAIN.value,
+            "round": rnd,
+            "data": {
+                "trainDataURL": str(files["train"][0]),
+                "evalDataURL": str(files["eval"][0]),
+                "numberOfSamples": len(samples),
+            },
+        }
+        with self.store.tx():
+            self.store.put_record("progress", ns, name, new_prog)
+            self.outbox.append(JOB_KIND, ns, name, body)
+        self.rounds_fired += 1
+        log.info(
+            "job %s/%s stage=Train round=%d Waiting -> ready: %d new samples (%d train, %d eval)",
+            ns,
+            name,
+            rnd,
+            len(samples),
+            len(train_new),
+            len(eval_new),
+        )
+
+    # -- Eval -------------------------------------------------------------------------------
+    def _models_of(
+        self, conds: list[Condition], stage: Stage, ns: str, name: str, rnd: int
+    ) -> list[dict[str, Any]]:
+        for cond in reversed(conds):
+            if cond.stage is stage and cond.type is ConditionType.COMPLETED:
+                models = models_in(_json(cond.data))
+                if models:
+                    return models
+                break
+        if self.worker_outputs is not None:
+            return self.worker_outputs(ns, name, stage.value, rnd)
+        return []
+
+    def _eval(self, ns: str, name: str, conds: list[Condition], rnd: int) -> None:
+        prog = self.progress(ns, name)
+        key = f"Eval/{rnd}"
+        if key in prog["acted"]:
+            return
+        models = self._models_of(conds, Stage.TRAIN, ns, name, rnd)
+        if not models:
+            self._warn_once(f"eval/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no trained model yet")
+            return
+        body = {"event": "ready", "stage": Stage.EVAL.value, "round": rnd, "data": {"models": models}}
+        prog["acted"] = [*prog["acted"][-20:], key]
+        with self.store.tx():
+            self.store.put_record("progress", ns, name, prog)
+            self.outbox.append(JOB_KIND, ns, name, body)
+        log.info("job %s/%s stage=Eval round=%d Waiting -> ready: %d models", ns, name, rnd, len(models))
+
+    # -- Deploy -----------------------------------------------------------------------------
+    def _deploy(self, ns: str, name: str, spec: dict[str, Any], conds: list[Condition], rnd: int) -> None:
+        prog = self.progress(ns, name)
+        key = f"Deploy/{rnd}"
+        if key in prog["acted"]:
+            return
+        models = self._models_of(conds, Stage.EVAL, ns, name, rnd) or self._models_of(
+            conds, Stage.TRAIN, ns, name, rnd
+        )
+        if not models or not spec.get("outputDir"):
+            self._warn_once(f"deploy/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no model to deploy")
+            return
+        model = dict(models[0])
+        source = local_path(str(model.get("url", "")))
+        target_dir = local_path(str(spec["outputDir"])) / "deploy"
+        target = target_dir / source.name
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(source, tmp)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+            else:
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, target)
+        except OSError as exc:
+            self._warn_once(
+                f"deploycopy/{ns}/{name}/{rnd}", f"job {ns}/{name}: cannot deploy {source}: {exc}"
+            )
+            return
+        model["sourceURL"] = model.get("url")
+        model["url"] = str(target)
+        body = {"event": "ready", "stage": Stage.DEPLOY.value, "round": rnd, "data": {"model": model}}
+        prog["acted"] = [*prog["acted"][-20:], key]
+        with self.store.tx():
+            self.store.put_record("progress", ns, name, prog)
+            self.outbox.append(JOB_KIND, ns, name, body)
+        log.info("job %s/%s stage=Deploy round=%d Waiting -> ready: model %s", ns, name, rnd, target)

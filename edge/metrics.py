@@ -1,0 +1,98 @@
+"""Prometheus metrics of the LC, served on ``metrics_host:metrics_port`` (default 9101).
+
+Started by the service. Every value is read at scrape time from the components' own plain
+counters (outbox, session, workers) through one collector registered in a per-process
+``CollectorRegistry`` (never the global one), so tests can run several LCs in one process.
+
+    lifelong_lc_outbox_depth                    reports waiting for an ack
+    lifelong_lc_outbox_inflight                 published, not yet acked
+    lifelong_lc_outbox_oldest_age_seconds       age of the oldest queued report
+    lifelong_lc_reports_total{result}           appended, sent, resent, acked, coalesced,
+                                                dropped (coalescible refused), refused (full)
+    lifelong_lc_reconnects_total                connections after the first
+    lifelong_lc_downstream_total{result}        applied, stale, invalid
+    lifelong_lc_workers{phase}                  local worker records by phase
+    lifelong_lc_datasets{status}                local datasets by file status (ok, missing, ...)
+    lifelong_lc_connected                       1 while connected to the broker
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class Snapshot:
+    depth: int = 0
+    inflight: int = 0
+    oldest_ts: float | None = None
+    reports: dict[str, int] = field(default_factory=dict)
+    reconnects: int = 0
+    downstream: dict[str, int] = field(default_factory=dict)
+    workers: dict[str, int] = field(default_factory=dict)
+    datasets: dict[str, int] = field(default_factory=dict)
+    connected: bool = False
+
+
+class _LCCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._snapshot()
+        yield GaugeMetricFamily("lifelong_lc_outbox_depth", "Reports waiting for an ack", value=s.depth)
+        yield GaugeMetricFamily(
+            "lifelong_lc_outbox_inflight", "Reports published, not yet acked", value=s.inflight
+        )
+        age = max(0.0, time.time() - s.oldest_ts) if s.oldest_ts else 0.0
+        yield GaugeMetricFamily(
+            "lifelong_lc_outbox_oldest_age_seconds", "Age of the oldest queued report", value=age
+        )
+        reports = CounterMetricFamily("lifelong_lc_reports", "Upstream reports by outcome", labels=["result"])
+        for result, n in sorted(s.reports.items()):
+            reports.add_metric([result], n)
+        yield reports
+        yield CounterMetricFamily("lifelong_lc_reconnects", "Connections after the first", value=s.reconnects)
+        down = CounterMetricFamily(
+            "lifelong_lc_downstream", "Downstream messages by outcome", labels=["result"]
+        )
+        for result, n in sorted(s.downstream.items()):
+            down.add_metric([result], n)
+        yield down
+        workers = GaugeMetricFamily("lifelong_lc_workers", "Local workers by phase", labels=["phase"])
+        for phase, n in sorted(s.workers.items()):
+            workers.add_metric([phase], n)
+        yield workers
+        datasets = GaugeMetricFamily(
+            "lifelong_lc_datasets", "Local datasets by file status", labels=["status"]
+        )
+        for status, n in sorted(s.datasets.items()):
+            datasets.add_metric([status], n)
+        yield datasets
+        yield GaugeMetricFamily(
+            "lifelong_lc_connected", "1 while connected to the broker", value=int(s.connected)
+        )
+
+
+def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_LCCollector(snapshot))
+    return registry
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
+    """Serve ``/metrics``; returns a function that stops the server."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop

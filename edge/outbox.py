@@ -1,0 +1,230 @@
+"""The durable outbox: every upstream report is committed here before it is published.
+
+Called by the manager, the dataset monitor, the worker runtime and the worker API
+(``append``, usually inside ``Store.tx()`` together with the state change the report
+announces), by the session's publisher thread (``due`` / ``mark_sent`` / ``reset_inflight``)
+and by the session's downstream handler (``ack``).
+
+Rules (docs/protocol.md, "Upstream"):
+
+* A report gets a per-node sequence number (SQLite AUTOINCREMENT, never reused) that is
+  unique within the outbox ``epoch`` (a random id made with the database).
+* It stays until the GM acknowledges its seq; unacknowledged reports are resent after a
+  reconnect (``reset_inflight``) or after ``ack_timeout`` seconds.
+* At most ``window`` reports are in flight (published, not yet acknowledged).
+* The outbox holds at most ``max_depth`` reports. Policy when full:
+
+  1. reports with a coalesce key (a Dataset's ``numberOfSamples``) always replace the older
+     report with the same key, so a dataset never holds more than one row; a new count whose
+     key has no row yet is *refused* when the outbox is full (counted in ``dropped``; the
+     dataset monitor reports again at its next poll, so nothing but an intermediate count is
+     lost);
+  2. any other report (conditions, worker phases, worker info) is never dropped: ``append``
+     raises :class:`OutboxFull` (counted in ``refused``) and the caller keeps the change that
+     the report announces pending and tries again later, while monitoring goes on.
+
+SIGKILL safety comes from SQLite's WAL: a report is either committed (and will be sent) or
+not appended at all (and its caller did not record the change either, same transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lifelong.common.errors import LifelongError
+from lifelong.edge.db import Store
+
+
+class OutboxFull(LifelongError):
+    """The outbox is at its bound and the report may not be dropped: try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One queued report."""
+
+    seq: int
+    kind: str
+    ns: str
+    name: str
+    body: dict[str, Any]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    low_seq: int | None
+    next_seq: int
+    oldest_ts: float | None
+
+
+class Outbox:
+    """The outbox table of a :class:`Store`, with the in-flight bookkeeping of this process."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_depth: int = 100_000,
+        window: int = 200,
+        ack_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_depth < 1 or window < 1:
+            raise ValueError("outbox max_depth and window must be at least 1")
+        self.store = store
+        self.epoch = store.epoch
+        self.max_depth = max_depth
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inflight: dict[int, float] = {}  # seq -> clock() when published
+        self._sent: set[int] = set()  # seqs published at least once by this process
+        self.wakeup = threading.Event()  # set when there may be something to publish
+        self.appended = 0
+        self.sent = 0
+        self.resent = 0
+        self.acked = 0
+        self.coalesced = 0
+        self.dropped = 0
+        self.refused = 0
+
+    # -- appending ------------------------------------------------------------------------
+    def append(
+        self, kind: str, ns: str, name: str, body: dict[str, Any], *, coalesce_key: str | None = None
+    ) -> int | None:
+        """Commit one report; return its seq. ``None`` means a coalescible report was refused
+        because the outbox is full (counted); ``OutboxFull`` is raised for any other report."""
+        data = json.dumps(body, separators=(",", ":"))
+        try:
+            seq, replaced = self._insert(kind, ns, name, data, coalesce_key)
+        except _Refused:
+            self.dropped += 1
+            return None
+        if replaced:
+            with self._lock:
+                for old in replaced:
+                    self._inflight.pop(old, None)
+                    self._sent.discard(old)
+            self.coalesced += len(replaced)
+        self.appended += 1
+        self.wakeup.set()
+        return seq
+
+    def _insert(
+        self, kind: str, ns: str, name: str, data: str, coalesce_key: str | None
+    ) -> tuple[int, list[int]]:
+        with self.store.tx() as c:
+            replaced: list[int] = []
+            if coalesce_key is not None:
+                replaced = [r[0] for r in c.execute("SELECT seq FROM outbox WHERE ckey=?", (coalesce_key,))]
+                if replaced:
+                    c.execute("DELETE FROM outbox WHERE ckey=?", (coalesce_key,))
+            depth = int(c.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            if depth >= self.max_depth:
+                if coalesce_key is not None:
+                    raise _Refused  # rolls back, so an older count it replaced stays queued
+                self.refused += 1
+                raise OutboxFull(f"outbox full ({depth} reports): {kind} {ns}/{name} not queued; will retry")
+            cur = c.execute(
+                "INSERT INTO outbox (kind, ns, name, body, ckey, ts) VALUES (?,?,?,?,?,?)",
+                (kind, ns, name, data, coalesce_key, time.time()),
+            )
+            return int(cur.lastrowid or 0), replaced
+
+    # -- publishing -----------------------------------------------------------------------
+    def due(self) -> list[Entry]:
+        """Reports to publish now: unsent or timed out, oldest first, within the window."""
+        now = self._clock()
+        with self._lock:
+            for seq, sent_at in list(self._inflight.items()):
+                if now - sent_at >= self.ack_timeout:
+                    del self._inflight[seq]
+            room = self.window - len(self._inflight)
+            if room <= 0:
+                return []
+            skip = set(self._inflight)
+        rows = self.store.query(
+            "SELECT seq, kind, ns, name, body, ts FROM outbox ORDER BY seq LIMIT ?", (room + len(skip),)
+        )
+        out = [
+            Entry(seq, kind, ns, name, json.loads(body), ts)
+            for seq, kind, ns, name, body, ts in rows
+            if seq not in skip
+        ]
+        return out[:room]
+
+    def mark_sent(self, seq: int) -> None:
+        with self._lock:
+            self._inflight[seq] = self._clock()
+            if seq in self._sent:
+                self.resent += 1
+            else:
+                self._sent.add(seq)
+                self.sent += 1
+
+    def unmark(self, seq: int) -> None:
+        """A publish did not go out (connection lost): the report is due again at once."""
+        with self._lock:
+            self._inflight.pop(seq, None)
+
+    def reset_inflight(self) -> None:
+        """After a reconnect: everything unacknowledged is due again."""
+        with self._lock:
+            self._inflight.clear()
+        self.wakeup.set()
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    # -- acknowledgements ---------------------------------------------------------------------
+    def ack(self, epoch: str, seqs: list[int]) -> int:
+        """The GM applied these reports: forget them. Acks of another epoch are ignored."""
+        if epoch != self.epoch or not seqs:
+            return 0
+        clean = [int(s) for s in seqs if isinstance(s, int) and not isinstance(s, bool)]
+        deleted = 0
+        with self.store.tx() as c:
+            for i in range(0, len(clean), 500):
+                chunk = clean[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                deleted += c.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk).rowcount
+        with self._lock:
+            for seq in clean:
+                self._inflight.pop(seq, None)
+                self._sent.discard(seq)
+        self.acked += deleted
+        self.wakeup.set()
+        return deleted
+
+    def drop_unsendable(self, seq: int) -> None:
+        """A report that can never be published (over the payload limit): delete it, counted
+        in ``dropped`` and logged by the caller."""
+        with self.store.tx() as c:
+            c.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+        with self._lock:
+            self._inflight.pop(seq, None)
+        self.dropped += 1
+
+    # -- state ----------------------------------------------------------------------------
+    def stats(self) -> OutboxStats:
+        depth, low, oldest = self.store.query("SELECT count(*), min(seq), min(ts) FROM outbox")[0]
+        seqrow = self.store.query("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
+        next_seq = (int(seqrow[0][0]) if seqrow else 0) + 1
+        return OutboxStats(int(depth), low, next_seq, oldest)
+
+    def hello_state(self) -> dict[str, Any]:
+        s = self.stats()
+        return {"depth": s.depth, "lowSeq": s.low_seq, "nextSeq": s.next_seq}
+
+
+class _Refused(Exception):
+    """Internal: roll back a coalescing append that does not fit."""

@@ -1,0 +1,240 @@
+"""``LocalController``: wires the LC's components together and runs them.
+
+Called by ``commands`` (``lifelong lc``) and by tests that want an LC in-process. Threads:
+
+    bus-<node>       the bus client's network thread (paho); only enqueues
+    lc-session       applies downstream messages, sends presence + hello on every connect
+    lc-publisher     publishes due outbox reports within the in-flight window
+    lc-control       every ``poll_seconds`` or on any change: dataset counts, the manager's
+                     decisions, the worker runtime, kept worker-API reports
+    lc-worker-api    the worker HTTP API (stdlib server, a thread per request)
+    metrics          prometheus-client's server, when ``metrics_port`` is not 0
+
+Shutdown (SIGTERM, ``stop()``): stop taking worker posts, finish the control step in
+progress, stop the session threads, publish presence ``offline`` and disconnect cleanly,
+checkpoint and close the database (every report is already committed: there is nothing else
+to flush), and leave workers running (adopted on the next start) unless
+``stop_workers_on_exit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
+from lifelong.common.codec import Codec
+from lifelong.common.errors import ConfigError
+from lifelong.common.statemachine import format_time
+from lifelong.common.topics import Topics
+from lifelong.edge.config import LCSettings
+from lifelong.edge.dataset_monitor import DatasetMonitor
+from lifelong.edge.db import Store
+from lifelong.edge.manager import Manager
+from lifelong.edge.metrics import Snapshot, make_registry, serve
+from lifelong.edge.outbox import Outbox
+from lifelong.edge.session import Session
+from lifelong.edge.worker_api import WorkerAPI, flush_pending
+from lifelong.edge.workers import WorkerRuntime
+
+log = logging.getLogger("lifelong.edge.service")
+
+DATASET_KIND = "Dataset"
+
+
+class LocalController:
+    def __init__(self, settings: LCSettings, *, reconnect: ReconnectPolicy | None = None) -> None:
+        self.settings = s = settings
+        address = BrokerAddress.parse(s.broker)  # a bad URL fails before anything is created
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(s.db_path, sync=s.sync)
+        self.outbox = Outbox(
+            self.store,
+            max_depth=s.outbox_max_depth,
+            window=s.outbox_window,
+            ack_timeout=s.ack_timeout_seconds,
+        )
+        self.topics = Topics(s.prefix)
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self.monitor = DatasetMonitor()
+        self.worker_api: WorkerAPI | None = None
+        if s.worker_api_port:
+            self.worker_api = WorkerAPI(
+                self.store,
+                s.worker_api_host,
+                s.worker_api_port,
+                max_body=max(1024, s.max_payload - 8192),
+                wake=self.wake,
+            )
+        api_port = self.worker_api.port if self.worker_api else s.worker_api_port
+        self.workers = WorkerRuntime(
+            self.store,
+            self.outbox,
+            s.workers_dir,
+            lc_server=f"http://127.0.0.1:{api_port}",
+            stop_grace=s.worker_stop_grace_seconds,
+            stop_on_exit=s.stop_workers_on_exit,
+        )
+        if self.worker_api is not None:
+            self.worker_api.on_info = self.workers.note_info
+        self.manager = Manager(
+            self.store, self.outbox, s.node, self.monitor, worker_outputs=self.workers.outputs
+        )
+        self.session = Session(
+            self.store,
+            self.outbox,
+            node=s.node,
+            topics=self.topics,
+            codec=Codec(s.codec),
+            max_payload=s.max_payload,
+            on_change=self.wake.set,
+            on_job_deleted=self.manager.forget,
+        )
+        password = s.password()
+        tls = TLSParameters(ca_certs=s.tls_ca_file) if address.tls else None
+        self.bus = BusClient(
+            client_id=s.node,
+            address=address,
+            credentials=Credentials(s.username or s.node, password),
+            tls=tls,
+            will=Will(self.topics.node_presence(s.node), self.session.presence_payload("offline")),
+            keepalive=s.keepalive,
+            reconnect=reconnect or ReconnectPolicy(),
+            on_connect=self.session.handle_connect,
+            on_disconnect=self.session.handle_disconnect,
+            max_inflight=max(1, min(s.outbox_window, 1000)),
+        )
+        self.session.publish = self._publish
+        self._control = threading.Thread(target=self._control_loop, name="lc-control", daemon=True)
+        self._stop_metrics: Callable[[], None] | None = None
+        self._warned: dict[tuple[str, str], str] = {}
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        self.bus.publish(topic, payload, qos=1, retain=retain)
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        self.workers.adopt()
+        if s.metrics_port:
+            try:
+                self._stop_metrics = serve(make_registry(self.snapshot), s.metrics_host, s.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics cannot listen on {s.metrics_host}:{s.metrics_port}: {exc.strerror or exc}"
+                ) from None
+        if self.worker_api is not None:
+            self.worker_api.start()
+        self.session.start()
+        self.bus.subscribe(self.topics.node_down_filter(s.node), self.session.handle_message)
+        self.bus.start()
+        self._control.start()
+        log.info(
+            "LC %s started: broker %s, state %s, outbox epoch %s",
+            s.node,
+            self.bus.address,
+            s.state_dir,
+            self.outbox.epoch,
+        )
+
+    def stop(self) -> None:
+        """Clean shutdown; idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.wake.set()
+        if self.worker_api is not None:
+            self.worker_api.stop()
+        if self._control.is_alive():
+            self._control.join(30)
+        self.session.stop()
+        final = (self.topics.node_presence(self.settings.node), self.session.presence_payload("offline"))
+        self.bus.close(final=final)
+        self.workers.shutdown()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+        self.store.close()
+        log.info("LC %s stopped", self.settings.node)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    # -- the control loop ---------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(self.settings.poll_seconds)
+            self.wake.clear()
+            if self._stop.is_set():
+                return
+            self.control_step()
+
+    def control_step(self) -> None:
+        for step in (self._datasets, self.manager.step, self.workers.reconcile, self._flush_info):
+            try:
+                step()
+            except Exception:
+                log.exception("control step %s failed", getattr(step, "__name__", step))
+
+    def _flush_info(self) -> None:
+        flush_pending(self.store, self.outbox)
+
+    def _datasets(self) -> None:
+        node = self.settings.node
+        for _k, ns, name, _rv, obj in self.store.resources(DATASET_KIND):
+            spec = obj.get("spec") or {}
+            if (spec.get("nodeName") or node) != node:
+                continue
+            counted = self.monitor.count(ns, name, spec)
+            rec = self.store.get_record("datasets", ns, name) or {"reported": None, "status": None}
+            if counted.status != rec.get("status"):
+                if counted.status == "ok":
+                    log.info("dataset %s/%s: %s samples", ns, name, counted.count)
+                else:
+                    log.warning("dataset %s/%s: %s (%s)", ns, name, counted.status, counted.message)
+                rec["status"] = counted.status
+                rec["message"] = counted.message
+                self.store.put_record("datasets", ns, name, rec)
+            if counted.count is None or counted.count == rec.get("reported"):
+                continue
+            body = {"numberOfSamples": counted.count, "updateTime": format_time(datetime.now(UTC))}
+            with self.store.tx():
+                seq = self.outbox.append(
+                    DATASET_KIND, ns, name, body, coalesce_key=f"{DATASET_KIND}/{ns}/{name}"
+                )
+                if seq is not None:
+                    rec["reported"] = counted.count
+                    self.store.put_record("datasets", ns, name, rec)
+
+    def _dataset_statuses(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _ns, _name, rec in self.store.records("datasets"):
+            status = str(rec.get("status") or "unknown")
+            out[status] = out.get(status, 0) + 1
+        return out
+
+    # -- metrics --------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        st = self.outbox.stats()
+        o = self.outbox
+        return Snapshot(
+            depth=st.depth,
+            inflight=o.inflight(),
+            oldest_ts=st.oldest_ts,
+            reports={
+                "appended": o.appended,
+                "sent": o.sent,
+                "resent": o.resent,
+                "acked": o.acked,
+                "coalesced": o.coalesced,
+                "dropped": o.dropped,
+                "refused": o.refused,
+            },
+            reconnects=max(0, self.session.connects - 1),
+            downstream=dict(self.session.downstream),
+            workers=self.workers.phases(),
+            datasets=self._dataset_statuses(),
+            connected=self.session.connected.is_set(),
+        )

@@ -1,0 +1,313 @@
+"""The LC's bus session: identity, presence, hello, downstream apply and the outbox publisher.
+
+Created and started by the service. Speaks docs/protocol.md exactly:
+
+* client id = username = the node name; retained ``presence`` online on every connect, the
+  will publishes offline; subscribes to ``{p}/node/{node}/down/#``;
+* on every connect and reconnect: ``hello`` on ``up/_ctl`` (agent, outbox epoch, boot id,
+  the resources held with their rv, outbox depth/lowSeq/nextSeq), and every unacknowledged
+  report becomes due again;
+* downstream ``upsert``/``delete``: stale versions are ignored but still acknowledged; the
+  rest is stored; each batch is acknowledged with one ``ack`` (``applied`` list) on
+  ``up/_ctl`` after it is committed. ``sync`` drops what the list does not name. ``ack`` on
+  ``down/_ctl`` deletes the named reports from the outbox.
+
+Threads: the bus client's network thread only enqueues (handlers must not block); the
+``lc-session`` thread applies downstream messages and sends hellos; the ``lc-publisher``
+thread publishes due outbox entries within the in-flight window.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from lifelong.common.codec import Codec, decode, encode
+from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.errors import LifelongError, NotConnected, PayloadTooLarge, ProtocolError
+from lifelong.common.topics import Topics
+from lifelong.edge.config import AGENT
+from lifelong.edge.db import Store, rv_newer, rv_older
+from lifelong.edge.outbox import Outbox
+
+log = logging.getLogger("lifelong.edge.session")
+
+JOB_KIND = "LifelongLearningJob"
+Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain); raises NotConnected
+
+
+class Session:
+    """Protocol logic of the LC side, independent of how bytes reach the broker.
+
+    ``publish`` is the bus client's publish; ``on_change`` is called (on the session thread)
+    after any downstream change was stored; ``on_job_deleted(ns, name)`` after a job delete.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        *,
+        node: str,
+        topics: Topics,
+        codec: Codec,
+        max_payload: int,
+        on_change: Callable[[], None] = lambda: None,
+        on_job_deleted: Callable[[str, str], None] = lambda ns, name: None,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.node = node
+        self.topics = topics
+        self.codec = codec
+        self.max_payload = max_payload
+        self.on_change = on_change
+        self.on_job_deleted = on_job_deleted
+        self.boot = uuid.uuid4().hex
+        self.publish: Publish | None = None
+        self.connected = threading.Event()
+        self.connects = 0
+        self.hellos = 0
+        self.downstream = {"applied": 0, "stale": 0, "invalid": 0}
+        self._acks: dict[str, list[int]] = {}
+        self._queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- wire helpers ---------------------------------------------------------------------------
+    def _envelope(self, kind: str, op: Op, body: dict[str, Any] | None, **kw: Any) -> bytes:
+        env = Envelope.new(node=self.node, kind=kind, op=op, body=body, **kw)
+        return encode(env, self.codec, max_payload=self.max_payload)
+
+    def presence_payload(self, state: str) -> bytes:
+        return self._envelope(CONTROL_KIND, Op.PRESENCE, {"state": state, "agent": AGENT})
+
+    def _send(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        if self.publish is None:
+            return False
+        try:
+            self.publish(topic, payload, retain)
+        except NotConnected:
+            return False
+        except LifelongError as exc:
+            log.warning("publish on %s failed: %s", topic, exc)
+            return False
+        return True
+
+    # -- bus callbacks (network thread: enqueue only) -------------------------------------------
+    def handle_connect(self, first: bool) -> None:
+        self._queue.put(("connect", first, None))
+
+    def handle_disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self.connected.clear()
+
+    def handle_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        self._queue.put(("down", topic, payload))
+
+    # -- threads --------------------------------------------------------------------------------
+    def start(self) -> None:
+        for target, name in ((self._session_loop, "lc-session"), (self._publisher_loop, "lc-publisher")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(("stop", None, None))
+        self.outbox.wakeup.set()
+        for t in self._threads:
+            t.join(10)
+
+    def _session_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            applied: list[dict[str, Any]] = []
+            self._acks = {}
+            changed = False
+            try:
+                # One transaction (one fsync) per batch; its acks go out only after the commit.
+                with self.store.tx():
+                    for what, a, b in batch:
+                        try:
+                            if what == "connect":
+                                self._on_connected(bool(a))
+                            elif what == "down":
+                                changed |= self._on_down(str(a), b, applied)
+                        except Exception:
+                            log.exception("session: handling %s failed", what)
+                    for epoch, seqs in self._acks.items():
+                        self.outbox.ack(epoch, seqs)
+            except Exception:
+                log.exception("session: committing a batch of %d messages failed", len(batch))
+                continue  # nothing acknowledged: the GM resends
+            if applied:
+                payload = self._envelope(CONTROL_KIND, Op.ACK, {"applied": applied})
+                self._send(self.topics.up_ctl(self.node), payload)
+            if changed:
+                self.on_change()
+
+    def _on_connected(self, first: bool) -> None:
+        self.connects += 1
+        # Hello first: the GM learns the outbox epoch from it, so no report may precede it.
+        self._send(self.topics.node_presence(self.node), self.presence_payload("online"), True)
+        self.send_hello()
+        self.outbox.reset_inflight()
+        self.connected.set()
+        log.info("connected (%s); hello sent", "first" if first else "reconnect")
+
+    def send_hello(self) -> None:
+        body = {
+            "agent": AGENT,
+            "epoch": self.outbox.epoch,
+            "boot": self.boot,
+            "resources": self.store.held(),
+            "outbox": self.outbox.hello_state(),
+        }
+        if self._send(self.topics.up_ctl(self.node), self._envelope(CONTROL_KIND, Op.HELLO, body)):
+            self.hellos += 1
+
+    # -- downstream -----------------------------------------------------------------------------
+    def _on_down(self, topic: str, payload: bytes, applied: list[dict[str, Any]]) -> bool:
+        try:
+            env = decode(payload, max_payload=self.max_payload)
+            parsed = self.topics.parse(topic)
+        except ProtocolError as exc:
+            self.downstream["invalid"] += 1
+            log.warning("downstream message on %s refused: %s", topic, exc)
+            return False
+        if env.node != self.node or parsed.node != self.node:
+            self.downstream["invalid"] += 1
+            log.warning("downstream message on %s names node %r: refused", topic, env.node)
+            return False
+        if parsed.is_control:
+            return self._on_control(env)
+        if (parsed.kind, parsed.ns, parsed.name) != env.key:
+            self.downstream["invalid"] += 1
+            log.warning("downstream message on %s is about %s: refused", topic, "/".join(env.key))
+            return False
+        if env.op is Op.UPSERT:
+            return self._upsert(env, applied)
+        if env.op is Op.DELETE:
+            return self._delete(env, applied)
+        self.downstream["invalid"] += 1
+        log.warning("downstream op %s on %s is not understood", env.op.value, topic)
+        return False
+
+    def _upsert(self, env: Envelope, applied: list[dict[str, Any]]) -> bool:
+        kind, ns, name = env.key
+        obj = (env.body or {}).get("object")
+        if env.rv is None or not isinstance(obj, dict):
+            self.downstream["invalid"] += 1
+            log.warning("upsert of %s %s/%s without rv or object: refused", kind, ns, name)
+            return False
+        entry = {"kind": kind, "ns": ns, "name": name, "rv": env.rv, "op": Op.UPSERT.value}
+        applied.append(entry)
+        held = self.store.held_rv(kind, ns, name)
+        floor = held if held is not None else self.store.tombstone_rv(kind, ns, name)
+        if not rv_newer(env.rv, floor):
+            self.downstream["stale"] += 1
+            log.debug("upsert %s %s/%s rv=%s is stale (held %s)", kind, ns, name, env.rv, floor)
+            return False
+        self.store.put_resource(kind, ns, name, env.rv, obj)
+        self.downstream["applied"] += 1
+        log.info("%s %s/%s rv=%s stored", kind, ns, name, env.rv)
+        return True
+
+    def _delete(self, env: Envelope, applied: list[dict[str, Any]]) -> bool:
+        kind, ns, name = env.key
+        applied.append({"kind": kind, "ns": ns, "name": name, "rv": env.rv, "op": Op.DELETE.value})
+        held = self.store.held_rv(kind, ns, name)
+        if held is None or (env.rv is not None and rv_older(env.rv, held)):
+            self.downstream["stale"] += 1
+            return False
+        self.forget(kind, ns, name, env.rv or held)
+        self.downstream["applied"] += 1
+        return True
+
+    def forget(self, kind: str, ns: str, name: str, rv: str | None) -> None:
+        """Drop a resource (and, for a job, its Worker objects); workers stop at the next reconcile."""
+        with self.store.tx():
+            self.store.delete_resource(kind, ns, name, rv)
+            if kind == JOB_KIND:
+                for _k, wns, wname, wrv, obj in self.store.resources("Worker"):
+                    if wns == ns and (obj.get("spec") or {}).get("job") == name:
+                        self.store.delete_resource("Worker", wns, wname, wrv)
+        log.info("%s %s/%s deleted", kind, ns, name)
+        if kind == JOB_KIND:
+            self.on_job_deleted(ns, name)
+
+    def _on_control(self, env: Envelope) -> bool:
+        body = env.body or {}
+        if env.op is Op.ACK:
+            seqs = body.get("seqs")
+            if isinstance(seqs, list):
+                self._acks.setdefault(str(body.get("epoch")), []).extend(seqs)
+            return False
+        if env.op is Op.SYNC:
+            wanted = set()
+            for item in body.get("resources") or []:
+                if isinstance(item, dict):
+                    wanted.add((item.get("kind"), item.get("ns"), item.get("name")))
+            changed = False
+            for res in self.store.held():
+                if (res["kind"], res["ns"], res["name"]) not in wanted:
+                    if self.store.held_rv(res["kind"], res["ns"], res["name"]) is None:
+                        continue  # already gone with its job
+                    self.forget(res["kind"], res["ns"], res["name"], None)
+                    changed = True
+            return changed
+        self.downstream["invalid"] += 1
+        log.warning("control op %s is not understood", env.op.value)
+        return False
+
+    # -- upstream -------------------------------------------------------------------------------
+    def _publisher_loop(self) -> None:
+        while not self._stop.is_set():
+            self.outbox.wakeup.wait(timeout=min(1.0, self.outbox.ack_timeout))
+            self.outbox.wakeup.clear()
+            if self._stop.is_set():
+                return
+            if not self.connected.is_set():
+                continue
+            try:
+                self._publish_due()
+            except Exception:
+                log.exception("publisher failed")
+
+    def _publish_due(self) -> None:
+        while not self._stop.is_set() and self.connected.is_set():
+            due = self.outbox.due()
+            if not due:
+                return
+            for entry in due:
+                env = Envelope.new(
+                    node=self.node,
+                    kind=entry.kind,
+                    ns=entry.ns,
+                    name=entry.name,
+                    op=Op.REPORT,
+                    seq=entry.seq,
+                    body=entry.body,
+                    ts=entry.ts,
+                )
+                try:
+                    payload = encode(env, self.codec, max_payload=self.max_payload)
+                except PayloadTooLarge as exc:
+                    log.error("report seq %d dropped, it can never be sent: %s", entry.seq, exc)
+                    self.outbox.drop_unsendable(entry.seq)
+                    continue
+                topic = self.topics.up(self.node, entry.kind, entry.ns, entry.name)
+                self.outbox.mark_sent(entry.seq)
+                if self.publish is None or not self._send(topic, payload):
+                    self.outbox.unmark(entry.seq)
+                    return

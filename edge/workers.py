@@ -1,0 +1,343 @@
+"""The worker runtime (standalone mode): runs the GM's ``Worker`` objects as local processes.
+
+Called by the service's control loop (``reconcile`` every poll and after every downstream
+change; ``adopt`` once at start-up; ``shutdown`` on exit) and by the worker API
+(``note_info``, the results a worker posts). Level-triggered: every ``Worker`` resource
+held must have a process (or a finished record); every record without its resource is
+stopped and forgotten.
+
+A worker runs the first container's ``command`` + ``args`` of ``spec.template``, with the
+LC's environment (minus its own ``LIFELONG_LC_*`` settings) plus the container's ``env``
+(literal values), ``spec.env`` from the GM and the local Sedna variables ``LC_SERVER``,
+``WORKER_NAME``, ``NAMESPACE``, ``JOB_NAME``. It starts in its own session (process group),
+in the container's ``workingDir`` or ``<state>/workers/<ns>_<name>/``, with stdout and
+stderr in ``<ns>_<name>.log`` there. A tiny
+``/bin/sh`` wrapper writes the exit code to ``exit-code`` in that folder, so the result is
+known even when the LC was not the process's parent (after an LC restart).
+
+Records (``workers`` table) carry pid, the kernel start time of the pid (so a recycled pid is
+never taken for our worker), the phase and the last phase reported upstream. Phases:
+``Pending`` (recorded, not started), ``Running``, ``Succeeded``, ``Failed``. Each change is
+reported as a ``Worker`` report through the outbox, in the same transaction that records it
+as reported.
+
+Stopping (resource deleted, job deleted): SIGTERM to the group, SIGKILL after
+``stop_grace`` seconds. On LC shutdown workers are left running (a restarted LC adopts them)
+unless ``stop_on_exit``. After a restart ``adopt`` finds each running record's process
+(pid + start time; for a record the LC died before completing, the process whose environment
+names the record's exit-code file); a process that is gone is finished from its exit-code
+file, or Failed ("lost while the LC was down").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lifelong.edge.db import Store
+from lifelong.edge.outbox import Outbox, OutboxFull
+
+log = logging.getLogger("lifelong.edge.workers")
+
+WORKER_KIND = "Worker"
+PHASES = ("Pending", "Running", "Succeeded", "Failed")
+_WRAPPER = (
+    '"$@"; rc=$?; echo "$rc" > "$LIFELONG_EXIT_FILE.tmp" && '
+    'mv "$LIFELONG_EXIT_FILE.tmp" "$LIFELONG_EXIT_FILE"; exit "$rc"'
+)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The kernel start time of ``pid`` (clock ticks since boot), None if it does not exist
+    or is a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def find_by_marker(exit_file: str) -> int | None:
+    """The live process whose environment carries ``LIFELONG_EXIT_FILE=<exit_file>`` (our
+    wrapper), for a worker started just before the LC died without recording its pid."""
+    marker = f"LIFELONG_EXIT_FILE={exit_file}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0") and proc_start_time(int(entry.name)) is not None:
+            return int(entry.name)
+    return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        workers_dir: Path,
+        *,
+        lc_server: str,
+        stop_grace: float = 10.0,
+        stop_on_exit: bool = False,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.dir = workers_dir
+        self.lc_server = lc_server
+        self.stop_grace = stop_grace
+        self.stop_on_exit = stop_on_exit
+        self._children: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self._stopping: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (pgid, SIGKILL time)
+
+    # -- queries ------------------------------------------------------------------------------
+    def phases(self) -> dict[str, int]:
+        counts = dict.fromkeys(PHASES, 0)
+        for _ns, _name, rec in self.store.records("workers"):
+            counts[rec.get("phase", "Pending")] = counts.get(rec.get("phase", "Pending"), 0) + 1
+        return counts
+
+    def outputs(self, ns: str, job: str, stage: str, rnd: int) -> list[dict[str, Any]]:
+        """Models that the job's worker for (stage, round) reported through the worker API."""
+        for rns, _name, rec in self.store.records("workers"):
+            if rns == ns and rec.get("job") == job and rec.get("stage") == stage and rec.get("round") == rnd:
+                return list(rec.get("results") or [])
+        return []
+
+    def note_info(self, ns: str, worker: str, body: dict[str, Any]) -> None:
+        """Remember the results a worker posted (its models), for its Succeeded report."""
+        results = body.get("results")
+        if not isinstance(results, list):
+            return
+        with self.store.tx():
+            rec = self.store.get_record("workers", ns, worker)
+            if rec is not None:
+                rec["results"] = [r for r in results if isinstance(r, dict)]
+                self.store.put_record("workers", ns, worker, rec)
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def adopt(self) -> None:
+        """At start-up: find the processes of records that were running, or finish them."""
+        for ns, name, rec in self.store.records("workers"):
+            if rec.get("phase") not in ("Pending", "Running"):
+                continue
+            pid = rec.get("pid")
+            if pid and proc_start_time(pid) == rec.get("startTime"):
+                log.info("worker %s/%s: adopted running process %d", ns, name, pid)
+                continue
+            if not pid:
+                found = find_by_marker(str(Path(rec["dir"]) / "exit-code"))
+                if found is not None and os.getpgid(found) == found:
+                    rec.update(phase="Running", pid=found, startTime=proc_start_time(found))
+                    self.store.put_record("workers", ns, name, rec)
+                    log.info("worker %s/%s: found its unrecorded process %d", ns, name, found)
+                    continue
+            self._finish(ns, name, rec, lost=True)
+
+    def reconcile(self) -> None:
+        wanted = {(ns, name): obj for _k, ns, name, _rv, obj in self.store.resources(WORKER_KIND)}
+        records = {(ns, name): rec for ns, name, rec in self.store.records("workers")}
+        for key, obj in wanted.items():
+            if key not in records and key not in self._stopping:
+                self._start(key[0], key[1], obj)
+        for key, rec in records.items():
+            if key not in wanted:
+                self._stop(key, rec)
+        self._check_stopping()
+        for (ns, name), rec in records.items():
+            if (ns, name) in wanted and rec.get("phase") == "Running":
+                self._poll(ns, name, rec)
+        self._report()
+
+    def _start(self, ns: str, name: str, obj: dict[str, Any]) -> None:
+        spec = obj.get("spec") or {}
+        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+        container = containers[0] if isinstance(containers[0], dict) else {}
+        argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+        home = self.dir / f"{ns}_{name}"
+        home.mkdir(parents=True, exist_ok=True)
+        exit_file = home / "exit-code"
+        exit_file.unlink(missing_ok=True)
+        rec: dict[str, Any] = {
+            "job": spec.get("job"),
+            "stage": spec.get("stage"),
+            "round": spec.get("round"),
+            "phase": "Pending",
+            "reported": None,
+            "pid": None,
+            "startTime": None,
+            "exitCode": None,
+            "message": "",
+            "dir": str(home),
+            "log": str(home / f"{ns}_{name}.log"),
+        }
+        if not argv:
+            rec.update(phase="Failed", message="the pod template's first container has no command")
+            self.store.put_record("workers", ns, name, rec)
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_LC_")}
+        for item in container.get("env") or []:
+            if isinstance(item, dict) and isinstance(item.get("name"), str) and item.get("value") is not None:
+                env[item["name"]] = str(item["value"])
+        for key, value in (spec.get("env") or {}).items():
+            env[str(key)] = str(value)
+        env.update(
+            LC_SERVER=self.lc_server,
+            WORKER_NAME=name,
+            NAMESPACE=ns,
+            LIFELONG_EXIT_FILE=str(exit_file),
+        )
+        env.setdefault("JOB_NAME", str(spec.get("job") or ""))
+        cwd = container.get("workingDir") or str(home)
+        self.store.put_record("workers", ns, name, rec)  # Pending before the process exists
+        try:
+            with open(rec["log"], "ab") as logf:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", _WRAPPER, "sh", *argv],
+                    env=env,
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            rec.update(phase="Failed", message=f"cannot start {argv[0]}: {exc.strerror or exc}")
+            self.store.put_record("workers", ns, name, rec)
+            return
+        self._children[(ns, name)] = proc
+        rec.update(phase="Running", pid=proc.pid, startTime=proc_start_time(proc.pid))
+        self.store.put_record("workers", ns, name, rec)
+        log.info("worker %s/%s job=%s stage=%s: started pid %d", ns, name, rec["job"], rec["stage"], proc.pid)
+
+    def _poll(self, ns: str, name: str, rec: dict[str, Any]) -> None:
+        child = self._children.get((ns, name))
+        if child is not None:
+            if child.poll() is None:
+                return
+            self._children.pop((ns, name), None)
+        else:
+            pid = rec.get("pid")
+            if pid and proc_start_time(pid) == rec.get("startTime"):
+                return
+        self._finish(ns, name, rec, lost=False)
+
+    def _finish(self, ns: str, name: str, rec: dict[str, Any], *, lost: bool) -> None:
+        code: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            code = int((Path(rec["dir"]) / "exit-code").read_text().strip())
+        if code is None:
+            rec.update(
+                phase="Failed", exitCode=None, message="worker lost (killed, or exited while the LC was down)"
+            )
+        elif code == 0:
+            rec.update(phase="Succeeded", exitCode=0, message="")
+        else:
+            rec.update(phase="Failed", exitCode=code, message=f"exit code {code}")
+        self.store.put_record("workers", ns, name, rec)
+        log.info(
+            "worker %s/%s: %s (exit code %s)%s",
+            ns,
+            name,
+            rec["phase"],
+            code,
+            " after restart" if lost else "",
+        )
+
+    def _report(self) -> None:
+        for ns, name, rec in self.store.records("workers"):
+            phase = rec.get("phase")
+            if phase == rec.get("reported") or phase == "Pending":
+                continue
+            body = {
+                "job": rec.get("job"),
+                "stage": rec.get("stage"),
+                "round": rec.get("round"),
+                "phase": phase,
+                "exitCode": rec.get("exitCode"),
+                "message": rec.get("message", ""),
+                "output": {"models": rec.get("results") or []} if phase == "Succeeded" else {},
+            }
+            try:
+                with self.store.tx():
+                    rec["reported"] = phase
+                    self.store.put_record("workers", ns, name, rec)
+                    self.outbox.append(WORKER_KIND, ns, name, body)
+            except OutboxFull as exc:
+                log.warning("worker %s/%s: %s", ns, name, exc)
+                return
+
+    # -- stopping -----------------------------------------------------------------------------
+    def _stop(self, key: tuple[str, str], rec: dict[str, Any]) -> None:
+        pid = rec.get("pid")
+        if isinstance(pid, int) and pid > 0 and rec.get("phase") == "Running" and key not in self._stopping:
+            child = self._children.get(key)
+            ours = child is not None or proc_start_time(pid) == rec.get("startTime")
+            if ours and _group_alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+                self._stopping[key] = (pid, time.monotonic() + self.stop_grace)
+                log.info("worker %s/%s: deleted, sent SIGTERM to group %d", key[0], key[1], pid)
+        self.store.delete_record("workers", *key)
+
+    def _check_stopping(self) -> None:
+        now = time.monotonic()
+        for key, (pgid, kill_at) in list(self._stopping.items()):
+            child = self._children.get(key)
+            if child is not None:
+                child.poll()
+            if not _group_alive(pgid):
+                self._stopping.pop(key, None)
+                self._children.pop(key, None)
+                continue
+            if now >= kill_at:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                log.warning(
+                    "worker %s/%s: still alive after %.0fs, sent SIGKILL", key[0], key[1], self.stop_grace
+                )
+                self._stopping[key] = (pgid, now + 3600)
+
+    def stopping(self) -> int:
+        return len(self._stopping)
+
+    def shutdown(self) -> None:
+        """LC exit: leave workers running (adopted after restart) unless ``stop_on_exit``."""
+        if not self.stop_on_exit:
+            return
+        deadline = time.monotonic() + self.stop_grace
+        groups = [
+            rec["pid"] for _ns, _n, rec in self.store.records("workers") if rec.get("phase") == "Running"
+        ]
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+        while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+            for child in self._children.values():
+                child.poll()
+            time.sleep(0.05)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,46 @@
+"""LC settings (``lifelong.edge.config``): flag > env > config file > default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifelong.common.errors import ValidationError
+from lifelong.edge.config import load
+
+
+def test_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text("node: from-file\nbroker: mqtt://file:1883\npoll_seconds: 7\noutbox_window: 9\n")
+    env = {"LIFELONG_LC_BROKER": "mqtt://env:1883", "LIFELONG_LC_OUTBOX_WINDOW": "11"}
+    s = load({"outbox_window": "13", "node": None}, env, cfg)
+    assert s.node == "from-file"
+    assert s.broker == "mqtt://env:1883"
+    assert s.poll_seconds == 7.0
+    assert s.outbox_window == 13
+    assert s.metrics_port == 9101  # default
+    assert load({"node": "n"}, {"LIFELONG_LC_STOP_WORKERS_ON_EXIT": "yes"}).stop_workers_on_exit is True
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        ({}, {}, "node"),
+        ({"node": "a/b"}, {}, "node"),
+        ({"node": "n", "outbox_window": "many"}, {}, "outbox_window"),
+        ({"node": "n"}, {"LIFELONG_LC_CODEC": "xml"}, "codec"),
+    ],
+)
+def test_bad_settings_name_the_field(args: dict[str, str], env: dict[str, str], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        load(args, env)
+    assert info.value.path == field
+
+
+def test_unknown_config_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text("node: n\nbrokr: x\n")
+    with pytest.raises(ValidationError) as info:
+        load({}, {}, cfg)
+    assert info.value.path == "brokr"

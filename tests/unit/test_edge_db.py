@@ -1,0 +1,59 @@
+"""The LC's local state (``lifelong.edge.db``): what survives a restart, rv comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifelong.edge.db import Store, rv_newer, rv_older
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "lc.db"
+    s = Store(path)
+    epoch = s.epoch
+    s.put_resource("LifelongLearningJob", "ns", "j", "12", {"kind": "LifelongLearningJob"})
+    s.put_resource("Dataset", "ns", "d", "13", {"kind": "Dataset"})
+    s.delete_resource("Dataset", "ns", "d", "14")
+    s.put_record("progress", "ns", "j", {"round": 2, "cursor": 40})
+    ident = s.add_pending_info("ns", "w", "j", {"status": "completed"})
+    s.close()
+
+    again = Store(path)
+    assert again.epoch == epoch  # the epoch is made with the database, never again
+    assert again.held() == [{"kind": "LifelongLearningJob", "ns": "ns", "name": "j", "rv": "12"}]
+    assert again.tombstone_rv("Dataset", "ns", "d") == "14"
+    assert again.get_record("progress", "ns", "j") == {"round": 2, "cursor": 40}
+    assert again.pending_info() == [(ident, "ns", "w", "j", {"status": "completed"})]
+    again.put_resource("Dataset", "ns", "d", "20", {})
+    assert again.tombstone_rv("Dataset", "ns", "d") is None
+    again.close()
+    assert Store(tmp_path / "other.db").epoch != epoch
+
+
+def test_transaction_rolls_back_everything(tmp_path: Path) -> None:
+    s = Store(tmp_path / "lc.db")
+    with pytest.raises(RuntimeError), s.tx():
+        s.put_record("progress", "ns", "j", {"round": 1})
+        s.put_resource("Dataset", "ns", "d", "1", {})
+        raise RuntimeError("crash")
+    assert s.get_record("progress", "ns", "j") is None and s.held() == []
+    s.close()
+
+
+@pytest.mark.parametrize(
+    ("candidate", "held", "newer", "older"),
+    [
+        ("10", None, True, False),
+        ("10", "9", True, False),
+        ("9", "10", False, True),  # decimal: compared as integers, not strings
+        ("10", "10", False, False),
+        ("abc", "xyz", True, False),  # opaque: different means newer
+        ("abc", "abc", False, False),
+    ],
+)
+def test_resource_versions(candidate: str, held: str | None, newer: bool, older: bool) -> None:
+    assert rv_newer(candidate, held) is newer
+    if held is not None:
+        assert rv_older(candidate, held) is older

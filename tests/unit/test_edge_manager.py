@@ -1,0 +1,166 @@
+"""The lifelong-learning manager (``lifelong.edge.manager``) on a real SQLite state, no broker:
+deterministic split, checkPeriodSeconds, no round fired twice across a restart, cursor kept."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from harness.lc_objects import cond, dataset, job
+
+from lifelong.edge.dataset_monitor import DatasetMonitor
+from lifelong.edge.db import Store
+from lifelong.edge.manager import Manager, split_is_train
+from lifelong.edge.outbox import Outbox
+
+NODE = "node-a"
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _setup(tmp_path: Path, period: int = 0) -> tuple[Store, Outbox, Path, Path, Mono]:
+    store = Store(tmp_path / "lc.db", sync="normal")
+    box = Outbox(store)
+    data = tmp_path / "d.txt"
+    data.write_text("".join(f"s{i}\n" for i in range(10)))
+    out = tmp_path / "out"
+    store.put_resource("Dataset", "default", "ds", "1", dataset("ds", NODE, data))
+    j = job("j", NODE, "ds", out, [cond("Train", "Waiting")])
+    j["spec"]["trainSpec"]["trigger"]["checkPeriodSeconds"] = period
+    store.put_resource("LifelongLearningJob", "default", "j", "2", j)
+    return store, box, data, out, Mono()
+
+
+def _manager(store: Store, box: Outbox, mono: Mono) -> Manager:
+    return Manager(store, box, NODE, DatasetMonitor(), local_now=lambda: datetime(2026, 1, 1, 12), mono=mono)
+
+
+def _ready(box: Outbox, stage: str) -> list[dict]:
+    box.window = 1 << 20
+    return [e.body for e in box.due() if e.body.get("event") == "ready" and e.body.get("stage") == stage]
+
+
+def test_split_is_deterministic_and_follows_train_prob() -> None:
+    picks = [split_is_train("ns", "job", i, 0.8) for i in range(2000)]
+    assert picks == [split_is_train("ns", "job", i, 0.8) for i in range(2000)]
+    assert 0.75 < sum(picks) / len(picks) < 0.85
+    assert not any(split_is_train("ns", "job", i, 0.0) for i in range(100))
+
+
+def test_round_fires_once_even_across_a_restart(tmp_path: Path) -> None:
+    store, box, data, out, mono = _setup(tmp_path)
+    m = _manager(store, box, mono)
+    m.step()
+    m.step()
+    ready = _ready(box, "Train")
+    assert len(ready) == 1 and ready[0]["round"] == 1 and ready[0]["data"]["numberOfSamples"] == 10
+    # Restart (a new manager on the same state) while the GM still shows Train/Waiting.
+    m2 = _manager(store, box, mono)
+    m2.step()
+    assert len(_ready(box, "Train")) == 1
+    # Round 1 done; 4 new samples are below the threshold (> 5); 2 more make 6.
+    done = [
+        cond("Train", "Waiting"),
+        cond("Train", "Ready"),
+        cond("Train", "Completed"),
+        cond("Eval", "Waiting"),
+    ]
+    done += [cond("Eval", "Ready"), cond("Eval", "Completed"), cond("Deploy", "Waiting")]
+    done += [cond("Deploy", "Ready"), cond("Deploy", "Completed"), cond("Train", "Waiting")]
+    store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, done))
+    with data.open("a") as fh:
+        fh.write("n0\nn1\nn2\nn3\n")
+    m2.step()
+    assert len(_ready(box, "Train")) == 1
+    with data.open("a") as fh:
+        fh.write("n4\nn5\n")
+    m2.step()
+    second = _ready(box, "Train")[-1]
+    assert second["round"] == 2 and second["data"]["numberOfSamples"] == 6
+    pools = Path(second["data"]["trainDataURL"]).read_text().splitlines()
+    pools += Path(second["data"]["evalDataURL"]).read_text().splitlines()
+    assert sorted(pools) == sorted(data.read_text().splitlines())
+    store.close()
+
+
+def test_check_period_is_honoured(tmp_path: Path) -> None:
+    store, box, data, _out, mono = _setup(tmp_path, period=60)
+    data.write_text("a\n")  # 1 sample: below the threshold
+    m = _manager(store, box, mono)
+    m.step()  # evaluated at once: does not fire
+    data.write_text("".join(f"s{i}\n" for i in range(10)))
+    mono.now = 59.0
+    m.step()
+    assert _ready(box, "Train") == []  # not before the period is over
+    mono.now = 60.0
+    m.step()
+    assert len(_ready(box, "Train")) == 1
+    store.close()
+
+
+def test_truncated_dataset_starts_the_cursor_over(tmp_path: Path) -> None:
+    store, box, data, out, mono = _setup(tmp_path)
+    m = _manager(store, box, mono)
+    m.step()
+    after = [
+        cond("Train", "Waiting"),
+        cond("Train", "Ready"),
+        cond("Train", "Failed"),
+        cond("Train", "Waiting"),
+    ]
+    store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, after))
+    data.write_text("".join(f"r{i}\n" for i in range(7)))  # replaced by a shorter file
+    m.step()
+    second = _ready(box, "Train")[-1]
+    assert second["round"] == 2 and second["data"]["numberOfSamples"] == 7
+    store.close()
+
+
+def test_eval_and_deploy_use_the_reported_models(tmp_path: Path) -> None:
+    store, box, _data, out, mono = _setup(tmp_path)
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"w")
+    models = {"output": {"models": [{"url": str(model), "format": "bin"}]}}
+    hist = [cond("Train", "Waiting"), cond("Train", "Ready"), cond("Train", "Completed", models)]
+    hist.append(cond("Eval", "Waiting"))
+    store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, hist))
+    m = _manager(store, box, mono)
+    m.step()
+    m.step()
+    ev = _ready(box, "Eval")
+    assert len(ev) == 1 and ev[0]["round"] == 1 and ev[0]["data"]["models"][0]["url"] == str(model)
+    hist += [cond("Eval", "Ready"), cond("Eval", "Completed", models), cond("Deploy", "Waiting")]
+    store.put_resource("LifelongLearningJob", "default", "j", "4", job("j", NODE, "ds", out, hist))
+    m.step()
+    dep = _ready(box, "Deploy")
+    assert len(dep) == 1 and dep[0]["data"]["model"]["url"] == str(out / "deploy" / "m.bin")
+    assert (out / "deploy" / "m.bin").read_bytes() == b"w"
+    assert json.loads(json.dumps(dep[0]))  # plain JSON, ready for the wire
+    store.close()
+
+
+def test_recreated_job_starts_over_and_delete_forgets(tmp_path: Path) -> None:
+    store, box, _data, out, mono = _setup(tmp_path)
+    m = _manager(store, box, mono)
+    m.step()
+    assert store.get_record("progress", "default", "j")["round"] == 1
+    # Deleted and created again while the node was offline: only an upsert with a new uid arrives.
+    again = job("j", NODE, "ds", out, [cond("Train", "Waiting")])
+    again["metadata"]["uid"] = "new-uid"
+    store.put_resource("LifelongLearningJob", "default", "j", "9", again)
+    m.step()
+    ready = _ready(box, "Train")
+    assert [r["round"] for r in ready] == [1, 1]  # the new job's first round, all 10 samples again
+    assert ready[1]["data"]["numberOfSamples"] == 10
+    store.delete_resource("LifelongLearningJob", "default", "j", "10")
+    m.forget("default", "j")
+    m.step()
+    assert store.get_record("progress", "default", "j") is None
+    store.close()

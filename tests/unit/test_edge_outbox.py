@@ -1,0 +1,158 @@
+"""The durable outbox (``lifelong.edge.outbox``): seqs, window, resend, bounds, coalescing,
+and SIGKILL safety (a subprocess appending as fast as it can is killed at a random moment)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lifelong.edge.db import Store
+from lifelong.edge.outbox import Outbox, OutboxFull
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "lc.db", sync="normal")
+    yield s
+    s.close()
+
+
+def test_seqs_window_ack_and_resend(store: Store) -> None:
+    clock = FakeClock()
+    box = Outbox(store, window=3, ack_timeout=10, clock=clock)
+    seqs = [box.append("LifelongLearningJob", "ns", "j", {"i": i}) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    first = box.due()
+    assert [e.seq for e in first] == [1, 2, 3]  # the window
+    for e in first:
+        box.mark_sent(e.seq)
+    assert box.due() == []
+    assert box.ack("other-epoch", [1, 2]) == 0  # another epoch's ack is ignored
+    assert box.ack(box.epoch, [1, 2]) == 2
+    assert [e.seq for e in box.due()] == [4, 5]
+    for e in box.due():
+        box.mark_sent(e.seq)
+    clock.now += 10  # ack timeout: everything unacked is due again
+    assert [e.seq for e in box.due()] == [3, 4, 5]
+    box.reset_inflight()
+    assert [e.seq for e in box.due()] == [3, 4, 5]
+    for e in box.due():
+        box.mark_sent(e.seq)
+    assert box.resent == 3 and box.sent == 5
+    assert box.hello_state() == {"depth": 3, "lowSeq": 3, "nextSeq": 6}
+    box.ack(box.epoch, [3, 4, 5])
+    assert box.hello_state() == {"depth": 0, "lowSeq": None, "nextSeq": 6}  # seqs are never reused
+    assert box.append("Dataset", "ns", "d", {}) == 6
+
+
+def test_dataset_counts_coalesce(store: Store) -> None:
+    box = Outbox(store)
+    box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
+    box.append("LifelongLearningJob", "ns", "j", {"event": "ready"})
+    box.append("Dataset", "ns", "d", {"numberOfSamples": 2}, coalesce_key="Dataset/ns/d")
+    last = box.append("Dataset", "ns", "d", {"numberOfSamples": 3}, coalesce_key="Dataset/ns/d")
+    due = box.due()
+    assert [(e.kind, e.body) for e in due] == [
+        ("LifelongLearningJob", {"event": "ready"}),
+        ("Dataset", {"numberOfSamples": 3}),
+    ]
+    assert due[1].seq == last and box.coalesced == 2
+
+
+def test_full_policy_coalesce_then_refuse(store: Store) -> None:
+    box = Outbox(store, max_depth=3)
+    box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
+    box.append("LifelongLearningJob", "ns", "j", {"n": 1})
+    box.append("LifelongLearningJob", "ns", "j", {"n": 2})
+    # Full: a newer count of a queued dataset still replaces its older count ...
+    assert box.append("Dataset", "ns", "d", {"numberOfSamples": 2}, coalesce_key="Dataset/ns/d") is not None
+    # ... a count of another dataset is dropped (counted), a job report is refused (counted).
+    assert box.append("Dataset", "ns", "e", {"numberOfSamples": 9}, coalesce_key="Dataset/ns/e") is None
+    with pytest.raises(OutboxFull):
+        box.append("LifelongLearningJob", "ns", "j", {"n": 3})
+    assert (box.dropped, box.refused) == (1, 1)
+    assert box.stats().depth == 3
+    # A refused report inside a caller's transaction rolls the caller's change back too.
+    with pytest.raises(OutboxFull), store.tx():
+        store.put_record("progress", "ns", "j", {"round": 9})
+        box.append("LifelongLearningJob", "ns", "j", {"n": 4})
+    assert store.get_record("progress", "ns", "j") is None
+    box.ack(box.epoch, [2])
+    assert box.append("LifelongLearningJob", "ns", "j", {"n": 3}) is not None
+
+
+APPENDER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from lifelong.edge.db import Store
+    from lifelong.edge.outbox import Outbox
+    box = Outbox(Store(Path(sys.argv[1])))
+    i = 0
+    while True:
+        seq = box.append("LifelongLearningJob", "ns", "j", {"i": i})
+        if i % 7 == 0:
+            box.append("Dataset", "ns", "d", {"numberOfSamples": i}, coalesce_key="Dataset/ns/d")
+        sys.stdout.write(f"{seq} {i}\\n")
+        if i % 5 == 0:
+            sys.stdout.write(f"ack {seq - 3}\\n")  # announced before it happens
+            sys.stdout.flush()
+            box.ack(box.store.epoch, [seq - 3])
+        sys.stdout.flush()
+        i += 1
+    """
+)
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_sigkill_at_any_instant_loses_nothing(tmp_path: Path, run: int) -> None:
+    db = tmp_path / "lc.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(db)], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    target = random.Random(run).randint(50, 400)
+    while len(lines) < target:  # blocking reads: the appender writes a line per commit
+        line = proc.stdout.readline()
+        assert line, "the appender died"
+        lines.append(line)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    lines += proc.stdout.read().splitlines()
+    acked = {int(line.split()[1]) for line in lines if line.startswith("ack ")}
+    committed = [
+        tuple(map(int, line.split())) for line in lines if line.strip() and not line.startswith("ack")
+    ]
+
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    store = Store(db)
+    box = Outbox(store)
+    rows = {e.seq: e.body for e in _all(box)}
+    for seq, i in committed:  # every report the appender saw committed is there (or was acked)
+        assert seq in acked or rows.get(seq) == {"i": i}, (seq, i)
+    datasets = [b for b in rows.values() if "numberOfSamples" in b]
+    assert len(datasets) <= 1  # coalesced, also across the kill
+    store.close()
+
+
+def _all(box: Outbox) -> list:
+    box.window = 1 << 30
+    return box.due()

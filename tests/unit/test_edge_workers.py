@@ -1,0 +1,87 @@
+"""The worker runtime (``lifelong.edge.workers``) without a broker: exit codes through the
+wrapper, stop on delete, and finding workers again after an LC restart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness.lc_objects import worker
+from harness.waiting import wait_for
+
+from lifelong.edge.db import Store
+from lifelong.edge.outbox import Outbox
+from lifelong.edge.workers import WorkerRuntime, proc_start_time
+
+
+def _runtime(store: Store, tmp_path: Path) -> WorkerRuntime:
+    return WorkerRuntime(
+        store, Outbox(store), tmp_path / "workers", lc_server="http://127.0.0.1:1", stop_grace=5
+    )
+
+
+def _reports(store: Store) -> list[tuple[str, str, int | None]]:
+    box = Outbox(store, window=1000)
+    return [(e.name, e.body["phase"], e.body["exitCode"]) for e in box.due()]
+
+
+def test_exit_codes_and_stop(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lc.db", sync="normal")
+    rt = _runtime(store, tmp_path)
+    for rnd, code in (
+        (1, "raise SystemExit(0)"),
+        (2, "raise SystemExit(4)"),
+        (3, "import time; time.sleep(60)"),
+    ):
+        w = worker("j", "Train", rnd, code)
+        store.put_resource("Worker", "default", w["metadata"]["name"], str(rnd), w)
+    rt.reconcile()
+
+    def settled() -> bool:
+        rt.reconcile()
+        phases = {(n, p) for n, p, _ in _reports(store)}
+        return {("j-train-1", "Succeeded"), ("j-train-2", "Failed")} <= phases
+
+    wait_for(settled, what="two workers to finish")
+    reports = _reports(store)
+    assert ("j-train-2", "Failed", 4) in reports and ("j-train-1", "Succeeded", 0) in reports
+    assert ("j-train-3", "Running", None) in reports
+    pid = store.get_record("workers", "default", "j-train-3")["pid"]
+    store.delete_resource("Worker", "default", "j-train-3", "9")
+    rt.reconcile()
+    wait_for(lambda: rt.reconcile() or rt.stopping() == 0, what="the deleted worker to stop")
+    assert proc_start_time(pid) is None
+    store.close()
+
+
+def test_restart_finds_recorded_and_unrecorded_processes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lc.db", sync="normal")
+    rt = _runtime(store, tmp_path)
+    for rnd in (1, 2):
+        w = worker("j", "Train", rnd, "import time; time.sleep(60)")
+        store.put_resource("Worker", "default", w["metadata"]["name"], str(rnd), w)
+    rt.reconcile()
+    pids = [store.get_record("workers", "default", f"j-train-{r}")["pid"] for r in (1, 2)]
+    # As if the LC died right after starting worker 2, before recording its pid.
+    rec = store.get_record("workers", "default", "j-train-2")
+    rec.update(pid=None, startTime=None, phase="Pending")
+    store.put_record("workers", "default", "j-train-2", rec)
+    try:
+        again = _runtime(store, tmp_path)
+        again.adopt()
+        assert store.get_record("workers", "default", "j-train-1")["pid"] == pids[0]
+        assert store.get_record("workers", "default", "j-train-2")["pid"] == pids[1]
+        assert store.get_record("workers", "default", "j-train-2")["phase"] == "Running"
+    finally:
+        for pid in pids:
+            os.killpg(pid, 9)
+
+    def reaped() -> bool:
+        for child in rt._children.values():
+            child.poll()  # the first runtime is their parent: reap the zombies
+        return all(proc_start_time(p) is None for p in pids)
+
+    wait_for(reaped, what="the killed workers to be gone")
+    again.reconcile()
+    assert {p for n, p, _ in _reports(store)} == {"Running", "Failed"}  # killed: no exit code file
+    store.close()
