@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness.brokers import Broker, mosquitto_binary
+from conftest import NODE_USERS
+from harness.brokers import Broker, Users, make_broker, mosquitto_binary
 from harness.waiting import free_port, port_open, wait_for
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -414,22 +415,30 @@ def test_wrong_password_is_retried_and_reported_without_the_password(
     assert "node-a" in caplog.text
 
 
-def test_refused_subscription_raises_subscribe_error(acl_broker: Broker) -> None:
-    if acl_broker.kind != "amqtt":
-        pytest.skip("mosquitto's acl_file grants every SUBSCRIBE and filters deliveries instead")
+def test_refused_subscription_raises_subscribe_error(tmp_path: Path) -> None:
+    """amqtt refuses another node's filter with SUBACK 0x80, which surfaces as SubscribeError.
+
+    amqtt only: mosquitto 2.0's acl_file grants every SUBSCRIBE and filters what it delivers
+    instead (test_broker_cli.py shows that neither broker delivers another node's messages).
+    """
+    acl_broker = make_broker("amqtt", tmp_path, acl=True, users=Users(dict(NODE_USERS)))
+    acl_broker.start()
     client = BusClient(
         client_id="node-a",
         address=acl_broker.url,
         credentials=Credentials("node-a", "a-secret"),
         reconnect=FAST,
     )
-    with client:
-        connected(client)
-        client.subscribe("lifelong/v1/node/node-a/down/#", Inbox())  # its own: granted
-        with pytest.raises(SubscribeError) as info:
-            client.subscribe("lifelong/v1/node/node-b/down/#", Inbox())
-        assert info.value.rc == 0x80
-        assert client.connected
+    try:
+        with client:
+            connected(client)
+            client.subscribe("lifelong/v1/node/node-a/down/#", Inbox())  # its own: granted
+            with pytest.raises(SubscribeError) as info:
+                client.subscribe("lifelong/v1/node/node-b/down/#", Inbox())
+            assert info.value.rc == 0x80
+            assert client.connected
+    finally:
+        acl_broker.stop()
 
 
 # -- TLS (mosquitto only: the shared fixtures run plain TCP, so this file starts its own) ---------
