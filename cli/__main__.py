@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "lifelong.cloud.commands",
     "lifelong.edge.commands",
     "lifelong.common.commands",
+    "lifelong.demo",
 )
 
 

@@ -130,7 +130,7 @@ def read_resources(paths: Sequence[str], stdin: Any = None) -> list[dict[str, An
     for given in paths:
         if given == "-":
             text = (stdin or sys.stdin).read()
-            out.extend(dump_resource(r) for r in load_documents(text, source="<stdin>"))
+            out.extend(dump_resource(r) for r in _load(text, "<stdin>"))
             continue
         path = Path(given)
         if path.is_dir():
@@ -146,8 +146,20 @@ def read_resources(paths: Sequence[str], stdin: Any = None) -> list[dict[str, An
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValidationError([("", f"cannot read {file}: {exc}")]) from None
-            out.extend(dump_resource(r) for r in load_documents(text, source=str(file)))
+            out.extend(dump_resource(r) for r in _load(text, str(file)))
     return out
+
+
+def _load(text: str, source: str) -> list[Any]:
+    """``load_documents`` with what it lets through turned into a ``ValidationError``: YAML's
+    reader refusing a control character, and nesting too deep to parse (found by the fault
+    suite's fuzzing, tests/faults/test_bad_input.py)."""
+    try:
+        return list(load_documents(text, source=source))
+    except yaml.YAMLError as exc:
+        raise ValidationError([("", f"invalid YAML: {exc}")], source=source) from None
+    except RecursionError:
+        raise ValidationError([("", "the document is nested too deeply")], source=source) from None
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -256,6 +268,122 @@ def dump(value: Any, output: str) -> str:
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
 
 
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def timeline(conds: Sequence[dict[str, Any]]) -> list[str]:
+    """A job's conditions as a timeline: round, time, time since the previous, stage/type, why."""
+    rows = [["ROUND", "TIME", "+", "STAGE", "TYPE", "REASON", "MESSAGE"]]
+    rnd = 0
+    previous: datetime | None = None
+    for c in conds:
+        if c.get("stage") == "Train" and c.get("type") == "Ready":
+            rnd += 1
+        when = _parse_time(c.get("lastTransitionTime"))
+        delta = ""
+        if when is not None and previous is not None:
+            delta = f"+{max(int((when - previous).total_seconds()), 0)}s"
+        previous = when or previous
+        message = str(c.get("message", ""))
+        rows.append(
+            [
+                str(rnd) if rnd else "-",
+                str(c.get("lastTransitionTime", "")),
+                delta,
+                str(c.get("stage", "")),
+                str(c.get("type", "")),
+                str(c.get("reason", "")),
+                message if len(message) <= 80 else message[:77] + "...",
+            ]
+        )
+    return table(rows).splitlines()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def last_reports(worker_info: dict[str, Any]) -> list[str]:
+    """One line per worker: the models and metrics it posted last (``workerInfo`` reports)."""
+    out = []
+    for worker, info in sorted(worker_info.items()):
+        results = info.get("results") if isinstance(info, dict) else None
+        if isinstance(results, list) and results:
+            parts = []
+            for r in results:
+                if isinstance(r, dict):
+                    metrics = r.get("metrics") or {}
+                    shown = (
+                        ", ".join(f"{k}={_short(v)}" for k, v in metrics.items())
+                        if isinstance(metrics, dict)
+                        else ""
+                    )
+                    parts.append(f"{r.get('url', '?')}" + (f" ({shown})" if shown else ""))
+            out.append(f"{worker}: " + "; ".join(parts))
+        elif isinstance(results, list):
+            out.append(f"{worker}: posted no models")
+        else:
+            out.append(f"{worker}: {json.dumps(info, default=str)[:100]}")
+    return out
+
+
+def job_nodes(obj: dict[str, Any], dataset: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(node, role) for every node a job involves: its Dataset's node and each template's."""
+    spec = obj.get("spec") or {}
+    roles: dict[str, list[str]] = {}
+    if dataset is not None:
+        node = (dataset.get("spec") or {}).get("nodeName")
+        if isinstance(node, str) and node:
+            roles.setdefault(node, []).append("dataset")
+    for stage, field in (("train", "trainSpec"), ("eval", "evalSpec"), ("deploy", "deploySpec")):
+        node = _node((spec.get(field) or {}).get("template"))
+        if node != "<none>":
+            roles.setdefault(node, []).append(stage)
+    return [(node, ",".join(r)) for node, r in roles.items()]
+
+
+def _hello_age(last_hello: Any) -> str:
+    if not isinstance(last_hello, (int, float)) or last_hello <= 0:
+        return "<never>"
+    return _age(datetime.fromtimestamp(last_hello, UTC).isoformat()) + " ago"
+
+
+def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes of a job (or a Dataset) with what the GM knows of each."""
+    if obj.get("kind") == "Dataset":
+        node = (obj.get("spec") or {}).get("nodeName")
+        pairs = [(node, "dataset")] if isinstance(node, str) and node else []
+    else:
+        ds_name = ((obj.get("spec") or {}).get("dataset") or {}).get("name")
+        dataset = None
+        if ds_name:
+            try:
+                dataset = client.get("Dataset", obj["metadata"].get("namespace", "default"), ds_name)
+            except NotFound:
+                dataset = None
+        pairs = job_nodes(obj, dataset)
+    known = {n["node"]: n for n in client.nodes()}
+    out = []
+    for node, role in pairs:
+        n = known.get(node)
+        out.append(
+            {
+                "node": node,
+                "role": role,
+                "status": "<unknown>" if n is None else ("Online" if n["online"] else "Offline"),
+                "lastHello": _hello_age(None if n is None else n.get("lastHello")),
+                "unacked": 0 if n is None else n.get("unacked", 0),
+            }
+        )
+    return out
+
+
 def describe_text(info: dict[str, Any]) -> str:
     obj = info["object"]
     meta = obj.get("metadata", {})
@@ -284,21 +412,7 @@ def describe_text(info: dict[str, Any]) -> str:
             lines.append(f"  {stage + ':':8} {_node((spec.get(field) or {}).get('template'))}")
         conds = status.get("conditions") or []
         lines.append("Conditions:")
-        if conds:
-            rows = [["STAGE", "TYPE", "LAST TRANSITION", "REASON", "MESSAGE"]]
-            for c in conds:
-                rows.append(
-                    [
-                        str(c.get("stage", "")),
-                        str(c.get("type", "")),
-                        str(c.get("lastTransitionTime", "")),
-                        str(c.get("reason", "")),
-                        str(c.get("message", "")),
-                    ]
-                )
-            lines += ["  " + line for line in table(rows).splitlines()]
-        else:
-            lines.append("  <none>")
+        lines += ["  " + line for line in timeline(conds)] if conds else ["  <none>"]
         lines.append("Workers:")
         workers = info.get("workers") or []
         if workers:
@@ -316,6 +430,8 @@ def describe_text(info: dict[str, Any]) -> str:
             lines += ["  " + line for line in table(rows).splitlines()]
         else:
             lines.append("  <none>")
+        lines.append("Last Reports:")
+        lines += ["  " + line for line in last_reports(info.get("workerInfo") or {})] or ["  <none>"]
     elif obj.get("kind") == "Dataset":
         lines += [
             f"URL:               {spec.get('url')}",
@@ -324,6 +440,15 @@ def describe_text(info: dict[str, Any]) -> str:
             f"Samples:           {status.get('numberOfSamples', 0)}",
             f"Updated:           {status.get('updateTime', '<none>')}",
         ]
+    involved = info.get("nodes")
+    if involved is not None:
+        lines.append("Nodes Involved:")
+        if involved:
+            rows = [["NODE", "ROLE", "STATUS", "LAST HELLO", "UNACKED DOWN"]]
+            rows += [[n["node"], n["role"], n["status"], n["lastHello"], str(n["unacked"])] for n in involved]
+            lines += ["  " + line for line in table(rows).splitlines()]
+        else:
+            lines.append("  <none>")
     delivery = info.get("delivery") or []
     lines.append("Delivery:")
     if delivery:
@@ -394,10 +519,42 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def nodes_table(items: Sequence[dict[str, Any]]) -> str:
+    rows = [["NAME", "STATUS", "LAST HELLO", "AGENT", "UNACKED DOWN"]]
+    for n in items:
+        rows.append(
+            [
+                str(n["node"]),
+                "Online" if n["online"] else "Offline",
+                _hello_age(n.get("lastHello")),
+                n.get("agent") or "<none>",
+                str(n.get("unacked", 0)),
+            ]
+        )
+    return table(rows)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    items = _client(args).nodes()
+    if args.output in ("yaml", "json"):
+        print(dump({"items": items}, args.output), end="" if args.output == "yaml" else "\n")
+        return 0
+    if not items:
+        print("No nodes have said hello to this GM yet.", file=sys.stderr)
+        return 0
+    print(nodes_table(items))
+    return 0
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     kind = kind_of(args.kind)
     client = _client(args)
-    texts = [describe_text(client.describe(kind, args.namespace, name)) for name in args.name]
+    texts = []
+    for name in args.name:
+        info = client.describe(kind, args.namespace, name)
+        if kind in ("LifelongLearningJob", "Dataset"):
+            info["nodes"] = involved_nodes(client, info["object"])
+        texts.append(describe_text(info))
     print("\n\n".join(texts))
     return 0
 
@@ -451,7 +608,22 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     p.set_defaults(handler=cmd_get)
 
-    p = sub.add_parser("describe", help="show a resource in detail")
+    p = sub.add_parser(
+        "nodes",
+        help="list the edge nodes the GM knows: online/offline, last hello, downstream backlog",
+        description="List the edge nodes that said hello to the GM. UNACKED DOWN counts the desired-state "
+        "changes the node has not acknowledged yet (its downstream backlog).",
+    )
+    p.add_argument("--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], help="output format")
+    p.set_defaults(handler=cmd_nodes)
+
+    p = sub.add_parser(
+        "describe",
+        help="show a resource in detail",
+        description="Show a resource in detail; for a job: its conditions as a timeline, its workers, "
+        "the last reports of its workers, the nodes involved and the delivery to each node.",
+    )
     common(p)
     p.add_argument("kind", help="ll, ds, model or worker")
     p.add_argument("name", nargs="+")
