@@ -116,7 +116,10 @@ def _yaml_error(exc: yaml.YAMLError) -> str:
 
 
 def _yaml_documents(text: str, source: str | None) -> Iterator[tuple[Any, Node | None]]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader rejects control characters here, before parsing
+    except yaml.YAMLError as exc:
+        raise ValidationError([("", _yaml_error(exc))], source=source) from None
     try:
         while True:
             try:

@@ -476,6 +476,7 @@ def test_malformed_yaml_gives_line_and_column() -> None:
         ("a: [1, 2\n", "invalid YAML at line 2"),
         ('{"apiVersion": ', "invalid JSON at line 1, column 16"),
         ("a: *nope\n", "invalid YAML at line 1"),
+        ("\x08", "invalid YAML: unacceptable character #x0008"),
     ],
 )
 def test_unparseable_text_gives_a_clear_error(text: str, expected: str) -> None:
