@@ -5,21 +5,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv test check lint typecheck imports crds demo bench clean
+.PHONY: help venv test check lint typecheck imports crds demo bench faults clean
 
 help:
 	@echo "make demo   - run the lifelong-learning demo on the embedded broker"
 	@echo "make test   - install into $(VENV) and run the test suite"
 	@echo "make check  - ruff, mypy and the import-layer contracts"
 	@echo "make crds   - regenerate deploy/crds from the API models"
-	@echo "make bench  - benchmarks against raw paho-mqtt"
+	@echo "make bench  - benchmarks against raw paho-mqtt (QUICK=1 for the short run)"
+	@echo "make faults - the fault suite with full repetition counts"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,kubernetes,examples]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,kubernetes,examples,bench]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -56,6 +57,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
+
+faults: $(STAMP)  ## the fault suite with the full counts; prints the table of docs/reliability.md
+	mkdir -p .build && rm -f .build/faults.jsonl
+	LIFELONG_FAULT_REPEAT=$(or $(REPEAT),10) LIFELONG_FAULT_EXAMPLES=$(or $(EXAMPLES),1000) \
+	LIFELONG_FAULT_RESULTS=$(CURDIR)/.build/faults.jsonl \
+	$(BIN)/python -m pytest -m faults tests/faults --timeout 1800 $(PYTEST_ARGS)
+	cd tests && ../$(BIN)/python -m harness.faults ../.build/faults.jsonl
 
 clean:
 	rm -rf .build build *.egg-info

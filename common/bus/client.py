@@ -242,6 +242,7 @@ class BusClient:
         # whichever thread calls publish() - racing our network thread. Registering one makes
         # publish() only queue the packet and wake select() through paho's socketpair.
         client.on_socket_register_write = _ignore_socket
+        client.on_socket_open = _no_delay
         return client
 
     # -- public API -----------------------------------------------------------------------------
@@ -824,6 +825,17 @@ class BusClient:
 
 def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """paho's on_socket_register_write; our loop() polls want_write() itself."""
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's on_socket_open: switch Nagle off (paho leaves it on).
+
+    With Nagle, a message published right after a PUBACK (the LC's ``ack`` after storing an
+    upsert, the GM's ``ack`` after applying a report) waits for the broker's delayed TCP ACK
+    of that PUBACK: about 40 ms per hop on Linux (docs/performance.md).
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket: nothing to switch off
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _path(value: str | os.PathLike[str] | None) -> str | None:

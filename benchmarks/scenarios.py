@@ -1,0 +1,637 @@
+"""The scenarios, run against one broker: lifelong's figure and raw paho-mqtt's, same run.
+
+``run_broker`` starts the broker and a real GM (``lifelong gm``, SQLite store), then runs
+the scenarios in an order that reuses what the previous one set up. Every wait is bounded;
+a scenario that fails or times out is recorded with its error and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import raw
+from benchmarks.infra import (
+    GM,
+    LC,
+    PREFIX,
+    BenchTimeout,
+    Broker,
+    RssSampler,
+    Spy,
+    cpu_seconds,
+    rss_mb,
+    wait_for,
+)
+from benchmarks.sim import Simulator, fanout, fanout_client
+from lifelong.common.codec import decode, encode
+from lifelong.common.envelope import Envelope, Op
+from lifelong.edge.db import Store
+from lifelong.edge.outbox import Outbox
+
+log = logging.getLogger("benchmarks")
+NODE = "bench-0"
+JOB = "LifelongLearningJob"
+DRAIN_JOB = "job-drain"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    downstream_jobs: int
+    upstream_reports: int
+    latency_samples: int
+    nodes: int
+    backlog: int
+    idle_seconds: float
+    timeout: float  # for each bounded wait of a scenario
+
+
+CONFIGS = {
+    "full": Config("full", 500, 5000, 200, 1000, 100_000, 10.0, 240.0),
+    "quick": Config("quick", 50, 500, 30, 100, 3000, 2.0, 30.0),
+    "tiny": Config("tiny", 5, 20, 5, 5, 50, 0.5, 60.0),
+}
+SCENARIOS = ("latency", "footprint", "downstream", "upstream", "backlog", "many-nodes", "storm")
+
+
+# -- resources ----------------------------------------------------------------------------------
+def dataset_obj(name: str, node: str, path: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"url": str(path), "format": "csv", "nodeName": node},
+    }
+
+
+def job_obj(name: str, ds: str, node: str) -> dict[str, Any]:
+    """A job whose trigger never fires (threshold 10**9): it stays Train/Waiting, quietly."""
+
+    def template(role: str) -> dict[str, Any]:
+        return {
+            "spec": {"nodeName": node, "containers": [{"name": role, "image": "bench", "command": ["true"]}]}
+        }
+
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": JOB,
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "dataset": {"name": ds, "trainProb": 0.8},
+            "trainSpec": {
+                "template": template("train"),
+                "trigger": {
+                    "checkPeriodSeconds": 60,
+                    "condition": {"operator": ">", "threshold": 1_000_000_000, "metric": "num_of_samples"},
+                },
+            },
+            "evalSpec": {"template": template("eval")},
+            "deploySpec": {"template": template("deploy")},
+            "outputDir": "/tmp/lifelong-bench-output",
+        },
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def lat_summary(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {"p50": pct(ms, 0.5), "p99": pct(ms, 0.99), "max": max(ms, default=float("nan")), "n": len(ms)}
+
+
+def row(
+    lifelong: float | None,
+    raw_value: float | None,
+    unit: str,
+    *,
+    higher_is_better: bool,
+    target: str = "",
+    met: bool | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    ratio = None
+    if lifelong is not None and raw_value:
+        ratio = lifelong / raw_value
+    return {
+        "lifelong": lifelong,
+        "raw": raw_value,
+        "unit": unit,
+        "ratio": ratio,
+        "higher_is_better": higher_is_better,
+        "target": target,
+        "met": met,
+        "extra": extra or {},
+    }
+
+
+# -- the spy's view: acks from the LC -------------------------------------------------------------
+def acked_names(spy: Spy, since: int, kind: str) -> dict[str, float]:
+    """name -> the first time an ``ack`` from an LC named it (on up/_ctl)."""
+    out: dict[str, float] = {}
+    for t, topic, payload in spy.since(since):
+        if not topic.endswith("/up/_ctl"):
+            continue
+        env = decode(payload)
+        if env.op is Op.ACK:
+            for a in (env.body or {}).get("applied") or []:
+                if a.get("kind") == kind and a.get("name") not in out:
+                    out[a["name"]] = t
+    return out
+
+
+def hello_time(spy: Spy, since: int, node: str) -> float | None:
+    for t, topic, payload in spy.since(since):
+        if topic.endswith(f"/node/{node}/up/_ctl") and decode(payload).op is Op.HELLO:
+            return t
+    return None
+
+
+class BrokerRun:
+    def __init__(self, kind: str, cfg: Config, workdir: Path, only: set[str]) -> None:
+        self.kind = kind
+        self.cfg = cfg
+        self.workdir = workdir
+        self.only = only
+        self.results: dict[str, Any] = {}
+        self.broker = Broker(kind, workdir)
+        self.gm: GM | None = None
+        self.lc: LC | None = None
+        self.spy: Spy | None = None
+        self.sim: Simulator | None = None
+        self.data = workdir / "data.csv"
+        self.data.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(100)))
+
+    def want(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+    def record(self, name: str, fn: Any) -> None:
+        t0 = time.monotonic()
+        print(f"  [{self.kind}] {name} ...", end="", flush=True)
+        try:
+            fn()
+            print(f" done in {time.monotonic() - t0:.1f}s", flush=True)
+        except Exception as exc:
+            print(f" FAILED: {exc}", flush=True)
+            log.debug("%s", traceback.format_exc())
+            self.results.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.broker.start()
+        try:
+            self.gm = GM(self.workdir, self.broker.url)
+            self.gm.start()
+            self.gm.wait_ready()
+            self.spy = Spy(self.broker.port, [f"{PREFIX}/node/+/up/_ctl"])
+            self.lc = LC(self.workdir, NODE, self.broker.url)
+            self.lc.start()
+            self.gm.wait_online(NODE)
+            self.gm.apply(dataset_obj("ds-0", NODE, self.data))
+            self.gm.apply(job_obj(DRAIN_JOB, "ds-0", NODE))  # the job the drained reports are about
+            if self.want("latency"):
+                self.record("latency", self.latency)
+            if self.want("footprint"):
+                self.record("footprint", self.footprint)
+            if self.want("downstream"):
+                self.record("downstream", self.downstream)
+            if self.want("upstream"):
+                self.record("upstream", lambda: self.drain("upstream", self.cfg.upstream_reports))
+            if self.want("backlog"):
+                self.record("backlog", lambda: self.drain("backlog", self.cfg.backlog))
+            self.lc.terminate()
+            self.spy.close()
+            self.spy = None
+            if self.want("many-nodes") or self.want("storm"):
+                self.record("many-nodes", self.many_nodes)
+            if self.want("storm") and self.sim is not None:
+                self.record("storm", self.storm)
+        finally:
+            if self.sim is not None:
+                self.sim.stop()
+            if self.spy is not None:
+                self.spy.close()
+            for p in (self.lc, self.gm):
+                if p is not None:
+                    p.terminate()
+            self.broker.stop()
+        return self.results
+
+    # -- latency --------------------------------------------------------------------------------
+    def latency(self) -> None:
+        gm, lc, spy = self.gm, self.lc, self.spy
+        assert gm is not None and lc is not None and spy is not None
+        m = self.cfg.latency_samples
+        apply_lat: list[float] = []
+        size = 0
+        for i in range(m):
+            name = f"job-lat-{i}"
+            mark = spy.mark()
+            t0 = time.monotonic()
+            stored = gm.apply(job_obj(name, "ds-0", NODE))["object"]
+            t1 = wait_for(
+                lambda name=name, mark=mark: acked_names(spy, mark, JOB).get(name),
+                timeout=self.cfg.timeout,
+                what=f"the LC to ack {name}",
+            )
+            apply_lat.append(t1 - t0)
+            if not size:
+                size = len(self._upsert_payload(stored))
+        raw_apply = raw.latency(self.broker.port, m, size)
+        a, r = lat_summary(apply_lat), lat_summary(raw_apply)
+        target = "p99 < 20 ms" if self.kind == "mosquitto" else "(target is for mosquitto)"
+        self.results["latency-apply"] = row(
+            a["p99"],
+            r["p99"],
+            "ms p99",
+            higher_is_better=False,
+            target=target,
+            met=(a["p99"] < 20.0) if self.kind == "mosquitto" else None,
+            extra={"lifelong": a, "raw": r, "payload_bytes": size},
+        )
+        # report -> GM has stored it: a worker posts to the LC's worker API (workerInfo report).
+        job = "job-lat-0"
+        extra_filters = [f"{PREFIX}/node/{NODE}/up/{JOB}/default/{job}", f"{PREFIX}/node/{NODE}/down/_ctl"]
+        spy.add(extra_filters)
+        report_lat: list[float] = []
+        rsize = 0
+        for i in range(m):
+            mark = spy.mark()
+            t0 = time.monotonic()
+            lc.post_info(f"{job}-train-1", {"ownerName": job, "namespace": "default", "marker": i})
+
+            def acked(mark: int = mark, i: int = i) -> float | None:
+                seq = None
+                for t, _topic, payload in spy.since(mark):
+                    env = decode(payload)
+                    if env.op is Op.REPORT and ((env.body or {}).get("info") or {}).get("marker") == i:
+                        seq = env.seq
+                        nonlocal rsize
+                        rsize = len(payload)
+                    elif seq is not None and env.op is Op.ACK and seq in ((env.body or {}).get("seqs") or []):
+                        return t
+                return None
+
+            t1 = wait_for(acked, timeout=self.cfg.timeout, what=f"the GM to ack report {i}")
+            report_lat.append(t1 - t0)
+        spy.remove(extra_filters)
+        raw_report = raw.latency(self.broker.port, m, rsize or 200)
+        a, r = lat_summary(report_lat), lat_summary(raw_report)
+        self.results["latency-report"] = row(
+            a["p99"],
+            r["p99"],
+            "ms p99",
+            higher_is_better=False,
+            extra={"lifelong": a, "raw": r, "payload_bytes": rsize},
+        )
+
+    def _upsert_payload(self, obj: dict[str, Any]) -> bytes:
+        meta = obj["metadata"]
+        env = Envelope.new(
+            node=NODE,
+            kind=obj["kind"],
+            ns=meta.get("namespace", "default"),
+            name=meta["name"],
+            op=Op.UPSERT,
+            rv=str(meta.get("resourceVersion")),
+            body={"object": obj},
+        )
+        return encode(env)
+
+    # -- footprint ------------------------------------------------------------------------------
+    def footprint(self) -> None:
+        lc, gm = self.lc, self.gm
+        assert lc is not None and gm is not None
+        time.sleep(0.5)  # a benchmark measures an idle period: this is the period's start margin
+        c0, t0 = cpu_seconds(lc.pid), time.monotonic()
+        with RssSampler(lc.pid, 0.1) as sampler:
+            time.sleep(self.cfg.idle_seconds)
+        cpu = (cpu_seconds(lc.pid) - c0) / (time.monotonic() - t0) * 100
+        lc_rss = statistics.mean(m for _t, m in sampler.samples)
+        raw_rss = raw_client_rss(self.broker.port)
+        self.results["footprint-lc"] = row(
+            lc_rss,
+            raw_rss,
+            "MiB RSS",
+            higher_is_better=False,
+            target="< 60 MiB",
+            met=lc_rss < 60.0,
+            extra={
+                "lc_idle_cpu_percent": cpu,
+                "idle_seconds": self.cfg.idle_seconds,
+                "gm_rss_1_node": rss_mb(gm.pid),
+            },
+        )
+
+    # -- downstream -----------------------------------------------------------------------------
+    def downstream(self) -> None:
+        gm, lc, spy = self.gm, self.lc, self.spy
+        assert gm is not None and lc is not None and spy is not None
+        k = self.cfg.downstream_jobs
+        # 1. delivery: K jobs applied while the LC is down, sent by the GM in answer to its hello.
+        lc.terminate()
+        t0 = time.monotonic()
+        stored = {}
+        for i in range(k):
+            stored = gm.apply(job_obj(f"job-b-{i}", "ds-0", NODE))["object"]
+        apply_rate = k / (time.monotonic() - t0)
+        size = len(self._upsert_payload(stored))
+        time.sleep(0.5)  # let the GM finish the jobs' first conditions (status rv) before the LC is back
+        mark = spy.mark()
+        lc.start()
+        names = {f"job-b-{i}" for i in range(k)}
+        wait_for(
+            lambda: names <= set(acked_names(spy, mark, JOB)),
+            timeout=self.cfg.timeout,
+            what="the LC to ack every job",
+            interval=0.05,
+        )
+        acks = acked_names(spy, mark, JOB)
+        hello = hello_time(spy, mark, NODE)
+        assert hello is not None
+        rate = k / (max(acks[n] for n in names) - hello)
+        raw_rate = raw.throughput(self.broker.port, k, size)
+        self.results["downstream"] = row(
+            rate,
+            raw_rate,
+            "msg/s",
+            higher_is_better=True,
+            target=">= 0.8 of raw",
+            met=rate / raw_rate >= 0.8,
+            extra={"payload_bytes": size, "jobs": k, "measured": "LC hello -> last job acked (stored)"},
+        )
+        # 2. end to end, LC online: apply over HTTP -> GM -> LC stored (the apply path included).
+        mark = spy.mark()
+        t0 = time.monotonic()
+        for i in range(k):
+            gm.apply(job_obj(f"job-o-{i}", "ds-0", NODE))
+        names = {f"job-o-{i}" for i in range(k)}
+        wait_for(
+            lambda: names <= set(acked_names(spy, mark, JOB)),
+            timeout=self.cfg.timeout,
+            what="the LC to ack every job",
+            interval=0.05,
+        )
+        acks = acked_names(spy, mark, JOB)
+        e2e = k / (max(acks[n] for n in names) - t0)
+        self.results["downstream-e2e"] = row(
+            e2e,
+            raw_rate,
+            "jobs/s",
+            higher_is_better=True,
+            extra={"apply_rate_lc_offline": apply_rate, "measured": "first HTTP apply -> last job acked"},
+        )
+
+    # -- upstream and backlog -------------------------------------------------------------------
+    def drain(self, name: str, n: int) -> None:
+        """``n`` workerInfo reports queued in the LC's outbox while it is down, then drained."""
+        lc = self.lc
+        assert lc is not None
+        lc.terminate()
+        db = lc.state_dir / "lc.db"
+        store = Store(db, sync="normal")
+        outbox = Outbox(store, max_depth=max(n + 1000, 100_000))
+        body = {
+            "event": "workerInfo",
+            "worker": f"{DRAIN_JOB}-train-1",
+            "info": {"ownerName": DRAIN_JOB, "namespace": "default", "marker": 0, "loss": 0.125},
+        }
+        data = json.dumps(body, separators=(",", ":"))
+        now = time.time()
+        with store.tx() as c:
+            c.executemany(
+                "INSERT INTO outbox (kind, ns, name, body, ckey, ts) VALUES (?,?,?,?,NULL,?)",
+                ((JOB, "default", DRAIN_JOB, data, now) for _ in range(n)),
+            )
+        # What one more append costs with this backlog queued (the append counts the outbox).
+        t0 = time.monotonic()
+        appends = 50
+        for _ in range(appends):
+            outbox.append(JOB, "default", DRAIN_JOB, body)
+        append_ms = (time.monotonic() - t0) / appends * 1000
+        total = n + appends
+        size = len(
+            encode(
+                Envelope.new(
+                    node=NODE, kind=JOB, ns="default", name=DRAIN_JOB, op=Op.REPORT, seq=total, body=body
+                )
+            )
+        )
+        store.close()
+        reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+
+        def depth() -> int:
+            return int(reader.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+        lc.start()
+        interval = 0.02 if total < 10_000 else 0.1
+        try:
+            with RssSampler(lc.pid, 0.2) as sampler:
+                first = wait_for(
+                    lambda: depth() < total and time.monotonic(),
+                    timeout=self.cfg.timeout,
+                    what="the first ack",
+                    interval=interval,
+                )
+                left_at_first = depth()
+                end = wait_for(
+                    lambda: depth() == 0 and time.monotonic(),
+                    timeout=self.cfg.timeout + total / 100,
+                    what=f"the outbox to drain ({total} reports)",
+                    interval=interval,
+                )
+        finally:
+            reader.close()
+        rate = left_at_first / max(end - first, 1e-6)
+        raw_rate = raw.throughput(self.broker.port, total, size, timeout=60 + total / 1000)
+        extra: dict[str, Any] = {
+            "reports": total,
+            "payload_bytes": size,
+            "append_ms_at_depth": append_ms,
+            "measured": "outbox depth polled in the LC's DB: first ack -> empty",
+            "raw_lost": raw.LOST[0],
+        }
+        if name == "backlog":
+            extra["lc_rss_peak_mib"] = sampler.peak
+            extra["lc_rss_samples"] = sampler.samples
+            self.results[name] = row(rate, raw_rate, "reports/s", higher_is_better=True, extra=extra)
+        else:
+            self.results[name] = row(
+                rate,
+                raw_rate,
+                "reports/s",
+                higher_is_better=True,
+                target=">= 0.5 of raw",
+                met=rate / raw_rate >= 0.5,
+                extra=extra,
+            )
+
+    # -- many nodes and the reconnect storm -------------------------------------------------------
+    def many_nodes(self) -> None:
+        gm = self.gm
+        assert gm is not None
+        n = self.cfg.nodes
+        timeout = self.cfg.timeout
+        pub = fanout_client(self.broker.port)  # before the simulators: see fanout_client
+        sim = Simulator(self.broker.port, n, label="sim")
+        t0 = time.monotonic()
+        sim.start()
+        try:
+            with RssSampler(gm.pid, 0.5) as gm_rss:
+                wait_for(
+                    lambda: sim.synced() == n, timeout=timeout, what=f"{n} nodes to say hello", interval=0.05
+                )
+                t_hello = time.monotonic() - t0
+                wait_for(lambda: len(gm.online()) >= n, timeout=timeout, what="the GM to list every node")
+                t1 = time.monotonic()
+
+                def apply_node(i: int) -> None:
+                    node = sim.nodes[i].name
+                    gm.apply(dataset_obj(f"ds-{node}", node, self.data))
+                    gm.apply(job_obj(f"job-{node}", f"ds-{node}", node))
+
+                with ThreadPoolExecutor(4) as pool:
+                    list(pool.map(apply_node, range(n)))
+                t_applied = time.monotonic() - t1
+                wait_for(
+                    lambda: sim.holding(JOB) == n,
+                    timeout=timeout,
+                    what="every node to hold its job",
+                    interval=0.05,
+                )
+                t_conv = time.monotonic() - t1
+            gm_rss_now = rss_mb(gm.pid)
+            # The reference: n raw clients connect + subscribe; then one message to each.
+            rsim = Simulator(self.broker.port, n, mode="raw", label="raw")
+            r0 = time.monotonic()
+            rsim.start()
+            try:
+                wait_for(
+                    lambda: rsim.subscribed() == n, timeout=timeout, what=f"{n} raw clients to subscribe"
+                )
+                r_conn = time.monotonic() - r0
+                r1 = time.monotonic()
+                fanout(pub, rsim, len(self._upsert_payload(job_obj("x", "y", "z"))) + 300)
+                wait_for(lambda: rsim.received() == n, timeout=timeout, what="every raw client to receive")
+                r_fan = time.monotonic() - r1
+                pub.loop_stop()
+                pub.disconnect()
+            finally:
+                rsim.stop()
+            self.results["many-nodes-hello"] = row(
+                t_hello,
+                r_conn,
+                "s",
+                higher_is_better=False,
+                extra={"nodes": n, "measured": "connect+hello+sync"},
+            )
+            self.results["many-nodes"] = row(
+                t_conv,
+                r_fan,
+                "s",
+                higher_is_better=False,
+                target=f"{n} nodes converge",
+                met=True,
+                extra={
+                    "nodes": n,
+                    "apply_seconds": t_applied,
+                    "gm_rss_mib": gm_rss_now,
+                    "gm_rss_peak_mib": gm_rss.peak,
+                    "measured": "first HTTP apply -> every node holds its job (2 applies per node)",
+                },
+            )
+            self.results["footprint-gm"] = row(
+                gm_rss_now, None, "MiB RSS", higher_is_better=False, extra={"nodes": n}
+            )
+        except BaseException:
+            sim.stop()
+            pub.loop_stop()
+            raise
+        self.sim = sim
+
+    def storm(self) -> None:
+        sim = self.sim
+        assert sim is not None
+        n = self.cfg.nodes
+        timeout = self.cfg.timeout
+        hellos = [node.hellos for node in sim.nodes]
+        self.broker.stop()
+        self.broker.start()
+        t0 = time.monotonic()
+
+        def converged() -> bool:
+            return all(
+                node.connected and node.hellos > before and node.in_sync()
+                for node, before in zip(sim.nodes, hellos, strict=True)
+            )
+
+        try:
+            wait_for(converged, timeout=timeout, what=f"{n} nodes to resync", interval=0.05)
+        except BenchTimeout as exc:
+            again = sum(1 for node, b in zip(sim.nodes, hellos, strict=True) if node.hellos > b)
+            raise BenchTimeout(
+                f"{exc}: {sim.connected()} connected, {again} said hello again, {sim.synced()} in sync"
+            ) from None
+        t_storm = time.monotonic() - t0
+        sim.stop()
+        # The reference: n raw clients reconnect and resubscribe.
+        rsim = Simulator(self.broker.port, n, mode="raw", label="raws")
+        rsim.start()
+        try:
+            wait_for(lambda: rsim.subscribed() == n, timeout=timeout, what="raw clients to subscribe")
+            self.broker.stop()
+            self.broker.start()
+            r0 = time.monotonic()
+            wait_for(lambda: rsim.subscribed(2) == n, timeout=timeout, what="raw clients to resubscribe")
+            r_storm = time.monotonic() - r0
+        finally:
+            rsim.stop()
+        self.results["storm"] = row(
+            t_storm,
+            r_storm,
+            "s",
+            higher_is_better=False,
+            target="< 30 s",
+            met=t_storm < 30.0,
+            extra={"nodes": n, "measured": "broker up again -> every node re-sent hello and is in sync"},
+        )
+
+
+def raw_client_rss(port: int) -> float:
+    """RSS of a bare Python process holding one connected paho client, idle."""
+    code = (
+        "import sys, time, threading, paho.mqtt.client as m\n"
+        "from paho.mqtt.enums import CallbackAPIVersion as V\n"
+        "c = m.Client(V.VERSION2); ok = threading.Event(); c.on_connect = lambda *a: ok.set()\n"
+        f"c.connect('127.0.0.1', {port}); c.loop_start(); ok.wait(10)\n"
+        "print('ready', flush=True); sys.stdin.readline()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        time.sleep(0.3)
+        return rss_mb(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def run_broker(kind: str, cfg: Config, workdir: Path, only: set[str]) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return BrokerRun(kind, cfg, workdir, only).run()
