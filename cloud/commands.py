@@ -31,6 +31,9 @@ GM_ENV: dict[str, str] = {
     "LIFELONG_GM_PREFIX": "--prefix",
     "LIFELONG_GM_USERNAME": "--username",
     "LIFELONG_GM_PASSWORD_FILE": "--password-file",
+    "LIFELONG_GM_TLS_CA_FILE": "--tls-ca-file",
+    "LIFELONG_GM_TLS_CERT": "--tls-cert",
+    "LIFELONG_GM_TLS_KEY": "--tls-key",
     "LIFELONG_GM_API_HOST": "--api-host",
     "LIFELONG_GM_API_PORT": "--api-port",
     "LIFELONG_GM_LEASE_NAME": "--lease-name",
@@ -78,6 +81,9 @@ def cmd_gm(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         username=args.username,
         password=password,
+        tls_ca_file=args.tls_ca_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         workers=args.workers,
         resend_base=args.resend_base,
         resend_cap=args.resend_cap,
@@ -156,6 +162,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--password-file", default=_env("--password-file", None), help="file holding the broker password"
     )
+    p.add_argument(
+        "--tls-ca-file",
+        default=_env("--tls-ca-file", None),
+        help="mqtts:// only: CA bundle of the broker's certificate (default: system CAs)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=_env("--tls-cert", None),
+        help="mqtts:// only: the GM's client certificate (PEM)",
+    )
+    p.add_argument("--tls-key", default=_env("--tls-key", None), help="mqtts:// only: its private key (PEM)")
     p.add_argument(
         "--lease-name",
         default=_env("--lease-name", "lifelong-gm"),

@@ -272,12 +272,21 @@ class GMState:
         return {str(n): int(c) for n, c in rows}
 
     # -- worker info -----------------------------------------------------------------------
-    def put_worker_info(self, ns: str, job: str, worker: str, info: Any) -> None:
+    def put_worker_info(self, ns: str, job: str, worker: str, info: Any) -> bool:
+        """Keep a worker's last posted info; False when it already held exactly this (a report
+        applied again after a GM crash between applying it and recording its seq)."""
+        data = json.dumps(info, separators=(",", ":"))
         with self._lock:
+            row = self._db.execute(
+                "SELECT info FROM worker_info WHERE ns=? AND job=? AND worker=?", (ns, job, worker)
+            ).fetchone()
+            if row is not None and row[0] == data:
+                return False
             self._db.execute(
                 "INSERT OR REPLACE INTO worker_info (ns, job, worker, info, at) VALUES (?, ?, ?, ?, ?)",
-                (ns, job, worker, json.dumps(info, separators=(",", ":")), time.time()),
+                (ns, job, worker, data, time.time()),
             )
+            return True
 
     def worker_info(self, ns: str, job: str) -> dict[str, Any]:
         with self._lock:

@@ -70,7 +70,7 @@ from lifelong.cloud.stores.base import Object, ResourceStore, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
 from lifelong.cloud.upstream import Upstream
 from lifelong.cloud.workqueue import KeyedExecutor
-from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, Will
+from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
@@ -102,6 +102,12 @@ class GMSettings:
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
+    tls_ca_file: str | None = None
+    """mqtts:// only: the CA bundle that signed the broker's certificate (default: system CAs)."""
+    tls_cert: str | None = None
+    """mqtts:// only: the GM's client certificate (PEM), for brokers that require one."""
+    tls_key: str | None = None
+    """Its private key (PEM), when not in ``tls_cert``."""
     workers: int = 4
     """Executor threads: jobs are reconciled in parallel, each one in order."""
     resend_interval: float = 1.0
@@ -265,6 +271,11 @@ class GMService:
             client_id=settings.client_id or f"lifelong-gm-{socket.gethostname()}-{os.getpid()}",
             address=settings.broker,
             credentials=credentials,
+            tls=TLSParameters(
+                ca_certs=settings.tls_ca_file, certfile=settings.tls_cert, keyfile=settings.tls_key
+            )
+            if settings.broker.startswith("mqtts://")
+            else None,
             will=will,
             reconnect=ReconnectPolicy(initial=0.2, maximum=5.0, jitter=0.5),
             on_connect=self._on_connect,

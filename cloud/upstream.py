@@ -178,6 +178,8 @@ class Upstream:
         except Exception:
             log.exception("applying report %s of node %s failed; not acknowledged", seq, node)
             return
+        if log.isEnabledFor(logging.DEBUG):  # the fault suite counts applications from this line
+            log.debug("report %s/%s/%d %s", node, epoch, seq, outcome.value if outcome else "rejected")
         self.state.mark_applied(node, epoch, seq)
         if outcome is Outcome.APPLIED:
             self.metrics.upstream_applied.labels(kind=env.kind).inc()

@@ -15,6 +15,8 @@ first: command-line flag > environment variable ``LIFELONG_LC_<NAME>`` > YAML co
 | username                 | --username              | USERNAME                 | the node name    |
 | password_file            | --password-file         | PASSWORD_FILE            | none (anonymous) |
 | tls_ca_file              | --tls-ca-file           | TLS_CA_FILE              | system CAs (mqtts:// only) |
+| tls_cert                 | --tls-cert              | TLS_CERT                 | no client cert   |
+| tls_key                  | --tls-key               | TLS_KEY                  | key in tls_cert  |
 | keepalive                | --keepalive             | KEEPALIVE                | 30 s             |
 | worker_api_host          | --worker-api-host       | WORKER_API_HOST          | 127.0.0.1        |
 | worker_api_port          | --worker-api-port       | WORKER_API_PORT          | 9100 (0: off)    |
@@ -68,6 +70,8 @@ class LCSettings:
     username: str | None = None
     password_file: Path | None = None
     tls_ca_file: Path | None = None
+    tls_cert: Path | None = None  # this node's client certificate (PEM), mqtts:// only
+    tls_key: Path | None = None  # its private key (PEM), when not in tls_cert
     keepalive: int = 30
     worker_api_host: str = "127.0.0.1"
     worker_api_port: int = 9100
@@ -105,6 +109,8 @@ _TYPES: dict[str, type] = {
     "username": str,
     "password_file": Path,
     "tls_ca_file": Path,
+    "tls_cert": Path,
+    "tls_key": Path,
     "keepalive": int,
     "worker_api_host": str,
     "worker_api_port": int,

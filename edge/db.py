@@ -22,6 +22,7 @@ Tables::
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -56,6 +57,39 @@ CREATE INDEX IF NOT EXISTS outbox_ckey ON outbox (ckey) WHERE ckey IS NOT NULL;
 
 _TABLES_BY_KEY = ("progress", "datasets", "workers")
 
+CORRUPT_SUFFIX = ".corrupt-"
+"""A corrupt database ``lc.db`` is renamed ``lc.db.corrupt-<UTC time>`` (with its -wal/-shm)."""
+
+log = logging.getLogger("lifelong.edge.db")
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a corrupt database and its WAL/SHM files next to it; return the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}.{n}")
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    path.rename(target)
+    return target
+
+
+def moved_aside(path: Path) -> list[Path]:
+    """The corrupt databases moved aside next to ``path`` (until an operator removes them)."""
+    return sorted(
+        p for p in path.parent.glob(f"{path.name}{CORRUPT_SUFFIX}*") if not p.name.endswith(("-wal", "-shm"))
+    )
+
 
 def rv_newer(candidate: str, held: str | None) -> bool:
     """Is ``candidate`` newer than ``held``? Decimal versions compare as integers; any other
@@ -84,10 +118,36 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.moved_aside: Path | None = None  # where a corrupt database was moved by this open
+        try:
+            self._open(sync)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
+                raise  # locked, unwritable, disk full ...: not corruption, nothing is moved
+            # Renamed while still open, so that closing cannot remove or checkpoint the WAL
+            # (it may hold the last committed changes) under its old name.
+            self.moved_aside = _move_aside(path)
+            with suppress(Exception):
+                self._conn.close()
+            log.error(
+                "local database %s is corrupt (%s): moved aside to %s (kept, never deleted); "
+                "starting a new one with a new outbox epoch, the GM resends the desired state",
+                path,
+                exc,
+                self.moved_aside,
+            )
+            self._open(sync)
+
+    def _open(self, sync: str) -> None:
+        self._conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         self._conn.execute("PRAGMA busy_timeout=30000")
+        check = self._conn.execute("PRAGMA quick_check").fetchall()
+        if [tuple(r) for r in check] != [("ok",)]:
+            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
         with self.tx():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -111,12 +171,20 @@ class Store:
                 yield self._conn
             except BaseException:
                 self._depth -= 1
-                if outer:
+                if outer and self._conn.in_transaction:  # SQLITE_FULL may have rolled back already
                     self._conn.execute("ROLLBACK")
                 raise
             self._depth -= 1
             if outer:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error:
+                    # A failed COMMIT (disk full, I/O error) leaves the transaction open: roll it
+                    # back, or every later BEGIN would fail and the LC could never write again.
+                    if self._conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                    raise
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -14,6 +14,8 @@ counters (outbox, session, workers) through one collector registered in a per-pr
     lifelong_lc_workers{phase}                  local worker records by phase
     lifelong_lc_datasets{status}                local datasets by file status (ok, missing, ...)
     lifelong_lc_connected                       1 while connected to the broker
+    lifelong_lc_db_moved_aside                  corrupt local databases moved aside (kept in the
+                                                state dir until an operator removes them)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Snapshot:
     workers: dict[str, int] = field(default_factory=dict)
     datasets: dict[str, int] = field(default_factory=dict)
     connected: bool = False
+    db_moved_aside: int = 0
 
 
 class _LCCollector(Collector):
@@ -77,6 +80,11 @@ class _LCCollector(Collector):
         yield datasets
         yield GaugeMetricFamily(
             "lifelong_lc_connected", "1 while connected to the broker", value=int(s.connected)
+        )
+        yield GaugeMetricFamily(
+            "lifelong_lc_db_moved_aside",
+            "Corrupt local databases moved aside in the state dir",
+            value=s.db_moved_aside,
         )
 
 

@@ -20,6 +20,7 @@ to flush), and leave workers running (adopted on the next start) unless
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from lifelong.common.statemachine import format_time
 from lifelong.common.topics import Topics
 from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
-from lifelong.edge.db import Store
+from lifelong.edge.db import Store, moved_aside
 from lifelong.edge.manager import Manager
 from lifelong.edge.metrics import Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
@@ -94,7 +95,11 @@ class LocalController:
             on_job_deleted=self.manager.forget,
         )
         password = s.password()
-        tls = TLSParameters(ca_certs=s.tls_ca_file) if address.tls else None
+        tls = (
+            TLSParameters(ca_certs=s.tls_ca_file, certfile=s.tls_cert, keyfile=s.tls_key)
+            if address.tls
+            else None
+        )
         self.bus = BusClient(
             client_id=s.node,
             address=address,
@@ -111,6 +116,7 @@ class LocalController:
         self._control = threading.Thread(target=self._control_loop, name="lc-control", daemon=True)
         self._stop_metrics: Callable[[], None] | None = None
         self._warned: dict[tuple[str, str], str] = {}
+        self._storage_error: str | None = None  # the last control step's database error
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         self.bus.publish(topic, payload, qos=1, retain=retain)
@@ -130,6 +136,7 @@ class LocalController:
             self.worker_api.start()
         self.session.start()
         self.bus.subscribe(self.topics.node_down_filter(s.node), self.session.handle_message)
+        self.bus.subscribe(self.topics.gm_presence(), self.session.handle_gm_presence)
         self.bus.start()
         self._control.start()
         log.info(
@@ -172,11 +179,24 @@ class LocalController:
             self.control_step()
 
     def control_step(self) -> None:
+        storage_error: str | None = None
         for step in (self._datasets, self.manager.step, self.workers.reconcile, self._flush_info):
             try:
                 step()
+            except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error ...
+                storage_error = str(exc)
+                if storage_error != self._storage_error:
+                    log.error(
+                        "local database %s cannot be written (%s): the change stays pending and "
+                        "is retried every poll, nothing is lost",
+                        self.store.path,
+                        exc,
+                    )
             except Exception:
                 log.exception("control step %s failed", getattr(step, "__name__", step))
+        if storage_error is None and self._storage_error is not None:
+            log.warning("local database %s is writable again", self.store.path)
+        self._storage_error = storage_error
 
     def _flush_info(self) -> None:
         flush_pending(self.store, self.outbox)
@@ -237,4 +257,5 @@ class LocalController:
             workers=self.workers.phases(),
             datasets=self._dataset_statuses(),
             connected=self.session.connected.is_set(),
+            db_moved_aside=len(moved_aside(self.store.path)),
         )

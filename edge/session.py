@@ -10,7 +10,10 @@ Created and started by the service. Speaks docs/protocol.md exactly:
 * downstream ``upsert``/``delete``: stale versions are ignored but still acknowledged; the
   rest is stored; each batch is acknowledged with one ``ack`` (``applied`` list) on
   ``up/_ctl`` after it is committed. ``sync`` drops what the list does not name. ``ack`` on
-  ``down/_ctl`` deletes the named reports from the outbox.
+  ``down/_ctl`` deletes the named reports from the outbox;
+* whenever the GM's presence (``{p}/gm/presence``) turns ``online`` while the LC stays
+  connected (a GM restart, possibly with a lost state DB): a fresh ``hello``, and every
+  unacknowledged report becomes due again at once (not after the ack timeout).
 
 Threads: the bus client's network thread only enqueues (handlers must not block); the
 ``lc-session`` thread applies downstream messages and sends hellos; the ``lc-publisher``
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
@@ -72,8 +76,11 @@ class Session:
         self.connected = threading.Event()
         self.connects = 0
         self.hellos = 0
+        self.gm_online_hellos = 0  # hellos sent because the GM's presence turned online
+        self._gm_presence_id: str | None = None  # id of the last GM presence seen
         self.downstream = {"applied": 0, "stale": 0, "invalid": 0}
         self._acks: dict[str, list[int]] = {}
+        self._storage_error: str | None = None  # the last batch's database error, until one commits
         self._queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -107,6 +114,9 @@ class Session:
 
     def handle_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
         self._queue.put(("down", topic, payload))
+
+    def handle_gm_presence(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        self._queue.put(("gm", payload, retained))
 
     # -- threads --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,13 +153,29 @@ class Session:
                                 self._on_connected(bool(a))
                             elif what == "down":
                                 changed |= self._on_down(str(a), b, applied)
+                            elif what == "gm":
+                                self._on_gm_presence(a, bool(b))
                         except Exception:
                             log.exception("session: handling %s failed", what)
                     for epoch, seqs in self._acks.items():
                         self.outbox.ack(epoch, seqs)
+            except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error ...
+                if str(exc) != self._storage_error:
+                    log.error(
+                        "local database %s cannot be written (%s): %d downstream messages not "
+                        "stored nor acknowledged, the GM resends them",
+                        self.store.path,
+                        exc,
+                        len(batch),
+                    )
+                self._storage_error = str(exc)
+                continue
             except Exception:
                 log.exception("session: committing a batch of %d messages failed", len(batch))
                 continue  # nothing acknowledged: the GM resends
+            if self._storage_error is not None and (applied or self._acks):
+                log.warning("local database %s is writable again", self.store.path)
+                self._storage_error = None
             if applied:
                 payload = self._envelope(CONTROL_KIND, Op.ACK, {"applied": applied})
                 self._send(self.topics.up_ctl(self.node), payload)
@@ -164,6 +190,38 @@ class Session:
         self.outbox.reset_inflight()
         self.connected.set()
         log.info("connected (%s); hello sent", "first" if first else "reconnect")
+
+    def _on_gm_presence(self, payload: bytes, retained: bool) -> None:
+        """The GM's presence changed. A GM that (re)connects knows this node's epoch only from a
+        hello: say hello again and make every unacknowledged report due at once.
+
+        Each GM connect publishes a presence with a new message id. The retained copy that
+        arrives with our own (re)subscription is one we already answered with the hello sent
+        on connect, so the first presence seen, when retained, is only remembered.
+        """
+        if not payload:
+            return  # a cleared retained message
+        try:
+            env = decode(payload, max_payload=self.max_payload)
+        except ProtocolError as exc:
+            log.warning("GM presence refused: %s", exc)
+            return
+        body = env.body if isinstance(env.body, dict) else {}
+        if env.node != "gm" or env.op is not Op.PRESENCE or body.get("state") not in ("online", "offline"):
+            log.warning(
+                "GM presence from %r, op %s, state %r: ignored", env.node, env.op.value, body.get("state")
+            )
+            return
+        first, new = self._gm_presence_id is None, env.id != self._gm_presence_id
+        self._gm_presence_id = env.id
+        if body.get("state") != "online" or not new or (first and retained):
+            return
+        if not self.connected.is_set():
+            return  # the hello of our own connect follows
+        self.send_hello()
+        self.gm_online_hellos += 1
+        self.outbox.reset_inflight()
+        log.info("GM presence turned online (%s); hello sent, unacknowledged reports due", body.get("agent"))
 
     def send_hello(self) -> None:
         body = {

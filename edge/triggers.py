@@ -16,6 +16,10 @@ Semantics (Sedna's, with its gaps filled):
   start inclusive and end exclusive; ``end < start`` wraps past midnight
   (``22:00``-``02:00``); ``start == end`` means the whole day.
 * Never fires with zero new samples (there would be nothing to train on).
+* Clock jumps: the period runs on the monotonic clock, so a wall-clock jump (NTP step, a
+  wrong RTC at boot) neither hastens nor delays the next check; the timer window reads the
+  wall clock, so a jump into or out of the window takes effect at the next check. A round
+  fires once whatever the clocks do (its round number and sample cursor are stored).
 """
 
 from __future__ import annotations

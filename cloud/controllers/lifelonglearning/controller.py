@@ -319,8 +319,8 @@ class LifelongLearningController:
         if node not in lldown.job_nodes(job, self._dataset(job)):
             raise ReportRejected("wrong_node", f"node {node} takes no part in job {env.ns}/{env.name}")
         if report.event == "workerInfo":
-            self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
-            return Outcome.APPLIED
+            changed = self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
+            return Outcome.APPLIED if changed else Outcome.DUPLICATE
         return self._apply_event(env.ns, env.name, llup.job_event(report), report.round, from_node=node)
 
     def apply_worker_phase(self, phase: WorkerPhase) -> Outcome:

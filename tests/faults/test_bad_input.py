@@ -1,0 +1,485 @@
+"""Bad input, property-based (hypothesis): the decoder, the GM's upstream handler, the LC's
+downstream handler and ``lifelong apply``'s loader get random and truncated payloads, wrong
+types, huge strings, deep nesting and unknown versions. Nothing crashes, and every rejection
+is counted with its reason (the GM's ``lifelong_gm_upstream_rejected{reason}``, never
+``internal``; the LC's ``downstream{invalid}``), the service still works afterwards.
+
+``LIFELONG_FAULT_EXAMPLES`` sets the number of examples per property (default 200).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from harness.faults import Tally
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lifelong.cloud.api_server import GMApi
+from lifelong.cloud.cli import read_resources
+from lifelong.cloud.service import GMService, GMSettings
+from lifelong.common.codec import Codec, decode, encode
+from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.errors import LifelongError, ProtocolError
+from lifelong.common.topics import Topics
+from lifelong.edge.db import Store
+from lifelong.edge.outbox import Outbox
+from lifelong.edge.session import Session
+
+pytestmark = pytest.mark.faults
+
+EXAMPLES = int(os.environ.get("LIFELONG_FAULT_EXAMPLES", "200"))
+PREFIX = "t/v1"
+TOPICS = Topics(PREFIX)
+NODE = "node-a"
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+_RUNS: dict[str, int] = {}
+
+
+def _ran(name: str) -> None:
+    _RUNS[name] = _RUNS.get(name, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record() -> Iterator[None]:
+    """One results line per property: how many inputs it was given (all survived)."""
+    yield
+    for name, n in sorted(_RUNS.items()):
+        t = Tally(f"bad input: {name}", "-", runs=n, tried=n)
+        t.note = "hypothesis; no crash, every refusal counted with its reason"
+        t.record()
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+FIELDS = ("v", "id", "node", "kind", "ns", "name", "op", "rv", "seq", "ts", "body")
+
+
+def _deep(depth: int) -> str:
+    """JSON text of ``depth`` nested maps (built as text: json.dumps would recurse)."""
+    return '{"a":' * depth + '"x"' + "}" * depth
+
+
+def _valid(**over: Any) -> dict[str, Any]:
+    env = Envelope.new(node=NODE, kind="LifelongLearningJob", ns="default", name="job1", op=Op.REPORT, seq=1)
+    raw = env.model_dump(mode="json")
+    raw["body"] = {"event": "workerInfo", "worker": "w", "info": 1}
+    raw.update(over)
+    return raw
+
+
+@st.composite
+def envelope_maps(draw: st.DrawFn) -> dict[str, Any]:
+    """An almost valid envelope with some fields replaced by anything."""
+    raw = _valid(
+        op=draw(st.sampled_from([o.value for o in Op] + ["bogus"])),
+        kind=draw(st.sampled_from(["LifelongLearningJob", "Dataset", "Worker", CONTROL_KIND, "Nope"])),
+    )
+    for key in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True)):
+        raw[key] = draw(values)
+    if draw(st.booleans()):
+        raw["v"] = draw(st.sampled_from([0, 2, 99, "1", 1.0, None]))
+    return raw
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["random", "truncated", "mutated", "huge", "deep", "json"]))
+    if kind == "random":
+        return draw(st.binary(max_size=300))
+    if kind == "truncated":
+        full = msgpack.packb(_valid(), use_bin_type=True)
+        return full[: draw(st.integers(0, len(full) - 1))]
+    if kind == "huge":
+        size = draw(st.sampled_from([1000, 100_000, 300_000]))
+        return msgpack.packb(_valid(body={"event": "workerInfo", "worker": "w" * size}), use_bin_type=True)
+    if kind == "deep":
+        deep = _deep(draw(st.sampled_from([50, 900, 5000, 100_000])))
+        return json.dumps(_valid(body="DEEP")).replace('"DEEP"', deep).encode()
+    raw = draw(envelope_maps())
+    if kind == "json":
+        return json.dumps(raw, default=repr).encode()
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+topics = st.one_of(
+    st.sampled_from(
+        [
+            TOPICS.up(NODE, "LifelongLearningJob", "default", "job1"),
+            TOPICS.up(NODE, "Dataset", "default", "ds1"),
+            TOPICS.up(NODE, "Worker", "default", "w"),
+            TOPICS.up_ctl(NODE),
+            TOPICS.node_presence(NODE),
+            TOPICS.up("node-b", "LifelongLearningJob", "default", "job1"),
+            TOPICS.down(NODE, "LifelongLearningJob", "default", "job1"),
+            f"{PREFIX}/node/{NODE}/up",
+            f"{PREFIX}/garbage",
+        ]
+    ),
+    st.text(max_size=60),
+)
+
+
+# -- the decoder ----------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(payloads())
+def test_decoder_raises_only_protocol_errors(payload: bytes) -> None:
+    _ran("decoder")
+    try:
+        env = decode(payload)
+    except ProtocolError as exc:
+        assert getattr(exc, "reason", None)  # every refusal has a reason to count
+        return
+    assert env.v == 1 and env.node
+
+
+# -- the GM's upstream handler ----------------------------------------------------------------------
+
+
+class _Bus:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+        with self.lock:
+            self.sent.append((topic, payload))
+        return object()
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def gm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GMService]:
+    tmp = tmp_path_factory.mktemp("gm")
+    svc = GMService(
+        GMSettings(
+            broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp / 'store.db'}", api_port=-1, prefix=PREFIX
+        )
+    )
+    svc.bus = _Bus()  # type: ignore[assignment]
+    svc.start_controllers()
+    hello = Envelope.new(
+        node=NODE,
+        kind=CONTROL_KIND,
+        op=Op.HELLO,
+        body={"agent": "fuzz", "epoch": "e1", "boot": "b", "resources": [], "outbox": {}},
+    )
+    svc.upstream.on_message(TOPICS.up_ctl(NODE), encode(hello), False)
+    api = GMApi(svc.store, svc.state, svc.metrics)
+    template = {"spec": {"nodeName": NODE, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
+    api.apply(
+        {
+            "apiVersion": "sedna.io/v1alpha1",
+            "kind": "Dataset",
+            "metadata": {"name": "ds1"},
+            "spec": {"url": "/nonexistent/data.txt", "format": "txt", "nodeName": NODE},
+        }
+    )
+    api.apply(
+        {
+            "apiVersion": "sedna.io/v1alpha1",
+            "kind": "LifelongLearningJob",
+            "metadata": {"name": "job1"},
+            "spec": {
+                "dataset": {"name": "ds1", "trainProb": 0.8},
+                "trainSpec": {
+                    "template": template,
+                    "trigger": {
+                        "checkPeriodSeconds": 1,
+                        "condition": {"operator": ">", "threshold": 5.0, "metric": "num_of_samples"},
+                    },
+                },
+                "evalSpec": {"template": template},
+                "deploySpec": {"template": template},
+                "outputDir": "/nonexistent/out",
+            },
+        }
+    )
+    yield svc
+    svc.stop()
+
+
+def _rejections(svc: GMService) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in svc.metrics.upstream_rejected.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["reason"]] = sample.value
+    return out
+
+
+@st.composite
+def coherent(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A well-formed report on its right topic, for the job and dataset the GM holds, with a
+    body that is anything from right to nonsense: the controllers get to see it."""
+    kind, name = draw(
+        st.sampled_from([("LifelongLearningJob", "job1"), ("Dataset", "ds1"), ("Worker", "job1-train-1")])
+    )
+    body = draw(
+        st.one_of(
+            values,
+            st.fixed_dictionaries(
+                {
+                    "event": st.one_of(st.sampled_from(["ready", "workerInfo", "skipped"]), values),
+                    "stage": st.one_of(st.sampled_from(["Train", "Eval", "Deploy"]), values),
+                    "round": st.one_of(st.integers(-2, 5), values),
+                    "data": values,
+                    "worker": values,
+                    "info": values,
+                }
+            ),
+            st.fixed_dictionaries(
+                {
+                    "job": st.one_of(st.just("job1"), values),
+                    "stage": st.one_of(st.sampled_from(["Train", "Eval", "Deploy"]), values),
+                    "round": st.one_of(st.integers(0, 3), values),
+                    "phase": st.one_of(
+                        st.sampled_from(["Pending", "Running", "Succeeded", "Failed"]), values
+                    ),
+                    "exitCode": values,
+                    "output": values,
+                }
+            ),
+            st.fixed_dictionaries({"numberOfSamples": values, "updateTime": values}),
+        )
+    )
+    env = {
+        "v": 1,
+        "id": "x" * 8,
+        "node": NODE,
+        "kind": kind,
+        "ns": "default",
+        "name": name,
+        "op": "report",
+        "seq": draw(st.integers(1, 2**40)),
+        "ts": 1.0,
+        "body": body,
+    }
+    return TOPICS.up(NODE, kind, "default", name), msgpack.packb(env, use_bin_type=True)
+
+
+@FUZZ
+@given(message=coherent())
+def test_gm_controllers_survive_well_formed_reports_with_bad_bodies(
+    gm: GMService, message: tuple[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    _ran("GM controllers, well-formed reports with bad bodies")
+    with caplog.at_level(logging.WARNING, logger="lifelong.cloud"):
+        gm.upstream.on_message(message[0], message[1], False)
+        assert gm.executor.wait_idle(10)
+    assert _rejections(gm).get("internal", 0) == 0, caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+@FUZZ
+@given(topic=topics, payload=payloads())
+def test_gm_upstream_survives_and_counts_every_rejection(
+    gm: GMService, topic: str, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    _ran("GM upstream handler (topic, payload)")
+    before = _rejections(gm)
+    with caplog.at_level(logging.WARNING, logger="lifelong.cloud"):
+        gm.upstream.on_message(topic, payload, False)  # must not raise
+        assert gm.executor.wait_idle(10)
+    after = _rejections(gm)
+    assert after.get("internal", 0) == 0, caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text  # no traceback anywhere
+    new = sum(after.values()) - sum(before.values())
+    assert new in (0, 1)
+    if new == 0:
+        # Not rejected on the network thread: a hello, an ack, a presence or a report that was
+        # queued (and then applied, or rejected with a reason by its controller).
+        try:
+            env = decode(payload)
+        except ProtocolError:
+            # only a topic the GM ignores, or a cleared retained presence, leaves no trace
+            parsed = TOPICS.parse(topic)
+            assert parsed.node is None or (parsed.is_presence and not payload), (topic, payload[:80])
+            return
+        assert env.node in (NODE, "node-b"), env
+
+
+def test_gm_still_applies_reports_after_the_fuzz(gm: GMService) -> None:
+    before = sum(s.value for m in gm.metrics.upstream_applied.collect() for s in m.samples)
+    gm.upstream.on_message(
+        TOPICS.up_ctl(NODE),
+        encode(
+            Envelope.new(
+                node=NODE,
+                kind=CONTROL_KIND,
+                op=Op.HELLO,
+                body={"agent": "fuzz", "epoch": "e2", "boot": "b", "resources": [], "outbox": {}},
+            )
+        ),
+        False,
+    )
+    assert gm.executor.wait_idle(10)
+    assert gm.state.node(NODE) is not None
+    after = sum(s.value for m in gm.metrics.upstream_applied.collect() for s in m.samples)
+    assert after >= before
+
+
+# -- the LC's downstream handler ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    store = Store(tmp_path_factory.mktemp("lc") / "lc.db")
+    outbox = Outbox(store)
+    s = Session(store, outbox, node=NODE, topics=TOPICS, codec=Codec.MSGPACK, max_payload=256 * 1024)
+    s.publish = lambda topic, payload, retain: None
+    yield s
+    store.close()
+
+
+down_topics = st.one_of(
+    st.sampled_from(
+        [
+            TOPICS.down(NODE, "LifelongLearningJob", "default", "job1"),
+            TOPICS.down(NODE, "Dataset", "default", "ds1"),
+            TOPICS.down(NODE, "Worker", "default", "w"),
+            TOPICS.down_ctl(NODE),
+            TOPICS.down("node-b", "LifelongLearningJob", "default", "job1"),
+            f"{PREFIX}/node/{NODE}/down",
+        ]
+    ),
+    st.text(max_size=60),
+)
+
+
+@st.composite
+def down_payloads(draw: st.DrawFn) -> bytes:
+    if draw(st.booleans()):
+        return draw(payloads())
+    raw = _valid(
+        op=draw(st.sampled_from(["upsert", "delete", "ack", "sync", "hello"])),
+        kind=draw(st.sampled_from(["LifelongLearningJob", "Dataset", CONTROL_KIND])),
+        rv=draw(st.one_of(st.none(), st.text(max_size=5), st.integers().map(str))),
+        body=draw(
+            st.one_of(
+                values,
+                st.fixed_dictionaries({"object": values}),
+                st.fixed_dictionaries({"epoch": values, "seqs": values}),
+                st.fixed_dictionaries({"resources": values}),
+            )
+        ),
+    )
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+@FUZZ
+@given(topic=down_topics, payload=down_payloads())
+def test_lc_downstream_survives_and_counts_every_refusal(
+    session: Session, topic: str, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    _ran("LC downstream handler")
+    before = dict(session.downstream)
+    applied: list[dict[str, Any]] = []
+    with caplog.at_level(logging.WARNING, logger="lifelong.edge"), session.store.tx():
+        session._acks = {}
+        session._on_down(topic, payload, applied)  # must not raise
+        for epoch, seqs in session._acks.items():
+            session.outbox.ack(epoch, seqs)
+    after = session.downstream
+    counted = sum(after.values()) - sum(before.values())
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    try:
+        env = decode(payload, max_payload=session.max_payload)
+        parsed = TOPICS.parse(topic)
+    except ProtocolError:
+        assert after["invalid"] == before["invalid"] + 1
+        return
+    if parsed.is_control and env.node == NODE == parsed.node and env.op in (Op.ACK, Op.SYNC):
+        assert counted == 0  # acks and syncs are not counted as downstream resources
+    else:
+        assert counted == 1, (topic, env)
+
+
+# -- lifelong apply ---------------------------------------------------------------------------------
+
+documents = st.one_of(
+    st.text(max_size=300),
+    values.map(lambda v: json.dumps(v, default=repr)),
+    st.builds(
+        lambda spec, name, kind: json.dumps(
+            {"apiVersion": "sedna.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec},
+            default=repr,
+        ),
+        values,
+        st.one_of(st.text(max_size=300), st.just("ok")),
+        st.sampled_from(["Dataset", "LifelongLearningJob", "Model", "Nope", ""]),
+    ),
+    st.sampled_from(
+        [
+            "[" * 10_000,
+            "{" * 10_000,
+            "a: " + "[" * 5000,
+            "- " * 5000,
+            "&a [*a, *a]",
+            "!!python/object:os.system {}",
+        ]
+    ),
+)
+
+
+@FUZZ
+@given(documents)
+def test_apply_loader_refuses_with_a_validation_error_only(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    _ran("lifelong apply loader (read_resources)")
+    path = tmp_path_factory.getbasetemp() / "fuzz-apply.yaml"  # one file, rewritten per example
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        out = read_resources([str(path)])
+    except LifelongError as exc:
+        assert str(exc)  # a message the CLI prints (exit 2)
+        return
+    assert all(isinstance(r, dict) and r.get("kind") for r in out)
+
+
+def test_lifelong_apply_cli_exits_cleanly_on_garbage(tmp_path: Path) -> None:
+    """The whole command, as a user runs it: exit status 2 and a message, no traceback."""
+    import subprocess
+    import sys
+
+    for text in ("{" * 10_000, "kind: LifelongLearningJob\nspec: [", "\x00\xff", "- - - -"):
+        res = subprocess.run(
+            [sys.executable, "-m", "lifelong", "apply", "-f", "-", "--server", "http://127.0.0.1:1"],
+            input=text.encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode in (1, 2), res
+        assert b"Traceback" not in res.stderr, res.stderr.decode()
