@@ -239,76 +239,62 @@ class Created:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeReady:
+class _StageEvent:
+    """Base of the events about one stage; ``stage`` may be given by name (``"Train"``)."""
+
+    stage: Stage
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage", Stage(self.stage))
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeReady(_StageEvent):
     """LC: the stage's trigger fired / its inputs were found. ``data`` is the input JSON."""
 
-    stage: Stage
     data: str = ""
     message: str = ""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
-
 
 @dataclass(frozen=True, slots=True)
-class WorkerStarting:
+class WorkerStarting(_StageEvent):
     """GM: it is starting the stage's worker (record this *before* starting it)."""
 
-    stage: Stage
     message: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerRunning:
+class WorkerRunning(_StageEvent):
     """LC or pod watch: the stage's worker is running."""
 
-    stage: Stage
     message: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerSucceeded:
+class WorkerSucceeded(_StageEvent):
     """The stage's worker finished well (Deploy: serves the new model). ``data`` is the output JSON."""
 
-    stage: Stage
     data: str = ""
     message: str = ""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
-
 
 @dataclass(frozen=True, slots=True)
-class WorkerFailed:
+class WorkerFailed(_StageEvent):
     """The stage's worker failed, before or after it ran (including: it could not be started)."""
 
-    stage: Stage
     reason: str = REASON_WORKER_FAILED
     message: str = ""
     data: str = ""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
-
 
 @dataclass(frozen=True, slots=True)
-class StageSkipped:
+class StageSkipped(_StageEvent):
     """LC: nothing to do in this Eval or Deploy stage (e.g. no model to deploy, as upstream's LC
     reports ``completed`` straight away). Completes the stage without a worker."""
 
-    stage: Stage
     reason: str = REASON_SKIPPED
     message: str = ""
     data: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
 
 
 Event: TypeAlias = (
