@@ -145,6 +145,8 @@ class GMApi:
                 "agent": n.agent,
                 "lastHello": n.last_hello,
                 "unacked": unacked.get(n.node, 0),
+                # the node's outbox (upstream backlog) as its last hello reported it
+                "outbox": {"depth": n.outbox_depth, "lowSeq": n.outbox_low, "nextSeq": n.outbox_next},
             }
             for n in self.state.nodes()
         ]

@@ -354,6 +354,13 @@ def _hello_age(last_hello: Any) -> str:
     return _age(datetime.fromtimestamp(last_hello, UTC).isoformat()) + " ago"
 
 
+def _outbox_depth(node: dict[str, Any] | None) -> str:
+    """The node's upstream backlog (reports in its outbox) as of its last hello."""
+    outbox = None if node is None else node.get("outbox")
+    depth = outbox.get("depth") if isinstance(outbox, dict) else None
+    return str(depth) if isinstance(depth, int) and not isinstance(depth, bool) else "<unknown>"
+
+
 def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
     """The nodes of a job (or a Dataset) with what the GM knows of each."""
     if obj.get("kind") == "Dataset":
@@ -379,6 +386,7 @@ def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
                 "status": "<unknown>" if n is None else ("Online" if n["online"] else "Offline"),
                 "lastHello": _hello_age(None if n is None else n.get("lastHello")),
                 "unacked": 0 if n is None else n.get("unacked", 0),
+                "outbox": _outbox_depth(n),
             }
         )
     return out
@@ -444,9 +452,13 @@ def describe_text(info: dict[str, Any]) -> str:
     if involved is not None:
         lines.append("Nodes Involved:")
         if involved:
-            rows = [["NODE", "ROLE", "STATUS", "LAST HELLO", "UNACKED DOWN"]]
-            rows += [[n["node"], n["role"], n["status"], n["lastHello"], str(n["unacked"])] for n in involved]
+            rows = [["NODE", "ROLE", "STATUS", "LAST HELLO", "UNACKED DOWN", "OUTBOX@HELLO"]]
+            rows += [
+                [n["node"], n["role"], n["status"], n["lastHello"], str(n["unacked"]), n.get("outbox", "")]
+                for n in involved
+            ]
             lines += ["  " + line for line in table(rows).splitlines()]
+            lines.append("  (OUTBOX@HELLO: upstream reports pending in the node's outbox at its last hello)")
         else:
             lines.append("  <none>")
     delivery = info.get("delivery") or []
@@ -520,7 +532,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def nodes_table(items: Sequence[dict[str, Any]]) -> str:
-    rows = [["NAME", "STATUS", "LAST HELLO", "AGENT", "UNACKED DOWN"]]
+    rows = [["NAME", "STATUS", "LAST HELLO", "AGENT", "UNACKED DOWN", "OUTBOX@HELLO"]]
     for n in items:
         rows.append(
             [
@@ -529,6 +541,7 @@ def nodes_table(items: Sequence[dict[str, Any]]) -> str:
                 _hello_age(n.get("lastHello")),
                 n.get("agent") or "<none>",
                 str(n.get("unacked", 0)),
+                _outbox_depth(n),
             ]
         )
     return table(rows)
@@ -610,9 +623,11 @@ def add_client_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "nodes",
-        help="list the edge nodes the GM knows: online/offline, last hello, downstream backlog",
+        help="list the edge nodes the GM knows: online/offline, last hello, downstream and upstream backlog",
         description="List the edge nodes that said hello to the GM. UNACKED DOWN counts the desired-state "
-        "changes the node has not acknowledged yet (its downstream backlog).",
+        "changes the node has not acknowledged yet (its downstream backlog). OUTBOX@HELLO is the number "
+        "of reports waiting in the node's outbox (its upstream backlog) as the node's last hello "
+        "reported it; the GM learns it only from hellos, so it may be stale.",
     )
     p.add_argument("--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})")
     p.add_argument("-o", "--output", choices=["yaml", "json"], help="output format")
@@ -622,7 +637,8 @@ def add_client_commands(sub: Any) -> None:
         "describe",
         help="show a resource in detail",
         description="Show a resource in detail; for a job: its conditions as a timeline, its workers, "
-        "the last reports of its workers, the nodes involved and the delivery to each node.",
+        "the last reports of its workers, the nodes involved (with each node's pending outbox reports "
+        "as of its last hello) and the delivery to each node.",
     )
     common(p)
     p.add_argument("kind", help="ll, ds, model or worker")

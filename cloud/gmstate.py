@@ -7,7 +7,8 @@ lets a restarted GM keep resending what a node never acknowledged.
 
 Tables:
 
-``nodes``       node, online, agent, epoch, boot, last_hello, last_seen
+``nodes``       node, online, agent, epoch, boot, last_hello, last_seen, and the outbox state the
+                node's last hello reported (outbox_depth, outbox_low, outbox_next; NULL if none)
 ``applied``     (node, epoch, seq) of every upstream report applied; pruned below a hello's lowSeq
 ``downstream``  (node, kind, ns, name) -> op (upsert|delete), rv, the object sent, acked_rv,
                 last_sent, attempts. A row is what the node should hold (upsert) or a tombstone
@@ -35,7 +36,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT NOT NULL DEFAULT '',
     epoch TEXT NOT NULL DEFAULT '', boot TEXT NOT NULL DEFAULT '',
-    last_hello REAL NOT NULL DEFAULT 0, last_seen REAL NOT NULL DEFAULT 0
+    last_hello REAL NOT NULL DEFAULT 0, last_seen REAL NOT NULL DEFAULT 0,
+    outbox_depth INTEGER, outbox_low INTEGER, outbox_next INTEGER
 );
 CREATE TABLE IF NOT EXISTS applied (
     node TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
@@ -54,6 +56,18 @@ CREATE TABLE IF NOT EXISTS worker_info (
 );
 """
 
+_NODE_COLUMNS_ADDED = (
+    ("outbox_depth", "INTEGER"),
+    ("outbox_low", "INTEGER"),
+    ("outbox_next", "INTEGER"),
+)
+"""Columns added to ``nodes`` after its first version: added to an older database on open."""
+
+_NODE_SELECT = (
+    "SELECT node, online, agent, epoch, boot, last_hello, last_seen, outbox_depth, outbox_low, outbox_next "
+    "FROM nodes"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
@@ -64,6 +78,10 @@ class NodeInfo:
     boot: str
     last_hello: float
     last_seen: float
+    outbox_depth: int | None = None
+    """Reports waiting in the node's outbox, as of its last hello (None: it did not say)."""
+    outbox_low: int | None = None
+    outbox_next: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +122,37 @@ class GMState:
         # resend (repaired by the next hello's diff).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._lock = threading.RLock()
         self._applied_since_prune = 0
+
+    def _migrate(self) -> None:
+        """Add the columns a database made by an older GM lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+        have = {str(row[1]) for row in self._db.execute("PRAGMA table_info(nodes)")}
+        for column, decl in _NODE_COLUMNS_ADDED:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # -- nodes -----------------------------------------------------------------------------
-    def hello(self, node: str, *, agent: str, epoch: str, boot: str, low_seq: int | None) -> NodeInfo | None:
+    def hello(
+        self,
+        node: str,
+        *,
+        agent: str,
+        epoch: str,
+        boot: str,
+        low_seq: int | None,
+        depth: int | None = None,
+        next_seq: int | None = None,
+    ) -> NodeInfo | None:
         """Record a hello; forget applied seqs below ``low_seq`` (and of other epochs).
+
+        ``depth``, ``low_seq`` and ``next_seq`` are the node's outbox as the hello reported it;
+        kept as they were at this hello (the GM learns them only from hellos).
 
         Returns the node as it was before (None if never seen).
         """
@@ -122,11 +161,14 @@ class GMState:
             before = self.node(node)
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen) "
-                "VALUES (?, 1, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
+                "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen, "
+                "outbox_depth, outbox_low, outbox_next) "
+                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
                 "agent=excluded.agent, epoch=excluded.epoch, boot=excluded.boot, "
-                "last_hello=excluded.last_hello, last_seen=excluded.last_seen",
-                (node, agent, epoch, boot, now, now),
+                "last_hello=excluded.last_hello, last_seen=excluded.last_seen, "
+                "outbox_depth=excluded.outbox_depth, outbox_low=excluded.outbox_low, "
+                "outbox_next=excluded.outbox_next",
+                (node, agent, epoch, boot, now, now, depth, low_seq, next_seq),
             )
             self._db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
             if low_seq is not None:
@@ -149,16 +191,14 @@ class GMState:
     def node(self, node: str) -> NodeInfo | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT node, online, agent, epoch, boot, last_hello, last_seen FROM nodes WHERE node=?",
+                _NODE_SELECT + " WHERE node=?",
                 (node,),
             ).fetchone()
         return None if row is None else _node(row)
 
     def nodes(self) -> list[NodeInfo]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT node, online, agent, epoch, boot, last_hello, last_seen FROM nodes ORDER BY node"
-            ).fetchall()
+            rows = self._db.execute(_NODE_SELECT + " ORDER BY node").fetchall()
         return [_node(r) for r in rows]
 
     # -- upstream dedupe -------------------------------------------------------------------
@@ -301,9 +341,18 @@ class GMState:
 
 
 def _node(row: Iterable[Any]) -> NodeInfo:
-    node, online, agent, epoch, boot, last_hello, last_seen = row
+    node, online, agent, epoch, boot, last_hello, last_seen, depth, low, nxt = row
     return NodeInfo(
-        str(node), bool(online), str(agent), str(epoch), str(boot), float(last_hello), float(last_seen)
+        str(node),
+        bool(online),
+        str(agent),
+        str(epoch),
+        str(boot),
+        float(last_hello),
+        float(last_seen),
+        None if depth is None else int(depth),
+        None if low is None else int(low),
+        None if nxt is None else int(nxt),
     )
 
 

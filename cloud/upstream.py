@@ -143,8 +143,9 @@ class Upstream:
             raise ReportRejected("schema", "hello needs body.epoch")
         if not isinstance(resources, list):
             raise ReportRejected("schema", "hello needs body.resources (a list)")
-        low = outbox.get("lowSeq") if isinstance(outbox, dict) else None
-        low_seq = low if isinstance(low, int) and not isinstance(low, bool) else None
+        if not isinstance(outbox, dict):
+            outbox = {}
+        low_seq = _int_or_none(outbox.get("lowSeq"))
         agent = body.get("agent")
         boot = body.get("boot")
         # Recorded here, on the network thread, so reports that follow find the new epoch.
@@ -154,6 +155,8 @@ class Upstream:
             epoch=epoch,
             boot=boot if isinstance(boot, str) else "",
             low_seq=low_seq,
+            depth=_int_or_none(outbox.get("depth")),
+            next_seq=_int_or_none(outbox.get("nextSeq")),
         )
         self.metrics.hellos.inc()
         log.info("node %s said hello (%s, epoch %s, holds %d)", node, agent, epoch[:12], len(resources))
@@ -186,3 +189,7 @@ class Upstream:
         elif outcome is Outcome.DUPLICATE:
             self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
         self.downstream.ack_upstream(node, epoch, [seq])
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

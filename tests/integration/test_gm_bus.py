@@ -224,6 +224,7 @@ def test_unacked_changes_are_resent_until_acked(gm: GMService, lc: PahoLC) -> No
     assert not _true_within(lambda: len(lc.envelopes(Op.UPSERT, "Dataset")) > count, 1.5)
     nodes = api(gm, "GET", "/api/v1/nodes")["items"]
     assert nodes[0]["node"] == "node-a" and nodes[0]["online"] and nodes[0]["unacked"] == 0
+    assert nodes[0]["outbox"] == {"depth": 0, "lowSeq": None, "nextSeq": 1}  # as the hello said
 
 
 def _true_within(predicate: Any, seconds: float) -> bool:

@@ -120,10 +120,12 @@ def test_nodes_table() -> None:
             "agent": "lifelong-lc/0.1.0",
             "lastHello": time.time() - 5,
             "unacked": 0,
+            "outbox": {"depth": 4, "lowSeq": 10, "nextSeq": 14},
         },
         {"node": "edge-2", "online": False, "agent": "", "lastHello": 0, "unacked": 3},
     ]
     lines = nodes_table(items).splitlines()
-    assert lines[0].split() == ["NAME", "STATUS", "LAST", "HELLO", "AGENT", "UNACKED", "DOWN"]
+    assert lines[0].split() == ["NAME", "STATUS", "LAST", "HELLO", "AGENT", "UNACKED", "DOWN", "OUTBOX@HELLO"]
     assert lines[1].split()[:2] == ["edge-1", "Online"] and "ago" in lines[1]
-    assert lines[2].split() == ["edge-2", "Offline", "<never>", "<none>", "3"]
+    assert lines[1].split()[-1] == "4"
+    assert lines[2].split() == ["edge-2", "Offline", "<never>", "<none>", "3", "<unknown>"]

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from harness.waiting import free_port
+from harness.waiting import free_port, wait_for
 
 from lifelong.__main__ import main
+from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.topics import Topics
@@ -58,8 +59,20 @@ class NoBus:
         pass
 
 
+def say_hello(svc: GMService, node: str, outbox: dict[str, Any]) -> None:
+    from lifelong.common.codec import encode
+
+    hello = Envelope.new(
+        node=node,
+        kind=CONTROL_KIND,
+        op=Op.HELLO,
+        body={"agent": "x", "epoch": "e", "boot": "b", "resources": [], "outbox": outbox},
+    )
+    svc.upstream.on_message(Topics("c/v1").up_ctl(node), encode(hello), False)
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+def gm(tmp_path: Path) -> Iterator[GMService]:
     svc = GMService(
         GMSettings(
             broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp_path / 's.db'}", api_port=0, prefix="c/v1"
@@ -67,17 +80,14 @@ def server(tmp_path: Path) -> Iterator[str]:
     )
     svc.bus = NoBus()  # type: ignore[assignment]
     svc.start_controllers()
-    hello = Envelope.new(
-        node="node-a",
-        kind=CONTROL_KIND,
-        op=Op.HELLO,
-        body={"agent": "x", "epoch": "e", "boot": "b", "resources": [], "outbox": {}},
-    )
-    from lifelong.common.codec import encode
-
-    svc.upstream.on_message(Topics("c/v1").up_ctl("node-a"), encode(hello), False)
-    yield f"http://127.0.0.1:{svc.api_port}"
+    say_hello(svc, "node-a", {})
+    yield svc
     svc.stop()
+
+
+@pytest.fixture
+def server(gm: GMService) -> str:
+    return f"http://127.0.0.1:{gm.api_port}"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -157,3 +167,60 @@ def test_errors_are_one_line_with_exit_codes(
     assert code == 1 and "cannot reach the GM" in err
     code, _, err = run(capsys, "apply", "-f", str(tmp_path / "missing.yaml"), "--server", server)
     assert code == 2 and "does not exist" in err
+
+
+def test_nodes_and_describe_show_the_outbox_of_the_last_hello(
+    gm: GMService, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "nodes", "--server", server)
+    header, row = out.splitlines()[:2]
+    assert code == 0 and header.split()[-1] == "OUTBOX@HELLO" and row.split()[-1] == "<unknown>"
+
+    say_hello(gm, "node-a", {"depth": 7, "lowSeq": 12, "nextSeq": 19})
+
+    def depth() -> int | None:
+        node = gm.state.node("node-a")
+        return None if node is None else node.outbox_depth
+
+    wait_for(lambda: depth() == 7, what="the hello's outbox recorded")
+    code, out, _ = run(capsys, "nodes", "--server", server)
+    header, row = out.splitlines()[:2]
+    assert code == 0 and row.split()[0] == "node-a" and row.split()[-1] == "7"
+    code, out, _ = run(capsys, "nodes", "-o", "json", "--server", server)
+    assert json.loads(out)["items"][0]["outbox"] == {"depth": 7, "lowSeq": 12, "nextSeq": 19}
+    with pytest.raises(SystemExit) as exited:
+        run(capsys, "nodes", "--help")
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "OUTBOX@HELLO" in out and "last hello" in out
+
+    run(capsys, "apply", "-f", "-", "--server", server, stdin=DATASET)
+    run(capsys, "apply", "-f", "-", "--server", server, stdin=JOB)
+    code, out, _ = run(capsys, "describe", "ll", "job1", "--server", server)
+    involved = out.split("Nodes Involved:")[1].splitlines()
+    assert code == 0 and involved[1].split()[-1] == "OUTBOX@HELLO"
+    assert involved[2].split()[0] == "node-a" and involved[2].split()[-1] == "7"
+
+
+def test_gm_state_adds_the_outbox_columns_to_an_older_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE nodes (node TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, "
+        "agent TEXT NOT NULL DEFAULT '', epoch TEXT NOT NULL DEFAULT '', boot TEXT NOT NULL DEFAULT '', "
+        "last_hello REAL NOT NULL DEFAULT 0, last_seen REAL NOT NULL DEFAULT 0);"
+        "INSERT INTO nodes (node, online, last_hello) VALUES ('node-old', 1, 5.0);"
+    )
+    old.commit()
+    old.close()
+    state = GMState(path)
+    try:
+        before = state.node("node-old")
+        assert before is not None and before.last_hello == 5.0 and before.outbox_depth is None
+        state.hello("node-old", agent="a", epoch="e", boot="b", low_seq=3, depth=2, next_seq=5)
+        after = state.node("node-old")
+        assert after is not None and (after.outbox_depth, after.outbox_low, after.outbox_next) == (2, 3, 5)
+    finally:
+        state.close()
+    GMState(path).close()  # reopening an already migrated database is a no-op
