@@ -20,13 +20,14 @@ Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
 import json
 import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,19 @@ class SqliteStore:
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0)")
 
     # -- helpers ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction under the lock: rolled back on any error, watchers woken after."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self._changed.notify_all()
+
     def _current_rv(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         return int(row[0])
@@ -161,98 +175,70 @@ class SqliteStore:
         kind, ns, name = _key(obj)
         desired = _desired_part(obj)
         desired["metadata"]["namespace"] = ns
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._row(kind, ns, name)
-                if row is None:
-                    meta = desired["metadata"]
-                    meta["uid"] = str(uuid.uuid4())
-                    meta["creationTimestamp"] = _now()
-                    meta["generation"] = 1
-                    status = "{}"
-                    type_ = "ADDED"
-                else:
-                    old_rv, old_body, status = row
-                    old = json.loads(old_body)
-                    if _desired_part(old) == desired:
-                        self._db.execute("COMMIT")
-                        return self._compose(old_body, status, old_rv)
-                    meta = desired["metadata"]
-                    old_meta = old.get("metadata", {})
-                    meta["uid"] = old_meta.get("uid")
-                    meta["creationTimestamp"] = old_meta.get("creationTimestamp")
-                    changed_spec = old.get("spec") != desired.get("spec")
-                    meta["generation"] = int(old_meta.get("generation", 1)) + (1 if changed_spec else 0)
-                    type_ = "MODIFIED"
-                rv = self._next_rv()
-                body = _dumps(desired)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO objects (kind, ns, name, rv, body, status) VALUES (?,?,?,?,?,?)",
-                    (kind, ns, name, rv, body, status),
-                )
-                result = self._compose(body, status, rv)
-                self._log(rv, type_, result)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._changed.notify_all()
+        with self._write():
+            row = self._row(kind, ns, name)
+            if row is None:
+                meta = desired["metadata"]
+                meta["uid"] = str(uuid.uuid4())
+                meta["creationTimestamp"] = _now()
+                meta["generation"] = 1
+                status = "{}"
+                type_ = "ADDED"
+            else:
+                old_rv, old_body, status = row
+                old = json.loads(old_body)
+                if _desired_part(old) == desired:
+                    return self._compose(old_body, status, old_rv)
+                meta = desired["metadata"]
+                old_meta = old.get("metadata", {})
+                meta["uid"] = old_meta.get("uid")
+                meta["creationTimestamp"] = old_meta.get("creationTimestamp")
+                changed_spec = old.get("spec") != desired.get("spec")
+                meta["generation"] = int(old_meta.get("generation", 1)) + (1 if changed_spec else 0)
+                type_ = "MODIFIED"
+            rv = self._next_rv()
+            body = _dumps(desired)
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects (kind, ns, name, rv, body, status) VALUES (?,?,?,?,?,?)",
+                (kind, ns, name, rv, body, status),
+            )
+            result = self._compose(body, status, rv)
+            self._log(rv, type_, result)
         return result
 
     def update_status(
         self, kind: str, namespace: str, name: str, status: Object, *, resource_version: str | None = None
     ) -> Object:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._row(kind, namespace, name)
-                if row is None:
-                    raise NotFound(f"{kind} {namespace}/{name} not found")
-                old_rv, body, old_status = row
-                if resource_version is not None and str(old_rv) != str(resource_version):
-                    raise Conflict(
-                        f"{kind} {namespace}/{name} is at version {old_rv}, not {resource_version}"
-                    )
-                new_status = _dumps(status)
-                if new_status == old_status:
-                    self._db.execute("COMMIT")
-                    return self._compose(body, old_status, old_rv)
-                rv = self._next_rv()
-                self._db.execute(
-                    "UPDATE objects SET rv=?, status=? WHERE kind=? AND ns=? AND name=?",
-                    (rv, new_status, kind, namespace, name),
-                )
-                result = self._compose(body, new_status, rv)
-                self._log(rv, "MODIFIED", result)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._changed.notify_all()
+        with self._write():
+            row = self._row(kind, namespace, name)
+            if row is None:
+                raise NotFound(f"{kind} {namespace}/{name} not found")
+            old_rv, body, old_status = row
+            if resource_version is not None and str(old_rv) != str(resource_version):
+                raise Conflict(f"{kind} {namespace}/{name} is at version {old_rv}, not {resource_version}")
+            new_status = _dumps(status)
+            if new_status == old_status:
+                return self._compose(body, old_status, old_rv)
+            rv = self._next_rv()
+            self._db.execute(
+                "UPDATE objects SET rv=?, status=? WHERE kind=? AND ns=? AND name=?",
+                (rv, new_status, kind, namespace, name),
+            )
+            result = self._compose(body, new_status, rv)
+            self._log(rv, "MODIFIED", result)
         return result
 
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Delete; the returned object (and the DELETED event) carry the deletion's version."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._row(kind, namespace, name)
-                if row is None:
-                    self._db.execute("COMMIT")
-                    return None
-                _, body, status = row
-                rv = self._next_rv()
-                self._db.execute(
-                    "DELETE FROM objects WHERE kind=? AND ns=? AND name=?", (kind, namespace, name)
-                )
-                result = self._compose(body, status, rv)
-                self._log(rv, "DELETED", result)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._changed.notify_all()
+        with self._write():
+            row = self._row(kind, namespace, name)
+            if row is None:
+                return None
+            _, body, status = row
+            rv = self._next_rv()
+            self._db.execute("DELETE FROM objects WHERE kind=? AND ns=? AND name=?", (kind, namespace, name))
+            result = self._compose(body, status, rv)
+            self._log(rv, "DELETED", result)
         return result
 
     def _snapshot(self) -> tuple[int, builtins.list[Object]]:
