@@ -125,6 +125,9 @@ class GMState:
         self._migrate()
         self._lock = threading.RLock()
         self._applied_since_prune = 0
+        # node -> outbox epoch of its last hello: read for every upstream report, written only
+        # by ``hello``, so kept in memory instead of a SELECT per report on the network thread.
+        self._epochs: dict[str, str] = {}
 
     def _migrate(self) -> None:
         """Add the columns a database made by an older GM lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
@@ -176,7 +179,18 @@ class GMState:
                     "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
                 )
             self._db.execute("COMMIT")
+            self._epochs[node] = epoch
         return before
+
+    def epoch(self, node: str) -> str | None:
+        """The outbox epoch of the node's last hello, or None if it never said hello."""
+        with self._lock:
+            if node not in self._epochs:
+                info = self.node(node)
+                if info is None or not info.epoch:
+                    return None
+                self._epochs[node] = info.epoch
+            return self._epochs[node]
 
     def set_online(self, node: str, online: bool, agent: str = "") -> None:
         now = time.time()

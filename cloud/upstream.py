@@ -121,10 +121,9 @@ class Upstream:
         controller = self.registry.get(env.kind)
         if controller is None:
             raise ReportRejected("unknown_kind", f"no controller for kind {env.kind!r}")
-        info = self.state.node(node)
-        if info is None or not info.epoch:
+        epoch = self.state.epoch(node)
+        if epoch is None:
             raise ReportRejected("unknown_node", f"node {node} has not said hello yet; its report waits")
-        epoch = info.epoch
         key = controller.report_key(env)
         self.executor.submit(key, lambda: self._apply(node, epoch, env, controller))
 
