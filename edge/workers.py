@@ -67,18 +67,24 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def find_by_marker(exit_file: str) -> int | None:
-    """The live process whose environment carries ``LIFELONG_EXIT_FILE=<exit_file>`` (our
-    wrapper), for a worker started just before the LC died without recording its pid."""
+    """The live wrapper process whose environment carries ``LIFELONG_EXIT_FILE=<exit_file>``,
+    for a worker started just before the LC died without recording its pid.
+
+    The worker the wrapper forked carries the same marker; only the wrapper leads its own
+    process group. Both are checked, whatever their order in /proc (pids wrap around).
+    """
     marker = f"LIFELONG_EXIT_FILE={exit_file}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
             env = (entry / "environ").read_bytes()
+            leader = os.getpgid(pid) == pid
         except OSError:
             continue
-        if marker in env.split(b"\0") and proc_start_time(int(entry.name)) is not None:
-            return int(entry.name)
+        if leader and marker in env.split(b"\0") and proc_start_time(pid) is not None:
+            return pid
     return None
 
 
@@ -149,7 +155,7 @@ class WorkerRuntime:
                 continue
             if not pid:
                 found = find_by_marker(str(Path(rec["dir"]) / "exit-code"))
-                if found is not None and os.getpgid(found) == found:
+                if found is not None:
                     rec.update(phase="Running", pid=found, startTime=proc_start_time(found))
                     self.store.put_record("workers", ns, name, rec)
                     log.info("worker %s/%s: found its unrecorded process %d", ns, name, found)

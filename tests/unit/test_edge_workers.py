@@ -4,6 +4,8 @@ wrapper, stop on delete, and finding workers again after an LC restart."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from harness.lc_objects import worker
@@ -11,7 +13,7 @@ from harness.waiting import wait_for
 
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
-from lifelong.edge.workers import WorkerRuntime, proc_start_time
+from lifelong.edge.workers import WorkerRuntime, find_by_marker, proc_start_time
 
 
 def _runtime(store: Store, tmp_path: Path) -> WorkerRuntime:
@@ -85,3 +87,24 @@ def test_restart_finds_recorded_and_unrecorded_processes(tmp_path: Path) -> None
     again.reconcile()
     assert {p for n, p, _ in _reports(store)} == {"Running", "Failed"}  # killed: no exit code file
     store.close()
+
+
+def test_marker_search_finds_only_the_wrapper_not_the_worker_it_forked(tmp_path: Path) -> None:
+    # The worker a wrapper forks carries the same marker; after pids wrap around it can come
+    # first in /proc. Only a process-group leader (the wrapper) may be taken.
+    marker = str(tmp_path / "exit-code")
+    env = {**os.environ, "LIFELONG_EXIT_FILE": marker}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    follower = subprocess.Popen(sleeper, env=env)  # in the test's process group
+    try:
+        wait_for(lambda: proc_start_time(follower.pid) is not None, what="the follower to start")
+        assert find_by_marker(marker) is None
+        leader = subprocess.Popen(sleeper, env=env, start_new_session=True)
+        try:
+            assert wait_for(lambda: find_by_marker(marker), what="the leader to be found") == leader.pid
+        finally:
+            leader.kill()
+            leader.wait()
+    finally:
+        follower.kill()
+        follower.wait()
