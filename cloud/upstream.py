@@ -16,11 +16,18 @@ Accepted work is handed to the keyed executor: reports under the key of the obje
 (node, epoch, seq) was applied before, else let the kind's controller apply it durably, record
 (node, epoch, seq), and only then acknowledge it. A report that can never apply
 (``ReportRejected``) is counted and acknowledged; a store failure is not acknowledged (resent).
+
+Acknowledgements are coalesced per node: the first seq applied for a node queues one flush
+task on the executor (key ``("ack", node)``); every seq applied before that task runs joins
+the same ``ack``. Idle, a report is acknowledged as soon as it is stored; under a burst, one
+``ack`` carries as many seqs as were stored while the flush waited its turn (at most
+``ACK_BATCH`` per message).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportRejected
@@ -35,6 +42,9 @@ from lifelong.common.errors import ProtocolError
 from lifelong.common.topics import Direction, Topics
 
 log = logging.getLogger(__name__)
+
+ACK_BATCH = 1000
+"""The most seqs one ``ack`` message carries (about 5 bytes each in msgpack)."""
 
 
 class Upstream:
@@ -56,6 +66,8 @@ class Upstream:
         self.executor = executor
         self.metrics = metrics
         self.max_payload = max_payload
+        self._ack_lock = threading.Lock()
+        self._acks: dict[tuple[str, str], list[int]] = {}  # (node, epoch) -> applied, not yet acked
 
     def filters(self) -> list[str]:
         return [self.topics.all_up_filter(), self.topics.all_presence_filter()]
@@ -170,7 +182,7 @@ class Upstream:
         seq = env.seq
         if self.state.is_applied(node, epoch, seq):
             self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
-            self.downstream.ack_upstream(node, epoch, [seq])
+            self._queue_ack(node, epoch, seq)
             return
         try:
             outcome = controller.apply_report(node, env)
@@ -187,7 +199,23 @@ class Upstream:
             self.metrics.upstream_applied.labels(kind=env.kind).inc()
         elif outcome is Outcome.DUPLICATE:
             self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
-        self.downstream.ack_upstream(node, epoch, [seq])
+        self._queue_ack(node, epoch, seq)
+
+    def _queue_ack(self, node: str, epoch: str, seq: int) -> None:
+        """Acknowledge ``seq`` in the node's next ``ack`` (a flush is queued if none is)."""
+        with self._ack_lock:
+            pending = self._acks.get((node, epoch))
+            if pending is not None:
+                pending.append(seq)
+                return
+            self._acks[(node, epoch)] = [seq]
+        self.executor.submit(("ack", node), lambda: self._flush_acks(node, epoch))
+
+    def _flush_acks(self, node: str, epoch: str) -> None:
+        with self._ack_lock:
+            seqs = self._acks.pop((node, epoch), [])
+        for start in range(0, len(seqs), ACK_BATCH):
+            self.downstream.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -406,6 +406,24 @@ def test_the_same_report_twice_appends_one_condition_and_is_acked_twice(gm: GM) 
     assert gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get() >= 1
 
 
+def test_reports_stored_while_an_ack_waits_its_turn_share_one_ack(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    before = len(gm.bus.envelopes("node-a", Op.ACK))
+    ex, release = gm.svc.executor, threading.Event()
+    ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
+    seqs = [gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1)) for _ in range(20)]
+    if ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1")):
+        # applied on another worker: all 20 are stored and wait for the held ack
+        wait_for(lambda: len(gm.svc.upstream._acks.get(("node-a", "ep1"), [])) == 20, what="20 applied")
+    # (else the reports queue behind the held turn and their flush behind them)
+    release.set()
+    gm.idle()
+    wait_for(lambda: set(seqs) <= set(gm.acked_seqs("node-a")), what="every report acked")
+    assert len(gm.bus.envelopes("node-a", Op.ACK)) - before == 1
+    assert sorted(s for s in gm.acked_seqs("node-a") if s in seqs) == seqs
+
+
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:
     setup_job(gm)
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
