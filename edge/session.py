@@ -13,7 +13,10 @@ Created and started by the service. Speaks docs/protocol.md exactly:
   ``down/_ctl`` deletes the named reports from the outbox;
 * whenever the GM's presence (``{p}/gm/presence``) turns ``online`` while the LC stays
   connected (a GM restart, possibly with a lost state DB): a fresh ``hello``, and every
-  unacknowledged report becomes due again at once (not after the ack timeout).
+  unacknowledged report becomes due again at once (not after the ack timeout);
+* a hello the GM has not answered with a ``sync`` within ``hello_retry`` seconds (lost on
+  the way, or its answer was) is sent again, the wait doubling up to ``hello_retry_cap``;
+  any ``sync`` ends the wait.
 
 Threads: the bus client's network thread only enqueues (handlers must not block); the
 ``lc-session`` thread applies downstream messages and sends hellos; the ``lc-publisher``
@@ -26,6 +29,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +66,9 @@ class Session:
         max_payload: int,
         on_change: Callable[[], None] = lambda: None,
         on_job_deleted: Callable[[str, str], None] = lambda ns, name: None,
+        hello_retry: float = 10.0,
+        hello_retry_cap: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -77,7 +84,14 @@ class Session:
         self.connects = 0
         self.hellos = 0
         self.gm_online_hellos = 0  # hellos sent because the GM's presence turned online
+        self.hello_retries = 0  # hellos sent again because no sync answered the last one
+        self.hello_retry = hello_retry
+        self.hello_retry_cap = hello_retry_cap
+        self._clock = clock
+        self._hello_wait = hello_retry
+        self._hello_due: float | None = None  # when to say hello again if no sync arrives
         self._gm_presence_id: str | None = None  # id of the last GM presence seen
+        self._gm_state: str | None = None  # its state: online, offline, or None (none seen)
         self.downstream = {"applied": 0, "stale": 0, "invalid": 0}
         self._acks: dict[str, list[int]] = {}
         self._storage_error: str | None = None  # the last batch's database error, until one commits
@@ -134,7 +148,11 @@ class Session:
 
     def _session_loop(self) -> None:
         while not self._stop.is_set():
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._until_hello_due())
+            except queue.Empty:
+                self._retry_hello()
+                continue
             batch = [item]
             while len(batch) < 1000:
                 try:
@@ -181,6 +199,25 @@ class Session:
                 self._send(self.topics.up_ctl(self.node), payload)
             if changed:
                 self.on_change()
+            self._retry_hello()
+
+    def _until_hello_due(self) -> float | None:
+        if self._hello_due is None:
+            return None
+        return max(0.0, self._hello_due - self._clock())
+
+    def _retry_hello(self) -> None:
+        """Say hello again if the last one is still unanswered at its deadline."""
+        if self._hello_due is None or self._clock() < self._hello_due:
+            return
+        if not self.connected.is_set() or self._gm_state == "offline":
+            # the next connect, or the GM's presence turning online, brings a fresh hello
+            self._hello_due = None
+            return
+        self._hello_wait = min(self.hello_retry_cap, self._hello_wait * 2)
+        log.info("no sync answered the last hello; saying hello again (next wait %.0f s)", self._hello_wait)
+        self.hello_retries += 1
+        self.send_hello(retry=True)
 
     def _on_connected(self, first: bool) -> None:
         self.connects += 1
@@ -214,6 +251,7 @@ class Session:
             return
         first, new = self._gm_presence_id is None, env.id != self._gm_presence_id
         self._gm_presence_id = env.id
+        self._gm_state = body.get("state")
         if body.get("state") != "online" or not new or (first and retained):
             return
         if not self.connected.is_set():
@@ -223,7 +261,11 @@ class Session:
         self.outbox.reset_inflight()
         log.info("GM presence turned online (%s); hello sent, unacknowledged reports due", body.get("agent"))
 
-    def send_hello(self) -> None:
+    def send_hello(self, *, retry: bool = False) -> None:
+        """Send a hello; a sync must answer it within the current wait or it is sent again."""
+        if not retry:
+            self._hello_wait = self.hello_retry
+        self._hello_due = self._clock() + self._hello_wait
         body = {
             "agent": AGENT,
             "epoch": self.outbox.epoch,
@@ -312,6 +354,8 @@ class Session:
                 self._acks.setdefault(str(body.get("epoch")), []).extend(seqs)
             return False
         if env.op is Op.SYNC:
+            self._hello_due = None
+            self._hello_wait = self.hello_retry
             wanted = set()
             for item in body.get("resources") or []:
                 if isinstance(item, dict):
