@@ -44,8 +44,21 @@ MAX_BODY = 1024 * 1024
 READ_KINDS = (*RESOURCE_TYPES, "Worker")
 
 
-def _known_nodes(state: GMState) -> set[str]:
-    return {n.node for n in state.nodes() if n.last_hello > 0 or n.online}
+class _KnownNodes:
+    """Whether a node is known (has said hello or is online), each node looked up once per
+    validation: one indexed row each, not every node the GM knows."""
+
+    def __init__(self, state: GMState) -> None:
+        self.state = state
+        self._seen: dict[str, bool] = {}
+
+    def __contains__(self, node: object) -> bool:
+        if not isinstance(node, str):
+            return False
+        if node not in self._seen:
+            info = self.state.node(node)
+            self._seen[node] = info is not None and (info.last_hello > 0 or info.online)
+        return self._seen[node]
 
 
 def validate(obj: Any, store: ResourceStore, state: GMState) -> Object:
@@ -55,7 +68,7 @@ def validate(obj: Any, store: ResourceStore, state: GMState) -> Object:
     res = parse_resource(obj)
     wire = dump_resource(res)
     wire.pop("status", None)
-    known = _known_nodes(state)
+    known = _KnownNodes(state)
     ns = res.metadata.namespace
     problems: list[tuple[str, str]] = []
     spec = wire.get("spec", {})
