@@ -105,7 +105,9 @@ def detail(key: str, r: dict[str, Any]) -> str:
             f"{x.get('nodes')} nodes; applies took {fmt(x.get('apply_seconds'))} s; "
             f"GM RSS {fmt(x.get('gm_rss_mib'))} MiB (peak {fmt(x.get('gm_rss_peak_mib'))})"
         )
-    if key in ("many-nodes-hello", "storm", "footprint-gm"):
+    if key == "storm":
+        return f"{x.get('nodes')} nodes; {x.get('hello_retries', 0)} hellos sent again for want of a sync"
+    if key in ("many-nodes-hello", "footprint-gm"):
         return f"{x.get('nodes')} nodes"
     return ""
 

@@ -8,7 +8,8 @@ from that loop (paho's external event-loop mode), so 1,000 MQTT sessions cost on
 outbox (a simulated node reports nothing): on every (re)connect it subscribes to its
 ``down/#`` and the GM's presence, publishes retained presence and a ``hello`` naming what it
 holds (and a fresh hello whenever the GM's presence turns online while it stays connected,
-as the LC does); it stores
+and again when no ``sync`` answers a hello within ``HELLO_RETRY`` seconds, doubling up to
+``HELLO_RETRY_CAP``, as the LC does); it stores
 ``upsert``/``delete`` (stale versions ignored), acknowledges each with an ``ack`` on
 ``up/_ctl``, and on ``sync`` drops what the list does not name. It is *in sync* once a sync
 arrived after its latest hello and it holds everything that sync names, at that version or newer.
@@ -40,6 +41,8 @@ from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.topics import Topics
 
 AGENT = "lifelong-sim/0.1.0"
+HELLO_RETRY = 10.0  # the LC's defaults (edge/session.py)
+HELLO_RETRY_CAP = 300.0
 Key = tuple[str, str, str]
 
 
@@ -65,7 +68,11 @@ class SimNode:
     sock: Any = None
     started: bool = False
     gm_presence_id: str | None = None
+    gm_state: str | None = None
     hellos: int = 0
+    hello_retries: int = 0
+    hello_due: float | None = None  # say hello again then, unless a sync arrived
+    hello_wait: float = HELLO_RETRY
     subscribed: int = 0  # raw mode: SUBACKs received
     received: int = 0  # raw mode: messages received
     last_rx: float = 0.0
@@ -193,6 +200,12 @@ class Simulator:
                 for node in self.nodes:
                     if node.sock is not None and node.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
                         self._lost(node)
+                    elif node.connected and node.hello_due is not None and now >= node.hello_due:
+                        if node.gm_state == "offline":
+                            node.hello_due = None  # the GM's presence turning online brings one
+                        else:
+                            node.hello_retries += 1
+                            self._hello(node.client, node, retry=True)
 
     def _lost(self, node: SimNode) -> None:
         if node.sock is None:
@@ -220,8 +233,10 @@ class Simulator:
         client.publish(self.topics.node_presence(node.name), encode(presence), qos=1, retain=True)
         self._hello(client, node)
 
-    def _hello(self, client: mqtt.Client, node: SimNode) -> None:
+    def _hello(self, client: mqtt.Client, node: SimNode, retry: bool = False) -> None:
         node.sync_list = None
+        node.hello_wait = min(HELLO_RETRY_CAP, node.hello_wait * 2) if retry else HELLO_RETRY
+        node.hello_due = time.monotonic() + node.hello_wait
         body = {
             "agent": AGENT,
             "epoch": node.epoch,
@@ -255,6 +270,7 @@ class Simulator:
             first, new = node.gm_presence_id is None, env.id != node.gm_presence_id
             node.gm_presence_id = env.id
             state = (env.body or {}).get("state")
+            node.gm_state = state if isinstance(state, str) else None
             if state == "online" and new and not (first and msg.retain):
                 self._hello(client, node)
             return
@@ -266,6 +282,7 @@ class Simulator:
                 if key not in wanted:
                     del node.held[key]
             node.sync_list = wanted
+            node.hello_due = None
             return
         if env.op not in (Op.UPSERT, Op.DELETE) or env.rv is None:
             return
