@@ -17,6 +17,9 @@ Tables::
     workers(ns, name, data)               local worker processes (pid, start time, phase, ...)
     pending_info(id, ns, worker, job, body, ts)   worker-API posts not yet in the outbox
     outbox(seq, kind, ns, name, body, ckey, ts)   see outbox.py
+    counters(key, n)                      'outbox': the number of rows of outbox, kept by two
+                                          triggers in the transaction of every insert and
+                                          delete, and counted again at every open
 """
 
 from __future__ import annotations
@@ -53,7 +56,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
     body BLOB NOT NULL, ckey TEXT, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_ckey ON outbox (ckey) WHERE ckey IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
+
+TRIGGERS = (  # statements with ";" inside, so not in SCHEMA (which is split on ";")
+    """CREATE TRIGGER IF NOT EXISTS outbox_depth_ins AFTER INSERT ON outbox
+    BEGIN UPDATE counters SET n = n + 1 WHERE key = 'outbox'; END""",
+    """CREATE TRIGGER IF NOT EXISTS outbox_depth_del AFTER DELETE ON outbox
+    BEGIN UPDATE counters SET n = n - 1 WHERE key = 'outbox'; END""",
+)
 
 _TABLES_BY_KEY = ("progress", "datasets", "workers")
 
@@ -152,6 +163,13 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
+            for statement in TRIGGERS:
+                self._conn.execute(statement)
+            # Counted once per open (a database of an older version has no counter yet); from
+            # then on the triggers keep it exact, in the transaction of each change.
+            self._conn.execute(
+                "INSERT OR REPLACE INTO counters VALUES ('outbox', (SELECT count(*) FROM outbox))"
+            )
             row = self._conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
             if row is None:
                 self._conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))

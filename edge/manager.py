@@ -16,6 +16,14 @@ Per job, in the ``progress`` table::
     uid          the job's metadata.uid (or creationTimestamp): a job re-created under the same
                  name while this node was offline starts its progress over
 
+Cost of a step: a job is evaluated again only when something its outcome depends on may
+have changed: its object (resourceVersion), its Dataset's object or sample count, our own
+progress (a step that wrote it evaluates the job once more), or time (the trigger's
+``checkPeriodSeconds`` runs out; a timer window without a period, a missing model or a failed
+copy: every step). Any other job costs a dictionary look-up, not a read or a write: nothing is
+written for a job whose progress did not change. The memo is in memory only: a restarted LC
+evaluates every job once, from the progress in the database.
+
 Who acts: Train on the Dataset's node; Eval on the eval template's ``nodeName`` (default: the
 dataset's node); Deploy likewise with the deploy template.
 
@@ -39,9 +47,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from lifelong.common.errors import ValidationError
 from lifelong.common.stages import ConditionType, Stage
@@ -55,6 +64,25 @@ log = logging.getLogger("lifelong.edge.manager")
 
 JOB_KIND = "LifelongLearningJob"
 DATASET_KIND = "Dataset"
+
+Wake: TypeAlias = tuple[float, float] | None
+"""When a job whose inputs did not change must be evaluated again: ``None``, never; else
+``(since, period)``: once ``mono() - since >= period``, the very test of ``Trigger.due``."""
+
+ALWAYS: Wake = (0.0, float("-inf"))
+"""Evaluated at every step."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """What a job's last evaluation depended on; while all of it is unchanged, it is skipped."""
+
+    rv: str
+    ds_name: str | None
+    ds_rv: str | None
+    ds_spec: dict[str, Any] | None  # set when the outcome depends on the dataset's sample count
+    count: tuple[int | None, str] | None
+    wake: Wake
 
 
 def split_is_train(ns: str, job: str, index: int, train_prob: float) -> bool:
@@ -140,7 +168,11 @@ class Manager:
         self._warned: set[str] = set()
         self._forget: set[tuple[str, str]] = set()
         self._forget_lock = threading.Lock()
+        self._memo: dict[tuple[str, str], _Memo] = {}
+        self._wrote = False  # the job being evaluated wrote its progress
+        self._counted: tuple[dict[str, Any], tuple[int | None, str]] | None = None
         self.rounds_fired = 0
+        self.evaluated = 0  # jobs evaluated (not skipped) so far
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -151,6 +183,12 @@ class Manager:
     def progress(self, ns: str, name: str) -> dict[str, Any]:
         rec = self.store.get_record("progress", ns, name)
         return rec if rec is not None else fresh_progress()
+
+    def _put_progress(self, ns: str, name: str, rec: dict[str, Any]) -> None:
+        """Write a job's progress (joins the caller's transaction, if any); the job is
+        evaluated again at the next step, which sees the new progress."""
+        self.store.put_record("progress", ns, name, rec)
+        self._wrote = True
 
     def forget(self, ns: str, name: str) -> None:
         """The job was deleted: drop its progress (its files stay). Called on the session
@@ -168,16 +206,11 @@ class Manager:
         if rec is not None and rec.get("uid", uid) == uid:
             if "uid" not in rec:
                 rec["uid"] = uid
-                self.store.put_record("progress", ns, name, rec)
+                self._put_progress(ns, name, rec)
             return
         if rec is not None:
             log.warning("job %s/%s was re-created (uid %s): its progress starts over", ns, name, uid)
-        self.store.put_record(
-            "progress",
-            ns,
-            name,
-            {"round": 0, "cursor": 0, "trainCount": 0, "evalCount": 0, "acted": [], "uid": uid},
-        )
+        self._put_progress(ns, name, fresh_progress(uid))
         self._last_check.pop((ns, name), None)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -185,16 +218,81 @@ class Manager:
         with self._forget_lock:
             forget, self._forget = self._forget, set()
         for ns, name in forget:
+            self._memo.pop((ns, name), None)
             if self.store.get_resource(JOB_KIND, ns, name) is None:
                 self.store.delete_record("progress", ns, name)
                 self._last_check.pop((ns, name), None)
-        for _kind, ns, name, _rv, job in self.store.resources(JOB_KIND):
+        jobs = self.store.query(
+            "SELECT ns, name, rv FROM resources WHERE kind=? ORDER BY ns, name", (JOB_KIND,)
+        )
+        ds_rvs = {
+            (ns, name): str(rv)
+            for ns, name, rv in self.store.query(
+                "SELECT ns, name, rv FROM resources WHERE kind=?", (DATASET_KIND,)
+            )
+        }
+        now = self.mono()
+        counts: dict[tuple[str, str], tuple[int | None, str]] = {}  # this step's dataset counts
+        seen = set()
+        for ns, name, rv in jobs:
+            key = (ns, name)
+            seen.add(key)
+            memo = self._memo.get(key)
+            if memo is not None and self._unchanged(memo, ns, str(rv), ds_rvs, counts, now):
+                continue
+            self._memo.pop(key, None)
+            held = self.store.get_resource(JOB_KIND, ns, name)
+            if held is None:
+                continue  # deleted since the listing
+            self._wrote = False
+            self._counted = None
             try:
-                self._step_job(ns, name, job)
+                wake = self._step_job(ns, name, held[1])
             except OutboxFull as exc:
                 self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
+                continue
             except Exception:
                 log.exception("job %s/%s: manager step failed", ns, name)
+                continue
+            finally:
+                self.evaluated += 1
+            if self._wrote:
+                continue  # evaluated again at the next step, with the progress it wrote
+            ds_name = ((held[1].get("spec") or {}).get("dataset") or {}).get("name") or None
+            counted = self._counted
+            self._memo[key] = _Memo(
+                held[0],
+                ds_name,
+                ds_rvs.get((ns, ds_name)) if ds_name else None,
+                counted[0] if counted else None,
+                counted[1] if counted else None,
+                wake,
+            )
+        for key in [k for k in self._memo if k not in seen]:
+            del self._memo[key]
+
+    def _unchanged(  # noqa: PLR0917 - private
+        self,
+        memo: _Memo,
+        ns: str,
+        rv: str,
+        ds_rvs: dict[tuple[str, str], str],
+        counts: dict[tuple[str, str], tuple[int | None, str]],
+        now: float,
+    ) -> bool:
+        """May the job be skipped: is everything its last evaluation depended on unchanged?"""
+        if memo.rv != rv or (memo.wake is not None and now - memo.wake[0] >= memo.wake[1]):
+            return False
+        if (ds_rvs.get((ns, memo.ds_name)) if memo.ds_name else None) != memo.ds_rv:
+            return False
+        if memo.ds_spec is not None and memo.ds_name is not None:
+            ds_key = (ns, memo.ds_name)
+            if ds_key not in counts:
+                counted = self.monitor.count(ns, memo.ds_name, memo.ds_spec)  # a stat when unchanged
+                counts[ds_key] = (counted.count, counted.status)
+            if counts[ds_key] != memo.count:
+                return False
+        return True
 
     def _dataset(self, ns: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         ds_name = (spec.get("dataset") or {}).get("name")
@@ -205,14 +303,15 @@ class Manager:
             return None
         return ds_name, held[1]
 
-    def _step_job(self, ns: str, name: str, job: dict[str, Any]) -> None:
+    def _step_job(self, ns: str, name: str, job: dict[str, Any]) -> Wake:
+        """Evaluate one job; return when to evaluate it again if none of its inputs change."""
         self._check_identity(ns, name, job)
         spec = job.get("spec") or {}
         conds = conditions_of(job)
         cur = current(conds)
         stage, ctype = (cur.stage, cur.type) if cur else (Stage.TRAIN, ConditionType.WAITING)
         if ctype is not ConditionType.WAITING:
-            return
+            return None
         dataset = self._dataset(ns, spec)
         ds_node = None
         if dataset is not None:
@@ -220,30 +319,32 @@ class Manager:
         job_round = current_round(conds)
         if stage is Stage.TRAIN:
             if dataset is not None and ds_node == self.node:
-                self._train(ns, name, spec, dataset[0], dataset[1], job_round)
+                return self._train(ns, name, spec, dataset[0], dataset[1], job_round)
         elif stage is Stage.EVAL:
             if (_template_node(spec, "evalSpec") or ds_node) == self.node:
-                self._eval(ns, name, conds, job_round)
+                return self._eval(ns, name, conds, job_round)
         elif (_template_node(spec, "deploySpec") or ds_node) == self.node:
-            self._deploy(ns, name, spec, conds, job_round)
+            return self._deploy(ns, name, spec, conds, job_round)
+        return None
 
     # -- Train ------------------------------------------------------------------------------
     def _train(  # noqa: PLR0917 - private, called once
         self, ns: str, name: str, spec: dict[str, Any], ds_name: str, dataset: dict[str, Any], job_round: int
-    ) -> None:
+    ) -> Wake:
         prog = self.progress(ns, name)
         if prog["round"] > job_round:
-            return  # our ready for the next round is on its way to the GM
+            return None  # our ready for the next round is on its way to the GM
         if prog["round"] < job_round:
             prog["round"] = job_round  # the GM knows more rounds than we do (state lost or moved)
-            self.store.put_record("progress", ns, name, prog)
+            self._put_progress(ns, name, prog)
         ds_spec = dataset.get("spec") or {}
         counted = self.monitor.count(ns, ds_name, ds_spec)
+        self._counted = (ds_spec, (counted.count, counted.status))
         if counted.count is None:
             self._warn_once(
                 f"ds/{ns}/{ds_name}/{counted.status}", f"dataset {ns}/{ds_name}: {counted.message}"
             )
-            return
+            return None
         total = counted.count
         if total < prog["cursor"]:
             log.warning(
@@ -256,21 +357,29 @@ class Manager:
                 total,
             )
             prog["cursor"] = 0
-            self.store.put_record("progress", ns, name, prog)
+            self._put_progress(ns, name, prog)
         new = total - prog["cursor"]
         try:
             trigger = Trigger.from_spec((spec.get("trainSpec") or {}).get("trigger"))
         except ValidationError as exc:
             self._warn_once(f"trigger/{ns}/{name}", f"job {ns}/{name}: {exc}")
-            return
+            return None
         now = self.mono()
         key = (ns, name)
-        if not trigger.due(now, self._last_check.get(key)):
-            return
+        last = self._last_check.get(key)
+        if not trigger.due(now, last):
+            assert last is not None  # due() is true without a last check
+            return (last, trigger.check_period)
         self._last_check[key] = now
-        if not (trigger.in_window(self.local_now()) and trigger.condition_holds(new)):
-            return
-        self._fire(ns, name, spec, ds_spec, prog, job_round + 1, total)
+        if trigger.in_window(self.local_now()) and trigger.condition_holds(new):
+            self._fire(ns, name, spec, ds_spec, prog, job_round + 1, total)
+        # Not fired: the same count gives the same answer until the period runs out, or, with
+        # a timer window and no period, until the wall clock moves (checked every step).
+        if trigger.check_period > 0:
+            return (now, trigger.check_period)
+        if trigger.start is not None and trigger.end is not None and trigger.start != trigger.end:
+            return ALWAYS
+        return None
 
     def _fire(  # noqa: PLR0917 - private, called once
         self,
@@ -329,7 +438,7 @@ class Manager:
             },
         }
         with self.store.tx():
-            self.store.put_record("progress", ns, name, new_prog)
+            self._put_progress(ns, name, new_prog)
             self.outbox.append(JOB_KIND, ns, name, body)
         self.rounds_fired += 1
         log.info(
@@ -356,34 +465,35 @@ class Manager:
             return self.worker_outputs(ns, name, stage.value, rnd)
         return []
 
-    def _eval(self, ns: str, name: str, conds: list[Condition], rnd: int) -> None:
+    def _eval(self, ns: str, name: str, conds: list[Condition], rnd: int) -> Wake:
         prog = self.progress(ns, name)
         key = f"Eval/{rnd}"
         if key in prog["acted"]:
-            return
+            return None
         models = self._models_of(conds, Stage.TRAIN, ns, name, rnd)
         if not models:
             self._warn_once(f"eval/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no trained model yet")
-            return
+            return ALWAYS  # a worker may report the model at any time
         body = {"event": "ready", "stage": Stage.EVAL.value, "round": rnd, "data": {"models": models}}
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
-            self.store.put_record("progress", ns, name, prog)
+            self._put_progress(ns, name, prog)
             self.outbox.append(JOB_KIND, ns, name, body)
         log.info("job %s/%s stage=Eval round=%d Waiting -> ready: %d models", ns, name, rnd, len(models))
+        return None
 
     # -- Deploy -----------------------------------------------------------------------------
-    def _deploy(self, ns: str, name: str, spec: dict[str, Any], conds: list[Condition], rnd: int) -> None:
+    def _deploy(self, ns: str, name: str, spec: dict[str, Any], conds: list[Condition], rnd: int) -> Wake:
         prog = self.progress(ns, name)
         key = f"Deploy/{rnd}"
         if key in prog["acted"]:
-            return
+            return None
         models = self._models_of(conds, Stage.EVAL, ns, name, rnd) or self._models_of(
             conds, Stage.TRAIN, ns, name, rnd
         )
         if not models or not spec.get("outputDir"):
             self._warn_once(f"deploy/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no model to deploy")
-            return
+            return ALWAYS  # a worker may report the model at any time
         model = dict(models[0])
         source = local_path(str(model.get("url", "")))
         target_dir = local_path(str(spec["outputDir"])) / "deploy"
@@ -404,12 +514,13 @@ class Manager:
             self._warn_once(
                 f"deploycopy/{ns}/{name}/{rnd}", f"job {ns}/{name}: cannot deploy {source}: {exc}"
             )
-            return
+            return ALWAYS  # retried every step, as the files may appear at any time
         model["sourceURL"] = model.get("url")
         model["url"] = str(target)
         body = {"event": "ready", "stage": Stage.DEPLOY.value, "round": rnd, "data": {"model": model}}
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
-            self.store.put_record("progress", ns, name, prog)
+            self._put_progress(ns, name, prog)
             self.outbox.append(JOB_KIND, ns, name, body)
         log.info("job %s/%s stage=Deploy round=%d Waiting -> ready: model %s", ns, name, rnd, target)
+        return None

@@ -25,11 +25,16 @@ Rules (docs/protocol.md, "Upstream"):
 
 SIGKILL safety comes from SQLite's WAL: a report is either committed (and will be sent) or
 not appended at all (and its caller did not record the change either, same transaction).
+
+The depth is not counted on each append: the ``counters`` row ``outbox`` (``db.py``) is kept
+by triggers on every insert and delete of the outbox table, so it commits or rolls back with
+them, and is counted anew whenever the database is opened.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -127,7 +132,7 @@ class Outbox:
                 replaced = [r[0] for r in c.execute("SELECT seq FROM outbox WHERE ckey=?", (coalesce_key,))]
                 if replaced:
                     c.execute("DELETE FROM outbox WHERE ckey=?", (coalesce_key,))
-            depth = int(c.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            depth = _depth(c)
             if depth >= self.max_depth:
                 if coalesce_key is not None:
                     raise _Refused  # rolls back, so an older count it replaced stays queued
@@ -215,15 +220,29 @@ class Outbox:
         self.dropped += 1
 
     # -- state ----------------------------------------------------------------------------
+    def depth(self) -> int:
+        """The number of queued reports (a counter, not a count of the table)."""
+        return int(self.store.query(f"SELECT {_DEPTH}")[0][0] or 0)
+
     def stats(self) -> OutboxStats:
-        depth, low, oldest = self.store.query("SELECT count(*), min(seq), min(ts) FROM outbox")[0]
-        seqrow = self.store.query("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
-        next_seq = (int(seqrow[0][0]) if seqrow else 0) + 1
-        return OutboxStats(int(depth), low, next_seq, oldest)
+        depth, low, last, oldest = self.store.query(  # one statement: one snapshot
+            f"SELECT {_DEPTH}, {_LOW}, {_LAST}, (SELECT min(ts) FROM outbox)"
+        )[0]
+        return OutboxStats(int(depth or 0), low, int(last or 0) + 1, oldest)
 
     def hello_state(self) -> dict[str, Any]:
-        s = self.stats()
-        return {"depth": s.depth, "lowSeq": s.low_seq, "nextSeq": s.next_seq}
+        """Depth, lowest seq and next seq: no scan of the table (min(seq) is the rowid's)."""
+        depth, low, last = self.store.query(f"SELECT {_DEPTH}, {_LOW}, {_LAST}")[0]
+        return {"depth": int(depth or 0), "lowSeq": low, "nextSeq": int(last or 0) + 1}
+
+
+_DEPTH = "(SELECT n FROM counters WHERE key='outbox')"
+_LOW = "(SELECT min(seq) FROM outbox)"
+_LAST = "(SELECT seq FROM sqlite_sequence WHERE name='outbox')"
+
+
+def _depth(c: sqlite3.Connection) -> int:
+    return int(c.execute(f"SELECT {_DEPTH}").fetchone()[0] or 0)
 
 
 class _Refused(Exception):

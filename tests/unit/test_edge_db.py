@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,40 @@ def test_transaction_rolls_back_everything(tmp_path: Path) -> None:
         raise RuntimeError("crash")
     assert s.get_record("progress", "ns", "j") is None and s.held() == []
     s.close()
+
+
+def test_outbox_depth_is_counted_at_open(tmp_path: Path) -> None:
+    """A database of a version without the counter (or with a wrong one) is counted at open;
+    from then on the triggers keep it in step with the outbox table."""
+    path = tmp_path / "lc.db"
+    s = Store(path)
+    with s.tx() as c:
+        for i in range(3):
+            c.execute(
+                "INSERT INTO outbox (kind, ns, name, body, ts) VALUES ('k', 'ns', 'j', ?, 0)", (str(i),)
+            )
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER outbox_depth_ins")
+    conn.execute("DROP TRIGGER outbox_depth_del")
+    conn.execute("DROP TABLE counters")
+    conn.commit()
+    conn.close()
+
+    def depth(store: Store) -> int:
+        return int(store.query("SELECT n FROM counters WHERE key='outbox'")[0][0])
+
+    again = Store(path)
+    assert depth(again) == 3
+    with again.tx() as c:
+        c.execute("INSERT INTO outbox (kind, ns, name, body, ts) VALUES ('k', 'ns', 'j', 'x', 0)")
+        c.execute("DELETE FROM outbox WHERE body IN ('0', '1')")
+        c.execute("UPDATE counters SET n = 99 WHERE key='outbox'")  # a wrong counter ...
+    assert depth(again) == 99
+    again.close()
+    third = Store(path)
+    assert depth(third) == 2  # ... is counted anew at the next open
+    third.close()
 
 
 @pytest.mark.parametrize(

@@ -164,3 +164,157 @@ def test_recreated_job_starts_over_and_delete_forgets(tmp_path: Path) -> None:
     m.step()
     assert store.get_record("progress", "default", "j") is None
     store.close()
+
+
+def _statements(store: Store) -> list[str]:
+    """Every SQL statement the store's connection runs from now on."""
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_step_over_unchanged_jobs_costs_no_read_nor_write_per_job(tmp_path: Path) -> None:
+    store, box, data, out, mono = _setup(tmp_path)
+    data.write_text("a\nb\n")  # below the threshold: nothing fires
+    n = 60
+    for i in range(n):
+        conds = [cond("Train", "Waiting")] if i % 3 else [cond("Train", "Waiting"), cond("Train", "Ready")]
+        node = NODE if i % 4 else "node-b"
+        store.put_resource(
+            "LifelongLearningJob", "default", f"k{i}", "5", job(f"k{i}", node, "ds", out, conds)
+        )
+    m = _manager(store, box, mono)
+    m.step()  # every job evaluated once (its progress record created)
+    m.step()
+    changes = store._conn.total_changes
+    seen = _statements(store)
+    for _ in range(5):
+        m.step()
+    assert store._conn.total_changes == changes  # nothing written
+    assert len(seen) <= 5 * 3, seen  # a listing of jobs and of datasets per step, not per job
+    assert _ready(box, "Train") == []
+    store.close()
+
+
+def test_a_skipped_job_is_evaluated_again_when_its_inputs_change(tmp_path: Path) -> None:
+    store, box, data, out, mono = _setup(tmp_path)
+    data.write_text("a\nb\n")
+    m = _manager(store, box, mono)
+    m.step()
+    m.step()
+    evaluated = m.evaluated
+    m.step()
+    assert m.evaluated == evaluated  # nothing changed: skipped
+    with data.open("a") as fh:  # the sample count changes: evaluated, fires
+        fh.write("".join(f"n{i}\n" for i in range(6)))
+    m.step()
+    assert [r["round"] for r in _ready(box, "Train")] == [1]
+    m.step()  # evaluated once more after writing its progress, then skipped
+    evaluated = m.evaluated
+    m.step()
+    assert m.evaluated == evaluated
+    # A new object (the GM's next round) is evaluated at once.
+    hist = [
+        cond("Train", "Waiting"),
+        cond("Train", "Ready"),
+        cond("Train", "Failed"),
+        cond("Train", "Waiting"),
+    ]
+    store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, hist))
+    with data.open("a") as fh:
+        fh.write("".join(f"m{i}\n" for i in range(6)))
+    m.step()
+    assert [r["round"] for r in _ready(box, "Train")] == [1, 2]
+    # A Dataset moved to another node: the job is no longer this node's to train.
+    store.put_resource("Dataset", "default", "ds", "7", dataset("ds", "node-b", data))
+    hist += [cond("Train", "Ready"), cond("Train", "Failed"), cond("Train", "Waiting")]
+    store.put_resource("LifelongLearningJob", "default", "j", "8", job("j", NODE, "ds", out, hist))
+    with data.open("a") as fh:
+        fh.write("".join(f"o{i}\n" for i in range(6)))
+    m.step()
+    assert len(_ready(box, "Train")) == 2
+    store.put_resource("Dataset", "default", "ds", "9", dataset("ds", NODE, data))  # and back
+    m.step()
+    assert [r["round"] for r in _ready(box, "Train")] == [1, 2, 3]
+    store.close()
+
+
+def test_the_check_period_still_runs_while_nothing_changes(tmp_path: Path) -> None:
+    """Checks at 0 and 60 find nothing; samples arriving at 90 wait for the check at 120,
+    exactly as if every step evaluated the job."""
+    store, box, data, _out, mono = _setup(tmp_path, period=60)
+    data.write_text("a\n")
+    m = _manager(store, box, mono)
+    for now in (0.0, 30.0, 60.0):
+        mono.now = now
+        m.step()
+    data.write_text("".join(f"s{i}\n" for i in range(10)))
+    for now in (90.0, 119.0):
+        mono.now = now
+        m.step()
+        assert _ready(box, "Train") == []
+    mono.now = 120.0
+    m.step()
+    assert [r["round"] for r in _ready(box, "Train")] == [1]
+    store.close()
+
+
+def test_a_timer_window_is_checked_at_every_step(tmp_path: Path) -> None:
+    store, box, _data, out, mono = _setup(tmp_path)
+    j = job("j", NODE, "ds", out, [cond("Train", "Waiting")])
+    j["spec"]["trainSpec"]["trigger"]["timer"] = {"start": "10:00", "end": "11:00"}
+    store.put_resource("LifelongLearningJob", "default", "j", "3", j)
+    wall = [datetime(2026, 1, 1, 9, 58)]
+    m = Manager(store, box, NODE, DatasetMonitor(), local_now=lambda: wall[0], mono=mono)
+    m.step()
+    m.step()
+    assert _ready(box, "Train") == []
+    wall[0] = datetime(2026, 1, 1, 10, 1)  # only the wall clock moved
+    m.step()
+    assert [r["round"] for r in _ready(box, "Train")] == [1]
+    store.close()
+
+
+def test_eval_waits_for_a_model_a_worker_reports_later(tmp_path: Path) -> None:
+    store, box, _data, out, mono = _setup(tmp_path)
+    hist = [
+        cond("Train", "Waiting"),
+        cond("Train", "Ready"),
+        cond("Train", "Completed"),
+        cond("Eval", "Waiting"),
+    ]
+    store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, hist))
+    reported: list[dict] = []
+    m = Manager(
+        store,
+        box,
+        NODE,
+        DatasetMonitor(),
+        worker_outputs=lambda _ns, _name, _stage, _rnd: list(reported),
+        local_now=lambda: datetime(2026, 1, 1, 12),
+        mono=mono,
+    )
+    m.step()
+    m.step()
+    assert _ready(box, "Eval") == []
+    reported.append({"url": str(tmp_path / "m.bin")})  # no change to the job or its dataset
+    m.step()
+    assert [r["round"] for r in _ready(box, "Eval")] == [1]
+    store.close()
+
+
+def test_a_restarted_manager_resumes_skipped_jobs_exactly(tmp_path: Path) -> None:
+    store, box, _data, _out, mono = _setup(tmp_path)
+    m = _manager(store, box, mono)
+    m.step()
+    m.step()
+    m.step()
+    assert [r["data"]["numberOfSamples"] for r in _ready(box, "Train")] == [10]
+    store.close()
+    store = Store(tmp_path / "lc.db", sync="normal")
+    box = Outbox(store)
+    m2 = _manager(store, box, mono)
+    m2.step()  # a new process evaluates every job once: round 1 is not fired again
+    assert [r["round"] for r in _ready(box, "Train")] == [1]
+    assert store.get_record("progress", "default", "j")["cursor"] == 10
+    store.close()

@@ -96,6 +96,67 @@ def test_full_policy_coalesce_then_refuse(store: Store) -> None:
     assert box.append("LifelongLearningJob", "ns", "j", {"n": 3}) is not None
 
 
+def _count(store: Store) -> int:
+    return int(store.query("SELECT count(*) FROM outbox")[0][0])
+
+
+def _exact(box: Outbox) -> int:
+    depth = box.depth()
+    assert depth == _count(box.store) == box.hello_state()["depth"] == box.stats().depth
+    return depth
+
+
+def test_append_does_not_count_the_table(store: Store) -> None:
+    box = Outbox(store, max_depth=10)
+    for i in range(5):
+        box.append("LifelongLearningJob", "ns", "j", {"i": i})
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    box.append("LifelongLearningJob", "ns", "j", {"i": 5})
+    box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
+    box.hello_state()
+    store._conn.set_trace_callback(None)
+    assert not [sql for sql in seen if "count(" in sql.lower()], seen
+    assert _exact(box) == 7
+
+
+def test_depth_counter_stays_exact(tmp_path: Path) -> None:
+    path = tmp_path / "lc.db"
+    store = Store(path, sync="normal")
+    box = Outbox(store, max_depth=6)
+    assert _exact(box) == 0
+    seqs = [box.append("LifelongLearningJob", "ns", "j", {"i": i}) for i in range(3)]
+    for n in range(3):  # coalescing: one row whatever the number of counts
+        box.append("Dataset", "ns", "d", {"numberOfSamples": n}, coalesce_key="Dataset/ns/d")
+    assert _exact(box) == 4 and box.coalesced == 2
+    assert box.ack(box.epoch, [seqs[0], seqs[0], 999]) == 1  # duplicates and unknown seqs
+    assert box.ack("other", [seqs[1]]) == 0
+    assert _exact(box) == 3
+    box.drop_unsendable(seqs[1])
+    box.drop_unsendable(seqs[1])  # already gone: not counted twice
+    assert _exact(box) == 2
+    for i in range(4):
+        box.append("LifelongLearningJob", "ns", "k", {"i": i})
+    assert _exact(box) == 6
+    with pytest.raises(OutboxFull):  # refused: nothing changes
+        box.append("LifelongLearningJob", "ns", "k", {"i": 9})
+    assert box.append("Dataset", "ns", "e", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/e") is None
+    assert box.append("Dataset", "ns", "d", {"numberOfSamples": 7}, coalesce_key="Dataset/ns/d")
+    assert _exact(box) == 6
+    box.ack(box.epoch, [seqs[2]])
+    with pytest.raises(RuntimeError), store.tx():  # a caller's transaction rolled back after the append
+        box.append("LifelongLearningJob", "ns", "k", {"i": 10})
+        assert box.depth() == 6
+        raise RuntimeError("crash")
+    assert _exact(box) == 5
+    state = box.hello_state()
+    store.close()
+    store = Store(path, sync="normal")
+    box = Outbox(store, max_depth=6)
+    assert _exact(box) == 5 and box.hello_state() == state
+    store.close()
+
+
 APPENDER = textwrap.dedent(
     """
     import sys
@@ -142,6 +203,9 @@ def test_sigkill_at_any_instant_loses_nothing(tmp_path: Path, run: int) -> None:
 
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # The depth counter committed with the rows it counts (before any reopen counts it anew).
+    counted = conn.execute("SELECT n FROM counters WHERE key='outbox'").fetchone()[0]
+    assert counted == conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
     conn.close()
     store = Store(db)
     box = Outbox(store)
