@@ -183,7 +183,14 @@ class GMState:
         return before
 
     def epoch(self, node: str) -> str | None:
-        """The outbox epoch of the node's last hello, or None if it never said hello."""
+        """The outbox epoch of the node's last hello, or None if it never said hello.
+
+        Called on the network thread for every report: a cached epoch is read without the
+        lock (a dict read; ``hello`` replaces the entry under the lock), so the network thread
+        never waits for a worker's database write."""
+        cached = self._epochs.get(node)
+        if cached is not None:
+            return cached
         with self._lock:
             if node not in self._epochs:
                 info = self.node(node)
@@ -223,20 +230,34 @@ class GMState:
             ).fetchone()
         return row is not None
 
-    def mark_applied(self, node: str, epoch: str, seq: int) -> None:
+    def mark_applied_many(self, node: str, epoch: str, seqs: list[int]) -> None:
+        """Record several applied reports in one transaction."""
         now = time.time()
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO applied (node, epoch, seq, at) VALUES (?, ?, ?, ?)",
-                (node, epoch, seq, now),
-            )
-            self._applied_since_prune += 1
-            if self._applied_since_prune >= 1000:
-                # A node that stays connected sends no hello (no lowSeq): records older than
-                # APPLIED_KEEP_SECONDS go anyway. A resend that old is still caught by the state
-                # machine (duplicate conditions) and by the round check.
-                self._applied_since_prune = 0
-                self._db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO applied (node, epoch, seq, at) VALUES (?, ?, ?, ?)",
+                    [(node, epoch, seq, now) for seq in seqs],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._prune_applied(len(seqs), now)
+
+    def mark_applied(self, node: str, epoch: str, seq: int) -> None:
+        self.mark_applied_many(node, epoch, [seq])
+
+    def _prune_applied(self, added: int, now: float) -> None:
+        self._applied_since_prune += added
+        if self._applied_since_prune >= 1000:
+            # A node that stays connected sends no hello (no lowSeq): records older than
+            # APPLIED_KEEP_SECONDS go anyway. A resend that old is still caught by the state
+            # machine (duplicate conditions) and by the round check.
+            self._applied_since_prune = 0
+            self._db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,))
 
     def applied_count(self, node: str) -> int:
         with self._lock:

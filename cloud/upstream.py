@@ -19,9 +19,13 @@ Accepted work is handed to the keyed executor: reports under the key of the obje
 
 Acknowledgements are coalesced per node: the first seq applied for a node queues one flush
 task on the executor (key ``("ack", node)``); every seq applied before that task runs joins
-the same ``ack``. Idle, a report is acknowledged as soon as it is stored; under a burst, one
-``ack`` carries as many seqs as were stored while the flush waited its turn (at most
-``ACK_BATCH`` per message).
+it. The flush records the batch's (node, epoch, seq) in one transaction, then sends one
+``ack`` (at most ``ACK_BATCH`` seqs per message). Idle, a report is acknowledged as soon as it
+is stored; under a burst, one ack covers every report stored while the flush waited its turn.
+A copy of a report arriving while its seq waits in a batch is a duplicate, as one arriving
+after it was recorded. A GM that dies between applying a report and recording it gets the
+report again and the controller finds it a duplicate (conditions are only appended by the
+state machine, which ignores an event it has already applied).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Upstream:
         self.max_payload = max_payload
         self._ack_lock = threading.Lock()
         self._acks: dict[tuple[str, str], list[int]] = {}  # (node, epoch) -> applied, not yet acked
+        self._acking: dict[tuple[str, str], set[int]] = {}  # the same seqs, for look-ups
 
     def filters(self) -> list[str]:
         return [self.topics.all_up_filter(), self.topics.all_presence_filter()]
@@ -180,7 +185,7 @@ class Upstream:
     def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller) -> None:
         assert env.seq is not None
         seq = env.seq
-        if self.state.is_applied(node, epoch, seq):
+        if self._waiting_ack(node, epoch, seq) or self.state.is_applied(node, epoch, seq):
             self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
             self._queue_ack(node, epoch, seq)
             return
@@ -194,28 +199,51 @@ class Upstream:
             return
         if log.isEnabledFor(logging.DEBUG):  # the fault suite counts applications from this line
             log.debug("report %s/%s/%d %s", node, epoch, seq, outcome.value if outcome else "rejected")
-        self.state.mark_applied(node, epoch, seq)
         if outcome is Outcome.APPLIED:
             self.metrics.upstream_applied.labels(kind=env.kind).inc()
         elif outcome is Outcome.DUPLICATE:
             self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
         self._queue_ack(node, epoch, seq)
 
-    def _queue_ack(self, node: str, epoch: str, seq: int) -> None:
-        """Acknowledge ``seq`` in the node's next ``ack`` (a flush is queued if none is)."""
+    def _waiting_ack(self, node: str, epoch: str, seq: int) -> bool:
         with self._ack_lock:
-            pending = self._acks.get((node, epoch))
+            return seq in self._acking.get((node, epoch), ())
+
+    def _queue_ack(self, node: str, epoch: str, seq: int) -> None:
+        """Record and acknowledge ``seq`` with the node's next batch (a flush is queued if none is)."""
+        key = (node, epoch)
+        with self._ack_lock:
+            pending = self._acks.get(key)
+            self._acking.setdefault(key, set()).add(seq)
             if pending is not None:
                 pending.append(seq)
                 return
-            self._acks[(node, epoch)] = [seq]
+            self._acks[key] = [seq]
         self.executor.submit(("ack", node), lambda: self._flush_acks(node, epoch))
 
     def _flush_acks(self, node: str, epoch: str) -> None:
+        key = (node, epoch)
         with self._ack_lock:
-            seqs = self._acks.pop((node, epoch), [])
-        for start in range(0, len(seqs), ACK_BATCH):
-            self.downstream.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
+            seqs = list(self._acks.get(key, ()))
+        try:
+            self.state.mark_applied_many(node, epoch, seqs)
+            recorded = True
+        except Exception:
+            log.exception("recording %d applied reports of node %s failed; not acknowledged", len(seqs), node)
+            recorded = False
+        with self._ack_lock:
+            rest = self._acks.get(key, [])[len(seqs) :]
+            if rest:
+                self._acks[key] = rest
+                self._acking[key] = set(rest)
+            else:
+                self._acks.pop(key, None)
+                self._acking.pop(key, None)
+        if rest:
+            self.executor.submit(("ack", node), lambda: self._flush_acks(node, epoch))
+        if recorded:
+            for start in range(0, len(seqs), ACK_BATCH):
+                self.downstream.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
 
 
 def _int_or_none(value: Any) -> int | None:

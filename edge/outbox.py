@@ -92,6 +92,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._inflight: dict[int, float] = {}  # seq -> clock() when published
         self._sent: set[int] = set()  # seqs published at least once by this process
+        # Every report with a seq <= _cursor is in flight or gone, so ``due`` reads only the
+        # rows after it (plus in-flight ones above it): O(window), not O(depth).
+        self._cursor = 0
         self.wakeup = threading.Event()  # set when there may be something to publish
         self.appended = 0
         self.sent = 0
@@ -152,12 +155,15 @@ class Outbox:
             for seq, sent_at in list(self._inflight.items()):
                 if now - sent_at >= self.ack_timeout:
                     del self._inflight[seq]
+                    self._cursor = min(self._cursor, seq - 1)
             room = self.window - len(self._inflight)
             if room <= 0:
                 return []
-            skip = set(self._inflight)
+            after = self._cursor
+            skip = {seq for seq in self._inflight if seq > after}
         rows = self.store.query(
-            "SELECT seq, kind, ns, name, body, ts FROM outbox ORDER BY seq LIMIT ?", (room + len(skip),)
+            "SELECT seq, kind, ns, name, body, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, room + len(skip)),
         )
         out = [
             Entry(seq, kind, ns, name, json.loads(body), ts)
@@ -169,6 +175,7 @@ class Outbox:
     def mark_sent(self, seq: int) -> None:
         with self._lock:
             self._inflight[seq] = self._clock()
+            self._cursor = max(self._cursor, seq)
             if seq in self._sent:
                 self.resent += 1
             else:
@@ -179,11 +186,13 @@ class Outbox:
         """A publish did not go out (connection lost): the report is due again at once."""
         with self._lock:
             self._inflight.pop(seq, None)
+            self._cursor = min(self._cursor, seq - 1)
 
     def reset_inflight(self) -> None:
         """After a reconnect: everything unacknowledged is due again."""
         with self._lock:
             self._inflight.clear()
+            self._cursor = 0
         self.wakeup.set()
 
     def inflight(self) -> int:

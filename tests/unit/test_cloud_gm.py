@@ -422,6 +422,29 @@ def test_reports_stored_while_an_ack_waits_its_turn_share_one_ack(gm: GM) -> Non
     wait_for(lambda: set(seqs) <= set(gm.acked_seqs("node-a")), what="every report acked")
     assert len(gm.bus.envelopes("node-a", Op.ACK)) - before == 1
     assert sorted(s for s in gm.acked_seqs("node-a") if s in seqs) == seqs
+    assert all(gm.svc.state.is_applied("node-a", "ep1", s) for s in seqs)  # recorded before the ack
+
+
+def test_a_copy_arriving_while_its_seq_waits_in_an_ack_batch_is_a_duplicate(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    ex, release = gm.svc.executor, threading.Event()
+    ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
+    # (the keys hash to fixed workers: the job's reports are applied while the acks wait)
+    assert ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1"))
+    seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: gm.svc.upstream._waiting_ack("node-a", "ep1", seq), what="the report applied")
+    assert not gm.svc.state.is_applied("node-a", "ep1", seq)  # not recorded yet
+    dup = gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get()
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
+    wait_for(
+        lambda: gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get() > dup,
+        what="the copy counted as a duplicate",
+    )
+    release.set()
+    gm.idle()
+    wait_for(lambda: gm.acked_seqs("node-a").count(seq) == 2, what="both copies acked")
+    assert gm.conditions().count(("Train", "Ready")) == 1
 
 
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:

@@ -106,6 +106,48 @@ def _exact(box: Outbox) -> int:
     return depth
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_due_matches_a_model_through_random_sends_losses_acks_and_timeouts(store: Store, seed: int) -> None:
+    # ``due`` reads only the rows after what it handed out; whatever happens to the reports in
+    # flight, it must return what a full scan would: the oldest not-in-flight, within the window.
+    rng = random.Random(seed)
+    clock = FakeClock()
+    box = Outbox(store, window=7, ack_timeout=10, clock=clock)
+    queued: set[int] = set()
+    inflight: dict[int, float] = {}
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.3:
+            for _ in range(rng.randint(1, 5)):
+                seq = box.append("LifelongLearningJob", "ns", "j", {"x": 1})
+                assert seq is not None
+                queued.add(seq)
+        elif op < 0.55:
+            inflight = {s: t for s, t in inflight.items() if clock.now - t < 10}
+            room = 7 - len(inflight)
+            want = sorted(queued - set(inflight))[: max(room, 0)]
+            got = [e.seq for e in box.due()]
+            assert got == want
+            for seq in got[: rng.randint(0, len(got))]:
+                box.mark_sent(seq)
+                inflight[seq] = clock.now
+        elif op < 0.65 and inflight:
+            seq = rng.choice(sorted(inflight))
+            box.unmark(seq)  # its publish failed
+            del inflight[seq]
+        elif op < 0.85 and queued:
+            acked = rng.sample(sorted(queued), rng.randint(1, min(4, len(queued))))
+            box.ack(box.epoch, acked)
+            queued -= set(acked)
+            for seq in acked:
+                inflight.pop(seq, None)
+        elif op < 0.95:
+            clock.now += rng.choice((1, 4, 11))
+        else:
+            box.reset_inflight()
+            inflight.clear()
+
+
 def test_append_does_not_count_the_table(store: Store) -> None:
     box = Outbox(store, max_depth=10)
     for i in range(5):
