@@ -169,6 +169,7 @@ class Manager:
         self._forget: set[tuple[str, str]] = set()
         self._forget_lock = threading.Lock()
         self._memo: dict[tuple[str, str], _Memo] = {}
+        self._uids: dict[tuple[str, str], str] = {}  # uid of each job evaluated (for fresh progress)
         self._wrote = False  # the job being evaluated wrote its progress
         self._counted: tuple[dict[str, Any], tuple[int | None, str]] | None = None
         self.rounds_fired = 0
@@ -182,7 +183,7 @@ class Manager:
     # -- progress --------------------------------------------------------------------------
     def progress(self, ns: str, name: str) -> dict[str, Any]:
         rec = self.store.get_record("progress", ns, name)
-        return rec if rec is not None else fresh_progress()
+        return rec if rec is not None else fresh_progress(self._uids.get((ns, name), ""))
 
     def _put_progress(self, ns: str, name: str, rec: dict[str, Any]) -> None:
         """Write a job's progress (joins the caller's transaction, if any); the job is
@@ -202,14 +203,18 @@ class Manager:
         so no delete came) is a new job: its progress starts over."""
         meta = job.get("metadata") or {}
         uid = str(meta.get("uid") or meta.get("creationTimestamp") or "")
+        self._uids[(ns, name)] = uid
         rec = self.store.get_record("progress", ns, name)
-        if rec is not None and rec.get("uid", uid) == uid:
+        if rec is None:
+            # Nothing to write: a job without a record has fresh progress (with this uid) until
+            # its first change writes the record; a new job costs no transaction.
+            return
+        if rec.get("uid", uid) == uid:
             if "uid" not in rec:
                 rec["uid"] = uid
                 self._put_progress(ns, name, rec)
             return
-        if rec is not None:
-            log.warning("job %s/%s was re-created (uid %s): its progress starts over", ns, name, uid)
+        log.warning("job %s/%s was re-created (uid %s): its progress starts over", ns, name, uid)
         self._put_progress(ns, name, fresh_progress(uid))
         self._last_check.pop((ns, name), None)
 
@@ -270,6 +275,8 @@ class Manager:
             )
         for key in [k for k in self._memo if k not in seen]:
             del self._memo[key]
+        for key in [k for k in self._uids if k not in seen]:
+            del self._uids[key]
 
     def _unchanged(  # noqa: PLR0917 - private
         self,

@@ -184,7 +184,7 @@ def test_a_step_over_unchanged_jobs_costs_no_read_nor_write_per_job(tmp_path: Pa
             "LifelongLearningJob", "default", f"k{i}", "5", job(f"k{i}", node, "ds", out, conds)
         )
     m = _manager(store, box, mono)
-    m.step()  # every job evaluated once (its progress record created)
+    m.step()  # every job evaluated once
     m.step()
     changes = store._conn.total_changes
     seen = _statements(store)
@@ -193,6 +193,28 @@ def test_a_step_over_unchanged_jobs_costs_no_read_nor_write_per_job(tmp_path: Pa
     assert store._conn.total_changes == changes  # nothing written
     assert len(seen) <= 5 * 3, seen  # a listing of jobs and of datasets per step, not per job
     assert _ready(box, "Train") == []
+    store.close()
+
+
+def test_new_jobs_cost_no_write_until_their_progress_changes(tmp_path: Path) -> None:
+    # An LC handed hundreds of jobs at once (a hello diff) must not commit once per job.
+    store, box, data, out, mono = _setup(tmp_path)
+    data.write_text("a\nb\n")  # below the threshold: nothing fires
+    for i in range(30):
+        obj = job(f"k{i}", NODE, "ds", out, [])
+        obj["metadata"]["uid"] = f"uid-{i}"
+        store.put_resource("LifelongLearningJob", "default", f"k{i}", "5", obj)
+    m = _manager(store, box, mono)
+    changes = store._conn.total_changes
+    m.step()
+    assert store._conn.total_changes == changes
+    assert store.get_record("progress", "default", "k0") is None
+    # the first change writes the record, with the job's uid (a later re-creation is detected)
+    data.write_text("".join(f"s{i}\n" for i in range(10)))
+    m.step()
+    rec = store.get_record("progress", "default", "k0")
+    assert rec is not None and rec["round"] == 1
+    assert rec["uid"] == "uid-0"
     store.close()
 
 
