@@ -129,6 +129,7 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0
+        self._changed: dict[str, set[tuple[str, str]]] = {}  # kind -> (ns, name) put or deleted
         self.moved_aside: Path | None = None  # where a corrupt database was moved by this open
         try:
             self._open(sync)
@@ -227,8 +228,16 @@ class Store:
         rows = self.query("SELECT rv FROM tombstones WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
         return str(rows[0][0]) if rows else None
 
+    def take_changed(self, kind: str) -> set[tuple[str, str]]:
+        """The (ns, name) of every resource of ``kind`` put or deleted since the last call (by
+        this process; a change rolled back is listed too). One consumer per kind: the manager
+        takes the jobs', so that a step reads only the jobs that changed."""
+        with self._lock:
+            return self._changed.pop(kind, set())
+
     def put_resource(self, kind: str, ns: str, name: str, rv: str, obj: dict[str, Any]) -> None:
         with self.tx() as c:
+            self._changed.setdefault(kind, set()).add((ns, name))
             c.execute(
                 "INSERT OR REPLACE INTO resources VALUES (?,?,?,?,?)", (kind, ns, name, rv, json.dumps(obj))
             )
@@ -236,6 +245,7 @@ class Store:
 
     def delete_resource(self, kind: str, ns: str, name: str, rv: str | None) -> None:
         with self.tx() as c:
+            self._changed.setdefault(kind, set()).add((ns, name))
             c.execute("DELETE FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
             if rv is not None:
                 c.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?,?,?)", (kind, ns, name, rv))

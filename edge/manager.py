@@ -169,6 +169,7 @@ class Manager:
         self._forget: set[tuple[str, str]] = set()
         self._forget_lock = threading.Lock()
         self._memo: dict[tuple[str, str], _Memo] = {}
+        self._jobs: dict[tuple[str, str], str] | None = None  # every job held -> its rv
         self._uids: dict[tuple[str, str], str] = {}  # uid of each job evaluated (for fresh progress)
         self._wrote = False  # the job being evaluated wrote its progress
         self._counted: tuple[dict[str, Any], tuple[int | None, str]] | None = None
@@ -227,9 +228,7 @@ class Manager:
             if self.store.get_resource(JOB_KIND, ns, name) is None:
                 self.store.delete_record("progress", ns, name)
                 self._last_check.pop((ns, name), None)
-        jobs = self.store.query(
-            "SELECT ns, name, rv FROM resources WHERE kind=? ORDER BY ns, name", (JOB_KIND,)
-        )
+        jobs = self._job_versions()
         ds_rvs = {
             (ns, name): str(rv)
             for ns, name, rv in self.store.query(
@@ -239,7 +238,7 @@ class Manager:
         now = self.mono()
         counts: dict[tuple[str, str], tuple[int | None, str]] = {}  # this step's dataset counts
         seen = set()
-        for ns, name, rv in jobs:
+        for (ns, name), rv in list(jobs.items()):
             key = (ns, name)
             seen.add(key)
             memo = self._memo.get(key)
@@ -277,6 +276,24 @@ class Manager:
             del self._memo[key]
         for key in [k for k in self._uids if k not in seen]:
             del self._uids[key]
+
+    def _job_versions(self) -> dict[tuple[str, str], str]:
+        """Every job held and its resourceVersion: read from the database at the first step,
+        then kept up to date from the store's list of changed jobs (no scan per step)."""
+        if self._jobs is None:
+            self.store.take_changed(JOB_KIND)
+            rows = self.store.query(
+                "SELECT ns, name, rv FROM resources WHERE kind=? ORDER BY ns, name", (JOB_KIND,)
+            )
+            self._jobs = {(ns, name): str(rv) for ns, name, rv in rows}
+            return self._jobs
+        for ns, name in sorted(self.store.take_changed(JOB_KIND)):
+            rv = self.store.held_rv(JOB_KIND, ns, name)
+            if rv is None:
+                self._jobs.pop((ns, name), None)
+            else:
+                self._jobs[(ns, name)] = rv
+        return self._jobs
 
     def _unchanged(  # noqa: PLR0917 - private
         self,
