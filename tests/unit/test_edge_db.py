@@ -92,3 +92,15 @@ def test_resource_versions(candidate: str, held: str | None, newer: bool, older:
     assert rv_newer(candidate, held) is newer
     if held is not None:
         assert rv_older(candidate, held) is older
+
+
+def test_take_changed_lists_each_put_or_deleted_resource_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lc.db", sync="normal")
+    store.put_resource("LifelongLearningJob", "default", "a", "1", {})
+    store.put_resource("LifelongLearningJob", "default", "a", "2", {})
+    store.put_resource("Dataset", "default", "d", "1", {})
+    store.delete_resource("LifelongLearningJob", "other", "b", "3")
+    assert store.take_changed("LifelongLearningJob") == {("default", "a"), ("other", "b")}
+    assert store.take_changed("LifelongLearningJob") == set()
+    assert store.take_changed("Dataset") == {("default", "d")}
+    store.close()
