@@ -95,9 +95,9 @@ def detail(key: str, r: dict[str, Any]) -> str:
             f"append at that depth {fmt(x.get('append_ms_at_depth'))} ms"
         )
     if key == "upstream":
-        return f"{x.get('reports')} reports of {x.get('payload_bytes')} B"
+        return f"{x.get('reports')} reports of {x.get('payload_bytes')} B{_runs(x)}"
     if key == "downstream":
-        return f"{x.get('jobs')} jobs of {x.get('payload_bytes')} B"
+        return f"{x.get('jobs')} jobs of {x.get('payload_bytes')} B{_runs(x)}"
     if key == "downstream-e2e":
         return f"HTTP apply alone (LC offline): {fmt(x.get('apply_rate_lc_offline'))} jobs/s"
     if key == "many-nodes":
@@ -110,6 +110,14 @@ def detail(key: str, r: dict[str, Any]) -> str:
     if key in ("many-nodes-hello", "footprint-gm"):
         return f"{x.get('nodes')} nodes"
     return ""
+
+
+def _runs(x: dict[str, Any]) -> str:
+    """The runs behind a median, lifelong / raw."""
+    if (x.get("runs") or 1) < 2:
+        return ""
+    pairs = zip(x.get("lifelong_runs") or [], x.get("raw_runs") or [], strict=False)
+    return f"; median of {x['runs']} runs ({', '.join(f'{fmt(a)}/{fmt(b)}' for a, b in pairs)})"
 
 
 def table(kind: str, results: dict[str, Any]) -> str:

@@ -121,34 +121,39 @@ class Downstream:
             except (KeyError, TypeError):
                 continue
         with self._lock:
-            self.state.reset_backoff(node)
-            rows = self.state.down_rows(node=node)
-            desired: list[DownRow] = []
-            for row in rows:
-                if row.op == "upsert":
-                    desired.append(row)
-                    if holds.get(row.key) == row.rv:
-                        self.state.ack_down(node, row.key, row.rv, "upsert")
+            # One transaction for the node's rows: a hello diff of hundreds of resources is one
+            # commit. Publishing inside it only queues (QoS 1: the broker's PUBACK comes later).
+            with self.state.transaction():
+                self.state.reset_backoff(node)
+                rows = self.state.down_rows(node=node)
+                desired: list[DownRow] = []
+                for row in rows:
+                    if row.op == "upsert":
+                        desired.append(row)
+                        if holds.get(row.key) != row.rv:
+                            self._send(row)
+                        elif not row.acked:
+                            self.state.ack_down(node, row.key, row.rv, "upsert")
+                    elif row.key in holds:
+                        self._send(row)  # a delete it has not seen
                     else:
-                        self._send(row)
-                elif row.key in holds:
-                    self._send(row)  # a delete it has not seen
-                else:
-                    self.state.drop_down(node, row.key)  # the tombstone has done its job
+                        self.state.drop_down(node, row.key)  # the tombstone has done its job
             body = {"resources": [{"kind": r.kind, "ns": r.ns, "name": r.name, "rv": r.rv} for r in desired]}
             env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=body)
             self._publish_env(self.topics.down_ctl(node), env)
 
     def on_ack(self, node: str, applied: Iterable[dict[str, Any]]) -> int:
-        count = 0
+        acks: list[tuple[Key, str, str]] = []
         for item in applied:
             try:
                 key = (str(item["kind"]), str(item["ns"]), str(item["name"]))
-                rv = str(item["rv"])
+                acks.append((key, str(item["rv"]), str(item.get("op", ""))))
             except (KeyError, TypeError):
                 continue
-            with self._lock:
-                if self.state.ack_down(node, key, rv, str(item.get("op", ""))):
+        count = 0
+        with self._lock, self.state.transaction():  # one commit per ack message
+            for key, rv, op in acks:
+                if self.state.ack_down(node, key, rv, op):
                     count += 1
         return count
 

@@ -24,7 +24,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,14 @@ class DownRow:
     name: str
     op: str  # "upsert" | "delete"
     rv: str
-    object: dict[str, Any] | None
+    object_json: str | None  # the object as sent, parsed only when asked for (``object``)
     acked_rv: str | None
     last_sent: float
     attempts: int
+
+    @property
+    def object(self) -> dict[str, Any] | None:
+        return None if self.object_json is None else json.loads(self.object_json)
 
     @property
     def acked(self) -> bool:
@@ -264,6 +269,21 @@ class GMState:
             return int(self._db.execute("SELECT COUNT(*) FROM applied WHERE node=?", (node,)).fetchone()[0])
 
     # -- downstream ------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the calls made inside into one transaction (one commit), holding the lock.
+
+        Not nested, and not around a method that opens its own (``hello``, ``mark_applied``)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def down_rows(
         self, node: str | None = None, key: tuple[str, str, str] | None = None, *, unacked: bool = False
     ) -> list[DownRow]:
@@ -400,7 +420,7 @@ def _down(row: Iterable[Any]) -> DownRow:
         str(name),
         str(op),
         str(rv),
-        None if obj is None else json.loads(obj),
+        None if obj is None else str(obj),
         None if acked is None else str(acked),
         float(last_sent),
         int(attempts),
