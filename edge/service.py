@@ -6,7 +6,9 @@ Called by ``commands`` (``lifelong lc``) and by tests that want an LC in-process
     lc-session       applies downstream messages, sends presence + hello on every connect
     lc-publisher     publishes due outbox reports within the in-flight window
     lc-control       every ``poll_seconds`` or on any change: dataset counts, the manager's
-                     decisions, the worker runtime, kept worker-API reports
+                     decisions, the worker runtime, kept worker-API reports. After a step it
+                     rests as long as the step took, so that a burst of changes (a hello diff
+                     of thousands of jobs) costs at most half a core, not one step per change
     lc-worker-api    the worker HTTP API (stdlib server, a thread per request)
     metrics          prometheus-client's server, when ``metrics_port`` is not 0
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -171,12 +174,17 @@ class LocalController:
 
     # -- the control loop ---------------------------------------------------------------------
     def _control_loop(self) -> None:
+        took = 0.0
         while not self._stop.is_set():
             self.wake.wait(self.settings.poll_seconds)
+            if took > 0.002:
+                self._stop.wait(took)  # the changes that arrive meanwhile join this step
             self.wake.clear()
             if self._stop.is_set():
                 return
+            t0 = time.monotonic()
             self.control_step()
+            took = time.monotonic() - t0
 
     def control_step(self) -> None:
         storage_error: str | None = None
