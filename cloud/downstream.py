@@ -121,8 +121,10 @@ class Downstream:
             except (KeyError, TypeError):
                 continue
         with self._lock:
-            # One transaction for the node's rows: a hello diff of hundreds of resources is one
-            # commit. Publishing inside it only queues (QoS 1: the broker's PUBACK comes later).
+            # One short transaction for the node's rows (a hello diff of hundreds of resources
+            # is one commit), then the publishing, outside it: the state's lock is also taken
+            # by the network thread (presence, hello), which must keep reading.
+            to_send: list[DownRow] = []
             with self.state.transaction():
                 self.state.reset_backoff(node)
                 rows = self.state.down_rows(node=node)
@@ -131,13 +133,17 @@ class Downstream:
                     if row.op == "upsert":
                         desired.append(row)
                         if holds.get(row.key) != row.rv:
-                            self._send(row)
+                            to_send.append(row)
                         elif not row.acked:
                             self.state.ack_down(node, row.key, row.rv, "upsert")
                     elif row.key in holds:
-                        self._send(row)  # a delete it has not seen
+                        to_send.append(row)  # a delete it has not seen
                     else:
                         self.state.drop_down(node, row.key)  # the tombstone has done its job
+                for row in to_send:
+                    self.state.mark_sent(row.node, row.key, row.rv)
+            for row in to_send:
+                self._send(row, mark=False)
             body = {"resources": [{"kind": r.kind, "ns": r.ns, "name": r.name, "rv": r.rv} for r in desired]}
             env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=body)
             self._publish_env(self.topics.down_ctl(node), env)
@@ -189,7 +195,7 @@ class Downstream:
         for row in self.state.down_rows(node=node, key=key):
             self._send(row)
 
-    def _send(self, row: DownRow) -> bool:
+    def _send(self, row: DownRow, *, mark: bool = True) -> bool:
         if row.op == "upsert":
             env = Envelope.new(
                 node=row.node,
@@ -204,7 +210,8 @@ class Downstream:
             env = Envelope.new(
                 node=row.node, kind=row.kind, ns=row.ns, name=row.name, op=Op.DELETE, rv=row.rv
             )
-        self.state.mark_sent(row.node, row.key, row.rv)
+        if mark:
+            self.state.mark_sent(row.node, row.key, row.rv)
         return self._publish_env(self.topics.down(row.node, row.kind, row.ns, row.name), env)
 
     def _publish_env(self, topic: str, env: Envelope) -> bool:
