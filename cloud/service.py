@@ -153,6 +153,16 @@ class GMSettings:
             raise ConfigError(f"leader election: {exc}") from None
 
 
+GM_MAX_INFLIGHT = 200
+"""QoS 1 messages the GM has on the wire unconfirmed: it publishes to every node at once."""
+GM_MAX_QUEUED = 50_000
+"""QoS 1 messages the GM's client may hold. A reconnect storm of 1,000 nodes makes ~2,000
+hellos answered by 2,000 syncs (plus upserts) within a second or two; the bus client's
+default of 1,000 refused part of them (``PublishError``), and a node whose sync was refused
+waited for its hello retry (10 s). Upserts are resent from the GM's state anyway; this is
+about memory only (a sync or ack is ~100 B to a few kB)."""
+
+
 def _open_store(settings: GMSettings) -> ResourceStore:
     if settings.store.startswith("sqlite:"):
         path = settings.store[len("sqlite:") :]
@@ -279,6 +289,8 @@ class GMService:
             will=will,
             reconnect=ReconnectPolicy(initial=0.2, maximum=5.0, jitter=0.5),
             on_connect=self._on_connect,
+            max_inflight=GM_MAX_INFLIGHT,
+            max_queued=GM_MAX_QUEUED,
         )
         self.downstream = Downstream(
             self.state,
