@@ -329,7 +329,13 @@ class GMService:
             self.runtime.set_phase_handler(self._on_runtime_phase)
         self.registry.register(self.jobs)
         self.registry.register(
-            DatasetController(self.store, self.downstream, self.metrics, enqueue_job=self.jobs.enqueue)
+            DatasetController(
+                self.store,
+                self.downstream,
+                self.metrics,
+                enqueue_job=self.jobs.enqueue,
+                jobs_using=self.jobs.jobs_using,
+            )
         )
         if isinstance(self.runtime, EdgeProcessRuntime):
             self.registry.register(

@@ -250,6 +250,24 @@ def test_offline_node_gets_nothing_until_its_hello_then_the_difference_and_a_syn
     }
 
 
+def test_a_dataset_moved_to_another_node_takes_its_jobs_there(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.hello("node-b")
+    gm.hello("node-c")
+    gm.api.apply(dataset(name="other", node="node-a"))  # not used by the job: not re-reconciled
+    gm.api.apply(dataset())
+    gm.api.apply(job())
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+    gm.idle()
+    assert not gm.bus.envelopes("node-c", kind="LifelongLearningJob")
+    gm.api.apply(dataset(node="node-c"))
+    wait_for(lambda: gm.bus.envelopes("node-c", Op.UPSERT, "LifelongLearningJob"), what="the job on node-c")
+    assert gm.svc.jobs.jobs_using("default", "ds1") == [("LifelongLearningJob", "default", "job1")]
+    assert gm.svc.jobs.jobs_using("default", "other") == []
+    gm.api.delete("LifelongLearningJob", "default", "job1")
+    wait_for(lambda: gm.svc.jobs.jobs_using("default", "ds1") == [], what="the index to forget the job")
+
+
 def test_hello_with_current_versions_sends_only_the_sync(gm: GM) -> None:
     setup_job(gm)
     wait_for(lambda: gm.bus.envelopes("node-b", Op.UPSERT), what="job on node-b")

@@ -39,11 +39,13 @@ class DatasetController:
         metrics: GMMetrics,
         *,
         enqueue_job: Callable[[Key], None] | None = None,
+        jobs_using: Callable[[str, str], list[Key]] | None = None,
     ) -> None:
         self.store = store
         self.downstream = downstream
         self.metrics = metrics
         self.enqueue_job = enqueue_job
+        self.jobs_using = jobs_using
         self._nodes: dict[Key, str | None] = {}
         self._lock = threading.Lock()
 
@@ -63,10 +65,18 @@ class DatasetController:
             if event.type == "DELETED":
                 self._nodes.pop(key, None)
         if changed and self.enqueue_job is not None:
-            for job in self.store.list(JOB_KIND, key[1]):
-                if (job.get("spec", {}).get("dataset") or {}).get("name") == key[2]:
-                    self.enqueue_job((JOB_KIND, key[1], job["metadata"]["name"]))
+            for job_key in self._jobs_using(key[1], key[2]):
+                self.enqueue_job(job_key)
         self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
+
+    def _jobs_using(self, ns: str, name: str) -> list[Key]:
+        if self.jobs_using is not None:
+            return self.jobs_using(ns, name)  # the job controller's index: no scan per change
+        return [
+            (JOB_KIND, ns, job["metadata"]["name"])
+            for job in self.store.list(JOB_KIND, ns)
+            if (job.get("spec", {}).get("dataset") or {}).get("name") == name
+        ]
 
     def report_key(self, env: Envelope) -> Key:
         return (KIND, env.ns, env.name)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -131,6 +132,9 @@ class LifelongLearningController:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.clock = clock
+        self._datasets: dict[Key, str] = {}  # job -> the Dataset it names (from its events)
+        self._jobs_of: dict[tuple[str, str], set[Key]] = {}  # (ns, dataset) -> those jobs
+        self._datasets_lock = threading.Lock()
 
     @property
     def _backoff(self) -> dict[str, float]:
@@ -140,6 +144,7 @@ class LifelongLearningController:
     def on_event(self, event: WatchEvent) -> None:
         key = event.key
         started = time.perf_counter()
+        self._index(event)
         try:
             if event.type == "DELETED":
                 _, ns, name = key
@@ -156,6 +161,26 @@ class LifelongLearningController:
 
     def enqueue(self, key: Key) -> None:
         self.executor.submit(key, lambda: self.reconcile(key))
+
+    def _index(self, event: WatchEvent) -> None:
+        ds = (event.object.get("spec", {}).get("dataset") or {}).get("name")
+        key = event.key
+        with self._datasets_lock:
+            old = self._datasets.pop(key, None)
+            if old is not None:
+                jobs = self._jobs_of.get((key[1], old), set())
+                jobs.discard(key)
+                if not jobs:
+                    self._jobs_of.pop((key[1], old), None)
+            if event.type != "DELETED" and isinstance(ds, str):
+                self._datasets[key] = ds
+                self._jobs_of.setdefault((key[1], ds), set()).add(key)
+
+    def jobs_using(self, ns: str, dataset: str) -> list[Key]:
+        """The jobs (seen in a store event) that name ``ns/dataset``: no scan of the store. A job
+        not seen yet is reconciled by its own event, which reads the dataset as it is then."""
+        with self._datasets_lock:
+            return sorted(self._jobs_of.get((ns, dataset), ()))
 
     def reconcile(self, key: Key) -> None:
         _, ns, name = key
