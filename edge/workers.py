@@ -88,6 +88,37 @@ def find_by_marker(exit_file: str) -> int | None:
     return None
 
 
+_FIELD_REFS = ("metadata.name", "metadata.namespace", "spec.nodeName")
+
+
+def container_env(
+    container: dict[str, Any], *, ns: str, name: str, node: Any
+) -> tuple[dict[str, str], list[str]]:
+    """The container's ``env`` as a local process gets it: literal values, and ``valueFrom``
+    ``fieldRef`` for the worker's name, namespace and node (what the Pod would have had).
+    Returns the variables and the names of those whose source cannot exist here (secrets,
+    config maps, resource fields, other fields)."""
+    fields = {"metadata.name": name, "metadata.namespace": ns, "spec.nodeName": node}
+    env: dict[str, str] = {}
+    unsupported: list[str] = []
+    for item in container.get("env") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        if item.get("value") is not None:
+            env[item["name"]] = str(item["value"])
+            continue
+        source = item.get("valueFrom")
+        if not isinstance(source, dict):
+            continue
+        ref = source.get("fieldRef")
+        path = ref.get("fieldPath") if isinstance(ref, dict) else None
+        if path in _FIELD_REFS and isinstance(fields[path], str):
+            env[item["name"]] = fields[path]
+        else:
+            unsupported.append(item["name"])
+    return env, unsupported
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -204,9 +235,17 @@ class WorkerRuntime:
             self.store.put_record("workers", ns, name, rec)
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_LC_")}
-        for item in container.get("env") or []:
-            if isinstance(item, dict) and isinstance(item.get("name"), str) and item.get("value") is not None:
-                env[item["name"]] = str(item["value"])
+        node = ((spec.get("template") or {}).get("spec") or {}).get("nodeName")
+        given, unsupported = container_env(container, ns=ns, name=name, node=node)
+        env.update(given)
+        if unsupported:
+            log.warning(
+                "worker %s/%s: env %s use valueFrom sources a local process cannot have (only "
+                "fieldRef metadata.name, metadata.namespace, spec.nodeName); left unset",
+                ns,
+                name,
+                ", ".join(unsupported),
+            )
         for key, value in (spec.get("env") or {}).items():
             env[str(key)] = str(value)
         env.update(

@@ -13,7 +13,7 @@ from harness.waiting import wait_for
 
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
-from lifelong.edge.workers import WorkerRuntime, find_by_marker, proc_start_time
+from lifelong.edge.workers import WorkerRuntime, container_env, find_by_marker, proc_start_time
 
 
 def _runtime(store: Store, tmp_path: Path) -> WorkerRuntime:
@@ -108,3 +108,23 @@ def test_marker_search_finds_only_the_wrapper_not_the_worker_it_forked(tmp_path:
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_container_env_resolves_the_pod_fields_a_local_process_can_have() -> None:
+    container = {
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "EMPTY"},
+            "not an item",
+        ]
+    }
+    env, unsupported = container_env(container, ns="default", name="j-train-1", node="edge-1")
+    assert env == {"A": "1", "POD": "j-train-1", "NS": "default", "NODE": "edge-1"}
+    assert unsupported == ["IP", "PW"]
+    # a template without nodeName: the variable cannot be given either
+    assert container_env(container, ns="d", name="w", node=None)[1] == ["NODE", "IP", "PW"]
