@@ -146,6 +146,21 @@ class GMState:
             self._db.close()
 
     # -- nodes -----------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the calls made inside into one transaction (one commit), holding the lock.
+
+        Not nested, and not around a method that opens its own (``hello``, ``mark_applied_many``)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def hello(
         self,
         node: str,
@@ -166,24 +181,23 @@ class GMState:
         """
         now = time.time()
         with self._lock:
-            before = self.node(node)
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen, "
-                "outbox_depth, outbox_low, outbox_next) "
-                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
-                "agent=excluded.agent, epoch=excluded.epoch, boot=excluded.boot, "
-                "last_hello=excluded.last_hello, last_seen=excluded.last_seen, "
-                "outbox_depth=excluded.outbox_depth, outbox_low=excluded.outbox_low, "
-                "outbox_next=excluded.outbox_next",
-                (node, agent, epoch, boot, now, now, depth, low_seq, next_seq),
-            )
-            self._db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
-            if low_seq is not None:
+            with self.transaction():
+                before = self.node(node)
                 self._db.execute(
-                    "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
+                    "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen, "
+                    "outbox_depth, outbox_low, outbox_next) "
+                    "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
+                    "agent=excluded.agent, epoch=excluded.epoch, boot=excluded.boot, "
+                    "last_hello=excluded.last_hello, last_seen=excluded.last_seen, "
+                    "outbox_depth=excluded.outbox_depth, outbox_low=excluded.outbox_low, "
+                    "outbox_next=excluded.outbox_next",
+                    (node, agent, epoch, boot, now, now, depth, low_seq, next_seq),
                 )
-            self._db.execute("COMMIT")
+                self._db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
+                if low_seq is not None:
+                    self._db.execute(
+                        "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
+                    )
             self._epochs[node] = epoch
         return before
 
@@ -239,17 +253,11 @@ class GMState:
         """Record several applied reports in one transaction."""
         now = time.time()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self.transaction():
                 self._db.executemany(
                     "INSERT OR IGNORE INTO applied (node, epoch, seq, at) VALUES (?, ?, ?, ?)",
                     [(node, epoch, seq, now) for seq in seqs],
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
             self._prune_applied(len(seqs), now)
 
     def mark_applied(self, node: str, epoch: str, seq: int) -> None:
@@ -269,21 +277,6 @@ class GMState:
             return int(self._db.execute("SELECT COUNT(*) FROM applied WHERE node=?", (node,)).fetchone()[0])
 
     # -- downstream ------------------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group the calls made inside into one transaction (one commit), holding the lock.
-
-        Not nested, and not around a method that opens its own (``hello``, ``mark_applied``)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
     def down_rows(
         self, node: str | None = None, key: tuple[str, str, str] | None = None, *, unacked: bool = False
     ) -> list[DownRow]:

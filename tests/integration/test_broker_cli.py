@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from harness.waiting import free_port, port_open, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -59,31 +59,6 @@ def _mosquitto_binary() -> str | None:
 
 MOSQUITTO = _mosquitto_binary()
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
-
-
-# -- small helpers: ports, deadlines ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # -- password files ---------------------------------------------------------------------------
@@ -148,10 +123,10 @@ def _spawn(kind: str, cmd: list[str], port: int, log: Path) -> BrokerProc:
     def up() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{kind} exited with {proc.returncode}:\n{broker.output()}")
-        return port_open(port)
+        return port_open(HOST, port)
 
     try:
-        wait_until(up, f"{kind} to listen on port {port}")
+        wait_for(up, timeout=TIMEOUT, what=f"{kind} to listen on port {port}")
     except BaseException:
         broker.stop(signal.SIGKILL)
         raise
@@ -424,7 +399,7 @@ def test_broker_serves_and_stops_cleanly(tmp_path: Path, clients: Callable[..., 
     assert rc == 0, out
     assert f"broker listening on {HOST}:{broker.port}" in out
     assert "Traceback" not in out
-    assert not port_open(broker.port)
+    assert not port_open(HOST, broker.port)
 
 
 def test_retained_messages_and_wills(tmp_path: Path, clients: Callable[..., Client]) -> None:
@@ -542,7 +517,7 @@ def test_sighup_reloads_the_password_file(tmp_path: Path, clients: Callable[...,
         def node_a_accepted() -> bool:
             return clients(broker.port, "node-a", USERS["node-a"]).connect() == 0
 
-        wait_until(node_a_accepted, "node-a to be accepted after SIGHUP")
+        wait_for(node_a_accepted, timeout=TIMEOUT, what="node-a to be accepted after SIGHUP")
         assert gm.subscribe("t/#") == 1, "a connected client is not affected by the reload"
     finally:
         assert broker.stop() == 0, broker.output()

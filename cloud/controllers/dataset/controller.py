@@ -26,7 +26,6 @@ from lifelong.common.statemachine import format_time, parse_time
 log = logging.getLogger(__name__)
 
 KIND = "Dataset"
-JOB_KIND = "LifelongLearningJob"
 
 
 class DatasetController:
@@ -64,19 +63,10 @@ class DatasetController:
             self._nodes[key] = node
             if event.type == "DELETED":
                 self._nodes.pop(key, None)
-        if changed and self.enqueue_job is not None:
-            for job_key in self._jobs_using(key[1], key[2]):
+        if changed and self.enqueue_job is not None and self.jobs_using is not None:
+            for job_key in self.jobs_using(key[1], key[2]):  # the job controller's index
                 self.enqueue_job(job_key)
         self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
-
-    def _jobs_using(self, ns: str, name: str) -> list[Key]:
-        if self.jobs_using is not None:
-            return self.jobs_using(ns, name)  # the job controller's index: no scan per change
-        return [
-            (JOB_KIND, ns, job["metadata"]["name"])
-            for job in self.store.list(JOB_KIND, ns)
-            if (job.get("spec", {}).get("dataset") or {}).get("name") == name
-        ]
 
     def report_key(self, env: Envelope) -> Key:
         return (KIND, env.ns, env.name)
