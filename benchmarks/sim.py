@@ -39,10 +39,9 @@ from benchmarks.infra import HOST, PREFIX
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.topics import Topics
+from lifelong.edge.session import HELLO_RETRY, HELLO_RETRY_CAP
 
 AGENT = "lifelong-sim/0.1.0"
-HELLO_RETRY = 10.0  # the LC's defaults (edge/session.py)
-HELLO_RETRY_CAP = 300.0
 Key = tuple[str, str, str]
 
 

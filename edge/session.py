@@ -46,6 +46,9 @@ log = logging.getLogger("lifelong.edge.session")
 
 JOB_KIND = "LifelongLearningJob"
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain); raises NotConnected
+HELLO_RETRY = 10.0
+"""Seconds to wait for a ``sync`` answering a hello before saying hello again (then doubling)."""
+HELLO_RETRY_CAP = 300.0
 
 
 class Session:
@@ -66,8 +69,8 @@ class Session:
         max_payload: int,
         on_change: Callable[[], None] = lambda: None,
         on_job_deleted: Callable[[str, str], None] = lambda ns, name: None,
-        hello_retry: float = 10.0,
-        hello_retry_cap: float = 300.0,
+        hello_retry: float = HELLO_RETRY,
+        hello_retry_cap: float = HELLO_RETRY_CAP,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
