@@ -42,6 +42,11 @@ def _manager(store: Store, box: Outbox, mono: Mono) -> Manager:
     return Manager(store, box, NODE, DatasetMonitor(), local_now=lambda: datetime(2026, 1, 1, 12), mono=mono)
 
 
+def _train_failed_once() -> list[dict]:
+    """A job's conditions after its first Train failed: back to Train/Waiting."""
+    return [cond("Train", t) for t in ("Waiting", "Ready", "Failed", "Waiting")]
+
+
 def _ready(box: Outbox, stage: str) -> list[dict]:
     box.window = 1 << 20
     return [e.body for e in box.due() if e.body.get("event") == "ready" and e.body.get("stage") == stage]
@@ -109,12 +114,7 @@ def test_truncated_dataset_starts_the_cursor_over(tmp_path: Path) -> None:
     store, box, data, out, mono = _setup(tmp_path)
     m = _manager(store, box, mono)
     m.step()
-    after = [
-        cond("Train", "Waiting"),
-        cond("Train", "Ready"),
-        cond("Train", "Failed"),
-        cond("Train", "Waiting"),
-    ]
+    after = _train_failed_once()
     store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, after))
     data.write_text("".join(f"r{i}\n" for i in range(7)))  # replaced by a shorter file
     m.step()
@@ -236,12 +236,7 @@ def test_a_skipped_job_is_evaluated_again_when_its_inputs_change(tmp_path: Path)
     m.step()
     assert m.evaluated == evaluated
     # A new object (the GM's next round) is evaluated at once.
-    hist = [
-        cond("Train", "Waiting"),
-        cond("Train", "Ready"),
-        cond("Train", "Failed"),
-        cond("Train", "Waiting"),
-    ]
+    hist = _train_failed_once()
     store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, hist))
     with data.open("a") as fh:
         fh.write("".join(f"m{i}\n" for i in range(6)))
