@@ -119,6 +119,16 @@ def container_env(
     return env, unsupported
 
 
+def _still_ours(pgid: int, start_time: Any) -> bool:
+    """Is process group ``pgid`` still the worker's? Its leader is the one started at
+    ``start_time``, or the leader is gone while the group lives on (Linux never hands out a
+    pid that is still a live group's id). A pid reused by an unrelated process is not ours."""
+    leader = proc_start_time(pgid)
+    if leader is None:
+        return _group_alive(pgid)
+    return start_time is not None and leader == start_time
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -147,7 +157,8 @@ class WorkerRuntime:
         self.stop_grace = stop_grace
         self.stop_on_exit = stop_on_exit
         self._children: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        self._stopping: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (pgid, SIGKILL time)
+        # key -> (pgid, its leader's start time, when to SIGKILL)
+        self._stopping: dict[tuple[str, str], tuple[int, Any, float]] = {}
 
     # -- queries ------------------------------------------------------------------------------
     def phases(self) -> dict[str, int]:
@@ -343,17 +354,17 @@ class WorkerRuntime:
             if ours and _group_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGTERM)
-                self._stopping[key] = (pid, time.monotonic() + self.stop_grace)
+                self._stopping[key] = (pid, rec.get("startTime"), time.monotonic() + self.stop_grace)
                 log.info("worker %s/%s: deleted, sent SIGTERM to group %d", key[0], key[1], pid)
         self.store.delete_record("workers", *key)
 
     def _check_stopping(self) -> None:
         now = time.monotonic()
-        for key, (pgid, kill_at) in list(self._stopping.items()):
+        for key, (pgid, started, kill_at) in list(self._stopping.items()):
             child = self._children.get(key)
             if child is not None:
                 child.poll()
-            if not _group_alive(pgid):
+            if not _group_alive(pgid) or not _still_ours(pgid, started):
                 self._stopping.pop(key, None)
                 self._children.pop(key, None)
                 continue
@@ -363,7 +374,7 @@ class WorkerRuntime:
                 log.warning(
                     "worker %s/%s: still alive after %.0fs, sent SIGKILL", key[0], key[1], self.stop_grace
                 )
-                self._stopping[key] = (pgid, now + 3600)
+                self._stopping[key] = (pgid, started, now + 3600)
 
     def stopping(self) -> int:
         return len(self._stopping)
@@ -374,7 +385,11 @@ class WorkerRuntime:
             return
         deadline = time.monotonic() + self.stop_grace
         groups = [
-            rec["pid"] for _ns, _n, rec in self.store.records("workers") if rec.get("phase") == "Running"
+            rec["pid"]
+            for _ns, _n, rec in self.store.records("workers")
+            if rec.get("phase") == "Running"
+            and isinstance(rec.get("pid"), int)
+            and _still_ours(rec["pid"], rec.get("startTime"))
         ]
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -128,3 +128,25 @@ def test_container_env_resolves_the_pod_fields_a_local_process_can_have() -> Non
     assert unsupported == ["IP", "PW"]
     # a template without nodeName: the variable cannot be given either
     assert container_env(container, ns="d", name="w", node=None)[1] == ["NODE", "IP", "PW"]
+
+
+def test_a_reused_pid_is_never_signalled_as_a_stopping_worker(tmp_path: Path) -> None:
+    # A worker's group was being stopped; its pid now leads an unrelated process group (pids
+    # wrap around). The runtime must drop the entry, not SIGKILL the stranger.
+    store = Store(tmp_path / "lc.db", sync="normal")
+    rt = _runtime(store, tmp_path)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        started = wait_for(lambda: proc_start_time(stranger.pid), what="the stranger to start")
+        rt._stopping[("default", "gone")] = (stranger.pid, started - 1, 0.0)  # another start time
+        rt._check_stopping()
+        assert rt.stopping() == 0
+        assert stranger.poll() is None  # not killed
+        rt._stopping[("default", "ours")] = (stranger.pid, started, 0.0)  # the same process: ours
+        rt._check_stopping()
+        wait_for(lambda: stranger.poll() is not None, what="our group to be killed")
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()
+        stranger.wait()
+        store.close()
