@@ -27,6 +27,21 @@ def _reports(store: Store) -> list[tuple[str, str, int | None]]:
     return [(e.name, e.body["phase"], e.body["exitCode"]) for e in box.due()]
 
 
+def _why_not_found(pid: int, home: Path) -> str:
+    """What the runtime could see of an unrecorded worker it did not find (for a failure)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        marker = f"LIFELONG_EXIT_FILE={home / 'exit-code'}".encode() in env
+        pgid = os.getpgid(pid)
+    except OSError as exc:
+        return f"wrapper {pid}: {exc}; files {sorted(p.name for p in home.iterdir())}"
+    logs = " | ".join(p.read_text(errors="replace")[-300:] for p in home.glob("*.log"))
+    return (
+        f"wrapper {pid}: start {proc_start_time(pid)}, pgid {pgid}, marker {marker}; "
+        f"files {sorted(p.name for p in home.iterdir())}; log {logs!r}"
+    )
+
+
 def test_exit_codes_and_stop(tmp_path: Path) -> None:
     store = Store(tmp_path / "lc.db", sync="normal")
     rt = _runtime(store, tmp_path)
@@ -72,7 +87,9 @@ def test_restart_finds_recorded_and_unrecorded_processes(tmp_path: Path) -> None
         again = _runtime(store, tmp_path)
         again.adopt()
         assert store.get_record("workers", "default", "j-train-1")["pid"] == pids[0]
-        assert store.get_record("workers", "default", "j-train-2")["pid"] == pids[1]
+        assert store.get_record("workers", "default", "j-train-2")["pid"] == pids[1], _why_not_found(
+            pids[1], Path(rec["dir"])
+        )
         assert store.get_record("workers", "default", "j-train-2")["phase"] == "Running"
     finally:
         for pid in pids:
