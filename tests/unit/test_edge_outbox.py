@@ -97,7 +97,9 @@ def test_full_policy_coalesce_then_refuse(store: Store) -> None:
 
 
 def _count(store: Store) -> int:
-    return int(store.query("SELECT count(*) FROM outbox")[0][0])
+    row = store.db.fetchone("SELECT count(*) FROM outbox")
+    assert row is not None
+    return int(row[0])
 
 
 def _exact(box: Outbox) -> int:
@@ -153,11 +155,11 @@ def test_append_does_not_count_the_table(store: Store) -> None:
     for i in range(5):
         box.append("LifelongLearningJob", "ns", "j", {"i": i})
     seen: list[str] = []
-    store._conn.set_trace_callback(seen.append)
+    store.db.trace(seen.append)
     box.append("LifelongLearningJob", "ns", "j", {"i": 5})
     box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
     box.hello_state()
-    store._conn.set_trace_callback(None)
+    store.db.trace(None)
     assert not [sql for sql in seen if "count(" in sql.lower()], seen
     assert _exact(box) == 7
 
