@@ -264,3 +264,21 @@ def test_sigkill_at_any_instant_loses_nothing(tmp_path: Path, run: int) -> None:
 def _all(box: Outbox) -> list:
     box.window = 1 << 30
     return box.due()
+
+
+def test_a_count_refused_inside_a_callers_transaction_keeps_the_older_count(store: Store) -> None:
+    # Over its bound (the bound was lowered since the reports were queued), a coalescing append
+    # deletes the older count, finds no room and is refused: its own savepoint rolls back, so
+    # the older count stays queued although the caller's transaction goes on and commits.
+    box = Outbox(store, max_depth=10)
+    box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
+    box.append("LifelongLearningJob", "ns", "j", {"n": 1})
+    box.append("LifelongLearningJob", "ns", "j", {"n": 2})
+    small = Outbox(store, max_depth=2)
+    with store.tx():
+        store.put_record("datasets", "ns", "d", {"reported": 1})
+        assert small.append("Dataset", "ns", "d", {"numberOfSamples": 2}, coalesce_key="Dataset/ns/d") is None
+    assert small.dropped == 1
+    assert store.get_record("datasets", "ns", "d") == {"reported": 1}  # the caller's change committed
+    assert [e.body for e in _all(small)] == [{"numberOfSamples": 1}, {"n": 1}, {"n": 2}]
+    assert _exact(small) == 3
