@@ -125,11 +125,10 @@ class GMState:
         # NORMAL in WAL mode survives any process crash; a power cut may lose the last
         # records, which costs at most a duplicate apply (caught by the state machine) or a
         # resend (repaired by the next hello's diff).
-        self.db = path if isinstance(path, Database) else Database(path, synchronous="normal")
+        self.db = Database.of(path, synchronous="normal")
         self.path = str(self.db.path)
         with self.db.transaction():
-            for statement in _SCHEMA:
-                self.db.execute(statement)
+            self.db.execute_all(_SCHEMA)
             self._migrate()
         self._applied_since_prune = 0
         # node -> outbox epoch of its last hello: read for every upstream report, written only

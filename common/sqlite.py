@@ -127,6 +127,19 @@ class Database:
             )
             self._conn = self._open(check=False)
 
+    @classmethod
+    def of(
+        cls,
+        source: str | Path | Database,
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        recover_corrupt: bool = False,
+    ) -> Database:
+        """``source`` itself if it is an open database (a test's seam), else the file opened."""
+        if isinstance(source, Database):
+            return source
+        return cls(source, synchronous=synchronous, recover_corrupt=recover_corrupt)
+
     def _open(self, *, check: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             str(self.path), check_same_thread=False, isolation_level=None, timeout=self.busy_timeout
@@ -253,6 +266,12 @@ class Database:
         with self._lock:
             self._check_alive()
             return self._conn.execute(sql, params)
+
+    def execute_all(self, statements: Iterable[str]) -> None:
+        """Run several statements (a schema) in one transaction."""
+        with self.transaction():
+            for statement in statements:
+                self.execute(statement)
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> int:
         """Run one statement for each of ``rows``; the number of rows changed."""

@@ -101,16 +101,12 @@ class Store:
     """
 
     def __init__(self, path: Path | Database, *, sync: str = "full") -> None:
-        if isinstance(path, Database):
-            self.db = path
-        else:
-            self.db = Database(path, synchronous="full" if sync == "full" else "normal", recover_corrupt=True)
+        self.db = Database.of(path, synchronous="full" if sync == "full" else "normal", recover_corrupt=True)
         self.path: Path = self.db.path
         self._changed_lock = threading.Lock()
         self._changed: dict[str, set[tuple[str, str]]] = {}  # kind -> (ns, name) put or deleted
         with self.db.transaction():
-            for statement in _SCHEMA:
-                self.db.execute(statement)
+            self.db.execute_all(_SCHEMA)
             if self.db.fetchone("SELECT value FROM meta WHERE key='epoch'") is None:
                 self.db.execute("INSERT INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))
                 self.db.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
@@ -120,7 +116,7 @@ class Store:
         self.epoch: str = str(row[0])
         if self.moved_aside is not None:
             log.warning(
-                "new local database %s: new outbox epoch %s, the GM resends the desired state",
+                "local database %s started anew: new outbox epoch %s, the GM resends the desired state",
                 self.path,
                 self.epoch,
             )
@@ -274,8 +270,7 @@ class OutboxTable:
     def __init__(self, db: Database) -> None:
         self.db = db
         with db.transaction():
-            for statement in _OUTBOX_SCHEMA:
-                db.execute(statement)
+            db.execute_all(_OUTBOX_SCHEMA)
             # Counted once per open (a database of an older version has no counter yet); from
             # then on the triggers keep it exact, in the transaction of each change.
             db.execute("INSERT OR REPLACE INTO counters VALUES ('outbox', (SELECT count(*) FROM outbox))")

@@ -91,11 +91,9 @@ class SqliteStore:
     :class:`~lifelong.common.sqlite.Database` (tests that prune its change log)."""
 
     def __init__(self, path: str | Path | Database) -> None:
-        self.db = path if isinstance(path, Database) else Database(path, synchronous="full")
+        self.db = Database.of(path, synchronous="full")
         self.path = str(self.db.path)
-        with self.db.transaction():
-            for statement in _SCHEMA:
-                self.db.execute(statement)
+        self.db.execute_all(_SCHEMA)
         # Woken after every committed change: watchers wait on it. Its lock is never held
         # while waiting for the database's (a watcher reads with it released).
         self._changed = threading.Condition()
