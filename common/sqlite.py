@@ -79,7 +79,9 @@ class Database:
 
     Transactions nest (:meth:`transaction`), which is what lets a batch of changes commit at
     once: ``with db.transaction(): for m in batch: repo.apply(m)`` is one ``COMMIT`` (one
-    fsync with ``synchronous="full"``), whatever transactions ``repo.apply`` opens itself.
+    fsync with ``synchronous="full"``), whatever transactions ``repo.apply`` opens itself;
+    with an inner ``with db.transaction():`` around each message, one bad message rolls back
+    alone and the others still commit.
 
     ``recover_corrupt``: check the file at open (``PRAGMA quick_check``); a corrupt one is
     renamed ``<name>.corrupt-<UTC time>`` with its -wal/-shm (kept for an operator, never
@@ -110,10 +112,11 @@ class Database:
         try:
             self._conn = self._open(check=recover_corrupt)
         except sqlite3.DatabaseError as exc:
-            if not recover_corrupt or self.memory:
+            not_corrupt = isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc)
+            if not recover_corrupt or self.memory or not_corrupt:
+                # locked, unwritable, disk full ...: not corruption, nothing is moved
+                self._close_quietly()
                 raise
-            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
-                raise  # locked, unwritable, disk full ...: not corruption, nothing is moved
             # Renamed while still open, so that closing cannot remove or checkpoint the WAL
             # (it may hold the last committed changes) under its old name.
             self.moved_aside = _move_aside(self.path)

@@ -83,6 +83,27 @@ def test_an_inner_failure_rolls_back_only_the_inner_block(db: Database) -> None:
     assert _rows(db) == {"before": 1, "after": 3}
 
 
+def test_a_batch_commits_once_and_a_bad_message_rolls_back_alone(db: Database) -> None:
+    def apply(key: str) -> None:  # a repository method with a transaction of its own
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (?, 1)", (key,))
+            if key == "bad":
+                raise ValueError(key)
+
+    statements: list[str] = []
+    db.trace(statements.append)
+    with db.transaction():
+        for key in ("m1", "bad", "m2", "m3"):
+            try:
+                with db.transaction():  # one savepoint per message
+                    apply(key)
+            except ValueError:
+                pass  # logged and counted by the caller; the batch goes on
+    db.trace(None)
+    assert _rows(db) == {"m1": 1, "m2": 1, "m3": 1}
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+
+
 def test_an_outer_failure_rolls_back_released_inner_blocks_too(db: Database, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="outer"), db.transaction():
         with db.transaction():
