@@ -15,47 +15,48 @@ Tables:
                 (delete) until the node acknowledges it.
 ``worker_info`` the last body each worker posted to its LC (``workerInfo`` reports)
 
-Thread-safe: one connection behind a lock.
+Thread-safe: one :class:`~lifelong.common.sqlite.Database` (one connection behind a lock);
+``transaction()`` groups calls into one commit and nests (docs/architecture.md, "Storage").
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lifelong.common.sqlite import Database
+
 APPLIED_KEEP_SECONDS = 7 * 24 * 3600.0
 """How long an applied (node, epoch, seq) is remembered when no hello prunes it first."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT NOT NULL DEFAULT '',
     epoch TEXT NOT NULL DEFAULT '', boot TEXT NOT NULL DEFAULT '',
     last_hello REAL NOT NULL DEFAULT 0, last_seen REAL NOT NULL DEFAULT 0,
     outbox_depth INTEGER, outbox_low INTEGER, outbox_next INTEGER
-);
-CREATE TABLE IF NOT EXISTS applied (
+)""",
+    """CREATE TABLE IF NOT EXISTS applied (
     node TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (node, epoch, seq)
-);
-CREATE TABLE IF NOT EXISTS downstream (
+)""",
+    """CREATE TABLE IF NOT EXISTS downstream (
     node TEXT NOT NULL, kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
     op TEXT NOT NULL, rv TEXT NOT NULL, object TEXT, acked_rv TEXT,
     last_sent REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node, kind, ns, name)
-);
-CREATE INDEX IF NOT EXISTS downstream_by_key ON downstream (kind, ns, name);
-CREATE TABLE IF NOT EXISTS worker_info (
+)""",
+    "CREATE INDEX IF NOT EXISTS downstream_by_key ON downstream (kind, ns, name)",
+    """CREATE TABLE IF NOT EXISTS worker_info (
     ns TEXT NOT NULL, job TEXT NOT NULL, worker TEXT NOT NULL, info TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (ns, job, worker)
-);
-"""
+)""",
+)
 
 _NODE_COLUMNS_ADDED = (
     ("outbox_depth", "INTEGER"),
@@ -114,53 +115,43 @@ class DownRow:
 
 
 class GMState:
-    """SQLite bookkeeping of the GM (``:memory:`` for tests)."""
+    """The repository of the GM's bookkeeping tables.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+    ``path`` is the database file (``:memory:`` for tests) or an open
+    :class:`~lifelong.common.sqlite.Database`. Every method commits on its own, or joins the
+    caller's ``with state.transaction():``."""
+
+    def __init__(self, path: str | Path | Database) -> None:
         # NORMAL in WAL mode survives any process crash; a power cut may lose the last
         # records, which costs at most a duplicate apply (caught by the state machine) or a
         # resend (repaired by the next hello's diff).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-        self._lock = threading.RLock()
+        self.db = Database.of(path, synchronous="normal")
+        self.path = str(self.db.path)
+        with self.db.transaction():
+            self.db.execute_all(_SCHEMA)
+            self._migrate()
         self._applied_since_prune = 0
         # node -> outbox epoch of its last hello: read for every upstream report, written only
-        # by ``hello``, so kept in memory instead of a SELECT per report on the network thread.
+        # once a hello commits, so kept in memory instead of a SELECT per report on the network
+        # thread.
         self._epochs: dict[str, str] = {}
 
     def _migrate(self) -> None:
         """Add the columns a database made by an older GM lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
-        have = {str(row[1]) for row in self._db.execute("PRAGMA table_info(nodes)")}
+        have = {str(row[1]) for row in self.db.fetchall("PRAGMA table_info(nodes)")}
         for column, decl in _NODE_COLUMNS_ADDED:
             if column not in have:
-                self._db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {decl}")
+                self.db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
+
+    def transaction(self) -> AbstractContextManager[Database]:
+        """Group the calls made inside into one transaction (one commit). It nests: a method
+        that opens its own (``hello``, ``mark_applied_many``) joins it as a savepoint."""
+        return self.db.transaction()
 
     # -- nodes -----------------------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group the calls made inside into one transaction (one commit), holding the lock.
-
-        Not nested, and not around a method that opens its own (``hello``, ``mark_applied_many``)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
     def hello(
         self,
         node: str,
@@ -180,84 +171,69 @@ class GMState:
         Returns the node as it was before (None if never seen).
         """
         now = time.time()
-        with self._lock:
-            with self.transaction():
-                before = self.node(node)
-                self._db.execute(
-                    "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen, "
-                    "outbox_depth, outbox_low, outbox_next) "
-                    "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
-                    "agent=excluded.agent, epoch=excluded.epoch, boot=excluded.boot, "
-                    "last_hello=excluded.last_hello, last_seen=excluded.last_seen, "
-                    "outbox_depth=excluded.outbox_depth, outbox_low=excluded.outbox_low, "
-                    "outbox_next=excluded.outbox_next",
-                    (node, agent, epoch, boot, now, now, depth, low_seq, next_seq),
+        with self.db.transaction():
+            before = self.node(node)
+            self.db.execute(
+                "INSERT INTO nodes (node, online, agent, epoch, boot, last_hello, last_seen, "
+                "outbox_depth, outbox_low, outbox_next) "
+                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET online=1, "
+                "agent=excluded.agent, epoch=excluded.epoch, boot=excluded.boot, "
+                "last_hello=excluded.last_hello, last_seen=excluded.last_seen, "
+                "outbox_depth=excluded.outbox_depth, outbox_low=excluded.outbox_low, "
+                "outbox_next=excluded.outbox_next",
+                (node, agent, epoch, boot, now, now, depth, low_seq, next_seq),
+            )
+            self.db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
+            if low_seq is not None:
+                self.db.execute(
+                    "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
                 )
-                self._db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
-                if low_seq is not None:
-                    self._db.execute(
-                        "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
-                    )
-            self._epochs[node] = epoch
+            self.db.after_commit(lambda: self._epochs.__setitem__(node, epoch))
         return before
 
     def epoch(self, node: str) -> str | None:
         """The outbox epoch of the node's last hello, or None if it never said hello.
 
         Called on the network thread for every report: a cached epoch is read without the
-        lock (a dict read; ``hello`` replaces the entry under the lock), so the network thread
+        lock (a dict read; a hello replaces the entry once it commits), so the network thread
         never waits for a worker's database write."""
         cached = self._epochs.get(node)
         if cached is not None:
             return cached
-        with self._lock:
-            if node not in self._epochs:
-                info = self.node(node)
-                if info is None or not info.epoch:
-                    return None
-                self._epochs[node] = info.epoch
-            return self._epochs[node]
+        info = self.node(node)
+        if info is None or not info.epoch:
+            return None
+        # A hello that committed since the read above has set the newer epoch: keep it.
+        return self._epochs.setdefault(node, info.epoch)
 
     def set_online(self, node: str, online: bool, agent: str = "") -> None:
-        now = time.time()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO nodes (node, online, agent, last_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(node) DO UPDATE SET online=excluded.online, last_seen=excluded.last_seen, "
-                "agent=CASE WHEN excluded.agent != '' THEN excluded.agent ELSE nodes.agent END",
-                (node, int(online), agent, now),
-            )
+        self.db.execute(
+            "INSERT INTO nodes (node, online, agent, last_seen) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(node) DO UPDATE SET online=excluded.online, last_seen=excluded.last_seen, "
+            "agent=CASE WHEN excluded.agent != '' THEN excluded.agent ELSE nodes.agent END",
+            (node, int(online), agent, time.time()),
+        )
 
     def node(self, node: str) -> NodeInfo | None:
-        with self._lock:
-            row = self._db.execute(
-                _NODE_SELECT + " WHERE node=?",
-                (node,),
-            ).fetchone()
+        row = self.db.fetchone(_NODE_SELECT + " WHERE node=?", (node,))
         return None if row is None else _node(row)
 
     def nodes(self) -> list[NodeInfo]:
-        with self._lock:
-            rows = self._db.execute(_NODE_SELECT + " ORDER BY node").fetchall()
-        return [_node(r) for r in rows]
+        return [_node(r) for r in self.db.fetchall(_NODE_SELECT + " ORDER BY node")]
 
     # -- upstream dedupe -------------------------------------------------------------------
     def is_applied(self, node: str, epoch: str, seq: int) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM applied WHERE node=? AND epoch=? AND seq=?", (node, epoch, seq)
-            ).fetchone()
+        row = self.db.fetchone("SELECT 1 FROM applied WHERE node=? AND epoch=? AND seq=?", (node, epoch, seq))
         return row is not None
 
     def mark_applied_many(self, node: str, epoch: str, seqs: list[int]) -> None:
         """Record several applied reports in one transaction."""
         now = time.time()
-        with self._lock:
-            with self.transaction():
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO applied (node, epoch, seq, at) VALUES (?, ?, ?, ?)",
-                    [(node, epoch, seq, now) for seq in seqs],
-                )
+        with self.db.transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO applied (node, epoch, seq, at) VALUES (?, ?, ?, ?)",
+                [(node, epoch, seq, now) for seq in seqs],
+            )
             self._prune_applied(len(seqs), now)
 
     def mark_applied(self, node: str, epoch: str, seq: int) -> None:
@@ -270,11 +246,11 @@ class GMState:
             # APPLIED_KEEP_SECONDS go anyway. A resend that old is still caught by the state
             # machine (duplicate conditions) and by the round check.
             self._applied_since_prune = 0
-            self._db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,))
+            self.db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,))
 
     def applied_count(self, node: str) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM applied WHERE node=?", (node,)).fetchone()[0])
+        row = self.db.fetchone("SELECT COUNT(*) FROM applied WHERE node=?", (node,))
+        return int(row[0]) if row else 0
 
     # -- downstream ------------------------------------------------------------------------
     def down_rows(
@@ -291,9 +267,7 @@ class GMState:
             args.extend(key)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY node, kind, ns, name", args).fetchall()
-        return [_down(r) for r in rows]
+        return [_down(r) for r in self.db.fetchall(sql + " ORDER BY node, kind, ns, name", args)]
 
     def set_down(
         self, node: str, key: tuple[str, str, str], op: str, rv: str, obj: dict[str, Any] | None
@@ -301,14 +275,14 @@ class GMState:
         """Record what ``node`` should hold for ``key``; True if it differs from before (resend)."""
         kind, ns, name = key
         text = None if obj is None else json.dumps(obj, separators=(",", ":"), sort_keys=True)
-        with self._lock:
-            row = self._db.execute(
+        with self.db.transaction():
+            row = self.db.fetchone(
                 "SELECT op, rv FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?",
                 (node, kind, ns, name),
-            ).fetchone()
+            )
             if row is not None and row[0] == op and row[1] == rv:
                 return False
-            self._db.execute(
+            self.db.execute(
                 "INSERT OR REPLACE INTO downstream (node, kind, ns, name, op, rv, object, acked_rv, "
                 "last_sent, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0)",
                 (node, kind, ns, name, op, rv, text),
@@ -316,47 +290,41 @@ class GMState:
         return True
 
     def mark_sent(self, node: str, key: tuple[str, str, str], rv: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE downstream SET last_sent=?, attempts=attempts+1 "
-                "WHERE node=? AND kind=? AND ns=? AND name=? AND rv=?",
-                (time.time(), node, *key, rv),
-            )
+        self.db.execute(
+            "UPDATE downstream SET last_sent=?, attempts=attempts+1 "
+            "WHERE node=? AND kind=? AND ns=? AND name=? AND rv=?",
+            (time.time(), node, *key, rv),
+        )
 
     def reset_backoff(self, node: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE downstream SET last_sent=0, attempts=0 WHERE node=?", (node,))
+        self.db.execute("UPDATE downstream SET last_sent=0, attempts=0 WHERE node=?", (node,))
 
     def ack_down(self, node: str, key: tuple[str, str, str], rv: str, op: str) -> bool:
         """The node stored (or ignored as stale) ``rv`` of ``key``. Tombstones go away once acked."""
-        with self._lock:
-            row = self._db.execute(
+        with self.db.transaction():
+            row = self.db.fetchone(
                 "SELECT op, rv FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key)
-            ).fetchone()
+            )
             if row is None or row[1] != rv:
                 return False
             if row[0] == "delete":
-                self._db.execute(
+                self.db.execute(
                     "DELETE FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key)
                 )
             else:
-                self._db.execute(
+                self.db.execute(
                     "UPDATE downstream SET acked_rv=? WHERE node=? AND kind=? AND ns=? AND name=?",
                     (rv, node, *key),
                 )
         return True
 
     def drop_down(self, node: str, key: tuple[str, str, str]) -> None:
-        with self._lock:
-            self._db.execute(
-                "DELETE FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key)
-            )
+        self.db.execute("DELETE FROM downstream WHERE node=? AND kind=? AND ns=? AND name=?", (node, *key))
 
     def unacked_counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT node, COUNT(*) FROM downstream WHERE acked_rv IS NULL OR acked_rv != rv GROUP BY node"
-            ).fetchall()
+        rows = self.db.fetchall(
+            "SELECT node, COUNT(*) FROM downstream WHERE acked_rv IS NULL OR acked_rv != rv GROUP BY node"
+        )
         return {str(n): int(c) for n, c in rows}
 
     # -- worker info -----------------------------------------------------------------------
@@ -364,28 +332,26 @@ class GMState:
         """Keep a worker's last posted info; False when it already held exactly this (a report
         applied again after a GM crash between applying it and recording its seq)."""
         data = json.dumps(info, separators=(",", ":"))
-        with self._lock:
-            row = self._db.execute(
+        with self.db.transaction():
+            row = self.db.fetchone(
                 "SELECT info FROM worker_info WHERE ns=? AND job=? AND worker=?", (ns, job, worker)
-            ).fetchone()
+            )
             if row is not None and row[0] == data:
                 return False
-            self._db.execute(
+            self.db.execute(
                 "INSERT OR REPLACE INTO worker_info (ns, job, worker, info, at) VALUES (?, ?, ?, ?, ?)",
                 (ns, job, worker, data, time.time()),
             )
             return True
 
     def worker_info(self, ns: str, job: str) -> dict[str, Any]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT worker, info FROM worker_info WHERE ns=? AND job=? ORDER BY worker", (ns, job)
-            ).fetchall()
+        rows = self.db.fetchall(
+            "SELECT worker, info FROM worker_info WHERE ns=? AND job=? ORDER BY worker", (ns, job)
+        )
         return {str(w): json.loads(i) for w, i in rows}
 
     def forget_job(self, ns: str, job: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM worker_info WHERE ns=? AND job=?", (ns, job))
+        self.db.execute("DELETE FROM worker_info WHERE ns=? AND job=?", (ns, job))
 
 
 def _node(row: Iterable[Any]) -> NodeInfo:

@@ -1,11 +1,13 @@
-"""The LC's local state: one SQLite database (WAL) under the state directory.
+"""The LC's local state: one SQLite database (WAL) under the state directory, and the
+repositories of its tables (the only SQL of ``edge/``).
 
-Used by every edge component through one :class:`Store` (one connection, one lock): the bus
-session stores desired resources and tombstones, the manager its per-job progress, the worker
-runtime its processes, the worker API the reports it keeps for unknown jobs, and the outbox
-(``outbox.py``) its queued reports. Sharing one connection lets a caller commit a progress
-change and the report that announces it in one transaction (``with store.tx():``), so a
-SIGKILL can never leave one without the other.
+Used by every edge component through one :class:`Store` (one
+:class:`~lifelong.common.sqlite.Database`: one connection, one lock): the bus session stores
+desired resources and tombstones, the manager its per-job progress, the worker runtime its
+processes, the worker API the reports it keeps for unknown jobs; the outbox (``outbox.py``)
+keeps its queued reports through :class:`OutboxTable` (``store.outbox_table``). Sharing one
+database lets a caller commit a progress change and the report that announces it in one
+transaction (``with store.tx():``), so a SIGKILL can never leave one without the other.
 
 Tables::
 
@@ -27,39 +29,42 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (
-    kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL, obj TEXT NOT NULL,
-    PRIMARY KEY (kind, ns, name));
-CREATE TABLE IF NOT EXISTS tombstones (
-    kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL,
-    PRIMARY KEY (kind, ns, name));
-CREATE TABLE IF NOT EXISTS progress (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (ns, name));
-CREATE TABLE IF NOT EXISTS datasets (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (ns, name));
-CREATE TABLE IF NOT EXISTS workers (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (ns, name));
-CREATE TABLE IF NOT EXISTS pending_info (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, worker TEXT NOT NULL, job TEXT NOT NULL,
-    body TEXT NOT NULL, ts REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
-    body BLOB NOT NULL, ckey TEXT, ts REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS outbox_ckey ON outbox (ckey) WHERE ckey IS NOT NULL;
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
-"""
+from lifelong.common.sqlite import Database, moved_aside
 
-TRIGGERS = (  # statements with ";" inside, so not in SCHEMA (which is split on ";")
+__all__ = ["Entry", "OutboxStats", "OutboxTable", "Store", "moved_aside", "rv_newer", "rv_older"]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL, obj TEXT NOT NULL,
+    PRIMARY KEY (kind, ns, name))""",
+    """CREATE TABLE IF NOT EXISTS tombstones (
+    kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL, rv TEXT NOT NULL,
+    PRIMARY KEY (kind, ns, name))""",
+    """CREATE TABLE IF NOT EXISTS progress (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (ns, name))""",
+    """CREATE TABLE IF NOT EXISTS datasets (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (ns, name))""",
+    """CREATE TABLE IF NOT EXISTS workers (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (ns, name))""",
+    """CREATE TABLE IF NOT EXISTS pending_info (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, worker TEXT NOT NULL, job TEXT NOT NULL,
+    body TEXT NOT NULL, ts REAL NOT NULL)""",
+)
+
+_OUTBOX_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
+    body BLOB NOT NULL, ckey TEXT, ts REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outbox_ckey ON outbox (ckey) WHERE ckey IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, n INTEGER NOT NULL)",
     """CREATE TRIGGER IF NOT EXISTS outbox_depth_ins AFTER INSERT ON outbox
     BEGIN UPDATE counters SET n = n + 1 WHERE key = 'outbox'; END""",
     """CREATE TRIGGER IF NOT EXISTS outbox_depth_del AFTER DELETE ON outbox
@@ -68,38 +73,7 @@ TRIGGERS = (  # statements with ";" inside, so not in SCHEMA (which is split on 
 
 _TABLES_BY_KEY = ("progress", "datasets", "workers")
 
-CORRUPT_SUFFIX = ".corrupt-"
-"""A corrupt database ``lc.db`` is renamed ``lc.db.corrupt-<UTC time>`` (with its -wal/-shm)."""
-
 log = logging.getLogger("lifelong.edge.db")
-
-
-def _corrupt(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "malformed" in text or "not a database" in text or "corrupt" in text
-
-
-def _move_aside(path: Path) -> Path:
-    """Rename a corrupt database and its WAL/SHM files next to it; return the new name."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}.{n}")
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            side.rename(target.with_name(target.name + suffix))
-    path.rename(target)
-    return target
-
-
-def moved_aside(path: Path) -> list[Path]:
-    """The corrupt databases moved aside next to ``path`` (until an operator removes them)."""
-    return sorted(
-        p for p in path.parent.glob(f"{path.name}{CORRUPT_SUFFIX}*") if not p.name.endswith(("-wal", "-shm"))
-    )
 
 
 def rv_newer(candidate: str, held: str | None) -> bool:
@@ -118,186 +92,248 @@ def rv_older(candidate: str, held: str) -> bool:
 
 
 class Store:
-    """The one SQLite connection of an LC process, guarded by a re-entrant lock.
+    """The LC's local database and the repository of its tables but the outbox's.
 
-    Every method is thread-safe. ``tx()`` groups calls into one transaction; calls outside a
-    ``tx()`` commit on their own.
+    ``path`` is the database file, opened with ``recover_corrupt`` (a corrupt file is moved
+    aside and a new one started, with a new outbox epoch: the GM resends the desired state),
+    or an open :class:`~lifelong.common.sqlite.Database` (tests). Every method is thread-safe;
+    each commits on its own, or joins the caller's ``with store.tx():``.
     """
 
-    def __init__(self, path: Path, *, sync: str = "full") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        self._depth = 0
+    def __init__(self, path: Path | Database, *, sync: str = "full") -> None:
+        self.db = Database.of(path, synchronous="full" if sync == "full" else "normal", recover_corrupt=True)
+        self.path: Path = self.db.path
+        self._changed_lock = threading.Lock()
         self._changed: dict[str, set[tuple[str, str]]] = {}  # kind -> (ns, name) put or deleted
-        self.moved_aside: Path | None = None  # where a corrupt database was moved by this open
-        try:
-            self._open(sync)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
-                raise  # locked, unwritable, disk full ...: not corruption, nothing is moved
-            # Renamed while still open, so that closing cannot remove or checkpoint the WAL
-            # (it may hold the last committed changes) under its old name.
-            self.moved_aside = _move_aside(path)
-            with suppress(Exception):
-                self._conn.close()
-            log.error(
-                "local database %s is corrupt (%s): moved aside to %s (kept, never deleted); "
-                "starting a new one with a new outbox epoch, the GM resends the desired state",
-                path,
-                exc,
-                self.moved_aside,
+        with self.db.transaction():
+            self.db.execute_all(_SCHEMA)
+            if self.db.fetchone("SELECT value FROM meta WHERE key='epoch'") is None:
+                self.db.execute("INSERT INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))
+                self.db.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
+            self.outbox_table = OutboxTable(self.db)
+        row = self.db.fetchone("SELECT value FROM meta WHERE key='epoch'")
+        assert row is not None
+        self.epoch: str = str(row[0])
+        if self.moved_aside is not None:
+            log.warning(
+                "local database %s started anew: new outbox epoch %s, the GM resends the desired state",
+                self.path,
+                self.epoch,
             )
-            self._open(sync)
 
-    def _open(self, sync: str) -> None:
-        self._conn = sqlite3.connect(
-            str(self.path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        check = self._conn.execute("PRAGMA quick_check").fetchall()
-        if [tuple(r) for r in check] != [("ok",)]:
-            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(str(r[0]) for r in check[:5])}")
-        with self.tx():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
-            for statement in TRIGGERS:
-                self._conn.execute(statement)
-            # Counted once per open (a database of an older version has no counter yet); from
-            # then on the triggers keep it exact, in the transaction of each change.
-            self._conn.execute(
-                "INSERT OR REPLACE INTO counters VALUES ('outbox', (SELECT count(*) FROM outbox))"
-            )
-            row = self._conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
-            if row is None:
-                self._conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))
-                self._conn.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
-        self.epoch: str = self._conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
+    @property
+    def moved_aside(self) -> Path | None:
+        """Where a corrupt database was moved by this open (None if it was sound)."""
+        return self.db.moved_aside
 
-    # -- transactions ----------------------------------------------------------------------
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A transaction (nested calls join the outer one). Commits on success, rolls back on error."""
-        with self._lock:
-            outer = self._depth == 0
-            if outer:
-                self._conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
-            try:
-                yield self._conn
-            except BaseException:
-                self._depth -= 1
-                if outer and self._conn.in_transaction:  # SQLITE_FULL may have rolled back already
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if outer:
-                try:
-                    self._conn.execute("COMMIT")
-                except sqlite3.Error:
-                    # A failed COMMIT (disk full, I/O error) leaves the transaction open: roll it
-                    # back, or every later BEGIN would fail and the LC could never write again.
-                    if self._conn.in_transaction:
-                        with suppress(sqlite3.Error):
-                            self._conn.execute("ROLLBACK")
-                    raise
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._conn.execute(sql, params).fetchall())
+    def tx(self) -> AbstractContextManager[Database]:
+        """A transaction: the calls inside commit together, or not at all (it nests, see
+        :meth:`Database.transaction`). Used to commit a state change with the report that
+        announces it, so a SIGKILL can never leave one without the other."""
+        return self.db.transaction()
 
     def close(self) -> None:
-        with self._lock:
-            with suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
+        self.db.close()
 
     # -- resources ---------------------------------------------------------------------------
     def get_resource(self, kind: str, ns: str, name: str) -> tuple[str, dict[str, Any]] | None:
-        rows = self.query("SELECT rv, obj FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
-        return (rows[0][0], json.loads(rows[0][1])) if rows else None
+        row = self.db.fetchone(
+            "SELECT rv, obj FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name)
+        )
+        return None if row is None else (str(row[0]), json.loads(row[1]))
 
     def held_rv(self, kind: str, ns: str, name: str) -> str | None:
-        rows = self.query("SELECT rv FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
-        return str(rows[0][0]) if rows else None
+        row = self.db.fetchone("SELECT rv FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
+        return None if row is None else str(row[0])
 
     def tombstone_rv(self, kind: str, ns: str, name: str) -> str | None:
-        rows = self.query("SELECT rv FROM tombstones WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
-        return str(rows[0][0]) if rows else None
+        row = self.db.fetchone("SELECT rv FROM tombstones WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
+        return None if row is None else str(row[0])
+
+    def versions(self, kind: str) -> dict[tuple[str, str], str]:
+        """(ns, name) -> rv of every resource of ``kind`` held, in (ns, name) order."""
+        rows = self.db.fetchall("SELECT ns, name, rv FROM resources WHERE kind=? ORDER BY ns, name", (kind,))
+        return {(str(ns), str(name)): str(rv) for ns, name, rv in rows}
 
     def take_changed(self, kind: str) -> set[tuple[str, str]]:
         """The (ns, name) of every resource of ``kind`` put or deleted since the last call (by
         this process; a change rolled back is listed too). One consumer per kind: the manager
         takes the jobs', so that a step reads only the jobs that changed."""
-        with self._lock:
+        with self._changed_lock:
             return self._changed.pop(kind, set())
 
-    def put_resource(self, kind: str, ns: str, name: str, rv: str, obj: dict[str, Any]) -> None:
-        with self.tx() as c:
+    def _note_changed(self, kind: str, ns: str, name: str) -> None:
+        with self._changed_lock:
             self._changed.setdefault(kind, set()).add((ns, name))
-            c.execute(
+
+    def put_resource(self, kind: str, ns: str, name: str, rv: str, obj: dict[str, Any]) -> None:
+        with self.db.transaction():
+            self._note_changed(kind, ns, name)
+            self.db.execute(
                 "INSERT OR REPLACE INTO resources VALUES (?,?,?,?,?)", (kind, ns, name, rv, json.dumps(obj))
             )
-            c.execute("DELETE FROM tombstones WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
+            self.db.execute("DELETE FROM tombstones WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
 
     def delete_resource(self, kind: str, ns: str, name: str, rv: str | None) -> None:
-        with self.tx() as c:
-            self._changed.setdefault(kind, set()).add((ns, name))
-            c.execute("DELETE FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
+        with self.db.transaction():
+            self._note_changed(kind, ns, name)
+            self.db.execute("DELETE FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
             if rv is not None:
-                c.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?,?,?)", (kind, ns, name, rv))
+                self.db.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?,?,?)", (kind, ns, name, rv))
 
     def resources(self, kind: str | None = None) -> list[tuple[str, str, str, str, dict[str, Any]]]:
         if kind is None:
-            rows = self.query("SELECT kind, ns, name, rv, obj FROM resources ORDER BY kind, ns, name")
+            rows = self.db.fetchall("SELECT kind, ns, name, rv, obj FROM resources ORDER BY kind, ns, name")
         else:
-            rows = self.query(
+            rows = self.db.fetchall(
                 "SELECT kind, ns, name, rv, obj FROM resources WHERE kind=? ORDER BY ns, name", (kind,)
             )
         return [(k, n, m, rv, json.loads(o)) for k, n, m, rv, o in rows]
 
     def held(self) -> list[dict[str, str]]:
         """What this node holds, as the hello lists it."""
-        rows = self.query("SELECT kind, ns, name, rv FROM resources ORDER BY kind, ns, name")
+        rows = self.db.fetchall("SELECT kind, ns, name, rv FROM resources ORDER BY kind, ns, name")
         return [{"kind": k, "ns": n, "name": m, "rv": rv} for k, n, m, rv in rows]
 
     # -- keyed JSON records (progress, datasets, workers) ------------------------------------
     def get_record(self, table: str, ns: str, name: str) -> dict[str, Any] | None:
         assert table in _TABLES_BY_KEY
-        rows = self.query(f"SELECT data FROM {table} WHERE ns=? AND name=?", (ns, name))
-        return json.loads(rows[0][0]) if rows else None
+        row = self.db.fetchone(f"SELECT data FROM {table} WHERE ns=? AND name=?", (ns, name))
+        return None if row is None else dict(json.loads(row[0]))
 
     def put_record(self, table: str, ns: str, name: str, data: dict[str, Any]) -> None:
         assert table in _TABLES_BY_KEY
-        with self.tx() as c:
-            c.execute(f"INSERT OR REPLACE INTO {table} VALUES (?,?,?)", (ns, name, json.dumps(data)))
+        self.db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?,?,?)", (ns, name, json.dumps(data)))
 
     def delete_record(self, table: str, ns: str, name: str) -> None:
         assert table in _TABLES_BY_KEY
-        with self.tx() as c:
-            c.execute(f"DELETE FROM {table} WHERE ns=? AND name=?", (ns, name))
+        self.db.execute(f"DELETE FROM {table} WHERE ns=? AND name=?", (ns, name))
 
     def records(self, table: str) -> list[tuple[str, str, dict[str, Any]]]:
         assert table in _TABLES_BY_KEY
-        rows = self.query(f"SELECT ns, name, data FROM {table} ORDER BY ns, name")
+        rows = self.db.fetchall(f"SELECT ns, name, data FROM {table} ORDER BY ns, name")
         return [(n, m, json.loads(d)) for n, m, d in rows]
 
     # -- worker reports kept until their job is known ------------------------------------------
     def add_pending_info(self, ns: str, worker: str, job: str, body: dict[str, Any]) -> int:
-        with self.tx() as c:
-            cur = c.execute(
-                "INSERT INTO pending_info (ns, worker, job, body, ts) VALUES (?,?,?,?,?)",
-                (ns, worker, job, json.dumps(body), time.time()),
-            )
-            return int(cur.lastrowid or 0)
+        cur = self.db.execute(
+            "INSERT INTO pending_info (ns, worker, job, body, ts) VALUES (?,?,?,?,?)",
+            (ns, worker, job, json.dumps(body), time.time()),
+        )
+        return int(cur.lastrowid or 0)
 
     def pending_info(self) -> list[tuple[int, str, str, str, dict[str, Any]]]:
-        rows = self.query("SELECT id, ns, worker, job, body FROM pending_info ORDER BY id")
+        rows = self.db.fetchall("SELECT id, ns, worker, job, body FROM pending_info ORDER BY id")
         return [(i, n, w, j, json.loads(b)) for i, n, w, j, b in rows]
 
     def drop_pending_info(self, ident: int) -> None:
-        with self.tx() as c:
-            c.execute("DELETE FROM pending_info WHERE id=?", (ident,))
+        self.db.execute("DELETE FROM pending_info WHERE id=?", (ident,))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One queued report."""
+
+    seq: int
+    kind: str
+    ns: str
+    name: str
+    body: dict[str, Any]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    low_seq: int | None
+    next_seq: int
+    oldest_ts: float | None
+
+
+_DEPTH = "(SELECT n FROM counters WHERE key='outbox')"
+_LOW = "(SELECT min(seq) FROM outbox)"
+_LAST = "(SELECT seq FROM sqlite_sequence WHERE name='outbox')"
+
+
+class _AtBound(Exception):
+    """Internal: roll back an insert that does not fit."""
+
+
+class OutboxTable:
+    """The repository of the outbox: its rows and the ``counters`` row that counts them.
+
+    The policy (what is dropped or refused when full, what is in flight) is ``outbox.py``'s.
+    The depth is never counted per change: two triggers keep the ``outbox`` counter in the
+    transaction of every insert and delete, and it is counted anew at every open.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        with db.transaction():
+            db.execute_all(_OUTBOX_SCHEMA)
+            # Counted once per open (a database of an older version has no counter yet); from
+            # then on the triggers keep it exact, in the transaction of each change.
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('outbox', (SELECT count(*) FROM outbox))")
+
+    def insert(
+        self, kind: str, ns: str, name: str, body: str, *, coalesce_key: str | None, max_depth: int
+    ) -> tuple[int, list[int]] | None:
+        """Queue one report, replacing the rows of ``coalesce_key``; its seq and the seqs it
+        replaced. None when the outbox would hold more than ``max_depth`` rows: then nothing
+        changed (the rows it would have replaced are still queued)."""
+        try:
+            with self.db.transaction():
+                replaced: list[int] = []
+                if coalesce_key is not None:
+                    replaced = [
+                        int(r[0])
+                        for r in self.db.fetchall("SELECT seq FROM outbox WHERE ckey=?", (coalesce_key,))
+                    ]
+                    if replaced:
+                        self.db.execute("DELETE FROM outbox WHERE ckey=?", (coalesce_key,))
+                if self.depth() >= max_depth:
+                    raise _AtBound
+                cur = self.db.execute(
+                    "INSERT INTO outbox (kind, ns, name, body, ckey, ts) VALUES (?,?,?,?,?,?)",
+                    (kind, ns, name, body, coalesce_key, time.time()),
+                )
+                return int(cur.lastrowid or 0), replaced
+        except _AtBound:
+            return None
+
+    def after(self, seq: int, limit: int) -> list[Entry]:
+        """The first ``limit`` reports after ``seq``, oldest first."""
+        rows = self.db.fetchall(
+            "SELECT seq, kind, ns, name, body, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [Entry(int(s), k, n, m, json.loads(b), float(t)) for s, k, n, m, b, t in rows]
+
+    def delete(self, seqs: list[int]) -> int:
+        """Delete these reports (one transaction); how many there were."""
+        deleted = 0
+        with self.db.transaction():
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                deleted += self.db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk).rowcount
+        return deleted
+
+    def depth(self) -> int:
+        """The number of queued reports (the counter, not a count of the table)."""
+        row = self.db.fetchone(f"SELECT {_DEPTH}")
+        return int(row[0] or 0) if row else 0
+
+    def bounds(self) -> tuple[int, int | None, int]:
+        """Depth, lowest seq and next seq, in one statement: no scan of the table."""
+        row = self.db.fetchone(f"SELECT {_DEPTH}, {_LOW}, {_LAST}")
+        assert row is not None
+        depth, low, last = row
+        return int(depth or 0), None if low is None else int(low), int(last or 0) + 1
+
+    def stats(self) -> OutboxStats:
+        """The bounds and the time of the oldest report, in one statement (one snapshot)."""
+        row = self.db.fetchone(f"SELECT {_DEPTH}, {_LOW}, {_LAST}, (SELECT min(ts) FROM outbox)")
+        assert row is not None
+        depth, low, last, oldest = row
+        return OutboxStats(int(depth or 0), None if low is None else int(low), int(last or 0) + 1, oldest)

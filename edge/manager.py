@@ -229,12 +229,7 @@ class Manager:
                 self.store.delete_record("progress", ns, name)
                 self._last_check.pop((ns, name), None)
         jobs = self._job_versions()
-        ds_rvs = {
-            (ns, name): str(rv)
-            for ns, name, rv in self.store.query(
-                "SELECT ns, name, rv FROM resources WHERE kind=?", (DATASET_KIND,)
-            )
-        }
+        ds_rvs = self.store.versions(DATASET_KIND)
         now = self.mono()
         counts: dict[tuple[str, str], tuple[int | None, str]] = {}  # this step's dataset counts
         seen = set()
@@ -282,10 +277,7 @@ class Manager:
         then kept up to date from the store's list of changed jobs (no scan per step)."""
         if self._jobs is None:
             self.store.take_changed(JOB_KIND)
-            rows = self.store.query(
-                "SELECT ns, name, rv FROM resources WHERE kind=? ORDER BY ns, name", (JOB_KIND,)
-            )
-            self._jobs = {(ns, name): str(rv) for ns, name, rv in rows}
+            self._jobs = self.store.versions(JOB_KIND)
             return self._jobs
         for ns, name in sorted(self.store.take_changed(JOB_KIND)):
             rv = self.store.held_rv(JOB_KIND, ns, name)

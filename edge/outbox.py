@@ -26,47 +26,31 @@ Rules (docs/protocol.md, "Upstream"):
 SIGKILL safety comes from SQLite's WAL: a report is either committed (and will be sent) or
 not appended at all (and its caller did not record the change either, same transaction).
 
-The depth is not counted on each append: the ``counters`` row ``outbox`` (``db.py``) is kept
-by triggers on every insert and delete of the outbox table, so it commits or rolls back with
-them, and is counted anew whenever the database is opened.
+The rows live in the outbox table of the LC's database; its SQL is in the repository
+``OutboxTable`` (``db.py``), this class keeps the policy and the in-flight bookkeeping. The
+depth is not counted on each append: the ``counters`` row ``outbox`` is kept by triggers on
+every insert and delete of the outbox table, so it commits or rolls back with them, and is
+counted anew whenever the database is opened. An append is a savepoint inside the caller's
+transaction: a coalescing report refused as the outbox is full leaves the older count queued
+even when the caller's transaction goes on.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from lifelong.common.errors import LifelongError
-from lifelong.edge.db import Store
+from lifelong.edge.db import Entry, OutboxStats, Store
+
+__all__ = ["Entry", "Outbox", "OutboxFull", "OutboxStats"]
 
 
 class OutboxFull(LifelongError):
     """The outbox is at its bound and the report may not be dropped: try again later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One queued report."""
-
-    seq: int
-    kind: str
-    ns: str
-    name: str
-    body: dict[str, Any]
-    ts: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    depth: int
-    low_seq: int | None
-    next_seq: int
-    oldest_ts: float | None
 
 
 class Outbox:
@@ -84,6 +68,7 @@ class Outbox:
         if max_depth < 1 or window < 1:
             raise ValueError("outbox max_depth and window must be at least 1")
         self.store = store
+        self.table = store.outbox_table
         self.epoch = store.epoch
         self.max_depth = max_depth
         self.window = window
@@ -111,11 +96,18 @@ class Outbox:
         """Commit one report; return its seq. ``None`` means a coalescible report was refused
         because the outbox is full (counted); ``OutboxFull`` is raised for any other report."""
         data = json.dumps(body, separators=(",", ":"))
-        try:
-            seq, replaced = self._insert(kind, ns, name, data, coalesce_key)
-        except _Refused:
-            self.dropped += 1
-            return None
+        inserted = self.table.insert(
+            kind, ns, name, data, coalesce_key=coalesce_key, max_depth=self.max_depth
+        )
+        if inserted is None:
+            if coalesce_key is not None:
+                self.dropped += 1
+                return None
+            self.refused += 1
+            raise OutboxFull(
+                f"outbox full ({self.table.depth()} reports): {kind} {ns}/{name} not queued; will retry"
+            )
+        seq, replaced = inserted
         if replaced:
             with self._lock:
                 for old in replaced:
@@ -125,27 +117,6 @@ class Outbox:
         self.appended += 1
         self.wakeup.set()
         return seq
-
-    def _insert(
-        self, kind: str, ns: str, name: str, data: str, coalesce_key: str | None
-    ) -> tuple[int, list[int]]:
-        with self.store.tx() as c:
-            replaced: list[int] = []
-            if coalesce_key is not None:
-                replaced = [r[0] for r in c.execute("SELECT seq FROM outbox WHERE ckey=?", (coalesce_key,))]
-                if replaced:
-                    c.execute("DELETE FROM outbox WHERE ckey=?", (coalesce_key,))
-            depth = _depth(c)
-            if depth >= self.max_depth:
-                if coalesce_key is not None:
-                    raise _Refused  # rolls back, so an older count it replaced stays queued
-                self.refused += 1
-                raise OutboxFull(f"outbox full ({depth} reports): {kind} {ns}/{name} not queued; will retry")
-            cur = c.execute(
-                "INSERT INTO outbox (kind, ns, name, body, ckey, ts) VALUES (?,?,?,?,?,?)",
-                (kind, ns, name, data, coalesce_key, time.time()),
-            )
-            return int(cur.lastrowid or 0), replaced
 
     # -- publishing -----------------------------------------------------------------------
     def due(self) -> list[Entry]:
@@ -161,15 +132,7 @@ class Outbox:
                 return []
             after = self._cursor
             skip = {seq for seq in self._inflight if seq > after}
-        rows = self.store.query(
-            "SELECT seq, kind, ns, name, body, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, room + len(skip)),
-        )
-        out = [
-            Entry(seq, kind, ns, name, json.loads(body), ts)
-            for seq, kind, ns, name, body, ts in rows
-            if seq not in skip
-        ]
+        out = [e for e in self.table.after(after, room + len(skip)) if e.seq not in skip]
         return out[:room]
 
     def mark_sent(self, seq: int) -> None:
@@ -205,12 +168,7 @@ class Outbox:
         if epoch != self.epoch or not seqs:
             return 0
         clean = [int(s) for s in seqs if isinstance(s, int) and not isinstance(s, bool)]
-        deleted = 0
-        with self.store.tx() as c:
-            for i in range(0, len(clean), 500):
-                chunk = clean[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                deleted += c.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk).rowcount
+        deleted = self.table.delete(clean)
         with self._lock:
             for seq in clean:
                 self._inflight.pop(seq, None)
@@ -222,8 +180,7 @@ class Outbox:
     def drop_unsendable(self, seq: int) -> None:
         """A report that can never be published (over the payload limit): delete it, counted
         in ``dropped`` and logged by the caller."""
-        with self.store.tx() as c:
-            c.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+        self.table.delete([seq])
         with self._lock:
             self._inflight.pop(seq, None)
         self.dropped += 1
@@ -231,28 +188,12 @@ class Outbox:
     # -- state ----------------------------------------------------------------------------
     def depth(self) -> int:
         """The number of queued reports (a counter, not a count of the table)."""
-        return int(self.store.query(f"SELECT {_DEPTH}")[0][0] or 0)
+        return self.table.depth()
 
     def stats(self) -> OutboxStats:
-        depth, low, last, oldest = self.store.query(  # one statement: one snapshot
-            f"SELECT {_DEPTH}, {_LOW}, {_LAST}, (SELECT min(ts) FROM outbox)"
-        )[0]
-        return OutboxStats(int(depth or 0), low, int(last or 0) + 1, oldest)
+        return self.table.stats()
 
     def hello_state(self) -> dict[str, Any]:
         """Depth, lowest seq and next seq: no scan of the table (min(seq) is the rowid's)."""
-        depth, low, last = self.store.query(f"SELECT {_DEPTH}, {_LOW}, {_LAST}")[0]
-        return {"depth": int(depth or 0), "lowSeq": low, "nextSeq": int(last or 0) + 1}
-
-
-_DEPTH = "(SELECT n FROM counters WHERE key='outbox')"
-_LOW = "(SELECT min(seq) FROM outbox)"
-_LAST = "(SELECT seq FROM sqlite_sequence WHERE name='outbox')"
-
-
-def _depth(c: sqlite3.Connection) -> int:
-    return int(c.execute(f"SELECT {_DEPTH}").fetchone()[0] or 0)
-
-
-class _Refused(Exception):
-    """Internal: roll back a coalescing append that does not fit."""
+        depth, low, next_seq = self.table.bounds()
+        return {"depth": depth, "lowSeq": low, "nextSeq": next_seq}

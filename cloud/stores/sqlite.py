@@ -14,25 +14,26 @@ How it works:
   the objects, then follows that log from the version the list was taken at, woken by an
   in-process condition variable. A watcher that falls behind the pruned log re-lists.
 
-Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway).
+Thread-safe: one :class:`~lifelong.common.sqlite.Database` (one connection behind a lock);
+every change is one transaction, which joins a caller's if there is one.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import copy
 import json
 import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, WatchEvent
+from lifelong.common.sqlite import Database
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,16 @@ DEFAULT_NAMESPACE = "default"
 CHANGE_LOG_KEEP = 20_000
 """Changes kept for watchers that fall behind; older ones are pruned (a watcher then re-lists)."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS objects (
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
     rv INTEGER NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL,
     PRIMARY KEY (kind, ns, name)
-);
-CREATE TABLE IF NOT EXISTS changes (
-    rv INTEGER PRIMARY KEY, type TEXT NOT NULL, object TEXT NOT NULL
-);
-"""
+)""",
+    "CREATE TABLE IF NOT EXISTS changes (rv INTEGER PRIMARY KEY, type TEXT NOT NULL, object TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0)",
+)
 
 # metadata fields the store owns; a caller's values are ignored
 _SERVER_META = ("resourceVersion", "uid", "creationTimestamp", "generation")
@@ -87,43 +87,32 @@ def _desired_part(obj: Object) -> Object:
 
 
 class SqliteStore:
-    """``ResourceStore`` over one SQLite file (``:memory:`` works for tests)."""
+    """``ResourceStore`` over one SQLite file (``:memory:`` works for tests), or over an open
+    :class:`~lifelong.common.sqlite.Database` (tests that prune its change log)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+    def __init__(self, path: str | Path | Database) -> None:
+        self.db = Database.of(path, synchronous="full")
+        self.path = str(self.db.path)
+        self.db.execute_all(_SCHEMA)
+        # Woken after every committed change: watchers wait on it. Its lock is never held
+        # while waiting for the database's (a watcher reads with it released).
+        self._changed = threading.Condition()
+        self._commits = 0
         self._closed = False
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0)")
 
     # -- helpers ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[None]:
-        """One write transaction under the lock: rolled back on any error, watchers woken after."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _committed(self) -> None:
+        with self._changed:
+            self._commits += 1
             self._changed.notify_all()
 
     def _current_rv(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
-        return int(row[0])
+        row = self.db.fetchone("SELECT value FROM meta WHERE key='rv'")
+        return int(row[0]) if row else 0
 
     def _next_rv(self) -> int:
         rv = self._current_rv() + 1
-        self._db.execute("UPDATE meta SET value=? WHERE key='rv'", (rv,))
+        self.db.execute("UPDATE meta SET value=? WHERE key='rv'", (rv,))
         return rv
 
     @staticmethod
@@ -136,46 +125,43 @@ class SqliteStore:
         return obj
 
     def _log(self, rv: int, type_: str, obj: Object) -> None:
-        self._db.execute("INSERT INTO changes (rv, type, object) VALUES (?, ?, ?)", (rv, type_, _dumps(obj)))
+        self.db.execute("INSERT INTO changes (rv, type, object) VALUES (?, ?, ?)", (rv, type_, _dumps(obj)))
         if rv % 1000 == 0:
-            self._db.execute("DELETE FROM changes WHERE rv <= ?", (rv - CHANGE_LOG_KEEP,))
+            self.db.execute("DELETE FROM changes WHERE rv <= ?", (rv - CHANGE_LOG_KEEP,))
+        self.db.after_commit(self._committed)
 
     def _row(self, kind: str, ns: str, name: str) -> tuple[int, str, str] | None:
-        row = self._db.execute(
+        row = self.db.fetchone(
             "SELECT rv, body, status FROM objects WHERE kind=? AND ns=? AND name=?", (kind, ns, name)
-        ).fetchone()
+        )
         return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
     # -- ResourceStore ---------------------------------------------------------------------
     @property
     def resource_version(self) -> str:
         """The newest version of the whole store (the counter)."""
-        with self._lock:
-            return str(self._current_rv())
+        return str(self._current_rv())
 
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
-        with self._lock:
-            row = self._row(kind, namespace, name)
+        row = self._row(kind, namespace, name)
         return None if row is None else self._compose(row[1], row[2], row[0])
 
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
-        with self._lock:
-            if namespace is None:
-                rows = self._db.execute(
-                    "SELECT rv, body, status FROM objects WHERE kind=? ORDER BY ns, name", (kind,)
-                ).fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT rv, body, status FROM objects WHERE kind=? AND ns=? ORDER BY name",
-                    (kind, namespace),
-                ).fetchall()
+        if namespace is None:
+            rows = self.db.fetchall(
+                "SELECT rv, body, status FROM objects WHERE kind=? ORDER BY ns, name", (kind,)
+            )
+        else:
+            rows = self.db.fetchall(
+                "SELECT rv, body, status FROM objects WHERE kind=? AND ns=? ORDER BY name", (kind, namespace)
+            )
         return [self._compose(body, status, rv) for rv, body, status in rows]
 
     def apply(self, obj: Object) -> Object:
         kind, ns, name = _key(obj)
         desired = _desired_part(obj)
         desired["metadata"]["namespace"] = ns
-        with self._write():
+        with self.db.transaction():
             row = self._row(kind, ns, name)
             if row is None:
                 meta = desired["metadata"]
@@ -198,7 +184,7 @@ class SqliteStore:
                 type_ = "MODIFIED"
             rv = self._next_rv()
             body = _dumps(desired)
-            self._db.execute(
+            self.db.execute(
                 "INSERT OR REPLACE INTO objects (kind, ns, name, rv, body, status) VALUES (?,?,?,?,?,?)",
                 (kind, ns, name, rv, body, status),
             )
@@ -209,7 +195,7 @@ class SqliteStore:
     def update_status(
         self, kind: str, namespace: str, name: str, status: Object, *, resource_version: str | None = None
     ) -> Object:
-        with self._write():
+        with self.db.transaction():
             row = self._row(kind, namespace, name)
             if row is None:
                 raise NotFound(f"{kind} {namespace}/{name} not found")
@@ -220,7 +206,7 @@ class SqliteStore:
             if new_status == old_status:
                 return self._compose(body, old_status, old_rv)
             rv = self._next_rv()
-            self._db.execute(
+            self.db.execute(
                 "UPDATE objects SET rv=?, status=? WHERE kind=? AND ns=? AND name=?",
                 (rv, new_status, kind, namespace, name),
             )
@@ -230,21 +216,21 @@ class SqliteStore:
 
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Delete; the returned object (and the DELETED event) carry the deletion's version."""
-        with self._write():
+        with self.db.transaction():
             row = self._row(kind, namespace, name)
             if row is None:
                 return None
             _, body, status = row
             rv = self._next_rv()
-            self._db.execute("DELETE FROM objects WHERE kind=? AND ns=? AND name=?", (kind, namespace, name))
+            self.db.execute("DELETE FROM objects WHERE kind=? AND ns=? AND name=?", (kind, namespace, name))
             result = self._compose(body, status, rv)
             self._log(rv, "DELETED", result)
         return result
 
     def _snapshot(self) -> tuple[int, builtins.list[Object]]:
-        with self._lock:
+        with self.db.transaction():  # one snapshot: the objects as of version ``rv``
             rv = self._current_rv()
-            rows = self._db.execute("SELECT rv, body, status FROM objects ORDER BY rv").fetchall()
+            rows = self.db.fetchall("SELECT rv, body, status FROM objects ORDER BY rv")
         return rv, [self._compose(body, status, r) for r, body, status in rows]
 
     def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
@@ -270,17 +256,18 @@ class SqliteStore:
             with self._changed:
                 if self._closed:
                     return
-                rows = self._db.execute(
-                    "SELECT rv, type, object FROM changes WHERE rv > ? ORDER BY rv LIMIT 500", (last,)
-                ).fetchall()
-                if not rows:
-                    if self._current_rv() > last:
-                        gap = True  # the log was pruned past us
-                    else:
+                commits = self._commits
+            try:
+                rows, gap = self._changes_after(last)
+            except sqlite3.ProgrammingError:
+                if self._closed:
+                    return  # closed while reading
+                raise
+            if not rows and not gap:
+                with self._changed:  # nothing new: wait for the next commit (none lost since the read)
+                    if self._commits == commits and not self._closed:
                         self._changed.wait(timeout=0.5)
-                        continue
-                else:
-                    gap = int(rows[0][0]) != last + 1 and self._oldest_change() > last + 1
+                continue
             if gap:
                 log.warning("store watch fell behind the change log; re-listing")
                 last = relist()
@@ -296,9 +283,19 @@ class SqliteStore:
                 if stop.is_set():
                     return
 
-    def _oldest_change(self) -> int:
-        row = self._db.execute("SELECT MIN(rv) FROM changes").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+    def _changes_after(self, last: int) -> tuple[builtins.list[tuple[Any, ...]], bool]:
+        """The next changes after version ``last``, and whether the log was pruned past it."""
+        with self.db.transaction():  # one snapshot of the log and the counter
+            rows = self.db.fetchall(
+                "SELECT rv, type, object FROM changes WHERE rv > ? ORDER BY rv LIMIT 500", (last,)
+            )
+            if not rows:
+                return rows, self._current_rv() > last
+            if int(rows[0][0]) == last + 1:
+                return rows, False
+            row = self.db.fetchone("SELECT MIN(rv) FROM changes")
+            oldest = int(row[0]) if row and row[0] is not None else 0
+            return rows, oldest > last + 1
 
     def close(self) -> None:
         with self._changed:
@@ -306,4 +303,4 @@ class SqliteStore:
                 return
             self._closed = True
             self._changed.notify_all()
-            self._db.close()
+        self.db.close()

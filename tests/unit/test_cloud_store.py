@@ -11,6 +11,7 @@ from harness.waiting import wait_for
 from lifelong.cloud.stores import sqlite as sqlite_store
 from lifelong.cloud.stores.base import Conflict, NotFound, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
+from lifelong.common.sqlite import Database
 
 
 def ds(name: str = "ds1", node: str = "node-a", url: str = "/data/a.txt") -> dict:
@@ -130,8 +131,10 @@ def test_watch_lists_then_streams_changes_in_order(store: SqliteStore) -> None:
 
 
 def test_watch_relists_after_falling_behind_the_pruned_log(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    db = Database(tmp_path / "store.db")  # the test prunes the change log through it
+    store = SqliteStore(db)
     monkeypatch.setattr(sqlite_store, "CHANGE_LOG_KEEP", 1)
     store.apply(ds("a"))
     store.apply(ds("gone"))
@@ -143,7 +146,7 @@ def test_watch_relists_after_falling_behind_the_pruned_log(
     store.delete("Dataset", "default", "gone")
     for i in range(1100):
         store.update_status("Dataset", "default", "a", {"numberOfSamples": i})
-    store._db.execute("DELETE FROM changes WHERE rv < (SELECT MAX(rv) FROM changes)")
+    db.execute("DELETE FROM changes WHERE rv < (SELECT MAX(rv) FROM changes)")
     seen: list[WatchEvent] = []
     stop2 = threading.Event()
     t2 = threading.Thread(target=store.watch, args=(seen.append,), kwargs={"stop": stop2}, daemon=True)
@@ -154,3 +157,4 @@ def test_watch_relists_after_falling_behind_the_pruned_log(
     finally:
         stop2.set()
         t2.join(5)
+        store.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.edge.db import Store, rv_newer, rv_older
+from lifelong.edge.outbox import Outbox
 
 
 def test_state_survives_reopen(tmp_path: Path) -> None:
@@ -48,11 +49,9 @@ def test_outbox_depth_is_counted_at_open(tmp_path: Path) -> None:
     from then on the triggers keep it in step with the outbox table."""
     path = tmp_path / "lc.db"
     s = Store(path)
-    with s.tx() as c:
-        for i in range(3):
-            c.execute(
-                "INSERT INTO outbox (kind, ns, name, body, ts) VALUES ('k', 'ns', 'j', ?, 0)", (str(i),)
-            )
+    box = Outbox(s)
+    for i in range(3):
+        box.append("k", "ns", "j", {"i": i})
     s.close()
     conn = sqlite3.connect(path)
     conn.execute("DROP TRIGGER outbox_depth_ins")
@@ -61,19 +60,19 @@ def test_outbox_depth_is_counted_at_open(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
 
-    def depth(store: Store) -> int:
-        return int(store.query("SELECT n FROM counters WHERE key='outbox'")[0][0])
-
     again = Store(path)
-    assert depth(again) == 3
-    with again.tx() as c:
-        c.execute("INSERT INTO outbox (kind, ns, name, body, ts) VALUES ('k', 'ns', 'j', 'x', 0)")
-        c.execute("DELETE FROM outbox WHERE body IN ('0', '1')")
-        c.execute("UPDATE counters SET n = 99 WHERE key='outbox'")  # a wrong counter ...
-    assert depth(again) == 99
+    assert again.outbox_table.depth() == 3
+    box = Outbox(again)
+    box.append("k", "ns", "j", {"i": 3})
+    box.ack(box.epoch, [1, 2])
+    assert again.outbox_table.depth() == 2
     again.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE counters SET n = 99 WHERE key='outbox'")  # a wrong counter ...
+    conn.commit()
+    conn.close()
     third = Store(path)
-    assert depth(third) == 2  # ... is counted anew at the next open
+    assert third.outbox_table.depth() == 2  # ... is counted anew at the next open
     third.close()
 
 

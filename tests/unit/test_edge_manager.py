@@ -169,7 +169,7 @@ def test_recreated_job_starts_over_and_delete_forgets(tmp_path: Path) -> None:
 def _statements(store: Store) -> list[str]:
     """Every SQL statement the store's connection runs from now on."""
     seen: list[str] = []
-    store._conn.set_trace_callback(seen.append)
+    store.db.trace(seen.append)
     return seen
 
 
@@ -186,11 +186,11 @@ def test_a_step_over_unchanged_jobs_costs_no_read_nor_write_per_job(tmp_path: Pa
     m = _manager(store, box, mono)
     m.step()  # every job evaluated once
     m.step()
-    changes = store._conn.total_changes
+    changes = store.db.total_changes
     seen = _statements(store)
     for _ in range(5):
         m.step()
-    assert store._conn.total_changes == changes  # nothing written
+    assert store.db.total_changes == changes  # nothing written
     assert len(seen) <= 5 * 3, seen  # a listing of jobs and of datasets per step, not per job
     assert _ready(box, "Train") == []
     store.close()
@@ -205,9 +205,9 @@ def test_new_jobs_cost_no_write_until_their_progress_changes(tmp_path: Path) -> 
         obj["metadata"]["uid"] = f"uid-{i}"
         store.put_resource("LifelongLearningJob", "default", f"k{i}", "5", obj)
     m = _manager(store, box, mono)
-    changes = store._conn.total_changes
+    changes = store.db.total_changes
     m.step()
-    assert store._conn.total_changes == changes
+    assert store.db.total_changes == changes
     assert store.get_record("progress", "default", "k0") is None
     # the first change writes the record, with the job's uid (a later re-creation is detected)
     data.write_text("".join(f"s{i}\n" for i in range(10)))

@@ -97,7 +97,9 @@ def test_full_policy_coalesce_then_refuse(store: Store) -> None:
 
 
 def _count(store: Store) -> int:
-    return int(store.query("SELECT count(*) FROM outbox")[0][0])
+    row = store.db.fetchone("SELECT count(*) FROM outbox")
+    assert row is not None
+    return int(row[0])
 
 
 def _exact(box: Outbox) -> int:
@@ -153,11 +155,11 @@ def test_append_does_not_count_the_table(store: Store) -> None:
     for i in range(5):
         box.append("LifelongLearningJob", "ns", "j", {"i": i})
     seen: list[str] = []
-    store._conn.set_trace_callback(seen.append)
+    store.db.trace(seen.append)
     box.append("LifelongLearningJob", "ns", "j", {"i": 5})
     box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
     box.hello_state()
-    store._conn.set_trace_callback(None)
+    store.db.trace(None)
     assert not [sql for sql in seen if "count(" in sql.lower()], seen
     assert _exact(box) == 7
 
@@ -262,3 +264,21 @@ def test_sigkill_at_any_instant_loses_nothing(tmp_path: Path, run: int) -> None:
 def _all(box: Outbox) -> list:
     box.window = 1 << 30
     return box.due()
+
+
+def test_a_count_refused_inside_a_callers_transaction_keeps_the_older_count(store: Store) -> None:
+    # Over its bound (the bound was lowered since the reports were queued), a coalescing append
+    # deletes the older count, finds no room and is refused: its own savepoint rolls back, so
+    # the older count stays queued although the caller's transaction goes on and commits.
+    box = Outbox(store, max_depth=10)
+    box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
+    box.append("LifelongLearningJob", "ns", "j", {"n": 1})
+    box.append("LifelongLearningJob", "ns", "j", {"n": 2})
+    small = Outbox(store, max_depth=2)
+    with store.tx():
+        store.put_record("datasets", "ns", "d", {"reported": 1})
+        assert small.append("Dataset", "ns", "d", {"numberOfSamples": 2}, coalesce_key="Dataset/ns/d") is None
+    assert small.dropped == 1
+    assert store.get_record("datasets", "ns", "d") == {"reported": 1}  # the caller's change committed
+    assert [e.body for e in _all(small)] == [{"numberOfSamples": 1}, {"n": 1}, {"n": 2}]
+    assert _exact(small) == 3

@@ -1,0 +1,306 @@
+"""One SQLite database file, as every store of the project opens and writes it.
+
+Used by the repositories, and only by them: the GM's bookkeeping (``cloud/gmstate.py``), the
+GM's standalone resource store (``cloud/stores/sqlite.py``) and the LC's local store and
+outbox (``edge/db.py``). They hold the SQL of their tables; this module holds what is the same
+for all of them, once (docs/architecture.md, "Storage"):
+
+* the file: WAL journal, ``synchronous`` FULL or NORMAL as its owner chooses, a busy timeout;
+* one connection guarded by one re-entrant lock, so a :class:`Database` may be shared by
+  threads; a statement outside a transaction commits on its own;
+* :meth:`Database.transaction`, which nests: the outermost is ``BEGIN IMMEDIATE`` ... ``COMMIT``,
+  an inner one a SAVEPOINT, so a repository method that groups its own statements can also be
+  called inside a caller's bigger transaction;
+* optionally (the LC's local database), a corrupt file is moved aside, never deleted, and a
+  new one started (:attr:`Database.moved_aside`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("lifelong.common.sqlite")
+
+MEMORY = ":memory:"
+"""The path of a database that lives in memory only (tests)."""
+
+CORRUPT_SUFFIX = ".corrupt-"
+"""A corrupt database ``x.db`` is renamed ``x.db.corrupt-<UTC time>`` (with its -wal/-shm)."""
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+
+class TransactionLost(sqlite3.OperationalError):
+    """SQLite rolled the whole transaction back by itself (disk full, I/O error) while a block
+    inside it went on: nothing of the transaction is kept, and the outermost block fails."""
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a corrupt database and its WAL/SHM files next to it; return the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}.{n}")
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    path.rename(target)
+    return target
+
+
+def moved_aside(path: Path) -> list[Path]:
+    """The corrupt databases moved aside next to ``path`` (until an operator removes them)."""
+    return sorted(
+        p for p in path.parent.glob(f"{path.name}{CORRUPT_SUFFIX}*") if not p.name.endswith(("-wal", "-shm"))
+    )
+
+
+class Database:
+    """One SQLite file (or ``:memory:``) behind one connection and one re-entrant lock.
+
+    Thread-safe: every statement runs under the lock, and a transaction holds it from its
+    ``BEGIN`` to its ``COMMIT``, so another thread's reads and writes wait for it and never see
+    it half done. Reads outside a transaction are fine (each is one statement).
+
+    Transactions nest (:meth:`transaction`), which is what lets a batch of changes commit at
+    once: ``with db.transaction(): for m in batch: repo.apply(m)`` is one ``COMMIT`` (one
+    fsync with ``synchronous="full"``), whatever transactions ``repo.apply`` opens itself;
+    with an inner ``with db.transaction():`` around each message, one bad message rolls back
+    alone and the others still commit.
+
+    ``recover_corrupt``: check the file at open (``PRAGMA quick_check``); a corrupt one is
+    renamed ``<name>.corrupt-<UTC time>`` with its -wal/-shm (kept for an operator, never
+    deleted), logged, and a new empty database started in its place (:attr:`moved_aside`).
+    Errors that are not corruption (locked, unwritable, disk full) are raised as they are.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        busy_timeout: float = 30.0,
+        recover_corrupt: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        """The file (``Path(":memory:")`` for a database in memory)."""
+        self.memory = str(path) == MEMORY
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.moved_aside: Path | None = None
+        """Where a corrupt database was moved by this open (``recover_corrupt``), else None."""
+        self._lock = threading.RLock()
+        self._depth = 0  # open transaction blocks: 0 none, 1 the outermost, 2+ savepoints
+        self._after: list[list[Callable[[], None]]] = []  # per open block: run after COMMIT
+        if not self.memory:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = self._open(check=recover_corrupt)
+        except sqlite3.DatabaseError as exc:
+            not_corrupt = isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc)
+            if not recover_corrupt or self.memory or not_corrupt:
+                # locked, unwritable, disk full ...: not corruption, nothing is moved
+                self._close_quietly()
+                raise
+            # Renamed while still open, so that closing cannot remove or checkpoint the WAL
+            # (it may hold the last committed changes) under its old name.
+            self.moved_aside = _move_aside(self.path)
+            self._close_quietly()
+            log.error(
+                "local database %s is corrupt (%s): moved aside to %s (kept, never deleted); "
+                "starting a new one",
+                self.path,
+                exc,
+                self.moved_aside,
+            )
+            self._conn = self._open(check=False)
+
+    @classmethod
+    def of(
+        cls,
+        source: str | Path | Database,
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        recover_corrupt: bool = False,
+    ) -> Database:
+        """``source`` itself if it is an open database (a test's seam), else the file opened."""
+        if isinstance(source, Database):
+            return source
+        return cls(source, synchronous=synchronous, recover_corrupt=recover_corrupt)
+
+    def _open(self, *, check: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=self.busy_timeout
+        )
+        self._conn = conn  # closed by the caller if what follows finds the file corrupt
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        if check:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            if [tuple(r) for r in rows] != [("ok",)]:
+                raise sqlite3.DatabaseError(f"quick_check: {'; '.join(str(r[0]) for r in rows[:5])}")
+        return conn
+
+    def _close_quietly(self) -> None:
+        with suppress(Exception):
+            self._conn.close()
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the file (so the file alone holds everything) and close."""
+        with self._lock:
+            with suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+
+    # -- transactions ----------------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        """Is a :meth:`transaction` block open (on any thread)?"""
+        return self._depth > 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One transaction; blocks nest.
+
+        The outermost block is ``BEGIN IMMEDIATE`` (the write lock is taken at once, so two
+        processes never deadlock upgrading a read) and ``COMMIT`` on success. A block inside it
+        is a SAVEPOINT: on an exception, only that block's changes are rolled back and the
+        exception goes on; the outer block decides (catch it to keep the rest, or let it
+        through to roll back everything). A failed ``COMMIT`` (disk full, I/O error, a
+        deferred constraint) is rolled back before its error is raised, so the connection is
+        never left inside a transaction. The lock is held for the whole outermost block.
+        """
+        with self._lock:
+            savepoint = f"sp{self._depth}" if self._depth else None
+            self._check_alive()
+            self._conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN IMMEDIATE")
+            self._depth += 1
+            self._after.append([])
+            try:
+                yield self
+            except BaseException:
+                self._depth -= 1
+                self._after.pop()
+                self._undo(savepoint)
+                raise
+            self._depth -= 1
+            hooks = self._after.pop()
+            if savepoint is not None:
+                self._check_alive()
+                self._conn.execute(f"RELEASE {savepoint}")
+                self._after[-1].extend(hooks)  # run when (if) the outermost block commits
+                return
+            self._commit()
+            for hook in hooks:
+                hook()
+
+    def _check_alive(self) -> None:
+        """Inside a block, the transaction must still be open: SQLite ends it by itself after
+        some errors (SQLITE_FULL, SQLITE_IOERR), and a statement run then would commit alone."""
+        if self._depth and not self._conn.in_transaction:
+            raise TransactionLost("the transaction was rolled back by SQLite after an earlier error in it")
+
+    def _commit(self) -> None:
+        if not self._conn.in_transaction:
+            raise TransactionLost("the transaction was rolled back by SQLite after an error in it")
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            # A failed COMMIT leaves the transaction open: roll it back, or every later BEGIN
+            # would fail and nothing could be written again through this connection.
+            self._rollback()
+            raise
+
+    def _undo(self, savepoint: str | None) -> None:
+        if not self._conn.in_transaction:
+            return  # SQLite already rolled everything back (SQLITE_FULL, ...)
+        if savepoint is None:
+            self._rollback()
+            return
+        try:
+            self._conn.execute(f"ROLLBACK TO {savepoint}")
+            self._conn.execute(f"RELEASE {savepoint}")
+        except sqlite3.Error:
+            log.exception("rolling back savepoint %s failed: rolling back the whole transaction", savepoint)
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("ROLLBACK of %s failed", self.path)
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the current transaction commits (at once outside one).
+
+        For in-memory state that must follow the database (a cache, a condition to notify):
+        a hook of a block that is rolled back, or of a transaction whose COMMIT fails, never
+        runs. Hooks run under the lock, on the committing thread, in the order they were added;
+        they must not wait for another thread that uses this database."""
+        with self._lock:
+            if self._depth:
+                self._after[-1].append(hook)
+            else:
+                hook()
+
+    # -- statements ------------------------------------------------------------------------
+    def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
+        """Run one statement (inside the current transaction, or committed on its own).
+
+        For writes: the cursor's ``rowcount`` and ``lastrowid`` say what it did. Read rows
+        with :meth:`fetchall` / :meth:`fetchone`, which fetch under the lock."""
+        with self._lock:
+            self._check_alive()
+            return self._conn.execute(sql, params)
+
+    def execute_all(self, statements: Iterable[str]) -> None:
+        """Run several statements (a schema) in one transaction."""
+        with self.transaction():
+            for statement in statements:
+                self.execute(statement)
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> int:
+        """Run one statement for each of ``rows``; the number of rows changed."""
+        with self._lock:
+            self._check_alive()
+            return int(self._conn.executemany(sql, rows).rowcount)
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self._check_alive()
+            return [tuple(row) for row in self._conn.execute(sql, params).fetchall()]
+
+    def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        with self._lock:
+            self._check_alive()
+            row = self._conn.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    # -- what tests and metrics look at ----------------------------------------------------
+    @property
+    def total_changes(self) -> int:
+        """Rows inserted, changed or deleted through this connection since it was opened."""
+        with self._lock:
+            return int(self._conn.total_changes)
+
+    def trace(self, callback: Callable[[str], object] | None) -> None:
+        """Call ``callback`` with the text of every statement run from now on (None: stop)."""
+        with self._lock:
+            self._conn.set_trace_callback(callback)

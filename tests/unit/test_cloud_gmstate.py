@@ -1,0 +1,59 @@
+"""The GM's bookkeeping (``lifelong.cloud.gmstate.GMState``): its transactions nest, so the
+methods that open their own (``hello``, ``mark_applied_many``) can be grouped by a caller, and
+a rolled-back group leaves neither rows nor cached epochs behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lifelong.cloud.gmstate import GMState
+from lifelong.common.sqlite import Database
+
+KEY = ("LifelongLearningJob", "default", "j")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[GMState]:
+    s = GMState(Database(tmp_path / "gm.db", synchronous="normal"))
+    yield s
+    s.close()
+
+
+def test_a_caller_groups_methods_that_open_their_own_transaction(state: GMState) -> None:
+    with state.transaction():
+        state.hello("node-a", agent="lc", epoch="e1", boot="b", low_seq=None)
+        state.mark_applied_many("node-a", "e1", [1, 2, 3])
+        assert state.set_down("node-a", KEY, "upsert", "5", {"kind": KEY[0]})
+        assert state.put_worker_info("default", "j", "w", {"loss": 1})
+    assert state.epoch("node-a") == "e1"
+    assert state.applied_count("node-a") == 3
+    assert [r.rv for r in state.down_rows(node="node-a")] == ["5"]
+    assert state.worker_info("default", "j") == {"w": {"loss": 1}}
+
+
+def test_a_rolled_back_group_leaves_no_rows_and_no_cached_epoch(state: GMState) -> None:
+    state.hello("node-a", agent="lc", epoch="e1", boot="b", low_seq=None)
+    state.mark_applied("node-a", "e1", 7)
+    with pytest.raises(RuntimeError), state.transaction():
+        state.hello("node-a", agent="lc", epoch="e2", boot="b2", low_seq=None)  # forgets e1's seqs
+        state.set_down("node-a", KEY, "upsert", "5", None)
+        raise RuntimeError("the diff failed")
+    assert state.epoch("node-a") == "e1"  # the cache follows what committed, not what was tried
+    info = state.node("node-a")
+    assert info is not None and (info.epoch, info.boot) == ("e1", "b")
+    assert state.is_applied("node-a", "e1", 7)
+    assert state.down_rows(node="node-a") == []
+
+
+def test_an_inner_failure_keeps_the_rest_of_the_group(state: GMState) -> None:
+    with state.transaction():
+        state.set_down("node-a", KEY, "upsert", "5", None)
+        with pytest.raises(RuntimeError), state.transaction():
+            state.ack_down("node-a", KEY, "5", "upsert")
+            raise RuntimeError("one bad item")
+        state.mark_sent("node-a", KEY, "5")
+    (row,) = state.down_rows(node="node-a")
+    assert not row.acked and row.attempts == 1

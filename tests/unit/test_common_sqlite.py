@@ -1,0 +1,286 @@
+"""The one SQLite layer (``lifelong.common.sqlite.Database``): nested transactions with
+savepoints, a failed COMMIT, SQLite's own rollback after a full database, threads, and a
+corrupt file moved aside. Every failure here is provoked for real (a deferred foreign key, a
+tiny ``max_page_count``, garbage bytes in the file), never mocked."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lifelong.common.sqlite import Database, TransactionLost, moved_aside
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    d = Database(tmp_path / "x.db", synchronous="normal")
+    d.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+    yield d
+    d.close()
+
+
+def _rows(db: Database) -> dict[str, int]:
+    return {str(k): int(v) for k, v in db.fetchall("SELECT k, v FROM t ORDER BY k")}
+
+
+def _other_can_write(path: Path) -> bool:
+    """Can another connection take the write lock at once (no transaction left open here)?"""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def test_pragmas_are_set_once_for_every_owner(tmp_path: Path) -> None:
+    full = Database(tmp_path / "f.db", busy_timeout=2.5)
+    normal = Database(tmp_path / "n.db", synchronous="normal")
+    try:
+        assert full.fetchone("PRAGMA journal_mode") == ("wal",)
+        assert full.fetchone("PRAGMA synchronous") == (2,)  # FULL
+        assert normal.fetchone("PRAGMA synchronous") == (1,)  # NORMAL
+        assert full.fetchone("PRAGMA busy_timeout") == (2500,)
+    finally:
+        full.close()
+        normal.close()
+
+
+def test_nested_blocks_commit_once_with_the_outermost(db: Database, tmp_path: Path) -> None:
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES ('outer', 1)")
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES ('inner', 2)")
+            with db.transaction():
+                db.execute("INSERT INTO t VALUES ('innermost', 3)")
+        assert db.in_transaction
+        assert not _other_can_write(tmp_path / "x.db")  # BEGIN IMMEDIATE: the write lock is ours
+        reader = sqlite3.connect(tmp_path / "x.db")
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (0,)  # nothing committed yet
+        reader.close()
+    assert not db.in_transaction
+    assert _rows(db) == {"outer": 1, "inner": 2, "innermost": 3}
+
+
+def test_an_inner_failure_rolls_back_only_the_inner_block(db: Database) -> None:
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES ('before', 1)")
+        with pytest.raises(RuntimeError, match="inner"), db.transaction():
+            db.execute("INSERT INTO t VALUES ('inner', 2)")
+            db.execute("UPDATE t SET v = 100 WHERE k = 'before'")
+            raise RuntimeError("inner")
+        assert _rows(db) == {"before": 1}  # the inner block's changes are gone, the outer's kept
+        with db.transaction():  # the outer decides to go on
+            db.execute("INSERT INTO t VALUES ('after', 3)")
+    assert _rows(db) == {"before": 1, "after": 3}
+
+
+def test_a_batch_commits_once_and_a_bad_message_rolls_back_alone(db: Database) -> None:
+    def apply(key: str) -> None:  # a repository method with a transaction of its own
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (?, 1)", (key,))
+            if key == "bad":
+                raise ValueError(key)
+
+    statements: list[str] = []
+    db.trace(statements.append)
+    with db.transaction():
+        for key in ("m1", "bad", "m2", "m3"):
+            try:
+                with db.transaction():  # one savepoint per message
+                    apply(key)
+            except ValueError:
+                pass  # logged and counted by the caller; the batch goes on
+    db.trace(None)
+    assert _rows(db) == {"m1": 1, "m2": 1, "m3": 1}
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+
+
+def test_an_outer_failure_rolls_back_released_inner_blocks_too(db: Database, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="outer"), db.transaction():
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES ('inner', 2)")
+        raise ValueError("outer")
+    assert _rows(db) == {}
+    assert _other_can_write(tmp_path / "x.db")
+
+
+def test_a_failed_commit_is_rolled_back_and_the_connection_writes_again(tmp_path: Path) -> None:
+    # A deferred foreign key is checked at COMMIT: the COMMIT fails and SQLite keeps the
+    # transaction open, as it does after a disk full or an I/O error at commit.
+    db = Database(tmp_path / "fk.db")
+    try:
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+        with pytest.raises(sqlite3.IntegrityError), db.transaction():
+            db.execute("INSERT INTO parent VALUES (1)")
+            with db.transaction():
+                db.execute("INSERT INTO child VALUES (99)")  # no parent 99: fails only at COMMIT
+        assert not db.in_transaction
+        assert _other_can_write(tmp_path / "fk.db")  # the write lock is not held any more
+        assert db.fetchall("SELECT id FROM parent") == []  # nothing of it was kept
+        with db.transaction():  # and the next transaction works
+            db.execute("INSERT INTO parent VALUES (2)")
+            db.execute("INSERT INTO child VALUES (2)")
+        assert db.fetchall("SELECT pid FROM child") == [(2,)]
+    finally:
+        db.close()
+
+
+def test_a_full_database_ends_the_transaction_and_nothing_commits_alone(tmp_path: Path) -> None:
+    # On SQLITE_FULL SQLite rolls the whole transaction back by itself. A block that catches
+    # the error and goes on must not write the rest outside any transaction.
+    db = Database(tmp_path / "small.db")
+    try:
+        db.execute("CREATE TABLE t (k TEXT, v BLOB)")
+        pages = db.fetchone("PRAGMA page_count")
+        assert pages is not None
+        db.execute(f"PRAGMA max_page_count={int(pages[0]) + 4}")
+        with pytest.raises(TransactionLost), db.transaction():
+            db.execute("INSERT INTO t VALUES ('small', x'00')")
+            with pytest.raises(sqlite3.OperationalError, match="full"), db.transaction():
+                db.execute("INSERT INTO t VALUES ('big', zeroblob(1000000))")
+            db.execute("INSERT INTO t VALUES ('after', x'00')")  # would commit on its own
+        assert db.fetchall("SELECT k FROM t") == []
+        assert not db.in_transaction
+        db.execute("INSERT INTO t VALUES ('later', x'00')")  # the database works again
+        assert db.fetchall("SELECT k FROM t") == [("later",)]
+    finally:
+        db.close()
+
+
+def test_after_commit_hooks_run_only_for_what_commits(db: Database) -> None:
+    ran: list[str] = []
+    db.after_commit(lambda: ran.append("alone"))  # outside a transaction: at once
+    with db.transaction():
+        db.after_commit(lambda: ran.append("outer"))
+        with db.transaction():
+            db.after_commit(lambda: ran.append("inner kept"))
+        with pytest.raises(RuntimeError), db.transaction():
+            db.after_commit(lambda: ran.append("inner rolled back"))
+            raise RuntimeError
+        assert ran == ["alone"]  # nothing before the COMMIT
+    assert ran == ["alone", "outer", "inner kept"]
+    with pytest.raises(RuntimeError), db.transaction():
+        db.after_commit(lambda: ran.append("outer rolled back"))
+        raise RuntimeError
+    assert ran == ["alone", "outer", "inner kept"]
+
+
+def test_threads_share_one_database_and_never_see_half_a_transaction(db: Database) -> None:
+    db.execute("INSERT INTO t VALUES ('a', 0), ('b', 0), ('n', 0)")
+    writers, rounds = 4, 150
+    torn: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for _ in range(rounds):
+                with db.transaction():
+                    row = db.fetchone("SELECT v FROM t WHERE k='n'")
+                    assert row is not None
+                    db.execute("UPDATE t SET v = ? WHERE k = 'n'", (int(row[0]) + 1,))  # read-modify-write
+                    db.execute("UPDATE t SET v = v + 1 WHERE k = 'a'")
+                    with db.transaction():
+                        db.execute("UPDATE t SET v = v - 1 WHERE k = 'b'")
+        except BaseException as exc:  # reported below, with the thread's own traceback
+            errors.append(exc)
+
+    def read() -> None:
+        while not done.is_set():
+            row = db.fetchone("SELECT (SELECT v FROM t WHERE k='a'), (SELECT v FROM t WHERE k='b')")
+            assert row is not None
+            if row[0] + row[1] != 0:
+                torn.append((row[0], row[1]))
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done.set()
+    reader.join(10)
+    assert errors == []
+    assert torn == []
+    assert _rows(db) == {"a": writers * rounds, "b": -writers * rounds, "n": writers * rounds}
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not an SQLite file at all" * 100)
+    path.with_name(path.name + "-wal").write_bytes(b"wal garbage")
+
+
+def test_a_corrupt_file_is_moved_aside_with_its_wal_and_a_new_one_started(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "lc.db"
+    path.parent.mkdir()
+    _garbage(path)
+    db = Database(path, recover_corrupt=True)
+    try:
+        assert db.moved_aside is not None
+        assert db.moved_aside.read_bytes() == b"this is not an SQLite file at all" * 100
+        assert Path(f"{db.moved_aside}-wal").read_bytes() == b"wal garbage"
+        assert moved_aside(path) == [db.moved_aside]
+        db.execute("CREATE TABLE t (x)")  # the new database works
+    finally:
+        db.close()
+    again = Database(path, recover_corrupt=True)
+    try:
+        assert again.moved_aside is None  # a sound file is left alone
+        assert again.fetchall("SELECT name FROM sqlite_master") == [("t",)]
+    finally:
+        again.close()
+
+
+def test_a_damaged_page_is_found_by_the_check_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "lc.db"
+    db = Database(path)
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    db.executemany("INSERT INTO t VALUES (?, ?)", ((i, "x" * 200) for i in range(200)))
+    db.close()  # checkpointed: everything is in the file
+    with path.open("r+b") as fh:
+        fh.seek(2 * 4096 + 8)
+        fh.write(os.urandom(4096 - 16))
+    damaged = path.read_bytes()
+    again = Database(path, recover_corrupt=True)
+    try:
+        assert again.moved_aside is not None and again.moved_aside.read_bytes() == damaged
+        assert again.fetchall("SELECT name FROM sqlite_master") == []
+    finally:
+        again.close()
+
+
+def test_without_recovery_or_when_not_corrupt_nothing_is_moved(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    _garbage(path)
+    with pytest.raises(sqlite3.DatabaseError):
+        Database(path)  # the GM's databases: the error, and the file left where it is
+    assert moved_aside(path) == [] and path.exists()
+    busy = tmp_path / "dir.db"
+    busy.mkdir()  # cannot be opened, but is not a corrupt database
+    with pytest.raises(sqlite3.OperationalError):
+        Database(busy, recover_corrupt=True)
+    assert moved_aside(busy) == [] and busy.is_dir()
+
+
+def test_memory_database_for_tests() -> None:
+    db = Database(":memory:")
+    try:
+        assert db.memory
+        with db.transaction():
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+        assert db.fetchall("SELECT x FROM t") == [(1,)]
+    finally:
+        db.close()
