@@ -346,7 +346,7 @@ class Demo:
         return any(n["node"] == NODE and n["online"] for n in items)
 
     def apply(self) -> None:
-        from lifelong.cloud.cli import Client, read_resources
+        from lifelong.client.commands import Client, read_resources
 
         values = {
             "{{WORKDIR}}": str(self.workdir),

@@ -1,4 +1,4 @@
-"""Sub-commands of the cloud side: ``lifelong gm`` and the kubectl-like client commands.
+"""The cloud side's sub-command: ``lifelong gm``, which runs the Global Manager.
 
 Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``.
 
@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lifelong.cloud.cli import add_client_commands
 from lifelong.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -196,4 +195,3 @@ def register(sub: Any) -> None:
     p.add_argument("--lc-server", default=DEFAULT_LC_SERVER, help="LC_SERVER given to workers")
     p.add_argument("--kb-server", default=DEFAULT_KB_SERVER, help="KB_SERVER given to workers")
     p.set_defaults(handler=cmd_gm)
-    add_client_commands(sub)

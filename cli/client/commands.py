@@ -1,6 +1,9 @@
-"""The client side of the GM's HTTP API: ``lifelong apply/get/describe/delete``, kubectl-like.
+"""The client side of the GM's HTTP API: ``lifelong apply/get/describe/delete/nodes``, kubectl-like.
 
-Who calls it: ``cloud/commands.py`` registers these sub-commands. Everything goes through the
+Who calls it: the ``lifelong`` dispatcher (``cli/__main__.py``) registers these sub-commands
+through ``register``; ``lifelong demo`` and tests use ``Client`` and ``read_resources``. It is a
+client of the GM, not part of it: it imports only ``lifelong.common`` (an import-linter contract
+in ``pyproject.toml`` keeps it so). Everything goes through the
 GM's local HTTP API (``--server``, default http://127.0.0.1:9300); files are parsed and
 validated locally first, so a typo is reported with its file and field before anything is sent.
 
@@ -26,7 +29,6 @@ from urllib.parse import quote
 
 import yaml
 
-from lifelong.cloud.stores.base import NotFound
 from lifelong.common.api import dump_resource, load_documents
 from lifelong.common.errors import LifelongError, ValidationError
 
@@ -47,6 +49,12 @@ _PLURAL = {
 }
 # Applied in this order within one command, so a Dataset exists before the job naming it.
 _APPLY_ORDER = {"Dataset": 0, "Model": 1, "LifelongLearningJob": 2}
+
+
+class NotFound(LifelongError):
+    """The GM answered 404: no such resource."""
+
+    exit_code = 1
 
 
 class ServerUnreachable(LifelongError):
@@ -601,7 +609,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return status
 
 
-def add_client_commands(sub: Any) -> None:
+def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})"

@@ -1,6 +1,8 @@
 """``lifelong tail``: print the bus traffic live, decoded (msgpack or JSON), one line a message.
 
-Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``. It is an
+Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``. It is a
+tool for operators, not part of ``lifelong.common``'s pure modules (nothing of ``common``,
+``cloud``, ``edge`` or ``broker`` may import it; ``pyproject.toml`` checks that). It is an
 ordinary MQTT subscriber built on :class:`lifelong.common.bus.BusClient`: it subscribes to
 ``{prefix}/#`` (or ``{prefix}/node/{node}/#`` with ``--node``), decodes every payload with
 :mod:`lifelong.common.codec` and prints::
