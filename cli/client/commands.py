@@ -1,9 +1,9 @@
 """The client side of the GM's HTTP API: ``lifelong apply/get/describe/delete/nodes``, kubectl-like.
 
 Who calls it: the ``lifelong`` dispatcher (``cli/__main__.py``) registers these sub-commands
-through ``register``; ``lifelong demo`` and tests use ``Client`` and ``read_resources``. It is a
-client of the GM, not part of it: it imports only ``lifelong.common`` (an import-linter contract
-in ``pyproject.toml`` keeps it so). Everything goes through the
+through ``register``. The HTTP client is ``api.py``, the file reader ``files.py``, the printing
+``format.py``. It is a client of the GM, not part of it: it imports only ``lifelong.common`` (an
+import-linter contract in ``pyproject.toml`` keeps it so). Everything goes through the
 GM's local HTTP API (``--server``, default http://127.0.0.1:9300); files are parsed and
 validated locally first, so a typo is reported with its file and field before anything is sent.
 
@@ -16,23 +16,23 @@ GM unreachable 1).
 from __future__ import annotations
 
 import argparse
-import builtins
-import json
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import yaml
-
-from lifelong.common.api import dump_resource, load_documents
-from lifelong.common.errors import LifelongError, ValidationError
-
-DEFAULT_SERVER = "http://127.0.0.1:9300"
+from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
+from lifelong.client.files import read_resources
+from lifelong.client.format import (
+    describe_text,
+    dump,
+    headers,
+    hello_age,
+    job_nodes,
+    nodes_table,
+    outbox_depth,
+    row,
+    table,
+)
+from lifelong.common.errors import ValidationError
 
 KIND_ALIASES = {
     "LifelongLearningJob": ("ll", "lifelonglearningjob", "lifelonglearningjobs", "lljob", "lljobs"),
@@ -40,29 +40,17 @@ KIND_ALIASES = {
     "Model": ("model", "models"),
     "Worker": ("worker", "workers"),
 }
+
 _ALIAS = {alias: kind for kind, aliases in KIND_ALIASES.items() for alias in (*aliases, kind.lower())}
+
 _PLURAL = {
     "LifelongLearningJob": "lifelonglearningjob.sedna.io",
     "Dataset": "dataset.sedna.io",
     "Model": "model.sedna.io",
     "Worker": "worker.lifelong.io",
 }
-# Applied in this order within one command, so a Dataset exists before the job naming it.
+
 _APPLY_ORDER = {"Dataset": 0, "Model": 1, "LifelongLearningJob": 2}
-
-
-class NotFound(LifelongError):
-    """The GM answered 404: no such resource."""
-
-    exit_code = 1
-
-
-class ServerUnreachable(LifelongError):
-    exit_code = 1
-
-
-class ServerError(LifelongError):
-    exit_code = 1
 
 
 def kind_of(name: str) -> str:
@@ -71,302 +59,6 @@ def kind_of(name: str) -> str:
         choices = ", ".join(sorted({a for aliases in KIND_ALIASES.values() for a in aliases[:1]}))
         raise ValidationError([("", f'the server doesn\'t have a resource type "{name}" (try {choices})')])
     return kind
-
-
-# -- HTTP -----------------------------------------------------------------------------------
-
-
-class Client:
-    def __init__(self, server: str, timeout: float = 30.0) -> None:
-        self.server = server.rstrip("/")
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.server + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read() or b"{}")
-            except ValueError:
-                err = {}
-            message = err.get("error") or f"HTTP {exc.code}"
-            reason = err.get("reason", "")
-            if exc.code == 404:
-                raise NotFound(message) from None
-            if exc.code == 400 and reason == "ValidationError":
-                raise ValidationError([("", message)]) from None
-            raise ServerError(f"the GM refused ({exc.code}): {message}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServerUnreachable(f"cannot reach the GM at {self.server}: {reason}") from None
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", "/api/v1/apply", obj)
-        return result
-
-    def list(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
-        query = "" if namespace is None else f"?namespace={quote(namespace)}"
-        return list(self.request("GET", f"/api/v1/{kind}{query}")["items"])
-
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.request("GET", f"/api/v1/{kind}/{quote(namespace)}/{quote(name)}")
-        return obj
-
-    def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("DELETE", f"/api/v1/{kind}/{quote(namespace)}/{quote(name)}")
-        return out
-
-    def describe(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("GET", f"/api/v1/describe/{kind}/{quote(namespace)}/{quote(name)}")
-        return out
-
-    def nodes(self) -> builtins.list[dict[str, Any]]:
-        return list(self.request("GET", "/api/v1/nodes")["items"])
-
-
-# -- files ----------------------------------------------------------------------------------
-
-
-def read_resources(paths: Sequence[str], stdin: Any = None) -> list[dict[str, Any]]:
-    """Every resource in the files, directories (``*.yaml``, ``*.yml``, ``*.json``) or ``-``."""
-    out: list[dict[str, Any]] = []
-    for given in paths:
-        if given == "-":
-            text = (stdin or sys.stdin).read()
-            out.extend(dump_resource(r) for r in _load(text, "<stdin>"))
-            continue
-        path = Path(given)
-        if path.is_dir():
-            files = sorted(
-                p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file()
-            )
-        elif path.exists():
-            files = [path]
-        else:
-            raise ValidationError([("", f'the path "{given}" does not exist')])
-        for file in files:
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ValidationError([("", f"cannot read {file}: {exc}")]) from None
-            out.extend(dump_resource(r) for r in _load(text, str(file)))
-    return out
-
-
-def _load(text: str, source: str) -> list[Any]:
-    """``load_documents`` with what it lets through turned into a ``ValidationError``: YAML's
-    reader refusing a control character, and nesting too deep to parse (found by the fault
-    suite's fuzzing, tests/faults/test_bad_input.py)."""
-    try:
-        return list(load_documents(text, source=source))
-    except yaml.YAMLError as exc:
-        raise ValidationError([("", f"invalid YAML: {exc}")], source=source) from None
-    except RecursionError:
-        raise ValidationError([("", "the document is nested too deeply")], source=source) from None
-
-
-# -- formatting -----------------------------------------------------------------------------
-
-
-def _age(created: str | None, now: datetime | None = None) -> str:
-    if not created:
-        return "<unknown>"
-    try:
-        then = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return "<unknown>"
-    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
-    seconds = max(seconds, 0)
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 120:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours}h"
-    return f"{hours // 24}d"
-
-
-def _last_condition(obj: dict[str, Any]) -> dict[str, Any]:
-    conds = (obj.get("status") or {}).get("conditions") or []
-    return conds[-1] if conds else {}
-
-
-def _round(obj: dict[str, Any]) -> int:
-    conds = (obj.get("status") or {}).get("conditions") or []
-    return sum(1 for c in conds if c.get("stage") == "Train" and c.get("type") == "Ready")
-
-
-def _node(template: Any) -> str:
-    if isinstance(template, dict):
-        node = (template.get("spec") or {}).get("nodeName")
-        if isinstance(node, str):
-            return node
-    return "<none>"
-
-
-def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
-    meta = obj.get("metadata", {})
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    age = _age(meta.get("creationTimestamp"))
-    if kind == "LifelongLearningJob":
-        last = _last_condition(obj)
-        cells = [meta.get("name", ""), last.get("stage", "<none>"), last.get("type", "<none>"), age]
-        if wide:
-            cells += [
-                str(_round(obj)),
-                str((spec.get("dataset") or {}).get("name", "")),
-                _node((spec.get("trainSpec") or {}).get("template")),
-                _node((spec.get("evalSpec") or {}).get("template")),
-                _node((spec.get("deploySpec") or {}).get("template")),
-            ]
-        return cells
-    if kind == "Dataset":
-        cells = [
-            meta.get("name", ""),
-            str(spec.get("nodeName", "")),
-            str(status.get("numberOfSamples", 0)),
-            age,
-        ]
-        if wide:
-            cells += [str(spec.get("format", "")), str(spec.get("url", ""))]
-        return cells
-    if kind == "Model":
-        return [meta.get("name", ""), str(spec.get("format", "")), str(spec.get("url", "")), age]
-    node = _node(spec.get("template"))
-    return [
-        meta.get("name", ""),
-        str(spec.get("job", "")),
-        str(spec.get("stage", "")),
-        node,
-        str(status.get("phase", "<none>")),
-        age,
-    ]
-
-
-def headers(kind: str, wide: bool) -> list[str]:
-    if kind == "LifelongLearningJob":
-        return ["NAME", "STAGE", "STATUS", "AGE"] + (
-            ["ROUND", "DATASET", "TRAIN-NODE", "EVAL-NODE", "DEPLOY-NODE"] if wide else []
-        )
-    if kind == "Dataset":
-        return ["NAME", "NODE", "SAMPLES", "AGE"] + (["FORMAT", "URL"] if wide else [])
-    if kind == "Model":
-        return ["NAME", "FORMAT", "URL", "AGE"]
-    return ["NAME", "JOB", "STAGE", "NODE", "PHASE", "AGE"]
-
-
-def table(rows: Iterable[Sequence[str]]) -> str:
-    rows = [list(r) for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["   ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def dump(value: Any, output: str) -> str:
-    if output == "json":
-        return json.dumps(value, indent=4)
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def timeline(conds: Sequence[dict[str, Any]]) -> list[str]:
-    """A job's conditions as a timeline: round, time, time since the previous, stage/type, why."""
-    rows = [["ROUND", "TIME", "+", "STAGE", "TYPE", "REASON", "MESSAGE"]]
-    rnd = 0
-    previous: datetime | None = None
-    for c in conds:
-        if c.get("stage") == "Train" and c.get("type") == "Ready":
-            rnd += 1
-        when = _parse_time(c.get("lastTransitionTime"))
-        delta = ""
-        if when is not None and previous is not None:
-            delta = f"+{max(int((when - previous).total_seconds()), 0)}s"
-        previous = when or previous
-        message = str(c.get("message", ""))
-        rows.append(
-            [
-                str(rnd) if rnd else "-",
-                str(c.get("lastTransitionTime", "")),
-                delta,
-                str(c.get("stage", "")),
-                str(c.get("type", "")),
-                str(c.get("reason", "")),
-                message if len(message) <= 80 else message[:77] + "...",
-            ]
-        )
-    return table(rows).splitlines()
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def last_reports(worker_info: dict[str, Any]) -> list[str]:
-    """One line per worker: the models and metrics it posted last (``workerInfo`` reports)."""
-    out = []
-    for worker, info in sorted(worker_info.items()):
-        results = info.get("results") if isinstance(info, dict) else None
-        if isinstance(results, list) and results:
-            parts = []
-            for r in results:
-                if isinstance(r, dict):
-                    metrics = r.get("metrics") or {}
-                    shown = (
-                        ", ".join(f"{k}={_short(v)}" for k, v in metrics.items())
-                        if isinstance(metrics, dict)
-                        else ""
-                    )
-                    parts.append(f"{r.get('url', '?')}" + (f" ({shown})" if shown else ""))
-            out.append(f"{worker}: " + "; ".join(parts))
-        elif isinstance(results, list):
-            out.append(f"{worker}: posted no models")
-        else:
-            out.append(f"{worker}: {json.dumps(info, default=str)[:100]}")
-    return out
-
-
-def job_nodes(obj: dict[str, Any], dataset: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """(node, role) for every node a job involves: its Dataset's node and each template's."""
-    spec = obj.get("spec") or {}
-    roles: dict[str, list[str]] = {}
-    if dataset is not None:
-        node = (dataset.get("spec") or {}).get("nodeName")
-        if isinstance(node, str) and node:
-            roles.setdefault(node, []).append("dataset")
-    for stage, field in (("train", "trainSpec"), ("eval", "evalSpec"), ("deploy", "deploySpec")):
-        node = _node((spec.get(field) or {}).get("template"))
-        if node != "<none>":
-            roles.setdefault(node, []).append(stage)
-    return [(node, ",".join(r)) for node, r in roles.items()]
-
-
-def _hello_age(last_hello: Any) -> str:
-    if not isinstance(last_hello, (int, float)) or last_hello <= 0:
-        return "<never>"
-    return _age(datetime.fromtimestamp(last_hello, UTC).isoformat()) + " ago"
-
-
-def _outbox_depth(node: dict[str, Any] | None) -> str:
-    """The node's upstream backlog (reports in its outbox) as of its last hello."""
-    outbox = None if node is None else node.get("outbox")
-    depth = outbox.get("depth") if isinstance(outbox, dict) else None
-    return str(depth) if isinstance(depth, int) and not isinstance(depth, bool) else "<unknown>"
 
 
 def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -392,97 +84,12 @@ def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
                 "node": node,
                 "role": role,
                 "status": "<unknown>" if n is None else ("Online" if n["online"] else "Offline"),
-                "lastHello": _hello_age(None if n is None else n.get("lastHello")),
+                "lastHello": hello_age(None if n is None else n.get("lastHello")),
                 "unacked": 0 if n is None else n.get("unacked", 0),
-                "outbox": _outbox_depth(n),
+                "outbox": outbox_depth(n),
             }
         )
     return out
-
-
-def describe_text(info: dict[str, Any]) -> str:
-    obj = info["object"]
-    meta = obj.get("metadata", {})
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    lines = [
-        f"Name:              {meta.get('name')}",
-        f"Namespace:         {meta.get('namespace')}",
-        f"Kind:              {obj.get('kind')}",
-        f"Created:           {meta.get('creationTimestamp')}",
-        f"Resource Version:  {meta.get('resourceVersion')}",
-    ]
-    if obj.get("kind") == "LifelongLearningJob":
-        last = _last_condition(obj)
-        dataset = spec.get("dataset") or {}
-        lines += [
-            f"Dataset:           {dataset.get('name')} (trainProb {dataset.get('trainProb')})",
-            f"Output Dir:        {spec.get('outputDir')}",
-            f"Stage:             {last.get('stage', '<none>')}",
-            f"Status:            {last.get('type', '<none>')}",
-            f"Round:             {_round(obj)}",
-            f"Start Time:        {status.get('startTime', '<none>')}",
-            "Nodes:",
-        ]
-        for stage, field in (("Train", "trainSpec"), ("Eval", "evalSpec"), ("Deploy", "deploySpec")):
-            lines.append(f"  {stage + ':':8} {_node((spec.get(field) or {}).get('template'))}")
-        conds = status.get("conditions") or []
-        lines.append("Conditions:")
-        lines += ["  " + line for line in timeline(conds)] if conds else ["  <none>"]
-        lines.append("Workers:")
-        workers = info.get("workers") or []
-        if workers:
-            rows = [["NAME", "STAGE", "NODE", "PHASE"]]
-            for w in workers:
-                wspec = w.get("spec") or {}
-                rows.append(
-                    [
-                        w["metadata"]["name"],
-                        str(wspec.get("stage", "")),
-                        _node(wspec.get("template")),
-                        str((w.get("status") or {}).get("phase", "<none>")),
-                    ]
-                )
-            lines += ["  " + line for line in table(rows).splitlines()]
-        else:
-            lines.append("  <none>")
-        lines.append("Last Reports:")
-        lines += ["  " + line for line in last_reports(info.get("workerInfo") or {})] or ["  <none>"]
-    elif obj.get("kind") == "Dataset":
-        lines += [
-            f"URL:               {spec.get('url')}",
-            f"Format:            {spec.get('format')}",
-            f"Node:              {spec.get('nodeName')}",
-            f"Samples:           {status.get('numberOfSamples', 0)}",
-            f"Updated:           {status.get('updateTime', '<none>')}",
-        ]
-    involved = info.get("nodes")
-    if involved is not None:
-        lines.append("Nodes Involved:")
-        if involved:
-            rows = [["NODE", "ROLE", "STATUS", "LAST HELLO", "UNACKED DOWN", "OUTBOX@HELLO"]]
-            rows += [
-                [n["node"], n["role"], n["status"], n["lastHello"], str(n["unacked"]), n.get("outbox", "")]
-                for n in involved
-            ]
-            lines += ["  " + line for line in table(rows).splitlines()]
-            lines.append("  (OUTBOX@HELLO: upstream reports pending in the node's outbox at its last hello)")
-        else:
-            lines.append("  <none>")
-    delivery = info.get("delivery") or []
-    lines.append("Delivery:")
-    if delivery:
-        rows = [["NODE", "OP", "VERSION", "ACKED", "ATTEMPTS"]]
-        rows += [
-            [d["node"], d["op"], d["rv"], "yes" if d["acked"] else "no", str(d["attempts"])] for d in delivery
-        ]
-        lines += ["  " + line for line in table(rows).splitlines()]
-    else:
-        lines.append("  <none>")
-    return "\n".join(lines)
-
-
-# -- commands -------------------------------------------------------------------------------
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -537,22 +144,6 @@ def cmd_get(args: argparse.Namespace) -> int:
         ]
     print(table(rows))
     return 0
-
-
-def nodes_table(items: Sequence[dict[str, Any]]) -> str:
-    rows = [["NAME", "STATUS", "LAST HELLO", "AGENT", "UNACKED DOWN", "OUTBOX@HELLO"]]
-    for n in items:
-        rows.append(
-            [
-                str(n["node"]),
-                "Online" if n["online"] else "Offline",
-                _hello_age(n.get("lastHello")),
-                n.get("agent") or "<none>",
-                str(n.get("unacked", 0)),
-                _outbox_depth(n),
-            ]
-        )
-    return table(rows)
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from harness.faults import Tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lifelong.client.commands import read_resources
+from lifelong.client.files import read_resources
 from lifelong.cloud.api_server import GMApi
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.codec import Codec, decode, encode

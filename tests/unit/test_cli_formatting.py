@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from lifelong.client.commands import job_nodes, last_reports, nodes_table, timeline
+from lifelong.client.format import job_nodes, last_reports, nodes_table, timeline
 from lifelong.common.codec import Codec, encode
 from lifelong.common.envelope import Envelope, Op
 from lifelong.common.topics import Topics
