@@ -14,10 +14,10 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 from lifelong.common.errors import ConfigError
+from lifelong.common.secretfile import read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
 
     if not args.broker:
         raise ConfigError("lifelong gm needs --broker mqtt://HOST:PORT (or LIFELONG_GM_BROKER)")
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --password-file: {exc}") from None
+    password = read_secret_file(args.password_file) if args.password_file else None
     settings = GMSettings(
         broker=args.broker,
         store=args.store,
