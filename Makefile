@@ -34,9 +34,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # mypy and import-linter need the real `lifelong.*` tree on disk; the editable install maps
-# folders with an import hook they cannot follow, so build a plain copy for them.
+# folders with an import hook they cannot follow, so build a plain copy for them. setuptools
+# builds through ./build and leaves there the modules that were moved or deleted since, which
+# would land in the copy: start from an empty one.
 .build/pkg: $(STAMP) $(shell find cli common cloud edge broker -name '*.py' 2>/dev/null)
-	rm -rf .build/pkg
+	rm -rf .build/pkg build
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target .build/pkg . >/dev/null
 	touch .build/pkg
 

@@ -2,7 +2,7 @@
 
 All metadata lives in pyproject.toml; this file only lists the packages, because
 setuptools cannot discover sub-packages of folders whose names differ from their
-import names (``common/`` is ``lifelong.common``).
+import names (``common/`` is ``lifelong.common``, ``cli/client/`` is ``lifelong.client``).
 """
 
 from setuptools import find_packages, setup
@@ -18,7 +18,6 @@ FOLDERS = {
 packages = []
 for name, folder in FOLDERS.items():
     packages.append(name)
-    if name != "lifelong":
-        packages += [f"{name}.{sub}" for sub in find_packages(folder)]
+    packages += [f"{name}.{sub}" for sub in find_packages(folder)]
 
 setup(packages=packages)

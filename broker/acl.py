@@ -1,6 +1,7 @@
 """Topic access control for the embedded broker: each node only under its own ``node/{node}/``.
 
-The policy (DESIGN §5, guarantee 5), for topic prefix ``P`` (``lifelong/v1`` by default):
+The policy (docs/design.md, "Guarantees", 5. Identity), for topic prefix ``P`` (``lifelong/v1``
+by default):
 
     node user u   publish    P/node/u and below
                   subscribe  filters inside P/node/u/# (wildcards only below P/node/u/),

@@ -1,8 +1,10 @@
 """The ``lifelong`` command: one entry point, one sub-command per component.
 
 Each component registers its own sub-commands through a ``register(subparsers)`` function in
-its ``commands`` module; this dispatcher imports them lazily so that ``lifelong broker`` does
-not pay for importing the GM, and so that ``cloud`` and ``edge`` stay independent of each other.
+its ``commands`` module (``lifelong.client.commands`` for the kubectl-like client of the GM,
+``lifelong.tail`` for ``lifelong tail``); this dispatcher imports them by name with importlib,
+and each keeps its heavy imports inside its handlers, so that ``lifelong broker`` does not pay
+for importing the GM, and so that ``cloud`` and ``edge`` stay independent of each other.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from lifelong import __version__
 COMMAND_MODULES = (
     "lifelong.broker.commands",
     "lifelong.cloud.commands",
+    "lifelong.client.commands",
     "lifelong.edge.commands",
-    "lifelong.common.commands",
+    "lifelong.tail",
     "lifelong.demo",
 )
 

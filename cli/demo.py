@@ -346,7 +346,8 @@ class Demo:
         return any(n["node"] == NODE and n["online"] for n in items)
 
     def apply(self) -> None:
-        from lifelong.cloud.cli import Client, read_resources
+        from lifelong.client.api import Client
+        from lifelong.client.files import read_resources
 
         values = {
             "{{WORKDIR}}": str(self.workdir),

@@ -1,4 +1,4 @@
-"""Sub-commands of the cloud side: ``lifelong gm`` and the kubectl-like client commands.
+"""The cloud side's sub-command: ``lifelong gm``, which runs the Global Manager.
 
 Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``.
 
@@ -14,11 +14,10 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
-from lifelong.cloud.cli import add_client_commands
 from lifelong.common.errors import ConfigError
+from lifelong.common.secretfile import read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +62,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
 
     if not args.broker:
         raise ConfigError("lifelong gm needs --broker mqtt://HOST:PORT (or LIFELONG_GM_BROKER)")
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --password-file: {exc}") from None
+    password = read_secret_file(args.password_file) if args.password_file else None
     settings = GMSettings(
         broker=args.broker,
         store=args.store,
@@ -196,4 +190,3 @@ def register(sub: Any) -> None:
     p.add_argument("--lc-server", default=DEFAULT_LC_SERVER, help="LC_SERVER given to workers")
     p.add_argument("--kb-server", default=DEFAULT_KB_SERVER, help="KB_SERVER given to workers")
     p.set_defaults(handler=cmd_gm)
-    add_client_commands(sub)

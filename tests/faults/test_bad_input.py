@@ -23,8 +23,8 @@ from harness.faults import Tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lifelong.client.files import read_resources
 from lifelong.cloud.api_server import GMApi
-from lifelong.cloud.cli import read_resources
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import time
 
-from lifelong.cloud.cli import job_nodes, last_reports, nodes_table, timeline
+from lifelong.client.format import job_nodes, last_reports, nodes_table, timeline
 from lifelong.common.codec import Codec, encode
-from lifelong.common.commands import describe_message
 from lifelong.common.envelope import Envelope, Op
 from lifelong.common.topics import Topics
+from lifelong.tail import describe_message
 
 TOPICS = Topics("lifelong/v1")
 

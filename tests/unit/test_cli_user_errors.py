@@ -124,6 +124,13 @@ def test_tail_missing_password_file_is_exit_2(capsys: pytest.CaptureFixture[str]
     assert one_clear_line(err).startswith("error: cannot read --password-file")
 
 
+def test_gm_missing_password_file_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "none"
+    code, _, err = run(capsys, "gm", "--broker", "mqtt://127.0.0.1:1", "--password-file", str(missing))
+    assert code == 2
+    assert one_clear_line(err) == f"error: cannot read --password-file {missing}: No such file or directory"
+
+
 def test_demo_rounds_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "demo", "--rounds", "0")
     assert code == 2

@@ -1,6 +1,8 @@
 """``lifelong tail``: print the bus traffic live, decoded (msgpack or JSON), one line a message.
 
-Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``. It is an
+Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``. It is a
+tool for operators, not part of ``lifelong.common``'s pure modules (nothing of ``common``,
+``cloud``, ``edge`` or ``broker`` may import it; ``pyproject.toml`` checks that). It is an
 ordinary MQTT subscriber built on :class:`lifelong.common.bus.BusClient`: it subscribes to
 ``{prefix}/#`` (or ``{prefix}/node/{node}/#`` with ``--node``), decodes every payload with
 :mod:`lifelong.common.codec` and prints::
@@ -23,12 +25,12 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from lifelong.common.bus import BusClient, Credentials, ReconnectPolicy, TLSParameters
 from lifelong.common.codec import decode_map
 from lifelong.common.errors import ConfigError, LifelongError, ProtocolError
+from lifelong.common.secretfile import read_secret_file
 from lifelong.common.topics import DEFAULT_PREFIX, Topics, check_prefix, check_segment
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -128,12 +130,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not bus_log.isEnabledFor(logging.DEBUG):
         bus_log.setLevel(logging.ERROR)  # reconnect warnings would interleave with the traffic
     topic_filter = topics.node_filter(args.node) if args.node else f"{prefix}/#"
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --password-file: {exc.strerror or exc}") from None
+    password = read_secret_file(args.password_file) if args.password_file else None
     credentials = Credentials(args.username, password) if args.username else None
     tls = TLSParameters(ca_certs=args.tls_ca_file) if args.tls_ca_file else None
     printed = 0

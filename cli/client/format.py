@@ -1,0 +1,309 @@
+"""What the client prints: kubectl-like tables, ``describe`` text, a job's condition timeline.
+
+Who calls it: the client's sub-commands (``lifelong.client.commands``) and unit tests. Pure:
+it takes the JSON the GM's API answered and returns text; it does no I/O except reading the
+clock for ages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+
+def _age(created: str | None, now: datetime | None = None) -> str:
+    if not created:
+        return "<unknown>"
+    try:
+        then = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours}h"
+    return f"{hours // 24}d"
+
+
+def _last_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return conds[-1] if conds else {}
+
+
+def _round(obj: dict[str, Any]) -> int:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return sum(1 for c in conds if c.get("stage") == "Train" and c.get("type") == "Ready")
+
+
+def _node(template: Any) -> str:
+    if isinstance(template, dict):
+        node = (template.get("spec") or {}).get("nodeName")
+        if isinstance(node, str):
+            return node
+    return "<none>"
+
+
+def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
+    meta = obj.get("metadata", {})
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    age = _age(meta.get("creationTimestamp"))
+    if kind == "LifelongLearningJob":
+        last = _last_condition(obj)
+        cells = [meta.get("name", ""), last.get("stage", "<none>"), last.get("type", "<none>"), age]
+        if wide:
+            cells += [
+                str(_round(obj)),
+                str((spec.get("dataset") or {}).get("name", "")),
+                _node((spec.get("trainSpec") or {}).get("template")),
+                _node((spec.get("evalSpec") or {}).get("template")),
+                _node((spec.get("deploySpec") or {}).get("template")),
+            ]
+        return cells
+    if kind == "Dataset":
+        cells = [
+            meta.get("name", ""),
+            str(spec.get("nodeName", "")),
+            str(status.get("numberOfSamples", 0)),
+            age,
+        ]
+        if wide:
+            cells += [str(spec.get("format", "")), str(spec.get("url", ""))]
+        return cells
+    if kind == "Model":
+        return [meta.get("name", ""), str(spec.get("format", "")), str(spec.get("url", "")), age]
+    node = _node(spec.get("template"))
+    return [
+        meta.get("name", ""),
+        str(spec.get("job", "")),
+        str(spec.get("stage", "")),
+        node,
+        str(status.get("phase", "<none>")),
+        age,
+    ]
+
+
+def headers(kind: str, wide: bool) -> list[str]:
+    if kind == "LifelongLearningJob":
+        return ["NAME", "STAGE", "STATUS", "AGE"] + (
+            ["ROUND", "DATASET", "TRAIN-NODE", "EVAL-NODE", "DEPLOY-NODE"] if wide else []
+        )
+    if kind == "Dataset":
+        return ["NAME", "NODE", "SAMPLES", "AGE"] + (["FORMAT", "URL"] if wide else [])
+    if kind == "Model":
+        return ["NAME", "FORMAT", "URL", "AGE"]
+    return ["NAME", "JOB", "STAGE", "NODE", "PHASE", "AGE"]
+
+
+def table(rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["   ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def dump(value: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(value, indent=4)
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def timeline(conds: Sequence[dict[str, Any]]) -> list[str]:
+    """A job's conditions as a timeline: round, time, time since the previous, stage/type, why."""
+    rows = [["ROUND", "TIME", "+", "STAGE", "TYPE", "REASON", "MESSAGE"]]
+    rnd = 0
+    previous: datetime | None = None
+    for c in conds:
+        if c.get("stage") == "Train" and c.get("type") == "Ready":
+            rnd += 1
+        when = _parse_time(c.get("lastTransitionTime"))
+        delta = ""
+        if when is not None and previous is not None:
+            delta = f"+{max(int((when - previous).total_seconds()), 0)}s"
+        previous = when or previous
+        message = str(c.get("message", ""))
+        rows.append(
+            [
+                str(rnd) if rnd else "-",
+                str(c.get("lastTransitionTime", "")),
+                delta,
+                str(c.get("stage", "")),
+                str(c.get("type", "")),
+                str(c.get("reason", "")),
+                message if len(message) <= 80 else message[:77] + "...",
+            ]
+        )
+    return table(rows).splitlines()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def last_reports(worker_info: dict[str, Any]) -> list[str]:
+    """One line per worker: the models and metrics it posted last (``workerInfo`` reports)."""
+    out = []
+    for worker, info in sorted(worker_info.items()):
+        results = info.get("results") if isinstance(info, dict) else None
+        if isinstance(results, list) and results:
+            parts = []
+            for r in results:
+                if isinstance(r, dict):
+                    metrics = r.get("metrics") or {}
+                    shown = (
+                        ", ".join(f"{k}={_short(v)}" for k, v in metrics.items())
+                        if isinstance(metrics, dict)
+                        else ""
+                    )
+                    parts.append(f"{r.get('url', '?')}" + (f" ({shown})" if shown else ""))
+            out.append(f"{worker}: " + "; ".join(parts))
+        elif isinstance(results, list):
+            out.append(f"{worker}: posted no models")
+        else:
+            out.append(f"{worker}: {json.dumps(info, default=str)[:100]}")
+    return out
+
+
+def job_nodes(obj: dict[str, Any], dataset: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(node, role) for every node a job involves: its Dataset's node and each template's."""
+    spec = obj.get("spec") or {}
+    roles: dict[str, list[str]] = {}
+    if dataset is not None:
+        node = (dataset.get("spec") or {}).get("nodeName")
+        if isinstance(node, str) and node:
+            roles.setdefault(node, []).append("dataset")
+    for stage, field in (("train", "trainSpec"), ("eval", "evalSpec"), ("deploy", "deploySpec")):
+        node = _node((spec.get(field) or {}).get("template"))
+        if node != "<none>":
+            roles.setdefault(node, []).append(stage)
+    return [(node, ",".join(r)) for node, r in roles.items()]
+
+
+def hello_age(last_hello: Any) -> str:
+    if not isinstance(last_hello, (int, float)) or last_hello <= 0:
+        return "<never>"
+    return _age(datetime.fromtimestamp(last_hello, UTC).isoformat()) + " ago"
+
+
+def outbox_depth(node: dict[str, Any] | None) -> str:
+    """The node's upstream backlog (reports in its outbox) as of its last hello."""
+    outbox = None if node is None else node.get("outbox")
+    depth = outbox.get("depth") if isinstance(outbox, dict) else None
+    return str(depth) if isinstance(depth, int) and not isinstance(depth, bool) else "<unknown>"
+
+
+def describe_text(info: dict[str, Any]) -> str:
+    obj = info["object"]
+    meta = obj.get("metadata", {})
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    lines = [
+        f"Name:              {meta.get('name')}",
+        f"Namespace:         {meta.get('namespace')}",
+        f"Kind:              {obj.get('kind')}",
+        f"Created:           {meta.get('creationTimestamp')}",
+        f"Resource Version:  {meta.get('resourceVersion')}",
+    ]
+    if obj.get("kind") == "LifelongLearningJob":
+        last = _last_condition(obj)
+        dataset = spec.get("dataset") or {}
+        lines += [
+            f"Dataset:           {dataset.get('name')} (trainProb {dataset.get('trainProb')})",
+            f"Output Dir:        {spec.get('outputDir')}",
+            f"Stage:             {last.get('stage', '<none>')}",
+            f"Status:            {last.get('type', '<none>')}",
+            f"Round:             {_round(obj)}",
+            f"Start Time:        {status.get('startTime', '<none>')}",
+            "Nodes:",
+        ]
+        for stage, field in (("Train", "trainSpec"), ("Eval", "evalSpec"), ("Deploy", "deploySpec")):
+            lines.append(f"  {stage + ':':8} {_node((spec.get(field) or {}).get('template'))}")
+        conds = status.get("conditions") or []
+        lines.append("Conditions:")
+        lines += ["  " + line for line in timeline(conds)] if conds else ["  <none>"]
+        lines.append("Workers:")
+        workers = info.get("workers") or []
+        if workers:
+            rows = [["NAME", "STAGE", "NODE", "PHASE"]]
+            for w in workers:
+                wspec = w.get("spec") or {}
+                rows.append(
+                    [
+                        w["metadata"]["name"],
+                        str(wspec.get("stage", "")),
+                        _node(wspec.get("template")),
+                        str((w.get("status") or {}).get("phase", "<none>")),
+                    ]
+                )
+            lines += ["  " + line for line in table(rows).splitlines()]
+        else:
+            lines.append("  <none>")
+        lines.append("Last Reports:")
+        lines += ["  " + line for line in last_reports(info.get("workerInfo") or {})] or ["  <none>"]
+    elif obj.get("kind") == "Dataset":
+        lines += [
+            f"URL:               {spec.get('url')}",
+            f"Format:            {spec.get('format')}",
+            f"Node:              {spec.get('nodeName')}",
+            f"Samples:           {status.get('numberOfSamples', 0)}",
+            f"Updated:           {status.get('updateTime', '<none>')}",
+        ]
+    involved = info.get("nodes")
+    if involved is not None:
+        lines.append("Nodes Involved:")
+        if involved:
+            rows = [["NODE", "ROLE", "STATUS", "LAST HELLO", "UNACKED DOWN", "OUTBOX@HELLO"]]
+            rows += [
+                [n["node"], n["role"], n["status"], n["lastHello"], str(n["unacked"]), n.get("outbox", "")]
+                for n in involved
+            ]
+            lines += ["  " + line for line in table(rows).splitlines()]
+            lines.append("  (OUTBOX@HELLO: upstream reports pending in the node's outbox at its last hello)")
+        else:
+            lines.append("  <none>")
+    delivery = info.get("delivery") or []
+    lines.append("Delivery:")
+    if delivery:
+        rows = [["NODE", "OP", "VERSION", "ACKED", "ATTEMPTS"]]
+        rows += [
+            [d["node"], d["op"], d["rv"], "yes" if d["acked"] else "no", str(d["attempts"])] for d in delivery
+        ]
+        lines += ["  " + line for line in table(rows).splitlines()]
+    else:
+        lines.append("  <none>")
+    return "\n".join(lines)
+
+
+def nodes_table(items: Sequence[dict[str, Any]]) -> str:
+    rows = [["NAME", "STATUS", "LAST HELLO", "AGENT", "UNACKED DOWN", "OUTBOX@HELLO"]]
+    for n in items:
+        rows.append(
+            [
+                str(n["node"]),
+                "Online" if n["online"] else "Offline",
+                hello_age(n.get("lastHello")),
+                n.get("agent") or "<none>",
+                str(n.get("unacked", 0)),
+                outbox_depth(n),
+            ]
+        )
+    return table(rows)
