@@ -96,8 +96,12 @@ def _null(option: Any) -> bool:
     return isinstance(option, dict) and option.get("type") == "null"
 
 
-def _convert(node: Any, defs: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One JSON-schema node -> a structural node, keys sorted (as controller-gen writes them)."""
+def convert_schema(node: Any, defs: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One JSON-schema node -> a structural node, keys sorted (as controller-gen writes them).
+
+    ``defs`` are the schema's ``$defs``; ``where`` names the node in errors (a field path).
+    Raises ``SchemaError`` for what a structural schema cannot say (``anyOf`` of several
+    types, ``patternProperties``, a recursive ``$ref``)."""
     return dict(sorted(_convert_node(node, defs, where, seen).items()))
 
 
@@ -112,14 +116,14 @@ def _convert_node(node: Any, defs: dict[str, Any], where: str, seen: tuple[str, 
             raise SchemaError(f"{where}: cannot resolve $ref {ref!r}")
         if name in seen:
             raise SchemaError(f"{where}: recursive schema {name!r} cannot be inlined")
-        target = _convert(defs[name], defs, where, (*seen, name))
+        target = convert_schema(defs[name], defs, where, (*seen, name))
         return {**target, **_convert_keys(node, defs, where, seen)}
     if "anyOf" in node:
         options = node.pop("anyOf")
         rest = [o for o in options if not _null(o)]
         if len(rest) != 1 or len(rest) == len(options):
             raise SchemaError(f"{where}: only 'X or null' unions can be expressed, got anyOf {options!r}")
-        inner = _convert(rest[0], defs, where, seen)
+        inner = convert_schema(rest[0], defs, where, seen)
         return {**inner, **_convert_keys(node, defs, where, seen), "nullable": True}
     return _convert_keys(node, defs, where, seen)
 
@@ -135,17 +139,18 @@ def _convert_keys(
             out["enum"] = [value]
         elif key == "properties":
             out[key] = {
-                name: _convert(sub, defs, f"{where}.{name}", seen) for name, sub in sorted(value.items())
+                name: convert_schema(sub, defs, f"{where}.{name}", seen)
+                for name, sub in sorted(value.items())
             }
         elif key == "required":
             out[key] = sorted(value)
         elif key == "items":
-            out[key] = _convert(value, defs, f"{where}[]", seen)
+            out[key] = convert_schema(value, defs, f"{where}[]", seen)
         elif key == "additionalProperties":
             if value is True:
                 out[_PRESERVE] = True
             elif isinstance(value, dict):
-                out[key] = _convert(value, defs, f"{where}.*", seen)
+                out[key] = convert_schema(value, defs, f"{where}.*", seen)
             # False: structural schemas cannot say it; the pydantic models reject unknown fields
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
@@ -174,7 +179,7 @@ def structural_schema(cls: type[Resource[Any, Any]]) -> dict[str, Any]:
     """The ``openAPIV3Schema`` of one kind."""
     raw = cls.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    schema = _convert(raw, defs, cls.KIND)
+    schema = convert_schema(raw, defs, cls.KIND)
     props = schema["properties"]
     props["apiVersion"] = {"description": _API_VERSION_DOC, "type": "string"}
     props["kind"] = {"description": _KIND_DOC, "type": "string"}

@@ -657,11 +657,11 @@ class BusClient:
                     settled.append((ticket, code))
         for ticket, code in settled:
             if code >= _FAILURE:  # MQTT 5 only; a 3.1.1 broker cannot refuse a publish
-                ticket._settle(PublishError(f"broker refused message to {ticket.topic!r}", rc=code))
+                ticket.settle(PublishError(f"broker refused message to {ticket.topic!r}", rc=code))
                 continue
             with self._state_lock:
                 self._counters.acked += 1
-            ticket._settle(None)
+            ticket.settle(None)
 
     def _handle_connack(self, reason: ReasonCode) -> None:
         self._connack = reason
@@ -799,7 +799,7 @@ class BusClient:
         for waiter in waiters:
             waiter.event.set()
         for ticket in pending:
-            ticket._settle(
+            ticket.settle(
                 NotConnected(
                     f"bus client {self.client_id!r} closed before {self.address} confirmed "
                     f"message mid={ticket.mid} to {ticket.topic!r}"

@@ -86,8 +86,11 @@ class PublishTicket:
                 return
         self._run(fn)
 
-    def _settle(self, error: BusError | None = None) -> None:
-        """Called by the bus client, once."""
+    def settle(self, error: BusError | None = None) -> None:
+        """Complete the ticket: confirmed (``error`` None) or failed with ``error``.
+
+        Called by the bus client when the broker confirms or the message is lost (and by tests);
+        the first call wins, later calls do nothing."""
         with self._lock:
             if self._event.is_set():
                 return

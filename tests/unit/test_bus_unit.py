@@ -310,8 +310,8 @@ def test_ticket_callbacks_run_once_when_settled_and_at_once_after() -> None:
     ticket = PublishTicket(1, "a/b", 1)
     seen: list[tuple[str, bool]] = []
     ticket.add_done_callback(lambda t: seen.append(("early", t.done)))
-    ticket._settle()
-    ticket._settle()  # idempotent
+    ticket.settle()
+    ticket.settle()  # idempotent
     ticket.add_done_callback(lambda t: seen.append(("late", t.done)))
     assert seen == [("early", True), ("late", True)]
     ticket.wait(0)
@@ -319,7 +319,7 @@ def test_ticket_callbacks_run_once_when_settled_and_at_once_after() -> None:
 
 def test_ticket_settled_with_error_raises_it() -> None:
     ticket = PublishTicket(1, "a/b", 1)
-    ticket._settle(NotConnected("closed"))
+    ticket.settle(NotConnected("closed"))
     assert not ticket.done and ticket.settled
     with pytest.raises(NotConnected):
         ticket.wait(0)
@@ -349,5 +349,5 @@ def test_failing_done_callback_does_not_stop_others() -> None:
 
     ticket.add_done_callback(boom)
     ticket.add_done_callback(lambda t: seen.append(t.mid))
-    ticket._settle()
+    ticket.settle()
     assert seen == [1]

@@ -138,12 +138,12 @@ def test_pod_templates_preserve_unknown_fields() -> None:
 
 def test_generator_refuses_what_a_crd_cannot_express() -> None:
     with pytest.raises(crdgen.SchemaError):
-        crdgen._convert({"anyOf": [{"type": "string"}, {"type": "integer"}]}, {}, "x")
+        crdgen.convert_schema({"anyOf": [{"type": "string"}, {"type": "integer"}]}, {}, "x")
     with pytest.raises(crdgen.SchemaError):
-        crdgen._convert({"type": "object", "patternProperties": {}}, {}, "x")
+        crdgen.convert_schema({"type": "object", "patternProperties": {}}, {}, "x")
     with pytest.raises(crdgen.SchemaError):
-        crdgen._convert({"$ref": "#/$defs/A"}, {"A": {"$ref": "#/$defs/A"}}, "x")
-    assert crdgen._convert(
+        crdgen.convert_schema({"$ref": "#/$defs/A"}, {"A": {"$ref": "#/$defs/A"}}, "x")
+    assert crdgen.convert_schema(
         {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}], "title": "t"}, {"A": {"type": "string"}}, "x"
     ) == {
         "nullable": True,
