@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from harness.brokers import Broker
-from harness.processes import GMProcess, LCProcess
+from harness.processes import FULL_ROUND, GMProcess, LCProcess
 from harness.waiting import wait_for
 
 from lifelong.common.api import load_yaml
@@ -77,13 +77,6 @@ WORKER = textwrap.dedent(
         sys.exit(f"unknown worker {script}")
     """
 )
-
-FULL_ROUND = [
-    ("Train", "Waiting"), ("Train", "Ready"), ("Train", "Starting"), ("Train", "Running"),
-    ("Train", "Completed"), ("Eval", "Waiting"), ("Eval", "Ready"), ("Eval", "Starting"),
-    ("Eval", "Running"), ("Eval", "Completed"), ("Deploy", "Waiting"), ("Deploy", "Ready"),
-    ("Deploy", "Starting"), ("Deploy", "Running"), ("Deploy", "Completed"), ("Train", "Waiting"),
-]  # fmt: skip
 
 
 def noon_zone(now_utc: datetime) -> tuple[str, int]:

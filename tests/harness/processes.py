@@ -23,6 +23,14 @@ from typing import Any
 
 from harness.waiting import free_port, wait_for
 
+FULL_ROUND = [
+    ("Train", "Waiting"), ("Train", "Ready"), ("Train", "Starting"), ("Train", "Running"),
+    ("Train", "Completed"), ("Eval", "Waiting"), ("Eval", "Ready"), ("Eval", "Starting"),
+    ("Eval", "Running"), ("Eval", "Completed"), ("Deploy", "Waiting"), ("Deploy", "Ready"),
+    ("Deploy", "Starting"), ("Deploy", "Running"), ("Deploy", "Completed"), ("Train", "Waiting"),
+]  # fmt: skip
+"""A job's conditions (stage, type) through one full round, as ``GMProcess.conditions`` gives them."""
+
 
 class Process:
     """One ``python -m lifelong ARGS`` child process."""
