@@ -415,6 +415,7 @@ class LifelongLearningJob(Resource[LLJobSpec, LLJobStatus]):
     KIND: ClassVar[str] = "LifelongLearningJob"
     PLURAL: ClassVar[str] = "lifelonglearningjobs"
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ll",)
+    MAX_NAME: ClassVar[int] = MAX_JOB_NAME
 
     kind: Literal["LifelongLearningJob"] = "LifelongLearningJob"
     metadata: LLJobMeta

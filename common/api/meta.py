@@ -139,6 +139,8 @@ class Resource(ApiModel, Generic[SpecT, StatusT]):
     KIND: ClassVar[str] = ""
     PLURAL: ClassVar[str] = ""
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ()
+    MAX_NAME: ClassVar[int] = DNS1123_SUBDOMAIN_MAX
+    """The longest ``metadata.name`` of this kind (shorter when names are derived from it)."""
 
     api_version: Literal["sedna.io/v1alpha1"] = API_VERSION
     kind: str
