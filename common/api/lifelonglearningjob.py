@@ -24,6 +24,7 @@ from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, W
 from pydantic_core import PydanticCustomError
 
 from lifelong.common.api.meta import (
+    DNS1123_LABEL_MAX,
     DNS1123_SUBDOMAIN_MAX,
     ApiModel,
     DnsSubdomain,
@@ -416,6 +417,9 @@ class LifelongLearningJob(Resource[LLJobSpec, LLJobStatus]):
     PLURAL: ClassVar[str] = "lifelonglearningjobs"
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ll",)
     MAX_NAME: ClassVar[int] = MAX_JOB_NAME
+    MAX_NAME_ON_KUBERNETES: ClassVar[int] = DNS1123_LABEL_MAX
+    """Its worker Pods carry the job's name as a label value (``lifelonglearningjob.sedna.io/name``,
+    as upstream Sedna's do), and a label value has at most 63 characters."""
 
     kind: Literal["LifelongLearningJob"] = "LifelongLearningJob"
     metadata: LLJobMeta
