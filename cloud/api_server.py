@@ -33,8 +33,9 @@ from urllib.parse import parse_qs, urlsplit
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore
-from lifelong.common.api import RESOURCE_TYPES, dump_resource, parse_resource
+from lifelong.common.api import RESOURCE_TYPES, Dataset, LifelongLearningJob, dump_resource, parse_resource
 from lifelong.common.errors import LifelongError, ValidationError
+from lifelong.common.stages import STAGE_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,13 @@ def validate(obj: Any, store: ResourceStore, state: GMState) -> Object:
     known = _KnownNodes(state)
     ns = res.metadata.namespace
     problems: list[tuple[str, str]] = []
-    spec = wire.get("spec", {})
-    if res.kind == "LifelongLearningJob":
-        ds_name = spec.get("dataset", {}).get("name")
+    if isinstance(res, LifelongLearningJob):
+        ds_name = res.spec.dataset.name
         if store.get("Dataset", ns, ds_name) is None:
             problems.append(("spec.dataset.name", f"Dataset {ns}/{ds_name} does not exist"))
-        for field in ("trainSpec", "evalSpec", "deploySpec"):
-            node = ((spec.get(field, {}).get("template") or {}).get("spec") or {}).get("nodeName")
+        for stage in STAGE_ORDER:
+            field = f"{stage.value.lower()}Spec"
+            node = res.spec.worker_node(stage)
             if not node:
                 problems.append(
                     (f"spec.{field}.template.spec.nodeName", "names no node to run the worker on")
@@ -89,8 +90,8 @@ def validate(obj: Any, store: ResourceStore, state: GMState) -> Object:
                         f"node {node!r} is not known (no LC on it has said hello)",
                     )
                 )
-    elif res.kind == "Dataset":
-        node = spec.get("nodeName")
+    elif isinstance(res, Dataset):
+        node = res.spec.node_name
         if node not in known:
             problems.append(("spec.nodeName", f"node {node!r} is not known (no LC on it has said hello)"))
     if problems:

@@ -1,10 +1,10 @@
 """The lifelong-learning manager: decides when a job's ``Waiting`` stage becomes ``Ready``.
 
 Called by the service's control loop (``step``) every poll and whenever a downstream change
-arrives. It reads the jobs the GM sent (their last condition drives everything, DESIGN §4),
-the local dataset counts and its own per-job progress, and reports ``ready`` through the
-outbox. Progress and the report are committed in one transaction, so after a crash either
-both happened or neither did.
+arrives. It reads the jobs the GM sent (their last condition drives everything: the stages in
+docs/architecture.md and ``lifelong.common.statemachine``), the local dataset counts and its
+own per-job progress, and reports ``ready`` through the outbox. Progress and the report are
+committed in one transaction, so after a crash either both happened or neither did.
 
 Per job, in the ``progress`` table::
 
@@ -19,13 +19,19 @@ Per job, in the ``progress`` table::
 Cost of a step: a job is evaluated again only when something its outcome depends on may
 have changed: its object (resourceVersion), its Dataset's object or sample count, our own
 progress (a step that wrote it evaluates the job once more), or time (the trigger's
-``checkPeriodSeconds`` runs out; a timer window without a period, a missing model or a failed
-copy: every step). Any other job costs a dictionary look-up, not a read or a write: nothing is
-written for a job whose progress did not change. The memo is in memory only: a restarted LC
-evaluates every job once, from the progress in the database.
+``checkPeriodSeconds`` runs out, 60 s by default; a missing model or a failed copy: every
+step). Any other job costs a dictionary look-up, not a read or a write: nothing is written for
+a job whose progress did not change. What the manager keeps in memory about a job (its memo,
+uid and last trigger check) is one ``_JobRecord``, dropped once when the job goes; a restarted
+LC evaluates every job once, from the progress in the database.
 
-Who acts: Train on the Dataset's node; Eval on the eval template's ``nodeName`` (default: the
-dataset's node); Deploy likewise with the deploy template.
+Failures: a job (or its Dataset) that the API models refuse, or whose step raises, is logged
+once with its key, counted (``lifelong_lc_item_failures_total{loop="jobs"}``) and skipped; the
+other jobs go on. A refused job is not evaluated again until it or its Dataset changes.
+
+Who acts (``LLJobSpec.deciding_node``): Train on the Dataset's node; Eval on the eval template's
+``nodeName`` (default: the dataset's node); Deploy likewise with the deploy template. The trigger
+is the model's (``LLTrigger``: Sedna's timer, condition and ``checkPeriodSeconds``).
 
 Train/Waiting: when the trigger fires on the samples after ``cursor``, they are split by
 ``trainProb`` with a deterministic hash of (job, sample index), so a restart never changes
@@ -52,13 +58,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import ValidationError
 from lifelong.common.stages import ConditionType, Stage
-from lifelong.common.statemachine import Condition, current, current_round
+from lifelong.common.statemachine import Condition
 from lifelong.edge.dataset_monitor import DatasetMonitor, local_path, read_samples
 from lifelong.edge.db import Store
+from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
-from lifelong.edge.triggers import Trigger
 
 log = logging.getLogger("lifelong.edge.manager")
 
@@ -67,7 +74,7 @@ DATASET_KIND = "Dataset"
 
 Wake: TypeAlias = tuple[float, float] | None
 """When a job whose inputs did not change must be evaluated again: ``None``, never; else
-``(since, period)``: once ``mono() - since >= period``, the very test of ``Trigger.due``."""
+``(since, period)``: once ``mono() - since >= period``, the very test of ``LLTrigger.due``."""
 
 ALWAYS: Wake = (0.0, float("-inf"))
 """Evaluated at every step."""
@@ -85,21 +92,35 @@ class _Memo:
     wake: Wake
 
 
+@dataclass(slots=True)
+class _JobRecord:
+    """What the manager keeps in memory about one job held; dropped when the job goes."""
+
+    rv: str
+    """The resourceVersion held."""
+    uid: str = ""
+    """Its metadata.uid (or creationTimestamp) when last evaluated: fresh progress carries it."""
+    memo: _Memo | None = None
+    """What its last evaluation depended on, if it may be skipped while that is unchanged."""
+    last_check: float | None = None
+    """When (monotonic) its trigger was last checked."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one evaluation of a job found."""
+
+    wake: Wake = None
+    wrote: bool = False
+    """Its progress was written: evaluated again at the next step, with the new progress."""
+    counted: tuple[dict[str, Any], tuple[int | None, str]] | None = None
+    """The Dataset spec and count it depended on, if it read the count."""
+
+
 def split_is_train(ns: str, job: str, index: int, train_prob: float) -> bool:
     """Deterministic split of sample ``index``: the same answer after any restart."""
     digest = hashlib.sha256(f"{ns}/{job}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < train_prob
-
-
-def conditions_of(job: dict[str, Any]) -> list[Condition]:
-    raw = ((job.get("status") or {}).get("conditions")) or []
-    out = []
-    for item in raw:
-        try:
-            out.append(Condition.from_dict(item))
-        except ValidationError:
-            continue
-    return out
 
 
 def _json(text: str) -> Any:
@@ -138,11 +159,6 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def _template_node(spec: dict[str, Any], key: str) -> str | None:
-    node = (((spec.get(key) or {}).get("template") or {}).get("spec") or {}).get("nodeName")
-    return node if isinstance(node, str) and node else None
-
-
 class Manager:
     """Runs the per-job decisions; ``step()`` is called from one thread only."""
 
@@ -156,6 +172,7 @@ class Manager:
         worker_outputs: Callable[[str, str, str, int], list[dict[str, Any]]] | None = None,
         local_now: Callable[[], datetime] = datetime.now,
         mono: Callable[[], float] = time.monotonic,
+        failures: ItemFailures | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -164,15 +181,11 @@ class Manager:
         self.worker_outputs = worker_outputs
         self.local_now = local_now
         self.mono = mono
-        self._last_check: dict[tuple[str, str], float] = {}
+        self.failures = failures if failures is not None else ItemFailures(log)
         self._warned: set[str] = set()
         self._forget: set[tuple[str, str]] = set()
         self._forget_lock = threading.Lock()
-        self._memo: dict[tuple[str, str], _Memo] = {}
-        self._jobs: dict[tuple[str, str], str] | None = None  # every job held -> its rv
-        self._uids: dict[tuple[str, str], str] = {}  # uid of each job evaluated (for fresh progress)
-        self._wrote = False  # the job being evaluated wrote its progress
-        self._counted: tuple[dict[str, Any], tuple[int | None, str]] | None = None
+        self._jobs: dict[tuple[str, str], _JobRecord] | None = None  # every job held
         self.rounds_fired = 0
         self.evaluated = 0  # jobs evaluated (not skipped) so far
 
@@ -181,16 +194,22 @@ class Manager:
             self._warned.add(key)
             log.warning(message)
 
+    def _record(self, ns: str, name: str) -> _JobRecord | None:
+        return self._jobs.get((ns, name)) if self._jobs is not None else None
+
     # -- progress --------------------------------------------------------------------------
     def progress(self, ns: str, name: str) -> dict[str, Any]:
         rec = self.store.get_record("progress", ns, name)
-        return rec if rec is not None else fresh_progress(self._uids.get((ns, name), ""))
+        if rec is not None:
+            return rec
+        job = self._record(ns, name)
+        return fresh_progress(job.uid if job is not None else "")
 
-    def _put_progress(self, ns: str, name: str, rec: dict[str, Any]) -> None:
+    def _put_progress(self, ns: str, name: str, rec: dict[str, Any], outcome: _Outcome) -> None:
         """Write a job's progress (joins the caller's transaction, if any); the job is
         evaluated again at the next step, which sees the new progress."""
         self.store.put_record("progress", ns, name, rec)
-        self._wrote = True
+        outcome.wrote = True
 
     def forget(self, ns: str, name: str) -> None:
         """The job was deleted: drop its progress (its files stay). Called on the session
@@ -199,12 +218,14 @@ class Manager:
         with self._forget_lock:
             self._forget.add((ns, name))
 
-    def _check_identity(self, ns: str, name: str, job: dict[str, Any]) -> None:
+    def _check_identity(
+        self, ns: str, name: str, raw: dict[str, Any], job: _JobRecord, out: _Outcome
+    ) -> None:
         """A job deleted and created again under the same name (while this node was offline,
         so no delete came) is a new job: its progress starts over."""
-        meta = job.get("metadata") or {}
+        meta = raw.get("metadata") or {}
         uid = str(meta.get("uid") or meta.get("creationTimestamp") or "")
-        self._uids[(ns, name)] = uid
+        job.uid = uid
         rec = self.store.get_record("progress", ns, name)
         if rec is None:
             # Nothing to write: a job without a record has fresh progress (with this uid) until
@@ -213,91 +234,100 @@ class Manager:
         if rec.get("uid", uid) == uid:
             if "uid" not in rec:
                 rec["uid"] = uid
-                self._put_progress(ns, name, rec)
+                self._put_progress(ns, name, rec, out)
             return
         log.warning("job %s/%s was re-created (uid %s): its progress starts over", ns, name, uid)
-        self._put_progress(ns, name, fresh_progress(uid))
-        self._last_check.pop((ns, name), None)
+        self._put_progress(ns, name, fresh_progress(uid), out)
+        job.last_check = None
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> None:
         with self._forget_lock:
             forget, self._forget = self._forget, set()
+        jobs = self._job_versions()
         for ns, name in forget:
-            self._memo.pop((ns, name), None)
+            record = jobs.get((ns, name))
+            if record is not None:
+                record.memo = None
             if self.store.get_resource(JOB_KIND, ns, name) is None:
                 self.store.delete_record("progress", ns, name)
-                self._last_check.pop((ns, name), None)
-        jobs = self._job_versions()
+                jobs.pop((ns, name), None)
         ds_rvs = self.store.versions(DATASET_KIND)
         now = self.mono()
         counts: dict[tuple[str, str], tuple[int | None, str]] = {}  # this step's dataset counts
-        seen = set()
-        for (ns, name), rv in list(jobs.items()):
-            key = (ns, name)
-            seen.add(key)
-            memo = self._memo.get(key)
-            if memo is not None and self._unchanged(memo, ns, str(rv), ds_rvs, counts, now):
+        for (ns, name), record in list(jobs.items()):
+            if record.memo is not None and self._unchanged(record, ns, ds_rvs, counts, now):
                 continue
-            self._memo.pop(key, None)
-            held = self.store.get_resource(JOB_KIND, ns, name)
-            if held is None:
-                continue  # deleted since the listing
-            self._wrote = False
-            self._counted = None
-            try:
-                wake = self._step_job(ns, name, held[1])
-            except OutboxFull as exc:
-                self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
-                continue
-            except Exception:
-                log.exception("job %s/%s: manager step failed", ns, name)
-                continue
-            finally:
-                self.evaluated += 1
-            if self._wrote:
-                continue  # evaluated again at the next step, with the progress it wrote
-            ds_name = ((held[1].get("spec") or {}).get("dataset") or {}).get("name") or None
-            counted = self._counted
-            self._memo[key] = _Memo(
-                held[0],
-                ds_name,
-                ds_rvs.get((ns, ds_name)) if ds_name else None,
-                counted[0] if counted else None,
-                counted[1] if counted else None,
-                wake,
-            )
-        for key in [k for k in self._memo if k not in seen]:
-            del self._memo[key]
-        for key in [k for k in self._uids if k not in seen]:
-            del self._uids[key]
+            record.memo = None
+            self._step_one(ns, name, record, ds_rvs)
 
-    def _job_versions(self) -> dict[tuple[str, str], str]:
-        """Every job held and its resourceVersion: read from the database at the first step,
-        then kept up to date from the store's list of changed jobs (no scan per step)."""
+    def _step_one(self, ns: str, name: str, record: _JobRecord, ds_rvs: dict[tuple[str, str], str]) -> None:
+        """Evaluate one job; a failure is logged once, counted and leaves the others alone."""
+        held = self.store.get_resource(JOB_KIND, ns, name)
+        if held is None:
+            return  # deleted since the listing
+        key = f"{ns}/{name}"
+        outcome = _Outcome()
+        ds_name = ((held[1].get("spec") or {}).get("dataset") or {}).get("name") or None
+        try:
+            self._step_job(ns, name, held[1], record, outcome)
+        except OutboxFull as exc:
+            self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
+            return
+        except ValidationError as exc:
+            # The job or its Dataset is refused by the API models: it stays as it is until one
+            # of them changes (the memo below), so it is neither evaluated nor logged again.
+            self.failures.failed("jobs", key, str(exc))
+            outcome = _Outcome()
+        except Exception as exc:
+            self.failures.failed("jobs", key, f"{type(exc).__name__}: {exc}", exc_info=True)
+            return  # evaluated again at the next step (logged again only if it fails differently)
+        else:
+            self.failures.ok("jobs", key)
+        finally:
+            self.evaluated += 1
+        if outcome.wrote:
+            return  # evaluated again at the next step, with the progress it wrote
+        counted = outcome.counted
+        record.memo = _Memo(
+            held[0],
+            ds_name if isinstance(ds_name, str) else None,
+            ds_rvs.get((ns, ds_name)) if isinstance(ds_name, str) else None,
+            counted[0] if counted else None,
+            counted[1] if counted else None,
+            outcome.wake,
+        )
+
+    def _job_versions(self) -> dict[tuple[str, str], _JobRecord]:
+        """Every job held, by key: read from the database at the first step, then kept up to
+        date from the store's list of changed jobs (no scan per step). A job that goes loses
+        its record here, once."""
         if self._jobs is None:
             self.store.take_changed(JOB_KIND)
-            self._jobs = self.store.versions(JOB_KIND)
+            self._jobs = {k: _JobRecord(rv) for k, rv in self.store.versions(JOB_KIND).items()}
             return self._jobs
         for ns, name in sorted(self.store.take_changed(JOB_KIND)):
             rv = self.store.held_rv(JOB_KIND, ns, name)
             if rv is None:
                 self._jobs.pop((ns, name), None)
+            elif (ns, name) in self._jobs:
+                self._jobs[(ns, name)].rv = rv
             else:
-                self._jobs[(ns, name)] = rv
+                self._jobs[(ns, name)] = _JobRecord(rv)
         return self._jobs
 
-    def _unchanged(  # noqa: PLR0917 - private
+    def _unchanged(
         self,
-        memo: _Memo,
+        record: _JobRecord,
         ns: str,
-        rv: str,
         ds_rvs: dict[tuple[str, str], str],
         counts: dict[tuple[str, str], tuple[int | None, str]],
         now: float,
     ) -> bool:
         """May the job be skipped: is everything its last evaluation depended on unchanged?"""
-        if memo.rv != rv or (memo.wake is not None and now - memo.wake[0] >= memo.wake[1]):
+        memo = record.memo
+        assert memo is not None
+        if memo.rv != record.rv or (memo.wake is not None and now - memo.wake[0] >= memo.wake[1]):
             return False
         if (ds_rvs.get((ns, memo.ds_name)) if memo.ds_name else None) != memo.ds_rv:
             return False
@@ -310,57 +340,64 @@ class Manager:
                 return False
         return True
 
-    def _dataset(self, ns: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        ds_name = (spec.get("dataset") or {}).get("name")
-        if not ds_name:
-            return None
-        held = self.store.get_resource(DATASET_KIND, ns, ds_name)
+    def _dataset(self, ns: str, job: LifelongLearningJob) -> tuple[Dataset, dict[str, Any]] | None:
+        """The job's Dataset as a model (``ValidationError`` if refused) and its wire spec."""
+        held = self.store.get_resource(DATASET_KIND, ns, job.spec.dataset.name)
         if held is None:
             return None
-        return ds_name, held[1]
+        dataset = parse_resource(held[1], source=f"Dataset {ns}/{job.spec.dataset.name}")
+        if not isinstance(dataset, Dataset):
+            raise ValidationError(
+                [("kind", "must be Dataset")], source=f"Dataset {ns}/{job.spec.dataset.name}"
+            )
+        return dataset, held[1].get("spec") or {}
 
-    def _step_job(self, ns: str, name: str, job: dict[str, Any]) -> Wake:
-        """Evaluate one job; return when to evaluate it again if none of its inputs change."""
-        self._check_identity(ns, name, job)
-        spec = job.get("spec") or {}
-        conds = conditions_of(job)
-        cur = current(conds)
-        stage, ctype = (cur.stage, cur.type) if cur else (Stage.TRAIN, ConditionType.WAITING)
+    def _step_job(self, ns: str, name: str, raw: dict[str, Any], record: _JobRecord, out: _Outcome) -> None:
+        """Evaluate one job; ``out`` says when to evaluate it again if none of its inputs change."""
+        job = parse_resource(raw, source=f"LifelongLearningJob {ns}/{name}")
+        if not isinstance(job, LifelongLearningJob):
+            raise ValidationError([("kind", "must be LifelongLearningJob")], source=f"job {ns}/{name}")
+        self._check_identity(ns, name, raw, record, out)
+        stage, ctype = job.state
         if ctype is not ConditionType.WAITING:
-            return None
-        dataset = self._dataset(ns, spec)
-        ds_node = None
-        if dataset is not None:
-            ds_node = (dataset[1].get("spec") or {}).get("nodeName") or self.node
-        job_round = current_round(conds)
+            return
+        dataset = self._dataset(ns, job)
+        ds_node = dataset[0].spec.node_name if dataset is not None else None
+        if job.spec.deciding_node(stage, ds_node) != self.node:
+            return
         if stage is Stage.TRAIN:
-            if dataset is not None and ds_node == self.node:
-                return self._train(ns, name, spec, dataset[0], dataset[1], job_round)
+            if dataset is not None:
+                self._train(ns, name, job, dataset[1], record, out)
         elif stage is Stage.EVAL:
-            if (_template_node(spec, "evalSpec") or ds_node) == self.node:
-                return self._eval(ns, name, conds, job_round)
-        elif (_template_node(spec, "deploySpec") or ds_node) == self.node:
-            return self._deploy(ns, name, spec, conds, job_round)
-        return None
+            self._eval(ns, name, job.history, job.round, out)
+        else:
+            self._deploy(ns, name, job, out)
 
     # -- Train ------------------------------------------------------------------------------
     def _train(  # noqa: PLR0917 - private, called once
-        self, ns: str, name: str, spec: dict[str, Any], ds_name: str, dataset: dict[str, Any], job_round: int
-    ) -> Wake:
+        self,
+        ns: str,
+        name: str,
+        job: LifelongLearningJob,
+        ds_spec: dict[str, Any],
+        record: _JobRecord,
+        out: _Outcome,
+    ) -> None:
+        job_round = job.round
+        ds_name = job.spec.dataset.name
         prog = self.progress(ns, name)
         if prog["round"] > job_round:
-            return None  # our ready for the next round is on its way to the GM
+            return  # our ready for the next round is on its way to the GM
         if prog["round"] < job_round:
             prog["round"] = job_round  # the GM knows more rounds than we do (state lost or moved)
-            self._put_progress(ns, name, prog)
-        ds_spec = dataset.get("spec") or {}
+            self._put_progress(ns, name, prog, out)
         counted = self.monitor.count(ns, ds_name, ds_spec)
-        self._counted = (ds_spec, (counted.count, counted.status))
+        out.counted = (ds_spec, (counted.count, counted.status))
         if counted.count is None:
             self._warn_once(
                 f"ds/{ns}/{ds_name}/{counted.status}", f"dataset {ns}/{ds_name}: {counted.message}"
             )
-            return None
+            return
         total = counted.count
         if total < prog["cursor"]:
             log.warning(
@@ -373,57 +410,42 @@ class Manager:
                 total,
             )
             prog["cursor"] = 0
-            self._put_progress(ns, name, prog)
+            self._put_progress(ns, name, prog, out)
         new = total - prog["cursor"]
-        try:
-            trigger = Trigger.from_spec((spec.get("trainSpec") or {}).get("trigger"))
-        except ValidationError as exc:
-            self._warn_once(f"trigger/{ns}/{name}", f"job {ns}/{name}: {exc}")
-            return None
+        trigger = job.spec.train_spec.trigger
         now = self.mono()
-        key = (ns, name)
-        last = self._last_check.get(key)
+        last = record.last_check
         if not trigger.due(now, last):
             assert last is not None  # due() is true without a last check
-            return (last, trigger.check_period)
-        self._last_check[key] = now
+            out.wake = (last, trigger.period)
+            return
+        record.last_check = now
         if trigger.in_window(self.local_now()) and trigger.condition_holds(new):
-            self._fire(ns, name, spec, ds_spec, prog, job_round + 1, total)
-        # Not fired: the same count gives the same answer until the period runs out, or, with
-        # a timer window and no period, until the wall clock moves (checked every step).
-        if trigger.check_period > 0:
-            return (now, trigger.check_period)
-        if trigger.start is not None and trigger.end is not None and trigger.start != trigger.end:
-            return ALWAYS
-        return None
+            self._fire(ns, name, job, ds_spec, prog, total, out)
+        # Not fired: the same count gives the same answer until the period runs out.
+        out.wake = (now, trigger.period)
 
     def _fire(  # noqa: PLR0917 - private, called once
         self,
         ns: str,
         name: str,
-        spec: dict[str, Any],
+        job: LifelongLearningJob,
         ds_spec: dict[str, Any],
         prog: dict[str, Any],
-        rnd: int,
         total: int,
+        out: _Outcome,
     ) -> None:
-        fmt = (ds_spec.get("format") or "txt").lower()
-        samples, header = read_samples(local_path(ds_spec.get("url", "")), fmt, prog["cursor"], total)
+        rnd = job.round + 1
+        fmt = str(ds_spec.get("format") or "txt").lower()
+        samples, header = read_samples(local_path(str(ds_spec.get("url", ""))), fmt, prog["cursor"], total)
         total = prog["cursor"] + len(samples)  # the file may have changed since it was counted
-        try:
-            train_prob = float((spec.get("dataset") or {}).get("trainProb", 0.8))
-        except (TypeError, ValueError):
-            train_prob = 0.8
+        train_prob = job.spec.dataset.train_prob
         train_new: list[str] = []
         eval_new: list[str] = []
         for offset, line in enumerate(samples):
             index = prog["cursor"] + offset
             (train_new if split_is_train(ns, name, index, train_prob) else eval_new).append(line)
-        out_dir = Path(str(spec.get("outputDir") or "")) if spec.get("outputDir") else None
-        if out_dir is None:
-            self._warn_once(f"out/{ns}/{name}", f"job {ns}/{name}: spec.outputDir is empty")
-            return
-        out_dir = local_path(str(out_dir))
+        out_dir = local_path(job.spec.output_dir)
         files = {}
         for pool, new_lines in (("train", train_new), ("eval", eval_new)):
             previous: list[str] = []
@@ -454,7 +476,7 @@ class Manager:
             },
         }
         with self.store.tx():
-            self._put_progress(ns, name, new_prog)
+            self._put_progress(ns, name, new_prog, out)
             self.outbox.append(JOB_KIND, ns, name, body)
         self.rounds_fired += 1
         log.info(
@@ -481,38 +503,41 @@ class Manager:
             return self.worker_outputs(ns, name, stage.value, rnd)
         return []
 
-    def _eval(self, ns: str, name: str, conds: list[Condition], rnd: int) -> Wake:
+    def _eval(self, ns: str, name: str, conds: list[Condition], rnd: int, out: _Outcome) -> None:
         prog = self.progress(ns, name)
         key = f"Eval/{rnd}"
         if key in prog["acted"]:
-            return None
+            return
         models = self._models_of(conds, Stage.TRAIN, ns, name, rnd)
         if not models:
             self._warn_once(f"eval/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no trained model yet")
-            return ALWAYS  # a worker may report the model at any time
+            out.wake = ALWAYS  # a worker may report the model at any time
+            return
         body = {"event": "ready", "stage": Stage.EVAL.value, "round": rnd, "data": {"models": models}}
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
-            self._put_progress(ns, name, prog)
+            self._put_progress(ns, name, prog, out)
             self.outbox.append(JOB_KIND, ns, name, body)
         log.info("job %s/%s stage=Eval round=%d Waiting -> ready: %d models", ns, name, rnd, len(models))
-        return None
 
     # -- Deploy -----------------------------------------------------------------------------
-    def _deploy(self, ns: str, name: str, spec: dict[str, Any], conds: list[Condition], rnd: int) -> Wake:
+    def _deploy(self, ns: str, name: str, job: LifelongLearningJob, out: _Outcome) -> None:
+        rnd = job.round
+        conds = job.history
         prog = self.progress(ns, name)
         key = f"Deploy/{rnd}"
         if key in prog["acted"]:
-            return None
+            return
         models = self._models_of(conds, Stage.EVAL, ns, name, rnd) or self._models_of(
             conds, Stage.TRAIN, ns, name, rnd
         )
-        if not models or not spec.get("outputDir"):
+        if not models:
             self._warn_once(f"deploy/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no model to deploy")
-            return ALWAYS  # a worker may report the model at any time
+            out.wake = ALWAYS  # a worker may report the model at any time
+            return
         model = dict(models[0])
         source = local_path(str(model.get("url", "")))
-        target_dir = local_path(str(spec["outputDir"])) / "deploy"
+        target_dir = local_path(job.spec.output_dir) / "deploy"
         target = target_dir / source.name
         try:
             target_dir.mkdir(parents=True, exist_ok=True)
@@ -530,13 +555,13 @@ class Manager:
             self._warn_once(
                 f"deploycopy/{ns}/{name}/{rnd}", f"job {ns}/{name}: cannot deploy {source}: {exc}"
             )
-            return ALWAYS  # retried every step, as the files may appear at any time
+            out.wake = ALWAYS  # retried every step, as the files may appear at any time
+            return
         model["sourceURL"] = model.get("url")
         model["url"] = str(target)
         body = {"event": "ready", "stage": Stage.DEPLOY.value, "round": rnd, "data": {"model": model}}
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
-            self._put_progress(ns, name, prog)
+            self._put_progress(ns, name, prog, out)
             self.outbox.append(JOB_KIND, ns, name, body)
         log.info("job %s/%s stage=Deploy round=%d Waiting -> ready: model %s", ns, name, rnd, target)
-        return None

@@ -16,10 +16,14 @@ counters (outbox, session, workers) through one collector registered in a per-pr
     lifelong_lc_connected                       1 while connected to the broker
     lifelong_lc_db_moved_aside                  corrupt local databases moved aside (kept in the
                                                 state dir until an operator removes them)
+    lifelong_lc_item_failures_total{loop}       items a loop skipped because they failed (jobs,
+                                                datasets); each failure counted once, not per poll
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +45,42 @@ class Snapshot:
     datasets: dict[str, int] = field(default_factory=dict)
     connected: bool = False
     db_moved_aside: int = 0
+    item_failures: dict[str, int] = field(default_factory=dict)
+
+
+class ItemFailures:
+    """The failures of single items in the LC's loops (one job of the manager, one dataset).
+
+    A loop over many items calls ``failed`` for the one that raised and goes on with the
+    others; the failure is logged once with the item's key and counted once, until the same
+    item fails differently or succeeds again (``ok``), so a poisoned item costs one log line,
+    not one per poll.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], str] = {}
+        self.counts: dict[str, int] = {}
+
+    def failed(self, loop: str, key: str, reason: str, *, exc_info: bool = False) -> None:
+        """Item ``key`` of ``loop`` failed for ``reason``; it is skipped this time."""
+        with self._lock:
+            if self._seen.get((loop, key)) == reason:
+                return
+            self._seen[(loop, key)] = reason
+            self.counts[loop] = self.counts.get(loop, 0) + 1
+        self._log.error("%s %s skipped: %s", loop, key, reason, exc_info=exc_info)
+
+    def ok(self, loop: str, key: str) -> None:
+        """Item ``key`` of ``loop`` went through: a later failure is logged again."""
+        if self._seen:
+            with self._lock:
+                self._seen.pop((loop, key), None)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
 
 
 class _LCCollector(Collector):
@@ -86,6 +126,12 @@ class _LCCollector(Collector):
             "Corrupt local databases moved aside in the state dir",
             value=s.db_moved_aside,
         )
+        failures = CounterMetricFamily(
+            "lifelong_lc_item_failures", "Items a loop skipped because they failed", labels=["loop"]
+        )
+        for loop, n in sorted(s.item_failures.items()):
+            failures.add_metric([loop], n)
+        yield failures
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -27,17 +27,19 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+from lifelong.common.api import Dataset, parse_resource
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec
-from lifelong.common.errors import ConfigError
+from lifelong.common.errors import ConfigError, ValidationError
 from lifelong.common.statemachine import format_time
 from lifelong.common.topics import Topics
 from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store, moved_aside
 from lifelong.edge.manager import Manager
-from lifelong.edge.metrics import Snapshot, make_registry, serve
+from lifelong.edge.metrics import ItemFailures, Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
 from lifelong.edge.session import Session
 from lifelong.edge.worker_api import WorkerAPI, flush_pending
@@ -84,8 +86,14 @@ class LocalController:
         )
         if self.worker_api is not None:
             self.worker_api.on_info = self.workers.note_info
+        self.failures = ItemFailures(log)
         self.manager = Manager(
-            self.store, self.outbox, s.node, self.monitor, worker_outputs=self.workers.outputs
+            self.store,
+            self.outbox,
+            s.node,
+            self.monitor,
+            worker_outputs=self.workers.outputs,
+            failures=self.failures,
         )
         self.session = Session(
             self.store,
@@ -210,31 +218,49 @@ class LocalController:
         flush_pending(self.store, self.outbox)
 
     def _datasets(self) -> None:
-        node = self.settings.node
+        """Count every local dataset and report changed counts. One dataset that fails (the
+        API models refuse it, or counting it raises) is logged once, counted
+        (``item_failures{loop="datasets"}``) and skipped; the others are still counted."""
         for _k, ns, name, _rv, obj in self.store.resources(DATASET_KIND):
-            spec = obj.get("spec") or {}
-            if (spec.get("nodeName") or node) != node:
-                continue
-            counted = self.monitor.count(ns, name, spec)
-            rec = self.store.get_record("datasets", ns, name) or {"reported": None, "status": None}
-            if counted.status != rec.get("status"):
-                if counted.status == "ok":
-                    log.info("dataset %s/%s: %s samples", ns, name, counted.count)
-                else:
-                    log.warning("dataset %s/%s: %s (%s)", ns, name, counted.status, counted.message)
-                rec["status"] = counted.status
-                rec["message"] = counted.message
-                self.store.put_record("datasets", ns, name, rec)
-            if counted.count is None or counted.count == rec.get("reported"):
-                continue
-            body = {"numberOfSamples": counted.count, "updateTime": format_time(datetime.now(UTC))}
-            with self.store.tx():
-                seq = self.outbox.append(
-                    DATASET_KIND, ns, name, body, coalesce_key=f"{DATASET_KIND}/{ns}/{name}"
+            try:
+                self._dataset(ns, name, obj)
+            except sqlite3.OperationalError:
+                raise  # the database, not this dataset: handled by the control step
+            except ValidationError as exc:
+                self.failures.failed("datasets", f"{ns}/{name}", str(exc))
+            except Exception as exc:
+                self.failures.failed(
+                    "datasets", f"{ns}/{name}", f"{type(exc).__name__}: {exc}", exc_info=True
                 )
-                if seq is not None:
-                    rec["reported"] = counted.count
-                    self.store.put_record("datasets", ns, name, rec)
+            else:
+                self.failures.ok("datasets", f"{ns}/{name}")
+
+    def _dataset(self, ns: str, name: str, obj: dict[str, Any]) -> None:
+        node = self.settings.node
+        dataset = parse_resource(obj, source=f"Dataset {ns}/{name}")
+        if not isinstance(dataset, Dataset):
+            raise ValidationError([("kind", "must be Dataset")], source=f"Dataset {ns}/{name}")
+        if dataset.spec.node_name != node:
+            return
+        spec = obj.get("spec") or {}
+        counted = self.monitor.count(ns, name, spec)
+        rec = self.store.get_record("datasets", ns, name) or {"reported": None, "status": None}
+        if counted.status != rec.get("status"):
+            if counted.status == "ok":
+                log.info("dataset %s/%s: %s samples", ns, name, counted.count)
+            else:
+                log.warning("dataset %s/%s: %s (%s)", ns, name, counted.status, counted.message)
+            rec["status"] = counted.status
+            rec["message"] = counted.message
+            self.store.put_record("datasets", ns, name, rec)
+        if counted.count is None or counted.count == rec.get("reported"):
+            return
+        body = {"numberOfSamples": counted.count, "updateTime": format_time(datetime.now(UTC))}
+        with self.store.tx():
+            seq = self.outbox.append(DATASET_KIND, ns, name, body, coalesce_key=f"{DATASET_KIND}/{ns}/{name}")
+            if seq is not None:
+                rec["reported"] = counted.count
+                self.store.put_record("datasets", ns, name, rec)
 
     def _dataset_statuses(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -266,4 +292,5 @@ class LocalController:
             datasets=self._dataset_statuses(),
             connected=self.session.connected.is_set(),
             db_moved_aside=len(moved_aside(self.store.path)),
+            item_failures=self.failures.snapshot(),
         )

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from lifelong.common.api import node_roles, wire_templates
+
 
 def _age(created: str | None, now: datetime | None = None) -> str:
     if not created:
@@ -184,18 +186,11 @@ def last_reports(worker_info: dict[str, Any]) -> list[str]:
 
 
 def job_nodes(obj: dict[str, Any], dataset: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """(node, role) for every node a job involves: its Dataset's node and each template's."""
-    spec = obj.get("spec") or {}
-    roles: dict[str, list[str]] = {}
-    if dataset is not None:
-        node = (dataset.get("spec") or {}).get("nodeName")
-        if isinstance(node, str) and node:
-            roles.setdefault(node, []).append("dataset")
-    for stage, field in (("train", "trainSpec"), ("eval", "evalSpec"), ("deploy", "deploySpec")):
-        node = _node((spec.get(field) or {}).get("template"))
-        if node != "<none>":
-            roles.setdefault(node, []).append(stage)
-    return [(node, ",".join(r)) for node, r in roles.items()]
+    """(node, roles) for every node a job involves (``LLJobSpec.node_roles``): its Dataset's
+    node and each template's."""
+    ds_node = ((dataset or {}).get("spec") or {}).get("nodeName")
+    roles = node_roles(wire_templates(obj), ds_node if isinstance(ds_node, str) and ds_node else None)
+    return [(node, ",".join(r)) for node, r in roles]
 
 
 def hello_age(last_hello: Any) -> str:

@@ -7,8 +7,11 @@ The models' JSON schema becomes a *structural* OpenAPI v3 schema, as Kubernetes 
 ``$ref``s are inlined (no ``$defs``), ``title`` and ``default`` are dropped, ``anyOf`` with
 ``null`` becomes ``nullable: true``, ``const`` becomes a one-value ``enum``, open mappings (pod
 templates) get ``x-kubernetes-preserve-unknown-fields: true`` and ``metadata`` is a plain
-``type: object`` (the API server owns its schema). Anything else that Kubernetes would not
-accept raises ``SchemaError``, so the generator cannot quietly emit a CRD the API server rejects.
+``type: object`` (the API server owns its schema), except a shorter ``metadata.name`` limit
+(``Resource.MAX_NAME`` and ``MAX_NAME_ON_KUBERNETES``: a job's name becomes its worker Pods'
+names and a label value of them). Anything else that
+Kubernetes would not accept raises ``SchemaError``, so the generator cannot quietly emit a CRD
+the API server rejects.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import yaml
 
 from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
-from lifelong.common.api.meta import GROUP, VERSION, Resource
+from lifelong.common.api.meta import DNS1123_SUBDOMAIN_MAX, GROUP, VERSION, Resource
 from lifelong.common.api.model import Model
 
 KINDS: tuple[type[Resource[Any, Any]], ...] = (LifelongLearningJob, Dataset, Model)
@@ -184,6 +187,9 @@ def structural_schema(cls: type[Resource[Any, Any]]) -> dict[str, Any]:
     props["apiVersion"] = {"description": _API_VERSION_DOC, "type": "string"}
     props["kind"] = {"description": _KIND_DOC, "type": "string"}
     props["metadata"] = {"type": "object"}
+    longest = min(cls.MAX_NAME, cls.MAX_NAME_ON_KUBERNETES)
+    if longest < DNS1123_SUBDOMAIN_MAX:  # the API server lets a CRD shorten metadata.name
+        props["metadata"]["properties"] = {"name": {"type": "string", "maxLength": longest}}
     schema["required"] = sorted({*schema.get("required", ()), "metadata", "spec"})
     _check_structural(schema, cls.KIND)
     return schema

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from harness.brokers import Broker
 from harness.lc_objects import StateReader
-from harness.processes import GMProcess, LCProcess
+from harness.processes import FULL_ROUND, GMProcess, LCProcess
 from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -66,13 +66,6 @@ WORKER = textwrap.dedent(
     urllib.request.urlopen(req, timeout=10).read()
     """
 )
-
-FULL_ROUND = [
-    ("Train", "Waiting"), ("Train", "Ready"), ("Train", "Starting"), ("Train", "Running"),
-    ("Train", "Completed"), ("Eval", "Waiting"), ("Eval", "Ready"), ("Eval", "Starting"),
-    ("Eval", "Running"), ("Eval", "Completed"), ("Deploy", "Waiting"), ("Deploy", "Ready"),
-    ("Deploy", "Starting"), ("Deploy", "Running"), ("Deploy", "Completed"), ("Train", "Waiting"),
-]  # fmt: skip
 
 
 class Setup:

@@ -1,4 +1,4 @@
-"""The LC's wall clock jumps forward and back (docs: ``lifelong.edge.triggers``, "Clock jumps").
+"""The LC's wall clock jumps forward and back (the trigger is ``LLTrigger`` of ``lifelong.common.api``).
 
 The trigger engine and the manager take their clocks as arguments, so the jumps are injected:
 ``checkPeriodSeconds`` runs on the monotonic clock (a wall jump neither hastens nor delays a
@@ -14,11 +14,11 @@ import pytest
 from harness.faults import Tally
 from harness.lc_objects import cond, dataset, job
 
+from lifelong.common.api import LLTrigger
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store
 from lifelong.edge.manager import Manager
 from lifelong.edge.outbox import Outbox
-from lifelong.edge.triggers import Trigger
 
 pytestmark = pytest.mark.faults
 
@@ -38,14 +38,14 @@ class Clocks:
         self.wall += timedelta(seconds=seconds) + jump
 
 
-def _trigger(period: float = 60, window: tuple[str, str] | None = ("10:00", "11:00")) -> Trigger:
+def _trigger(period: int = 60, window: tuple[str, str] | None = ("10:00", "11:00")) -> LLTrigger:
     spec: dict[str, object] = {
         "checkPeriodSeconds": period,
         "condition": {"operator": ">", "threshold": 5, "metric": "num_of_samples"},
     }
     if window:
         spec["timer"] = {"start": window[0], "end": window[1]}
-    return Trigger.from_spec(spec)
+    return LLTrigger.model_validate(spec)
 
 
 @pytest.mark.parametrize("jump", [timedelta(days=3), timedelta(hours=-5), timedelta(days=-400)])
@@ -62,7 +62,7 @@ def test_the_period_ignores_wall_clock_jumps(jump: timedelta) -> None:
 
 
 def test_the_window_follows_the_wall_clock_both_ways() -> None:
-    t = _trigger(period=0)
+    t = _trigger(period=1)
     c = Clocks(DAY.replace(hour=9, minute=59))
     assert not t.fires(10, c.wall, c.mono, None)
     c.tick(1, timedelta(minutes=30))  # forward into the window

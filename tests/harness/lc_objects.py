@@ -36,6 +36,7 @@ def job(
     *,
     threshold: int = 5,
     train_prob: float = 0.8,
+    period: int = 1,
 ) -> dict[str, Any]:
     def template() -> dict[str, Any]:
         return {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
@@ -49,7 +50,7 @@ def job(
             "trainSpec": {
                 "template": template(),
                 "trigger": {
-                    "checkPeriodSeconds": 0,
+                    "checkPeriodSeconds": period,
                     "condition": {"operator": ">", "threshold": threshold, "metric": "num_of_samples"},
                 },
             },

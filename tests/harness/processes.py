@@ -23,14 +23,23 @@ from typing import Any
 
 from harness.waiting import free_port, wait_for
 
+FULL_ROUND = [
+    ("Train", "Waiting"), ("Train", "Ready"), ("Train", "Starting"), ("Train", "Running"),
+    ("Train", "Completed"), ("Eval", "Waiting"), ("Eval", "Ready"), ("Eval", "Starting"),
+    ("Eval", "Running"), ("Eval", "Completed"), ("Deploy", "Waiting"), ("Deploy", "Ready"),
+    ("Deploy", "Starting"), ("Deploy", "Running"), ("Deploy", "Completed"), ("Train", "Waiting"),
+]  # fmt: skip
+"""A job's conditions (stage, type) through one full round, as ``GMProcess.conditions`` gives them."""
+
 
 class Process:
     """One ``python -m lifelong ARGS`` child process."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path) -> None:
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.args = args
         self.workdir = workdir
+        self.env = env or {}  # set in the process's environment (e.g. TZ)
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -44,6 +53,7 @@ class Process:
             log.write(f"--- start: {' '.join(self.command())}\n".encode())
             log.flush()
             env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
+            env.update(self.env)
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
@@ -167,7 +177,14 @@ class LCProcess(Process):
     """``lifelong lc`` for one node, its state in ``workdir/lc-NODE``."""
 
     def __init__(
-        self, workdir: Path, *, node: str, broker_url: str, prefix: str, extra: list[str] | None = None
+        self,
+        workdir: Path,
+        *,
+        node: str,
+        broker_url: str,
+        prefix: str,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.node = node
         self.state_dir = workdir / f"lc-{node}"
@@ -190,7 +207,7 @@ class LCProcess(Process):
             "0.2",
             *(extra or []),
         ]
-        super().__init__(f"lc-{node}", args, workdir)
+        super().__init__(f"lc-{node}", args, workdir, env)
 
     def wait_online(self, gm: GMProcess, timeout: float = 30.0) -> None:
         def online() -> bool:

@@ -13,6 +13,7 @@ import yaml
 
 from lifelong.common.api import (
     CANONICAL_OPERATOR,
+    MAX_JOB_NAME,
     Dataset,
     LifelongLearningJob,
     LLJobCondition,
@@ -23,6 +24,7 @@ from lifelong.common.api import (
     dump_resource,
     dump_yaml,
     format_path,
+    is_dns1123_subdomain,
     load_documents,
     load_file,
     load_yaml,
@@ -379,9 +381,79 @@ def test_bad_name_names_it(name: Any) -> None:
     assert paths(err) == ["metadata.name"]
 
 
-@pytest.mark.parametrize("name", ["a", "atcii-classifier-demo", "a.b-c.d9", "a" * 253])
+@pytest.mark.parametrize("name", ["a", "atcii-classifier-demo", "a.b-c.d9", "a" * MAX_JOB_NAME])
 def test_good_names(name: str) -> None:
     assert parse_resource(with_change("metadata.name", name)).name == name
+
+
+def test_a_job_name_leaves_room_for_its_worker_names() -> None:
+    """A job name valid for Kubernetes (253) but too long for its derived worker names
+    ({job}-deploy-{round}) is refused at apply, naming metadata.name and the limit."""
+    longest_worker = f"{'a' * MAX_JOB_NAME}-deploy-{'9' * 10}"  # a round of ten digits
+    assert len(longest_worker) == 253 and is_dns1123_subdomain(longest_worker)
+    for name in ("a" * (MAX_JOB_NAME + 1), "a" * 253):
+        err = errors_of(with_change("metadata.name", name))
+        assert paths(err) == ["metadata.name"]
+        assert f"at most {MAX_JOB_NAME}" in str(err) and f"is {len(name)} characters" in str(err)
+    # a Dataset (nothing is derived from its name) may still use all 253 characters
+    (doc,) = load_yaml(DATASET_YAML.read_text())
+    doc["metadata"]["name"] = "d" * 253
+    assert parse_resource(doc).name == "d" * 253
+
+
+def _job_with_nodes(train: str | None, eval_: str | None, deploy: str | None) -> LifelongLearningJob:
+    doc = job_mapping()
+    for field, node in (("trainSpec", train), ("evalSpec", eval_), ("deploySpec", deploy)):
+        tspec = doc["spec"][field]["template"]["spec"]
+        tspec.pop("nodeName", None)
+        if node is not None:
+            tspec["nodeName"] = node
+    res = parse_resource(doc)
+    assert isinstance(res, LifelongLearningJob)
+    return res
+
+
+@pytest.mark.parametrize(
+    ("nodes", "dataset_node", "roles", "deciding"),
+    [
+        (("t", "e", "d"), "ds", [("ds", ["dataset"]), ("t", ["train"]), ("e", ["eval"]), ("d", ["deploy"])],
+         ("ds", "e", "d")),
+        (("ds", "ds", "inf"), "ds", [("ds", ["dataset", "train", "eval"]), ("inf", ["deploy"])],
+         ("ds", "ds", "inf")),
+        ((None, None, None), "ds", [("ds", ["dataset"])], ("ds", "ds", "ds")),  # eval/deploy default
+        (("t", None, "d"), None, [("t", ["train"]), ("d", ["deploy"])], (None, None, "d")),
+    ],
+)  # fmt: skip
+def test_the_nodes_a_job_involves_and_their_roles(
+    nodes: tuple[str | None, str | None, str | None],
+    dataset_node: str | None,
+    roles: list[tuple[str, list[str]]],
+    deciding: tuple[str | None, str | None, str | None],
+) -> None:
+    spec = _job_with_nodes(*nodes).spec
+    assert spec.node_roles(dataset_node) == roles
+    assert spec.node_names(dataset_node) == [node for node, _ in roles]
+    assert (
+        tuple(spec.deciding_node(s, dataset_node) for s in (Stage.TRAIN, Stage.EVAL, Stage.DEPLOY))
+        == deciding
+    )
+
+
+def test_round_state_and_history_of_a_job() -> None:
+    res = parse_resource(job_mapping())
+    assert isinstance(res, LifelongLearningJob)
+    assert (res.round, res.state, res.history) == (0, (Stage.TRAIN, ConditionType.WAITING), [])
+    conds = [("Train", "Waiting"), ("Train", "Ready"), ("Train", "Failed"), ("Train", "Waiting")]
+    conds += [("Train", "Ready"), ("Train", "Completed"), ("Eval", "Waiting")]
+    doc = job_mapping()
+    doc["status"] = {"conditions": [{"type": t, "stage": s, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                                    for s, t in conds]}  # fmt: skip
+    res = parse_resource(doc)
+    assert isinstance(res, LifelongLearningJob)
+    assert res.round == 2  # two Train/Ready: the failed attempt used up its round
+    assert res.state == (Stage.EVAL, ConditionType.WAITING)
+    assert [(c.stage.value, c.type.value) for c in res.history] == conds
+    assert res.history[0].last_transition_time == "2026-01-01T00:00:00Z"
 
 
 @pytest.mark.parametrize("namespace", ["Edge", "a.b", "a/b", "a" * 64])

@@ -14,9 +14,12 @@ import yaml
 from harness.waiting import free_port, wait_for
 
 from lifelong.__main__ import main
+from lifelong.client.api import Client
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.service import GMService, GMSettings
+from lifelong.common.api import MAX_JOB_NAME
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.errors import ValidationError
 from lifelong.common.topics import Topics
 
 DATASET = """\
@@ -167,6 +170,21 @@ def test_errors_are_one_line_with_exit_codes(
     assert code == 1 and "cannot reach the GM" in err
     code, _, err = run(capsys, "apply", "-f", str(tmp_path / "missing.yaml"), "--server", server)
     assert code == 2 and "does not exist" in err
+
+
+def test_the_gm_api_refuses_a_job_name_too_long_for_its_worker_names(server: str) -> None:
+    """A name Kubernetes accepts (253) but whose worker names ({job}-deploy-{round}) would not
+    fit: the GM's API answers 400 naming metadata.name and the limit, and stores nothing."""
+    client = Client(server)
+    client.apply(yaml.safe_load(DATASET))
+    job = yaml.safe_load(JOB)
+    job["metadata"]["name"] = "j" * 253
+    with pytest.raises(ValidationError) as info:
+        client.apply(job)  # the HTTP client, not the CLI's local check
+    assert "metadata.name" in str(info.value) and f"at most {MAX_JOB_NAME}" in str(info.value)
+    assert client.list("LifelongLearningJob", None) == []
+    job["metadata"]["name"] = "j" * MAX_JOB_NAME
+    assert client.apply(job)["result"] == "created"
 
 
 def test_nodes_and_describe_show_the_outbox_of_the_last_hello(

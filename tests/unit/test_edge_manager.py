@@ -18,14 +18,20 @@ NODE = "node-a"
 
 
 class Mono:
-    def __init__(self) -> None:
+    """A monotonic clock the test moves; with ``auto`` it moves that much at every reading."""
+
+    def __init__(self, auto: float = 0.0) -> None:
         self.now = 0.0
+        self.auto = auto
 
     def __call__(self) -> float:
+        self.now += self.auto
         return self.now
 
 
-def _setup(tmp_path: Path, period: int = 0) -> tuple[Store, Outbox, Path, Path, Mono]:
+def _setup(tmp_path: Path, period: int = 1) -> tuple[Store, Outbox, Path, Path, Mono]:
+    """One job and its dataset of 10 samples; with the default period of 1 s the clock moves
+    a second at every reading, so every step checks the trigger."""
     store = Store(tmp_path / "lc.db", sync="normal")
     box = Outbox(store)
     data = tmp_path / "d.txt"
@@ -35,7 +41,7 @@ def _setup(tmp_path: Path, period: int = 0) -> tuple[Store, Outbox, Path, Path, 
     j = job("j", NODE, "ds", out, [cond("Train", "Waiting")])
     j["spec"]["trainSpec"]["trigger"]["checkPeriodSeconds"] = period
     store.put_resource("LifelongLearningJob", "default", "j", "2", j)
-    return store, box, data, out, Mono()
+    return store, box, data, out, Mono(auto=1.0 if period == 1 else 0.0)
 
 
 def _manager(store: Store, box: Outbox, mono: Mono) -> Manager:
@@ -175,6 +181,7 @@ def _statements(store: Store) -> list[str]:
 
 def test_a_step_over_unchanged_jobs_costs_no_read_nor_write_per_job(tmp_path: Path) -> None:
     store, box, data, out, mono = _setup(tmp_path)
+    mono.auto = 0.0  # no check period runs out
     data.write_text("a\nb\n")  # below the threshold: nothing fires
     n = 60
     for i in range(n):
@@ -221,6 +228,7 @@ def test_new_jobs_cost_no_write_until_their_progress_changes(tmp_path: Path) -> 
 def test_a_skipped_job_is_evaluated_again_when_its_inputs_change(tmp_path: Path) -> None:
     store, box, data, out, mono = _setup(tmp_path)
     data.write_text("a\nb\n")
+    mono.auto = 0.0  # the clock moves only where the test says
     m = _manager(store, box, mono)
     m.step()
     m.step()
@@ -229,6 +237,7 @@ def test_a_skipped_job_is_evaluated_again_when_its_inputs_change(tmp_path: Path)
     assert m.evaluated == evaluated  # nothing changed: skipped
     with data.open("a") as fh:  # the sample count changes: evaluated, fires
         fh.write("".join(f"n{i}\n" for i in range(6)))
+    mono.now += 1  # the check period (1 s) ran out
     m.step()
     assert [r["round"] for r in _ready(box, "Train")] == [1]
     m.step()  # evaluated once more after writing its progress, then skipped
@@ -240,6 +249,7 @@ def test_a_skipped_job_is_evaluated_again_when_its_inputs_change(tmp_path: Path)
     store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, hist))
     with data.open("a") as fh:
         fh.write("".join(f"m{i}\n" for i in range(6)))
+    mono.now += 1
     m.step()
     assert [r["round"] for r in _ready(box, "Train")] == [1, 2]
     # A Dataset moved to another node: the job is no longer this node's to train.
@@ -251,6 +261,7 @@ def test_a_skipped_job_is_evaluated_again_when_its_inputs_change(tmp_path: Path)
     m.step()
     assert len(_ready(box, "Train")) == 2
     store.put_resource("Dataset", "default", "ds", "9", dataset("ds", NODE, data))  # and back
+    mono.now += 1
     m.step()
     assert [r["round"] for r in _ready(box, "Train")] == [1, 2, 3]
     store.close()
@@ -276,7 +287,7 @@ def test_the_check_period_still_runs_while_nothing_changes(tmp_path: Path) -> No
     store.close()
 
 
-def test_a_timer_window_is_checked_at_every_step(tmp_path: Path) -> None:
+def test_the_timer_window_follows_the_wall_clock_at_each_check(tmp_path: Path) -> None:
     store, box, _data, out, mono = _setup(tmp_path)
     j = job("j", NODE, "ds", out, [cond("Train", "Waiting")])
     j["spec"]["trainSpec"]["trigger"]["timer"] = {"start": "10:00", "end": "11:00"}

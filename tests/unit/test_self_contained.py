@@ -30,12 +30,6 @@ OUTSIDE = re.compile(
 # A Markdown link or image: [text](target) or ![alt](target).
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
-# Files whose outside citation another part of the same change rewrites, with the text that is
-# still there. The test fails once the text is gone, so that the entry is removed with it.
-PENDING = {
-    "edge/manager.py": "DESIGN " + "\u00a74",  # the LC manager's rewrite replaces this docstring
-}
-
 
 def tracked_files() -> list[str]:
     out = subprocess.run(
@@ -83,11 +77,6 @@ def test_no_tracked_file_cites_a_document_outside_the_repository() -> None:
         text = text_of(name)
         if text is None:
             continue
-        if name in PENDING:
-            assert PENDING[name] in text, (
-                f"{name} no longer cites {PENDING[name]!r}: delete its entry in PENDING ({__file__})"
-            )
-            text = text.replace(PENDING[name], "", 1)
         found += outside_citations(name, text)
     assert not found, "cite docs/design.md (or another file of the repository) instead:\n" + "\n".join(found)
 

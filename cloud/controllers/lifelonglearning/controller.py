@@ -53,6 +53,7 @@ from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, StoreError, WatchEvent
 from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.common.api import job_conditions
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
 from lifelong.common.stages import ConditionType, Stage
@@ -96,8 +97,8 @@ def parked(job: Object, conds: list[Condition]) -> bool:
 
 
 def conditions_of(job: Object) -> list[Condition]:
-    raw = (job.get("status") or {}).get("conditions") or []
-    return [Condition.from_dict(c) for c in raw]
+    """The job's conditions (``ValidationError`` naming a malformed one)."""
+    return job_conditions((job.get("status") or {}).get("conditions"))
 
 
 class LifelongLearningController:

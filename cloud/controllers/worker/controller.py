@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable
 
 from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
-from lifelong.cloud.controllers.lifelonglearning.downstream import template_node, template_of
+from lifelong.cloud.controllers.lifelonglearning.downstream import template_of
 from lifelong.cloud.controllers.lifelonglearning.upstream import parse_worker_report
 from lifelong.cloud.downstream import Downstream
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase
 from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
+from lifelong.common.api import worker_node
 from lifelong.common.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class WorkerController:
                 worker = None
         if worker is None:
             job = self.store.get(JOB_KIND, env.ns, phase.job_name)
-            if job is not None and template_node(template_of(job, phase.stage)) != node:
+            if job is not None and worker_node(template_of(job, phase.stage)) != node:
                 raise ReportRejected(
                     "wrong_node",
                     f"the {phase.stage.value} worker of {env.ns}/{phase.job_name} "
