@@ -67,6 +67,7 @@ from lifelong.common.api.template import (
     template_image,
     template_node_name,
 )
+from lifelong.common.api.worker import WORKER_API_VERSION, Worker, WorkerSpec, WorkerStatus
 
 __all__ = [
     "API_VERSION",
@@ -75,6 +76,7 @@ __all__ = [
     "GROUP",
     "RESOURCE_TYPES",
     "VERSION",
+    "WORKER_API_VERSION",
     "AIClasses",
     "AIModel",
     "AIModels",
@@ -110,6 +112,9 @@ __all__ = [
     "Timestamp",
     "TriggerMetric",
     "TriggerOperator",
+    "Worker",
+    "WorkerSpec",
+    "WorkerStatus",
     "WorkerTemplate",
     "dump_resource",
     "dump_yaml",

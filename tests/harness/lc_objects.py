@@ -36,7 +36,11 @@ def job(
     *,
     threshold: int = 5,
     train_prob: float = 0.8,
+    check_period: int = 0,
 ) -> dict[str, Any]:
+    """A job in wire form. ``check_period=0`` (check at every poll) is for manager unit tests that
+    store the job directly: the API, and so an LC's downstream, refuses a period below 1."""
+
     def template() -> dict[str, Any]:
         return {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
 
@@ -49,7 +53,7 @@ def job(
             "trainSpec": {
                 "template": template(),
                 "trigger": {
-                    "checkPeriodSeconds": 0,
+                    "checkPeriodSeconds": check_period,
                     "condition": {"operator": ">", "threshold": threshold, "metric": "num_of_samples"},
                 },
             },
