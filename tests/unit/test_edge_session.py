@@ -266,3 +266,15 @@ def test_the_hello_is_built_by_its_model_with_what_the_node_holds(store: Store) 
         {"kind": "Dataset", "ns": "default", "name": "ds-a", "rv": "7"}
     ]
     assert (hello.body or {})["outbox"] == {"depth": 0, "lowSeq": None, "nextSeq": 1}
+
+
+def test_many_refused_items_are_all_counted_and_logged_in_a_bounded_number_of_lines(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make(store, Wire())
+    with caplog.at_level(logging.WARNING, logger="lifelong.edge"):
+        down(s, TOPICS.down_ctl(NODE), gm_says(Op.ACK, {"epoch": s.outbox.epoch, "seqs": ["x"] * 500}))
+    assert s.rejected == {"invalid": 500}
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 1 < len(lines) <= 11, len(lines)
+    assert "490 more items refused" in lines[-1].getMessage()
