@@ -19,10 +19,16 @@ error, so one bad item is counted and skipped and the others still apply.
 
 The downstream ``upsert`` carries a whole resource; ``parse_object`` parses it into its model
 in ``lifelong.common.api`` (``LifelongLearningJob``, ``Dataset``, ``Worker``).
+
+Building a body is constructing its model with Python names and calling ``to_body()``:
+``JobReady(stage=Stage.TRAIN, round=3, data={...}).to_body()``,
+``WorkerReport(job=..., stage=..., round=..., phase="Failed", exit_code=3).to_body()``,
+``DatasetReport(number_of_samples=10, update_time=format_time(now)).to_body()``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias, get_args
 
@@ -65,6 +71,14 @@ Rfc3339 = Annotated[StrictStr, AfterValidator(_rfc3339)]
 NonNegative = Annotated[StrictInt, Field(ge=0)]
 Name = Annotated[StrictStr, Field(min_length=1)]
 
+# Bodies are read by their wire (camelCase) names only; Python code builds them by field name.
+# (``by_name`` of the validate functions exists from pydantic 2.11 on; older ones accept both.)
+_WIRE_NAMES_ONLY: dict[str, Any] = (
+    {"by_alias": True, "by_name": False}
+    if "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
+    else {}
+)
+
 
 class Body(BaseModel):
     """Base of every body: camelCase on the wire, unknown fields ignored, wrong types refused."""
@@ -83,7 +97,7 @@ class Body(BaseModel):
             what = "null" if body is None else type(body).__name__
             raise InvalidBody(cls.WHAT, [("", f"must be a mapping, got {what}")])
         try:
-            return cls.model_validate(body)
+            return cls.model_validate(body, **_WIRE_NAMES_ONLY)
         except pydantic.ValidationError as exc:
             raise InvalidBody(cls.WHAT, _errors(exc)) from None
 
@@ -169,7 +183,7 @@ class ListBody(Body):
         refused: list[ItemRefused] = []
         for index, item in enumerate(items):
             try:
-                good.append(adapter.validate_python(item))
+                good.append(adapter.validate_python(item, **_WIRE_NAMES_ONLY))
             except pydantic.ValidationError as exc:
                 path = f"{alias}[{index}]"
                 refused.append(ItemRefused(path, _errors(exc, (alias, index)), _item_key(item), item))
@@ -320,7 +334,7 @@ def parse_job_report(body: Any) -> JobReport:
         what = "null" if body is None else type(body).__name__
         raise InvalidBody("LifelongLearningJob report", [("", f"must be a mapping, got {what}")])
     try:
-        return _JOB_REPORT.validate_python(body)
+        return _JOB_REPORT.validate_python(body, **_WIRE_NAMES_ONLY)
     except pydantic.ValidationError as exc:
         errors = _errors(exc)
         # the discriminated union prefixes the event's tag to every path: drop it
@@ -369,7 +383,7 @@ def parse_object(obj: Any) -> DownObject:
         raise InvalidBody("upsert body", [("object", f"must be a mapping, got {what}")])
     if obj.get("kind") == Worker.KIND:
         try:
-            return Worker.model_validate(obj)
+            return Worker.model_validate(obj, **_WIRE_NAMES_ONLY)
         except pydantic.ValidationError as exc:
             raise InvalidBody("upsert body", _errors(exc, ("object",))) from None
     try:

@@ -219,3 +219,11 @@ def test_objects_are_parsed_into_their_api_models_and_a_wrong_field_is_named() -
     with pytest.raises(InvalidBody, match=r"object\.kind"):
         parse_object({**DATASET, "kind": "Pod"})
     assert LifelongLearningJob.KIND == "LifelongLearningJob"
+
+
+def test_bodies_are_read_by_their_wire_names_only() -> None:
+    with pytest.raises(InvalidBody) as caught:
+        DatasetReport.parse({"number_of_samples": 5, "updateTime": "2026-01-01T00:00:01Z"})
+    assert caught.value.path == "numberOfSamples"
+    with pytest.raises(InvalidBody, match="updateTime"):
+        DatasetReport.parse({"numberOfSamples": 5, "updateTime": "yesterday"})
