@@ -8,6 +8,7 @@
     │   ├── PayloadTooLarge       over the configured payload limit
     │   ├── UnsupportedVersion    the envelope's protocol version is not ours
     │   ├── TopicError            a topic or topic segment is malformed
+    │   ├── InvalidBody           a body (or the object of an upsert) its model refuses
     │   └── IdentityError         an envelope speaks for another node than its topic's
     ├── BusError                  talking to the MQTT broker failed
     │   ├── ConnectError          could not connect (socket error or CONNACK refusal; ``rc``)
@@ -78,6 +79,23 @@ class TopicError(ProtocolError):
 
 class IdentityError(ProtocolError):
     reason = "identity"
+
+
+class InvalidBody(ProtocolError):
+    """A message body that its model (``lifelong.common.messages``) refuses. ``errors`` is a list
+    of (field path, message); ``what`` names the body (``sync body``, ``upsert body``...)."""
+
+    reason = "invalid"
+
+    def __init__(self, what: str, errors: list[tuple[str, str]]) -> None:
+        self.what = what
+        self.errors = errors
+        detail = "; ".join(f"{path}: {msg}" if path else msg for path, msg in errors)
+        super().__init__(f"{what}: {detail}")
+
+    @property
+    def path(self) -> str:
+        return self.errors[0][0] if self.errors else ""
 
 
 class BusError(LifelongError):

@@ -11,6 +11,9 @@ counters (outbox, session, workers) through one collector registered in a per-pr
                                                 dropped (coalescible refused), refused (full)
     lifelong_lc_reconnects_total                connections after the first
     lifelong_lc_downstream_total{result}        applied, stale, invalid
+    lifelong_lc_rejected_total{reason}          messages and list items refused, by reason:
+                                                invalid (a body or object the models refuse),
+                                                decode, too_large, version, topic, identity, op
     lifelong_lc_workers{phase}                  local worker records by phase
     lifelong_lc_datasets{status}                local datasets by file status (ok, missing, ...)
     lifelong_lc_connected                       1 while connected to the broker
@@ -41,6 +44,7 @@ class Snapshot:
     reports: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     downstream: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)
     datasets: dict[str, int] = field(default_factory=dict)
     connected: bool = False
@@ -108,6 +112,12 @@ class _LCCollector(Collector):
         for result, n in sorted(s.downstream.items()):
             down.add_metric([result], n)
         yield down
+        rejected = CounterMetricFamily(
+            "lifelong_lc_rejected", "Messages and list items refused, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(s.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
         workers = GaugeMetricFamily("lifelong_lc_workers", "Local workers by phase", labels=["phase"])
         for phase, n in sorted(s.workers.items()):
             workers.add_metric([phase], n)

@@ -102,6 +102,7 @@ class LocalController:
             topics=self.topics,
             codec=Codec(s.codec),
             max_payload=s.max_payload,
+            publish=self._publish,  # called only once the bus below is connected
             on_change=self.wake.set,
             on_job_deleted=self.manager.forget,
         )
@@ -123,7 +124,6 @@ class LocalController:
             on_disconnect=self.session.handle_disconnect,
             max_inflight=max(1, min(s.outbox_window, 1000)),
         )
-        self.session.publish = self._publish
         self._control = threading.Thread(target=self._control_loop, name="lc-control", daemon=True)
         self._stop_metrics: Callable[[], None] | None = None
         self._warned: dict[tuple[str, str], str] = {}
@@ -288,6 +288,7 @@ class LocalController:
             },
             reconnects=max(0, self.session.connects - 1),
             downstream=dict(self.session.downstream),
+            rejected=dict(self.session.rejected),
             workers=self.workers.phases(),
             datasets=self._dataset_statuses(),
             connected=self.session.connected.is_set(),

@@ -7,20 +7,27 @@ Created and started by the service. Speaks docs/protocol.md exactly:
 * on every connect and reconnect: ``hello`` on ``up/_ctl`` (agent, outbox epoch, boot id,
   the resources held with their rv, outbox depth/lowSeq/nextSeq), and every unacknowledged
   report becomes due again;
+* every body is parsed into its model (``lifelong.common.messages``) and every upserted object
+  into its API model before anything is stored; what the models refuse is logged once with
+  its key and the field, counted (``rejected``, by reason) and never stored;
 * downstream ``upsert``/``delete``: stale versions are ignored but still acknowledged; the
   rest is stored; each batch is acknowledged with one ``ack`` (``applied`` list) on
-  ``up/_ctl`` after it is committed. ``sync`` drops what the list does not name. ``ack`` on
-  ``down/_ctl`` deletes the named reports from the outbox;
+  ``up/_ctl`` after it is committed; a refused object is acknowledged too, with ``refused``
+  saying why, so the GM stops resending it. ``sync`` drops what the list does not name (one
+  refused item is skipped, the rest applies). ``ack`` on ``down/_ctl`` deletes the named
+  reports from the outbox (one bad seq is skipped);
 * whenever the GM's presence (``{p}/gm/presence``) turns ``online`` while the LC stays
   connected (a GM restart, possibly with a lost state DB): a fresh ``hello``, and every
   unacknowledged report becomes due again at once (not after the ack timeout);
 * a hello the GM has not answered with a ``sync`` within ``hello_retry`` seconds (lost on
-  the way, or its answer was) is sent again, the wait doubling up to ``hello_retry_cap``;
-  any ``sync`` ends the wait.
+  the way, or its answer was) is sent again, the wait doubling up to ``hello_retry_cap``
+  (tenacity's ``wait_exponential``); any ``sync`` that parses ends the wait.
 
 Threads: the bus client's network thread only enqueues (handlers must not block); the
-``lc-session`` thread applies downstream messages and sends hellos; the ``lc-publisher``
-thread publishes due outbox entries within the in-flight window.
+``lc-session`` thread decodes, parses and applies downstream messages and sends hellos; the
+``lc-publisher`` thread publishes due outbox entries within the in-flight window. Tests drive
+the session thread's step with ``run_pending`` and give the wire (``publish``), the clock and
+the store to the constructor.
 """
 
 from __future__ import annotations
@@ -32,11 +39,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from tenacity import RetryCallState, wait_exponential
 
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
-from lifelong.common.errors import LifelongError, NotConnected, PayloadTooLarge, ProtocolError
+from lifelong.common.errors import InvalidBody, LifelongError, NotConnected, PayloadTooLarge, ProtocolError
+from lifelong.common.messages import (
+    Applied,
+    AppliedAck,
+    Hello,
+    ItemRefused,
+    OutboxState,
+    Presence,
+    ResourceRef,
+    SeqAck,
+    Sync,
+    Upsert,
+    dump_object,
+    parse_object,
+)
 from lifelong.common.topics import Topics
 from lifelong.edge.config import AGENT
 from lifelong.edge.db import Store, rv_newer, rv_older
@@ -49,6 +72,10 @@ Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain); raises
 HELLO_RETRY = 10.0
 """Seconds to wait for a ``sync`` answering a hello before saying hello again (then doubling)."""
 HELLO_RETRY_CAP = 300.0
+"""The longest wait between two unanswered hellos, in seconds."""
+LOGGED_ITEMS = 10
+"""Refused items of one list body logged one by one; the rest are summed up in one line."""
+Key = tuple[str, str, str]
 
 
 class Session:
@@ -67,6 +94,7 @@ class Session:
         topics: Topics,
         codec: Codec,
         max_payload: int,
+        publish: Publish | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_job_deleted: Callable[[str, str], None] = lambda ns, name: None,
         hello_retry: float = HELLO_RETRY,
@@ -79,10 +107,10 @@ class Session:
         self.topics = topics
         self.codec = codec
         self.max_payload = max_payload
+        self.publish = publish
         self.on_change = on_change
         self.on_job_deleted = on_job_deleted
         self.boot = uuid.uuid4().hex
-        self.publish: Publish | None = None
         self.connected = threading.Event()
         self.connects = 0
         self.hellos = 0
@@ -91,11 +119,14 @@ class Session:
         self.hello_retry = hello_retry
         self.hello_retry_cap = hello_retry_cap
         self._clock = clock
-        self._hello_wait = hello_retry
+        # the wait before the n-th hello of a row is sent again: hello_retry doubling, capped
+        self._hello_backoff = wait_exponential(multiplier=hello_retry, max=hello_retry_cap)
+        self._hello_attempt = 1  # hellos sent since the last sync (or connect), this one included
         self._hello_due: float | None = None  # when to say hello again if no sync arrives
         self._gm_presence_id: str | None = None  # id of the last GM presence seen
         self._gm_state: str | None = None  # its state: online, offline, or None (none seen)
         self.downstream = {"applied": 0, "stale": 0, "invalid": 0}
+        self.rejected: dict[str, int] = {}  # refused messages and list items, by reason
         self._acks: dict[str, list[int]] = {}
         self._storage_error: str | None = None  # the last batch's database error, until one commits
         self._queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
@@ -107,8 +138,24 @@ class Session:
         env = Envelope.new(node=self.node, kind=kind, op=op, body=body, **kw)
         return encode(env, self.codec, max_payload=self.max_payload)
 
-    def presence_payload(self, state: str) -> bytes:
-        return self._envelope(CONTROL_KIND, Op.PRESENCE, {"state": state, "agent": AGENT})
+    def presence_payload(self, state: Literal["online", "offline"]) -> bytes:
+        return self._envelope(CONTROL_KIND, Op.PRESENCE, Presence(state=state, agent=AGENT).to_body())
+
+    def _refuse(self, reason: str, what: str, detail: str, *, resource: bool = False) -> None:
+        """Count and log one refused message or list item (``resource``: a downstream resource
+        message, also counted as ``invalid`` among the downstream outcomes)."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if resource:
+            self.downstream["invalid"] += 1
+        log.warning("%s refused (%s): %s", what, reason, detail[:500])
+
+    def _refuse_items(self, what: str, refused: list[ItemRefused]) -> None:
+        for item in refused[:LOGGED_ITEMS]:
+            self._refuse("invalid", f"{what} item {item.key or item.path}", str(item))
+        rest = refused[LOGGED_ITEMS:]
+        if rest:
+            self.rejected["invalid"] = self.rejected.get("invalid", 0) + len(rest)
+            log.warning("%s: %d more items refused (invalid), the first %s", what, len(rest), rest[0])
 
     def _send(self, topic: str, payload: bytes, retain: bool = False) -> bool:
         if self.publish is None:
@@ -156,53 +203,76 @@ class Session:
             except queue.Empty:
                 self._retry_hello()
                 continue
-            batch = [item]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            applied: list[dict[str, Any]] = []
-            self._acks = {}
-            changed = False
-            try:
-                # One transaction (one fsync) per batch; its acks go out only after the commit.
-                with self.store.tx():
-                    for what, a, b in batch:
-                        try:
-                            if what == "connect":
-                                self._on_connected(bool(a))
-                            elif what == "down":
-                                changed |= self._on_down(str(a), b, applied)
-                            elif what == "gm":
-                                self._on_gm_presence(a, bool(b))
-                        except Exception:
-                            log.exception("session: handling %s failed", what)
-                    for epoch, seqs in self._acks.items():
-                        self.outbox.ack(epoch, seqs)
-            except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error ...
-                if str(exc) != self._storage_error:
-                    log.error(
-                        "local database %s cannot be written (%s): %d downstream messages not "
-                        "stored nor acknowledged, the GM resends them",
-                        self.store.path,
-                        exc,
-                        len(batch),
-                    )
-                self._storage_error = str(exc)
-                continue
-            except Exception:
-                log.exception("session: committing a batch of %d messages failed", len(batch))
-                continue  # nothing acknowledged: the GM resends
-            if self._storage_error is not None and (applied or self._acks):
-                log.warning("local database %s is writable again", self.store.path)
-                self._storage_error = None
-            if applied:
-                payload = self._envelope(CONTROL_KIND, Op.ACK, {"applied": applied})
-                self._send(self.topics.up_ctl(self.node), payload)
-            if changed:
-                self.on_change()
+            self._process(item)
+
+    def run_pending(self) -> None:
+        """Handle everything queued so far, now, on the calling thread (for tests and tools
+        that drive a session without its thread); then say hello again if one is due."""
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
             self._retry_hello()
+            return
+        self._process(item)
+
+    def _process(self, item: tuple[str, Any, Any]) -> None:
+        """One batch: ``item`` and whatever else is queued (up to 1,000), in one transaction."""
+        batch = [item]
+        while len(batch) < 1000:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        applied: list[Applied] = []
+        self._acks = {}
+        changed = False
+        try:
+            # One transaction (one fsync) per batch; its acks go out only after the commit.
+            with self.store.tx():
+                for what, a, b in batch:
+                    try:
+                        if what == "connect":
+                            self._on_connected(bool(a))
+                        elif what == "down":
+                            changed |= self._on_down(str(a), b, applied)
+                        elif what == "gm":
+                            self._on_gm_presence(a, bool(b))
+                    except sqlite3.OperationalError:
+                        raise  # the whole batch waits for the database (below)
+                    except Exception:
+                        log.exception("session: handling %s failed", what)
+                for epoch, seqs in self._acks.items():
+                    try:
+                        self.outbox.ack(epoch, seqs)
+                    except sqlite3.OperationalError:
+                        raise
+                    except Exception:
+                        log.exception(
+                            "session: deleting %d acknowledged reports of epoch %s failed", len(seqs), epoch
+                        )
+        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error ...
+            if str(exc) != self._storage_error:
+                log.error(
+                    "local database %s cannot be written (%s): %d downstream messages not "
+                    "stored nor acknowledged, the GM resends them",
+                    self.store.path,
+                    exc,
+                    len(batch),
+                )
+            self._storage_error = str(exc)
+            return
+        except Exception:
+            log.exception("session: committing a batch of %d messages failed", len(batch))
+            return  # nothing acknowledged: the GM resends
+        if self._storage_error is not None and (applied or self._acks):
+            log.warning("local database %s is writable again", self.store.path)
+            self._storage_error = None
+        if applied:
+            payload = self._envelope(CONTROL_KIND, Op.ACK, AppliedAck(applied=applied).to_body())
+            self._send(self.topics.up_ctl(self.node), payload)
+        if changed:
+            self.on_change()
+        self._retry_hello()
 
     def _until_hello_due(self) -> float | None:
         if self._hello_due is None:
@@ -217,10 +287,16 @@ class Session:
             # the next connect, or the GM's presence turning online, brings a fresh hello
             self._hello_due = None
             return
-        self._hello_wait = min(self.hello_retry_cap, self._hello_wait * 2)
-        log.info("no sync answered the last hello; saying hello again (next wait %.0f s)", self._hello_wait)
+        self._hello_attempt += 1
+        log.info("no sync answered the last hello; saying hello again (next wait %.0f s)", self._hello_wait())
         self.hello_retries += 1
         self.send_hello(retry=True)
+
+    def _hello_wait(self) -> float:
+        """How long the hello just sent may wait for its sync: tenacity's exponential wait."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = self._hello_attempt
+        return float(self._hello_backoff(state))
 
     def _on_connected(self, first: bool) -> None:
         self.connects += 1
@@ -243,92 +319,122 @@ class Session:
             return  # a cleared retained message
         try:
             env = decode(payload, max_payload=self.max_payload)
+            if env.node != "gm" or env.op is not Op.PRESENCE:
+                raise InvalidBody("GM presence", [("", f"from {env.node!r}, op {env.op.value}")])
+            presence = Presence.parse(env.body)
         except ProtocolError as exc:
-            log.warning("GM presence refused: %s", exc)
-            return
-        body = env.body if isinstance(env.body, dict) else {}
-        if env.node != "gm" or env.op is not Op.PRESENCE or body.get("state") not in ("online", "offline"):
-            log.warning(
-                "GM presence from %r, op %s, state %r: ignored", env.node, env.op.value, body.get("state")
-            )
+            self._refuse(exc.reason, "GM presence", str(exc))
             return
         first, new = self._gm_presence_id is None, env.id != self._gm_presence_id
         self._gm_presence_id = env.id
-        self._gm_state = body.get("state")
-        if body.get("state") != "online" or not new or (first and retained):
+        self._gm_state = presence.state
+        if presence.state != "online" or not new or (first and retained):
             return
         if not self.connected.is_set():
             return  # the hello of our own connect follows
         self.send_hello()
         self.gm_online_hellos += 1
         self.outbox.reset_inflight()
-        log.info("GM presence turned online (%s); hello sent, unacknowledged reports due", body.get("agent"))
+        log.info("GM presence turned online (%s); hello sent, unacknowledged reports due", presence.agent)
 
     def send_hello(self, *, retry: bool = False) -> None:
         """Send a hello; a sync must answer it within the current wait or it is sent again."""
         if not retry:
-            self._hello_wait = self.hello_retry
-        self._hello_due = self._clock() + self._hello_wait
-        body = {
-            "agent": AGENT,
-            "epoch": self.outbox.epoch,
-            "boot": self.boot,
-            "resources": self.store.held(),
-            "outbox": self.outbox.hello_state(),
-        }
-        if self._send(self.topics.up_ctl(self.node), self._envelope(CONTROL_KIND, Op.HELLO, body)):
+            self._hello_attempt = 1
+        self._hello_due = self._clock() + self._hello_wait()
+        if self._send(
+            self.topics.up_ctl(self.node), self._envelope(CONTROL_KIND, Op.HELLO, self.hello_body())
+        ):
             self.hellos += 1
 
+    def hello_body(self) -> dict[str, Any]:
+        """The hello's body: the outbox epoch and state, and every resource held (a held row the
+        model refuses, which only a damaged database holds, is logged, counted and left out)."""
+        resources: list[ResourceRef] = []
+        for row in self.store.held():
+            try:
+                resources.append(ResourceRef.parse(row))
+            except InvalidBody as exc:
+                key = "/".join(str(row.get(k)) for k in ("kind", "ns", "name"))
+                self._refuse("invalid", f"held resource {key} (left out of the hello)", str(exc))
+        hello = Hello(
+            agent=AGENT,
+            epoch=self.outbox.epoch,
+            boot=self.boot,
+            resources=resources,
+            outbox=OutboxState.parse(self.outbox.hello_state()),
+        )
+        return hello.to_body()
+
     # -- downstream -----------------------------------------------------------------------------
-    def _on_down(self, topic: str, payload: bytes, applied: list[dict[str, Any]]) -> bool:
+    def _on_down(self, topic: str, payload: bytes, applied: list[Applied]) -> bool:
+        """Check one downstream message, then apply it; True if something stored changed."""
         try:
             env = decode(payload, max_payload=self.max_payload)
             parsed = self.topics.parse(topic)
         except ProtocolError as exc:
-            self.downstream["invalid"] += 1
-            log.warning("downstream message on %s refused: %s", topic, exc)
+            self._refuse(exc.reason, f"downstream message on {topic}", str(exc), resource=True)
             return False
         if env.node != self.node or parsed.node != self.node:
-            self.downstream["invalid"] += 1
-            log.warning("downstream message on %s names node %r: refused", topic, env.node)
+            self._refuse(
+                "identity", f"downstream message on {topic}", f"names node {env.node!r}", resource=True
+            )
             return False
         if parsed.is_control:
             return self._on_control(env)
         if (parsed.kind, parsed.ns, parsed.name) != env.key:
-            self.downstream["invalid"] += 1
-            log.warning("downstream message on %s is about %s: refused", topic, "/".join(env.key))
+            detail = f"the envelope is about {'/'.join(env.key)}"
+            self._refuse("topic", f"downstream message on {topic}", detail, resource=True)
             return False
         if env.op is Op.UPSERT:
             return self._upsert(env, applied)
         if env.op is Op.DELETE:
             return self._delete(env, applied)
-        self.downstream["invalid"] += 1
-        log.warning("downstream op %s on %s is not understood", env.op.value, topic)
+        self._refuse(
+            "op", f"downstream message on {topic}", f"op {env.op.value} is not understood", resource=True
+        )
         return False
 
-    def _upsert(self, env: Envelope, applied: list[dict[str, Any]]) -> bool:
+    def _upsert(self, env: Envelope, applied: list[Applied]) -> bool:
+        """Store the object, parsed into its model, if its version is newer than the one held.
+
+        An object the models refuse is never stored (what is held stays); the message is still
+        acknowledged, with ``refused`` saying why, so the GM stops resending it.
+        """
         kind, ns, name = env.key
-        obj = (env.body or {}).get("object")
-        if env.rv is None or not isinstance(obj, dict):
-            self.downstream["invalid"] += 1
-            log.warning("upsert of %s %s/%s without rv or object: refused", kind, ns, name)
+        what = f"upsert of {kind} {ns}/{name} rv={env.rv}"
+        if env.rv is None:
+            self._refuse("invalid", what, "the envelope has no rv", resource=True)
             return False
-        entry = {"kind": kind, "ns": ns, "name": name, "rv": env.rv, "op": Op.UPSERT.value}
-        applied.append(entry)
         held = self.store.held_rv(kind, ns, name)
         floor = held if held is not None else self.store.tombstone_rv(kind, ns, name)
         if not rv_newer(env.rv, floor):
+            applied.append(Applied(kind=kind, ns=ns, name=name, rv=env.rv, op="upsert"))
             self.downstream["stale"] += 1
             log.debug("upsert %s %s/%s rv=%s is stale (held %s)", kind, ns, name, env.rv, floor)
             return False
-        self.store.put_resource(kind, ns, name, env.rv, obj)
+        try:
+            obj = parse_object(Upsert.parse(env.body).object)
+            if obj.key != env.key:
+                names = "/".join(obj.key)
+                raise InvalidBody(
+                    "upsert body", [("object", f"is {names}, the message is about {kind}/{ns}/{name}")]
+                )
+        except InvalidBody as exc:
+            self._refuse("invalid", what, str(exc), resource=True)
+            applied.append(
+                Applied(kind=kind, ns=ns, name=name, rv=env.rv, op="upsert", refused=str(exc)[:300])
+            )
+            return False
+        applied.append(Applied(kind=kind, ns=ns, name=name, rv=env.rv, op="upsert"))
+        self.store.put_resource(kind, ns, name, env.rv, dump_object(obj))
         self.downstream["applied"] += 1
         log.info("%s %s/%s rv=%s stored", kind, ns, name, env.rv)
         return True
 
-    def _delete(self, env: Envelope, applied: list[dict[str, Any]]) -> bool:
+    def _delete(self, env: Envelope, applied: list[Applied]) -> bool:
         kind, ns, name = env.key
-        applied.append({"kind": kind, "ns": ns, "name": name, "rv": env.rv, "op": Op.DELETE.value})
+        applied.append(Applied(kind=kind, ns=ns, name=name, rv=env.rv, op="delete"))
         held = self.store.held_rv(kind, ns, name)
         if held is None or (env.rv is not None and rv_older(env.rv, held)):
             self.downstream["stale"] += 1
@@ -350,30 +456,47 @@ class Session:
             self.on_job_deleted(ns, name)
 
     def _on_control(self, env: Envelope) -> bool:
-        body = env.body or {}
-        if env.op is Op.ACK:
-            seqs = body.get("seqs")
-            if isinstance(seqs, list):
-                self._acks.setdefault(str(body.get("epoch")), []).extend(seqs)
+        try:
+            if env.op is Op.ACK:
+                self._on_ack(env)
+                return False
+            if env.op is Op.SYNC:
+                return self._on_sync(env)
+        except InvalidBody as exc:
+            self._refuse(exc.reason, f"{env.op.value} on down/_ctl", str(exc))
             return False
-        if env.op is Op.SYNC:
-            self._hello_due = None
-            self._hello_wait = self.hello_retry
-            wanted = set()
-            for item in body.get("resources") or []:
-                if isinstance(item, dict):
-                    wanted.add((item.get("kind"), item.get("ns"), item.get("name")))
-            changed = False
-            for res in self.store.held():
-                if (res["kind"], res["ns"], res["name"]) not in wanted:
-                    if self.store.held_rv(res["kind"], res["ns"], res["name"]) is None:
-                        continue  # already gone with its job
-                    self.forget(res["kind"], res["ns"], res["name"], None)
-                    changed = True
-            return changed
-        self.downstream["invalid"] += 1
-        log.warning("control op %s is not understood", env.op.value)
+        self._refuse("op", "message on down/_ctl", f"op {env.op.value} is not understood", resource=True)
         return False
+
+    def _on_ack(self, env: Envelope) -> None:
+        """The GM applied these reports: they leave the outbox when the batch commits."""
+        ack, refused = SeqAck.parse_lenient(env.body)
+        self._refuse_items("ack", refused)
+        self._acks.setdefault(ack.epoch, []).extend(ack.seqs)
+
+    def _on_sync(self, env: Envelope) -> bool:
+        """Drop what the GM's list does not name. A refused item is skipped; what it might have
+        named (any held resource whose kind, namespace and name it does not contradict) is kept."""
+        sync, refused = Sync.parse_lenient(env.body)
+        self._hello_due = None  # the hello is answered
+        self._refuse_items("sync", refused)
+        wanted = {ref.key for ref in sync.resources}
+        changed = False
+        for res in self.store.held():
+            key: Key = (res["kind"], res["ns"], res["name"])
+            if key in wanted or any(_could_name(item.item, key) for item in refused):
+                continue
+            try:
+                if self.store.held_rv(*key) is None:
+                    continue  # already gone with its job
+                self.forget(*key, None)
+                changed = True
+            except sqlite3.OperationalError:
+                raise  # the whole batch waits for the database
+            except Exception:
+                self.rejected["sync_drop_failed"] = self.rejected.get("sync_drop_failed", 0) + 1
+                log.exception("sync: dropping %s failed; the next sync tries again", "/".join(key))
+        return changed
 
     # -- upstream -------------------------------------------------------------------------------
     def _publisher_loop(self) -> None:
@@ -416,3 +539,12 @@ class Session:
                 if self.publish is None or not self._send(topic, payload):
                     self.outbox.unmark(entry.seq)
                     return
+
+
+def _could_name(item: Any, key: Key) -> bool:
+    """Whether a refused sync item may have named ``key``: none of its readable kind, namespace
+    and name contradicts it (a field that is missing or not a string could be anything)."""
+    if not isinstance(item, dict):
+        return True
+    fields = zip(("kind", "ns", "name"), key, strict=True)
+    return all(not isinstance(item.get(f), str) or item.get(f) == v for f, v in fields)

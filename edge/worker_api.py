@@ -9,7 +9,9 @@ loop (``flush_pending``) moves each one into the outbox as a ``workerInfo`` job 
 the LC holds the job — a report for a job that has not arrived yet is kept, never dropped.
 The job is the ``Worker`` object's ``spec.job``, else the body's ``ownerName``, else the
 worker name's ``{job}-{stage}-{round}`` prefix. Bodies over ``max_body`` bytes get 413,
-non-JSON bodies 400.
+non-JSON bodies 400, and so do bodies the model (``lifelong.common.messages.WorkerInfoPost``)
+refuses: not a JSON object, or ``namespace``/``ownerName`` given but not strings; the answer's
+``error`` names the field.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lifelong.common.errors import ConfigError
+from lifelong.common.errors import ConfigError, InvalidBody
+from lifelong.common.messages import JobWorkerInfo, WorkerInfoPost
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox, OutboxFull
 
@@ -32,24 +35,31 @@ _PATH = re.compile(r"^/sedna/workers/([^/]+)/info/?$")
 JOB_KIND = "LifelongLearningJob"
 
 
-def job_of(store: Store, ns: str, worker: str, body: dict[str, Any]) -> str:
+def job_of(store: Store, ns: str, worker: str, post: WorkerInfoPost) -> str:
     held = store.get_resource("Worker", ns, worker)
     if held is not None and (held[1].get("spec") or {}).get("job"):
         return str(held[1]["spec"]["job"])
-    owner = body.get("ownerName")
-    if isinstance(owner, str) and owner:
-        return owner
+    if post.owner_name:
+        return post.owner_name
     parts = worker.rsplit("-", 2)
     return parts[0] if len(parts) == 3 and parts[2].isdigit() else worker
 
 
 def flush_pending(store: Store, outbox: Outbox) -> int:
-    """Queue the kept worker reports whose job this LC now holds; returns how many."""
+    """Queue the kept worker reports whose job this LC now holds; returns how many.
+
+    A kept post that cannot make a report (only a damaged database holds one) is logged once
+    with its worker's name and dropped; the others still go."""
     moved = 0
     for ident, ns, worker, job, body in store.pending_info():
         if store.get_resource(JOB_KIND, ns, job) is None:
             continue
-        report = {"event": "workerInfo", "worker": worker, "info": body}
+        try:
+            report = JobWorkerInfo.parse({"worker": worker, "info": body}).to_body()
+        except InvalidBody as exc:
+            log.warning("worker info of %s/%s dropped, it cannot be reported: %s", ns, worker, exc)
+            store.drop_pending_info(ident)
+            continue
         with store.tx():
             outbox.append(JOB_KIND, ns, job, report)
             store.drop_pending_info(ident)
@@ -73,6 +83,7 @@ class WorkerAPI:
         self.max_body = max_body
         self.wake = wake
         self.received = 0
+        self.refused = 0  # posts the model refused (answered 400)
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,11 +116,13 @@ class WorkerAPI:
                 except ValueError:
                     self._answer(400, {"error": "body is not JSON"})
                     return
-                if not isinstance(body, dict):
-                    self._answer(400, {"error": "body must be a JSON object"})
-                    return
                 try:
                     api.accept(match.group(1), body)
+                except InvalidBody as exc:
+                    api.refused += 1
+                    log.warning("worker info of %s refused: %s", match.group(1)[:253], exc)
+                    self._answer(400, {"error": str(exc)})
+                    return
                 except OutboxFull as exc:
                     self._answer(503, {"error": str(exc)})
                     return
@@ -123,20 +136,19 @@ class WorkerAPI:
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="lc-worker-api", daemon=True)
 
-    def accept(self, worker: str, body: dict[str, Any]) -> None:
-        ns = (
-            body.get("namespace")
-            if isinstance(body.get("namespace"), str) and body.get("namespace")
-            else None
-        )
+    def accept(self, worker: str, body: Any) -> None:
+        """Keep one post (parsed by ``WorkerInfoPost``; ``InvalidBody`` if refused)."""
+        post = WorkerInfoPost.parse(body)
+        ns = post.namespace or None
         if ns is None:
             held = [r for r in self.store.resources("Worker") if r[2] == worker]
             ns = held[0][1] if held else "default"
-        job = job_of(self.store, ns, worker, body)
-        self.store.add_pending_info(ns, worker, job, body)
+        job = job_of(self.store, ns, worker, post)
+        info = dict(body)  # forwarded exactly as posted
+        self.store.add_pending_info(ns, worker, job, info)
         self.received += 1
         if self.on_info is not None:
-            self.on_info(ns, worker, body)
+            self.on_info(ns, worker, info)
         if self.wake is not None:
             self.wake.set()
 

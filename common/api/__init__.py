@@ -77,6 +77,7 @@ from lifelong.common.api.template import (
     template_image,
     template_node_name,
 )
+from lifelong.common.api.worker import WORKER_API_VERSION, Worker, WorkerSpec, WorkerStatus
 
 __all__ = [
     "API_VERSION",
@@ -87,6 +88,7 @@ __all__ = [
     "MAX_JOB_NAME",
     "RESOURCE_TYPES",
     "VERSION",
+    "WORKER_API_VERSION",
     "AIClasses",
     "AIModel",
     "AIModels",
@@ -124,6 +126,9 @@ __all__ = [
     "Timestamp",
     "TriggerMetric",
     "TriggerOperator",
+    "Worker",
+    "WorkerSpec",
+    "WorkerStatus",
     "WorkerTemplate",
     "deciding_node",
     "dump_resource",

@@ -28,7 +28,8 @@ from lifelong.cloud.api_server import GMApi
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
-from lifelong.common.errors import LifelongError, ProtocolError
+from lifelong.common.errors import InvalidBody, LifelongError, ProtocolError
+from lifelong.common.messages import SeqAck, Sync
 from lifelong.common.topics import Topics
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
@@ -356,8 +357,15 @@ def test_gm_still_applies_reports_after_the_fuzz(gm: GMService) -> None:
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     store = Store(tmp_path_factory.mktemp("lc") / "lc.db")
     outbox = Outbox(store)
-    s = Session(store, outbox, node=NODE, topics=TOPICS, codec=Codec.MSGPACK, max_payload=256 * 1024)
-    s.publish = lambda topic, payload, retain: None
+    s = Session(
+        store,
+        outbox,
+        node=NODE,
+        topics=TOPICS,
+        codec=Codec.MSGPACK,
+        max_payload=256 * 1024,
+        publish=lambda topic, payload, retain: None,
+    )
     yield s
     store.close()
 
@@ -404,12 +412,10 @@ def test_lc_downstream_survives_and_counts_every_refusal(
 ) -> None:
     _ran("LC downstream handler")
     before = dict(session.downstream)
-    applied: list[dict[str, Any]] = []
-    with caplog.at_level(logging.WARNING, logger="lifelong.edge"), session.store.tx():
-        session._acks = {}
-        session._on_down(topic, payload, applied)  # must not raise
-        for epoch, seqs in session._acks.items():
-            session.outbox.ack(epoch, seqs)
+    rejected = sum(session.rejected.values())
+    with caplog.at_level(logging.WARNING, logger="lifelong.edge"):
+        session.handle_message(topic, payload)
+        session.run_pending()  # the session thread's own step; must not raise
     after = session.downstream
     counted = sum(after.values()) - sum(before.values())
     assert not [r for r in caplog.records if r.exc_info], caplog.text
@@ -421,6 +427,12 @@ def test_lc_downstream_survives_and_counts_every_refusal(
         return
     if parsed.is_control and env.node == NODE == parsed.node and env.op in (Op.ACK, Op.SYNC):
         assert counted == 0  # acks and syncs are not counted as downstream resources
+        model = SeqAck if env.op is Op.ACK else Sync
+        try:
+            refused = len(model.parse_lenient(env.body)[1])
+        except InvalidBody:
+            refused = 1
+        assert sum(session.rejected.values()) - rejected == refused, env.body
     else:
         assert counted == 1, (topic, env)
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -175,10 +176,18 @@ class LCProcess:
     """``python -m lifelong lc`` as a child process; SIGKILL-able."""
 
     def __init__(
-        self, *, node: str, broker_url: str, prefix: str, state_dir: Path, extra: list[str] | None = None
+        self,
+        *,
+        node: str,
+        broker_url: str,
+        prefix: str,
+        state_dir: Path,
+        extra: list[str] | None = None,
+        metrics: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.api_port = free_port()
+        self.metrics_port = free_port() if metrics else 0
         self.args = [
             sys.executable,
             "-m",
@@ -197,7 +206,7 @@ class LCProcess:
             "--worker-api-port",
             str(self.api_port),
             "--metrics-port",
-            "0",
+            str(self.metrics_port),
             "--poll-seconds",
             "0.2",
             *(extra or []),
@@ -227,6 +236,13 @@ class LCProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def metrics(self) -> str:
+        """One scrape of the LC's ``/metrics`` (started with ``metrics=True``)."""
+        assert self.metrics_port, "started without metrics=True"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -36,8 +36,11 @@ def job(
     *,
     threshold: int = 5,
     train_prob: float = 0.8,
-    period: int = 1,
+    check_period: int = 1,
 ) -> dict[str, Any]:
+    """A job in wire form; ``check_period`` is its trigger's ``checkPeriodSeconds`` (the API, and
+    so the LC, refuses a period below 1)."""
+
     def template() -> dict[str, Any]:
         return {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
 
@@ -50,7 +53,7 @@ def job(
             "trainSpec": {
                 "template": template(),
                 "trigger": {
-                    "checkPeriodSeconds": period,
+                    "checkPeriodSeconds": check_period,
                     "condition": {"operator": ">", "threshold": threshold, "metric": "num_of_samples"},
                 },
             },

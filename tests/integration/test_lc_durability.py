@@ -97,7 +97,9 @@ def test_broker_outage_reports_drain(broker: Broker, prefix: str, tmp_path: Path
         data = tmp_path / "d.txt"
         data.write_text("a\nb\n")
         gm.upsert(dataset("ds", NODE, data))
-        gm.upsert(job("j", NODE, "ds", tmp_path / "out", [cond("Train", "Waiting")], threshold=1000))
+        gm.upsert(
+            job("j", NODE, "ds", tmp_path / "out", [cond("Train", "Waiting")], threshold=1000, check_period=1)
+        )
         wait_for(lambda: gm.reports("Dataset"), what="first dataset count")
 
         broker.stop()
@@ -134,7 +136,7 @@ def test_lc_killed_mid_round_resumes_it(broker: Broker, prefix: str, tmp_path: P
     try:
         lc.wait_started(gm, 0)
         gm.upsert(dataset("ds", NODE, data, fmt="csv"))
-        gm.upsert(job("j", NODE, "ds", out, [cond("Train", "Waiting")]))
+        gm.upsert(job("j", NODE, "ds", out, [cond("Train", "Waiting")], check_period=1))
         ready = wait_for(lambda: gm.job_events("ready", "Train"), what="Train ready for round 1")
         assert ready[0].body["round"] == 1 and ready[0].body["data"]["numberOfSamples"] == 10
 
@@ -151,7 +153,7 @@ def test_lc_killed_mid_round_resumes_it(broker: Broker, prefix: str, tmp_path: P
         models = {"models": [{"format": "pkl", "url": str(model), "metrics": {"acc": 0.9}}]}
         history = [cond("Train", "Waiting"), cond("Train", "Ready"), cond("Train", "Starting")]
         history += [cond("Train", "Completed", {"output": models}), cond("Eval", "Waiting")]
-        gm.upsert(job("j", NODE, "ds", out, history))
+        gm.upsert(job("j", NODE, "ds", out, history, check_period=1))
         ev = wait_for(lambda: gm.job_events("ready", "Eval"), what="Eval ready")
         assert ev[0].body["round"] == 1 and ev[0].body["data"]["models"] == models["models"]
 
@@ -160,7 +162,7 @@ def test_lc_killed_mid_round_resumes_it(broker: Broker, prefix: str, tmp_path: P
             cond("Eval", "Completed", {"output": models}),
             cond("Deploy", "Waiting"),
         ]
-        gm.upsert(job("j", NODE, "ds", out, history))
+        gm.upsert(job("j", NODE, "ds", out, history, check_period=1))
         dep = wait_for(lambda: gm.job_events("ready", "Deploy"), what="Deploy ready")
         deployed = Path(dep[0].body["data"]["model"]["url"])
         assert dep[0].body["round"] == 1 and deployed == out / "deploy" / "model.pkl"
@@ -168,7 +170,7 @@ def test_lc_killed_mid_round_resumes_it(broker: Broker, prefix: str, tmp_path: P
 
         # Next round: only samples after round 1's cursor count (3 so far, then 3 more = 6 > 5).
         history += [cond("Deploy", "Ready"), cond("Deploy", "Completed"), cond("Train", "Waiting")]
-        gm.upsert(job("j", NODE, "ds", out, history))
+        gm.upsert(job("j", NODE, "ds", out, history, check_period=1))
         with data.open("a") as fh:
             fh.write("".join(f"z{i},0\n" for i in range(3)))
         rounds = wait_for(

@@ -5,7 +5,6 @@ Also scrapes the LC's Prometheus metrics once."""
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from harness.brokers import Broker
 from harness.lc_gm import FakeGM, LCProcess
 from harness.lc_objects import StateReader, cond, dataset, job, worker
-from harness.waiting import free_port, wait_for
+from harness.waiting import wait_for
 
 NODE = "node-a"
 
@@ -53,20 +52,24 @@ def _phase(gm: FakeGM, name: str, phase: str) -> list:
 def test_worker_phases_and_adoption_after_sigkill(
     broker: Broker, prefix: str, tmp_path: Path, gm: FakeGM
 ) -> None:
-    metrics_port = free_port()
     lc = LCProcess(
-        node=NODE,
-        broker_url=broker.url,
-        prefix=prefix,
-        state_dir=tmp_path / "state",
-        extra=["--metrics-port", str(metrics_port)],  # the last flag wins over the harness's 0
+        node=NODE, broker_url=broker.url, prefix=prefix, state_dir=tmp_path / "state", metrics=True
     )
     lc.start()
     state = StateReader(lc.state_dir)
     try:
         lc.wait_started(gm, 0)
         gm.upsert(dataset("ds", NODE, tmp_path / "d.txt"))
-        gm.upsert(job("j", NODE, "ds", tmp_path / "out", [cond("Train", "Waiting"), cond("Train", "Ready")]))
+        gm.upsert(
+            job(
+                "j",
+                NODE,
+                "ds",
+                tmp_path / "out",
+                [cond("Train", "Waiting"), cond("Train", "Ready")],
+                check_period=1,
+            )
+        )
         ok_gate, bad_gate = tmp_path / "ok", tmp_path / "bad"
         gm.upsert(_worker(1, ok_gate))
         gm.upsert(_worker(2, bad_gate))
@@ -76,7 +79,7 @@ def test_worker_phases_and_adoption_after_sigkill(
         wait_for(lambda: len(gm.job_events("workerInfo")) == 2, what="both workers' info posts")
         pid = state.record("workers", "j-train-1")["pid"]
 
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        text = lc.metrics()
         assert 'lifelong_lc_workers{phase="Running"} 2.0' in text
         assert "lifelong_lc_outbox_depth" in text and 'lifelong_lc_reports_total{result="acked"}' in text
 

@@ -1,0 +1,404 @@
+"""Models of the protocol bodies (docs/protocol.md): what each bus message carries in ``body``.
+
+Who calls it: the LC's session and worker API parse every body they receive with these models
+(``Model.parse(body)``) and build every body they send with them (``.to_body()``); the GM may
+do the same (until it does, it parses the same dicts by hand, so the wire form is fixed:
+``to_body()`` gives exactly the map a peer sends today, key order and nulls included).
+
+Policy, the same for every body:
+
+* a wrong type is refused, never coerced (``"seqs": ["1"]`` is not a list of integers), with an
+  ``InvalidBody`` error that names the field (``resources[0].kind: Input should be a valid
+  string``);
+* a field this version does not know is ignored, so a newer peer that adds one does not break
+  an older one.
+
+A body that lists many items (a ``sync``'s resources, an ``ack``'s seqs) may be parsed item by
+item with ``parse_lenient``: the items the model refuses are returned apart, each with its
+error, so one bad item is counted and skipped and the others still apply.
+
+The downstream ``upsert`` carries a whole resource; ``parse_object`` parses it into its model
+in ``lifelong.common.api`` (``LifelongLearningJob``, ``Dataset``, ``Worker``).
+
+Building a body is constructing its model with Python names and calling ``to_body()``:
+``JobReady(stage=Stage.TRAIN, round=3, data={...}).to_body()``,
+``WorkerReport(job=..., stage=..., round=..., phase="Failed", exit_code=3).to_body()``,
+``DatasetReport(number_of_samples=10, update_time=format_time(now)).to_body()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias, get_args
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+from lifelong.common.api.dataset import Dataset
+from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
+from lifelong.common.api.loader import format_path, parse_resource
+from lifelong.common.api.worker import Worker
+from lifelong.common.errors import InvalidBody, ValidationError
+from lifelong.common.stages import Stage
+from lifelong.common.statemachine import parse_time
+
+_MESSAGES = {
+    "model_type": "Input should be a mapping",
+    "model_attributes_type": "Input should be a mapping",
+    "dict_type": "Input should be a mapping",
+}
+
+
+def _errors(exc: pydantic.ValidationError, prefix: tuple[int | str, ...] = ()) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        msg = _MESSAGES.get(err["type"], err["msg"])
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append((format_path(prefix + tuple(err["loc"])), msg))
+    return out
+
+
+def _rfc3339(value: str) -> str:
+    parse_time(value)  # ValueError names the value
+    return value
+
+
+Rfc3339 = Annotated[StrictStr, AfterValidator(_rfc3339)]
+"""An RFC 3339 time with a zone, kept as the string given."""
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+Name = Annotated[StrictStr, Field(min_length=1)]
+
+# Bodies are read by their wire (camelCase) names only; Python code builds them by field name.
+# (``by_name`` of the validate functions exists from pydantic 2.11 on; older ones accept both.)
+_WIRE_NAMES_ONLY: dict[str, Any] = (
+    {"by_alias": True, "by_name": False}
+    if "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
+    else {}
+)
+
+
+class Body(BaseModel):
+    """Base of every body: camelCase on the wire, unknown fields ignored, wrong types refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    WHAT: ClassVar[str] = "body"
+    """How error messages name this body (``sync body``, ``hello body``...)."""
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
+    """Optional fields left out of ``to_body()`` when None (the others are sent as null)."""
+
+    @classmethod
+    def parse(cls, body: Any) -> Self:
+        """The model of ``body``; ``InvalidBody`` names every field that is wrong."""
+        if not isinstance(body, Mapping):
+            what = "null" if body is None else type(body).__name__
+            raise InvalidBody(cls.WHAT, [("", f"must be a mapping, got {what}")])
+        try:
+            return cls.model_validate(body, **_WIRE_NAMES_ONLY)
+        except pydantic.ValidationError as exc:
+            raise InvalidBody(cls.WHAT, _errors(exc)) from None
+
+    def to_body(self) -> dict[str, Any]:
+        """The wire map, exactly as peers send it (declared field order, nulls kept)."""
+        out = self.model_dump(mode="json", by_alias=True)
+        for name in self.OMIT_IF_NONE:
+            field = type(self).model_fields[name]
+            key = field.alias or name
+            if out.get(key, 0) is None:
+                del out[key]
+        return out
+
+
+class ItemRefused(Exception):
+    """One item of a list body that its model refused: where (``resources[3]``) and why."""
+
+    def __init__(self, path: str, errors: list[tuple[str, str]], key: str, item: Any) -> None:
+        self.path = path
+        self.item = item
+        self.errors = errors
+        self.key = key
+        detail = "; ".join(f"{p}: {m}" if p else m for p, m in errors)
+        super().__init__(f"{detail} (item {key})" if key else detail)
+
+
+def _item_key(item: Any) -> str:
+    """What a refused item seems to be about, for the log line (best effort, short)."""
+    if isinstance(item, Mapping):
+        parts = [str(item.get(k))[:80] for k in ("kind", "ns", "name") if k in item]
+        return "/".join(parts)
+    return repr(item)[:80]
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+
+
+class ResourceRef(Body):
+    """One resource a node holds (hello) or should hold (sync), at its version."""
+
+    WHAT = "resource"
+    kind: Name
+    ns: StrictStr
+    name: Name
+    rv: StrictStr
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.ns, self.name)
+
+
+class ListBody(Body):
+    """A body whose main content is one list of items (see ``parse_lenient``)."""
+
+    ITEMS: ClassVar[str] = ""
+
+    @classmethod
+    def item_adapter(cls) -> TypeAdapter[Any]:
+        """Validates one item of the list field."""
+        adapter = _ITEM_ADAPTERS.get(cls)
+        if adapter is None:
+            (item_type,) = get_args(cls.model_fields[cls.ITEMS].annotation)
+            adapter = _ITEM_ADAPTERS[cls] = TypeAdapter(item_type)
+        return adapter
+
+    @classmethod
+    def parse_lenient(cls, body: Any) -> tuple[Self, list[ItemRefused]]:
+        """Parse a list body item by item: the model with the good items, and the refused ones.
+
+        The body itself (a mapping, its other fields, the list being a list) must be right, or
+        ``InvalidBody`` is raised as by ``cls.parse``.
+        """
+        field = cls.ITEMS
+        alias = cls.model_fields[field].alias or field
+        if not isinstance(body, Mapping):
+            return cls.parse(body), []  # raises
+        items = body.get(alias)
+        if not isinstance(items, list):
+            return cls.parse(body), []  # a missing or non-list field: parse names it (or it is valid)
+        outer = cls.parse({**body, alias: []})
+        adapter = cls.item_adapter()
+        good: list[Any] = []
+        refused: list[ItemRefused] = []
+        for index, item in enumerate(items):
+            try:
+                good.append(adapter.validate_python(item, **_WIRE_NAMES_ONLY))
+            except pydantic.ValidationError as exc:
+                path = f"{alias}[{index}]"
+                refused.append(ItemRefused(path, _errors(exc, (alias, index)), _item_key(item), item))
+        return outer.model_copy(update={field: good}), refused
+
+
+_ITEM_ADAPTERS: dict[type[ListBody], TypeAdapter[Any]] = {}
+
+
+# -- control messages ------------------------------------------------------------------------------
+
+
+class Presence(Body):
+    """``presence`` (retained): online or offline, and who says it."""
+
+    WHAT = "presence body"
+    state: Literal["online", "offline"]
+    agent: StrictStr = ""
+
+
+class OutboxState(Body):
+    """The outbox part of a hello: depth, lowest unacknowledged seq (null if empty), next seq."""
+
+    WHAT = "hello outbox"
+    depth: NonNegative = 0
+    low_seq: NonNegative | None = None
+    next_seq: NonNegative = 1
+
+
+class Hello(ListBody):
+    """``hello`` (LC -> GM, on every connect): the outbox epoch and what the node holds."""
+
+    WHAT = "hello body"
+    ITEMS = "resources"
+    agent: StrictStr = ""
+    epoch: Name
+    boot: StrictStr = ""
+    resources: list[ResourceRef]
+    outbox: OutboxState = Field(default_factory=OutboxState)
+
+
+class Sync(ListBody):
+    """``sync`` (GM -> LC, after every hello): everything the node should hold."""
+
+    WHAT = "sync body"
+    ITEMS = "resources"
+    resources: list[ResourceRef]
+
+
+class SeqAck(ListBody):
+    """``ack`` on ``down/_ctl`` (GM -> LC): these reports of this outbox epoch are applied."""
+
+    WHAT = "ack body"
+    ITEMS = "seqs"
+    epoch: Name
+    seqs: list[NonNegative]
+
+
+class Applied(Body):
+    """One downstream message the LC has handled, in its ``ack``.
+
+    ``refused`` (absent unless set) says the LC refused the object and why; the message is
+    acknowledged all the same, so the GM stops resending a version the LC will never store.
+    """
+
+    WHAT = "applied item"
+    OMIT_IF_NONE = frozenset({"refused"})
+    kind: Name
+    ns: StrictStr
+    name: Name
+    rv: StrictStr | None
+    op: Literal["upsert", "delete"]
+    refused: StrictStr | None = None
+
+
+class AppliedAck(ListBody):
+    """``ack`` on ``up/_ctl`` (LC -> GM): the downstream messages stored, or ignored as stale."""
+
+    WHAT = "ack body"
+    ITEMS = "applied"
+    applied: list[Applied]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"applied": [a.to_body() for a in self.applied]}
+
+
+class Upsert(Body):
+    """``upsert`` (GM -> LC): the whole resource; ``parse_object`` parses it into its model."""
+
+    WHAT = "upsert body"
+    object: dict[StrictStr, Any]
+
+
+# -- reports ---------------------------------------------------------------------------------------
+
+
+class DatasetReport(Body):
+    """``report`` on ``up/Dataset/{ns}/{name}``: the samples the node counted, and when."""
+
+    WHAT = "Dataset report"
+    number_of_samples: NonNegative
+    update_time: Rfc3339
+
+
+class JobReady(Body):
+    """A job stage's trigger fired or its inputs exist (``event: ready``); ``data`` is what the
+    worker needs (Train: trainDataURL, evalDataURL, numberOfSamples; Eval: models; Deploy: model)."""
+
+    WHAT = "LifelongLearningJob report"
+    OMIT_IF_NONE = frozenset({"message"})
+    event: Literal["ready"] = "ready"
+    stage: Stage
+    round: NonNegative
+    data: dict[StrictStr, Any] = Field(default_factory=dict)
+    message: StrictStr | None = None
+
+
+class JobSkipped(Body):
+    """Eval or Deploy has nothing to do (``event: skipped``): the stage completes at once."""
+
+    WHAT = "LifelongLearningJob report"
+    OMIT_IF_NONE = frozenset({"message", "data"})
+    event: Literal["skipped"] = "skipped"
+    stage: Stage
+    round: NonNegative
+    message: StrictStr | None = None
+    data: dict[StrictStr, Any] | None = None
+
+
+class JobWorkerInfo(Body):
+    """What a worker posted to the LC's worker API (``event: workerInfo``), forwarded as posted."""
+
+    WHAT = "LifelongLearningJob report"
+    event: Literal["workerInfo"] = "workerInfo"
+    worker: Name
+    info: dict[StrictStr, Any]
+
+
+JobReport: TypeAlias = JobReady | JobSkipped | JobWorkerInfo
+_JOB_REPORT: TypeAdapter[JobReport] = TypeAdapter(
+    Annotated[JobReady | JobSkipped | JobWorkerInfo, Field(discriminator="event")]
+)
+
+
+def parse_job_report(body: Any) -> JobReport:
+    """The model of a ``LifelongLearningJob`` report body, chosen by its ``event``."""
+    if not isinstance(body, Mapping):
+        what = "null" if body is None else type(body).__name__
+        raise InvalidBody("LifelongLearningJob report", [("", f"must be a mapping, got {what}")])
+    try:
+        return _JOB_REPORT.validate_python(body, **_WIRE_NAMES_ONLY)
+    except pydantic.ValidationError as exc:
+        errors = _errors(exc)
+        # the discriminated union prefixes the event's tag to every path: drop it
+        tag = str(body.get("event"))
+        errors = [(p[len(tag) + 1 :] if p.startswith(tag + ".") else p, m) for p, m in errors]
+        raise InvalidBody("LifelongLearningJob report", errors) from None
+
+
+class WorkerReport(Body):
+    """``report`` on ``up/Worker/{ns}/{name}``: a local worker's phase (standalone mode)."""
+
+    WHAT = "Worker report"
+    job: Name
+    stage: Stage
+    round: NonNegative
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    exit_code: StrictInt | None = None
+    message: StrictStr = ""
+    output: dict[StrictStr, Any] = Field(default_factory=dict)
+
+
+class WorkerInfoPost(Body):
+    """A worker's ``POST /sedna/workers/{name}/info`` (docs/writing-workers.md): any JSON object.
+
+    Only the fields the LC reads are checked: ``namespace`` and ``ownerName``, strings if given.
+    Everything else is kept as posted and forwarded in the ``workerInfo`` report.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    WHAT = "worker info"
+    namespace: StrictStr | None = None
+    owner_name: StrictStr | None = None
+
+
+# -- downstream objects ----------------------------------------------------------------------------
+
+DownObject: TypeAlias = LifelongLearningJob | Dataset | Worker
+"""A resource the GM sends down in an ``upsert``."""
+
+
+def parse_object(obj: Any) -> DownObject:
+    """The model of the object of an ``upsert``, chosen by its ``kind``; ``InvalidBody`` names
+    every field that is wrong (``object.spec.url: Input should be a valid string``)."""
+    if not isinstance(obj, Mapping):
+        what = "null" if obj is None else type(obj).__name__
+        raise InvalidBody("upsert body", [("object", f"must be a mapping, got {what}")])
+    if obj.get("kind") == Worker.KIND:
+        try:
+            return Worker.model_validate(obj, **_WIRE_NAMES_ONLY)
+        except pydantic.ValidationError as exc:
+            raise InvalidBody("upsert body", _errors(exc, ("object",))) from None
+    try:
+        resource = parse_resource(dict(obj))
+    except ValidationError as exc:
+        raise InvalidBody("upsert body", [(_under_object(p), m) for p, m in exc.errors]) from None
+    if isinstance(resource, LifelongLearningJob | Dataset):
+        return resource
+    raise InvalidBody("upsert body", [("object.kind", f"{resource.kind} is not sent to nodes")])
+
+
+def dump_object(obj: DownObject) -> dict[str, Any]:
+    """The wire form of a parsed object, as the LC stores it (camelCase, no nulls)."""
+    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _under_object(path: str) -> str:
+    return f"object.{path}" if path else "object"
