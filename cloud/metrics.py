@@ -1,7 +1,7 @@
 """Prometheus metrics of the GM, in a registry of its own (one per ``GMMetrics``, so tests and
 several GMs in one process never collide). Served at ``/metrics`` by ``cloud/api_server.py``.
 
-Counters are bumped where things happen (``cloud/upstream.py``, ``cloud/downstream.py``, the
+Counters are bumped where things happen (``cloud/intake.py``, ``cloud/delivery.py``, the
 controllers); gauges that mirror stored state (nodes online, unacknowledged downstream changes,
 jobs by stage and state) are read when scraped, from callbacks the service installs.
 """

@@ -60,15 +60,15 @@ from lifelong.cloud.controllers.lifelonglearning.controller import LifelongLearn
 from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER, DEFAULT_LC_SERVER
 from lifelong.cloud.controllers.registry import Registry
 from lifelong.cloud.controllers.worker.controller import WorkerController
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.intake import Intake
 from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default_identity
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
 from lifelong.cloud.stores.base import Object, ResourceStore, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
-from lifelong.cloud.upstream import Upstream
 from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec, decode, encode
@@ -292,7 +292,7 @@ class GMService:
             max_inflight=GM_MAX_INFLIGHT,
             max_queued=GM_MAX_QUEUED,
         )
-        self.downstream = Downstream(
+        self.delivery = Delivery(
             self.state,
             self.topics,
             self._publish,
@@ -313,7 +313,7 @@ class GMService:
         self.registry = Registry()
         self.jobs = LifelongLearningController(
             self.store,
-            self.downstream,
+            self.delivery,
             self.runtime,
             executor=self.executor,
             state=self.state,
@@ -331,7 +331,7 @@ class GMService:
         self.registry.register(
             DatasetController(
                 self.store,
-                self.downstream,
+                self.delivery,
                 self.metrics,
                 enqueue_job=self.jobs.enqueue,
                 jobs_using=self.jobs.jobs_using,
@@ -339,13 +339,13 @@ class GMService:
         )
         if isinstance(self.runtime, EdgeProcessRuntime):
             self.registry.register(
-                WorkerController(self.store, self.downstream, self.metrics, self.jobs.apply_worker_phase)
+                WorkerController(self.store, self.delivery, self.metrics, self.jobs.apply_worker_phase)
             )
-        self.upstream = Upstream(
+        self.intake = Intake(
             self.state,
             self.topics,
             registry=self.registry,
-            downstream=self.downstream,
+            delivery=self.delivery,
             executor=self.executor,
             metrics=self.metrics,
             max_payload=settings.max_payload,
@@ -464,7 +464,7 @@ class GMService:
     def _resend(self) -> None:
         while not self._stop.wait(self.settings.resend_interval):
             try:
-                self.downstream.resend_due()
+                self.delivery.resend_due()
             except Exception:
                 if self._stop.is_set():
                     return
@@ -502,8 +502,8 @@ class GMService:
 
     def _act(self) -> None:
         """Connect to the broker and start the controllers (at start, or on becoming leader)."""
-        for topic_filter in self.upstream.filters():
-            self.bus.subscribe(topic_filter, self.upstream.on_message)
+        for topic_filter in self.intake.filters():
+            self.bus.subscribe(topic_filter, self.intake.on_message)
         if self.settings.kubernetes:
             self.bus.subscribe(self.topics.gm_presence(), self._on_gm_presence)
         self.bus.start()

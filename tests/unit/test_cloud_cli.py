@@ -68,7 +68,7 @@ def say_hello(svc: GMService, node: str, outbox: dict[str, Any]) -> None:
         op=Op.HELLO,
         body={"agent": "x", "epoch": "e", "boot": "b", "resources": [], "outbox": outbox},
     )
-    svc.upstream.on_message(Topics("c/v1").up_ctl(node), encode(hello), False)
+    svc.intake.on_message(Topics("c/v1").up_ctl(node), encode(hello), False)
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ class GM:
 
     def deliver(self, topic: str, env: Envelope | bytes) -> None:
         payload = env if isinstance(env, bytes) else encode(env)
-        self.svc.upstream.on_message(topic, payload, False)
+        self.svc.intake.on_message(topic, payload, False)
 
     def hello(
         self,
@@ -288,7 +288,7 @@ def test_unacked_changes_are_resent_with_backoff_and_acked_ones_are_not(gm: GM) 
     gm.idle()
     wait_for(lambda: gm.svc.state.unacked_counts().get("node-b", 0) == 0, what="node-b acked")
     gm.bus.clear()
-    gm.svc.downstream.resend_due(now=10**10)
+    gm.svc.delivery.resend_due(now=10**10)
     assert not gm.bus.envelopes("node-b")
 
 
@@ -433,7 +433,7 @@ def test_reports_stored_while_an_ack_waits_its_turn_share_one_ack(gm: GM) -> Non
     seqs = [gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1)) for _ in range(20)]
     if ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1")):
         # applied on another worker: all 20 are stored and wait for the held ack
-        wait_for(lambda: len(gm.svc.upstream._acks.get(("node-a", "ep1"), [])) == 20, what="20 applied")
+        wait_for(lambda: len(gm.svc.intake._acks.get(("node-a", "ep1"), [])) == 20, what="20 applied")
     # (else the reports queue behind the held turn and their flush behind them)
     release.set()
     gm.idle()
@@ -451,7 +451,7 @@ def test_a_copy_arriving_while_its_seq_waits_in_an_ack_batch_is_a_duplicate(gm: 
     # (the keys hash to fixed workers: the job's reports are applied while the acks wait)
     assert ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1"))
     seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
-    wait_for(lambda: gm.svc.upstream._waiting_ack("node-a", "ep1", seq), what="the report applied")
+    wait_for(lambda: gm.svc.intake._waiting_ack("node-a", "ep1", seq), what="the report applied")
     assert not gm.svc.state.is_applied("node-a", "ep1", seq)  # not recorded yet
     dup = gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get()
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
@@ -612,7 +612,7 @@ def test_a_worker_that_can_never_start_fails_the_stage(gm: GM) -> None:
 
 
 def test_resend_backoff_doubles_up_to_its_cap(gm: GM) -> None:
-    down = gm.svc.downstream  # resend_base 0.2, resend_cap 0.4 in this fixture
+    down = gm.svc.delivery  # resend_base 0.2, resend_cap 0.4 in this fixture
     assert [down.backoff(n) for n in range(5)] == [0.0, 0.2, 0.4, 0.4, 0.4]
     down.resend_base, down.resend_cap = 2.0, 60.0
     assert [down.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [2.0, 4.0, 8.0, 60.0, 60.0, 60.0]

@@ -1,4 +1,4 @@
-"""Upstream, the bus side: checks every message from the edge, then applies it exactly once.
+"""The GM's intake from the bus: checks every message from the edge, applies it exactly once, acks.
 
 Who calls it: the bus client's network thread calls ``on_message`` for everything under
 ``{p}/node/+/up/#`` and ``{p}/node/+/presence``. Checks come first, on that thread, and are cheap:
@@ -36,7 +36,7 @@ from typing import Any
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportRejected
 from lifelong.cloud.controllers.registry import Registry
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.workqueue import KeyedExecutor
@@ -51,14 +51,14 @@ ACK_BATCH = 1000
 """The most seqs one ``ack`` message carries (about 5 bytes each in msgpack)."""
 
 
-class Upstream:
+class Intake:
     def __init__(
         self,
         state: GMState,
         topics: Topics,
         *,
         registry: Registry,
-        downstream: Downstream,
+        delivery: Delivery,
         executor: KeyedExecutor,
         metrics: GMMetrics,
         max_payload: int | None = None,
@@ -66,7 +66,7 @@ class Upstream:
         self.state = state
         self.topics = topics
         self.registry = registry
-        self.downstream = downstream
+        self.delivery = delivery
         self.executor = executor
         self.metrics = metrics
         self.max_payload = max_payload
@@ -176,10 +176,10 @@ class Upstream:
         )
         self.metrics.hellos.inc()
         log.info("node %s said hello (%s, epoch %s, holds %d)", node, agent, epoch[:12], len(resources))
-        self.executor.submit(("node", node), lambda: self.downstream.on_hello(node, resources))
+        self.executor.submit(("node", node), lambda: self.delivery.on_hello(node, resources))
 
     def _ack(self, node: str, applied: list[Any]) -> None:
-        self.downstream.on_ack(node, [a for a in applied if isinstance(a, dict)])
+        self.delivery.on_ack(node, [a for a in applied if isinstance(a, dict)])
 
     # -- worker threads --------------------------------------------------------------------
     def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller) -> None:
@@ -243,7 +243,7 @@ class Upstream:
             self.executor.submit(("ack", node), lambda: self._flush_acks(node, epoch))
         if recorded:
             for start in range(0, len(seqs), ACK_BATCH):
-                self.downstream.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
+                self.delivery.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -1,7 +1,7 @@
-"""Downstream, the bus side: what each node should hold, sending it, and making sure it arrives.
+"""The GM's delivery to the edge: what each node should hold, sending it, making sure it arrives.
 
 Who calls it: the controllers say which nodes need an object (``want``) or that it is gone
-(``gone``); ``cloud/upstream.py`` passes on hellos (``on_hello``) and the LC's acks
+(``gone``); ``cloud/intake.py`` passes on hellos (``on_hello``) and the LC's acks
 (``on_ack``); the service calls ``resend_due`` periodically.
 
 Level-triggered, never trusting the broker to queue for an offline node:
@@ -52,7 +52,7 @@ def _content(obj: Object | None, include_status: bool) -> Object | None:
     return out
 
 
-class Downstream:
+class Delivery:
     """Per-node desired state, publishing, acknowledgement and resend."""
 
     def __init__(
