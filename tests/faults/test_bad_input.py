@@ -184,9 +184,9 @@ def gm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GMService]:
     svc = GMService(
         GMSettings(
             broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp / 'store.db'}", api_port=-1, prefix=PREFIX
-        )
+        ),
+        bus=_Bus(),
     )
-    svc.bus = _Bus()  # type: ignore[assignment]
     svc.start_controllers()
     hello = Envelope.new(
         node=NODE,
@@ -195,6 +195,7 @@ def gm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GMService]:
         body={"agent": "fuzz", "epoch": "e1", "boot": "b", "resources": [], "outbox": {}},
     )
     svc.intake.on_message(TOPICS.up_ctl(NODE), encode(hello), False)
+    assert svc.executor.wait_idle(10)  # the hello is recorded on the node's work queue
     api = GMApi(svc.store, svc.state, svc.metrics)
     template = {"spec": {"nodeName": NODE, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
     api.apply(

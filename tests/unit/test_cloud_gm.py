@@ -17,6 +17,9 @@ from harness.waiting import wait_for
 
 from lifelong.cloud.api_server import GMApi
 from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
+from lifelong.cloud.delivery import Delivery
+from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
@@ -126,9 +129,9 @@ class GM:
                 resend_cap=0.4,
                 backoff_base=0.5,
                 **self.settings,
-            )
+            ),
+            bus=self.bus,
         )
-        svc.bus = self.bus  # type: ignore[assignment]
         svc.start_controllers()
         return svc
 
@@ -431,9 +434,9 @@ def test_reports_stored_while_an_ack_waits_its_turn_share_one_ack(gm: GM) -> Non
     ex, release = gm.svc.executor, threading.Event()
     ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
     seqs = [gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1)) for _ in range(20)]
-    if ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1")):
+    if ex.worker_of(("ack", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1")):
         # applied on another worker: all 20 are stored and wait for the held ack
-        wait_for(lambda: len(gm.svc.intake._acks.get(("node-a", "ep1"), [])) == 20, what="20 applied")
+        wait_for(lambda: len(gm.svc.intake.awaiting_ack("node-a", "ep1")) == 20, what="20 applied")
     # (else the reports queue behind the held turn and their flush behind them)
     release.set()
     gm.idle()
@@ -449,9 +452,9 @@ def test_a_copy_arriving_while_its_seq_waits_in_an_ack_batch_is_a_duplicate(gm: 
     ex, release = gm.svc.executor, threading.Event()
     ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
     # (the keys hash to fixed workers: the job's reports are applied while the acks wait)
-    assert ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1"))
+    assert ex.worker_of(("ack", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1"))
     seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
-    wait_for(lambda: gm.svc.intake._waiting_ack("node-a", "ep1", seq), what="the report applied")
+    wait_for(lambda: seq in gm.svc.intake.awaiting_ack("node-a", "ep1"), what="the report applied")
     assert not gm.svc.state.is_applied("node-a", "ep1", seq)  # not recorded yet
     dup = gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get()
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
@@ -614,5 +617,7 @@ def test_a_worker_that_can_never_start_fails_the_stage(gm: GM) -> None:
 def test_resend_backoff_doubles_up_to_its_cap(gm: GM) -> None:
     down = gm.svc.delivery  # resend_base 0.2, resend_cap 0.4 in this fixture
     assert [down.backoff(n) for n in range(5)] == [0.0, 0.2, 0.4, 0.4, 0.4]
-    down.resend_base, down.resend_cap = 2.0, 60.0
-    assert [down.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [2.0, 4.0, 8.0, 60.0, 60.0, 60.0]
+    wider = Delivery(
+        GMState(":memory:"), TOPICS, FakeBus().publish, metrics=GMMetrics(), resend_base=2.0, resend_cap=60.0
+    )
+    assert [wider.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [2.0, 4.0, 8.0, 60.0, 60.0, 60.0]
