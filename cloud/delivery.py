@@ -302,7 +302,7 @@ class Delivery:
                 row.op,
                 row.kind,
                 row.ns,
-                row.name[:300],
+                row.name[:100],
                 row.node,
                 exc.reason,
                 exc,

@@ -160,7 +160,7 @@ class KeyedExecutor:
                 del self._retries[key]
             self._enqueue(key, fn, level=True)
 
-        log.info("reconcile of %r failed; retrying in %.2fs", key, delay)
+        log.debug("reconcile of %r: retrying in %.2fs", key, delay)
         self._at(delay, fire)
 
     def pending_retries(self) -> int:
@@ -194,8 +194,12 @@ class KeyedExecutor:
                 fn = item.fn
             try:
                 fn()
-            except Exception:
-                log.exception("task for %r failed", item.key)
+            except Exception as exc:
+                if item.level and self.retry_backoff.failures(item.key):
+                    # failed before: one line per retry, the traceback was logged the first time
+                    log.warning("reconcile of %r failed again: %s: %s", item.key, type(exc).__name__, exc)
+                else:
+                    log.exception("task for %r failed", item.key)
                 if self.on_failure is not None:
                     try:
                         self.on_failure(item.key)
