@@ -528,6 +528,11 @@ class GMService:
         return None if self.api is None else self.api.port
 
     @property
+    def running_threads(self) -> list[str]:
+        """The names of the service's own threads (store watch, resend ticker) still alive."""
+        return [t.name for t in self._threads if t.is_alive()]
+
+    @property
     def acting(self) -> bool:
         """True while this GM runs its controllers and talks to the edges (the leader's job)."""
         return self._acting
