@@ -782,3 +782,53 @@ def test_a_report_right_after_a_hello_is_deduplicated_under_the_new_epoch(gm: GM
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
     wait_for(lambda: gm.acked_seqs("node-a").count(seq) == 2, what="the copy acked")
     assert gm.conditions().count(("Train", "Ready")) == 1
+
+
+# -- store events: level-triggered reconciles -------------------------------------------------
+
+
+def test_job_events_waiting_for_their_turn_collapse_into_one_reconcile(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    key = ("LifelongLearningJob", "default", "job1")
+    ex, release = gm.svc.executor, threading.Event()
+    ex.submit(key, lambda: release.wait(10) and None)  # the job's turn is busy
+    for i in range(5):
+        changed = job()
+        changed["spec"]["outputDir"] = f"/out/v{i}"
+        gm.api.apply(changed)
+    wait_for(lambda: ex.collapsed == 4, what="four waiting events replaced by the newest")
+    release.set()
+    gm.idle()
+
+    def output_dir_sent() -> str:
+        return gm.bus.envelopes("node-b", Op.UPSERT, "LifelongLearningJob")[-1].body["object"]["spec"][
+            "outputDir"
+        ]
+
+    wait_for(lambda: output_dir_sent() == "/out/v4", what="the newest spec sent")
+    assert b"lifelong_gm_work_collapsed_total 4.0" in gm.svc.metrics.render()
+
+
+def test_a_malformed_object_in_the_stores_list_is_counted_and_the_others_reconciled(tmp_path: Path) -> None:
+    first = GM(tmp_path)
+    try:
+        first.hello("node-a")
+        first.hello("node-b")
+        first.idle()
+        first.api.apply(dataset())
+        broken = job("broken")
+        broken["spec"]["dataset"] = "ds1"  # a string where a map belongs: its handler raises
+        first.svc.store.apply(broken)  # past the API's validation, as a hand-edited store would be
+        first.api.apply(job("good"))
+        wait_for(lambda: first.conditions("good") == [("Train", "Waiting")], what="the good job")
+    finally:
+        first.stop()
+    second = GM(tmp_path)  # its watch starts with the store's full list
+    try:
+        wait_for(lambda: item_failures(second, "executor") >= 1, what="the broken job counted")
+        second.report("node-a", "LifelongLearningJob", "good", ready("Train", 1))
+        wait_for(lambda: second.conditions("good")[-1] == ("Train", "Starting"), what="the good job driven")
+        assert second.svc.executor.pending_retries() == 1  # the broken one waits for its retry
+    finally:
+        second.stop()
