@@ -41,6 +41,7 @@ state machine, which ignores an event it has already applied).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -188,16 +189,10 @@ class Intake:
         self.metrics.hellos.inc()
         log.info("node %s said hello (%s, epoch %s, holds %d)", node, agent, epoch[:12], len(resources))
 
+        record = functools.partial(self.state.hello, node, agent=agent_name, epoch=epoch, boot=boot_id)
+
         def record_and_diff() -> None:
-            self.state.hello(
-                node,
-                agent=agent_name,
-                epoch=epoch,
-                boot=boot_id,
-                low_seq=low_seq,
-                depth=depth,
-                next_seq=next_seq,
-            )
+            record(low_seq=low_seq, depth=depth, next_seq=next_seq)
             self.delivery.on_hello(node, resources)
 
         self.executor.submit(("node", node), record_and_diff)
