@@ -257,6 +257,7 @@ def test_a_dataset_moved_to_another_node_takes_its_jobs_there(gm: GM) -> None:
     gm.hello("node-a")
     gm.hello("node-b")
     gm.hello("node-c")
+    gm.idle()  # the hellos are recorded on the nodes' work queues
     gm.api.apply(dataset(name="other", node="node-a"))  # not used by the job: not re-reconciled
     gm.api.apply(dataset())
     gm.api.apply(job())
