@@ -181,7 +181,11 @@ class Delivery:
                         self._failed("hello", node, row.key)
             dropped: set[Key] = set()
             for row in to_send:
-                message = self._message_or_drop(row)
+                try:
+                    message = self._message_or_drop(row)
+                except Exception:
+                    self._failed("hello", node, row.key)
+                    continue
                 if message is None:
                     dropped.add(row.key)
                 else:
@@ -204,7 +208,9 @@ class Delivery:
         self.state.drop_down(node, row.key)  # the tombstone has done its job
         return False
 
-    def on_ack(self, node: str, applied: Iterable[dict[str, Any]]) -> int:
+    def on_ack(self, node: str, applied: Iterable[Any]) -> int:
+        """Record the LC's acknowledgements of downstream messages (one transaction); returns how
+        many matched a row. A malformed entry is logged, counted and skipped."""
         acks: list[tuple[Key, str, str]] = []
         for item in applied:
             try:

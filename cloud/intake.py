@@ -198,7 +198,7 @@ class Intake:
         self.executor.submit(("node", node), record_and_diff)
 
     def _ack(self, node: str, applied: list[Any]) -> None:
-        self.delivery.on_ack(node, [a for a in applied if isinstance(a, dict)])
+        self.delivery.on_ack(node, applied)  # a malformed entry is counted there and skipped
 
     # -- worker threads --------------------------------------------------------------------
     def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller) -> None:

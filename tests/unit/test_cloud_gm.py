@@ -237,6 +237,7 @@ def test_offline_node_gets_nothing_until_its_hello_then_the_difference_and_a_syn
         TOPICS.node_presence("node-b"),
         Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
     )
+    gm.idle()  # presence is recorded on the node's work queue
     gm.bus.clear()
     gm.api.apply(dataset())
     gm.api.apply(job())
@@ -305,6 +306,7 @@ def test_deleted_job_sends_deletes_and_a_reconnecting_node_gets_the_delete(gm: G
         TOPICS.node_presence("node-b"),
         Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
     )
+    gm.idle()  # presence is recorded on the node's work queue
     gm.api.delete("LifelongLearningJob", "default", "job1")
     wait_for(lambda: gm.bus.envelopes("node-a", Op.DELETE, "LifelongLearningJob"), what="delete to node-a")
     gm.idle()
@@ -705,11 +707,12 @@ def test_an_ack_batch_skips_a_malformed_entry_and_applies_the_others(gm: GM) -> 
         {"kind": "Worker", "ns": "default", "name": n, "rv": sent[n].rv, "op": "upsert"} for n in ("w1", "w2")
     ]
     entries.insert(1, {"kind": "Worker", "name": "w9"})  # no ns, no rv
+    entries.insert(2, "w3")  # not a map
     ack = Envelope.new(node="node-a", kind=CONTROL_KIND, op=Op.ACK, body={"applied": entries})
     gm.deliver(TOPICS.up_ctl("node-a"), ack)
     gm.idle()
     assert gm.svc.state.unacked_counts().get("node-a", 0) == 0
-    assert item_failures(gm, "ack") == 1
+    assert item_failures(gm, "ack") == 2
 
 
 def test_an_unsendable_row_wanted_for_an_online_node_is_dropped_at_once(gm: GM) -> None:
