@@ -1,7 +1,7 @@
 """The GM's own bookkeeping, in SQLite: nodes, applied upstream reports, per-node downstream.
 
-Who uses it: ``cloud/upstream.py`` (dedupe of reports by (node, epoch, seq), hello), and
-``cloud/downstream.py`` (what each node should hold, what it acknowledged, resend backoff).
+Who uses it: ``cloud/intake.py`` (dedupe of reports by (node, epoch, seq), hello), and
+``cloud/delivery.py`` (what each node should hold, what it acknowledged, resend backoff).
 It survives a GM restart, which is what makes a resent report idempotent across restarts and
 lets a restarted GM keep resending what a node never acknowledged.
 

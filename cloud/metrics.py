@@ -1,7 +1,7 @@
 """Prometheus metrics of the GM, in a registry of its own (one per ``GMMetrics``, so tests and
 several GMs in one process never collide). Served at ``/metrics`` by ``cloud/api_server.py``.
 
-Counters are bumped where things happen (``cloud/upstream.py``, ``cloud/downstream.py``, the
+Counters are bumped where things happen (``cloud/intake.py``, ``cloud/delivery.py``, the
 controllers); gauges that mirror stored state (nodes online, unacknowledged downstream changes,
 jobs by stage and state) are read when scraped, from callbacks the service installs.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -37,6 +37,12 @@ class _StateCollector(Collector):
         for (stage, state), count in sorted(self._m.jobs_fn().items()):
             jobs.add_metric([stage, state], float(count))
         yield jobs
+        collapsed = CounterMetricFamily(
+            "lifelong_gm_work_collapsed",
+            "Reconciles that took the place of one already waiting for the same object",
+        )
+        collapsed.add_metric([], float(self._m.work_collapsed_fn()))
+        yield collapsed
 
 
 class GMMetrics:
@@ -66,6 +72,19 @@ class GMMetrics:
             ["reason"],
             registry=r,
         )
+        self.downstream_dropped = Counter(
+            "lifelong_gm_downstream_dropped",
+            "Downstream rows dropped because they can never be sent (not retried), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.item_failures = Counter(
+            "lifelong_gm_item_failures",
+            "Items a GM loop could not handle (logged with their key, skipped or retried), by loop",
+            ["loop"],
+            registry=r,
+        )
+        self.work_collapsed_fn: Callable[[], int] = lambda: 0
         self.hellos = Counter("lifelong_gm_hellos", "Hello messages handled", registry=r)
         self.reconcile_seconds = Histogram(
             "lifelong_gm_reconcile_seconds",

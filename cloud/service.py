@@ -2,10 +2,22 @@
 
 Who calls it: ``lifelong gm`` (``cloud/commands.py``) and tests that run a GM in-process.
 
-Threads: the bus client's network thread (upstream checks, hand-off only), the store watch
-thread (hands every event to the keyed executor), the executor's workers (controllers, in order
-per object), a resend ticker (unacknowledged downstream changes, with backoff), and the HTTP
-server. ``stop()`` is the staged shutdown SIGTERM triggers: stop taking requests, publish the
+Threads, one job each: the bus client's network thread (the intake's checks, then a hand-off:
+no database work, no lock a worker holds), the store watch thread (hands every event to the
+keyed executor; one event that cannot be handed off is logged, counted and skipped), the
+executor's workers (controllers, intake and delivery work, in order per object or node), a
+resend ticker (unacknowledged downstream changes, with backoff), and the HTTP server.
+
+Store events reach the controllers through the executor. A delete, and every event of a kind
+whose handler is not level-triggered (Dataset: its handler compares the dataset's node with the
+one its last event had, to re-reconcile the jobs using it), are ordered work (``submit``). An
+added or modified LifelongLearningJob or Worker is a ``reconcile``: both handlers act on the
+latest state (the job controller re-reads the job from the store; the Worker controller sends
+the object of the event, and the newest event carries the newest object), so an event still
+waiting for its turn is replaced by a newer one of the same object, and a handler that fails is
+retried with the executor's per-key backoff; a delete drops such a retry.
+
+``stop()`` is the staged shutdown SIGTERM triggers: stop taking requests, publish the
 retained ``offline`` presence and disconnect (the broker drops the will), finish queued work,
 close the databases.
 
@@ -51,7 +63,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lifelong.cloud.api_server import DEFAULT_API_HOST, DEFAULT_API_PORT, ApiServer, GMApi
 from lifelong.cloud.controllers.base import ReportRejected
@@ -60,15 +72,15 @@ from lifelong.cloud.controllers.lifelonglearning.controller import LifelongLearn
 from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER, DEFAULT_LC_SERVER
 from lifelong.cloud.controllers.registry import Registry
 from lifelong.cloud.controllers.worker.controller import WorkerController
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.intake import Intake
 from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default_identity
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
 from lifelong.cloud.stores.base import Object, ResourceStore, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
-from lifelong.cloud.upstream import Upstream
 from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec, decode, encode
@@ -251,10 +263,31 @@ class _ProbesOnlyApi(GMApi):
         raise LifelongError(_ProbesOnlyStore.MESSAGE)
 
 
-class GMService:
-    """One Global Manager."""
+class GMBus(Protocol):
+    """What the service needs of its bus client (:class:`~lifelong.common.bus.BusClient`)."""
 
-    def __init__(self, settings: GMSettings) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object: ...
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes, bool], None]) -> object: ...
+
+    def start(self) -> None: ...
+
+    def close(self, *, final: tuple[str, bytes] | None = None) -> None: ...
+
+
+LEVEL_TRIGGERED_KINDS = frozenset({"LifelongLearningJob", "Worker"})
+"""Kinds whose added/modified events are reconciles (collapsed while waiting, retried on failure);
+see the module docstring for why each is safe and why Dataset is not among them."""
+
+
+class GMService:
+    """One Global Manager.
+
+    ``bus``: the bus client to use instead of one connecting to ``settings.broker`` (tests pass a
+    recorder); the service does not wire its ``on_connect``.
+    """
+
+    def __init__(self, settings: GMSettings, *, bus: GMBus | None = None) -> None:
         self.settings = settings
         BrokerAddress.parse(settings.broker)  # ConfigError before anything is opened
         lease_settings = (
@@ -265,7 +298,11 @@ class GMService:
         self.metrics = GMMetrics()
         self.store = _open_store(settings)
         self.state = GMState(_state_path(settings))
-        self.executor = KeyedExecutor(settings.workers, name="gm")
+        self.executor = KeyedExecutor(
+            settings.workers,
+            name="gm",
+            on_failure=lambda key: self.metrics.item_failures.labels(loop="executor").inc(),
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stopped = False
@@ -277,7 +314,7 @@ class GMService:
 
         will = Will(self.topics.gm_presence(), self._presence("offline"))
         credentials = Credentials(settings.username, settings.password) if settings.username else None
-        self.bus = BusClient(
+        self.bus: GMBus = bus or BusClient(
             client_id=settings.client_id or f"lifelong-gm-{socket.gethostname()}-{os.getpid()}",
             address=settings.broker,
             credentials=credentials,
@@ -292,7 +329,7 @@ class GMService:
             max_inflight=GM_MAX_INFLIGHT,
             max_queued=GM_MAX_QUEUED,
         )
-        self.downstream = Downstream(
+        self.delivery = Delivery(
             self.state,
             self.topics,
             self._publish,
@@ -313,7 +350,7 @@ class GMService:
         self.registry = Registry()
         self.jobs = LifelongLearningController(
             self.store,
-            self.downstream,
+            self.delivery,
             self.runtime,
             executor=self.executor,
             state=self.state,
@@ -331,7 +368,7 @@ class GMService:
         self.registry.register(
             DatasetController(
                 self.store,
-                self.downstream,
+                self.delivery,
                 self.metrics,
                 enqueue_job=self.jobs.enqueue,
                 jobs_using=self.jobs.jobs_using,
@@ -339,18 +376,19 @@ class GMService:
         )
         if isinstance(self.runtime, EdgeProcessRuntime):
             self.registry.register(
-                WorkerController(self.store, self.downstream, self.metrics, self.jobs.apply_worker_phase)
+                WorkerController(self.store, self.delivery, self.metrics, self.jobs.apply_worker_phase)
             )
-        self.upstream = Upstream(
+        self.intake = Intake(
             self.state,
             self.topics,
             registry=self.registry,
-            downstream=self.downstream,
+            delivery=self.delivery,
             executor=self.executor,
             metrics=self.metrics,
             max_payload=settings.max_payload,
         )
         self.metrics.nodes_online_fn = lambda: sum(1 for n in self.state.nodes() if n.online)
+        self.metrics.work_collapsed_fn = lambda: self.executor.collapsed
         self.metrics.unacked_fn = self.state.unacked_counts
         self.metrics.jobs_fn = self._jobs_by_state
         self.api: ApiServer | None = None
@@ -432,9 +470,23 @@ class GMService:
         self.executor.submit(key, apply)
 
     def _on_store_event(self, event: WatchEvent) -> None:
-        controller = self.registry.get(event.key[0])
-        if controller is not None:
-            self.executor.submit(event.key, lambda: controller.on_event(event))
+        """Hand one store event to the executor (see the module docstring). Never raises, so one
+        malformed object cannot stop the store's list or watch before the objects after it."""
+        try:
+            key = event.key
+            controller = self.registry.get(key[0])
+            if controller is None:
+                return
+            handle = functools.partial(controller.on_event, event)
+            if event.type == "DELETED":
+                self.executor.submit(key, handle, supersede=True)
+            elif key[0] in LEVEL_TRIGGERED_KINDS:
+                self.executor.reconcile(key, handle)
+            else:
+                self.executor.submit(key, handle)
+        except Exception:
+            log.exception("store event %s of %.300r cannot be handled; skipped", event.type, event.object)
+            self.metrics.item_failures.labels(loop="store_events").inc()
 
     def _jobs_by_state(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
@@ -464,7 +516,7 @@ class GMService:
     def _resend(self) -> None:
         while not self._stop.wait(self.settings.resend_interval):
             try:
-                self.downstream.resend_due()
+                self.delivery.resend_due()
             except Exception:
                 if self._stop.is_set():
                     return
@@ -474,6 +526,11 @@ class GMService:
     @property
     def api_port(self) -> int | None:
         return None if self.api is None else self.api.port
+
+    @property
+    def running_threads(self) -> list[str]:
+        """The names of the service's own threads (store watch, resend ticker) still alive."""
+        return [t.name for t in self._threads if t.is_alive()]
 
     @property
     def acting(self) -> bool:
@@ -502,8 +559,8 @@ class GMService:
 
     def _act(self) -> None:
         """Connect to the broker and start the controllers (at start, or on becoming leader)."""
-        for topic_filter in self.upstream.filters():
-            self.bus.subscribe(topic_filter, self.upstream.on_message)
+        for topic_filter in self.intake.filters():
+            self.bus.subscribe(topic_filter, self.intake.on_message)
         if self.settings.kubernetes:
             self.bus.subscribe(self.topics.gm_presence(), self._on_gm_presence)
         self.bus.start()

@@ -1,45 +1,97 @@
-"""A small keyed executor: work for one key runs in order, different keys run in parallel.
+"""The GM's keyed executor: work for one key runs in order, different keys run in parallel.
 
-Who uses it: the GM service hands every store event and every upstream report to it, keyed by
-the resource it is about, so a job's events are handled one after another while other jobs
-proceed on other threads (kopf's and Sedna's rule). ``call_later`` schedules work for a key
-after a delay (backoff, ``retryAfter``) without a thread per timer.
+Who uses it: the GM service and its intake hand every store event, every upstream report and
+every hello, presence and ack to it, keyed by what the work is about (the object, or the node),
+so one job's work runs one task after another while other jobs proceed on other threads
+(kopf's and Sedna's rule). The controllers use ``call_later`` for a delay (``retryAfter``).
 
-Each key hashes to one of N worker threads; a worker runs its queue in FIFO order. A task that
-raises is logged and does not stop its worker.
+Two kinds of work, chosen by the caller:
+
+* ``submit(key, fn)`` - **ordered**: every task runs, in the order submitted, never merged with
+  another. For edge-triggered work whose every item counts: an upstream report, a hello, an ack
+  batch, a delete. A task that raises is logged and counted; it is not retried here (a report
+  that fails is not acknowledged, so the LC resends it).
+* ``reconcile(key, fn)`` - **level-triggered**: "bring this key to its desired state", where
+  ``fn`` reads what it needs when it runs. If the last task queued for ``key`` is a reconcile
+  that has not started yet, ``fn`` takes its place instead of queueing behind it (client-go's
+  workqueue collapses a key already waiting the same way); the newest ``fn`` is kept, because it
+  carries the newest event. Never merged across an ordered task: order between the two kinds
+  is kept. A reconcile that raises is retried after its key's next wait from a
+  :class:`~lifelong.cloud.backoff.FailureBackoff` (tenacity's jittered exponential wait, per key,
+  like client-go's ``ItemExponentialFailureRateLimiter``); a success forgets the key's failures.
+  A retry is dropped when newer work superseded it: another ``reconcile`` of the key, or an
+  ordered task submitted with ``supersede=True`` (a delete).
+
+Each key hashes to one of N worker threads; a worker runs its queue in FIFO order.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
-import queue
 import threading
 import time
 import zlib
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from lifelong.cloud.backoff import FailureBackoff, exponential_jitter
 
 log = logging.getLogger(__name__)
 
 Task = Callable[[], None]
-_STOP = object()
+
+RETRY_BASE = 0.5
+"""First wait before a failed reconcile runs again (seconds); doubles per failure of its key..."""
+RETRY_CAP = 60.0
+"""...up to this."""
+
+
+@dataclass(slots=True)
+class _Item:
+    key: Hashable
+    fn: Task
+    level: bool  # a reconcile (may be replaced while waiting, retried on failure)
+    started: bool = False
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.items: collections.deque[_Item | None] = collections.deque()  # None: stop
+        self.tails: dict[Hashable, _Item] = {}  # key -> its last queued item, until it starts
+        self.cv = threading.Condition()
 
 
 class KeyedExecutor:
-    """N worker threads; ``submit(key, fn)`` runs ``fn`` on the worker that owns ``key``."""
+    """N worker threads; work for a key always runs on the worker that owns the key."""
 
-    def __init__(self, workers: int = 4, *, name: str = "work") -> None:
+    def __init__(
+        self,
+        workers: int = 4,
+        *,
+        name: str = "work",
+        retry_backoff: FailureBackoff | None = None,
+        on_failure: Callable[[Hashable], None] | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self._queues: list[queue.SimpleQueue[object]] = [queue.SimpleQueue() for _ in range(workers)]
+        self.retry_backoff = retry_backoff or FailureBackoff(exponential_jitter(RETRY_BASE, RETRY_CAP))
+        self.on_failure = on_failure
+        """Called with the key of every task that raised (the GM counts them)."""
+        self.collapsed = 0
+        """Reconciles that took the place of one already waiting for the same key."""
+        self._workers = [_Worker() for _ in range(workers)]
         self._threads = [
-            threading.Thread(target=self._run, args=(q,), name=f"{name}-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
+            threading.Thread(target=self._run, args=(w,), name=f"{name}-{i}", daemon=True)
+            for i, w in enumerate(self._workers)
         ]
-        self._timers: list[tuple[float, int, Hashable, Task]] = []
+        self._timers: list[tuple[float, int, Task]] = []
         self._timer_cv = threading.Condition()
         self._seq = itertools.count()
+        self._retries: dict[Hashable, int] = {}  # key -> the token of its pending retry
+        self._retries_lock = threading.Lock()
         self._stopped = threading.Event()
         self._timer_thread = threading.Thread(target=self._run_timers, name=f"{name}-timers", daemon=True)
         self._pending = 0
@@ -48,25 +100,77 @@ class KeyedExecutor:
             t.start()
         self._timer_thread.start()
 
-    def _index(self, key: Hashable) -> int:
-        return zlib.crc32(repr(key).encode()) % len(self._queues)
+    def worker_of(self, key: Hashable) -> int:
+        """The index of the worker thread that runs ``key``'s work (stable for the process)."""
+        return zlib.crc32(repr(key).encode()) % len(self._workers)
 
-    def submit(self, key: Hashable, fn: Task) -> None:
-        """Queue ``fn`` behind every earlier task of ``key``."""
-        if self._stopped.is_set():
-            return
-        with self._pending_cv:
-            self._pending += 1
-        self._queues[self._index(key)].put(fn)
+    # -- queueing --------------------------------------------------------------------------
+    def submit(self, key: Hashable, fn: Task, *, supersede: bool = False) -> None:
+        """Queue ``fn`` behind every earlier task of ``key``; it runs once, whatever follows.
+
+        ``supersede``: this task makes a pending retry of ``key``'s reconcile pointless (it
+        deletes the object); the retry is dropped."""
+        if supersede:
+            self._cancel_retry(key)
+            self.retry_backoff.forget(key)
+        self._enqueue(key, fn, level=False)
+
+    def reconcile(self, key: Hashable, fn: Task) -> None:
+        """Queue level-triggered work for ``key``, collapsing into a reconcile already waiting."""
+        self._cancel_retry(key)
+        self._enqueue(key, fn, level=True)
 
     def call_later(self, delay: float, key: Hashable, fn: Task) -> None:
-        """Submit ``fn`` for ``key`` after ``delay`` seconds."""
-        with self._timer_cv:
-            heapq.heappush(self._timers, (time.monotonic() + max(0.0, delay), next(self._seq), key, fn))
-            self._timer_cv.notify()
+        """Submit ``fn`` for ``key`` (ordered) after ``delay`` seconds."""
+        self._at(delay, lambda: self.submit(key, fn))
 
+    def _enqueue(self, key: Hashable, fn: Task, *, level: bool) -> None:
+        if self._stopped.is_set():
+            return
+        worker = self._workers[self.worker_of(key)]
+        with worker.cv:
+            tail = worker.tails.get(key)
+            if level and tail is not None and tail.level and not tail.started:
+                tail.fn = fn  # the newest event wins; the key keeps its place in the queue
+                with self._pending_cv:
+                    self.collapsed += 1
+                return
+            item = _Item(key, fn, level)
+            worker.tails[key] = item
+            with self._pending_cv:
+                self._pending += 1
+            worker.items.append(item)
+            worker.cv.notify()
+
+    # -- retries ---------------------------------------------------------------------------
+    def _cancel_retry(self, key: Hashable) -> None:
+        with self._retries_lock:
+            self._retries.pop(key, None)
+
+    def _retry_later(self, key: Hashable, fn: Task) -> None:
+        delay = self.retry_backoff.when(key)
+        token = next(self._seq)
+        with self._retries_lock:
+            self._retries[key] = token
+
+        def fire() -> None:
+            with self._retries_lock:
+                if self._retries.get(key) != token:
+                    return  # newer work for the key superseded this retry
+                del self._retries[key]
+            self._enqueue(key, fn, level=True)
+
+        log.debug("reconcile of %r: retrying in %.2fs", key, delay)
+        self._at(delay, fire)
+
+    def pending_retries(self) -> int:
+        """Reconciles waiting for their retry (for tests and metrics)."""
+        with self._retries_lock:
+            return len(self._retries)
+
+    # -- running ---------------------------------------------------------------------------
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until no submitted task is pending (timers not counted). For tests and shutdown."""
+        """Block until no queued task is pending (timers not counted). For tests and shutdown."""
         deadline = time.monotonic() + timeout
         with self._pending_cv:
             while self._pending:
@@ -76,20 +180,46 @@ class KeyedExecutor:
                 self._pending_cv.wait(left)
         return True
 
-    def _run(self, q: queue.SimpleQueue[object]) -> None:
+    def _run(self, worker: _Worker) -> None:
         while True:
-            item = q.get()
-            if item is _STOP:
-                return
+            with worker.cv:
+                while not worker.items:
+                    worker.cv.wait()
+                item = worker.items.popleft()
+                if item is None:
+                    return
+                item.started = True
+                if worker.tails.get(item.key) is item:
+                    del worker.tails[item.key]
+                fn = item.fn
             try:
-                item()  # type: ignore[operator]
-            except Exception:
-                log.exception("task failed")
+                fn()
+            except Exception as exc:
+                if item.level and self.retry_backoff.failures(item.key):
+                    # failed before: one line per retry, the traceback was logged the first time
+                    log.warning("reconcile of %r failed again: %s: %s", item.key, type(exc).__name__, exc)
+                else:
+                    log.exception("task for %r failed", item.key)
+                if self.on_failure is not None:
+                    try:
+                        self.on_failure(item.key)
+                    except Exception:
+                        log.exception("counting a failed task failed")
+                if item.level and not self._stopped.is_set():
+                    self._retry_later(item.key, fn)
+            else:
+                if item.level:
+                    self.retry_backoff.forget(item.key)
             finally:
                 with self._pending_cv:
                     self._pending -= 1
                     if not self._pending:
                         self._pending_cv.notify_all()
+
+    def _at(self, delay: float, fn: Task) -> None:
+        with self._timer_cv:
+            heapq.heappush(self._timers, (time.monotonic() + max(0.0, delay), next(self._seq), fn))
+            self._timer_cv.notify()
 
     def _run_timers(self) -> None:
         while not self._stopped.is_set():
@@ -97,21 +227,26 @@ class KeyedExecutor:
                 if not self._timers:
                     self._timer_cv.wait(0.5)
                     continue
-                when, _, key, fn = self._timers[0]
+                when, _, fn = self._timers[0]
                 delay = when - time.monotonic()
                 if delay > 0:
                     self._timer_cv.wait(min(delay, 0.5))
                     continue
                 heapq.heappop(self._timers)
-            self.submit(key, fn)
+            try:
+                fn()
+            except Exception:
+                log.exception("a timer failed")
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Finish queued tasks (up to ``timeout``) and stop the threads."""
         self._stopped.set()
         with self._timer_cv:
             self._timer_cv.notify_all()
-        for q in self._queues:
-            q.put(_STOP)
+        for worker in self._workers:
+            with worker.cv:
+                worker.items.append(None)
+                worker.cv.notify()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -1,6 +1,6 @@
 """What every controller offers the service, and the outcome of applying a report.
 
-Who uses it: ``cloud/controllers/registry.py`` (controllers by kind), ``cloud/upstream.py``
+Who uses it: ``cloud/controllers/registry.py`` (controllers by kind), ``cloud/intake.py``
 (applying reports) and the service's store watch (``on_event``).
 """
 

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lifelong.cloud.backoff import exponential_jitter, wait_seconds
 from lifelong.cloud.runtimes.base import Phase, WorkerPhase, WorkerRuntime, WorkerSpec
 from lifelong.common.errors import LifelongError
 from lifelong.common.stages import Stage
@@ -209,6 +209,7 @@ class KubernetesPodsRuntime:
         self._lock = threading.Lock()
         self._resource_version = ""
         self._failures = 0
+        self._failure_wait = exponential_jitter(0.5, self.settings.error_backoff_max, 0.5)
 
     # -- WorkerRuntime ---------------------------------------------------------------------
 
@@ -315,9 +316,10 @@ class KubernetesPodsRuntime:
         self._failures = 0
 
     def _backoff(self) -> None:
+        """Wait after a failed list or watch: tenacity's jittered exponential wait for the number
+        of failures in a row (0.5 s doubling, up to ``error_backoff_max``; reset by a good stream)."""
         self._failures += 1
-        ceiling = min(self.settings.error_backoff_max, 0.5 * 2 ** min(self._failures - 1, 16))
-        self._stop.wait(random.uniform(ceiling / 2, ceiling))
+        self._stop.wait(wait_seconds(self._failure_wait, self._failures))
 
     def _run(self) -> None:
         from kubernetes import watch as kube_watch

@@ -28,7 +28,6 @@ import builtins
 import copy
 import logging
 import os
-import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from lifelong.cloud.backoff import exponential_jitter, wait_seconds
 from lifelong.cloud.stores.base import (
     Conflict,
     EventType,
@@ -413,11 +413,13 @@ class _KindStream:
         self.resource_version = ""
         self._watch: Any = None
         self._failures = 0
+        self._failure_wait = exponential_jitter(0.5, store.settings.error_backoff_max, 0.5)
 
     def _backoff(self) -> None:
+        """Wait after a failed list or watch: tenacity's jittered exponential wait for the number
+        of failures in a row (0.5 s doubling, up to ``error_backoff_max``; reset by a good stream)."""
         self._failures += 1
-        ceiling = min(self.store.settings.error_backoff_max, 0.5 * 2 ** min(self._failures - 1, 16))
-        self.stop.wait(random.uniform(ceiling / 2, ceiling))
+        self.stop.wait(wait_seconds(self._failure_wait, self._failures))
 
     def relist(self) -> None:
         """List the kind; deliver the differences from ``seen``; watch from the list's version."""

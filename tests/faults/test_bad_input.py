@@ -185,9 +185,9 @@ def gm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GMService]:
     svc = GMService(
         GMSettings(
             broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp / 'store.db'}", api_port=-1, prefix=PREFIX
-        )
+        ),
+        bus=_Bus(),
     )
-    svc.bus = _Bus()  # type: ignore[assignment]
     svc.start_controllers()
     hello = Envelope.new(
         node=NODE,
@@ -195,7 +195,8 @@ def gm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GMService]:
         op=Op.HELLO,
         body={"agent": "fuzz", "epoch": "e1", "boot": "b", "resources": [], "outbox": {}},
     )
-    svc.upstream.on_message(TOPICS.up_ctl(NODE), encode(hello), False)
+    svc.intake.on_message(TOPICS.up_ctl(NODE), encode(hello), False)
+    assert svc.executor.wait_idle(10)  # the hello is recorded on the node's work queue
     api = GMApi(svc.store, svc.state, svc.metrics)
     template = {"spec": {"nodeName": NODE, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
     api.apply(
@@ -296,7 +297,7 @@ def test_gm_controllers_survive_well_formed_reports_with_bad_bodies(
 ) -> None:
     _ran("GM controllers, well-formed reports with bad bodies")
     with caplog.at_level(logging.WARNING, logger="lifelong.cloud"):
-        gm.upstream.on_message(message[0], message[1], False)
+        gm.intake.on_message(message[0], message[1], False)
         assert gm.executor.wait_idle(10)
     assert _rejections(gm).get("internal", 0) == 0, caplog.text
     assert not [r for r in caplog.records if r.exc_info], caplog.text
@@ -310,7 +311,7 @@ def test_gm_upstream_survives_and_counts_every_rejection(
     _ran("GM upstream handler (topic, payload)")
     before = _rejections(gm)
     with caplog.at_level(logging.WARNING, logger="lifelong.cloud"):
-        gm.upstream.on_message(topic, payload, False)  # must not raise
+        gm.intake.on_message(topic, payload, False)  # must not raise
         assert gm.executor.wait_idle(10)
     after = _rejections(gm)
     assert after.get("internal", 0) == 0, caplog.text
@@ -332,7 +333,7 @@ def test_gm_upstream_survives_and_counts_every_rejection(
 
 def test_gm_still_applies_reports_after_the_fuzz(gm: GMService) -> None:
     before = sum(s.value for m in gm.metrics.upstream_applied.collect() for s in m.samples)
-    gm.upstream.on_message(
+    gm.intake.on_message(
         TOPICS.up_ctl(NODE),
         encode(
             Envelope.new(

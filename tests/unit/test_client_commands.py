@@ -71,7 +71,8 @@ def say_hello(svc: GMService, node: str, outbox: dict[str, Any]) -> None:
         op=Op.HELLO,
         body={"agent": "x", "epoch": "e", "boot": "b", "resources": [], "outbox": outbox},
     )
-    svc.upstream.on_message(Topics("c/v1").up_ctl(node), encode(hello), False)
+    svc.intake.on_message(Topics("c/v1").up_ctl(node), encode(hello), False)
+    assert svc.executor.wait_idle(10)  # the hello is recorded on the node's work queue
 
 
 @pytest.fixture
@@ -79,9 +80,9 @@ def gm(tmp_path: Path) -> Iterator[GMService]:
     svc = GMService(
         GMSettings(
             broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp_path / 's.db'}", api_port=0, prefix="c/v1"
-        )
+        ),
+        bus=NoBus(),
     )
-    svc.bus = NoBus()  # type: ignore[assignment]
     svc.start_controllers()
     say_hello(svc, "node-a", {})
     yield svc

@@ -17,6 +17,9 @@ from harness.waiting import wait_for
 
 from lifelong.cloud.api_server import GMApi
 from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
+from lifelong.cloud.delivery import Delivery
+from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
@@ -126,9 +129,9 @@ class GM:
                 resend_cap=0.4,
                 backoff_base=0.5,
                 **self.settings,
-            )
+            ),
+            bus=self.bus,
         )
-        svc.bus = self.bus  # type: ignore[assignment]
         svc.start_controllers()
         return svc
 
@@ -146,7 +149,7 @@ class GM:
 
     def deliver(self, topic: str, env: Envelope | bytes) -> None:
         payload = env if isinstance(env, bytes) else encode(env)
-        self.svc.upstream.on_message(topic, payload, False)
+        self.svc.intake.on_message(topic, payload, False)
 
     def hello(
         self,
@@ -234,6 +237,7 @@ def test_offline_node_gets_nothing_until_its_hello_then_the_difference_and_a_syn
         TOPICS.node_presence("node-b"),
         Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
     )
+    gm.idle()  # presence is recorded on the node's work queue
     gm.bus.clear()
     gm.api.apply(dataset())
     gm.api.apply(job())
@@ -254,6 +258,7 @@ def test_a_dataset_moved_to_another_node_takes_its_jobs_there(gm: GM) -> None:
     gm.hello("node-a")
     gm.hello("node-b")
     gm.hello("node-c")
+    gm.idle()  # the hellos are recorded on the nodes' work queues
     gm.api.apply(dataset(name="other", node="node-a"))  # not used by the job: not re-reconciled
     gm.api.apply(dataset())
     gm.api.apply(job())
@@ -288,7 +293,7 @@ def test_unacked_changes_are_resent_with_backoff_and_acked_ones_are_not(gm: GM) 
     gm.idle()
     wait_for(lambda: gm.svc.state.unacked_counts().get("node-b", 0) == 0, what="node-b acked")
     gm.bus.clear()
-    gm.svc.downstream.resend_due(now=10**10)
+    gm.svc.delivery.resend_due(now=10**10)
     assert not gm.bus.envelopes("node-b")
 
 
@@ -301,6 +306,7 @@ def test_deleted_job_sends_deletes_and_a_reconnecting_node_gets_the_delete(gm: G
         TOPICS.node_presence("node-b"),
         Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
     )
+    gm.idle()  # presence is recorded on the node's work queue
     gm.api.delete("LifelongLearningJob", "default", "job1")
     wait_for(lambda: gm.bus.envelopes("node-a", Op.DELETE, "LifelongLearningJob"), what="delete to node-a")
     gm.idle()
@@ -431,9 +437,9 @@ def test_reports_stored_while_an_ack_waits_its_turn_share_one_ack(gm: GM) -> Non
     ex, release = gm.svc.executor, threading.Event()
     ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
     seqs = [gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1)) for _ in range(20)]
-    if ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1")):
+    if ex.worker_of(("ack", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1")):
         # applied on another worker: all 20 are stored and wait for the held ack
-        wait_for(lambda: len(gm.svc.upstream._acks.get(("node-a", "ep1"), [])) == 20, what="20 applied")
+        wait_for(lambda: len(gm.svc.intake.awaiting_ack("node-a", "ep1")) == 20, what="20 applied")
     # (else the reports queue behind the held turn and their flush behind them)
     release.set()
     gm.idle()
@@ -449,9 +455,9 @@ def test_a_copy_arriving_while_its_seq_waits_in_an_ack_batch_is_a_duplicate(gm: 
     ex, release = gm.svc.executor, threading.Event()
     ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
     # (the keys hash to fixed workers: the job's reports are applied while the acks wait)
-    assert ex._index(("ack", "node-a")) != ex._index(("LifelongLearningJob", "default", "job1"))
+    assert ex.worker_of(("ack", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1"))
     seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
-    wait_for(lambda: gm.svc.upstream._waiting_ack("node-a", "ep1", seq), what="the report applied")
+    wait_for(lambda: seq in gm.svc.intake.awaiting_ack("node-a", "ep1"), what="the report applied")
     assert not gm.svc.state.is_applied("node-a", "ep1", seq)  # not recorded yet
     dup = gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get()
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
@@ -612,7 +618,221 @@ def test_a_worker_that_can_never_start_fails_the_stage(gm: GM) -> None:
 
 
 def test_resend_backoff_doubles_up_to_its_cap(gm: GM) -> None:
-    down = gm.svc.downstream  # resend_base 0.2, resend_cap 0.4 in this fixture
+    down = gm.svc.delivery  # resend_base 0.2, resend_cap 0.4 in this fixture
     assert [down.backoff(n) for n in range(5)] == [0.0, 0.2, 0.4, 0.4, 0.4]
-    down.resend_base, down.resend_cap = 2.0, 60.0
-    assert [down.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [2.0, 4.0, 8.0, 60.0, 60.0, 60.0]
+    wider = Delivery(
+        GMState(":memory:"), TOPICS, FakeBus().publish, metrics=GMMetrics(), resend_base=2.0, resend_cap=60.0
+    )
+    assert [wider.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [2.0, 4.0, 8.0, 60.0, 60.0, 60.0]
+
+
+# -- one bad item never stops a loop ----------------------------------------------------------
+
+LONG = "j" * 253 + "-train-1"
+"""A Worker name of 261 characters (a valid 253-character job name's worker): the envelope refuses it."""
+
+
+def worker_object(name: str, rv: str = "7") -> dict[str, Any]:
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "Worker",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
+        "spec": {"template": template("node-a")},
+    }
+
+
+def presence(gm: GM, node: str, state: str) -> None:
+    env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": state})
+    gm.deliver(TOPICS.node_presence(node), env)
+    gm.idle()
+
+
+def dropped(gm: GM, reason: str = "topic") -> float:  # the topic check refuses it first
+    return gm.svc.metrics.downstream_dropped.labels(reason=reason)._value.get()
+
+
+def item_failures(gm: GM, loop: str) -> float:
+    return gm.svc.metrics.item_failures.labels(loop=loop)._value.get()
+
+
+def want_workers(gm: GM, names: list[str], nodes: list[str]) -> None:
+    """What the Worker controller does for each Worker object: the nodes should hold it."""
+    for name in names:
+        gm.svc.delivery.want(("Worker", "default", name), nodes, worker_object(name), include_status=False)
+
+
+def test_the_resend_loop_drops_an_unsendable_row_and_resends_every_other(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.hello("node-b")
+    gm.idle()
+    presence(gm, "node-a", "offline")
+    presence(gm, "node-b", "offline")
+    names = ["a-good", LONG, "z-good"]  # the poison sorts between the good rows of each node
+    want_workers(gm, names, ["node-a", "node-b"])
+    assert len(gm.svc.state.down_rows(unacked=True)) == 6
+    presence(gm, "node-a", "online")  # back without a hello: only the resend loop sends
+    presence(gm, "node-b", "online")
+    gm.bus.clear()
+    gm.svc.delivery.resend_due(now=10**10)
+    for node in ("node-a", "node-b"):
+        assert {e.name for e in gm.bus.envelopes(node, Op.UPSERT)} >= {"a-good", "z-good"}
+    assert dropped(gm) == 2  # one per node, logged and counted once
+    assert gm.svc.state.down_rows(key=("Worker", "default", LONG)) == []  # dropped, not retried
+    gm.svc.delivery.resend_due(now=2 * 10**10)
+    assert dropped(gm) == 2
+
+
+def test_a_hello_diff_drops_an_unsendable_row_and_sends_and_syncs_the_rest(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.idle()
+    presence(gm, "node-a", "offline")
+    want_workers(gm, ["a-good", LONG, "z-good"], ["node-a"])
+    gm.bus.clear()
+    gm.hello("node-a")
+    gm.idle()
+    assert {e.name for e in gm.bus.envelopes("node-a", Op.UPSERT)} == {"a-good", "z-good"}
+    sync = gm.bus.envelopes("node-a", Op.SYNC)
+    assert len(sync) == 1 and {r["name"] for r in sync[0].body["resources"]} == {"a-good", "z-good"}
+    assert dropped(gm) == 1
+    assert gm.svc.state.down_rows(key=("Worker", "default", LONG)) == []
+
+
+def test_an_ack_batch_skips_a_malformed_entry_and_applies_the_others(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.idle()
+    want_workers(gm, ["w1", "w2"], ["node-a"])
+    gm.idle()
+    sent = {e.name: e for e in gm.bus.envelopes("node-a", Op.UPSERT)}
+    entries: list[Any] = [
+        {"kind": "Worker", "ns": "default", "name": n, "rv": sent[n].rv, "op": "upsert"} for n in ("w1", "w2")
+    ]
+    entries.insert(1, {"kind": "Worker", "name": "w9"})  # no ns, no rv
+    entries.insert(2, "w3")  # not a map
+    ack = Envelope.new(node="node-a", kind=CONTROL_KIND, op=Op.ACK, body={"applied": entries})
+    gm.deliver(TOPICS.up_ctl("node-a"), ack)
+    gm.idle()
+    assert gm.svc.state.unacked_counts().get("node-a", 0) == 0
+    assert item_failures(gm, "ack") == 2
+
+
+def test_an_unsendable_row_wanted_for_an_online_node_is_dropped_at_once(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.idle()
+    want_workers(gm, [LONG, "z-good"], ["node-a"])
+    assert [e.name for e in gm.bus.envelopes("node-a", Op.UPSERT)] == ["z-good"]
+    assert dropped(gm) == 1
+    assert gm.svc.state.down_rows(key=("Worker", "default", LONG)) == []
+
+
+# -- the network thread only hands off ---------------------------------------------------------
+
+
+def test_the_network_thread_never_waits_for_the_bookkeeping(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_bookkeeping() -> None:  # as a worker does for a whole hello diff
+        with gm.svc.state.transaction():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_bookkeeping)
+    holder.start()
+    assert held.wait(5)
+    handled = threading.Event()
+
+    def network_thread() -> None:
+        gm.hello("node-c")
+        presence_env = Envelope.new(
+            node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}
+        )
+        gm.deliver(TOPICS.node_presence("node-b"), presence_env)
+        gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+        handled.set()
+
+    try:
+        threading.Thread(target=network_thread, daemon=True).start()
+        assert handled.wait(3), "the network thread waited for a lock a worker held"
+    finally:
+        release.set()
+        holder.join()
+    gm.idle()
+    node_c = gm.svc.state.node("node-c")
+    assert node_c is not None and node_c.epoch == "ep1"  # recorded by a worker afterwards
+    node_b = gm.svc.state.node("node-b")
+    assert node_b is not None and not node_b.online
+    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="the report applied")
+
+
+def test_a_report_right_after_a_hello_is_deduplicated_under_the_new_epoch(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    ex, release = gm.svc.executor, threading.Event()
+    assert ex.worker_of(("node", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1"))
+    ex.submit(("node", "node-a"), lambda: release.wait(10) and None)  # the hello's write waits
+    gm.hello("node-a", epoch="ep2")
+    seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wait_for(lambda: seq in gm.svc.intake.awaiting_ack("node-a", "ep2"), what="applied under ep2")
+    node = gm.svc.state.node("node-a")
+    assert node is not None and node.epoch == "ep1"  # the hello is not recorded yet
+    release.set()
+    gm.idle()
+    wait_for(lambda: seq in gm.acked_seqs("node-a"), what="the report acked")
+    assert [e.body["epoch"] for e in gm.bus.envelopes("node-a", Op.ACK) if seq in e.body["seqs"]] == ["ep2"]
+    node = gm.svc.state.node("node-a")
+    assert node is not None and node.epoch == "ep2"
+    assert gm.svc.state.is_applied("node-a", "ep2", seq)  # the hello's write kept the new epoch's record
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
+    wait_for(lambda: gm.acked_seqs("node-a").count(seq) == 2, what="the copy acked")
+    assert gm.conditions().count(("Train", "Ready")) == 1
+
+
+# -- store events: level-triggered reconciles -------------------------------------------------
+
+
+def test_job_events_waiting_for_their_turn_collapse_into_one_reconcile(gm: GM) -> None:
+    setup_job(gm)
+    gm.idle()
+    key = ("LifelongLearningJob", "default", "job1")
+    ex, release = gm.svc.executor, threading.Event()
+    ex.submit(key, lambda: release.wait(10) and None)  # the job's turn is busy
+    for i in range(5):
+        changed = job()
+        changed["spec"]["outputDir"] = f"/out/v{i}"
+        gm.api.apply(changed)
+    wait_for(lambda: ex.collapsed == 4, what="four waiting events replaced by the newest")
+    release.set()
+    gm.idle()
+
+    def output_dir_sent() -> str:
+        return gm.bus.envelopes("node-b", Op.UPSERT, "LifelongLearningJob")[-1].body["object"]["spec"][
+            "outputDir"
+        ]
+
+    wait_for(lambda: output_dir_sent() == "/out/v4", what="the newest spec sent")
+    assert b"lifelong_gm_work_collapsed_total 4.0" in gm.svc.metrics.render()
+
+
+def test_a_malformed_object_in_the_stores_list_is_counted_and_the_others_reconciled(tmp_path: Path) -> None:
+    first = GM(tmp_path)
+    try:
+        first.hello("node-a")
+        first.hello("node-b")
+        first.idle()
+        first.api.apply(dataset())
+        broken = job("broken")
+        broken["spec"]["dataset"] = "ds1"  # a string where a map belongs: its handler raises
+        first.svc.store.apply(broken)  # past the API's validation, as a hand-edited store would be
+        first.api.apply(job("good"))
+        wait_for(lambda: first.conditions("good") == [("Train", "Waiting")], what="the good job")
+    finally:
+        first.stop()
+    second = GM(tmp_path)  # its watch starts with the store's full list
+    try:
+        wait_for(lambda: item_failures(second, "executor") >= 1, what="the broken job counted")
+        second.report("node-a", "LifelongLearningJob", "good", ready("Train", 1))
+        wait_for(lambda: second.conditions("good")[-1] == ("Train", "Starting"), what="the good job driven")
+        assert second.svc.executor.pending_retries() == 1  # the broken one waits for its retry
+    finally:
+        second.stop()

@@ -348,9 +348,7 @@ def test_k8s_gm_leader_that_loses_the_lease_stops_acting_fake_api(
     wait_for(gm.lost_leadership.is_set, timeout=15, what="gm-a to notice it lost the lease")
     assert not gm.acting
     wait_for(lambda: not gm.bus.connected, what="gm-a's bus to disconnect")
-    wait_for(
-        lambda: not any(t.is_alive() for t in gm._threads), timeout=15, what="the watch and resend to end"
-    )
+    wait_for(lambda: not gm.running_threads, timeout=15, what="the watch and resend to end")
     assert lease_holder(fake) == "gm-elsewhere"
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
 from lifelong.common.envelope import Envelope
@@ -34,7 +34,7 @@ class DatasetController:
     def __init__(
         self,
         store: ResourceStore,
-        downstream: Downstream,
+        downstream: Delivery,
         metrics: GMMetrics,
         *,
         enqueue_job: Callable[[Key], None] | None = None,

@@ -47,7 +47,7 @@ from lifelong.cloud.controllers.lifelonglearning.workerenv import (
     DEFAULT_LC_SERVER,
     worker_env,
 )
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
@@ -107,7 +107,7 @@ class LifelongLearningController:
     def __init__(
         self,
         store: ResourceStore,
-        downstream: Downstream,
+        downstream: Delivery,
         runtime: WorkerRuntime,
         *,
         executor: KeyedExecutor,

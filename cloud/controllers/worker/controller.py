@@ -20,7 +20,7 @@ from collections.abc import Callable
 from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
 from lifelong.cloud.controllers.lifelonglearning.downstream import template_of
 from lifelong.cloud.controllers.lifelonglearning.upstream import parse_worker_report
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase
 from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
@@ -39,7 +39,7 @@ class WorkerController:
     def __init__(
         self,
         store: ResourceStore,
-        downstream: Downstream,
+        downstream: Delivery,
         metrics: GMMetrics,
         on_phase: Callable[[WorkerPhase], Outcome],
     ) -> None:

@@ -1,7 +1,10 @@
-"""Upstream, the bus side: checks every message from the edge, then applies it exactly once.
+"""The GM's intake from the bus: checks every message from the edge, applies it exactly once, acks.
 
 Who calls it: the bus client's network thread calls ``on_message`` for everything under
-``{p}/node/+/up/#`` and ``{p}/node/+/presence``. Checks come first, on that thread, and are cheap:
+``{p}/node/+/up/#`` and ``{p}/node/+/presence``. That thread only decodes, checks and hands off:
+it does no database work and takes no lock a worker holds for long (only the executor's queue
+locks and the ack batches' lock, each held for a few dict operations). Checks come first and
+are cheap:
 
 1. the topic parses (``topic``), the payload is within the size limit (``too_large``), decodes
    (``decode``) and speaks our protocol version (``version``);
@@ -11,8 +14,16 @@ Who calls it: the bus client's network thread calls ``on_message`` for everythin
    its outbox epoch is known (``unknown_node``: not acknowledged, the LC resends after hello).
 
 A rejected message is counted by reason and logged, never applied, and never stops the GM.
-Accepted work is handed to the keyed executor: reports under the key of the object they change
-(in order per object), hello and acks under the node. Applying a report: skip it if
+Accepted work is handed to the keyed executor, ordered (``submit``, never collapsed): reports
+under the key of the object they change (in order per object); presence, hello and the LC's
+acks of downstream messages under ``("node", node)``, so a node's bookkeeping writes stay in
+the order they arrived. The one fact needed at once is a node's outbox epoch (every report is
+deduplicated by it): the network thread keeps it in memory, loaded from the bookkeeping when
+the intake is made and replaced by every hello before its write is handed off. A report that
+follows a hello is applied under the new epoch even if the hello's write has not run yet; the
+write (which forgets applied seqs of other epochs) keeps the new epoch's records.
+
+Applying a report: skip it if
 (node, epoch, seq) was applied before, else let the kind's controller apply it durably, record
 (node, epoch, seq), and only then acknowledge it. A report that can never apply
 (``ReportRejected``) is counted and acknowledged; a store failure is not acknowledged (resent).
@@ -30,13 +41,14 @@ state machine, which ignores an event it has already applied).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportRejected
 from lifelong.cloud.controllers.registry import Registry
-from lifelong.cloud.downstream import Downstream
+from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.workqueue import KeyedExecutor
@@ -51,14 +63,14 @@ ACK_BATCH = 1000
 """The most seqs one ``ack`` message carries (about 5 bytes each in msgpack)."""
 
 
-class Upstream:
+class Intake:
     def __init__(
         self,
         state: GMState,
         topics: Topics,
         *,
         registry: Registry,
-        downstream: Downstream,
+        delivery: Delivery,
         executor: KeyedExecutor,
         metrics: GMMetrics,
         max_payload: int | None = None,
@@ -66,13 +78,16 @@ class Upstream:
         self.state = state
         self.topics = topics
         self.registry = registry
-        self.downstream = downstream
+        self.delivery = delivery
         self.executor = executor
         self.metrics = metrics
         self.max_payload = max_payload
         self._ack_lock = threading.Lock()
         self._acks: dict[tuple[str, str], list[int]] = {}  # (node, epoch) -> applied, not yet acked
         self._acking: dict[tuple[str, str], set[int]] = {}  # the same seqs, for look-ups
+        # node -> outbox epoch of its last hello. Read and written by the network thread only
+        # (loaded here, before it runs), so it needs no lock and no database read per report.
+        self._epochs: dict[str, str] = {n.node: n.epoch for n in state.nodes() if n.epoch}
 
     def filters(self) -> list[str]:
         return [self.topics.all_up_filter(), self.topics.all_presence_filter()]
@@ -105,8 +120,9 @@ class Upstream:
             if env.op is not Op.PRESENCE or state not in ("online", "offline"):
                 raise ReportRejected("schema", "presence needs op presence and body.state online|offline")
             agent = (env.body or {}).get("agent")
-            self.state.set_online(node, state == "online", agent if isinstance(agent, str) else "")
+            online, agent_name = state == "online", agent if isinstance(agent, str) else ""
             log.info("node %s is %s", node, state)
+            self.executor.submit(("node", node), lambda: self.state.set_online(node, online, agent_name))
             return
         if parsed.direction is not Direction.UP:
             raise ReportRejected("direction", "the GM only reads upstream topics")
@@ -138,7 +154,7 @@ class Upstream:
         controller = self.registry.get(env.kind)
         if controller is None:
             raise ReportRejected("unknown_kind", f"no controller for kind {env.kind!r}")
-        epoch = self.state.epoch(node)
+        epoch = self._epochs.get(node)
         if epoch is None:
             raise ReportRejected("unknown_node", f"node {node} has not said hello yet; its report waits")
         key = controller.report_key(env)
@@ -164,22 +180,25 @@ class Upstream:
         low_seq = _int_or_none(outbox.get("lowSeq"))
         agent = body.get("agent")
         boot = body.get("boot")
-        # Recorded here, on the network thread, so reports that follow find the new epoch.
-        self.state.hello(
-            node,
-            agent=agent if isinstance(agent, str) else "",
-            epoch=epoch,
-            boot=boot if isinstance(boot, str) else "",
-            low_seq=low_seq,
-            depth=_int_or_none(outbox.get("depth")),
-            next_seq=_int_or_none(outbox.get("nextSeq")),
-        )
+        agent_name = agent if isinstance(agent, str) else ""
+        boot_id = boot if isinstance(boot, str) else ""
+        depth, next_seq = _int_or_none(outbox.get("depth")), _int_or_none(outbox.get("nextSeq"))
+        # Known at once, here, so reports that follow are deduplicated under the new epoch; the
+        # bookkeeping write and the diff run on the node's key, in order with its other work.
+        self._epochs[node] = epoch
         self.metrics.hellos.inc()
         log.info("node %s said hello (%s, epoch %s, holds %d)", node, agent, epoch[:12], len(resources))
-        self.executor.submit(("node", node), lambda: self.downstream.on_hello(node, resources))
+
+        record = functools.partial(self.state.hello, node, agent=agent_name, epoch=epoch, boot=boot_id)
+
+        def record_and_diff() -> None:
+            record(low_seq=low_seq, depth=depth, next_seq=next_seq)
+            self.delivery.on_hello(node, resources)
+
+        self.executor.submit(("node", node), record_and_diff)
 
     def _ack(self, node: str, applied: list[Any]) -> None:
-        self.downstream.on_ack(node, [a for a in applied if isinstance(a, dict)])
+        self.delivery.on_ack(node, applied)  # a malformed entry is counted there and skipped
 
     # -- worker threads --------------------------------------------------------------------
     def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller) -> None:
@@ -208,6 +227,11 @@ class Upstream:
     def _waiting_ack(self, node: str, epoch: str, seq: int) -> bool:
         with self._ack_lock:
             return seq in self._acking.get((node, epoch), ())
+
+    def awaiting_ack(self, node: str, epoch: str) -> list[int]:
+        """The seqs of ``node`` applied under ``epoch`` that wait for their ack batch."""
+        with self._ack_lock:
+            return list(self._acks.get((node, epoch), ()))
 
     def _queue_ack(self, node: str, epoch: str, seq: int) -> None:
         """Record and acknowledge ``seq`` with the node's next batch (a flush is queued if none is)."""
@@ -243,7 +267,7 @@ class Upstream:
             self.executor.submit(("ack", node), lambda: self._flush_acks(node, epoch))
         if recorded:
             for start in range(0, len(seqs), ACK_BATCH):
-                self.downstream.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
+                self.delivery.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -1,0 +1,341 @@
+"""The GM's delivery to the edge: what each node should hold, sending it, making sure it arrives.
+
+Who calls it: the controllers say which nodes need an object (``want``) or that it is gone
+(``gone``); ``cloud/intake.py`` passes on hellos (``on_hello``) and the LC's acks
+(``on_ack``); the service calls ``resend_due`` periodically.
+
+Level-triggered, never trusting the broker to queue for an offline node:
+
+* every (node, resource) the node should hold is a row in ``GMState.downstream`` with the
+  version to send and the object as sent; a tombstone row (op ``delete``) stands for a delete
+  the node has not acknowledged yet;
+* a change is published at once if the node is online; unacknowledged rows are resent with
+  exponential backoff (``resend_base`` doubling, capped at ``resend_cap``: tenacity's
+  ``wait_exponential``, evaluated for the row's attempts) while it stays online;
+* on every hello the node's list is diffed against the rows: upserts for what it lacks or holds
+  at another version, deletes for tombstones it still holds, then a ``sync`` naming everything
+  it should hold (the LC drops the rest).
+
+One bad row never stops the others. A row that can never be sent (its envelope is refused,
+e.g. a Worker name over 253 characters; it is over the payload limit; its topic is invalid) is
+dropped from the bookkeeping, logged once with its node and key and counted in
+``lifelong_gm_downstream_dropped_total{reason}``; it is not retried. Any other failure of one row
+(in the resend loop, a hello diff, an ack batch, a ``want``) is logged with its key, counted in
+``lifelong_gm_item_failures_total{loop}`` and skipped; the loop goes on with the next row.
+
+Building a message (``message``: envelope, topic, payload) is separate from publishing it
+(``_publish``), so a hello diff marks its rows sent inside one transaction and publishes after.
+
+An object's sent version only moves when what is sent changes (``include_status=False`` kinds
+such as Dataset ignore status-only changes), so a node is not sent its own dataset counts back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from lifelong.cloud.backoff import exponential, wait_seconds
+from lifelong.cloud.gmstate import DownRow, GMState
+from lifelong.cloud.metrics import GMMetrics
+from lifelong.cloud.stores.base import Object
+from lifelong.common.codec import Codec, encode
+from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.errors import BusError, LifelongError, PayloadTooLarge, TopicError
+from lifelong.common.topics import Topics
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]
+Publish = Callable[[str, bytes], object]
+"""Publishes one QoS 1 message; raises ``BusError`` (e.g. ``NotConnected``) when it cannot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message ready to publish."""
+
+    topic: str
+    payload: bytes
+    op: Op
+
+
+class Unsendable(Exception):
+    """A message that can never be built: ``reason`` is ``invalid``, ``too_large`` or ``topic``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _content(obj: Object | None, include_status: bool) -> Object | None:
+    if obj is None:
+        return None
+    out = {k: v for k, v in obj.items() if include_status or k != "status"}
+    meta = dict(out.get("metadata") or {})
+    meta.pop("resourceVersion", None)
+    out["metadata"] = meta
+    return out
+
+
+class Delivery:
+    """Per-node desired state, publishing, acknowledgement and resend."""
+
+    def __init__(
+        self,
+        state: GMState,
+        topics: Topics,
+        publish: Publish,
+        *,
+        metrics: GMMetrics,
+        codec: Codec | str = Codec.MSGPACK,
+        max_payload: int | None = None,
+        resend_base: float = 2.0,
+        resend_cap: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.topics = topics
+        self.bus_publish = publish
+        self.metrics = metrics
+        self.codec = Codec(codec)
+        self.max_payload = max_payload
+        self.resend_wait = exponential(resend_base, resend_cap)
+        """The wait before resending a row after its n-th attempt (a tenacity wait strategy)."""
+        self.clock = clock
+        # Rows of one (node, key) are changed under this lock, so that a hello's diff and a
+        # controller's change cannot interleave.
+        self._lock = threading.RLock()
+
+    # -- controllers -----------------------------------------------------------------------
+    def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
+        """``nodes`` should hold ``obj`` (at its version); any other node that held it gets a delete."""
+        rv = str(obj.get("metadata", {}).get("resourceVersion", ""))
+        wanted = set(nodes)
+        content = _content(obj, include_status)
+        with self._lock:
+            rows = {row.node: row for row in self.state.down_rows(key=key)}
+            for node in sorted(wanted):
+                row = rows.get(node)
+                if row is not None and row.op == "upsert" and _content(row.object, include_status) == content:
+                    continue  # the node already has (or is being sent) this content
+                try:
+                    if self.state.set_down(node, key, "upsert", rv, obj):
+                        self._send_row(node, key)
+                except Exception:
+                    self._failed("want", node, key)
+            for node, row in rows.items():
+                if node in wanted or row.op != "upsert":
+                    continue
+                try:
+                    if self.state.set_down(node, key, "delete", rv, None):
+                        self._send_row(node, key)
+                except Exception:
+                    self._failed("want", node, key)
+
+    def gone(self, key: Key, rv: str) -> None:
+        """The object was deleted (at version ``rv``): every node that held it gets a delete."""
+        with self._lock:
+            for row in self.state.down_rows(key=key):
+                try:
+                    if row.op == "upsert" and self.state.set_down(row.node, key, "delete", rv, None):
+                        self._send_row(row.node, key)
+                except Exception:
+                    self._failed("gone", row.node, key)
+
+    def nodes_of(self, key: Key) -> list[str]:
+        return [row.node for row in self.state.down_rows(key=key) if row.op == "upsert"]
+
+    # -- upstream control messages ---------------------------------------------------------
+    def on_hello(self, node: str, held: Iterable[dict[str, Any]]) -> None:
+        """Send ``node`` the difference between what it holds and what it should, then a sync."""
+        holds: dict[Key, str] = {}
+        malformed = 0
+        for item in held:
+            try:
+                holds[(str(item["kind"]), str(item["ns"]), str(item["name"]))] = str(item.get("rv", ""))
+            except (KeyError, TypeError, AttributeError):
+                malformed += 1
+        if malformed:
+            log.warning("hello of node %s: %d malformed resource entries ignored", node, malformed)
+            self.metrics.item_failures.labels(loop="hello").inc(malformed)
+        with self._lock:
+            # One short transaction for the node's rows (a hello diff of hundreds of resources
+            # is one commit); building and publishing the messages come after it.
+            to_send: list[DownRow] = []
+            desired: list[DownRow] = []
+            with self.state.transaction():
+                self.state.reset_backoff(node)
+                for row in self.state.down_rows(node=node):
+                    if row.op == "upsert":
+                        desired.append(row)  # in the sync even if its step below fails
+                    try:
+                        if self._diff_row(node, row, holds):
+                            self.state.mark_sent(row.node, row.key, row.rv)
+                            to_send.append(row)
+                    except Exception:
+                        self._failed("hello", node, row.key)
+            dropped: set[Key] = set()
+            for row in to_send:
+                try:
+                    message = self._message_or_drop(row)
+                except Exception:
+                    self._failed("hello", node, row.key)
+                    continue
+                if message is None:
+                    dropped.add(row.key)
+                else:
+                    self._publish(message)
+            kept = [r for r in desired if r.key not in dropped]
+            resources = [{"kind": r.kind, "ns": r.ns, "name": r.name, "rv": r.rv} for r in kept]
+            env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body={"resources": resources})
+            self._publish_env(self.topics.down_ctl(node), env)
+
+    def _diff_row(self, node: str, row: DownRow, holds: dict[Key, str]) -> bool:
+        """One row of a hello diff: whether it must be sent (acks or drops it where it need not)."""
+        if row.op == "upsert":
+            if holds.get(row.key) != row.rv:
+                return True
+            if not row.acked:
+                self.state.ack_down(node, row.key, row.rv, "upsert")
+            return False
+        if row.key in holds:
+            return True  # a delete it has not seen
+        self.state.drop_down(node, row.key)  # the tombstone has done its job
+        return False
+
+    def on_ack(self, node: str, applied: Iterable[Any]) -> int:
+        """Record the LC's acknowledgements of downstream messages (one transaction); returns how
+        many matched a row. A malformed entry is logged, counted and skipped."""
+        acks: list[tuple[Key, str, str]] = []
+        for item in applied:
+            try:
+                key = (str(item["kind"]), str(item["ns"]), str(item["name"]))
+                acks.append((key, str(item["rv"]), str(item.get("op", ""))))
+            except (KeyError, TypeError, AttributeError):
+                log.warning("ack of node %s: malformed entry ignored: %.200r", node, item)
+                self.metrics.item_failures.labels(loop="ack").inc()
+        count = 0
+        with self._lock, self.state.transaction():  # one commit per ack message
+            for key, rv, op in acks:
+                try:
+                    if self.state.ack_down(node, key, rv, op):
+                        count += 1
+                except Exception:
+                    self._failed("ack", node, key)
+        return count
+
+    def ack_upstream(self, node: str, epoch: str, seqs: list[int]) -> bool:
+        """Tell ``node`` its reports ``seqs`` are applied. False if it could not be published."""
+        env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.ACK, body={"epoch": epoch, "seqs": seqs})
+        return self._publish_env(self.topics.down_ctl(node), env)
+
+    # -- resend ----------------------------------------------------------------------------
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after a row's ``attempts``-th send before sending it again."""
+        return wait_seconds(self.resend_wait, attempts)
+
+    def resend_due(self, now: float | None = None) -> int:
+        """Resend every unacknowledged row of an online node whose backoff has passed."""
+        now = self.clock() if now is None else now
+        online = {n.node for n in self.state.nodes() if n.online}
+        sent = 0
+        with self._lock:
+            for row in self.state.down_rows(unacked=True):
+                if row.acked or row.node not in online:
+                    continue
+                if now - row.last_sent < self.backoff(row.attempts):
+                    continue
+                try:
+                    if self._send(row):
+                        sent += 1
+                except Exception:
+                    self._failed("resend", row.node, row.key)
+        return sent
+
+    # -- sending ---------------------------------------------------------------------------
+    def _send_row(self, node: str, key: Key) -> None:
+        info = self.state.node(node)
+        if info is None or not info.online:
+            return  # its hello will bring it up to date
+        for row in self.state.down_rows(node=node, key=key):
+            self._send(row)
+
+    def _send(self, row: DownRow) -> bool:
+        """Build, mark sent and publish one row; an unsendable row is dropped instead."""
+        message = self._message_or_drop(row)
+        if message is None:
+            return False
+        self.state.mark_sent(row.node, row.key, row.rv)
+        return self._publish(message)
+
+    def message(self, row: DownRow) -> Message:
+        """The upsert or delete message of ``row``. Raises ``Unsendable`` if it can never be sent."""
+        try:
+            topic = self.topics.down(row.node, row.kind, row.ns, row.name)
+            if row.op == "upsert":
+                env = Envelope.new(
+                    node=row.node,
+                    kind=row.kind,
+                    ns=row.ns,
+                    name=row.name,
+                    op=Op.UPSERT,
+                    rv=row.rv,
+                    body={"object": row.object},
+                )
+            else:
+                env = Envelope.new(
+                    node=row.node, kind=row.kind, ns=row.ns, name=row.name, op=Op.DELETE, rv=row.rv
+                )
+            return Message(topic, encode(env, self.codec, max_payload=self.max_payload), env.op)
+        except PayloadTooLarge as exc:
+            raise Unsendable("too_large", str(exc)) from None
+        except TopicError as exc:
+            raise Unsendable("topic", str(exc)) from None
+        except (ValueError, LifelongError) as exc:  # pydantic's ValidationError is a ValueError
+            raise Unsendable("invalid", " ".join(str(exc).split())) from None
+
+    def _message_or_drop(self, row: DownRow) -> Message | None:
+        try:
+            return self.message(row)
+        except Unsendable as exc:
+            log.error(
+                "dropping %s of %s/%s/%s for node %s: it can never be sent (%s): %.300s",
+                row.op,
+                row.kind,
+                row.ns,
+                row.name[:100],
+                row.node,
+                exc.reason,
+                exc,
+            )
+            self.metrics.downstream_dropped.labels(reason=exc.reason).inc()
+            self.state.drop_down(row.node, row.key)
+            return None
+
+    def _failed(self, loop: str, node: str, key: Key) -> None:
+        log.exception("%s: %s/%s/%.300s for node %s failed; skipped", loop, key[0], key[1], key[2], node)
+        self.metrics.item_failures.labels(loop=loop).inc()
+
+    def _publish(self, message: Message) -> bool:
+        try:
+            self.bus_publish(message.topic, message.payload)
+        except BusError as exc:
+            log.debug("publish to %s deferred: %s", message.topic, exc)
+            self.metrics.downstream_failed.labels(reason=type(exc).__name__).inc()
+            return False
+        self.metrics.downstream_sent.labels(op=message.op.value).inc()
+        return True
+
+    def _publish_env(self, topic: str, env: Envelope) -> bool:
+        try:
+            payload = encode(env, self.codec, max_payload=self.max_payload)
+        except PayloadTooLarge as exc:
+            log.error("cannot send %s %s/%s to %s: %s", env.kind, env.ns, env.name, env.node, exc)
+            self.metrics.downstream_failed.labels(reason="too_large").inc()
+            return False
+        return self._publish(Message(topic, payload, env.op))
