@@ -16,7 +16,9 @@ stderr in ``<ns>_<name>.log`` there. A tiny
 known even when the LC was not the process's parent (after an LC restart).
 
 Records (``workers`` table) carry pid, the kernel start time of the pid (so a recycled pid is
-never taken for our worker), the phase and the last phase reported upstream. Phases:
+never taken for our worker), the phase and the last phase reported upstream. A start is
+recorded Running only once the kernel shows the wrapper's environment (``Popen`` returns
+before it does), so the marker search below can always find it. Phases:
 ``Pending`` (recorded, not started), ``Running``, ``Succeeded``, ``Failed``. Each change is
 reported as a ``Worker`` report through the outbox, in the same transaction that records it
 as reported.
@@ -27,6 +29,9 @@ unless ``stop_on_exit``. After a restart ``adopt`` finds each running record's p
 (pid + start time; for a record the LC died before completing, the process whose environment
 names the record's exit-code file); a process that is gone is finished from its exit-code
 file, or Failed ("lost while the LC was down").
+
+What the runtime reads of the kernel (``ProcessTable``) and its clock are constructor
+arguments, so tests can show it states a real run cannot produce on demand.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ class ProcessTable:
     worker's start time, process group and environment) and whether a process group lives.
 
     The runtime takes one as a constructor argument (the real one by default); tests give a
-    subclass to show states a real run cannot produce on demand (a reused pid).
+    subclass to show states a real run cannot produce on demand (a reused pid, an exec the
+    kernel has not finished).
     """
 
     def __init__(self, root: Path = Path("/proc")) -> None:
