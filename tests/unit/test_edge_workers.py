@@ -132,7 +132,9 @@ def test_restart_finds_recorded_and_unrecorded_processes(tmp_path: Path) -> None
         store.put_resource("Worker", "default", w["metadata"]["name"], str(rnd), w)
     rt.reconcile()
     pids = [store.get_record("workers", "default", f"j-train-{r}")["pid"] for r in (1, 2)]
-    # As if the LC died right after starting worker 2, before recording its pid.
+    # As if the LC died right after starting worker 2, before recording its pid. The marker
+    # search follows within milliseconds of the start, before the kernel may have finished
+    # that exec: the start itself must have made the wrapper findable (see the next test).
     rec = store.get_record("workers", "default", "j-train-2")
     rec.update(pid=None, startTime=None, phase="Pending")
     store.put_record("workers", "default", "j-train-2", rec)
