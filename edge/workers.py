@@ -48,7 +48,10 @@ from typing import Any
 
 import tenacity
 
+from lifelong.common.errors import InvalidBody
+from lifelong.common.messages import WorkerReport
 from lifelong.edge.db import Store
+from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
 
 log = logging.getLogger("lifelong.edge.workers")
@@ -191,6 +194,7 @@ class WorkerRuntime:
         stop_on_exit: bool = False,
         clock: Callable[[], float] = time.monotonic,
         processes: ProcessTable | None = None,
+        failures: ItemFailures | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -200,6 +204,7 @@ class WorkerRuntime:
         self.stop_on_exit = stop_on_exit
         self.clock = clock
         self.procs = processes or ProcessTable()
+        self.failures = failures or ItemFailures(log)
         self._children: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         # key -> (pgid, its leader's start time, when to SIGKILL)
         self._stopping: dict[tuple[str, str], tuple[int, Any, float]] = {}
@@ -401,15 +406,24 @@ class WorkerRuntime:
             phase = rec.get("phase")
             if phase == rec.get("reported") or phase == "Pending":
                 continue
-            body = {
-                "job": rec.get("job"),
-                "stage": rec.get("stage"),
-                "round": rec.get("round"),
-                "phase": phase,
-                "exitCode": rec.get("exitCode"),
-                "message": rec.get("message", ""),
-                "output": {"models": rec.get("results") or []} if phase == "Succeeded" else {},
-            }
+            try:
+                body = WorkerReport.parse(
+                    {
+                        "job": rec.get("job"),
+                        "stage": rec.get("stage"),
+                        "round": rec.get("round"),
+                        "phase": phase,
+                        "exitCode": rec.get("exitCode"),
+                        "message": rec.get("message", ""),
+                        "output": {"models": rec.get("results") or []} if phase == "Succeeded" else {},
+                    }
+                ).to_body()
+            except InvalidBody as exc:
+                # Only a damaged record can fail here (it was made from a Worker the model took):
+                # logged once and skipped; the other workers are still reported.
+                self.failures.failed("worker-reports", f"{ns}/{name}", str(exc))
+                continue
+            self.failures.ok("worker-reports", f"{ns}/{name}")
             try:
                 with self.store.tx():
                     rec["reported"] = phase
