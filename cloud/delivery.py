@@ -39,10 +39,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lifelong.cloud.backoff import exponential, wait_seconds
 from lifelong.cloud.gmstate import DownRow, GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.stores.base import Object
+from lifelong.common.backoff import exponential, wait_seconds
 from lifelong.common.codec import Codec, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, LifelongError, PayloadTooLarge, TopicError

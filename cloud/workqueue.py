@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from lifelong.cloud.backoff import FailureBackoff, exponential_jitter
+from lifelong.common.backoff import FailureBackoff, exponential_jitter
 
 log = logging.getLogger(__name__)
 

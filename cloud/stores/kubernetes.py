@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from lifelong.cloud.backoff import exponential_jitter, wait_seconds
 from lifelong.cloud.stores.base import (
     Conflict,
     EventType,
@@ -47,6 +46,7 @@ from lifelong.cloud.stores.base import (
     StoreError,
     WatchEvent,
 )
+from lifelong.common.backoff import exponential_jitter, wait_seconds
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import Condition, format_time
 
