@@ -44,7 +44,8 @@ never while publishing. The rules:
    it is read and changed by one call at a time) and take its nodes' locks one at a time
    inside. Lock order: object, then one node, then the database; a hello diff and a resend
    take one node lock only, so there is no cycle. (Hence: never call this module inside a
-   ``GMState.transaction()``.)
+   ``GMState.transaction()``.) The resend loop does not wait for a busy node: it skips it
+   until its next tick.
 3. ``on_ack`` takes no lock here: each acknowledgement is one compare-and-set on the row's
    version in the database (``GMState.ack_down``), so an ack of an old version matches nothing
    once a newer one is recorded, whatever runs beside it.
@@ -105,16 +106,21 @@ class KeyedLocks:
         self._locks: dict[Hashable, tuple[threading.RLock, list[int]]] = {}
 
     @contextmanager
-    def hold(self, key: Hashable) -> Iterator[None]:
+    def hold(self, key: Hashable, *, wait: bool = True) -> Iterator[bool]:
+        """Hold ``key``'s lock inside the block; with ``wait=False`` the block gets False (and
+        holds nothing) if another thread holds it."""
         with self._lock:
             entry = self._locks.get(key)
             if entry is None:
                 entry = self._locks[key] = (threading.RLock(), [0])
             entry[1][0] += 1
+        acquired = False
         try:
-            with entry[0]:
-                yield
+            acquired = entry[0].acquire(blocking=wait)
+            yield acquired
         finally:
+            if acquired:
+                entry[0].release()
             with self._lock:
                 entry[1][0] -= 1
                 if entry[1][0] == 0:
@@ -314,7 +320,8 @@ class Delivery:
         """Resend every unacknowledged row of an online node whose backoff has passed.
 
         The rows due are found in one query; each node's are then read again and sent under
-        the node's lock (a hello diff or a change may have sent them meanwhile)."""
+        the node's lock (a hello diff or a change may have sent them meanwhile). A node whose
+        lock is held is skipped, not waited for: its rows still due are resent at the next tick."""
         now = self.clock() if now is None else now
         online = {n.node for n in self.state.nodes() if n.online}
         nodes = sorted(
@@ -322,7 +329,9 @@ class Delivery:
         )
         sent = 0
         for node in nodes:
-            with self._nodes.hold(node):
+            with self._nodes.hold(node, wait=False) as free:
+                if not free:
+                    continue  # busy sending this node's rows: what is still due goes next tick
                 try:
                     rows = self.state.down_rows(node=node, unacked=True)
                 except Exception:
