@@ -183,34 +183,27 @@ class Delivery:
                 row = rows.get(node)
                 if row is not None and row.op == "upsert" and _content(row.object, include_status) == content:
                     continue  # the node already has (or is being sent) this content
-                with self._nodes.hold(node):
-                    try:
-                        if self.state.set_down(node, key, "upsert", rv, obj):
-                            self._send_row(node, key)
-                    except Exception:
-                        self._failed("want", node, key)
+                self._change("want", node, key, rv, obj)
             for node, row in rows.items():
-                if node in wanted or row.op != "upsert":
-                    continue
-                with self._nodes.hold(node):
-                    try:
-                        if self.state.set_down(node, key, "delete", rv, None):
-                            self._send_row(node, key)
-                    except Exception:
-                        self._failed("want", node, key)
+                if node not in wanted and row.op == "upsert":
+                    self._change("want", node, key, rv, None)
 
     def gone(self, key: Key, rv: str) -> None:
         """The object was deleted (at version ``rv``): every node that held it gets a delete."""
         with self._objects.hold(key):
             for row in self.state.down_rows(key=key):
-                if row.op != "upsert":
-                    continue
-                with self._nodes.hold(row.node):
-                    try:
-                        if self.state.set_down(row.node, key, "delete", rv, None):
-                            self._send_row(row.node, key)
-                    except Exception:
-                        self._failed("gone", row.node, key)
+                if row.op == "upsert":
+                    self._change("gone", row.node, key, rv, None)
+
+    def _change(self, loop: str, node: str, key: Key, rv: str, obj: Object | None) -> None:
+        """Under the node's lock: record that it should hold ``obj`` (None: a delete) at ``rv``,
+        and send it if that changed anything and the node is online."""
+        with self._nodes.hold(node):
+            try:
+                if self.state.set_down(node, key, "upsert" if obj is not None else "delete", rv, obj):
+                    self._send_row(node, key)
+            except Exception:
+                self._failed(loop, node, key)
 
     def nodes_of(self, key: Key) -> list[str]:
         return [row.node for row in self.state.down_rows(key=key) if row.op == "upsert"]

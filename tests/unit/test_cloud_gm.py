@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.waiting import wait_for
+from harness.waiting import DeadlineExceeded, wait_for
 
 from lifelong.cloud.api_server import GMApi
 from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
@@ -874,16 +874,6 @@ def online_delivery(bus: FakeBus, *nodes: str) -> Delivery:
     return Delivery(state, TOPICS, bus.publish, metrics=GMMetrics())
 
 
-def _within(predicate: Any, seconds: float) -> bool:
-    from harness.waiting import DeadlineExceeded
-
-    try:
-        wait_for(predicate, timeout=seconds)
-    except DeadlineExceeded:
-        return False
-    return True
-
-
 def test_delivery_work_for_other_nodes_goes_on_while_one_nodes_is_held() -> None:
     bus = HoldingBus("node-a")
     delivery = online_delivery(bus, "node-a", "node-b")
@@ -928,7 +918,8 @@ def test_a_change_for_a_node_waits_for_its_hello_diff_so_the_sync_never_drops_it
             daemon=True,
         )
         change.start()
-        assert not _within(lambda: bus.envelopes("node-a", Op.UPSERT), 0.5), "a2 went out before the sync"
+        with pytest.raises(DeadlineExceeded):  # a2 must not go out before the sync: give it 0.5 s
+            wait_for(lambda: bus.envelopes("node-a", Op.UPSERT), timeout=0.5)
     finally:
         bus.release.set()
         hello.join()
