@@ -961,3 +961,24 @@ def test_an_object_the_node_refused_is_acked_counted_logged_once_and_not_resent(
     gm.bus.clear()
     gm.svc.delivery.resend_due(now=10**10)
     assert not gm.bus.envelopes("node-a")  # acked: never resent
+
+
+def test_refused_bodies_are_acked_counted_each_and_logged_once_per_node_and_reason(
+    gm: GM, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup_job(gm)
+    bad = {"numberOfSamples": -1, "updateTime": "2026-01-01T00:00:00Z"}
+    with caplog.at_level(logging.WARNING, logger="lifelong.cloud"):
+        seqs = [gm.report("node-a", "Dataset", "ds1", bad) for _ in range(3)]
+        gm.report("node-b", "Dataset", "ds1", bad)  # another node: its own first warning
+        gm.idle()
+        warned = [r.getMessage() for r in caplog.records if "(invalid)" in r.getMessage()]
+        assert len(warned) == 2 and "node-a/Dataset/default/ds1" in warned[0], warned
+        assert "numberOfSamples" in warned[0]  # the field the model refused
+        gm.hello("node-a", epoch="ep1")  # a new connection: its first refusal is logged again
+        gm.report("node-a", "Dataset", "ds1", bad)
+        gm.idle()
+    assert len([r for r in caplog.records if "(invalid)" in r.getMessage()]) == 3
+    assert rejected(gm, "invalid") == 5
+    wait_for(lambda: set(seqs) <= set(gm.acked_seqs("node-a")), what="the refused reports acked")
+    assert "numberOfSamples" not in (gm.svc.store.get("Dataset", "default", "ds1") or {}).get("status", {})
