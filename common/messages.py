@@ -205,12 +205,15 @@ class Presence(Body):
 
 
 class OutboxState(Body):
-    """The outbox part of a hello: depth, lowest unacknowledged seq (null if empty), next seq."""
+    """The outbox part of a hello: depth, lowest unacknowledged seq (null if empty), next seq.
+
+    A field the hello leaves out is None, "not said" (``lifelong nodes`` shows ``<unknown>``),
+    never a made-up 0: an LC always sends all three."""
 
     WHAT = "hello outbox"
-    depth: NonNegative = 0
+    depth: NonNegative | None = None
     low_seq: NonNegative | None = None
-    next_seq: NonNegative = 1
+    next_seq: NonNegative | None = None
 
 
 class Hello(ListBody):
@@ -223,6 +226,7 @@ class Hello(ListBody):
     boot: StrictStr = ""
     resources: list[ResourceRef]
     outbox: OutboxState = Field(default_factory=OutboxState)
+    """The node's outbox as of this hello (every field None when the hello has no ``outbox``)."""
 
 
 class Sync(ListBody):

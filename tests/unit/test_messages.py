@@ -227,3 +227,12 @@ def test_bodies_are_read_by_their_wire_names_only() -> None:
     assert caught.value.path == "numberOfSamples"
     with pytest.raises(InvalidBody, match="updateTime"):
         DatasetReport.parse({"numberOfSamples": 5, "updateTime": "yesterday"})
+
+
+def test_an_outbox_the_hello_does_not_give_stays_unknown() -> None:
+    """A hello without ``outbox`` (or with part of it) leaves the missing numbers None, which the
+    GM stores as unknown, never as a made-up 0 (``lifelong nodes`` shows ``<unknown>``)."""
+    bare = Hello.parse({"epoch": "ep1", "resources": []})
+    assert (bare.outbox.depth, bare.outbox.low_seq, bare.outbox.next_seq) == (None, None, None)
+    part = Hello.parse({"epoch": "ep1", "resources": [], "outbox": {"depth": 4}})
+    assert (part.outbox.depth, part.outbox.low_seq, part.outbox.next_seq) == (4, None, None)
