@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.meta import (
     DNS1123_LABEL_MAX,
     DNS1123_SUBDOMAIN_MAX,
@@ -423,6 +424,11 @@ class LifelongLearningJob(Resource[LLJobSpec, LLJobStatus]):
 
     kind: Literal["LifelongLearningJob"] = "LifelongLearningJob"
     metadata: LLJobMeta
+
+    def node_names(self, dataset: Dataset | None) -> list[str]:
+        """The nodes that must hold the job, given its Dataset (None: not found): the Dataset's
+        node first, then the train, eval and deploy nodes, each once (see ``node_roles``)."""
+        return self.spec.node_names(dataset.spec.node_name if dataset is not None else None)
 
     @property
     def conditions(self) -> list[LLJobCondition]:

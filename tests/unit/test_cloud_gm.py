@@ -814,7 +814,13 @@ def test_job_events_waiting_for_their_turn_collapse_into_one_reconcile(gm: GM) -
     assert b"lifelong_gm_work_collapsed_total 4.0" in gm.svc.metrics.render()
 
 
-def test_a_malformed_object_in_the_stores_list_is_counted_and_the_others_reconciled(tmp_path: Path) -> None:
+def refused(gm: GM, kind: str) -> float | None:
+    return gm.svc.metrics.registry.get_sample_value("lifelong_gm_store_refused_total", {"kind": kind})
+
+
+def test_an_invalid_job_in_the_stores_list_is_refused_counted_failed_once_and_the_others_reconciled(
+    tmp_path: Path,
+) -> None:
     first = GM(tmp_path)
     try:
         first.hello("node-a")
@@ -822,17 +828,27 @@ def test_a_malformed_object_in_the_stores_list_is_counted_and_the_others_reconci
         first.idle()
         first.api.apply(dataset())
         broken = job("broken")
-        broken["spec"]["dataset"] = "ds1"  # a string where a map belongs: its handler raises
-        first.svc.store.apply(broken)  # past the API's validation, as a hand-edited store would be
+        broken["spec"]["dataset"] = "ds1"  # a string where a map belongs: the models refuse it
+        first.svc.store.apply(broken)  # past the API's validation, as an older, buggier GM could have
         first.api.apply(job("good"))
         wait_for(lambda: first.conditions("good") == [("Train", "Waiting")], what="the good job")
+        wait_for(lambda: first.conditions("broken") == [("Train", "Failed")], what="the broken job failed")
+        first.idle()
+        assert refused(first, "LifelongLearningJob") == 1  # once, not again for its own status write
     finally:
         first.stop()
     second = GM(tmp_path)  # its watch starts with the store's full list
     try:
-        wait_for(lambda: item_failures(second, "executor") >= 1, what="the broken job counted")
+        wait_for(lambda: refused(second, "LifelongLearningJob") == 1, what="the broken job counted")
         second.report("node-a", "LifelongLearningJob", "good", ready("Train", 1))
         wait_for(lambda: second.conditions("good")[-1] == ("Train", "Starting"), what="the good job driven")
-        assert second.svc.executor.pending_retries() == 1  # the broken one waits for its retry
+        second.idle()
+        assert second.conditions("broken") == [("Train", "Failed")]  # one Failed, not one per GM
+        failed = second.job("broken")["status"]["conditions"][-1]
+        assert failed["reason"] == "Invalid"
+        assert "spec.dataset: Input should be a mapping" in failed["message"]
+        assert second.svc.executor.pending_retries() == 0  # refused, not retried forever
+        assert refused(second, "LifelongLearningJob") == 1
+        assert all(env.name != "broken" for env in second.bus.envelopes("node-a", Op.UPSERT))
     finally:
         second.stop()

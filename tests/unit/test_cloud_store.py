@@ -11,6 +11,7 @@ from harness.waiting import wait_for
 from lifelong.cloud.stores import sqlite as sqlite_store
 from lifelong.cloud.stores.base import Conflict, NotFound, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
+from lifelong.common.api import Dataset
 from lifelong.common.sqlite import Database
 
 
@@ -123,8 +124,11 @@ def test_watch_lists_then_streams_changes_in_order(store: SqliteStore) -> None:
             ("MODIFIED", "a"),
             ("DELETED", "b"),
         ]
-        versions = [int(e.object["metadata"]["resourceVersion"]) for e in events[1:]]
+        versions = [int(e.resource_version) for e in events[1:]]
         assert versions == sorted(versions)
+        assert all(isinstance(e.model, Dataset) and e.refused is None for e in events)
+        assert events[2].model is not None and events[2].model.status is not None
+        assert events[2].model.status.number_of_samples == 3
     finally:
         stop.set()
         thread.join(5)

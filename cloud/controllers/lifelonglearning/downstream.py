@@ -3,15 +3,16 @@
 Every node that takes part (docs/protocol.md): the Dataset's node (it watches the data and fires
 the trigger), and the nodes named by the train, eval and deploy templates (``spec.nodeName``)
 - including the deploy (inference) node, which upstream Sedna forgets. The rule itself is
-``node_roles`` of ``lifelong.common.api`` (``LLJobSpec.node_roles`` on a model); this module
-applies it to the stored objects the controllers hold.
+``node_roles`` of ``lifelong.common.api``; a parsed job has it as
+``LifelongLearningJob.node_names``, which the controller's reconcile uses. These functions apply
+the same rule to a job the report paths hold in wire form, as the store returned it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lifelong.common.api import node_names, wire_templates
+from lifelong.common.api import node_names, wire_templates, worker_node
 from lifelong.common.stages import Stage
 
 
@@ -21,10 +22,9 @@ def template_of(job: dict[str, Any], stage: Stage) -> dict[str, Any]:
 
 
 def dataset_node(dataset: dict[str, Any] | None) -> str | None:
-    if not dataset:
-        return None
-    node = (dataset.get("spec") or {}).get("nodeName")
-    return node if isinstance(node, str) and node else None
+    """The node of a Dataset in wire form (its ``spec.nodeName``; a Dataset's spec has the same
+    shape as a pod template's), None if unset."""
+    return worker_node(dataset)
 
 
 def job_nodes(job: dict[str, Any], dataset: dict[str, Any] | None) -> list[str]:

@@ -23,8 +23,8 @@ from lifelong.cloud.controllers.lifelonglearning.upstream import parse_worker_re
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase
-from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
-from lifelong.common.api import worker_node
+from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent, wire
+from lifelong.common.api import Worker, worker_node
 from lifelong.common.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,11 @@ class WorkerController:
     def on_event(self, event: WatchEvent) -> None:
         started = time.perf_counter()
         if event.type == "DELETED":
-            self.downstream.gone(event.key, str(event.object.get("metadata", {}).get("resourceVersion", "")))
-        else:
-            template = (event.object.get("spec") or {}).get("template") or {}
-            node = (template.get("spec") or {}).get("nodeName")
-            nodes = [node] if isinstance(node, str) and node else []
-            self.downstream.want(event.key, nodes, event.object, include_status=False)
+            self.downstream.gone(event.key, event.resource_version)
+        elif isinstance(event.model, Worker):
+            node = event.model.node_name
+            nodes = [node] if node is not None else []
+            self.downstream.want(event.key, nodes, wire(event.model), include_status=False)
         self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
 
     def report_key(self, env: Envelope) -> Key:
