@@ -17,13 +17,13 @@ from harness.fake_k8s import FakeKubernetesApiServer
 from harness.waiting import wait_for
 
 from lifelong.cloud.stores.base import Conflict, NotFound, StoreError, WatchEvent
-from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
-from lifelong.common.stages import ConditionType, Stage
 from lifelong.cloud.stores.kubernetes import (
     KubernetesStore,
     KubernetesStoreSettings,
     kubernetes_validation_condition,
 )
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
+from lifelong.common.stages import ConditionType, Stage
 
 DATASETS = "sedna.io/v1alpha1/datasets"
 JOBS = "sedna.io/v1alpha1/lifelonglearningjobs"
