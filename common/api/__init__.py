@@ -6,7 +6,7 @@ The CRDs in ``deploy/crds`` are generated from these models (``python -m
 lifelong.common.api.crdgen``).
 """
 
-from lifelong.common.api.dataset import Dataset, DatasetFormat, DatasetSpec, DatasetStatus
+from lifelong.common.api.dataset import Dataset, DatasetFormat, DatasetSpec, DatasetStatus, dataset_node
 from lifelong.common.api.lifelonglearningjob import (
     CANONICAL_OPERATOR,
     DEFAULT_CHECK_PERIOD_SECONDS,
@@ -133,6 +133,7 @@ __all__ = [
     "WorkerSpec",
     "WorkerStatus",
     "WorkerTemplate",
+    "dataset_node",
     "deciding_node",
     "dump_resource",
     "dump_yaml",

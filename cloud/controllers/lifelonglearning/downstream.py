@@ -12,19 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifelong.common.api import node_names, wire_templates, worker_node
+from lifelong.common.api import dataset_node, node_names, wire_templates
 from lifelong.common.stages import Stage
 
 
 def template_of(job: dict[str, Any], stage: Stage) -> dict[str, Any]:
     """The pod template of ``stage`` as the user gave it (``{}`` if missing)."""
     return dict(wire_templates(job)[stage])
-
-
-def dataset_node(dataset: dict[str, Any] | None) -> str | None:
-    """The node of a Dataset in wire form (its ``spec.nodeName``; a Dataset's spec has the same
-    shape as a pod template's), None if unset."""
-    return worker_node(dataset)
 
 
 def job_nodes(job: dict[str, Any], dataset: dict[str, Any] | None) -> list[str]:
