@@ -84,14 +84,14 @@ from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
-from lifelong.cloud.stores.base import Object, ResourceStore, WatchEvent
+from lifelong.cloud.stores.base import Object, Refused, ResourceStore, WatchEvent, parse
 from lifelong.cloud.stores.sqlite import SqliteStore
 from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.common.api import LifelongLearningJob
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
-from lifelong.common.statemachine import Condition
 from lifelong.common.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
@@ -512,17 +512,16 @@ class GMService:
             self.metrics.item_failures.labels(loop="store_events").inc()
 
     def _jobs_by_state(self) -> dict[tuple[str, str], int]:
+        """Jobs by (stage, condition type) of their last condition, ("", "") without one; a job
+        the models refuse is left out (the store watch counts it)."""
         out: dict[tuple[str, str], int] = {}
-        for job in self.store.list("LifelongLearningJob"):
-            conds = (job.get("status") or {}).get("conditions") or []
-            if conds:
-                try:
-                    last = Condition.from_dict(conds[-1])
-                except Exception:
-                    continue
-                key = (last.stage.value, last.type.value)
-            else:
-                key = ("", "")
+        for obj in self.store.list(LifelongLearningJob.KIND):
+            try:
+                job = parse(obj)
+            except Refused:
+                continue
+            last = job.last_condition if isinstance(job, LifelongLearningJob) else None
+            key = (last.stage.value, last.type.value) if last is not None else ("", "")
             out[key] = out.get(key, 0) + 1
         return out
 

@@ -7,7 +7,10 @@ apply (also across a GM restart on the same databases), rejected envelopes, vali
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,13 @@ from typing import Any
 import pytest
 from harness.waiting import wait_for
 
-from lifelong.cloud.api_server import GMApi
+from lifelong.cloud.api_server import ApiServer, GMApi, validate
 from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import NotConnected, ValidationError
@@ -584,6 +588,48 @@ def test_apply_refuses_unknown_nodes_missing_datasets_and_bad_fields(gm: GM) -> 
         del bad["spec"]["outputDir"]
         gm.api.apply(bad)
     assert gm.svc.store.list("LifelongLearningJob") == []
+
+
+def _post(port: int, body: object) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/apply",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_api_validates_into_the_model_and_answers_its_errors_naming_the_field(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.hello("node-b")
+    gm.idle()
+    parsed = validate(dataset(), gm.svc.store, gm.svc.state)
+    assert isinstance(parsed, Dataset) and parsed.spec.node_name == "node-a"  # the model, not a dict
+    server = ApiServer(gm.api, port=0)
+    server.start()
+    try:
+        assert _post(server.port, dataset())[0] == 200
+        bad = job()
+        bad["spec"]["dataset"]["trainProb"] = 2
+        bad["spec"]["trainSpec"]["trigger"]["timer"] = {"start": "25:00", "end": "24:00"}
+        code, answer = _post(server.port, bad)
+        assert code == 400 and answer["reason"] == "ValidationError"
+        assert "spec.dataset.trainProb: Input should be less than or equal to 1" in answer["error"]
+        assert "spec.trainSpec.trigger.timer.start: must be a time of day 'HH:MM'" in answer["error"]
+        code, answer = _post(server.port, job("j" * 240))
+        assert code == 400 and "metadata.name: is 240 characters" in answer["error"]
+        assert gm.svc.store.list("LifelongLearningJob") == []
+        code, answer = _post(server.port, job())
+        assert code == 200 and answer["result"] == "created"
+        stored = parse_resource(answer["object"])
+        assert isinstance(stored, LifelongLearningJob) and stored.spec == parse_resource(job()).spec
+    finally:
+        server.stop()
 
 
 def test_json_codec_and_reports_from_nodes_outside_the_job(tmp_path: Path) -> None:
