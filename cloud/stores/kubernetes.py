@@ -45,7 +45,6 @@ from lifelong.cloud.stores.base import (
     NotFound,
     Object,
     Refused,
-    ResourceStore,
     StoreError,
     WatchEvent,
     read,
@@ -601,6 +600,7 @@ def kubernetes_validation_condition(
 
 
 if TYPE_CHECKING:  # mypy proves the class implements the interface
+    from lifelong.cloud.stores.base import ResourceStore
 
     def _implements(store: KubernetesStore) -> ResourceStore:
         return store

@@ -7,10 +7,9 @@ apply (also across a GM restart on the same databases), rejected envelopes, vali
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -591,17 +590,14 @@ def test_apply_refuses_unknown_nodes_missing_datasets_and_bad_fields(gm: GM) -> 
 
 
 def _post(port: int, body: object) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/v1/apply",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+    """POST ``body`` to the GM API's apply; (status, JSON answer), errors included."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        conn.request("POST", "/api/v1/apply", json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
 
 
 def test_the_api_validates_into_the_model_and_answers_its_errors_naming_the_field(gm: GM) -> None:
