@@ -38,7 +38,6 @@ from lifelong.cloud.runtimes.edge_process import workers_of
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, wire
 from lifelong.common.api import RESOURCE_TYPES, AnyResource, Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import LifelongError, ValidationError
-from lifelong.common.stages import STAGE_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +76,11 @@ def validate(obj: Any, store: ResourceStore, state: GMState) -> AnyResource:
         ds_name = res.spec.dataset.name
         if store.get(Dataset.KIND, ns, ds_name) is None:
             problems.append(("spec.dataset.name", f"Dataset {ns}/{ds_name} does not exist"))
-        for stage in STAGE_ORDER:
-            field = f"{stage.value.lower()}Spec"
-            node = res.spec.worker_node(stage)
-            if not node:
-                problems.append(
-                    (f"spec.{field}.template.spec.nodeName", "names no node to run the worker on")
-                )
+        for path, node in res.spec.worker_nodes():
+            if node is None:
+                problems.append((path, "names no node to run the worker on"))
             elif node not in known:
-                problems.append(
-                    (
-                        f"spec.{field}.template.spec.nodeName",
-                        f"node {node!r} is not known (no LC on it has said hello)",
-                    )
-                )
+                problems.append((path, f"node {node!r} is not known (no LC on it has said hello)"))
     elif isinstance(res, Dataset):
         node = res.spec.node_name
         if node not in known:

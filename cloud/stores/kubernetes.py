@@ -50,7 +50,7 @@ from lifelong.cloud.stores.base import (
     read,
 )
 from lifelong.common.api import Dataset, LifelongLearningJob
-from lifelong.common.stages import STAGE_ORDER, ConditionType
+from lifelong.common.stages import ConditionType
 from lifelong.common.statemachine import Condition, format_time
 
 log = logging.getLogger(__name__)
@@ -551,11 +551,7 @@ def job_problems(job: LifelongLearningJob, store: KubernetesStore) -> list[tuple
     """
     namespace = job.namespace
     problems: list[tuple[str, str, str]] = []
-    named = [
-        (f"spec.{stage.value.lower()}Spec.template.spec.nodeName", node)
-        for stage in STAGE_ORDER
-        if (node := job.spec.worker_node(stage)) is not None
-    ]
+    named = [(path, node) for path, node in job.spec.worker_nodes() if node is not None]
     dataset_name = job.spec.dataset.name
     try:
         dataset = read(store, Dataset, namespace, dataset_name)

@@ -241,6 +241,14 @@ class LLJobSpec(ApiModel):
         """The node ``stage``'s worker runs on: its template's ``spec.nodeName`` (None if unset)."""
         return worker_node(self.template_for(stage))
 
+    def worker_nodes(self) -> list[tuple[str, str | None]]:
+        """(field path, node) of each stage's worker, train first: ``spec.trainSpec.template.spec.
+        nodeName`` and its value (None if unset), for messages that name the field."""
+        return [
+            (f"spec.{_SPEC_FIELD[stage]}.template.spec.nodeName", self.worker_node(stage))
+            for stage in STAGE_ORDER
+        ]
+
     def deciding_node(self, stage: Stage, dataset_node: str | None) -> str | None:
         """The node whose LC turns ``stage``'s ``Waiting`` into ``Ready`` (see ``deciding_node``)."""
         return deciding_node(self.templates, stage, dataset_node)

@@ -10,7 +10,7 @@ On every event it reconciles the job, level-triggered:
 2. on ``Ready``: once any ``retryAfter`` has passed, append ``Starting`` (with the version read,
    so two deciders cannot both start), then ask the runtime for the worker. ``Starting`` and
    ``Running`` re-ensure the worker (idempotent by name), so a crash between the two steps heals;
-3. send the job to every node that needs it (``downstream.job_nodes``).
+3. send the job to every node that needs it (``LifelongLearningJob.node_names``).
 
 With a ``validate`` hook (Kubernetes mode: the Dataset must exist and every node named must be
 a Node object), step 0 checks the job first. A job that fails gets one ``Failed`` condition
