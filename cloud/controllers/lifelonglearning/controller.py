@@ -333,7 +333,7 @@ class LifelongLearningController:
         (reason ``Invalid``, the models' message) for its spec generation, which parks it like a
         validation failure until the spec changes. Raises ``Conflict`` if it changed meanwhile.
 
-        The one place the controller reads a job's wire form: it has no model. Only
+        The one place the reconcile reads a job's wire form, since there is no model of it: only
         ``metadata`` and ``status.conditions`` are read, and the conditions are kept as stored.
         """
         _, ns, name = key
