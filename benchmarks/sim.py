@@ -18,7 +18,8 @@ arrived after its latest hello and it holds everything that sync names, at that 
 on every connect and counts what it receives.
 
 Reconnects follow the LC's policy: the n-th attempt of an outage waits
-``min(0.5 * 2**(n-1) + uniform(0, 1), 30)`` seconds.
+``min(0.5 * 2**(n-1), 30)`` seconds plus up to 1 s at random; the waits are tenacity's
+(``lifelong.common.backoff``), as the LC's and the GM's are.
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.infra import HOST, PREFIX
+from lifelong.common.backoff import exponential, exponential_jitter, wait_seconds
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.topics import Topics
 from lifelong.edge.session import HELLO_RETRY, HELLO_RETRY_CAP
 
 AGENT = "lifelong-sim/0.1.0"
+RECONNECT_WAIT = exponential_jitter(0.5, 30.0, 1.0)
+HELLO_WAIT = exponential(HELLO_RETRY, HELLO_RETRY_CAP)
 Key = tuple[str, str, str]
 
 
@@ -71,7 +75,7 @@ class SimNode:
     hellos: int = 0
     hello_retries: int = 0
     hello_due: float | None = None  # say hello again then, unless a sync arrived
-    hello_wait: float = HELLO_RETRY
+    hello_attempt: int = 1  # hellos sent since the last sync (or connect), the last one included
     subscribed: int = 0  # raw mode: SUBACKs received
     received: int = 0  # raw mode: messages received
     last_rx: float = 0.0
@@ -152,7 +156,7 @@ class Simulator:
 
     def _schedule(self, node: SimNode) -> None:
         node.attempts += 1
-        wait = min(0.5 * 2 ** (node.attempts - 1) + random.uniform(0, 1.0), 30.0)
+        wait = wait_seconds(RECONNECT_WAIT, node.attempts)
         node.next_attempt = time.monotonic() + wait
 
     def _connect(self, node: SimNode) -> None:
@@ -234,8 +238,8 @@ class Simulator:
 
     def _hello(self, client: mqtt.Client, node: SimNode, retry: bool = False) -> None:
         node.sync_list = None
-        node.hello_wait = min(HELLO_RETRY_CAP, node.hello_wait * 2) if retry else HELLO_RETRY
-        node.hello_due = time.monotonic() + node.hello_wait
+        node.hello_attempt = node.hello_attempt + 1 if retry else 1
+        node.hello_due = time.monotonic() + wait_seconds(HELLO_WAIT, node.hello_attempt)
         body = {
             "agent": AGENT,
             "epoch": node.epoch,

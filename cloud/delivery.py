@@ -25,6 +25,34 @@ dropped from the bookkeeping, logged once with its node and key and counted in
 
 Building a message (``message``: envelope, topic, payload) is separate from publishing it
 (``_publish``), so a hello diff marks its rows sent inside one transaction and publishes after.
+Bodies are built with the models of ``lifelong.common.messages`` (``Sync``, ``SeqAck``), and
+hellos and acks arrive parsed (``ResourceRef``, ``Applied``; ``cloud/intake.py`` refuses the
+rest). An upsert's body is ``{"object": <the row's object>}`` as it is: the API models checked
+the object when it was stored, and a pass through ``Upsert`` would cost about 14 us per message
+(a job with its conditions) and check nothing new.
+
+An ack item with ``refused`` (the node refused that version of the object, and says why)
+acknowledges the row like any other, so it is not resent; it is logged once per
+(node, resource, version) and counted in ``lifelong_gm_downstream_refused_total{kind}``.
+
+Locking, per node: work for different nodes never waits on a lock of this module, only on
+the bookkeeping database's, which is held for single statements or one short transaction and
+never while publishing. The rules:
+
+1. Everything that changes a node's rows and publishes what follows (``want``, ``gone``, a
+   hello diff with its ``sync``, a resend) holds that node's lock from reading the row to
+   publishing the message. So a node's messages leave in the order its rows changed: a
+   ``sync`` is never published after an upsert of a resource it does not name (the LC would
+   drop what it just stored), and an older version is never published after a newer one.
+2. ``want`` and ``gone`` hold the object's lock for the whole call (the set of nodes holding
+   it is read and changed by one call at a time) and take its nodes' locks one at a time
+   inside. Lock order: object, then one node, then the database; a hello diff and a resend
+   take one node lock only, so there is no cycle. (Hence: never call this module inside a
+   ``GMState.transaction()``.) The resend loop does not wait for a busy node: it skips it
+   until its next tick.
+3. ``on_ack`` takes no lock here: each acknowledgement is one compare-and-set on the row's
+   version in the database (``GMState.ack_down``), so an ack of an old version matches nothing
+   once a newer one is recorded, whatever runs beside it.
 
 An object's sent version only moves when what is sent changes (``include_status=False`` kinds
 such as Dataset ignore status-only changes), so a node is not sent its own dataset counts back.
@@ -35,17 +63,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-from lifelong.cloud.backoff import exponential, wait_seconds
 from lifelong.cloud.gmstate import DownRow, GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.stores.base import Object
+from lifelong.common.backoff import exponential, wait_seconds
 from lifelong.common.codec import Codec, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, LifelongError, PayloadTooLarge, TopicError
+from lifelong.common.messages import Applied, ResourceRef, SeqAck, Sync
 from lifelong.common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -70,6 +99,40 @@ class Unsendable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class KeyedLocks:
+    """One re-entrant lock per key, made on first use and forgotten when nobody holds or waits
+    for it (so a GM with many nodes and objects keeps only the locks in use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Hashable, tuple[threading.RLock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, key: Hashable, *, wait: bool = True) -> Iterator[bool]:
+        """Hold ``key``'s lock inside the block; with ``wait=False`` the block gets False (and
+        holds nothing) if another thread holds it."""
+        with self._lock:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = (threading.RLock(), [0])
+            entry[1][0] += 1
+        acquired = False
+        try:
+            acquired = entry[0].acquire(blocking=wait)
+            yield acquired
+        finally:
+            if acquired:
+                entry[0].release()
+            with self._lock:
+                entry[1][0] -= 1
+                if entry[1][0] == 0:
+                    del self._locks[key]
+
+
+REFUSALS_REMEMBERED = 4096
+"""How many refused (node, resource, version) the log remembers, so each is logged once."""
 
 
 def _content(obj: Object | None, include_status: bool) -> Object | None:
@@ -107,9 +170,10 @@ class Delivery:
         self.resend_wait = exponential(resend_base, resend_cap)
         """The wait before resending a row after its n-th attempt (a tenacity wait strategy)."""
         self.clock = clock
-        # Rows of one (node, key) are changed under this lock, so that a hello's diff and a
-        # controller's change cannot interleave.
-        self._lock = threading.RLock()
+        self._nodes = KeyedLocks()  # see "Locking" in the module docstring
+        self._objects = KeyedLocks()
+        self._refusals_lock = threading.Lock()
+        self._refusals_logged: dict[tuple[str, Key, str], None] = {}  # insertion-ordered set
 
     # -- controllers -----------------------------------------------------------------------
     def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
@@ -117,53 +181,42 @@ class Delivery:
         rv = str(obj.get("metadata", {}).get("resourceVersion", ""))
         wanted = set(nodes)
         content = _content(obj, include_status)
-        with self._lock:
+        with self._objects.hold(key):
             rows = {row.node: row for row in self.state.down_rows(key=key)}
             for node in sorted(wanted):
                 row = rows.get(node)
                 if row is not None and row.op == "upsert" and _content(row.object, include_status) == content:
                     continue  # the node already has (or is being sent) this content
-                try:
-                    if self.state.set_down(node, key, "upsert", rv, obj):
-                        self._send_row(node, key)
-                except Exception:
-                    self._failed("want", node, key)
+                self._change("want", node, key, rv, obj)
             for node, row in rows.items():
-                if node in wanted or row.op != "upsert":
-                    continue
-                try:
-                    if self.state.set_down(node, key, "delete", rv, None):
-                        self._send_row(node, key)
-                except Exception:
-                    self._failed("want", node, key)
+                if node not in wanted and row.op == "upsert":
+                    self._change("want", node, key, rv, None)
 
     def gone(self, key: Key, rv: str) -> None:
         """The object was deleted (at version ``rv``): every node that held it gets a delete."""
-        with self._lock:
+        with self._objects.hold(key):
             for row in self.state.down_rows(key=key):
-                try:
-                    if row.op == "upsert" and self.state.set_down(row.node, key, "delete", rv, None):
-                        self._send_row(row.node, key)
-                except Exception:
-                    self._failed("gone", row.node, key)
+                if row.op == "upsert":
+                    self._change("gone", row.node, key, rv, None)
+
+    def _change(self, loop: str, node: str, key: Key, rv: str, obj: Object | None) -> None:
+        """Under the node's lock: record that it should hold ``obj`` (None: a delete) at ``rv``,
+        and send it if that changed anything and the node is online."""
+        with self._nodes.hold(node):
+            try:
+                if self.state.set_down(node, key, "upsert" if obj is not None else "delete", rv, obj):
+                    self._send_row(node, key)
+            except Exception:
+                self._failed(loop, node, key)
 
     def nodes_of(self, key: Key) -> list[str]:
         return [row.node for row in self.state.down_rows(key=key) if row.op == "upsert"]
 
     # -- upstream control messages ---------------------------------------------------------
-    def on_hello(self, node: str, held: Iterable[dict[str, Any]]) -> None:
+    def on_hello(self, node: str, held: Iterable[ResourceRef]) -> None:
         """Send ``node`` the difference between what it holds and what it should, then a sync."""
-        holds: dict[Key, str] = {}
-        malformed = 0
-        for item in held:
-            try:
-                holds[(str(item["kind"]), str(item["ns"]), str(item["name"]))] = str(item.get("rv", ""))
-            except (KeyError, TypeError, AttributeError):
-                malformed += 1
-        if malformed:
-            log.warning("hello of node %s: %d malformed resource entries ignored", node, malformed)
-            self.metrics.item_failures.labels(loop="hello").inc(malformed)
-        with self._lock:
+        holds: dict[Key, str] = {item.key: item.rv for item in held}
+        with self._nodes.hold(node):
             # One short transaction for the node's rows (a hello diff of hundreds of resources
             # is one commit); building and publishing the messages come after it.
             to_send: list[DownRow] = []
@@ -190,9 +243,14 @@ class Delivery:
                     dropped.add(row.key)
                 else:
                     self._publish(message)
-            kept = [r for r in desired if r.key not in dropped]
-            resources = [{"kind": r.kind, "ns": r.ns, "name": r.name, "rv": r.rv} for r in kept]
-            env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body={"resources": resources})
+            sync = Sync(
+                resources=[
+                    ResourceRef(kind=r.kind, ns=r.ns, name=r.name, rv=r.rv)
+                    for r in desired
+                    if r.key not in dropped
+                ]
+            )
+            env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=sync.to_body())
             self._publish_env(self.topics.down_ctl(node), env)
 
     def _diff_row(self, node: str, row: DownRow, holds: dict[Key, str]) -> bool:
@@ -208,30 +266,46 @@ class Delivery:
         self.state.drop_down(node, row.key)  # the tombstone has done its job
         return False
 
-    def on_ack(self, node: str, applied: Iterable[Any]) -> int:
+    def on_ack(self, node: str, applied: Iterable[Applied]) -> int:
         """Record the LC's acknowledgements of downstream messages (one transaction); returns how
-        many matched a row. A malformed entry is logged, counted and skipped."""
-        acks: list[tuple[Key, str, str]] = []
-        for item in applied:
-            try:
-                key = (str(item["kind"]), str(item["ns"]), str(item["name"]))
-                acks.append((key, str(item["rv"]), str(item.get("op", ""))))
-            except (KeyError, TypeError, AttributeError):
-                log.warning("ack of node %s: malformed entry ignored: %.200r", node, item)
-                self.metrics.item_failures.labels(loop="ack").inc()
+        many matched a row. An item with ``refused`` acknowledges its row too (see above)."""
         count = 0
-        with self._lock, self.state.transaction():  # one commit per ack message
-            for key, rv, op in acks:
+        with self.state.transaction():  # one commit per ack message
+            for item in applied:
+                key = (item.kind, item.ns, item.name)
+                rv = item.rv if item.rv is not None else ""
                 try:
-                    if self.state.ack_down(node, key, rv, op):
+                    if self.state.ack_down(node, key, rv, item.op):
                         count += 1
                 except Exception:
                     self._failed("ack", node, key)
+                if item.refused is not None:
+                    self._refused(node, key, rv, item.refused)
         return count
+
+    def _refused(self, node: str, key: Key, rv: str, why: str) -> None:
+        self.metrics.downstream_refused.labels(kind=key[0]).inc()
+        with self._refusals_lock:
+            seen = (node, key, rv) in self._refusals_logged
+            if not seen:
+                if len(self._refusals_logged) >= REFUSALS_REMEMBERED:
+                    del self._refusals_logged[next(iter(self._refusals_logged))]
+                self._refusals_logged[(node, key, rv)] = None
+        log.log(
+            logging.DEBUG if seen else logging.WARNING,
+            "node %s refused %s/%s/%.100s rv=%s (acknowledged, not resent): %.300s",
+            node,
+            key[0],
+            key[1],
+            key[2],
+            rv,
+            why,
+        )
 
     def ack_upstream(self, node: str, epoch: str, seqs: list[int]) -> bool:
         """Tell ``node`` its reports ``seqs`` are applied. False if it could not be published."""
-        env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.ACK, body={"epoch": epoch, "seqs": seqs})
+        body = SeqAck(epoch=epoch, seqs=seqs).to_body()
+        env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.ACK, body=body)
         return self._publish_env(self.topics.down_ctl(node), env)
 
     # -- resend ----------------------------------------------------------------------------
@@ -240,22 +314,38 @@ class Delivery:
         return wait_seconds(self.resend_wait, attempts)
 
     def resend_due(self, now: float | None = None) -> int:
-        """Resend every unacknowledged row of an online node whose backoff has passed."""
+        """Resend every unacknowledged row of an online node whose backoff has passed.
+
+        The rows due are found in one query; each node's are then read again and sent under
+        the node's lock (a hello diff or a change may have sent them meanwhile). A node whose
+        lock is held is skipped, not waited for: its rows still due are resent at the next tick."""
         now = self.clock() if now is None else now
         online = {n.node for n in self.state.nodes() if n.online}
+        nodes = sorted(
+            {row.node for row in self.state.down_rows(unacked=True) if self._due(row, online, now)}
+        )
         sent = 0
-        with self._lock:
-            for row in self.state.down_rows(unacked=True):
-                if row.acked or row.node not in online:
-                    continue
-                if now - row.last_sent < self.backoff(row.attempts):
-                    continue
+        for node in nodes:
+            with self._nodes.hold(node, wait=False) as free:
+                if not free:
+                    continue  # busy sending this node's rows: what is still due goes next tick
                 try:
-                    if self._send(row):
-                        sent += 1
+                    rows = self.state.down_rows(node=node, unacked=True)
                 except Exception:
-                    self._failed("resend", row.node, row.key)
+                    self._failed("resend", node, ("", "", ""))
+                    continue
+                for row in rows:
+                    if not self._due(row, online, now):
+                        continue
+                    try:
+                        if self._send(row):
+                            sent += 1
+                    except Exception:
+                        self._failed("resend", row.node, row.key)
         return sent
+
+    def _due(self, row: DownRow, online: set[str], now: float) -> bool:
+        return not row.acked and row.node in online and now - row.last_sent >= self.backoff(row.attempts)
 
     # -- sending ---------------------------------------------------------------------------
     def _send_row(self, node: str, key: Key) -> None:

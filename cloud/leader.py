@@ -117,6 +117,12 @@ class LeaderElector:
     def is_leader(self) -> bool:
         return self._leading.is_set()
 
+    @property
+    def observed_holder(self) -> str | None:
+        """Who held the Lease when this elector last read it (None before its first read, or
+        while the Lease has no holder); for ``lifelong gm``'s logs and for tests."""
+        return (self._observed.holder or None) if self._observed is not None else None
+
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         return self._leading.wait(timeout)
 

@@ -78,6 +78,12 @@ class GMMetrics:
             ["reason"],
             registry=r,
         )
+        self.downstream_refused = Counter(
+            "lifelong_gm_downstream_refused",
+            "Downstream objects a node refused (its ack says why; acknowledged, not resent), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.item_failures = Counter(
             "lifelong_gm_item_failures",
             "Items a GM loop could not handle (logged with their key, skipped or retried), by loop",

@@ -17,7 +17,7 @@ Two kinds of work, chosen by the caller:
   workqueue collapses a key already waiting the same way); the newest ``fn`` is kept, because it
   carries the newest event. Never merged across an ordered task: order between the two kinds
   is kept. A reconcile that raises is retried after its key's next wait from a
-  :class:`~lifelong.cloud.backoff.FailureBackoff` (tenacity's jittered exponential wait, per key,
+  :class:`~lifelong.common.backoff.FailureBackoff` (tenacity's jittered exponential wait, per key,
   like client-go's ``ItemExponentialFailureRateLimiter``); a success forgets the key's failures.
   A retry is dropped when newer work superseded it: another ``reconcile`` of the key, or an
   ordered task submitted with ``supersede=True`` (a delete).
@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from lifelong.cloud.backoff import FailureBackoff, exponential_jitter
+from lifelong.common.backoff import FailureBackoff, exponential_jitter
 
 log = logging.getLogger(__name__)
 

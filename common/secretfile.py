@@ -1,9 +1,10 @@
-"""Reading a secret (a broker password) from a file named on the command line.
+"""Reading a secret (a broker password) from a file named on the command line or in settings.
 
 Who calls it: ``lifelong gm`` (``cloud/commands.py``) and ``lifelong tail`` (``cli/tail.py``) for
-``--password-file``. The secret is the file's text without surrounding white space. A file that
-cannot be read is a :class:`~lifelong.common.errors.ConfigError` (exit status 2) naming the
-option, the path and the reason, never any of the content.
+``--password-file``, and the LC's settings (``edge/config.py``) for ``password_file``. The secret
+is the file's text without surrounding white space. A file that cannot be read is a
+:class:`~lifelong.common.errors.ConfigError` (exit status 2) naming the option, the path and the
+reason, never any of the content.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from lifelong.common.errors import ValidationError
+from lifelong.common.secretfile import read_secret_file
 
 ENV_PREFIX = "LIFELONG_LC_"
 AGENT = "lifelong-lc/0.1.0"
@@ -97,7 +98,7 @@ class LCSettings:
     def password(self) -> str | None:
         if self.password_file is None:
             return None
-        return self.password_file.read_text().strip()
+        return read_secret_file(self.password_file, "password_file")
 
 
 _TYPES: dict[str, type] = {

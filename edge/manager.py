@@ -60,6 +60,7 @@ from typing import Any, TypeAlias
 
 from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import ValidationError
+from lifelong.common.messages import JobReady
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import Condition
 from lifelong.edge.dataset_monitor import DatasetMonitor, local_path, read_samples
@@ -465,16 +466,15 @@ class Manager:
             trainFile=str(files["train"][0]),
             evalFile=str(files["eval"][0]),
         )
-        body = {
-            "event": "ready",
-            "stage": Stage.TRAIN.value,
-            "round": rnd,
-            "data": {
+        body = JobReady(
+            stage=Stage.TRAIN,
+            round=rnd,
+            data={
                 "trainDataURL": str(files["train"][0]),
                 "evalDataURL": str(files["eval"][0]),
                 "numberOfSamples": len(samples),
             },
-        }
+        ).to_body()
         with self.store.tx():
             self._put_progress(ns, name, new_prog, out)
             self.outbox.append(JOB_KIND, ns, name, body)
@@ -513,7 +513,7 @@ class Manager:
             self._warn_once(f"eval/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no trained model yet")
             out.wake = ALWAYS  # a worker may report the model at any time
             return
-        body = {"event": "ready", "stage": Stage.EVAL.value, "round": rnd, "data": {"models": models}}
+        body = JobReady(stage=Stage.EVAL, round=rnd, data={"models": models}).to_body()
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
             self._put_progress(ns, name, prog, out)
@@ -559,7 +559,7 @@ class Manager:
             return
         model["sourceURL"] = model.get("url")
         model["url"] = str(target)
-        body = {"event": "ready", "stage": Stage.DEPLOY.value, "round": rnd, "data": {"model": model}}
+        body = JobReady(stage=Stage.DEPLOY, round=rnd, data={"model": model}).to_body()
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
             self._put_progress(ns, name, prog, out)

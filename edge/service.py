@@ -33,6 +33,7 @@ from lifelong.common.api import Dataset, parse_resource
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec
 from lifelong.common.errors import ConfigError, ValidationError
+from lifelong.common.messages import DatasetReport
 from lifelong.common.statemachine import format_time
 from lifelong.common.topics import Topics
 from lifelong.edge.config import LCSettings
@@ -76,6 +77,7 @@ class LocalController:
                 wake=self.wake,
             )
         api_port = self.worker_api.port if self.worker_api else s.worker_api_port
+        self.failures = ItemFailures(log)
         self.workers = WorkerRuntime(
             self.store,
             self.outbox,
@@ -83,10 +85,10 @@ class LocalController:
             lc_server=f"http://127.0.0.1:{api_port}",
             stop_grace=s.worker_stop_grace_seconds,
             stop_on_exit=s.stop_workers_on_exit,
+            failures=self.failures,
         )
         if self.worker_api is not None:
             self.worker_api.on_info = self.workers.note_info
-        self.failures = ItemFailures(log)
         self.manager = Manager(
             self.store,
             self.outbox,
@@ -255,7 +257,8 @@ class LocalController:
             self.store.put_record("datasets", ns, name, rec)
         if counted.count is None or counted.count == rec.get("reported"):
             return
-        body = {"numberOfSamples": counted.count, "updateTime": format_time(datetime.now(UTC))}
+        now = format_time(datetime.now(UTC))
+        body = DatasetReport(number_of_samples=counted.count, update_time=now).to_body()
         with self.store.tx():
             seq = self.outbox.append(DATASET_KIND, ns, name, body, coalesce_key=f"{DATASET_KIND}/{ns}/{name}")
             if seq is not None:

@@ -41,8 +41,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
-from tenacity import RetryCallState, wait_exponential
-
+from lifelong.common.backoff import exponential, wait_seconds
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import InvalidBody, LifelongError, NotConnected, PayloadTooLarge, ProtocolError
@@ -120,7 +119,7 @@ class Session:
         self.hello_retry_cap = hello_retry_cap
         self._clock = clock
         # the wait before the n-th hello of a row is sent again: hello_retry doubling, capped
-        self._hello_backoff = wait_exponential(multiplier=hello_retry, max=hello_retry_cap)
+        self._hello_backoff = exponential(hello_retry, hello_retry_cap)
         self._hello_attempt = 1  # hellos sent since the last sync (or connect), this one included
         self._hello_due: float | None = None  # when to say hello again if no sync arrives
         self._gm_presence_id: str | None = None  # id of the last GM presence seen
@@ -294,9 +293,7 @@ class Session:
 
     def _hello_wait(self) -> float:
         """How long the hello just sent may wait for its sync: tenacity's exponential wait."""
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = self._hello_attempt
-        return float(self._hello_backoff(state))
+        return wait_seconds(self._hello_backoff, self._hello_attempt)
 
     def _on_connected(self, first: bool) -> None:
         self.connects += 1

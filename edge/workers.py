@@ -16,7 +16,9 @@ stderr in ``<ns>_<name>.log`` there. A tiny
 known even when the LC was not the process's parent (after an LC restart).
 
 Records (``workers`` table) carry pid, the kernel start time of the pid (so a recycled pid is
-never taken for our worker), the phase and the last phase reported upstream. Phases:
+never taken for our worker), the phase and the last phase reported upstream. A start is
+recorded Running only once the kernel shows the wrapper's environment (``Popen`` returns
+before it does), so the marker search below can always find it. Phases:
 ``Pending`` (recorded, not started), ``Running``, ``Succeeded``, ``Failed``. Each change is
 reported as a ``Worker`` report through the outbox, in the same transaction that records it
 as reported.
@@ -27,6 +29,9 @@ unless ``stop_on_exit``. After a restart ``adopt`` finds each running record's p
 (pid + start time; for a record the LC died before completing, the process whose environment
 names the record's exit-code file); a process that is gone is finished from its exit-code
 file, or Failed ("lost while the LC was down").
+
+What the runtime reads of the kernel (``ProcessTable``) and its clock are constructor
+arguments, so tests can show it states a real run cannot produce on demand.
 """
 
 from __future__ import annotations
@@ -37,55 +42,113 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
+from lifelong.common.errors import InvalidBody
+from lifelong.common.messages import WorkerReport
 from lifelong.edge.db import Store
+from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
 
 log = logging.getLogger("lifelong.edge.workers")
 
 WORKER_KIND = "Worker"
 PHASES = ("Pending", "Running", "Succeeded", "Failed")
+MARKER = "LIFELONG_EXIT_FILE"  # names the exit-code file; the wrapper's environment shows it
+SHOW_TIMEOUT = 5.0  # the longest a start waits for the kernel to show the wrapper's environment
 _WRAPPER = (
     '"$@"; rc=$?; echo "$rc" > "$LIFELONG_EXIT_FILE.tmp" && '
     'mv "$LIFELONG_EXIT_FILE.tmp" "$LIFELONG_EXIT_FILE"; exit "$rc"'
 )
 
 
+class ProcessTable:
+    """What the runtime reads of the kernel's process table: ``/proc`` under ``root`` (a
+    worker's start time, process group and environment) and whether a process group lives.
+
+    The runtime takes one as a constructor argument (the real one by default); tests give a
+    subclass to show states a real run cannot produce on demand (a reused pid, an exec the
+    kernel has not finished).
+    """
+
+    def __init__(self, root: Path = Path("/proc")) -> None:
+        self.root = root
+
+    def _stat(self, pid: int) -> tuple[str, int, int] | None:
+        """(state, process group, start time in clock ticks since boot) of ``pid``."""
+        try:
+            stat = (self.root / str(pid) / "stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return fields[0], int(fields[2]), int(fields[19])
+
+    def start_time(self, pid: int) -> int | None:
+        """The kernel start time of ``pid``; None if it does not exist or is a zombie."""
+        stat = self._stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            return None
+        return stat[2]
+
+    def environ(self, pid: int) -> list[bytes]:
+        """The environment ``pid`` was started with (``NAME=value`` items). Empty while the
+        kernel is still setting up an exec (after ``Popen`` has returned: the parent resumes
+        before the new program's environment is laid out), for a zombie, a kernel thread, a
+        process that is gone or one we may not read."""
+        try:
+            data = (self.root / str(pid) / "environ").read_bytes()
+        except OSError:
+            return []
+        return data.split(b"\0") if data else []
+
+    def shows_marker(self, pid: int, exit_file: str) -> bool:
+        return f"{MARKER}={exit_file}".encode() in self.environ(pid)
+
+    def find_by_marker(self, exit_file: str) -> int | None:
+        """The live wrapper process whose environment carries ``LIFELONG_EXIT_FILE=<exit_file>``,
+        for a worker started just before the LC died without recording its pid.
+
+        The worker the wrapper forked carries the same marker; only the wrapper leads its own
+        process group. Both are checked, whatever their order in /proc (pids wrap around).
+        """
+        for entry in self.root.iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            stat = self._stat(pid)
+            if stat is None or stat[0] in ("Z", "X") or stat[1] != pid:
+                continue
+            if self.shows_marker(pid, exit_file):
+                return pid
+        return None
+
+    def group_alive(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def still_ours(self, pgid: int, start_time: Any) -> bool:
+        """Is process group ``pgid`` still the worker's? Its leader is the one started at
+        ``start_time``, or the leader is gone while the group lives on (Linux never hands out a
+        pid that is still a live group's id). A pid reused by an unrelated process is not ours."""
+        leader = self.start_time(pgid)
+        if leader is None:
+            return self.group_alive(pgid)
+        return start_time is not None and leader == start_time
+
+
 def proc_start_time(pid: int) -> int | None:
     """The kernel start time of ``pid`` (clock ticks since boot), None if it does not exist
     or is a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def find_by_marker(exit_file: str) -> int | None:
-    """The live wrapper process whose environment carries ``LIFELONG_EXIT_FILE=<exit_file>``,
-    for a worker started just before the LC died without recording its pid.
-
-    The worker the wrapper forked carries the same marker; only the wrapper leads its own
-    process group. Both are checked, whatever their order in /proc (pids wrap around).
-    """
-    marker = f"LIFELONG_EXIT_FILE={exit_file}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            env = (entry / "environ").read_bytes()
-            leader = os.getpgid(pid) == pid
-        except OSError:
-            continue
-        if leader and marker in env.split(b"\0") and proc_start_time(pid) is not None:
-            return pid
-    return None
+    return ProcessTable().start_time(pid)
 
 
 _FIELD_REFS = ("metadata.name", "metadata.namespace", "spec.nodeName")
@@ -119,26 +182,6 @@ def container_env(
     return env, unsupported
 
 
-def _still_ours(pgid: int, start_time: Any) -> bool:
-    """Is process group ``pgid`` still the worker's? Its leader is the one started at
-    ``start_time``, or the leader is gone while the group lives on (Linux never hands out a
-    pid that is still a live group's id). A pid reused by an unrelated process is not ours."""
-    leader = proc_start_time(pgid)
-    if leader is None:
-        return _group_alive(pgid)
-    return start_time is not None and leader == start_time
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class WorkerRuntime:
     def __init__(
         self,
@@ -149,6 +192,9 @@ class WorkerRuntime:
         lc_server: str,
         stop_grace: float = 10.0,
         stop_on_exit: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        processes: ProcessTable | None = None,
+        failures: ItemFailures | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -156,6 +202,9 @@ class WorkerRuntime:
         self.lc_server = lc_server
         self.stop_grace = stop_grace
         self.stop_on_exit = stop_on_exit
+        self.clock = clock
+        self.procs = processes or ProcessTable()
+        self.failures = failures or ItemFailures(log)
         self._children: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         # key -> (pgid, its leader's start time, when to SIGKILL)
         self._stopping: dict[tuple[str, str], tuple[int, Any, float]] = {}
@@ -192,13 +241,13 @@ class WorkerRuntime:
             if rec.get("phase") not in ("Pending", "Running"):
                 continue
             pid = rec.get("pid")
-            if pid and proc_start_time(pid) == rec.get("startTime"):
+            if pid and self.procs.start_time(pid) == rec.get("startTime"):
                 log.info("worker %s/%s: adopted running process %d", ns, name, pid)
                 continue
             if not pid:
-                found = find_by_marker(str(Path(rec["dir"]) / "exit-code"))
+                found = self.procs.find_by_marker(str(Path(rec["dir"]) / "exit-code"))
                 if found is not None:
-                    rec.update(phase="Running", pid=found, startTime=proc_start_time(found))
+                    rec.update(phase="Running", pid=found, startTime=self.procs.start_time(found))
                     self.store.put_record("workers", ns, name, rec)
                     log.info("worker %s/%s: found its unrecorded process %d", ns, name, found)
                     continue
@@ -263,8 +312,8 @@ class WorkerRuntime:
             LC_SERVER=self.lc_server,
             WORKER_NAME=name,
             NAMESPACE=ns,
-            LIFELONG_EXIT_FILE=str(exit_file),
         )
+        env[MARKER] = str(exit_file)
         env.setdefault("JOB_NAME", str(spec.get("job") or ""))
         cwd = container.get("workingDir") or str(home)
         self.store.put_record("workers", ns, name, rec)  # Pending before the process exists
@@ -284,9 +333,39 @@ class WorkerRuntime:
             self.store.put_record("workers", ns, name, rec)
             return
         self._children[(ns, name)] = proc
-        rec.update(phase="Running", pid=proc.pid, startTime=proc_start_time(proc.pid))
+        self._await_environment(ns, name, proc, str(exit_file))
+        rec.update(phase="Running", pid=proc.pid, startTime=self.procs.start_time(proc.pid))
         self.store.put_record("workers", ns, name, rec)
         log.info("worker %s/%s job=%s stage=%s: started pid %d", ns, name, rec["job"], rec["stage"], proc.pid)
+
+    def _await_environment(self, ns: str, name: str, proc: subprocess.Popen[bytes], exit_file: str) -> None:
+        """Return once the kernel shows the new wrapper's environment (or the wrapper has ended).
+
+        ``Popen`` returns as soon as the exec has passed the point of no return, before the
+        kernel has laid out the new program's environment: until then ``/proc/PID/environ``
+        reads empty, and ``adopt`` (the marker search) cannot find the wrapper. On a busy
+        machine that lasts milliseconds. The runtime reports a worker as started only once it
+        can be found again, so a record that lost its pid is always found by its marker.
+        """
+
+        def shown() -> bool:
+            return self.procs.shows_marker(proc.pid, exit_file) or proc.poll() is not None
+
+        shown_in_time = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(SHOW_TIMEOUT),
+            wait=tenacity.wait_exponential(multiplier=0.0005, max=0.05),
+            retry=tenacity.retry_if_result(lambda ok: not ok),
+            retry_error_callback=lambda _state: False,
+        )(shown)
+        if not shown_in_time:
+            log.warning(
+                "worker %s/%s: pid %d has not shown its environment after %.0fs; an LC restart "
+                "before its pid is recorded could not find it",
+                ns,
+                name,
+                proc.pid,
+                SHOW_TIMEOUT,
+            )
 
     def _poll(self, ns: str, name: str, rec: dict[str, Any]) -> None:
         child = self._children.get((ns, name))
@@ -296,7 +375,7 @@ class WorkerRuntime:
             self._children.pop((ns, name), None)
         else:
             pid = rec.get("pid")
-            if pid and proc_start_time(pid) == rec.get("startTime"):
+            if pid and self.procs.start_time(pid) == rec.get("startTime"):
                 return
         self._finish(ns, name, rec, lost=False)
 
@@ -327,15 +406,24 @@ class WorkerRuntime:
             phase = rec.get("phase")
             if phase == rec.get("reported") or phase == "Pending":
                 continue
-            body = {
-                "job": rec.get("job"),
-                "stage": rec.get("stage"),
-                "round": rec.get("round"),
-                "phase": phase,
-                "exitCode": rec.get("exitCode"),
-                "message": rec.get("message", ""),
-                "output": {"models": rec.get("results") or []} if phase == "Succeeded" else {},
-            }
+            try:
+                body = WorkerReport.parse(
+                    {
+                        "job": rec.get("job"),
+                        "stage": rec.get("stage"),
+                        "round": rec.get("round"),
+                        "phase": phase,
+                        "exitCode": rec.get("exitCode"),
+                        "message": rec.get("message", ""),
+                        "output": {"models": rec.get("results") or []} if phase == "Succeeded" else {},
+                    }
+                ).to_body()
+            except InvalidBody as exc:
+                # Only a damaged record can fail here (it was made from a Worker the model took):
+                # logged once and skipped; the other workers are still reported.
+                self.failures.failed("worker-reports", f"{ns}/{name}", str(exc))
+                continue
+            self.failures.ok("worker-reports", f"{ns}/{name}")
             try:
                 with self.store.tx():
                     rec["reported"] = phase
@@ -350,21 +438,21 @@ class WorkerRuntime:
         pid = rec.get("pid")
         if isinstance(pid, int) and pid > 0 and rec.get("phase") == "Running" and key not in self._stopping:
             child = self._children.get(key)
-            ours = child is not None or proc_start_time(pid) == rec.get("startTime")
-            if ours and _group_alive(pid):
+            ours = child is not None or self.procs.start_time(pid) == rec.get("startTime")
+            if ours and self.procs.group_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGTERM)
-                self._stopping[key] = (pid, rec.get("startTime"), time.monotonic() + self.stop_grace)
+                self._stopping[key] = (pid, rec.get("startTime"), self.clock() + self.stop_grace)
                 log.info("worker %s/%s: deleted, sent SIGTERM to group %d", key[0], key[1], pid)
         self.store.delete_record("workers", *key)
 
     def _check_stopping(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for key, (pgid, started, kill_at) in list(self._stopping.items()):
             child = self._children.get(key)
             if child is not None:
                 child.poll()
-            if not _group_alive(pgid) or not _still_ours(pgid, started):
+            if not self.procs.group_alive(pgid) or not self.procs.still_ours(pgid, started):
                 self._stopping.pop(key, None)
                 self._children.pop(key, None)
                 continue
@@ -383,18 +471,18 @@ class WorkerRuntime:
         """LC exit: leave workers running (adopted after restart) unless ``stop_on_exit``."""
         if not self.stop_on_exit:
             return
-        deadline = time.monotonic() + self.stop_grace
+        deadline = self.clock() + self.stop_grace
         groups = [
             rec["pid"]
             for _ns, _n, rec in self.store.records("workers")
             if rec.get("phase") == "Running"
             and isinstance(rec.get("pid"), int)
-            and _still_ours(rec["pid"], rec.get("startTime"))
+            and self.procs.still_ours(rec["pid"], rec.get("startTime"))
         ]
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGTERM)
-        while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        while any(self.procs.group_alive(g) for g in groups) and self.clock() < deadline:
             for child in self._children.values():
                 child.poll()
             time.sleep(0.05)

@@ -1,19 +1,25 @@
-"""What every controller offers the service, and the outcome of applying a report.
+"""What every controller offers the service, what it may call on the delivery, and the outcome
+of applying a report.
 
 Who uses it: ``cloud/controllers/registry.py`` (controllers by kind), ``cloud/intake.py``
-(applying reports) and the service's store watch (``on_event``).
+(parsing and applying reports), the service's store watch (``on_event``), and the controllers
+themselves (``Sender``: the part of ``cloud/delivery.py`` they are handed, so that they never
+import the bus side).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
-from lifelong.cloud.stores.base import WatchEvent
+from lifelong.cloud.stores.base import Object, WatchEvent
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import ProtocolError
 
 Key = tuple[str, str, str]
+R = TypeVar("R")
+"""The model of a controller's report body (``DatasetReport``, ``JobReport``, ``WorkerReport``)."""
 
 
 class Outcome(StrEnum):
@@ -22,9 +28,10 @@ class Outcome(StrEnum):
 
 
 class ReportRejected(ProtocolError):
-    """A report that can never be applied (bad body, unknown resource, illegal event).
+    """A report that can never be applied (unknown resource, wrong node, illegal event).
 
-    Counted by ``reason`` and acknowledged, so that the LC stops resending it.
+    Counted by ``reason`` and acknowledged, so that the LC stops resending it. (A body the
+    models refuse never reaches a controller: the intake refuses it as ``invalid``.)
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -32,14 +39,31 @@ class ReportRejected(ProtocolError):
         self.reason = reason
 
 
-class Controller(Protocol):
+class Sender(Protocol):
+    """What a controller asks of the downstream delivery (``cloud/delivery.py``'s ``Delivery``)."""
+
+    def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
+        """``nodes`` should hold ``obj`` at its version; any other node that held it gets a delete."""
+
+    def gone(self, key: Key, rv: str) -> None:
+        """The object was deleted at version ``rv``: every node that held it gets a delete."""
+
+
+class Controller(Protocol[R]):
+    """A controller of one kind; ``R`` is the model of that kind's report body."""
+
     kind: str
 
     def on_event(self, event: WatchEvent) -> None:
         """A store change of an object of this kind (runs on the object's work queue)."""
 
-    def report_key(self, env: Envelope) -> Key:
+    def parse_report(self, body: Any) -> R:
+        """The model of a report body of this kind; ``InvalidBody`` (naming the field) if refused.
+
+        Called by the intake at the door, once per report, before anything else sees the body."""
+
+    def report_key(self, env: Envelope, report: R) -> Key:
         """The work-queue key a report is applied under (the object whose state it changes)."""
 
-    def apply_report(self, node: str, env: Envelope) -> Outcome:
+    def apply_report(self, node: str, env: Envelope, report: R) -> Outcome:
         """Apply one upstream report durably; raise ``ReportRejected`` if it never can be."""

@@ -40,8 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lifelong.cloud.backoff import exponential_jitter, wait_seconds
 from lifelong.cloud.runtimes.base import Phase, WorkerPhase, WorkerRuntime, WorkerSpec
+from lifelong.common.backoff import exponential_jitter, wait_seconds
 from lifelong.common.errors import LifelongError
 from lifelong.common.stages import Stage
 

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from lifelong.cloud.backoff import exponential_jitter, wait_seconds
 from lifelong.cloud.stores.base import (
     Conflict,
     EventType,
@@ -50,6 +49,7 @@ from lifelong.cloud.stores.base import (
     read,
 )
 from lifelong.common.api import Dataset, LifelongLearningJob
+from lifelong.common.backoff import exponential_jitter, wait_seconds
 from lifelong.common.stages import ConditionType
 from lifelong.common.statemachine import Condition, format_time
 

@@ -60,7 +60,7 @@ def test_gm_state_lost_and_restarted_while_the_lc_stays_connected(rig: Rig, brok
     every = before + during + after
     assert [s for s in every if counts[(epoch, s)] != 1] == []
     infos = worker_infos(rig.gm)
-    assert all(infos.get(f"w{i}") == i for i in range(REPORTS, 3 * REPORTS))
+    assert all(infos.get(f"w{i}") == {"n": i} for i in range(REPORTS, 3 * REPORTS))
     tally.runs = 1
     tally.count(rig.gm, epoch, during)
     tally.count(rig.gm, epoch, after)

@@ -192,7 +192,7 @@ def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broke
         tally.converge_seconds.append(time.monotonic() - t0)
         tally.runs = 1
         tally.count(rig.gm, epoch, seqs)
-        assert worker_infos(rig.gm)["w299"] == 299
+        assert worker_infos(rig.gm)["w299"] == {"n": 299}
         tally.note = (
             "require_certificate + use_identity_as_username; impostor (node-b cert as node-a) kept out"
         )
@@ -247,7 +247,7 @@ def test_a_replayed_old_report_is_ignored(tmp_path: Path, broker: Broker) -> Non
         epoch = epoch_of(rig.lc.state_dir)
         seqs = queue_reports(rig.lc.state_dir, 0, 5)
         rig.wait_drained(epoch, seqs)
-        assert worker_infos(rig.gm)["w0"] == 0
+        assert worker_infos(rig.gm)["w0"] == {"n": 0}
         topics = Topics(broker.prefix)
         replay = Envelope.new(
             node=NODE,
@@ -256,7 +256,7 @@ def test_a_replayed_old_report_is_ignored(tmp_path: Path, broker: Broker) -> Non
             name="job1",
             op=Op.REPORT,
             seq=seqs[0],
-            body={"event": "workerInfo", "worker": "w0", "info": "replayed"},
+            body={"event": "workerInfo", "worker": "w0", "info": {"n": "replayed"}},
         )
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"replayer-{uuid.uuid4().hex[:6]}")
         client.connect(broker.host, broker.port)
@@ -279,7 +279,7 @@ def test_a_replayed_old_report_is_ignored(tmp_path: Path, broker: Broker) -> Non
             )
 
         wait_for(lambda: duplicates() >= 3, timeout=20, what="three duplicates counted")
-        assert worker_infos(rig.gm)["w0"] == 0  # the replay changed nothing
+        assert worker_infos(rig.gm)["w0"] == {"n": 0}  # the replay changed nothing
         assert applied_counts(rig.gm)[(epoch, seqs[0])] == 1
         t = Tally("replayed old report (same node/epoch/seq, new body)", broker.kind, runs=1, tried=3)
         t.note = "3 replays: counted as duplicates, acknowledged, never applied"

@@ -4,10 +4,10 @@ counts of what was sent, applied, duplicated and lost, and the results file.
 How reports are counted, end to end with the real processes:
 
 * **tried**: the reports put into the LC's outbox. The suite queues ``workerInfo`` reports,
-  each for its own worker name (``w<i>``, info ``i``), with the LC's own ``Outbox`` code, and
-  lets the running LC queue more while faults happen.
+  each for its own worker name (``w<i>``, info ``{"n": i}``: the protocol's ``info`` is a map),
+  with the LC's own ``Outbox`` code, and lets the running LC queue more while faults happen.
 * **applied**: the report's effect is in the GM's own database (worker ``w<i>`` holds info
-  ``i``) once the LC's outbox is empty; **lost**: it is not.
+  ``{"n": i}``) once the LC's outbox is empty; **lost**: it is not.
 * **duplicated**: the GM's upstream logs ``report NODE/EPOCH/SEQ applied`` (DEBUG, which
   ``GMProcess`` runs with) each time a controller changed state for a report, before the seq
   is recorded; the GM log file is appended to across restarts, so a report applied twice
@@ -103,7 +103,7 @@ def manifests(data: Path) -> list[dict[str, Any]]:
 
 
 class Batch(list[int]):
-    """The seqs of queued reports; ``self[k]`` carries worker ``w<start + k>`` with info ``start + k``."""
+    """The seqs of queued reports; ``self[k]`` carries worker ``w<start + k>``, info ``{"n": start + k}``."""
 
     start: int = 0
 
@@ -125,7 +125,10 @@ def queue_reports(state_dir: Path, start: int, count: int) -> Batch:
         with store.tx():
             for i in range(start, start + count):
                 seq = outbox.append(
-                    "LifelongLearningJob", NS, JOB, {"event": "workerInfo", "worker": f"w{i}", "info": i}
+                    "LifelongLearningJob",
+                    NS,
+                    JOB,
+                    {"event": "workerInfo", "worker": f"w{i}", "info": {"n": i}},
                 )
                 assert seq is not None
                 seqs.append(seq)
@@ -207,7 +210,7 @@ class Tally:
         counts = applied_counts(gm)
         reruns = applied_counts(gm, outcome="duplicate")
         infos = worker_infos(gm)
-        held = {seq for seq, i in seqs.workers().items() if infos.get(f"w{i}") == i}
+        held = {seq for seq, i in seqs.workers().items() if infos.get(f"w{i}") == {"n": i}}
         self.tried += len(seqs)
         self.applied += len(held)
         self.lost += len(seqs) - len(held)

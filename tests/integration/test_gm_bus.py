@@ -321,3 +321,35 @@ def test_a_broker_restart_without_persistence_converges(gm: GMService, lc: PahoL
     wait_for(lambda: any(e.op is Op.SYNC for e in lc.envelopes()[before:]), what="the sync after the restart")
     after = {(e.op, e.kind) for e in lc.envelopes()[before:]}
     assert {(Op.UPSERT, "Dataset"), (Op.UPSERT, "LifelongLearningJob")} <= after
+
+
+def test_an_object_the_lc_refuses_is_acked_counted_and_not_resent(gm: GMService, lc: PahoLC) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    api(gm, "POST", "/api/v1/apply", DATASET)
+    wait_for(lambda: lc.envelopes(Op.UPSERT, "Dataset"), what="the dataset sent")
+    upsert = lc.envelopes(Op.UPSERT, "Dataset")[-1]
+    why = "upsert body: object.spec.url: Input should be a valid string"
+    applied = [
+        {"kind": "Dataset", "ns": "default", "name": "ds1", "rv": upsert.rv, "op": "upsert", "refused": why}
+    ]
+    env = Envelope.new(node=lc.node, kind=CONTROL_KIND, op=Op.ACK, body={"applied": applied})
+    lc.send(lc.topics.up_ctl(lc.node), encode(env))
+    wait_for(lambda: gm.state.unacked_counts().get("node-a", 0) == 0, what="the refusal taken as an ack")
+    assert b'lifelong_gm_downstream_refused_total{kind="Dataset"} 1.0' in api(gm, "GET", "/metrics")
+    count = len(lc.envelopes(Op.UPSERT, "Dataset"))
+    # the resend ticker runs every 0.1 s: give it a few rounds (a deadline, not a sleep)
+    assert not _true_within(lambda: len(lc.envelopes(Op.UPSERT, "Dataset")) > count, 1.5)
+
+
+def test_a_report_the_models_refuse_is_acked_and_counted_and_a_good_one_still_applies(
+    gm: GMService, lc: PahoLC
+) -> None:
+    lc.hello()
+    wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
+    api(gm, "POST", "/api/v1/apply", DATASET)
+    bad = lc.report("Dataset", "ds1", {"numberOfSamples": "12", "updateTime": "2026-05-01T00:00:00Z"})
+    good = lc.report("Dataset", "ds1", {"numberOfSamples": 7, "updateTime": "2026-05-01T00:00:00Z"})
+    wait_for(lambda: {bad, good} <= set(lc.acked_seqs()), what="both acked (the bad one is never resent)")
+    assert gm.metrics.upstream_rejected.labels(reason="invalid")._value.get() == 1
+    assert api(gm, "GET", "/api/v1/Dataset/default/ds1")["status"]["numberOfSamples"] == 7

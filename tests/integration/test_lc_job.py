@@ -129,8 +129,8 @@ def test_worker_info_before_job_is_kept_then_delivered(gm: FakeGM, lc: LCProcess
     body = {"name": "j2-train-1", "namespace": NS, "ownerName": "j2", "kind": "train", "status": "completed"}
     assert _post_info(lc.api_port, "j2-train-1", body) == 200
     # The LC does not hold j2: nothing goes up, the post is kept.
-    gm.upsert(dataset("ds2", NODE, tmp_path / "none.txt"))
-    wait_for(lambda: gm.acked("Dataset", "ds2", str(gm._rv)), what="dataset stored")
+    ds_rv = gm.upsert(dataset("ds2", NODE, tmp_path / "none.txt"))
+    wait_for(lambda: gm.acked("Dataset", "ds2", ds_rv), what="dataset stored")
     assert gm.job_events("workerInfo") == []
     gm.upsert(job("j2", NODE, "ds2", tmp_path / "out", [cond("Train", "Waiting")], check_period=1))
     infos = wait_for(lambda: gm.job_events("workerInfo"), what="workerInfo report")

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from harness.waiting import DeadlineExceeded, wait_for
 
-from lifelong.cloud.backoff import FailureBackoff, exponential, exponential_jitter, wait_seconds
 from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.common.backoff import FailureBackoff, exponential, exponential_jitter, wait_seconds
 
 
 def test_tasks_of_one_key_run_in_order() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.common.errors import ValidationError
+from lifelong.common.errors import ConfigError, ValidationError
 from lifelong.edge.config import load
 
 
@@ -44,3 +44,13 @@ def test_unknown_config_key(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as info:
         load({}, {}, cfg)
     assert info.value.path == "brokr"
+
+
+def test_an_unreadable_password_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("  s3cret\n")
+    assert load({"node": "n", "password_file": str(secret)}).password() == "s3cret"
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError, match=f"password_file {missing}: No such file") as info:
+        load({"node": "n", "password_file": str(missing)}).password()
+    assert info.value.exit_code == 2

@@ -1,25 +1,78 @@
 """The worker runtime (``lifelong.edge.workers``) without a broker: exit codes through the
-wrapper, stop on delete, and finding workers again after an LC restart."""
+wrapper, stop on delete, and finding workers again after an LC restart. The runtime's seams
+(``clock``, ``processes``) stand in for time and for process-table states a real run cannot
+produce on demand."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from harness.lc_objects import worker
 from harness.waiting import wait_for
 
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
-from lifelong.edge.workers import WorkerRuntime, container_env, find_by_marker, proc_start_time
+from lifelong.edge.workers import ProcessTable, WorkerRuntime, container_env, proc_start_time
 
 
-def _runtime(store: Store, tmp_path: Path) -> WorkerRuntime:
+def _runtime(store: Store, tmp_path: Path, **seams: Any) -> WorkerRuntime:
     return WorkerRuntime(
-        store, Outbox(store), tmp_path / "workers", lc_server="http://127.0.0.1:1", stop_grace=5
+        store, Outbox(store), tmp_path / "workers", lc_server="http://127.0.0.1:1", stop_grace=5, **seams
     )
+
+
+class ManualClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowExecFake(ProcessTable):
+    """The real process table, except that each process's environment reads empty the first
+    ``hidden`` times, as the kernel shows it while it is still finishing the exec that
+    ``Popen`` has already returned from (on a busy machine that lasts milliseconds; a real
+    run shows it only when the spawning process keeps the CPU, e.g. under real-time priority)."""
+
+    def __init__(self, hidden: int = 3) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.reads: Counter[int] = Counter()
+
+    def environ(self, pid: int) -> list[bytes]:
+        self.reads[pid] += 1
+        return [] if self.reads[pid] <= self.hidden else super().environ(pid)
+
+
+class ReusedPidsFake(ProcessTable):
+    """The real process table, except that the pids in ``reused`` report another start time:
+    the process that had the pid is gone and an unrelated one got it (pids wrap around)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reused: set[int] = set()
+
+    def start_time(self, pid: int) -> int | None:
+        started = super().start_time(pid)
+        return started + 1 if started is not None and pid in self.reused else started
+
+
+def _kill_and_reap(pid: int) -> None:
+    """SIGKILL a worker's group and reap its wrapper (the test's process started it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _reports(store: Store) -> list[tuple[str, str, int | None]]:
@@ -79,7 +132,9 @@ def test_restart_finds_recorded_and_unrecorded_processes(tmp_path: Path) -> None
         store.put_resource("Worker", "default", w["metadata"]["name"], str(rnd), w)
     rt.reconcile()
     pids = [store.get_record("workers", "default", f"j-train-{r}")["pid"] for r in (1, 2)]
-    # As if the LC died right after starting worker 2, before recording its pid.
+    # As if the LC died right after starting worker 2, before recording its pid. The marker
+    # search follows within milliseconds of the start, before the kernel may have finished
+    # that exec: the start itself must have made the wrapper findable (see the next test).
     rec = store.get_record("workers", "default", "j-train-2")
     rec.update(pid=None, startTime=None, phase="Pending")
     store.put_record("workers", "default", "j-train-2", rec)
@@ -93,17 +148,30 @@ def test_restart_finds_recorded_and_unrecorded_processes(tmp_path: Path) -> None
         assert store.get_record("workers", "default", "j-train-2")["phase"] == "Running"
     finally:
         for pid in pids:
-            os.killpg(pid, 9)
-
-    def reaped() -> bool:
-        for child in rt._children.values():
-            child.poll()  # the first runtime is their parent: reap the zombies
-        return all(proc_start_time(p) is None for p in pids)
-
-    wait_for(reaped, what="the killed workers to be gone")
+            _kill_and_reap(pid)  # this process is their parent (the first runtime ran here)
+    assert all(proc_start_time(p) is None for p in pids)
     again.reconcile()
     assert {p for n, p, _ in _reports(store)} == {"Running", "Failed"}  # killed: no exit code file
     store.close()
+
+
+def test_a_started_worker_can_be_found_by_its_marker_at_once(tmp_path: Path) -> None:
+    # Popen returns before the kernel shows the new wrapper's environment. A runtime that
+    # recorded the worker at that moment left a window in which an LC restart (here: the
+    # marker search right after the start) could not find it: the adoption test failed so.
+    store = Store(tmp_path / "lc.db", sync="normal")
+    procs = SlowExecFake()
+    rt = _runtime(store, tmp_path, processes=procs)
+    w = worker("j", "Train", 1, "import time; time.sleep(60)")
+    store.put_resource("Worker", "default", w["metadata"]["name"], "1", w)
+    rt.reconcile()
+    rec = store.get_record("workers", "default", "j-train-1")
+    try:
+        assert rec["phase"] == "Running"
+        assert procs.find_by_marker(str(Path(rec["dir"]) / "exit-code")) == rec["pid"]
+    finally:
+        _kill_and_reap(rec["pid"])
+        store.close()
 
 
 def test_marker_search_finds_only_the_wrapper_not_the_worker_it_forked(tmp_path: Path) -> None:
@@ -115,10 +183,11 @@ def test_marker_search_finds_only_the_wrapper_not_the_worker_it_forked(tmp_path:
     follower = subprocess.Popen(sleeper, env=env)  # in the test's process group
     try:
         wait_for(lambda: proc_start_time(follower.pid) is not None, what="the follower to start")
-        assert find_by_marker(marker) is None
+        assert ProcessTable().find_by_marker(marker) is None
         leader = subprocess.Popen(sleeper, env=env, start_new_session=True)
         try:
-            assert wait_for(lambda: find_by_marker(marker), what="the leader to be found") == leader.pid
+            found = wait_for(lambda: ProcessTable().find_by_marker(marker), what="the leader to be found")
+            assert found == leader.pid
         finally:
             leader.kill()
             leader.wait()
@@ -148,22 +217,45 @@ def test_container_env_resolves_the_pod_fields_a_local_process_can_have() -> Non
 
 
 def test_a_reused_pid_is_never_signalled_as_a_stopping_worker(tmp_path: Path) -> None:
-    # A worker's group was being stopped; its pid now leads an unrelated process group (pids
-    # wrap around). The runtime must drop the entry, not SIGKILL the stranger.
+    # A deleted worker's group was sent SIGTERM; before its grace ran out the group ended and
+    # its pid came to lead an unrelated process group (pids wrap around). The runtime must drop
+    # the entry, not SIGKILL the stranger; the same process, not reused, gets its SIGKILL.
     store = Store(tmp_path / "lc.db", sync="normal")
-    rt = _runtime(store, tmp_path)
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    clock, procs = ManualClock(), ReusedPidsFake()
+    rt = _runtime(store, tmp_path, clock=clock, processes=procs)
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); "
+        "time.sleep(60)"
+    )
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", stubborn], stdout=subprocess.PIPE, start_new_session=True
+    )
     try:
-        started = wait_for(lambda: proc_start_time(stranger.pid), what="the stranger to start")
-        rt._stopping[("default", "gone")] = (stranger.pid, started - 1, 0.0)  # another start time
-        rt._check_stopping()
+        assert stranger.stdout is not None and stranger.stdout.readline()  # SIGTERM is ignored from here on
+        started = proc_start_time(stranger.pid)
+
+        def stop(name: str) -> None:  # a Running record without its Worker: reconcile stops it
+            rec = {"phase": "Running", "pid": stranger.pid, "startTime": started, "dir": str(tmp_path)}
+            store.put_record("workers", "default", name, rec)
+            rt.reconcile()
+            assert rt.stopping() == 1 and stranger.poll() is None  # SIGTERM sent and ignored
+
+        stop("gone")
+        procs.reused.add(stranger.pid)
+        clock.now += 6  # past stop_grace
+        rt.reconcile()
         assert rt.stopping() == 0
         assert stranger.poll() is None  # not killed
-        rt._stopping[("default", "ours")] = (stranger.pid, started, 0.0)  # the same process: ours
-        rt._check_stopping()
+        procs.reused.clear()
+        stop("ours")
+        clock.now += 6
+        rt.reconcile()
         wait_for(lambda: stranger.poll() is not None, what="our group to be killed")
+        assert stranger.returncode == -signal.SIGKILL
     finally:
         if stranger.poll() is None:
             stranger.kill()
         stranger.wait()
+        if stranger.stdout is not None:
+            stranger.stdout.close()
         store.close()

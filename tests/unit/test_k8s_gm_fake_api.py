@@ -345,7 +345,9 @@ def test_k8s_gm_only_the_leader_acts_fake_api(
 
     user.apply(job("j1"))
     wait_for(lambda: stage_types(fake, "j1") == [("Train", "Waiting")], timeout=15, what="j1 Train/Waiting")
-    wait_for(lambda: b.elector is not None and b.elector._observed is not None, what="gm-b to read the Lease")
+    wait_for(
+        lambda: b.elector is not None and b.elector.observed_holder == "gm-a", what="gm-b to read the Lease"
+    )
     assert lease_holder(fake) == "gm-a"
     assert a.acting and not b.acting
     assert b_writes == [] and b_events == []

@@ -113,3 +113,38 @@ def test_the_manager_goes_on_past_poisoned_jobs(tmp_path: Path, caplog: pytest.L
     m.step()
     assert m.evaluated - evaluated == 1  # only c-broken is tried again; the refused ones wait for a change
     store.close()
+
+
+def test_the_worker_reports_go_on_past_a_damaged_worker_record(
+    lc: LocalController, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker record that cannot make a valid report (a damaged database, say) is logged once
+    and skipped; the finished workers after it are still reported, through the model."""
+    good = {"job": "j", "stage": "Train", "round": 1, "phase": "Failed", "exitCode": 3, "message": "exit 3"}
+    records = {
+        "a-damaged": {**good, "round": "one"},
+        "j-train-1": good,
+        "j-train-2": {**good, "round": 2, "phase": "Succeeded", "exitCode": 0, "message": ""},
+    }
+    for i, (name, rec) in enumerate(records.items()):
+        # the Worker objects stay wanted, so the runtime keeps their finished records
+        lc.store.put_resource("Worker", NS, name, str(i + 1), {"kind": "Worker", "metadata": {"name": name}})
+        lc.store.put_record("workers", NS, name, rec)
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        lc.workers.reconcile()
+    lc.outbox.window = 1 << 20
+    reported = {e.name: e.body for e in lc.outbox.due()}
+    assert sorted(reported) == ["j-train-1", "j-train-2"]
+    assert reported["j-train-2"] == {
+        "job": "j",
+        "stage": "Train",
+        "round": 2,
+        "phase": "Succeeded",
+        "exitCode": 0,
+        "message": "",
+        "output": {"models": []},
+    }
+    assert _mentions(caplog, "worker-reports default/a-damaged") == 1
+    assert any("round" in r.getMessage() for r in caplog.records if "a-damaged" in r.getMessage())
+    assert lc.failures.snapshot() == {"worker-reports": 1}

@@ -4,9 +4,10 @@ Downstream: a Dataset goes to the node named by ``spec.nodeName`` (status-only c
 sent back: the node is where the counts come from). Jobs using the dataset are reconciled again
 when its node changes, since the dataset's node is one of theirs.
 
-Upstream: ``report`` bodies ``{"numberOfSamples": n, "updateTime": "<RFC 3339>"}`` set the
-status; a report older than the stored ``updateTime`` is stale (the outbox may coalesce counts,
-and an unacknowledged older one may be resent after a newer one).
+Upstream: ``report`` bodies ``{"numberOfSamples": n, "updateTime": "<RFC 3339>"}`` (the model
+``DatasetReport``, parsed by the intake) set the status; a report older than the stored
+``updateTime`` is stale (the outbox may coalesce counts, and an unacknowledged older one may be
+resent after a newer one).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
-from lifelong.cloud.delivery import Delivery
+from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected, Sender
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent, wire
 from lifelong.common.api import Dataset
 from lifelong.common.envelope import Envelope
+from lifelong.common.messages import DatasetReport
 from lifelong.common.statemachine import format_time, parse_time
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class DatasetController:
     def __init__(
         self,
         store: ResourceStore,
-        downstream: Delivery,
+        downstream: Sender,
         metrics: GMMetrics,
         *,
         enqueue_job: Callable[[Key], None] | None = None,
@@ -70,25 +72,15 @@ class DatasetController:
                 self.enqueue_job(job_key)
         self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
 
-    def report_key(self, env: Envelope) -> Key:
+    def parse_report(self, body: Any) -> DatasetReport:
+        return DatasetReport.parse(body)
+
+    def report_key(self, env: Envelope, report: DatasetReport) -> Key:
         return (KIND, env.ns, env.name)
 
-    def apply_report(self, node: str, env: Envelope) -> Outcome:
-        body = env.body
-        if not isinstance(body, dict):
-            raise ReportRejected("schema", "a Dataset report needs a body")
-        count = body.get("numberOfSamples")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ReportRejected(
-                "schema", f"body.numberOfSamples must be a non-negative integer, not {count!r}"
-            )
-        raw_time = body.get("updateTime")
-        try:
-            when = parse_time(raw_time) if isinstance(raw_time, str) else None
-        except ValueError:
-            when = None
-        if when is None:
-            raise ReportRejected("schema", f"body.updateTime must be an RFC 3339 time, not {raw_time!r}")
+    def apply_report(self, node: str, env: Envelope, report: DatasetReport) -> Outcome:
+        count = report.number_of_samples
+        when = parse_time(report.update_time)  # the model checked it parses
         for _ in range(8):
             obj = self.store.get(KIND, env.ns, env.name)
             if obj is None:

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
+from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected, Sender
 from lifelong.cloud.controllers.lifelonglearning import downstream as lldown
 from lifelong.cloud.controllers.lifelonglearning import upstream as llup
 from lifelong.cloud.controllers.lifelonglearning.workerenv import (
@@ -58,7 +58,6 @@ from lifelong.cloud.controllers.lifelonglearning.workerenv import (
     DEFAULT_LC_SERVER,
     worker_env,
 )
-from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
@@ -78,6 +77,7 @@ from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.api import Dataset, LifelongLearningJob, job_conditions
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
+from lifelong.common.messages import JobReport, JobWorkerInfo, parse_job_report
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import (
     Condition,
@@ -150,7 +150,7 @@ class LifelongLearningController:
     def __init__(
         self,
         store: ResourceStore,
-        downstream: Delivery,
+        downstream: Sender,
         runtime: WorkerRuntime,
         *,
         executor: KeyedExecutor,
@@ -435,17 +435,19 @@ class LifelongLearningController:
         self.downstream.want(job.key, job.node_names(self._dataset_of(job)), wire(job), include_status=True)
 
     # -- upstream --------------------------------------------------------------------------
-    def report_key(self, env: Envelope) -> Key:
+    def parse_report(self, body: Any) -> JobReport:
+        return parse_job_report(body)
+
+    def report_key(self, env: Envelope, report: JobReport) -> Key:
         return (KIND, env.ns, env.name)
 
-    def apply_report(self, node: str, env: Envelope) -> Outcome:
-        report = llup.parse_job_report(env.body)
+    def apply_report(self, node: str, env: Envelope, report: JobReport) -> Outcome:
         job = self.store.get(KIND, env.ns, env.name)
         if job is None:
             raise ReportRejected("unknown_resource", f"job {env.ns}/{env.name} does not exist")
         if node not in lldown.job_nodes(job, self._dataset(job)):
             raise ReportRejected("wrong_node", f"node {node} takes no part in job {env.ns}/{env.name}")
-        if report.event == "workerInfo":
+        if isinstance(report, JobWorkerInfo):
             changed = self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
             return Outcome.APPLIED if changed else Outcome.DUPLICATE
         return self._apply_event(env.ns, env.name, llup.job_event(report), report.round, from_node=node)

@@ -1,8 +1,9 @@
 """What an edge reported about a LifelongLearningJob, turned into state-machine events. Pure.
 
-Who calls it: the lifelong-learning controller, for ``report`` bodies on
-``up/LifelongLearningJob/{ns}/{name}`` and for worker phases (``up/Worker/...`` in standalone
-mode, Pod phases on Kubernetes). Malformed bodies raise ``ReportRejected`` naming the field.
+Who calls it: the lifelong-learning controller, for the models of ``report`` bodies on
+``up/LifelongLearningJob/{ns}/{name}`` (``JobReady``, ``JobSkipped``; parsed at the door by
+``cloud/intake.py`` with ``lifelong.common.messages``) and for worker phases (``WorkerReport``
+on ``up/Worker/...`` in standalone mode, Pod phases on Kubernetes).
 
 Reports name the round they belong to; one from an earlier round than the job's current one
 is stale (a resend that lost its race) and changes nothing, whatever its stage.
@@ -11,12 +12,9 @@ is stale (a resend that lost its race) and changes nothing, whatever its stage.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
 
-from lifelong.cloud.controllers.base import ReportRejected
 from lifelong.cloud.runtimes.base import WorkerPhase
-from lifelong.common.stages import Stage
+from lifelong.common.messages import JobReady, JobSkipped, WorkerReport
 from lifelong.common.statemachine import (
     EdgeReady,
     Event,
@@ -26,101 +24,28 @@ from lifelong.common.statemachine import (
     WorkerSucceeded,
 )
 
-JOB_EVENTS = ("ready", "workerInfo", "skipped")
 
-
-@dataclass(frozen=True, slots=True)
-class JobReport:
-    """A parsed ``LifelongLearningJob`` report."""
-
-    event: str
-    stage: Stage
-    round: int
-    data: dict[str, Any]
-    worker: str = ""
-    info: Any = None
-    message: str = ""
-
-
-def _stage(body: dict[str, Any]) -> Stage:
-    try:
-        return Stage(str(body.get("stage")))
-    except ValueError:
-        raise ReportRejected(
-            "schema", f"body.stage must be Train, Eval or Deploy, not {body.get('stage')!r}"
-        ) from None
-
-
-def _round(body: dict[str, Any]) -> int:
-    value = body.get("round")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ReportRejected("schema", f"body.round must be a non-negative integer, not {value!r}")
-    return value
-
-
-def parse_job_report(body: dict[str, Any] | None) -> JobReport:
-    if not isinstance(body, dict):
-        raise ReportRejected("schema", "a LifelongLearningJob report needs a body")
-    event = body.get("event")
-    if event not in JOB_EVENTS:
-        raise ReportRejected("schema", f"body.event must be one of {', '.join(JOB_EVENTS)}, not {event!r}")
-    if event == "workerInfo":
-        worker = body.get("worker")
-        if not isinstance(worker, str) or not worker:
-            raise ReportRejected("schema", "body.worker must name the worker")
-        # no stage or round: the LC forwards what a worker posted, whenever it posts
-        return JobReport(str(event), Stage.TRAIN, 0, {}, worker, body.get("info"))
-    data = body.get("data") or {}
-    if not isinstance(data, dict):
-        raise ReportRejected("schema", "body.data must be a map")
-    message = body.get("message") or ""
-    report = JobReport(
-        event=str(event),
-        stage=_stage(body),
-        round=_round(body),
-        data=data,
-        message=message if isinstance(message, str) else "",
-    )
-    return report
-
-
-def job_event(report: JobReport) -> Event:
+def job_event(report: JobReady | JobSkipped) -> Event:
     """The state-machine event of a ``ready`` or ``skipped`` report."""
     data = json.dumps(report.data, separators=(",", ":"), sort_keys=True) if report.data else ""
-    if report.event == "ready":
-        return EdgeReady(report.stage, data=data, message=report.message)
-    return StageSkipped(report.stage, message=report.message, data=data)
+    message = report.message or ""
+    if isinstance(report, JobReady):
+        return EdgeReady(report.stage, data=data, message=message)
+    return StageSkipped(report.stage, message=message, data=data)
 
 
-def parse_worker_report(namespace: str, name: str, body: dict[str, Any] | None) -> WorkerPhase:
-    """A ``Worker`` report body as a ``WorkerPhase``."""
-    if not isinstance(body, dict):
-        raise ReportRejected("schema", "a Worker report needs a body")
-    job = body.get("job")
-    if not isinstance(job, str) or not job:
-        raise ReportRejected("schema", "body.job must name the job")
-    phase = body.get("phase")
-    if phase not in ("Pending", "Running", "Succeeded", "Failed"):
-        raise ReportRejected(
-            "schema", f"body.phase must be Pending, Running, Succeeded or Failed, not {phase!r}"
-        )
-    exit_code = body.get("exitCode")
-    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
-        raise ReportRejected("schema", "body.exitCode must be an integer or null")
-    output = body.get("output") or {}
-    if not isinstance(output, dict):
-        raise ReportRejected("schema", "body.output must be a map")
-    message = body.get("message") or ""
+def worker_phase(namespace: str, name: str, report: WorkerReport) -> WorkerPhase:
+    """A ``Worker`` report as the ``WorkerPhase`` of worker ``namespace/name``."""
     return WorkerPhase(
         job_namespace=namespace,
-        job_name=job,
-        stage=_stage(body),
-        round=_round(body),
+        job_name=report.job,
+        stage=report.stage,
+        round=report.round,
         worker=name,
-        phase=phase,
-        exit_code=exit_code,
-        message=message if isinstance(message, str) else "",
-        output=output,
+        phase=report.phase,
+        exit_code=report.exit_code,
+        message=report.message,
+        output=dict(report.output),
     )
 
 

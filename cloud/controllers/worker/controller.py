@@ -2,8 +2,9 @@
 
 A ``Worker`` object (made by ``cloud/runtimes/edge_process.py``) goes down to the node named by
 its template's ``spec.nodeName``; the LC runs it as a local process. The LC's ``Worker`` reports
-(``{"job", "stage", "round", "phase", "exitCode", "message", "output"}``) are recorded in the
-Worker's status and handed to the lifelong-learning controller, which moves the job's stage.
+(``{"job", "stage", "round", "phase", "exitCode", "message", "output"}``, the model
+``WorkerReport``, parsed by the intake) are recorded in the Worker's status and handed to the
+lifelong-learning controller, which moves the job's stage.
 A Worker whose terminal phase has been applied is deleted (its delete reaches the node, which
 has nothing left to stop), so nodes do not accumulate finished workers.
 
@@ -16,16 +17,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected
+from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected, Sender
 from lifelong.cloud.controllers.lifelonglearning.downstream import template_of
-from lifelong.cloud.controllers.lifelonglearning.upstream import parse_worker_report
-from lifelong.cloud.delivery import Delivery
+from lifelong.cloud.controllers.lifelonglearning.upstream import worker_phase
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase
 from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent, wire
 from lifelong.common.api import Worker, worker_node
 from lifelong.common.envelope import Envelope
+from lifelong.common.messages import WorkerReport
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class WorkerController:
     def __init__(
         self,
         store: ResourceStore,
-        downstream: Delivery,
+        downstream: Sender,
         metrics: GMMetrics,
         on_phase: Callable[[WorkerPhase], Outcome],
     ) -> None:
@@ -58,12 +60,14 @@ class WorkerController:
             self.downstream.want(event.key, nodes, wire(event.model), include_status=False)
         self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
 
-    def report_key(self, env: Envelope) -> Key:
-        job = (env.body or {}).get("job")
-        return (JOB_KIND, env.ns, job if isinstance(job, str) else env.name)
+    def parse_report(self, body: Any) -> WorkerReport:
+        return WorkerReport.parse(body)
 
-    def apply_report(self, node: str, env: Envelope) -> Outcome:
-        phase = parse_worker_report(env.ns, env.name, env.body)
+    def report_key(self, env: Envelope, report: WorkerReport) -> Key:
+        return (JOB_KIND, env.ns, report.job)
+
+    def apply_report(self, node: str, env: Envelope, report: WorkerReport) -> Outcome:
+        phase = worker_phase(env.ns, env.name, report)
         worker = self.store.get(KIND, env.ns, env.name)
         if worker is not None:
             spec = worker.get("spec") or {}

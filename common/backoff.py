@@ -1,10 +1,11 @@
-"""Waits between retries for the GM, from tenacity's wait strategies: no backoff of our own.
+"""Waits between retries, from tenacity's wait strategies: no backoff of our own.
 
-Who uses it: the keyed executor (``cloud/workqueue.py``: a failing reconcile is requeued after
+Who uses it, on the GM: the keyed executor (``cloud/workqueue.py``: a failing reconcile is requeued after
 its key's next wait, like client-go's ``ItemExponentialFailureRateLimiter``), the delivery's
 resend of unacknowledged rows (``cloud/delivery.py``: the wait before attempt n), and the
 Kubernetes watches (``cloud/stores/kubernetes.py``, ``cloud/runtimes/kubernetes_pods.py``: the
-wait after the n-th failed list or watch in a row).
+wait after the n-th failed list or watch in a row). On the LC: the session's hello retry
+(``edge/session.py``: how long a hello waits for its ``sync`` before it is said again).
 
 A tenacity wait strategy is a callable of a ``RetryCallState``; :func:`wait_seconds` evaluates
 one for attempt n without a ``Retrying`` loop, for the places where the loop is ours (a ticker,
