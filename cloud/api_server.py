@@ -18,6 +18,8 @@ GM's own host, not a public API (no authentication; bind it to loopback). JSON i
 Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation), 404, 409.
 Validation happens here, before anything is stored: the API models, the job's Dataset must exist,
 and every node named (dataset node, template ``nodeName``) must be known (has said hello).
+``validate`` returns the model it parsed and ``apply`` passes that model on; the wire form is
+made only where the store is given it (and where the HTTP answer is written).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore
-from lifelong.common.api import RESOURCE_TYPES, Dataset, LifelongLearningJob, dump_resource, parse_resource
+from lifelong.cloud.runtimes.edge_process import workers_of
+from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, wire
+from lifelong.common.api import RESOURCE_TYPES, AnyResource, Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import LifelongError, ValidationError
-from lifelong.common.stages import STAGE_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -62,41 +64,44 @@ class _KnownNodes:
         return self._seen[node]
 
 
-def validate(obj: Any, store: ResourceStore, state: GMState) -> Object:
-    """The wire form of a valid resource, or ``ValidationError`` naming the problem."""
+def validate(obj: Any, store: ResourceStore, state: GMState) -> AnyResource:
+    """The model of a valid resource, or ``ValidationError`` naming each problem with its field."""
     if isinstance(obj, dict) and obj.get("kind") == "Worker":
         raise ValidationError([("kind", "Worker objects are made by the GM, not applied")])
     res = parse_resource(obj)
-    wire = dump_resource(res)
-    wire.pop("status", None)
     known = _KnownNodes(state)
     ns = res.metadata.namespace
     problems: list[tuple[str, str]] = []
     if isinstance(res, LifelongLearningJob):
         ds_name = res.spec.dataset.name
-        if store.get("Dataset", ns, ds_name) is None:
+        if store.get(Dataset.KIND, ns, ds_name) is None:
             problems.append(("spec.dataset.name", f"Dataset {ns}/{ds_name} does not exist"))
-        for stage in STAGE_ORDER:
-            field = f"{stage.value.lower()}Spec"
-            node = res.spec.worker_node(stage)
-            if not node:
-                problems.append(
-                    (f"spec.{field}.template.spec.nodeName", "names no node to run the worker on")
-                )
+        for path, node in res.spec.worker_nodes():
+            if node is None:
+                problems.append((path, "names no node to run the worker on"))
             elif node not in known:
-                problems.append(
-                    (
-                        f"spec.{field}.template.spec.nodeName",
-                        f"node {node!r} is not known (no LC on it has said hello)",
-                    )
-                )
+                problems.append((path, f"node {node!r} is not known (no LC on it has said hello)"))
     elif isinstance(res, Dataset):
         node = res.spec.node_name
         if node not in known:
             problems.append(("spec.nodeName", f"node {node!r} is not known (no LC on it has said hello)"))
     if problems:
         raise ValidationError(problems, source=f"{res.kind} {ns}/{res.metadata.name}")
-    return wire
+    return res
+
+
+def _desired(res: AnyResource) -> Object:
+    """What the store is given of an applied resource: its wire form without ``status`` (the
+    GM's own, never the user's)."""
+    out = wire(res)
+    out.pop("status", None)
+    return out
+
+
+def _version(obj: Object | None) -> str | None:
+    """The ``metadata.resourceVersion`` of an object a store returned."""
+    meta = obj.get("metadata") if obj is not None else None
+    return str(meta.get("resourceVersion")) if isinstance(meta, dict) else None
 
 
 class GMApi:
@@ -109,14 +114,14 @@ class GMApi:
         self._apply_lock = threading.Lock()
 
     def apply(self, obj: Any) -> dict[str, Any]:
-        wire = validate(obj, self.store, self.state)
-        key = (wire["kind"], wire["metadata"].get("namespace", "default"), wire["metadata"]["name"])
+        res = validate(obj, self.store, self.state)
+        key = res.key
         with self._apply_lock:
             before = self.store.get(*key)
-            stored = self.store.apply(wire)
+            stored = self.store.apply(_desired(res))
         if before is None:
             result = "created"
-        elif before["metadata"].get("resourceVersion") == stored["metadata"].get("resourceVersion"):
+        elif _version(before) == _version(stored):
             result = "unchanged"
         else:
             result = "configured"
@@ -140,9 +145,7 @@ class GMApi:
         obj = self.get(kind, ns, name)
         out: dict[str, Any] = {"object": obj}
         if kind == "LifelongLearningJob":
-            out["workers"] = [
-                w for w in self.store.list("Worker", ns) if (w.get("spec") or {}).get("job") == name
-            ]
+            out["workers"] = [wire(w) for w in workers_of(self.store, ns, name)]
             out["workerInfo"] = self.state.worker_info(ns, name)
         out["delivery"] = [
             {"node": r.node, "op": r.op, "rv": r.rv, "acked": r.acked, "attempts": r.attempts}

@@ -90,6 +90,12 @@ class GMMetrics:
             ["loop"],
             registry=r,
         )
+        self.store_refused = Counter(
+            "lifelong_gm_store_refused",
+            "Stored objects the API models refuse, seen by the store watch (not driven), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.work_collapsed_fn: Callable[[], int] = lambda: 0
         self.hellos = Counter("lifelong_gm_hellos", "Hello messages handled", registry=r)
         self.reconcile_seconds = Histogram(

@@ -8,6 +8,11 @@ keyed executor; one event that cannot be handed off is logged, counted and skipp
 executor's workers (controllers, intake and delivery work, in order per object or node), a
 resend ticker (unacknowledged downstream changes, with backoff), and the HTTP server.
 
+Store events carry the object's model (the store's watch parses each object once). An object the
+models refuse is logged with its key and the reason and counted (``lifelong_gm_store_refused``)
+once; a job so refused gets one ``Failed`` condition from its controller, any other kind is not
+handed to a controller, and the other objects go on.
+
 Store events reach the controllers through the executor. A delete, and every event of a kind
 whose handler is not level-triggered (Dataset: its handler compares the dataset's node with the
 one its last event had, to re-reconcile the jobs using it), are ordered work (``submit``). An
@@ -79,14 +84,14 @@ from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
-from lifelong.cloud.stores.base import Object, ResourceStore, WatchEvent
+from lifelong.cloud.stores.base import Object, Refused, ResourceStore, WatchEvent, parse
 from lifelong.cloud.stores.sqlite import SqliteStore
 from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.common.api import LifelongLearningJob
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
-from lifelong.common.statemachine import Condition
 from lifelong.common.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
@@ -348,6 +353,8 @@ class GMService:
                 validate = functools.partial(kubernetes_validation_condition, store=self.store)
 
         self.registry = Registry()
+        # key -> why the models refuse it (the store watch's thread only; see _refused_once)
+        self._refused: dict[tuple[str, str, str], str] = {}
         self.jobs = LifelongLearningController(
             self.store,
             self.delivery,
@@ -469,11 +476,27 @@ class GMService:
 
         self.executor.submit(key, apply)
 
+    def _refused_once(self, event: WatchEvent) -> bool:
+        """Whether the models refuse the event's object. Each refused object is logged with its
+        key and the reason and counted once (not again for its own status writes, nor for the
+        same reason after a re-list); a valid event or a delete forgets it."""
+        key = event.key
+        if event.refused is None or event.type == "DELETED":
+            self._refused.pop(key, None)
+            return False
+        if self._refused.get(key) != event.refused:
+            self._refused[key] = event.refused
+            log.error("stored %s %s/%s is refused by the models: %s", *key, event.refused)
+            self.metrics.store_refused.labels(kind=key[0]).inc()
+        return True
+
     def _on_store_event(self, event: WatchEvent) -> None:
         """Hand one store event to the executor (see the module docstring). Never raises, so one
         malformed object cannot stop the store's list or watch before the objects after it."""
         try:
             key = event.key
+            if self._refused_once(event) and key[0] != "LifelongLearningJob":
+                return  # only the job controller hears of a refused object (it records a Failed)
             controller = self.registry.get(key[0])
             if controller is None:
                 return
@@ -485,21 +508,20 @@ class GMService:
             else:
                 self.executor.submit(key, handle)
         except Exception:
-            log.exception("store event %s of %.300r cannot be handled; skipped", event.type, event.object)
+            log.exception("store event %s of %s cannot be handled; skipped", event.type, event.key)
             self.metrics.item_failures.labels(loop="store_events").inc()
 
     def _jobs_by_state(self) -> dict[tuple[str, str], int]:
+        """Jobs by (stage, condition type) of their last condition, ("", "") without one; a job
+        the models refuse is left out (the store watch counts it)."""
         out: dict[tuple[str, str], int] = {}
-        for job in self.store.list("LifelongLearningJob"):
-            conds = (job.get("status") or {}).get("conditions") or []
-            if conds:
-                try:
-                    last = Condition.from_dict(conds[-1])
-                except Exception:
-                    continue
-                key = (last.stage.value, last.type.value)
-            else:
-                key = ("", "")
+        for obj in self.store.list(LifelongLearningJob.KIND):
+            try:
+                job = parse(obj)
+            except Refused:
+                continue
+            last = job.last_condition if isinstance(job, LifelongLearningJob) else None
+            key = (last.stage.value, last.type.value) if last is not None else ("", "")
             out[key] = out.get(key, 0) + 1
         return out
 

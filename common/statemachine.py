@@ -106,6 +106,7 @@ __all__ = [
     "format_time",
     "parse_time",
     "retry_after",
+    "starts_round",
     "transition",
 ]
 
@@ -323,9 +324,14 @@ def current(conditions: Sequence[Condition]) -> Condition | None:
     return conditions[-1] if conditions else None
 
 
+def starts_round(condition: Condition) -> bool:
+    """Whether the condition starts a training round (it is a ``Train/Ready``)."""
+    return condition.stage is Stage.TRAIN and condition.type is _R
+
+
 def current_round(conditions: Iterable[Condition]) -> int:
     """How many training rounds have started: the number of ``Train/Ready`` conditions."""
-    return sum(1 for c in conditions if c.stage is Stage.TRAIN and c.type is _R)
+    return sum(1 for c in conditions if starts_round(c))
 
 
 def consecutive_failures(conditions: Sequence[Condition]) -> int:

@@ -14,7 +14,10 @@ from typing import Any
 
 import yaml
 
-from lifelong.common.api import node_roles, wire_templates
+from lifelong.common.api import dataset_node, job_conditions, node_roles, wire_templates, worker_node
+from lifelong.common.errors import ValidationError
+from lifelong.common.stages import STAGE_ORDER
+from lifelong.common.statemachine import current_round, starts_round
 
 
 def _age(created: str | None, now: datetime | None = None) -> str:
@@ -42,17 +45,18 @@ def _last_condition(obj: dict[str, Any]) -> dict[str, Any]:
     return conds[-1] if conds else {}
 
 
-def _round(obj: dict[str, Any]) -> int:
-    conds = (obj.get("status") or {}).get("conditions") or []
-    return sum(1 for c in conds if c.get("stage") == "Train" and c.get("type") == "Ready")
+def _round(obj: dict[str, Any]) -> str:
+    """The job's current round (``lifelong.common.statemachine.current_round``), "?" when a
+    condition is malformed."""
+    try:
+        return str(current_round(job_conditions((obj.get("status") or {}).get("conditions"))))
+    except ValidationError:
+        return "?"
 
 
 def _node(template: Any) -> str:
-    if isinstance(template, dict):
-        node = (template.get("spec") or {}).get("nodeName")
-        if isinstance(node, str):
-            return node
-    return "<none>"
+    """The node a pod template names (``lifelong.common.api.worker_node``), else ``<none>``."""
+    return worker_node(template if isinstance(template, dict) else None) or "<none>"
 
 
 def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
@@ -65,17 +69,15 @@ def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
         cells = [meta.get("name", ""), last.get("stage", "<none>"), last.get("type", "<none>"), age]
         if wide:
             cells += [
-                str(_round(obj)),
+                _round(obj),
                 str((spec.get("dataset") or {}).get("name", "")),
-                _node((spec.get("trainSpec") or {}).get("template")),
-                _node((spec.get("evalSpec") or {}).get("template")),
-                _node((spec.get("deploySpec") or {}).get("template")),
+                *(_node(template) for template in wire_templates(obj).values()),
             ]
         return cells
     if kind == "Dataset":
         cells = [
             meta.get("name", ""),
-            str(spec.get("nodeName", "")),
+            dataset_node(obj) or "",
             str(status.get("numberOfSamples", 0)),
             age,
         ]
@@ -132,11 +134,14 @@ def _parse_time(value: Any) -> datetime | None:
 def timeline(conds: Sequence[dict[str, Any]]) -> list[str]:
     """A job's conditions as a timeline: round, time, time since the previous, stage/type, why."""
     rows = [["ROUND", "TIME", "+", "STAGE", "TYPE", "REASON", "MESSAGE"]]
+    try:
+        starts = [starts_round(cond) for cond in job_conditions(conds)]
+    except ValidationError:  # a malformed condition: no rounds counted rather than wrong ones
+        starts = [False] * len(conds)
     rnd = 0
     previous: datetime | None = None
-    for c in conds:
-        if c.get("stage") == "Train" and c.get("type") == "Ready":
-            rnd += 1
+    for c, start in zip(conds, starts, strict=True):
+        rnd += start
         when = _parse_time(c.get("lastTransitionTime"))
         delta = ""
         if when is not None and previous is not None:
@@ -188,8 +193,7 @@ def last_reports(worker_info: dict[str, Any]) -> list[str]:
 def job_nodes(obj: dict[str, Any], dataset: dict[str, Any] | None) -> list[tuple[str, str]]:
     """(node, roles) for every node a job involves (``LLJobSpec.node_roles``): its Dataset's
     node and each template's."""
-    ds_node = ((dataset or {}).get("spec") or {}).get("nodeName")
-    roles = node_roles(wire_templates(obj), ds_node if isinstance(ds_node, str) and ds_node else None)
+    roles = node_roles(wire_templates(obj), dataset_node(dataset))
     return [(node, ",".join(r)) for node, r in roles]
 
 
@@ -230,8 +234,9 @@ def describe_text(info: dict[str, Any]) -> str:
             f"Start Time:        {status.get('startTime', '<none>')}",
             "Nodes:",
         ]
-        for stage, field in (("Train", "trainSpec"), ("Eval", "evalSpec"), ("Deploy", "deploySpec")):
-            lines.append(f"  {stage + ':':8} {_node((spec.get(field) or {}).get('template'))}")
+        templates = wire_templates(obj)
+        for stage in STAGE_ORDER:
+            lines.append(f"  {stage.value + ':':8} {_node(templates[stage])}")
         conds = status.get("conditions") or []
         lines.append("Conditions:")
         lines += ["  " + line for line in timeline(conds)] if conds else ["  <none>"]
@@ -258,7 +263,7 @@ def describe_text(info: dict[str, Any]) -> str:
         lines += [
             f"URL:               {spec.get('url')}",
             f"Format:            {spec.get('format')}",
-            f"Node:              {spec.get('nodeName')}",
+            f"Node:              {dataset_node(obj)}",
             f"Samples:           {status.get('numberOfSamples', 0)}",
             f"Updated:           {status.get('updateTime', '<none>')}",
         ]

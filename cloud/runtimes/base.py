@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from lifelong.common.api import template_node_name
 from lifelong.common.stages import Stage
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -29,7 +30,7 @@ class WorkerSpec:
     job_uid: str
     stage: Stage
     round: int
-    template: dict[str, Any]  # the pod template exactly as the user gave it
+    template: dict[str, Any]  # the job model's pod template of the stage, exactly as the user gave it
     env: dict[str, str]  # the Sedna worker environment variables for this stage
 
     @property
@@ -39,8 +40,8 @@ class WorkerSpec:
 
     @property
     def node_name(self) -> str | None:
-        node = self.template.get("spec", {}).get("nodeName")
-        return str(node) if node else None
+        """The node the template names (``spec.nodeName``), None if unset."""
+        return template_node_name(self.template)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,41 +16,61 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerSpec
-from lifelong.cloud.stores.base import ResourceStore
+from lifelong.cloud.stores.base import Refused, ResourceStore, parse, wire
+from lifelong.common.api import WORKER_API_VERSION, Worker, parse_stored
 
 log = logging.getLogger(__name__)
 
 KIND = "Worker"
-API_VERSION = "lifelong.io/v1"
+API_VERSION = WORKER_API_VERSION
 LABEL_JOB = "lifelong.io/job"
 LABEL_STAGE = "lifelong.io/stage"
 LABEL_ROUND = "lifelong.io/round"
 
 
-def worker_object(spec: WorkerSpec) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {
-            "name": spec.name,
-            "namespace": spec.job_namespace,
-            "labels": {
-                LABEL_JOB: spec.job_name,
-                LABEL_STAGE: spec.stage.value,
-                LABEL_ROUND: str(spec.round),
+def worker_object(spec: WorkerSpec) -> Worker:
+    """The ``Worker`` model of one stage's worker (``ValidationError`` if the models refuse it)."""
+    worker = parse_stored(
+        {
+            "apiVersion": WORKER_API_VERSION,
+            "kind": KIND,
+            "metadata": {
+                "name": spec.name,
+                "namespace": spec.job_namespace,
+                "labels": {
+                    LABEL_JOB: spec.job_name,
+                    LABEL_STAGE: spec.stage.value,
+                    LABEL_ROUND: str(spec.round),
+                },
+            },
+            "spec": {
+                "job": spec.job_name,
+                "stage": spec.stage.value,
+                "round": spec.round,
+                "template": spec.template,
+                "env": dict(spec.env),
             },
         },
-        "spec": {
-            "job": spec.job_name,
-            "stage": spec.stage.value,
-            "round": spec.round,
-            "template": spec.template,
-            "env": dict(spec.env),
-        },
-    }
+        source=f"the {spec.stage.value} worker of {spec.job_namespace}/{spec.job_name}",
+    )
+    assert isinstance(worker, Worker)  # the kind chose the model
+    return worker
+
+
+def workers_of(store: ResourceStore, job_namespace: str, job_name: str) -> list[Worker]:
+    """The Worker objects of one job; one the models refuse is logged with its key and skipped."""
+    found = []
+    for obj in store.list(KIND, job_namespace):
+        try:
+            worker = parse(obj)
+        except Refused as exc:
+            log.warning("skipping a stored Worker the models refuse: %s", exc)
+            continue
+        if isinstance(worker, Worker) and worker.spec.job == job_name:
+            found.append(worker)
+    return found
 
 
 class EdgeProcessRuntime:
@@ -67,13 +87,13 @@ class EdgeProcessRuntime:
             )
         if self.store.get(KIND, spec.job_namespace, spec.name) is not None:
             return
+        worker = worker_object(spec)
         log.info("worker %s/%s: sending it to node %s", spec.job_namespace, spec.name, spec.node_name)
-        self.store.apply(worker_object(spec))
+        self.store.apply(wire(worker))
 
     def delete_workers(self, job_namespace: str, job_name: str) -> None:
-        for worker in self.store.list(KIND, job_namespace):
-            if (worker.get("spec") or {}).get("job") == job_name:
-                self.store.delete(KIND, job_namespace, worker["metadata"]["name"])
+        for worker in workers_of(self.store, job_namespace, job_name):
+            self.store.delete(KIND, job_namespace, worker.name)
 
     def set_phase_handler(self, on_phase: Callable[[WorkerPhase], None]) -> None:
         self._on_phase = on_phase

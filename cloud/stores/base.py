@@ -2,7 +2,9 @@
 
 Objects are plain dicts in their wire form (camelCase, as ``kubectl get -o json`` shows
 them): ``apiVersion``, ``kind``, ``metadata`` (with ``resourceVersion``), ``spec``,
-``status``. Validation against the API models happens before an object reaches a store.
+``status``. That is the store's boundary: the GM API validates an object into its model before
+it reaches a store, and what comes out of a store is parsed into its model once, here
+(``parse``, ``read``) or by the watch (``WatchEvent.model``), before the controllers see it.
 
 Kinds: ``LifelongLearningJob``, ``Dataset``, ``Model`` everywhere; ``Worker`` (the internal
 kind that tells an LC to run a worker process, see docs/protocol.md) in standalone mode.
@@ -10,6 +12,9 @@ kind that tells an LC to run a worker process, see docs/protocol.md) in standalo
 Threading: every method may be called from any thread. ``watch`` blocks its calling thread
 until ``stop`` is set; it first delivers an ``ADDED`` event for every existing object (the
 list), then every change in commit order, so a controller is level-triggered from the start.
+Each event carries the object's model; an object the models refuse (on Kubernetes anyone may
+write a custom object the CRD accepts but the models do not; an older GM may have stored one)
+arrives as an event with ``refused`` set to the reason and no model, never as a dict.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-from lifelong.common.errors import LifelongError
+from lifelong.common.api import DEFAULT_NAMESPACE, ApiModel, StoredResource, parse_stored
+from lifelong.common.errors import LifelongError, ValidationError
 
 Object = dict[str, Any]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+Key = tuple[str, str, str]
+ModelT = TypeVar("ModelT", bound=StoredResource)
 
 
 class StoreError(LifelongError):
@@ -37,15 +45,89 @@ class Conflict(StoreError):
     """The object changed since the resourceVersion the caller read (retry with a fresh read)."""
 
 
+class Refused(StoreError):
+    """A stored object the models refuse; ``str()`` names the fields and what is wrong."""
+
+    def __init__(self, key: Key, error: ValidationError) -> None:
+        super().__init__(f"{key[0]} {key[1]}/{key[2]}: {error}")
+        self.key = key
+        self.reason = "; ".join(f"{path}: {message}" if path else message for path, message in error.errors)
+
+
+def wire_key(obj: Object) -> Key:
+    """``(kind, namespace, name)`` of a stored object in wire form (what identifies it even when
+    the models refuse the rest)."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    return (str(obj.get("kind")), str(meta.get("namespace") or DEFAULT_NAMESPACE), str(meta.get("name")))
+
+
+def parse(obj: Object) -> StoredResource:
+    """The model of a stored object; ``Refused`` (with its key and the reason) if the models refuse it."""
+    try:
+        return parse_stored(obj)
+    except ValidationError as exc:
+        raise Refused(wire_key(obj), exc) from None
+
+
+def read(store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
+    """The object of ``cls``'s kind as its model, None when it does not exist; ``Refused`` when
+    the models refuse it."""
+    obj = store.get(cls.KIND, namespace, name)
+    if obj is None:
+        return None
+    model = parse(obj)
+    if not isinstance(model, cls):
+        raise Refused(wire_key(obj), ValidationError([("kind", f"is {model.kind}, not {cls.KIND}")]))
+    return model
+
+
+def wire(model: ApiModel) -> Object:
+    """The wire form of a model (or of a part of one, a status), as a store keeps it and the bus
+    carries it: camelCase, no nulls."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
-    type: EventType
-    object: Object
+    """One change of one stored object, as the controllers receive it.
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        meta = self.object.get("metadata", {})
-        return (str(self.object.get("kind")), str(meta.get("namespace", "default")), str(meta.get("name")))
+    ``model`` is the object parsed into its model, once, by the store's watch. It is None when the
+    models refuse the object (``refused`` says why) and for a ``DELETED`` the store only knows
+    the key of (a re-list found it gone).
+    """
+
+    type: EventType
+    key: Key
+    resource_version: str = ""
+    model: StoredResource | None = None
+    refused: str | None = None
+    generation: int | None = None
+    """The spec generation of the object (also of a refused one), when the store keeps one."""
+
+    @classmethod
+    def of(cls, type_: EventType, obj: Object) -> WatchEvent:
+        """The event of ``obj`` in wire form: its model, or the reason the models refuse it."""
+        meta = obj.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
+        generation = meta.get("generation")
+        version = str(meta.get("resourceVersion") or "")
+        try:
+            model = parse(obj)
+        except Refused as exc:
+            return cls(
+                type_,
+                exc.key,
+                version,
+                refused=exc.reason,
+                generation=generation if isinstance(generation, int) else None,
+            )
+        return cls(type_, model.key, version, model, generation=model.metadata.generation)
+
+    @classmethod
+    def gone(cls, key: Key, resource_version: str = "") -> WatchEvent:
+        """A ``DELETED`` event of an object known only by its key."""
+        return cls("DELETED", key, resource_version)
 
 
 class ResourceStore(Protocol):

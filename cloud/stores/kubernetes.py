@@ -10,7 +10,8 @@ also calls :func:`kubernetes_validation_condition` (the Kubernetes half of job v
   retrying (bounded) when another writer got in between (409).
 * ``update_status`` writes through the ``status`` subresource; without a ``resource_version``
   precondition it retries conflicts with a fresh read, with one it raises ``Conflict``.
-* ``watch`` lists every kind, delivers ``ADDED`` for each object, then watches each kind from
+* ``watch`` lists every kind, delivers ``ADDED`` for each object (parsed into its model once;
+  one the models refuse is delivered with the reason instead, see ``WatchEvent``), then watches each kind from
   its list's resourceVersion. Each watch request is held open at most
   ``KubernetesStoreSettings.watch_timeout`` and resumed from the last version seen. When the
   server answers 410 Gone (history compacted, or an ``ERROR`` event with code 410), the kind is
@@ -42,12 +43,14 @@ from lifelong.cloud.stores.base import (
     EventType,
     NotFound,
     Object,
-    ResourceStore,
+    Refused,
     StoreError,
     WatchEvent,
+    read,
 )
+from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.backoff import exponential_jitter, wait_seconds
-from lifelong.common.stages import ConditionType, Stage
+from lifelong.common.stages import ConditionType
 from lifelong.common.statemachine import Condition, format_time
 
 log = logging.getLogger(__name__)
@@ -66,12 +69,14 @@ PLURALS: Mapping[str, str] = {
 _EVENT_TYPES: Mapping[str, EventType] = {"ADDED": "ADDED", "MODIFIED": "MODIFIED", "DELETED": "DELETED"}
 
 REASON_DATASET_NOT_FOUND = "DatasetNotFound"
+REASON_DATASET_INVALID = "DatasetInvalid"
 REASON_NODE_NOT_FOUND = "NodeNotFound"
 
 __all__ = [
     "API_VERSION",
     "GROUP",
     "PLURALS",
+    "REASON_DATASET_INVALID",
     "REASON_DATASET_NOT_FOUND",
     "REASON_NODE_NOT_FOUND",
     "VERSION",
@@ -431,12 +436,12 @@ class _KindStream:
             fresh[key] = item
             before = self.seen.get(key)
             if before is None:
-                self.emit(WatchEvent("ADDED", item))
+                self.emit(WatchEvent.of("ADDED", item))
             elif _meta(before).get("resourceVersion") != meta.get("resourceVersion"):
-                self.emit(WatchEvent("MODIFIED", item))
+                self.emit(WatchEvent.of("MODIFIED", item))
         for key, gone in self.seen.items():
             if key not in fresh:
-                self.emit(WatchEvent("DELETED", gone))
+                self.emit(WatchEvent.of("DELETED", gone))
         self.seen = fresh
         self.resource_version = version
         self._failures = 0
@@ -531,46 +536,34 @@ class _KindStream:
                 return  # the relist already delivered exactly this version
             self.seen[key] = obj
             type_ = "MODIFIED" if before is not None else "ADDED"
-        self.emit(WatchEvent(type_, obj))
+        self.emit(WatchEvent.of(type_, obj))
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _named_nodes(job: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(field path, node name) for every ``nodeName`` of the job's worker templates."""
-    spec = job.get("spec") or {}
-    found = []
-    for section in ("trainSpec", "evalSpec", "deploySpec"):
-        node = (((spec.get(section) or {}).get("template") or {}).get("spec") or {}).get("nodeName")
-        if node:
-            found.append((f"spec.{section}.template.spec.nodeName", str(node)))
-    return found
-
-
-def job_problems(job: Mapping[str, Any], store: KubernetesStore) -> list[tuple[str, str, str]]:
+def job_problems(job: LifelongLearningJob, store: KubernetesStore) -> list[tuple[str, str, str]]:
     """What makes a job unrunnable in the cluster, as (reason, field path, message).
 
     The Dataset named by ``spec.dataset.name`` must exist in the job's namespace, and the
     Dataset's ``nodeName`` and every ``nodeName`` of the job's templates must be Node objects.
-    Schema problems are the CRD's job (the API server refuses those), so they are not repeated.
+    Schema problems are the models' (the watch refuses those), so they are not repeated.
     """
-    meta = _meta(job)
-    namespace = str(meta.get("namespace") or store.namespace or "default")
+    namespace = job.namespace
     problems: list[tuple[str, str, str]] = []
-    named = _named_nodes(job)
-    dataset = ((job.get("spec") or {}).get("dataset") or {}).get("name")
-    if not dataset:
-        problems.append((REASON_DATASET_NOT_FOUND, "spec.dataset.name", "no dataset is named"))
+    named = [(path, node) for path, node in job.spec.worker_nodes() if node is not None]
+    dataset_name = job.spec.dataset.name
+    try:
+        dataset = read(store, Dataset, namespace, dataset_name)
+    except Refused as exc:
+        problems.append((REASON_DATASET_INVALID, "spec.dataset.name", str(exc)))
     else:
-        found = store.get("Dataset", namespace, str(dataset))
-        if found is None:
-            message = f"Dataset {namespace}/{dataset} does not exist"
+        if dataset is None:
+            message = f"Dataset {namespace}/{dataset_name} does not exist"
             problems.append((REASON_DATASET_NOT_FOUND, "spec.dataset.name", message))
-        elif (found.get("spec") or {}).get("nodeName"):
+        else:
             # the job also goes to the dataset's node (its LC monitors the data)
-            path = f"Dataset {namespace}/{dataset} spec.nodeName"
-            named.insert(0, (path, str(found["spec"]["nodeName"])))
+            named.insert(0, (f"Dataset {namespace}/{dataset_name} spec.nodeName", dataset.spec.node_name))
     if named:
         nodes = store.node_names()
         for path, node in named:
@@ -580,37 +573,30 @@ def job_problems(job: Mapping[str, Any], store: KubernetesStore) -> list[tuple[s
 
 
 def kubernetes_validation_condition(
-    job: Mapping[str, Any], store: KubernetesStore, *, now: datetime | None = None
-) -> dict[str, str] | None:
-    """A ``Failed`` condition (camelCase dict) naming why the job cannot run, or None if it can.
+    job: LifelongLearningJob, store: KubernetesStore, *, now: datetime | None = None
+) -> Condition | None:
+    """A ``Failed`` condition naming why the job cannot run, or None if it can.
 
     The stage is the job's current one (``Train`` for a new job). ``reason`` is the first
-    problem's (``DatasetNotFound`` or ``NodeNotFound``); ``message`` lists every problem with
-    its field. The controller appends it; nothing is written here.
+    problem's (``DatasetNotFound``, ``DatasetInvalid`` or ``NodeNotFound``); ``message`` lists
+    every problem with its field. The controller appends it; nothing is written here.
     """
     problems = job_problems(job, store)
     if not problems:
         return None
-    conditions = (job.get("status") or {}).get("conditions") or []
-    stage = Stage.TRAIN
-    if conditions and isinstance(conditions[-1], dict):
-        try:
-            stage = Stage(str(conditions[-1].get("stage")))
-        except ValueError:
-            stage = Stage.TRAIN
     stamp = format_time(now or datetime.now(UTC))
-    condition = Condition(
+    return Condition(
         type=ConditionType.FAILED,
-        stage=stage,
+        stage=job.state[0],
         reason=problems[0][0],
         message="; ".join(f"{path}: {message}" for _, path, message in problems),
         last_transition_time=stamp,
         last_heartbeat_time=stamp,
     )
-    return condition.to_dict()
 
 
 if TYPE_CHECKING:  # mypy proves the class implements the interface
+    from lifelong.cloud.stores.base import ResourceStore
 
     def _implements(store: KubernetesStore) -> ResourceStore:
         return store

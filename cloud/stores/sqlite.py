@@ -12,7 +12,9 @@ How it works:
   ``apply`` writes only the first, ``update_status`` only the second.
 * Every change is appended to the ``changes`` table in the same transaction; ``watch`` lists
   the objects, then follows that log from the version the list was taken at, woken by an
-  in-process condition variable. A watcher that falls behind the pruned log re-lists.
+  in-process condition variable. A watcher that falls behind the pruned log re-lists. Each
+  object is parsed into its model once, as its event is made (``WatchEvent.of``); one the models
+  refuse (written by an older, buggier GM, say) becomes an event with the reason instead.
 
 Thread-safe: one :class:`~lifelong.common.sqlite.Database` (one connection behind a lock);
 every change is one transaction, which joins a caller's if there is one.
@@ -241,12 +243,11 @@ class SqliteStore:
             rv, objects = self._snapshot()
             present = set()
             for obj in objects:
-                event = WatchEvent("ADDED", obj)
+                event = WatchEvent.of("ADDED", obj)
                 present.add(event.key)
                 handler(event)
-            for key in seen - present:
-                kind, ns, name = key
-                handler(WatchEvent("DELETED", {"kind": kind, "metadata": {"namespace": ns, "name": name}}))
+            for key in sorted(seen - present):
+                handler(WatchEvent.gone(key, str(rv)))
             seen.clear()
             seen.update(present)
             return rv
@@ -273,7 +274,7 @@ class SqliteStore:
                 last = relist()
                 continue
             for rv, type_, text in rows:
-                event = WatchEvent(type_, json.loads(text))
+                event = WatchEvent.of(type_, json.loads(text))
                 if type_ == "DELETED":
                     seen.discard(event.key)
                 else:

@@ -6,7 +6,7 @@ The CRDs in ``deploy/crds`` are generated from these models (``python -m
 lifelong.common.api.crdgen``).
 """
 
-from lifelong.common.api.dataset import Dataset, DatasetFormat, DatasetSpec, DatasetStatus
+from lifelong.common.api.dataset import Dataset, DatasetFormat, DatasetSpec, DatasetStatus, dataset_node
 from lifelong.common.api.lifelonglearningjob import (
     CANONICAL_OPERATOR,
     DEFAULT_CHECK_PERIOD_SECONDS,
@@ -43,6 +43,7 @@ from lifelong.common.api.lifelonglearningjob import (
 from lifelong.common.api.loader import (
     RESOURCE_TYPES,
     AnyResource,
+    StoredResource,
     dump_resource,
     dump_yaml,
     format_path,
@@ -50,6 +51,7 @@ from lifelong.common.api.loader import (
     load_file,
     load_yaml,
     parse_resource,
+    parse_stored,
     resource_key,
 )
 from lifelong.common.api.meta import (
@@ -123,6 +125,7 @@ __all__ = [
     "PodTemplate",
     "Resource",
     "Samples",
+    "StoredResource",
     "Timestamp",
     "TriggerMetric",
     "TriggerOperator",
@@ -130,6 +133,7 @@ __all__ = [
     "WorkerSpec",
     "WorkerStatus",
     "WorkerTemplate",
+    "dataset_node",
     "deciding_node",
     "dump_resource",
     "dump_yaml",
@@ -145,6 +149,7 @@ __all__ = [
     "node_names",
     "node_roles",
     "parse_resource",
+    "parse_stored",
     "resource_key",
     "template_args",
     "template_command",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictInt, StrictStr
 
@@ -38,3 +39,11 @@ class Dataset(Resource[DatasetSpec, DatasetStatus]):
     PLURAL: ClassVar[str] = "datasets"
 
     kind: Literal["Dataset"] = "Dataset"
+
+
+def dataset_node(dataset: Mapping[str, Any] | None) -> str | None:
+    """The node of a Dataset in wire form (its ``spec.nodeName``), None if unset or empty: for
+    code that holds the wire form (the CLI's answers from the GM); a model has ``spec.node_name``."""
+    spec = dataset.get("spec") if dataset is not None else None
+    node = spec.get("nodeName") if isinstance(spec, Mapping) else None
+    return node if isinstance(node, str) and node else None

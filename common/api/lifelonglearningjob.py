@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.meta import (
     DNS1123_LABEL_MAX,
     DNS1123_SUBDOMAIN_MAX,
@@ -240,6 +241,14 @@ class LLJobSpec(ApiModel):
         """The node ``stage``'s worker runs on: its template's ``spec.nodeName`` (None if unset)."""
         return worker_node(self.template_for(stage))
 
+    def worker_nodes(self) -> list[tuple[str, str | None]]:
+        """(field path, node) of each stage's worker, train first: ``spec.trainSpec.template.spec.
+        nodeName`` and its value (None if unset), for messages that name the field."""
+        return [
+            (f"spec.{_SPEC_FIELD[stage]}.template.spec.nodeName", self.worker_node(stage))
+            for stage in STAGE_ORDER
+        ]
+
     def deciding_node(self, stage: Stage, dataset_node: str | None) -> str | None:
         """The node whose LC turns ``stage``'s ``Waiting`` into ``Ready`` (see ``deciding_node``)."""
         return deciding_node(self.templates, stage, dataset_node)
@@ -423,6 +432,11 @@ class LifelongLearningJob(Resource[LLJobSpec, LLJobStatus]):
 
     kind: Literal["LifelongLearningJob"] = "LifelongLearningJob"
     metadata: LLJobMeta
+
+    def node_names(self, dataset: Dataset | None) -> list[str]:
+        """The nodes that must hold the job, given its Dataset (None: not found): the Dataset's
+        node first, then the train, eval and deploy nodes, each once (see ``node_roles``)."""
+        return self.spec.node_names(dataset.spec.node_name if dataset is not None else None)
 
     @property
     def conditions(self) -> list[LLJobCondition]:

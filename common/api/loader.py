@@ -26,6 +26,7 @@ from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
 from lifelong.common.api.meta import API_VERSION, Resource
 from lifelong.common.api.model import Model
+from lifelong.common.api.worker import Worker
 from lifelong.common.errors import ValidationError
 
 AnyResource: TypeAlias = LifelongLearningJob | Dataset | Model
@@ -252,6 +253,21 @@ def _parse(
 
 def parse_resource(obj: dict[str, Any], *, source: str | None = None) -> AnyResource:
     """Validate one resource given as its wire-form mapping; the model class is chosen by ``kind``."""
+    return _parse(obj, source)
+
+
+StoredResource: TypeAlias = LifelongLearningJob | Dataset | Model | Worker
+"""Any object a GM store holds: a resource kind, or the GM's internal ``Worker``."""
+
+
+def parse_stored(obj: Any, *, source: str | None = None) -> StoredResource:
+    """The model of an object read back from a store (a resource, or a ``Worker`` of
+    ``lifelong.io/v1``); ``ValidationError`` names every field the models refuse."""
+    if isinstance(obj, dict) and obj.get("kind") == Worker.KIND:
+        try:
+            return Worker.model_validate(obj, **_WIRE_NAMES_ONLY)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(_pydantic_errors(exc), source=source) from None
     return _parse(obj, source)
 
 

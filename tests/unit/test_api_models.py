@@ -20,7 +20,9 @@ from lifelong.common.api import (
     LLJobStatus,
     LLTimer,
     Model,
+    Worker,
     WorkerTemplate,
+    dataset_node,
     dump_resource,
     dump_yaml,
     format_path,
@@ -29,6 +31,7 @@ from lifelong.common.api import (
     load_file,
     load_yaml,
     parse_resource,
+    parse_stored,
     resource_key,
     template_env,
 )
@@ -437,6 +440,47 @@ def test_the_nodes_a_job_involves_and_their_roles(
         tuple(spec.deciding_node(s, dataset_node) for s in (Stage.TRAIN, Stage.EVAL, Stage.DEPLOY))
         == deciding
     )
+
+
+def test_worker_nodes_with_their_field_paths_and_a_jobs_nodes_given_its_dataset() -> None:
+    job = _job_with_nodes("t", None, "d")
+    assert job.spec.worker_nodes() == [
+        ("spec.trainSpec.template.spec.nodeName", "t"),
+        ("spec.evalSpec.template.spec.nodeName", None),
+        ("spec.deploySpec.template.spec.nodeName", "d"),
+    ]
+    ds = parse_resource(
+        {
+            "apiVersion": "sedna.io/v1alpha1",
+            "kind": "Dataset",
+            "metadata": {"name": "ds1"},
+            "spec": {"url": "/d.txt", "format": "txt", "nodeName": "ds-node"},
+        }
+    )
+    assert isinstance(ds, Dataset)
+    assert job.node_names(ds) == ["ds-node", "t", "d"]
+    assert job.node_names(None) == ["t", "d"]
+    assert dataset_node(dump_resource(ds)) == "ds-node" and dataset_node(None) is None
+
+
+def test_parse_stored_reads_the_gms_worker_objects_too_and_names_a_bad_field() -> None:
+    worker = {
+        "apiVersion": "lifelong.io/v1",
+        "kind": "Worker",
+        "metadata": {"name": "j-train-1", "namespace": "default"},
+        "spec": {
+            "job": "j",
+            "stage": "Train",
+            "round": 1,
+            "template": {"spec": {"nodeName": "n1", "containers": [{}]}},
+        },
+    }
+    parsed = parse_stored(worker)
+    assert isinstance(parsed, Worker) and parsed.node_name == "n1"
+    assert isinstance(parse_stored(job_mapping()), LifelongLearningJob)
+    with pytest.raises(ValidationError) as caught:
+        parse_stored({**worker, "spec": {**worker["spec"], "round": "1"}})
+    assert caught.value.errors == [("spec.round", "Input should be a valid integer")]
 
 
 def test_round_state_and_history_of_a_job() -> None:

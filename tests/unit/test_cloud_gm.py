@@ -7,6 +7,8 @@ apply (also across a GM restart on the same databases), rejected envelopes, vali
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -16,12 +18,13 @@ from typing import Any
 import pytest
 from harness.waiting import DeadlineExceeded, wait_for
 
-from lifelong.cloud.api_server import GMApi
+from lifelong.cloud.api_server import ApiServer, GMApi, validate
 from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import NotConnected, ValidationError
@@ -589,6 +592,45 @@ def test_apply_refuses_unknown_nodes_missing_datasets_and_bad_fields(gm: GM) -> 
     assert gm.svc.store.list("LifelongLearningJob") == []
 
 
+def _post(port: int, body: object) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to the GM API's apply; (status, JSON answer), errors included."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", "/api/v1/apply", json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def test_the_api_validates_into_the_model_and_answers_its_errors_naming_the_field(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.hello("node-b")
+    gm.idle()
+    parsed = validate(dataset(), gm.svc.store, gm.svc.state)
+    assert isinstance(parsed, Dataset) and parsed.spec.node_name == "node-a"  # the model, not a dict
+    server = ApiServer(gm.api, port=0)
+    server.start()
+    try:
+        assert _post(server.port, dataset())[0] == 200
+        bad = job()
+        bad["spec"]["dataset"]["trainProb"] = 2
+        bad["spec"]["trainSpec"]["trigger"]["timer"] = {"start": "25:00", "end": "24:00"}
+        code, answer = _post(server.port, bad)
+        assert code == 400 and answer["reason"] == "ValidationError"
+        assert "spec.dataset.trainProb: Input should be less than or equal to 1" in answer["error"]
+        assert "spec.trainSpec.trigger.timer.start: must be a time of day 'HH:MM'" in answer["error"]
+        code, answer = _post(server.port, job("j" * 240))
+        assert code == 400 and "metadata.name: is 240 characters" in answer["error"]
+        assert gm.svc.store.list("LifelongLearningJob") == []
+        code, answer = _post(server.port, job())
+        assert code == 200 and answer["result"] == "created"
+        stored = parse_resource(answer["object"])
+        assert isinstance(stored, LifelongLearningJob) and stored.spec == parse_resource(job()).spec
+    finally:
+        server.stop()
+
+
 def test_json_codec_and_reports_from_nodes_outside_the_job(tmp_path: Path) -> None:
     g = GM(tmp_path, codec="json")
     try:
@@ -817,7 +859,13 @@ def test_job_events_waiting_for_their_turn_collapse_into_one_reconcile(gm: GM) -
     assert b"lifelong_gm_work_collapsed_total 4.0" in gm.svc.metrics.render()
 
 
-def test_a_malformed_object_in_the_stores_list_is_counted_and_the_others_reconciled(tmp_path: Path) -> None:
+def refused(gm: GM, kind: str) -> float | None:
+    return gm.svc.metrics.registry.get_sample_value("lifelong_gm_store_refused_total", {"kind": kind})
+
+
+def test_an_invalid_job_in_the_stores_list_is_refused_counted_failed_once_and_the_others_reconciled(
+    tmp_path: Path,
+) -> None:
     first = GM(tmp_path)
     try:
         first.hello("node-a")
@@ -825,18 +873,28 @@ def test_a_malformed_object_in_the_stores_list_is_counted_and_the_others_reconci
         first.idle()
         first.api.apply(dataset())
         broken = job("broken")
-        broken["spec"]["dataset"] = "ds1"  # a string where a map belongs: its handler raises
-        first.svc.store.apply(broken)  # past the API's validation, as a hand-edited store would be
+        broken["spec"]["dataset"] = "ds1"  # a string where a map belongs: the models refuse it
+        first.svc.store.apply(broken)  # past the API's validation, as an older, buggier GM could have
         first.api.apply(job("good"))
         wait_for(lambda: first.conditions("good") == [("Train", "Waiting")], what="the good job")
+        wait_for(lambda: first.conditions("broken") == [("Train", "Failed")], what="the broken job failed")
+        first.idle()
+        assert refused(first, "LifelongLearningJob") == 1  # once, not again for its own status write
     finally:
         first.stop()
     second = GM(tmp_path)  # its watch starts with the store's full list
     try:
-        wait_for(lambda: item_failures(second, "executor") >= 1, what="the broken job counted")
+        wait_for(lambda: refused(second, "LifelongLearningJob") == 1, what="the broken job counted")
         second.report("node-a", "LifelongLearningJob", "good", ready("Train", 1))
         wait_for(lambda: second.conditions("good")[-1] == ("Train", "Starting"), what="the good job driven")
-        assert second.svc.executor.pending_retries() == 1  # the broken one waits for its retry
+        second.idle()
+        assert second.conditions("broken") == [("Train", "Failed")]  # one Failed, not one per GM
+        failed = second.job("broken")["status"]["conditions"][-1]
+        assert failed["reason"] == "Invalid"
+        assert "spec.dataset: Input should be a mapping" in failed["message"]
+        assert second.svc.executor.pending_retries() == 0  # refused, not retried forever
+        assert refused(second, "LifelongLearningJob") == 1
+        assert all(env.name != "broken" for env in second.bus.envelopes("node-a", Op.UPSERT))
     finally:
         second.stop()
 

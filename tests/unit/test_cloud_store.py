@@ -11,6 +11,7 @@ from harness.waiting import wait_for
 from lifelong.cloud.stores import sqlite as sqlite_store
 from lifelong.cloud.stores.base import Conflict, NotFound, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
+from lifelong.common.api import Dataset
 from lifelong.common.sqlite import Database
 
 
@@ -123,8 +124,11 @@ def test_watch_lists_then_streams_changes_in_order(store: SqliteStore) -> None:
             ("MODIFIED", "a"),
             ("DELETED", "b"),
         ]
-        versions = [int(e.object["metadata"]["resourceVersion"]) for e in events[1:]]
+        versions = [int(e.resource_version) for e in events[1:]]
         assert versions == sorted(versions)
+        assert all(isinstance(e.model, Dataset) and e.refused is None for e in events)
+        assert events[2].model is not None and events[2].model.status is not None
+        assert events[2].model.status.number_of_samples == 3
     finally:
         stop.set()
         thread.join(5)
@@ -158,3 +162,24 @@ def test_watch_relists_after_falling_behind_the_pruned_log(
         stop2.set()
         t2.join(5)
         store.close()
+
+
+def test_watch_parses_each_object_once_and_names_why_the_models_refuse_one(store: SqliteStore) -> None:
+    bad = ds("bad")
+    bad["spec"]["url"] = 123  # the store does not validate: as an older, buggier GM could have written
+    store.apply(bad)
+    store.apply(ds("good"))
+    events, stop, thread = _collect(store)
+    try:
+        wait_for(lambda: len(events) == 2, what="the initial list")
+        store.update_status("Dataset", "default", "bad", {"numberOfSamples": 1})
+        wait_for(lambda: len(events) == 3, what="the change of the refused object")
+        by_name = {e.key[2]: e for e in events[:2]}
+        assert isinstance(by_name["good"].model, Dataset) and by_name["good"].refused is None
+        for refused in (by_name["bad"], events[2]):
+            assert refused.key == ("Dataset", "default", "bad") and refused.model is None
+            assert refused.refused == "spec.url: Input should be a valid string"
+        assert events[2].type == "MODIFIED" and int(events[2].resource_version) > 2
+    finally:
+        stop.set()
+        thread.join(5)

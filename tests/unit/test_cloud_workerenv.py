@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from harness import lc_objects
 
 from lifelong.cloud.controllers.lifelonglearning.workerenv import model_urls, worker_env
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import Condition
 
-JOB = {"metadata": {"name": "j", "namespace": "ns"}, "spec": {"outputDir": "/out/"}}
-DATASET = {"spec": {"url": "/data/all.txt"}}
+
+def _job() -> LifelongLearningJob:
+    wire = lc_objects.job("j", "edge-1", "ds", Path("/out"), [])
+    wire["metadata"]["namespace"] = "ns"
+    wire["spec"]["outputDir"] = "/out/"  # a trailing slash is not doubled
+    parsed = parse_resource(wire)
+    assert isinstance(parsed, LifelongLearningJob)
+    return parsed
+
+
+def _dataset() -> Dataset:
+    parsed = parse_resource(lc_objects.dataset("ds", "edge-1", Path("/data/all.txt")))
+    assert isinstance(parsed, Dataset)
+    return parsed
+
+
+JOB = _job()
+DATASET = _dataset()
 
 
 def c(stage: Stage, type_: ConditionType, data: object = None) -> Condition:

@@ -158,7 +158,10 @@ def job(name: str, dataset_name: str = "ds", node: str = "edge-1", **labels: str
         "metadata": meta,
         "spec": {
             "dataset": {"name": dataset_name, "trainProb": 0.8},
-            "trainSpec": {"template": template()},
+            "trainSpec": {  # the CRD requires a trigger
+                "template": template(),
+                "trigger": {"condition": {"operator": ">", "threshold": 5, "metric": "num_of_samples"}},
+            },
             "evalSpec": {"template": template()},
             "deploySpec": {"template": template()},
             "outputDir": "/out",
@@ -203,7 +206,7 @@ def handled_events(gm: GMService) -> list[tuple[str, str]]:
     def on_event(event: WatchEvent) -> None:
         original(event)
         with lock:
-            seen.append((event.type, str(event.object["metadata"].get("resourceVersion"))))
+            seen.append((event.type, event.resource_version))
 
     gm.jobs.on_event = on_event  # type: ignore[method-assign]
     return seen
@@ -300,6 +303,34 @@ def test_k8s_gm_job_with_a_missing_dataset_fails_once_until_its_spec_changes_fak
     last = conditions(fake, "other")[-1]
     assert (last["type"], last["reason"]) == ("Failed", "NodeNotFound")
     assert "no-such-node" in last["message"]
+
+
+def test_k8s_gm_refuses_a_job_the_models_refuse_counts_it_and_drives_the_others_fake_api(
+    fake: FakeKubernetesApiServer, gms: GMs, user: KubernetesStore
+) -> None:
+    user.apply(dataset())
+    # A name the CRD (and Kubernetes) accept but the models refuse: its workers' names would be
+    # too long. Written straight to the API server, as kubectl or an older GM could have.
+    long_name = "j" * 240
+    fake.put(JOBS, job(long_name))
+    user.apply(job("good"))
+    gm = gms.start("gm-a")
+
+    wait_for(lambda: stage_types(fake, "good") == [("Train", "Waiting")], timeout=15, what="the good job")
+    wait_for(lambda: len(conditions(fake, long_name)) == 1, timeout=15, what="the refused job's Failed")
+    [failed] = conditions(fake, long_name)
+    assert (failed["stage"], failed["type"], failed["reason"]) == ("Train", "Failed", "Invalid")
+    assert "metadata.name: is 240 characters" in failed["message"]
+
+    def refused() -> float | None:
+        return gm.metrics.registry.get_sample_value("lifelong_gm_store_refused_total", {"kind": KIND})
+
+    wait_for(lambda: refused() == 1, timeout=15, what="the refused job counted")
+    # Its own status write (a new version) is neither counted again nor answered with a second Failed.
+    user.apply(job("later"))
+    wait_for(lambda: stage_types(fake, "later") == [("Train", "Waiting")], timeout=15, what="a later job")
+    assert refused() == 1
+    assert len(conditions(fake, long_name)) == 1
 
 
 def test_k8s_gm_only_the_leader_acts_fake_api(

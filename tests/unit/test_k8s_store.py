@@ -22,6 +22,8 @@ from lifelong.cloud.stores.kubernetes import (
     KubernetesStoreSettings,
     kubernetes_validation_condition,
 )
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
+from lifelong.common.stages import ConditionType, Stage
 
 DATASETS = "sedna.io/v1alpha1/datasets"
 JOBS = "sedna.io/v1alpha1/lifelonglearningjobs"
@@ -55,6 +57,9 @@ def dataset(name: str, url: str = "/data/a.txt", node: str = "edge-1") -> dict[s
     }
 
 
+TRIGGER = {"condition": {"operator": ">", "threshold": 5, "metric": "num_of_samples"}}
+
+
 def job(
     name: str, dataset_name: str = "ds", nodes: tuple[str, str, str] = ("edge-1",) * 3
 ) -> dict[str, object]:
@@ -67,12 +72,33 @@ def job(
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "dataset": {"name": dataset_name, "trainProb": 0.8},
-            "trainSpec": {"template": template(nodes[0])},
+            "trainSpec": {"template": template(nodes[0]), "trigger": TRIGGER},  # the CRD requires one
             "evalSpec": {"template": template(nodes[1])},
             "deploySpec": {"template": template(nodes[2])},
             "outputDir": "/out",
         },
     }
+
+
+def model(obj: dict[str, object]) -> LifelongLearningJob:
+    parsed = parse_resource(obj)
+    assert isinstance(parsed, LifelongLearningJob)
+    return parsed
+
+
+def test_k8s_store_watch_refuses_an_object_the_models_refuse_and_goes_on_fake_api(
+    store: KubernetesStore, fake: FakeKubernetesApiServer, watching: Recorder
+) -> None:
+    # A valid Kubernetes name (and so accepted by the CRD) that is too long for a job's workers.
+    long_name = "j" * 240
+    fake.put("sedna.io/v1alpha1/lifelonglearningjobs", job(long_name))
+    store.apply(dataset("good"))
+    wait_for(lambda: len(watching.seen()) == 2, what="both objects")
+    by_name = {e.key[2]: e for e in watching.events}
+    assert by_name["good"].refused is None and isinstance(by_name["good"].model, Dataset)
+    bad = by_name[long_name]
+    assert bad.key == ("LifelongLearningJob", "default", long_name) and bad.model is None
+    assert bad.refused is not None and bad.refused.startswith("metadata.name: is 240 characters")
 
 
 def test_k8s_store_crud_and_resource_versions_fake_api(store: KubernetesStore) -> None:
@@ -160,7 +186,7 @@ class Recorder:
 
     def seen(self) -> list[tuple[str, str, str]]:
         with self.lock:
-            return [(e.type, e.object["kind"], e.object["metadata"]["name"]) for e in self.events]
+            return [(e.type, e.key[0], e.key[2]) for e in self.events]
 
 
 @pytest.fixture
@@ -232,8 +258,9 @@ def test_k8s_store_watch_restarts_after_410_gone_fake_api(
     wait_for(lambda: ("ADDED", "Dataset", "d") in watching.seen(), what="an event after the restart")
     seen = watching.seen()
     assert len(seen) == len(set(seen)) == 6
-    a_events = [e for e in watching.events if e.object["metadata"]["name"] == "a"]
-    assert a_events[-1].object["spec"]["url"] == "/changed"
+    a_events = [e for e in watching.events if e.key[2] == "a"]
+    last = a_events[-1].model
+    assert isinstance(last, Dataset) and last.spec.url == "/changed"
 
 
 def test_k8s_store_watch_survives_an_error_event_410_fake_api(
@@ -253,25 +280,23 @@ def test_k8s_validation_condition_fake_api(store: KubernetesStore, fake: FakeKub
     fake.put("v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edge-1"}})
     assert store.node_names() == {"edge-1"}
 
-    missing_ds = kubernetes_validation_condition(job("j", dataset_name="nope"), store)
+    missing_ds = kubernetes_validation_condition(model(job("j", dataset_name="nope")), store)
     assert missing_ds is not None
-    assert missing_ds["type"] == "Failed" and missing_ds["stage"] == "Train"
-    assert missing_ds["reason"] == "DatasetNotFound"
-    assert "spec.dataset.name" in missing_ds["message"] and "default/nope" in missing_ds["message"]
+    assert missing_ds.type is ConditionType.FAILED and missing_ds.stage is Stage.TRAIN
+    assert missing_ds.reason == "DatasetNotFound"
+    assert "spec.dataset.name" in missing_ds.message and "default/nope" in missing_ds.message
 
     store.apply(dataset("ds"))
-    assert kubernetes_validation_condition(job("j"), store) is None
+    assert kubernetes_validation_condition(model(job("j")), store) is None
 
     store.apply(dataset("elsewhere", node="edge-9"))
-    bad_ds_node = kubernetes_validation_condition(job("j", dataset_name="elsewhere"), store)
-    assert bad_ds_node is not None and bad_ds_node["reason"] == "NodeNotFound"
-    assert "Dataset default/elsewhere spec.nodeName" in bad_ds_node["message"]
+    bad_ds_node = kubernetes_validation_condition(model(job("j", dataset_name="elsewhere")), store)
+    assert bad_ds_node is not None and bad_ds_node.reason == "NodeNotFound"
+    assert "Dataset default/elsewhere spec.nodeName" in bad_ds_node.message
 
-    bad_node = kubernetes_validation_condition(job("j", nodes=("edge-1", "edge-1", "cloud-9")), store)
-    assert bad_node is not None and bad_node["reason"] == "NodeNotFound"
-    assert (
-        "spec.deploySpec.template.spec.nodeName" in bad_node["message"] and "cloud-9" in bad_node["message"]
-    )
+    bad_node = kubernetes_validation_condition(model(job("j", nodes=("edge-1", "edge-1", "cloud-9"))), store)
+    assert bad_node is not None and bad_node.reason == "NodeNotFound"
+    assert "spec.deploySpec.template.spec.nodeName" in bad_node.message and "cloud-9" in bad_node.message
 
 
 def test_k8s_store_from_kubeconfig_fake_api(fake: FakeKubernetesApiServer, tmp_path: Path) -> None:

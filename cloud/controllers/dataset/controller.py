@@ -20,7 +20,8 @@ from typing import Any
 
 from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected, Sender
 from lifelong.cloud.metrics import GMMetrics
-from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
+from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent, wire
+from lifelong.common.api import Dataset
 from lifelong.common.envelope import Envelope
 from lifelong.common.messages import DatasetReport
 from lifelong.common.statemachine import format_time, parse_time
@@ -53,13 +54,14 @@ class DatasetController:
     def on_event(self, event: WatchEvent) -> None:
         started = time.perf_counter()
         key = event.key
+        node: str | None = None
         if event.type == "DELETED":
-            self.downstream.gone(key, str(event.object.get("metadata", {}).get("resourceVersion", "")))
-            node: str | None = None
-        else:
-            spec = event.object.get("spec") or {}
-            node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
-            self.downstream.want(key, [node] if node else [], event.object, include_status=False)
+            self.downstream.gone(key, event.resource_version)
+        elif isinstance(event.model, Dataset):
+            node = event.model.spec.node_name
+            self.downstream.want(key, [node], wire(event.model), include_status=False)
+        else:  # the models refuse it (the service counted it): its nodes keep what they hold
+            return
         with self._lock:
             changed = key not in self._nodes or self._nodes[key] != node
             self._nodes[key] = node

@@ -10,7 +10,7 @@ On every event it reconciles the job, level-triggered:
 2. on ``Ready``: once any ``retryAfter`` has passed, append ``Starting`` (with the version read,
    so two deciders cannot both start), then ask the runtime for the worker. ``Starting`` and
    ``Running`` re-ensure the worker (idempotent by name), so a crash between the two steps heals;
-3. send the job to every node that needs it (``downstream.job_nodes``).
+3. send the job to every node that needs it (``LifelongLearningJob.node_names``).
 
 With a ``validate`` hook (Kubernetes mode: the Dataset must exist and every node named must be
 a Node object), step 0 checks the job first. A job that fails gets one ``Failed`` condition
@@ -24,6 +24,15 @@ Waiting, with the failure backoff); still invalid, one new ``Failed`` for the ne
 A generation found valid is remembered (in memory) and not checked again, so status changes
 cost no extra API calls; a GM restart checks each job once more.
 
+A stored job the API models refuse (the store's watch parses every object once; on Kubernetes
+someone may write a custom object the CRD accepts but the models do not) is parked the same way:
+one ``Failed`` condition with reason ``Invalid`` and the models' message naming the field, for
+its generation; it is not driven or sent until its spec changes. The other jobs go on.
+
+Inside, the controller works on the models (``LifelongLearningJob``, ``Dataset``) and their
+derived facts (``history``, ``round``, ``node_names``); the wire form is read only where the store
+hands it over (``lifelong.cloud.stores.base``) and written where it is stored or sent.
+
 Reports become state-machine events (``upstream.py``); the machine decides applied / duplicate /
 illegal, and every status write is a compare-and-swap on the resourceVersion, retried on
 ``Conflict``. A resent report never appends a second condition.
@@ -31,6 +40,8 @@ illegal, and every status write is a compare-and-swap on the resourceVersion, re
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -50,9 +61,20 @@ from lifelong.cloud.controllers.lifelonglearning.workerenv import (
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, StoreError, WatchEvent
+from lifelong.cloud.stores.base import (
+    Conflict,
+    NotFound,
+    Object,
+    Refused,
+    ResourceStore,
+    StoreError,
+    WatchEvent,
+    parse,
+    read,
+    wire,
+)
 from lifelong.cloud.workqueue import KeyedExecutor
-from lifelong.common.api import job_conditions
+from lifelong.common.api import Dataset, LifelongLearningJob, job_conditions
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
 from lifelong.common.messages import JobReport, JobWorkerInfo, parse_job_report
@@ -79,26 +101,47 @@ REJECTED_GENERATION = "rejectedGeneration"
 
 _UNSET = object()
 
-Validator = Callable[[Object], dict[str, Any] | None]
-"""A job -> a ``Failed`` condition (camelCase dict) saying why it cannot run, or None."""
+REASON_INVALID = "Invalid"
+"""Reason of the ``Failed`` condition of a stored job the API models refuse."""
+
+Validator = Callable[[LifelongLearningJob], Condition | None]
+"""A job -> a ``Failed`` condition saying why it cannot run, or None."""
+
+
+def _judged_generation(data: str | None) -> object:
+    """The spec generation a validation ``Failed`` condition's ``data`` names (``_UNSET``: none)."""
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        return _UNSET
+    return value.get(REJECTED_GENERATION, _UNSET) if isinstance(value, dict) else _UNSET
+
+
+def _parked(generation: object, conds: list[Condition]) -> bool:
+    last = conds[-1] if conds else None
+    if last is None or last.type is not ConditionType.FAILED:
+        return False
+    judged = _judged_generation(last.data)
+    return judged is not _UNSET and judged == generation
 
 
 def parked(job: Object, conds: list[Condition]) -> bool:
     """Whether the job's last condition is a validation ``Failed`` for its current spec."""
-    last = conds[-1] if conds else None
-    if last is None or last.type is not ConditionType.FAILED or not last.data:
-        return False
-    try:
-        data = json.loads(last.data)
-    except ValueError:
-        return False
-    judged = data.get(REJECTED_GENERATION, _UNSET) if isinstance(data, dict) else _UNSET
-    return judged is not _UNSET and judged == job.get("metadata", {}).get("generation")
+    return _parked(job.get("metadata", {}).get("generation"), conds)
 
 
 def conditions_of(job: Object) -> list[Condition]:
-    """The job's conditions (``ValidationError`` naming a malformed one)."""
+    """The conditions of a job in wire form (``ValidationError`` naming a malformed one); a
+    parsed job has them as ``LifelongLearningJob.history``."""
     return job_conditions((job.get("status") or {}).get("conditions"))
+
+
+def _job(obj: Object) -> LifelongLearningJob:
+    """The model of a job a store has just written back (``Refused`` if the models refuse it)."""
+    model = parse(obj)
+    if not isinstance(model, LifelongLearningJob):
+        raise TypeError(f"expected a {KIND}, the store returned a {model.kind}")
+    return model
 
 
 class LifelongLearningController:
@@ -143,16 +186,17 @@ class LifelongLearningController:
 
     # -- store events ----------------------------------------------------------------------
     def on_event(self, event: WatchEvent) -> None:
+        """A store event of a job: a delete stops its workers and removes it from its nodes;
+        anything else reconciles it (a job the models refuse gets its ``Failed`` condition there)."""
         key = event.key
         started = time.perf_counter()
         self._index(event)
         try:
             if event.type == "DELETED":
                 _, ns, name = key
-                rv = str(event.object.get("metadata", {}).get("resourceVersion", ""))
                 log.info("job %s/%s deleted; stopping its workers", ns, name)
                 self.runtime.delete_workers(ns, name)
-                self.downstream.gone(key, rv)
+                self.downstream.gone(key, event.resource_version)
                 self.state.forget_job(ns, name)
                 self._valid_generation.pop(key, None)
             else:
@@ -164,7 +208,8 @@ class LifelongLearningController:
         self.executor.submit(key, lambda: self.reconcile(key))
 
     def _index(self, event: WatchEvent) -> None:
-        ds = (event.object.get("spec", {}).get("dataset") or {}).get("name")
+        job = event.model
+        ds = job.spec.dataset.name if isinstance(job, LifelongLearningJob) else None
         key = event.key
         with self._datasets_lock:
             old = self._datasets.pop(key, None)
@@ -173,7 +218,7 @@ class LifelongLearningController:
                 jobs.discard(key)
                 if not jobs:
                     self._jobs_of.pop((key[1], old), None)
-            if event.type != "DELETED" and isinstance(ds, str):
+            if event.type != "DELETED" and ds is not None:
                 self._datasets[key] = ds
                 self._jobs_of.setdefault((key[1], ds), set()).add(key)
 
@@ -186,14 +231,17 @@ class LifelongLearningController:
     def reconcile(self, key: Key) -> None:
         _, ns, name = key
         for _ in range(CAS_RETRIES):
-            job = self.store.get(KIND, ns, name)
-            if job is None:
-                return
             try:
-                conds = conditions_of(job)
-            except ValidationError as exc:
-                log.error("job %s/%s has a malformed condition, not driving it: %s", ns, name, exc)
+                job = read(self.store, LifelongLearningJob, ns, name)
+                if job is None:
+                    return
+            except Refused as exc:
+                try:
+                    self._refuse(key, exc.reason)
+                except Conflict:
+                    continue  # someone wrote in between: read again
                 return
+            conds = job.history
             now = self.clock()
             try:
                 if self.validate is not None:
@@ -210,7 +258,7 @@ class LifelongLearningController:
                         return
                 settled = transition(conds, Created(), now, **self._backoff)
                 if settled:
-                    job = self._append(job, conds, settled)
+                    self._append_to(job, conds, settled)
                     continue
                 cur = current(conds)
                 if cur is not None and cur.type is ConditionType.READY:
@@ -222,7 +270,7 @@ class LifelongLearningController:
                     else:
                         event = WorkerStarting(cur.stage, message="starting the worker")
                         new = transition(conds, event, now, **self._backoff)
-                        job = self._append(job, conds, new)
+                        job = self._append_to(job, conds, new)
                         conds = conds + new
                         cur = current(conds)
                 if cur is not None and cur.type in (ConditionType.STARTING, ConditionType.RUNNING):
@@ -231,7 +279,7 @@ class LifelongLearningController:
                     except (ValueError, ValidationError) as exc:  # can never start: the stage fails
                         log.error("job %s/%s: cannot start the %s worker: %s", ns, name, cur.stage.value, exc)
                         failed = WorkerFailed(cur.stage, reason="StartFailed", message=str(exc))
-                        self._append(job, conds, transition(conds, failed, now, **self._backoff))
+                        self._append_to(job, conds, transition(conds, failed, now, **self._backoff))
                         continue
                     except (Conflict, StateError):
                         raise
@@ -250,56 +298,102 @@ class LifelongLearningController:
         log.warning("job %s/%s: gave up after %d conflicting writes; will retry", ns, name, CAS_RETRIES)
         self.executor.call_later(1.0, key, lambda: self.reconcile(key))
 
-    def _check_spec(self, job: Object, conds: list[Condition]) -> tuple[bool, Object]:
+    def _check_spec(
+        self, job: LifelongLearningJob, conds: list[Condition]
+    ) -> tuple[bool, LifelongLearningJob]:
         """(parked, job): whether the job must not be driven, and the job after any write.
 
         See the module docstring. Raises ``Conflict`` when the job changed under the write.
         """
         assert self.validate is not None
-        meta = job["metadata"]
-        generation = meta.get("generation")
-        key = (KIND, meta.get("namespace", "default"), meta["name"])
+        generation = job.metadata.generation
+        key = job.key
         if generation is not None and self._valid_generation.get(key) == generation:
             return False, job
-        if parked(job, conds):
+        if _parked(generation, conds):
             return True, job
         problem = self.validate(job)
         if problem is None:
             if generation is not None:
                 self._valid_generation[key] = generation
             return False, job
-        failed = Condition.from_dict({**problem, "data": json.dumps({REJECTED_GENERATION: generation})})
+        failed = dataclasses.replace(problem, data=json.dumps({REJECTED_GENERATION: generation}))
         log.warning(
             "job %s/%s (generation %s) cannot run: %s: %s",
-            meta.get("namespace"),
-            meta.get("name"),
+            job.namespace,
+            job.name,
             generation,
             failed.reason,
             failed.message,
         )
-        return True, self._append(job, conds, [failed])
+        return True, self._append_to(job, conds, [failed])
 
-    def _append(self, job: Object, conds: list[Condition], new: list[Condition]) -> Object:
-        meta = job["metadata"]
-        status: dict[str, Any] = dict(job.get("status") or {})
+    def _refuse(self, key: Key, reason: str) -> None:
+        """Record that the stored job ``key`` is refused by the models: one ``Failed`` condition
+        (reason ``Invalid``, the models' message) for its spec generation, which parks it like a
+        validation failure until the spec changes. Raises ``Conflict`` if it changed meanwhile.
+
+        The one place the reconcile reads a job's wire form, since there is no model of it: only
+        ``metadata`` and ``status.conditions`` are read, and the conditions are kept as stored.
+        """
+        _, ns, name = key
+        raw = self.store.get(KIND, ns, name)
+        if raw is None:
+            return
+        meta: dict[str, Any] = raw["metadata"] if isinstance(raw.get("metadata"), dict) else {}
+        status: dict[str, Any] = dict(raw["status"]) if isinstance(raw.get("status"), dict) else {}
+        items: list[Any] = status["conditions"] if isinstance(status.get("conditions"), list) else []
+        last = items[-1] if items and isinstance(items[-1], dict) else {}
+        generation = meta.get("generation")
+        judged = _judged_generation(last.get("data") if isinstance(last.get("data"), str) else None)
+        if last.get("type") == ConditionType.FAILED.value and judged is not _UNSET and judged == generation:
+            return  # already recorded for this generation
+        stage = last.get("stage")
+        stamp = format_time(self.clock())
+        failed = Condition(
+            type=ConditionType.FAILED,
+            stage=Stage(stage) if stage in {s.value for s in Stage} else Stage.TRAIN,
+            reason=REASON_INVALID,
+            message=f"the stored job is not valid: {reason}",
+            data=json.dumps({REJECTED_GENERATION: generation}),
+            last_transition_time=stamp,
+            last_heartbeat_time=stamp,
+        )
+        log.error("job %s/%s (generation %s) is not valid, not driving it: %s", ns, name, generation, reason)
+        status["conditions"] = [*items, failed.to_dict()]
+        self.store.update_status(KIND, ns, name, status, resource_version=str(meta.get("resourceVersion")))
+
+    def _write_conditions(
+        self, key: Key, rv: object, status: dict[str, Any], conds: list[Condition], new: list[Condition]
+    ) -> Object:
+        _, ns, name = key
         status["conditions"] = [c.to_dict() for c in conds + new]
         status.setdefault("startTime", format_time(self.clock()))
         for cond in new:
             log.info(
                 "job %s/%s stage=%s -> %s%s",
-                meta.get("namespace"),
-                meta.get("name"),
+                ns,
+                name,
                 cond.stage.value,
                 cond.type.value,
                 f" ({cond.message})" if cond.message else "",
             )
-        return self.store.update_status(
-            KIND,
-            meta.get("namespace", "default"),
-            meta["name"],
-            status,
-            resource_version=str(meta.get("resourceVersion")),
-        )
+        return self.store.update_status(KIND, ns, name, status, resource_version=str(rv))
+
+    def _append(self, job: Object, conds: list[Condition], new: list[Condition]) -> Object:
+        """Append ``new`` to a job in wire form (compare-and-swap on its version)."""
+        meta = job["metadata"]
+        status: dict[str, Any] = dict(job.get("status") or {})
+        key = (KIND, meta.get("namespace", "default"), meta["name"])
+        return self._write_conditions(key, meta.get("resourceVersion"), status, conds, new)
+
+    def _append_to(
+        self, job: LifelongLearningJob, conds: list[Condition], new: list[Condition]
+    ) -> LifelongLearningJob:
+        """Append ``new`` to the job (compare-and-swap on its version); the job as written."""
+        status = wire(job.status) if job.status is not None else {}
+        written = self._write_conditions(job.key, job.metadata.resource_version, status, conds, new)
+        return _job(written)
 
     def _dataset(self, job: Object) -> Object | None:
         name = (job.get("spec", {}).get("dataset") or {}).get("name")
@@ -307,31 +401,38 @@ class LifelongLearningController:
             return None
         return self.store.get("Dataset", job["metadata"].get("namespace", "default"), name)
 
-    def _ensure_worker(self, job: Object, conds: list[Condition], stage: Stage) -> None:
-        meta = job["metadata"]
+    def _dataset_of(self, job: LifelongLearningJob) -> Dataset | None:
+        """The job's Dataset, None if it does not exist or the models refuse it (the watch counts
+        that, and the job then involves only its workers' nodes)."""
+        try:
+            return read(self.store, Dataset, job.namespace, job.spec.dataset.name)
+        except Refused as exc:
+            log.warning("job %s/%s: its dataset is not valid: %s", job.namespace, job.name, exc)
+            return None
+
+    def _ensure_worker(self, job: LifelongLearningJob, conds: list[Condition], stage: Stage) -> None:
         round_ = current_round(conds)
         spec = WorkerSpec(
-            job_namespace=meta.get("namespace", "default"),
-            job_name=meta["name"],
-            job_uid=str(meta.get("uid", "")),
+            job_namespace=job.namespace,
+            job_name=job.name,
+            job_uid=job.metadata.uid or "",
             stage=stage,
             round=round_,
-            template=lldown.template_of(job, stage),
+            template=copy.deepcopy(job.spec.template_for(stage)),
             env=worker_env(
                 job,
                 stage,
                 round_,
                 conds,
-                self._dataset(job),
+                self._dataset_of(job),
                 lc_server=self.lc_server,
                 kb_server=self.kb_server,
             ),
         )
         self.runtime.ensure_worker(spec)
 
-    def _send(self, job: Object) -> None:
-        key = (KIND, job["metadata"].get("namespace", "default"), job["metadata"]["name"])
-        self.downstream.want(key, lldown.job_nodes(job, self._dataset(job)), job, include_status=True)
+    def _send(self, job: LifelongLearningJob) -> None:
+        self.downstream.want(job.key, job.node_names(self._dataset_of(job)), wire(job), include_status=True)
 
     # -- upstream --------------------------------------------------------------------------
     def parse_report(self, body: Any) -> JobReport:

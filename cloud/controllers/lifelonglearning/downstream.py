@@ -3,28 +3,22 @@
 Every node that takes part (docs/protocol.md): the Dataset's node (it watches the data and fires
 the trigger), and the nodes named by the train, eval and deploy templates (``spec.nodeName``)
 - including the deploy (inference) node, which upstream Sedna forgets. The rule itself is
-``node_roles`` of ``lifelong.common.api`` (``LLJobSpec.node_roles`` on a model); this module
-applies it to the stored objects the controllers hold.
+``node_roles`` of ``lifelong.common.api``; a parsed job has it as
+``LifelongLearningJob.node_names``, which the controller's reconcile uses. These functions apply
+the same rule to a job the report paths hold in wire form, as the store returned it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lifelong.common.api import node_names, wire_templates
+from lifelong.common.api import dataset_node, node_names, wire_templates
 from lifelong.common.stages import Stage
 
 
 def template_of(job: dict[str, Any], stage: Stage) -> dict[str, Any]:
     """The pod template of ``stage`` as the user gave it (``{}`` if missing)."""
     return dict(wire_templates(job)[stage])
-
-
-def dataset_node(dataset: dict[str, Any] | None) -> str | None:
-    if not dataset:
-        return None
-    node = (dataset.get("spec") or {}).get("nodeName")
-    return node if isinstance(node, str) and node else None
 
 
 def job_nodes(job: dict[str, Any], dataset: dict[str, Any] | None) -> list[str]:

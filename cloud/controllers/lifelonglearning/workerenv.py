@@ -24,6 +24,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import Condition
 
@@ -76,22 +77,22 @@ def model_urls(value: Any) -> list[str]:
 
 
 def worker_env(
-    job: dict[str, Any],
+    job: LifelongLearningJob,
     stage: Stage,
     round_: int,
     conditions: Sequence[Condition],
-    dataset: dict[str, Any] | None,
+    dataset: Dataset | None,
     *,
     lc_server: str = DEFAULT_LC_SERVER,
     kb_server: str = DEFAULT_KB_SERVER,
 ) -> dict[str, str]:
-    meta = job.get("metadata", {})
-    spec = job.get("spec", {})
-    name = str(meta.get("name", ""))
-    output_dir = str(spec.get("outputDir", "")).rstrip("/")
-    dataset_url = str((dataset or {}).get("spec", {}).get("url", ""))
+    """The environment of ``job``'s ``stage`` worker in round ``round_``, from the job's
+    ``conditions`` (the Ready and Completed reports' data) and its Dataset (None: not found)."""
+    name = job.name
+    output_dir = job.spec.output_dir.rstrip("/")
+    dataset_url = dataset.spec.url if dataset is not None else ""
     env = {
-        "NAMESPACE": str(meta.get("namespace", "default")),
+        "NAMESPACE": job.namespace,
         "JOB_NAME": name,
         "WORKER_NAME": f"{name}-{stage.value.lower()}-{round_}",
         "LC_SERVER": lc_server,

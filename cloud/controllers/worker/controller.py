@@ -24,8 +24,8 @@ from lifelong.cloud.controllers.lifelonglearning.downstream import template_of
 from lifelong.cloud.controllers.lifelonglearning.upstream import worker_phase
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase
-from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent
-from lifelong.common.api import worker_node
+from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent, wire
+from lifelong.common.api import Worker, worker_node
 from lifelong.common.envelope import Envelope
 from lifelong.common.messages import WorkerReport
 
@@ -53,12 +53,11 @@ class WorkerController:
     def on_event(self, event: WatchEvent) -> None:
         started = time.perf_counter()
         if event.type == "DELETED":
-            self.downstream.gone(event.key, str(event.object.get("metadata", {}).get("resourceVersion", "")))
-        else:
-            template = (event.object.get("spec") or {}).get("template") or {}
-            node = (template.get("spec") or {}).get("nodeName")
-            nodes = [node] if isinstance(node, str) and node else []
-            self.downstream.want(event.key, nodes, event.object, include_status=False)
+            self.downstream.gone(event.key, event.resource_version)
+        elif isinstance(event.model, Worker):
+            node = event.model.node_name
+            nodes = [node] if node is not None else []
+            self.downstream.want(event.key, nodes, wire(event.model), include_status=False)
         self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
 
     def parse_report(self, body: Any) -> WorkerReport:
