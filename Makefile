@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# Test processes for `make test` (pytest-xdist). Most tests wait on brokers and processes, so
+# three share two cores well: 960 tests took 5:47 with 3 and 9:42 in one process here.
+TEST_JOBS ?= 3
 
 .PHONY: help venv test check lint typecheck imports crds demo bench faults clean
 
@@ -27,7 +30,7 @@ $(STAMP): $(BIN)/python
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
