@@ -1,1 +1,1 @@
-"""The GM's controllers: one package per resource kind (controller, downstream, upstream)."""
+"""The GM's controllers: one package per resource kind (its controller; what the edge reported)."""

@@ -19,7 +19,6 @@ import pytest
 from harness.waiting import DeadlineExceeded, wait_for
 
 from lifelong.cloud.api_server import ApiServer, GMApi, validate
-from lifelong.cloud.controllers.lifelonglearning.downstream import job_nodes
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
@@ -216,10 +215,17 @@ def setup_job(gm: GM) -> None:
 
 
 def test_job_goes_to_dataset_train_eval_and_deploy_nodes() -> None:
+    def nodes(j: dict[str, Any], ds: dict[str, Any] | None) -> list[str]:
+        model = parse_resource(j)
+        assert isinstance(model, LifelongLearningJob)
+        ds_model = parse_resource(ds) if ds is not None else None
+        assert ds_model is None or isinstance(ds_model, Dataset)
+        return model.node_names(ds_model)
+
     j = job(train="node-t", eval_="node-e", deploy="node-d")
-    assert job_nodes(j, dataset(node="node-a")) == ["node-a", "node-t", "node-e", "node-d"]
-    assert job_nodes(job(train="node-a", eval_="node-a", deploy="node-a"), dataset()) == ["node-a"]
-    assert job_nodes(j, None) == ["node-t", "node-e", "node-d"]
+    assert nodes(j, dataset(node="node-a")) == ["node-a", "node-t", "node-e", "node-d"]
+    assert nodes(job(train="node-a", eval_="node-a", deploy="node-a"), dataset()) == ["node-a"]
+    assert nodes(j, None) == ["node-t", "node-e", "node-d"]
 
 
 def test_applied_job_is_sent_to_every_node_that_needs_it(gm: GM) -> None:

@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected, Sender
-from lifelong.cloud.controllers.lifelonglearning import downstream as lldown
 from lifelong.cloud.controllers.lifelonglearning import upstream as llup
 from lifelong.cloud.controllers.lifelonglearning.workerenv import (
     DEFAULT_KB_SERVER,
@@ -74,7 +73,7 @@ from lifelong.cloud.stores.base import (
     wire,
 )
 from lifelong.cloud.workqueue import KeyedExecutor
-from lifelong.common.api import Dataset, LifelongLearningJob, job_conditions
+from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
 from lifelong.common.messages import JobReport, JobWorkerInfo, parse_job_report
@@ -123,17 +122,6 @@ def _parked(generation: object, conds: list[Condition]) -> bool:
         return False
     judged = _judged_generation(last.data)
     return judged is not _UNSET and judged == generation
-
-
-def parked(job: Object, conds: list[Condition]) -> bool:
-    """Whether the job's last condition is a validation ``Failed`` for its current spec."""
-    return _parked(job.get("metadata", {}).get("generation"), conds)
-
-
-def conditions_of(job: Object) -> list[Condition]:
-    """The conditions of a job in wire form (``ValidationError`` naming a malformed one); a
-    parsed job has them as ``LifelongLearningJob.history``."""
-    return job_conditions((job.get("status") or {}).get("conditions"))
 
 
 def _job(obj: Object) -> LifelongLearningJob:
@@ -380,13 +368,6 @@ class LifelongLearningController:
             )
         return self.store.update_status(KIND, ns, name, status, resource_version=str(rv))
 
-    def _append(self, job: Object, conds: list[Condition], new: list[Condition]) -> Object:
-        """Append ``new`` to a job in wire form (compare-and-swap on its version)."""
-        meta = job["metadata"]
-        status: dict[str, Any] = dict(job.get("status") or {})
-        key = (KIND, meta.get("namespace", "default"), meta["name"])
-        return self._write_conditions(key, meta.get("resourceVersion"), status, conds, new)
-
     def _append_to(
         self, job: LifelongLearningJob, conds: list[Condition], new: list[Condition]
     ) -> LifelongLearningJob:
@@ -394,12 +375,6 @@ class LifelongLearningController:
         status = wire(job.status) if job.status is not None else {}
         written = self._write_conditions(job.key, job.metadata.resource_version, status, conds, new)
         return _job(written)
-
-    def _dataset(self, job: Object) -> Object | None:
-        name = (job.get("spec", {}).get("dataset") or {}).get("name")
-        if not isinstance(name, str):
-            return None
-        return self.store.get("Dataset", job["metadata"].get("namespace", "default"), name)
 
     def _dataset_of(self, job: LifelongLearningJob) -> Dataset | None:
         """The job's Dataset, None if it does not exist or the models refuse it (the watch counts
@@ -441,11 +416,20 @@ class LifelongLearningController:
     def report_key(self, env: Envelope, report: JobReport) -> Key:
         return (KIND, env.ns, env.name)
 
-    def apply_report(self, node: str, env: Envelope, report: JobReport) -> Outcome:
-        job = self.store.get(KIND, env.ns, env.name)
+    def _read_job(self, ns: str, name: str) -> LifelongLearningJob:
+        """The job a report is about, as its model. ``ReportRejected`` when it does not exist, or
+        when the models refuse it (its watch event has already recorded that as ``Failed``)."""
+        try:
+            job = read(self.store, LifelongLearningJob, ns, name)
+        except Refused as exc:
+            raise ReportRejected("state", f"job {ns}/{name} is not valid: {exc}") from None
         if job is None:
-            raise ReportRejected("unknown_resource", f"job {env.ns}/{env.name} does not exist")
-        if node not in lldown.job_nodes(job, self._dataset(job)):
+            raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist")
+        return job
+
+    def apply_report(self, node: str, env: Envelope, report: JobReport) -> Outcome:
+        job = self._read_job(env.ns, env.name)
+        if node not in job.node_names(self._dataset_of(job)):
             raise ReportRejected("wrong_node", f"node {node} takes no part in job {env.ns}/{env.name}")
         if isinstance(report, JobWorkerInfo):
             changed = self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
@@ -463,11 +447,9 @@ class LifelongLearningController:
 
     def _apply_event(self, ns: str, name: str, event: Event, round_: int, *, from_node: str) -> Outcome:
         for _ in range(CAS_RETRIES):
-            job = self.store.get(KIND, ns, name)
-            if job is None:
-                raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist")
-            conds = conditions_of(job)
-            if parked(job, conds):  # e.g. a report sent before the spec became invalid
+            job = self._read_job(ns, name)
+            conds = job.history
+            if _parked(job.metadata.generation, conds):  # a report sent before the spec became invalid
                 raise ReportRejected("state", f"job {ns}/{name} failed validation; its spec must change")
             if round_ < current_round(conds):
                 log.info(
@@ -486,7 +468,7 @@ class LifelongLearningController:
             if not new:
                 return Outcome.DUPLICATE
             try:
-                job = self._append(job, conds, new)
+                self._append_to(job, conds, new)
             except Conflict:
                 continue
             except NotFound:

@@ -20,12 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from lifelong.cloud.controllers.base import Key, Outcome, ReportRejected, Sender
-from lifelong.cloud.controllers.lifelonglearning.downstream import template_of
 from lifelong.cloud.controllers.lifelonglearning.upstream import worker_phase
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase
-from lifelong.cloud.stores.base import Conflict, NotFound, ResourceStore, WatchEvent, wire
-from lifelong.common.api import Worker, worker_node
+from lifelong.cloud.stores.base import Conflict, NotFound, Refused, ResourceStore, WatchEvent, read, wire
+from lifelong.common.api import LifelongLearningJob, Worker
 from lifelong.common.envelope import Envelope
 from lifelong.common.messages import WorkerReport
 
@@ -86,8 +85,11 @@ class WorkerController:
             except NotFound:
                 worker = None
         if worker is None:
-            job = self.store.get(JOB_KIND, env.ns, phase.job_name)
-            if job is not None and worker_node(template_of(job, phase.stage)) != node:
+            try:
+                job = read(self.store, LifelongLearningJob, env.ns, phase.job_name)
+            except Refused as exc:
+                raise ReportRejected("state", f"job {env.ns}/{phase.job_name} is not valid: {exc}") from None
+            if job is not None and job.spec.worker_node(phase.stage) != node:
                 raise ReportRejected(
                     "wrong_node",
                     f"the {phase.stage.value} worker of {env.ns}/{phase.job_name} "
