@@ -82,6 +82,44 @@ def read(store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> 
     return model
 
 
+class ModelCache:
+    """The models of stored objects, by key and resourceVersion, so that a hot path parses each
+    version of an object once: every report from the edge reads its job (and the job's Dataset)
+    to check it, and a job changes far less often than reports arrive.
+
+    ``read`` still reads the store every time (the version is the store's, never guessed); only
+    the parse is saved. Bounded: past ``limit`` entries it starts over. Thread-safe. The models it
+    returns are shared between callers: read them, never change them (the controllers write
+    through the store and parse what it returns).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._entries: dict[tuple[str, str, str], tuple[str, StoredResource]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
+        """As :func:`read`, from the cache when the stored version was parsed before."""
+        obj = store.get(cls.KIND, namespace, name)
+        if obj is None:
+            return None
+        key = (cls.KIND, namespace, name)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and rv is not None and hit[0] == rv and isinstance(hit[1], cls):
+            return hit[1]
+        model = parse(obj)
+        if not isinstance(model, cls):
+            raise Refused(wire_key(obj), ValidationError([("kind", f"is {model.kind}, not {cls.KIND}")]))
+        if isinstance(rv, str):
+            with self._lock:
+                if len(self._entries) >= self.limit:
+                    self._entries.clear()
+                self._entries[key] = (rv, model)
+        return model
+
+
 def wire(model: ApiModel) -> Object:
     """The wire form of a model (or of a part of one, a status), as a store keeps it and the bus
     carries it: camelCase, no nulls."""

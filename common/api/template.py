@@ -14,7 +14,6 @@ The helpers below read the first container, as the edge-process runtime runs it.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -68,16 +67,38 @@ class PodTemplateCheck(_Open):
     spec: PodSpecCheck
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def json_copy(value: Any) -> Any:
+    """A copy of a JSON-like tree: mappings become dicts and lists or tuples lists (as JSON has
+    them), each copied; the leaves (str, int, float, bool, None: immutable) are shared. What
+    ``copy.deepcopy`` gives for a parsed document, several times faster; a template is copied
+    every time a job is parsed or dumped, on every report and upsert."""
+    kind = type(value)
+    if kind is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [json_copy(v) for v in value]
+    if kind in _LEAVES:
+        return value
+    if isinstance(value, Mapping):
+        return {k: json_copy(v) for k, v in value.items()}
+    return value
+
+
 def _keep_as_given(value: Any, handler: ValidatorFunctionWrapHandler) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise PydanticCustomError("dict_type", "Input should be a mapping")
     handler(value)  # validates (errors carry the full field path); the result is discarded
-    return copy.deepcopy(dict(value))
+    copied: dict[str, Any] = json_copy(value)
+    return copied
 
 
 def _copy(value: dict[str, Any]) -> dict[str, Any]:
     # A copy, so that a dumped mapping never aliases the model's own template.
-    return copy.deepcopy(value)
+    copied: dict[str, Any] = json_copy(value)
+    return copied
 
 
 PodTemplate = Annotated[

@@ -9,9 +9,9 @@ import pytest
 from harness.waiting import wait_for
 
 from lifelong.cloud.stores import sqlite as sqlite_store
-from lifelong.cloud.stores.base import Conflict, NotFound, WatchEvent
+from lifelong.cloud.stores.base import Conflict, ModelCache, NotFound, WatchEvent
 from lifelong.cloud.stores.sqlite import SqliteStore
-from lifelong.common.api import Dataset
+from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.sqlite import Database
 
 
@@ -183,3 +183,20 @@ def test_watch_parses_each_object_once_and_names_why_the_models_refuse_one(store
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_the_model_cache_parses_each_stored_version_once(store: SqliteStore) -> None:
+    cache = ModelCache(limit=2)
+    store.apply(ds("a"))
+    first = cache.read(store, Dataset, "default", "a")
+    assert first is not None and first.spec.url == "/data/a.txt"
+    assert cache.read(store, Dataset, "default", "a") is first  # same version: not parsed again
+    store.apply(ds("a", url="/data/b.txt"))
+    second = cache.read(store, Dataset, "default", "a")
+    assert second is not first and second is not None and second.spec.url == "/data/b.txt"
+    assert cache.read(store, Dataset, "default", "missing") is None
+    assert cache.read(store, LifelongLearningJob, "default", "a") is None  # kinds never mix
+    for name in ("b", "c"):  # past its limit the cache starts over, and still answers right
+        store.apply(ds(name))
+        assert cache.read(store, Dataset, "default", name) is not None
+    assert cache.read(store, Dataset, "default", "a") is not second

@@ -62,6 +62,7 @@ from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
 from lifelong.cloud.stores.base import (
     Conflict,
+    ModelCache,
     NotFound,
     Object,
     Refused,
@@ -158,6 +159,7 @@ class LifelongLearningController:
         self.runtime = runtime
         self.executor = executor
         self.state = state
+        self._models = ModelCache()  # each version of a job or Dataset parsed once for reports
         self.metrics = metrics
         self.lc_server = lc_server
         self.kb_server = kb_server
@@ -380,7 +382,7 @@ class LifelongLearningController:
         """The job's Dataset, None if it does not exist or the models refuse it (the watch counts
         that, and the job then involves only its workers' nodes)."""
         try:
-            return read(self.store, Dataset, job.namespace, job.spec.dataset.name)
+            return self._models.read(self.store, Dataset, job.namespace, job.spec.dataset.name)
         except Refused as exc:
             log.warning("job %s/%s: its dataset is not valid: %s", job.namespace, job.name, exc)
             return None
@@ -420,7 +422,7 @@ class LifelongLearningController:
         """The job a report is about, as its model. ``ReportRejected`` when it does not exist, or
         when the models refuse it (its watch event has already recorded that as ``Failed``)."""
         try:
-            job = read(self.store, LifelongLearningJob, ns, name)
+            job = self._models.read(self.store, LifelongLearningJob, ns, name)
         except Refused as exc:
             raise ReportRejected("state", f"job {ns}/{name} is not valid: {exc}") from None
         if job is None:
