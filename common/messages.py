@@ -399,10 +399,5 @@ def parse_object(obj: Any) -> DownObject:
     raise InvalidBody("upsert body", [("object.kind", f"{resource.kind} is not sent to nodes")])
 
 
-def dump_object(obj: DownObject) -> dict[str, Any]:
-    """The wire form of a parsed object, as the LC stores it (camelCase, no nulls)."""
-    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
 def _under_object(path: str) -> str:
     return f"object.{path}" if path else "object"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lifelong.common.api import Dataset, LifelongLearningJob, Worker
+from lifelong.common.api import Dataset, LifelongLearningJob, Worker, dump_resource
 from lifelong.common.errors import InvalidBody, ProtocolError
 from lifelong.common.messages import (
     Applied,
@@ -25,7 +25,6 @@ from lifelong.common.messages import (
     Upsert,
     WorkerInfoPost,
     WorkerReport,
-    dump_object,
     parse_job_report,
     parse_object,
 )
@@ -200,7 +199,7 @@ def test_the_worker_object_the_gm_sends_parses_and_round_trips() -> None:
     assert isinstance(worker, Worker)
     assert worker.key == ("Worker", "default", "job1-train-1")
     assert worker.node_name == "edge-1"
-    assert dump_object(worker) == WORKER
+    assert dump_resource(worker) == WORKER
     with pytest.raises(InvalidBody) as caught:
         parse_object(_set(WORKER, "spec.round", "1"))
     assert caught.value.path == "object.spec.round"
