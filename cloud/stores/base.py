@@ -74,8 +74,10 @@ def read(store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> 
     """The object of ``cls``'s kind as its model, None when it does not exist; ``Refused`` when
     the models refuse it."""
     obj = store.get(cls.KIND, namespace, name)
-    if obj is None:
-        return None
+    return None if obj is None else _parse_as(cls, obj)
+
+
+def _parse_as(cls: type[ModelT], obj: Object) -> ModelT:
     model = parse(obj)
     if not isinstance(model, cls):
         raise Refused(wire_key(obj), ValidationError([("kind", f"is {model.kind}, not {cls.KIND}")]))
@@ -109,9 +111,7 @@ class ModelCache:
             hit = self._entries.get(key)
         if hit is not None and rv is not None and hit[0] == rv and isinstance(hit[1], cls):
             return hit[1]
-        model = parse(obj)
-        if not isinstance(model, cls):
-            raise Refused(wire_key(obj), ValidationError([("kind", f"is {model.kind}, not {cls.KIND}")]))
+        model = _parse_as(cls, obj)
         if isinstance(rv, str):
             with self._lock:
                 if len(self._entries) >= self.limit:

@@ -436,7 +436,9 @@ class LifelongLearningController:
         if isinstance(report, JobWorkerInfo):
             changed = self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
             return Outcome.APPLIED if changed else Outcome.DUPLICATE
-        return self._apply_event(env.ns, env.name, llup.job_event(report), report.round, from_node=node)
+        return self._apply_event(
+            env.ns, env.name, llup.job_event(report), report.round, from_node=node, job=job
+        )
 
     def apply_worker_phase(self, phase: WorkerPhase) -> Outcome:
         """A worker's phase (from the edge-process or the Pod runtime) moves the job's stage."""
@@ -447,9 +449,21 @@ class LifelongLearningController:
             phase.job_namespace, phase.job_name, event, phase.round, from_node=phase.worker
         )
 
-    def _apply_event(self, ns: str, name: str, event: Event, round_: int, *, from_node: str) -> Outcome:
+    def _apply_event(
+        self,
+        ns: str,
+        name: str,
+        event: Event,
+        round_: int,
+        *,
+        from_node: str,
+        job: LifelongLearningJob | None = None,
+    ) -> Outcome:
+        """Apply ``event`` to the job (``job``: as the caller has just read it, so the first try
+        does not read it again; a conflicting write makes every later try read it anew)."""
         for _ in range(CAS_RETRIES):
-            job = self._read_job(ns, name)
+            if job is None:
+                job = self._read_job(ns, name)
             conds = job.history
             if _parked(job.metadata.generation, conds):  # a report sent before the spec became invalid
                 raise ReportRejected("state", f"job {ns}/{name} failed validation; its spec must change")
@@ -472,6 +486,7 @@ class LifelongLearningController:
             try:
                 self._append_to(job, conds, new)
             except Conflict:
+                job = None
                 continue
             except NotFound:
                 raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist") from None
