@@ -68,6 +68,7 @@ from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.codec import decode
 from lifelong.common.envelope import Envelope, Op
 from lifelong.common.errors import InvalidBody, ProtocolError
+from lifelong.common.logonce import LogOnce
 from lifelong.common.messages import Applied, AppliedAck, Hello, ItemRefused, Presence
 from lifelong.common.topics import Direction, Topic, Topics
 
@@ -75,36 +76,6 @@ log = logging.getLogger(__name__)
 
 ACK_BATCH = 1000
 """The most seqs one ``ack`` message carries (about 5 bytes each in msgpack)."""
-
-
-class _LogOnce:
-    """Which (node, reason) rejections were logged at WARNING since the node's last hello.
-
-    A node that keeps sending what the GM refuses (a newer LC's report the models do not know,
-    a loop resending garbage) gets one warning per reason and connection, not one per message;
-    every rejection is still counted, and the later ones are logged at DEBUG."""
-
-    LIMIT = 10_000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[str, set[str]] = {}
-
-    def first(self, node: str, reason: str) -> bool:
-        with self._lock:
-            reasons = self._seen.get(node)
-            if reasons is None:
-                if len(self._seen) >= self.LIMIT:
-                    self._seen.clear()
-                reasons = self._seen[node] = set()
-            if reason in reasons:
-                return False
-            reasons.add(reason)
-            return True
-
-    def forget(self, node: str) -> None:
-        with self._lock:
-            self._seen.pop(node, None)
 
 
 class Intake:
@@ -126,7 +97,7 @@ class Intake:
         self.executor = executor
         self.metrics = metrics
         self.max_payload = max_payload
-        self._logged = _LogOnce()
+        self._logged = LogOnce()  # (node, reason) rejections logged at WARNING since its hello
         self._ack_lock = threading.Lock()
         self._acks: dict[tuple[str, str], list[int]] = {}  # (node, epoch) -> applied, not yet acked
         self._acking: dict[tuple[str, str], set[int]] = {}  # the same seqs, for look-ups
@@ -236,7 +207,7 @@ class Intake:
 
     def _hello(self, node: str, env: Envelope) -> None:
         hello, refused = Hello.parse_lenient(env.body)
-        self._logged.forget(node)  # a new connection: its first rejection of each reason is logged
+        self._logged.forget_scope(node)  # a new connection: its first rejection of each reason is logged
         self._refuse_items(node, "hello", refused)
         # Known at once, here, so reports that follow are deduplicated under the new epoch; the
         # bookkeeping write and the diff run on the node's key, in order with its other work.

@@ -92,6 +92,7 @@ from lifelong.common.bus import BrokerAddress, BusClient, Credentials, Reconnect
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
+from lifelong.common.logonce import LogOnce
 from lifelong.common.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class GMService:
 
         self.registry = Registry()
         # key -> why the models refuse it (the store watch's thread only; see _refused_once)
-        self._refused: dict[tuple[str, str, str], str] = {}
+        self._refused = LogOnce()  # stored objects the models refuse, by key: the reason logged
         self.jobs = LifelongLearningController(
             self.store,
             self.delivery,
@@ -482,10 +483,9 @@ class GMService:
         same reason after a re-list); a valid event or a delete forgets it."""
         key = event.key
         if event.refused is None or event.type == "DELETED":
-            self._refused.pop(key, None)
+            self._refused.forget("store", key)
             return False
-        if self._refused.get(key) != event.refused:
-            self._refused[key] = event.refused
+        if self._refused.first("store", key, event.refused):
             log.error("stored %s %s/%s is refused by the models: %s", *key, event.refused)
             self.metrics.store_refused.labels(kind=key[0]).inc()
         return True

@@ -35,6 +35,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from lifelong.common.logonce import LogOnce
+
 
 @dataclass
 class Snapshot:
@@ -64,23 +66,20 @@ class ItemFailures:
     def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], str] = {}
+        self._once = LogOnce()
         self.counts: dict[str, int] = {}
 
     def failed(self, loop: str, key: str, reason: str, *, exc_info: bool = False) -> None:
         """Item ``key`` of ``loop`` failed for ``reason``; it is skipped this time."""
+        if not self._once.first(loop, key, reason):
+            return
         with self._lock:
-            if self._seen.get((loop, key)) == reason:
-                return
-            self._seen[(loop, key)] = reason
             self.counts[loop] = self.counts.get(loop, 0) + 1
         self._log.error("%s %s skipped: %s", loop, key, reason, exc_info=exc_info)
 
     def ok(self, loop: str, key: str) -> None:
         """Item ``key`` of ``loop`` went through: a later failure is logged again."""
-        if self._seen:
-            with self._lock:
-                self._seen.pop((loop, key), None)
+        self._once.forget(loop, key)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
