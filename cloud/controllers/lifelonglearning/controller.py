@@ -77,6 +77,7 @@ from lifelong.cloud.workqueue import KeyedExecutor
 from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
+from lifelong.common.logonce import LogOnce
 from lifelong.common.messages import JobReport, JobWorkerInfo, parse_job_report
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import (
@@ -160,6 +161,7 @@ class LifelongLearningController:
         self.executor = executor
         self.state = state
         self._models = ModelCache()  # each version of a job or Dataset parsed once for reports
+        self._bad_datasets = LogOnce()
         self.metrics = metrics
         self.lc_server = lc_server
         self.kb_server = kb_server
@@ -384,7 +386,8 @@ class LifelongLearningController:
         try:
             return self._models.read(self.store, Dataset, job.namespace, job.spec.dataset.name)
         except Refused as exc:
-            log.warning("job %s/%s: its dataset is not valid: %s", job.namespace, job.name, exc)
+            if self._bad_datasets.first("dataset", job.key, str(exc)):  # every report asks: once
+                log.warning("job %s/%s: its dataset is not valid: %s", job.namespace, job.name, exc)
             return None
 
     def _ensure_worker(self, job: LifelongLearningJob, conds: list[Condition], stage: Stage) -> None:
