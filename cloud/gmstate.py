@@ -134,7 +134,6 @@ class GMState:
         # node -> outbox epoch of its last hello: read for every upstream report, written only
         # once a hello commits, so kept in memory instead of a SELECT per report on the network
         # thread.
-        self._epochs: dict[str, str] = {}
 
     def _migrate(self) -> None:
         """Add the columns a database made by an older GM lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
@@ -188,23 +187,7 @@ class GMState:
                 self.db.execute(
                     "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
                 )
-            self.db.after_commit(lambda: self._epochs.__setitem__(node, epoch))
         return before
-
-    def epoch(self, node: str) -> str | None:
-        """The outbox epoch of the node's last hello, or None if it never said hello.
-
-        Called on the network thread for every report: a cached epoch is read without the
-        lock (a dict read; a hello replaces the entry once it commits), so the network thread
-        never waits for a worker's database write."""
-        cached = self._epochs.get(node)
-        if cached is not None:
-            return cached
-        info = self.node(node)
-        if info is None or not info.epoch:
-            return None
-        # A hello that committed since the read above has set the newer epoch: keep it.
-        return self._epochs.setdefault(node, info.epoch)
 
     def set_online(self, node: str, online: bool, agent: str = "") -> None:
         self.db.execute(

@@ -28,7 +28,8 @@ def test_a_caller_groups_methods_that_open_their_own_transaction(state: GMState)
         state.mark_applied_many("node-a", "e1", [1, 2, 3])
         assert state.set_down("node-a", KEY, "upsert", "5", {"kind": KEY[0]})
         assert state.put_worker_info("default", "j", "w", {"loss": 1})
-    assert state.epoch("node-a") == "e1"
+    info = state.node("node-a")
+    assert info is not None and info.epoch == "e1"
     assert state.applied_count("node-a") == 3
     assert [r.rv for r in state.down_rows(node="node-a")] == ["5"]
     assert state.worker_info("default", "j") == {"w": {"loss": 1}}
@@ -41,8 +42,7 @@ def test_a_rolled_back_group_leaves_no_rows_and_no_cached_epoch(state: GMState) 
         state.hello("node-a", agent="lc", epoch="e2", boot="b2", low_seq=None)  # forgets e1's seqs
         state.set_down("node-a", KEY, "upsert", "5", None)
         raise RuntimeError("the diff failed")
-    assert state.epoch("node-a") == "e1"  # the cache follows what committed, not what was tried
-    info = state.node("node-a")
+    info = state.node("node-a")  # the epoch is what committed, not what was tried
     assert info is not None and (info.epoch, info.boot) == ("e1", "b")
     assert state.is_applied("node-a", "e1", 7)
     assert state.down_rows(node="node-a") == []
