@@ -95,9 +95,16 @@ def detail(key: str, r: dict[str, Any]) -> str:
             f"append at that depth {fmt(x.get('append_ms_at_depth'))} ms"
         )
     if key == "upstream":
-        return f"{x.get('reports')} reports of {x.get('payload_bytes')} B{_runs(x)}"
+        return (
+            f"{x.get('reports')} reports of {x.get('payload_bytes')} B{_runs(x)}; CPU per report "
+            f"GM {fmt(x.get('gm_cpu_us_per_report'))} LC {fmt(x.get('lc_cpu_us_per_report'))} "
+            f"broker {fmt(x.get('broker_cpu_us_per_report'))} µs"
+        )
     if key == "downstream":
-        return f"{x.get('jobs')} jobs of {x.get('payload_bytes')} B{_runs(x)}"
+        return (
+            f"{x.get('jobs')} jobs of {x.get('payload_bytes')} B{_runs(x)}; CPU per job "
+            f"GM {fmt(x.get('gm_cpu_us_per_job'))} broker {fmt(x.get('broker_cpu_us_per_job'))} µs"
+        )
     if key == "downstream-e2e":
         return f"HTTP apply alone (LC offline): {fmt(x.get('apply_rate_lc_offline'))} jobs/s"
     if key == "many-nodes":

@@ -348,6 +348,10 @@ class BrokerRun:
         # 1. delivery: K jobs applied while the LC is down, sent by the GM in answer to its hello.
         rates: list[float] = []
         raw_rates: list[float] = []
+        # CPU time per job, microseconds: less sensitive to a loaded machine than the rates
+        # (the GM's from the LC's start to the last ack, the LC's own start-up excluded).
+        gm_cpu: list[float] = []
+        broker_cpu: list[float] = []
         for r in range(self.cfg.reps):
             lc.terminate()
             t0 = time.monotonic()
@@ -358,6 +362,7 @@ class BrokerRun:
             size = len(self._upsert_payload(stored))
             time.sleep(0.5)  # let the GM finish the jobs' first conditions (status rv) before the LC is back
             mark = spy.mark()
+            gm_cpu0, broker_cpu0 = cpu_seconds(gm.pid), cpu_seconds(self.broker.pid)
             lc.start()
             names = {f"job-b{r}-{i}" for i in range(k)}
             wait_for(
@@ -366,6 +371,8 @@ class BrokerRun:
                 what="the LC to ack every job",
                 interval=0.05,
             )
+            gm_cpu.append((cpu_seconds(gm.pid) - gm_cpu0) / k * 1e6)
+            broker_cpu.append((cpu_seconds(self.broker.pid) - broker_cpu0) / k * 1e6)
             acks = acked_names(spy, mark, JOB)
             hello = hello_time(spy, mark, NODE)
             assert hello is not None
@@ -386,6 +393,8 @@ class BrokerRun:
                 "runs": len(rates),
                 "lifelong_runs": rates,
                 "raw_runs": raw_rates,
+                "gm_cpu_us_per_job": statistics.median(gm_cpu),
+                "broker_cpu_us_per_job": statistics.median(broker_cpu),
             },
         )
         # 2. end to end, LC online: apply over HTTP -> GM -> LC stored (the apply path included).
@@ -418,6 +427,8 @@ class BrokerRun:
         rate = statistics.median(r[0] for r in runs)
         raw_rate = statistics.median(r[1] for r in runs)
         extra = runs[-1][2]
+        for key in [k for k in extra if k.endswith("_cpu_us_per_report")]:
+            extra[key] = statistics.median(r[2][key] for r in runs)
         if reps > 1:
             extra.update(runs=reps, lifelong_runs=[r[0] for r in runs], raw_runs=[r[1] for r in runs])
         # the backlog has no target of its own; upstream's is 0.5 of raw
@@ -466,6 +477,8 @@ class BrokerRun:
             return int(reader.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
         lc.start()
+        assert self.gm is not None
+        pids = {"gm": self.gm.pid, "lc": lc.pid, "broker": self.broker.pid}
         interval = 0.02 if total < 10_000 else 0.1
         try:
             with RssSampler(lc.pid, 0.2) as sampler:
@@ -476,12 +489,17 @@ class BrokerRun:
                     interval=interval,
                 )
                 left_at_first = depth()
+                cpu0 = {who: cpu_seconds(pid) for who, pid in pids.items()}
                 end = wait_for(
                     lambda: depth() == 0 and time.monotonic(),
                     timeout=self.cfg.timeout + total / 100,
                     what=f"the outbox to drain ({total} reports)",
                     interval=interval,
                 )
+                cpu = {
+                    who: (cpu_seconds(pid) - cpu0[who]) / max(left_at_first, 1) * 1e6
+                    for who, pid in pids.items()
+                }
         finally:
             reader.close()
         rate = left_at_first / max(end - first, 1e-6)
@@ -492,6 +510,8 @@ class BrokerRun:
             "append_ms_at_depth": append_ms,
             "measured": "outbox depth polled in the LC's DB: first ack -> empty",
             "raw_lost": raw.LOST[0],
+            # CPU time per report from the first ack to the empty outbox, microseconds
+            **{f"{who}_cpu_us_per_report": us for who, us in cpu.items()},
         }
         if name == "backlog":
             extra["lc_rss_peak_mib"] = sampler.peak
