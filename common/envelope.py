@@ -22,12 +22,17 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 PROTOCOL_VERSION = 1
 CONTROL_KIND = "_ctl"
+MAX_INT = 2**63 - 1
+"""The largest integer a message may carry (seqs, counts, rounds): what SQLite's INTEGER and
+Go's int64 hold. Larger ones are refused at decode, never reach a database."""
+MAX_RV_LENGTH = 64
+"""A resourceVersion is opaque, but every store's fits (etcd's is an int64 in decimal)."""
 
 
 class Op(StrEnum):
@@ -55,9 +60,9 @@ class Envelope(BaseModel):
     ns: str = Field(default="", max_length=253)
     name: str = Field(default="", max_length=253)
     op: Op
-    rv: str | None = None
-    seq: StrictInt | None = Field(default=None, ge=0)
-    ts: StrictFloat | StrictInt
+    rv: str | None = Field(default=None, max_length=MAX_RV_LENGTH)
+    seq: StrictInt | None = Field(default=None, ge=0, le=MAX_INT)
+    ts: Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt
     body: dict[str, Any] | None = None
 
     @classmethod

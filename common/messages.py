@@ -40,6 +40,7 @@ from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
 from lifelong.common.api.loader import format_path, parse_resource
 from lifelong.common.api.worker import Worker
+from lifelong.common.envelope import MAX_INT
 from lifelong.common.errors import InvalidBody, ValidationError
 from lifelong.common.stages import Stage
 from lifelong.common.statemachine import parse_time
@@ -68,7 +69,8 @@ def _rfc3339(value: str) -> str:
 
 Rfc3339 = Annotated[StrictStr, AfterValidator(_rfc3339)]
 """An RFC 3339 time with a zone, kept as the string given."""
-NonNegative = Annotated[StrictInt, Field(ge=0)]
+NonNegative = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
+ExitCode = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
 Name = Annotated[StrictStr, Field(min_length=1)]
 
 # Bodies are read by their wire (camelCase) names only; Python code builds them by field name.
@@ -355,7 +357,7 @@ class WorkerReport(Body):
     stage: Stage
     round: NonNegative
     phase: Literal["Pending", "Running", "Succeeded", "Failed"]
-    exit_code: StrictInt | None = None
+    exit_code: ExitCode | None = None
     message: StrictStr = ""
     output: dict[StrictStr, Any] = Field(default_factory=dict)
 

@@ -502,3 +502,111 @@ def test_lifelong_apply_cli_exits_cleanly_on_garbage(tmp_path: Path) -> None:
         )
         assert res.returncode in (1, 2), res
         assert b"Traceback" not in res.stderr, res.stderr.decode()
+
+
+# -- integers out of range (issue: a seq of 2^63 or more ended in an OverflowError) -----------------
+
+TOO_BIG = [2**63, 2**64 - 1, 2**64 + 5, 10**30]
+INFO = {"event": "workerInfo", "worker": "job1-train-1", "info": {}}
+
+
+def _json(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw).encode()  # JSON: any integer fits on the wire, msgpack stops at 2^64-1
+
+
+def _hello(**outbox: Any) -> dict[str, Any]:
+    return _valid(
+        kind=CONTROL_KIND,
+        ns="",
+        name="",
+        op="hello",
+        seq=None,
+        body={"agent": "t", "epoch": "e1", "boot": "b", "resources": [], "outbox": outbox},
+    )
+
+
+GM_OUT_OF_RANGE = [
+    *[pytest.param(_valid(seq=n, body=INFO), "decode", id=f"report-seq-{n}") for n in TOO_BIG],
+    pytest.param(_valid(ts=float("inf"), body=INFO), "decode", id="report-ts-inf"),
+    pytest.param(_valid(rv="9" * 300, body=INFO), "decode", id="report-rv-300-digits"),
+    *[
+        pytest.param(
+            _valid(body={"event": "ready", "stage": "Train", "round": n, "data": {}}),
+            "invalid",
+            id=f"round-{n}",
+        )
+        for n in TOO_BIG
+    ],
+    pytest.param(
+        _valid(kind="Dataset", name="ds1", body={"numberOfSamples": 2**70}), "invalid", id="dataset-samples"
+    ),
+    pytest.param(
+        _valid(
+            kind="Worker",
+            name="job1-train-1",
+            body={"job": "job1", "stage": "Train", "round": 0, "phase": "Failed", "exitCode": 2**63},
+        ),
+        "invalid",
+        id="worker-exit-code",
+    ),
+    *[
+        pytest.param(_hello(**{f: 2**63}), "invalid", id=f"hello-outbox-{f}")
+        for f in ("depth", "lowSeq", "nextSeq")
+    ],
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), GM_OUT_OF_RANGE)
+def test_gm_refuses_and_counts_integers_out_of_range(
+    gm: GMService, raw: dict[str, Any], reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = (
+        TOPICS.up_ctl(NODE)
+        if raw["kind"] == CONTROL_KIND
+        else TOPICS.up(NODE, raw["kind"], "default", raw["name"])
+    )
+    before = _rejections(gm)
+    with caplog.at_level(logging.WARNING, logger="lifelong.cloud"):
+        gm.intake.on_message(topic, _json(raw), False)
+        assert gm.executor.wait_idle(10)
+    after = _rejections(gm)
+    assert after.get(reason, 0) == before.get(reason, 0) + 1, (before, after, caplog.text)
+    assert after.get("internal", 0) == 0, caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    # the node's bookkeeping still reads (no integer the database cannot hold got in)
+    assert gm.state.node(NODE) is not None
+
+
+LC_OUT_OF_RANGE = [
+    *[
+        pytest.param(
+            _valid(
+                kind=CONTROL_KIND, ns="", name="", op="ack", seq=None, body={"epoch": "e1", "seqs": [1, n]}
+            ),
+            id=f"ack-seq-{n}",
+        )
+        for n in TOO_BIG
+    ],
+    pytest.param(_valid(op="upsert", seq=None, rv="1", ts=float("inf")), id="upsert-ts-inf"),
+    pytest.param(_valid(op="upsert", seq=None, rv="9" * 300), id="upsert-rv-300-digits"),
+]
+
+
+@pytest.mark.parametrize("raw", LC_OUT_OF_RANGE)
+def test_lc_refuses_and_counts_integers_out_of_range(
+    session: Session, raw: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = {**raw, "node": NODE}
+    control = raw["kind"] == CONTROL_KIND
+    topic = TOPICS.down_ctl(NODE) if control else TOPICS.down(NODE, raw["kind"], "default", raw["name"])
+    before, rejected = dict(session.downstream), dict(session.rejected)
+    with caplog.at_level(logging.WARNING, logger="lifelong.edge"):
+        session.handle_message(topic, _json(raw))
+        session.run_pending()
+    if control:  # the ack's one bad item is refused and counted, the good one goes on
+        assert session.rejected.get("invalid", 0) == rejected.get("invalid", 0) + 1, session.rejected
+    else:  # the whole envelope is refused at decode
+        assert session.downstream["invalid"] == before["invalid"] + 1, session.downstream
+        assert session.rejected.get("decode", 0) == rejected.get("decode", 0) + 1, session.rejected
+    assert session.downstream["applied"] == before["applied"]
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
