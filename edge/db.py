@@ -215,10 +215,12 @@ class Store:
         return [(n, m, json.loads(d)) for n, m, d in rows]
 
     # -- worker reports kept until their job is known ------------------------------------------
-    def add_pending_info(self, ns: str, worker: str, job: str, body: dict[str, Any]) -> int:
+    def add_pending_info(
+        self, ns: str, worker: str, job: str, body: dict[str, Any], ts: float | None = None
+    ) -> int:
         cur = self.db.execute(
             "INSERT INTO pending_info (ns, worker, job, body, ts) VALUES (?,?,?,?,?)",
-            (ns, worker, job, json.dumps(body), time.time()),
+            (ns, worker, job, json.dumps(body), time.time() if ts is None else ts),
         )
         return int(cur.lastrowid or 0)
 
@@ -228,6 +230,15 @@ class Store:
 
     def drop_pending_info(self, ident: int) -> None:
         self.db.execute("DELETE FROM pending_info WHERE id=?", (ident,))
+
+    def pending_info_size(self) -> tuple[int, int]:
+        """How many worker posts wait, and their bytes (as stored)."""
+        row = self.db.fetchone("SELECT count(*), coalesce(sum(length(body)), 0) FROM pending_info")
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def drop_pending_info_before(self, cutoff: float) -> int:
+        """Forget the posts kept before ``cutoff`` (wall clock); returns how many."""
+        return self.db.execute("DELETE FROM pending_info WHERE ts < ?", (cutoff,)).rowcount
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ class Snapshot:
     connected: bool = False
     db_moved_aside: int = 0
     item_failures: dict[str, int] = field(default_factory=dict)
+    worker_posts: dict[str, int] = field(default_factory=dict)
+    worker_posts_waiting: tuple[int, int] = (0, 0)  # (reports, bytes)
 
 
 class ItemFailures:
@@ -141,6 +143,20 @@ class _LCCollector(Collector):
         for loop, n in sorted(s.item_failures.items()):
             failures.add_metric([loop], n)
         yield failures
+        posts = CounterMetricFamily(
+            "lifelong_lc_worker_posts", "Posts to the worker API by answer", labels=["result"]
+        )
+        for result, n in sorted(s.worker_posts.items()):
+            posts.add_metric([result], n)
+        yield posts
+        waiting = GaugeMetricFamily(
+            "lifelong_lc_worker_posts_waiting",
+            "Worker reports kept until their job reaches this LC",
+            labels=["unit"],
+        )
+        waiting.add_metric(["reports"], s.worker_posts_waiting[0])
+        waiting.add_metric(["bytes"], s.worker_posts_waiting[1])
+        yield waiting
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -33,6 +33,7 @@ from lifelong.common.api import Dataset, parse_resource
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec
 from lifelong.common.errors import ConfigError, ValidationError
+from lifelong.common.httpserver import HTTPLimits
 from lifelong.common.messages import DatasetReport
 from lifelong.common.statemachine import format_time
 from lifelong.common.topics import Topics
@@ -43,7 +44,7 @@ from lifelong.edge.manager import Manager
 from lifelong.edge.metrics import ItemFailures, Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
 from lifelong.edge.session import Session
-from lifelong.edge.worker_api import WorkerAPI, flush_pending
+from lifelong.edge.worker_api import WaitingReports, WorkerAPI
 from lifelong.edge.workers import WorkerRuntime
 
 log = logging.getLogger("lifelong.edge.service")
@@ -68,12 +69,18 @@ class LocalController:
         self._stop = threading.Event()
         self.monitor = DatasetMonitor()
         self.worker_api: WorkerAPI | None = None
+        self.waiting_reports = WaitingReports(self.store, self.outbox)
         if s.worker_api_port:
+            # A report must fit in one bus message with its envelope (under 1 KiB of names)
+            report_limit = max(1024, s.max_payload - 8192)
             self.worker_api = WorkerAPI(
                 self.store,
+                self.outbox,
                 s.worker_api_host,
                 s.worker_api_port,
-                max_body=max(1024, s.max_payload - 8192),
+                limits=HTTPLimits(max_body=report_limit),
+                max_report=report_limit,
+                waiting=self.waiting_reports,
                 wake=self.wake,
             )
         api_port = self.worker_api.port if self.worker_api else s.worker_api_port
@@ -217,7 +224,7 @@ class LocalController:
         self._storage_error = storage_error
 
     def _flush_info(self) -> None:
-        flush_pending(self.store, self.outbox)
+        self.waiting_reports.flush()
 
     def _datasets(self) -> None:
         """Count every local dataset and report changed counts. One dataset that fails (the
@@ -297,4 +304,6 @@ class LocalController:
             connected=self.session.connected.is_set(),
             db_moved_aside=len(moved_aside(self.store.path)),
             item_failures=self.failures.snapshot(),
+            worker_posts=self.worker_api.snapshot() if self.worker_api else {},
+            worker_posts_waiting=self.waiting_reports.size(),
         )

@@ -1,38 +1,75 @@
 """The worker HTTP API of the LC, as upstream Sedna's: ``POST /sedna/workers/{name}/info``.
 
-Started by the service on ``worker_api_host:worker_api_port`` (127.0.0.1:9100) in its own
-thread (stdlib ``ThreadingHTTPServer``); workers built on the Sedna library post their
-status and results here (``LC_SERVER`` in their environment).
+Who calls it: the service makes a ``WorkerAPI`` on ``worker_api_host:worker_api_port``
+(127.0.0.1:9100) and calls ``WaitingReports.flush`` from its control loop; workers built on the
+Sedna library post their status and results here (``LC_SERVER`` in their environment). The
+server is ``lifelong.common.httpserver`` (waitress, with its limits); the application below
+runs on its request threads.
 
-A post is stored durably in ``pending_info`` before the 200 answer; the service's control
-loop (``flush_pending``) moves each one into the outbox as a ``workerInfo`` job report once
-the LC holds the job — a report for a job that has not arrived yet is kept, never dropped.
-The job is the ``Worker`` object's ``spec.job``, else the body's ``ownerName``, else the
-worker name's ``{job}-{stage}-{round}`` prefix. Bodies over ``max_body`` bytes get 413,
-non-JSON bodies 400, and so do bodies the model (``lifelong.common.messages.WorkerInfoPost``)
-refuses: not a JSON object, or ``namespace``/``ownerName`` given but not strings; the answer's
-``error`` names the field.
+What a post gets (docs/writing-workers.md, "Reporting to the LC"):
+
+* **403** unless it comes from this host (a loopback address). Workers run on the LC's host
+  (local processes, or Pods with ``hostNetwork``); nothing else may speak for a worker. The
+  API takes no token, so Sedna's library works unchanged.
+* **400** for a body that is not JSON or that the model (``WorkerInfoPost``) refuses (not a
+  JSON object; ``namespace``/``ownerName`` given but not strings): the answer names the field.
+* **413** for a body over ``max_body`` bytes (refused from its ``Content-Length`` before it is
+  read) and for a report that would not fit in one bus message.
+* **200** once the report is in the outbox, in the same transaction as the check: it will be
+  sent, whatever happens to the process. The report's job is the ``Worker`` object's
+  ``spec.job``, else the body's ``ownerName``, else the worker name's ``{job}-{stage}-{round}``
+  prefix, and it must be a job this LC holds.
+* **202** when that job has not reached this LC yet (a worker may start before its job's
+  update arrives): the report waits in ``pending_info``, bounded by ``WaitingLimits`` (count,
+  bytes, age), and moves to the outbox as soon as the job arrives. One that waits longer than
+  ``age`` is dropped, logged and counted (``expired``).
+* **503** with ``Retry-After`` when the outbox is full or the waiting room is at its bound: the
+  report is not taken; the worker may post it again. The first refusal of a full spell is
+  logged, the others counted only.
+
+Each answer is counted by result (``lifelong_lc_worker_posts_total{result}``); the waiting
+room's size is the ``lifelong_lc_worker_posts_waiting`` gauge.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from lifelong.common.errors import ConfigError, InvalidBody
+from lifelong.common.httpserver import HTTPLimits, WSGIServer
 from lifelong.common.messages import JobWorkerInfo, WorkerInfoPost
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox, OutboxFull
 
 log = logging.getLogger("lifelong.edge.worker_api")
 
-_PATH = re.compile(r"^/sedna/workers/([^/]+)/info/?$")
+_PATH = re.compile(r"^/sedna/workers/([^/]{1,253})/info/?$")
 JOB_KIND = "LifelongLearningJob"
+RETRY_AFTER = 5  # seconds suggested to a worker turned away with 503
+RESULTS = ("stored", "waiting", "invalid", "too_large", "full", "forbidden", "not_found", "method", "expired")
+
+
+@dataclass(frozen=True)
+class WaitingLimits:
+    """Bounds of the reports that wait for their job to reach this LC (``pending_info``)."""
+
+    reports: int = 1000
+    bytes: int = 16 << 20
+    age: float = 3600.0  # seconds
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, result: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.result = status, result
 
 
 def job_of(store: Store, ns: str, worker: str, post: WorkerInfoPost) -> str:
@@ -45,99 +82,210 @@ def job_of(store: Store, ns: str, worker: str, post: WorkerInfoPost) -> str:
     return parts[0] if len(parts) == 3 and parts[2].isdigit() else worker
 
 
-def flush_pending(store: Store, outbox: Outbox) -> int:
-    """Queue the kept worker reports whose job this LC now holds; returns how many.
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
-    A kept post that cannot make a report (only a damaged database holds one) is logged once
-    with its worker's name and dropped; the others still go."""
-    moved = 0
-    for ident, ns, worker, job, body in store.pending_info():
-        if store.get_resource(JOB_KIND, ns, job) is None:
-            continue
-        try:
-            report = JobWorkerInfo.parse({"worker": worker, "info": body}).to_body()
-        except InvalidBody as exc:
-            log.warning("worker info of %s/%s dropped, it cannot be reported: %s", ns, worker, exc)
-            store.drop_pending_info(ident)
-            continue
-        with store.tx():
-            outbox.append(JOB_KIND, ns, job, report)
-            store.drop_pending_info(ident)
-        moved += 1
-    return moved
+
+class WaitingReports:
+    """The reports kept for jobs this LC does not hold yet, and their move to the outbox."""
+
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        limits: WaitingLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.limits = limits or WaitingLimits()
+        self.clock = clock
+        self.expired = 0
+        self._outbox_full = False  # logged once per full spell, by flush
+
+    def keep(self, ns: str, worker: str, job: str, info: dict[str, Any], size: int) -> None:
+        """Keep one report (inside the caller's transaction); ``_Refused`` at a bound."""
+        count, total = self.store.pending_info_size()
+        if count >= self.limits.reports or total + size > self.limits.bytes:
+            raise _Refused(
+                503,
+                "full",
+                f"{count} reports ({total} bytes) already wait for jobs this LC does not hold yet "
+                f"(bounds: {self.limits.reports} reports, {self.limits.bytes} bytes); retry later",
+            )
+        self.store.add_pending_info(ns, worker, job, info, self.clock())
+
+    def size(self) -> tuple[int, int]:
+        return self.store.pending_info_size()
+
+    def flush(self) -> int:
+        """Move the kept reports whose job this LC now holds into the outbox; drop the ones
+        older than ``limits.age``. Returns how many moved. One that cannot make a report (only
+        a damaged database holds one) is logged with its worker's name and dropped; a full
+        outbox stops the move until the next call (logged once until it has room again)."""
+        cutoff = self.clock() - self.limits.age
+        dropped = self.store.drop_pending_info_before(cutoff)
+        if dropped:
+            self.expired += dropped
+            log.warning(
+                "%d worker reports dropped: their job did not reach this LC within %.0f s",
+                dropped,
+                self.limits.age,
+            )
+        moved = 0
+        for ident, ns, worker, job, body in self.store.pending_info():
+            if self.store.get_resource(JOB_KIND, ns, job) is None:
+                continue
+            try:
+                report = JobWorkerInfo.parse({"worker": worker, "info": body}).to_body()
+            except InvalidBody as exc:
+                log.warning("worker info of %s/%s dropped, it cannot be reported: %s", ns, worker, exc)
+                self.store.drop_pending_info(ident)
+                continue
+            try:
+                with self.store.tx():
+                    self.outbox.append(JOB_KIND, ns, job, report)
+                    self.store.drop_pending_info(ident)
+            except OutboxFull as exc:
+                if not self._outbox_full:
+                    log.warning("worker reports wait for room in the outbox: %s", exc)
+                self._outbox_full = True
+                return moved
+            moved += 1
+        if self._outbox_full:
+            log.info("the outbox has room again; waiting worker reports move on")
+        self._outbox_full = False
+        return moved
 
 
 class WorkerAPI:
     def __init__(
         self,
         store: Store,
+        outbox: Outbox,
         host: str,
         port: int,
         *,
+        limits: HTTPLimits | None = None,
+        max_report: int | None = None,
+        waiting: WaitingReports | None = None,
         on_info: Callable[[str, str, dict[str, Any]], None] | None = None,
-        max_body: int = 1 << 20,
         wake: threading.Event | None = None,
     ) -> None:
         self.store = store
+        self.outbox = outbox
+        self.limits = limits or HTTPLimits()
+        self.max_report = max_report or self.limits.max_body
+        self.waiting = waiting or WaitingReports(store, outbox)
         self.on_info = on_info
-        self.max_body = max_body
         self.wake = wake
-        self.received = 0
-        self.refused = 0  # posts the model refused (answered 400)
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("worker api: " + format, *args)
-
-            def _answer(self, code: int, obj: dict[str, Any]) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                match = _PATH.match(self.path.split("?", 1)[0])
-                if match is None:
-                    self._answer(404, {"error": "not found"})
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > api.max_body:
-                    self.close_connection = True
-                    self._answer(413, {"error": f"body over {api.max_body} bytes"})
-                    return
-                raw = self.rfile.read(length)
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    self._answer(400, {"error": "body is not JSON"})
-                    return
-                try:
-                    api.accept(match.group(1), body)
-                except InvalidBody as exc:
-                    api.refused += 1
-                    log.warning("worker info of %s refused: %s", match.group(1)[:253], exc)
-                    self._answer(400, {"error": str(exc)})
-                    return
-                except OutboxFull as exc:
-                    self._answer(503, {"error": str(exc)})
-                    return
-                self._answer(200, {"message": "ok"})
-
+        self.counts: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        self._lock = threading.Lock()
+        self._full_logged = False
+        self._forbidden_logged: set[str] = set()
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = WSGIServer(self.app, host, port, self.limits, name="lc-worker-api")
         except OSError as exc:
             raise ConfigError(f"worker API cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lc-worker-api", daemon=True)
+        self.port = self._server.port
 
-    def accept(self, worker: str, body: Any) -> None:
-        """Keep one post (parsed by ``WorkerInfoPost``; ``InvalidBody`` if refused)."""
+    # -- counters ----------------------------------------------------------------------------
+    def _count(self, result: str) -> None:
+        with self._lock:
+            self.counts[result] += 1
+
+    @property
+    def received(self) -> int:
+        return self.counts["stored"] + self.counts["waiting"]
+
+    @property
+    def refused(self) -> int:
+        return self.counts["invalid"]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            out = dict(self.counts)
+        out["expired"] = self.waiting.expired
+        return out
+
+    # -- the WSGI application ------------------------------------------------------------------
+    def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        headers: list[tuple[str, str]] = []
+        try:
+            status, result, answer = self._handle(environ)
+        except _Refused as exc:
+            status, result, answer = exc.status, exc.result, {"error": str(exc)}
+            if status == 503:
+                headers.append(("Retry-After", str(RETRY_AFTER)))
+        except Exception:  # a bug of ours: the worker gets 500, the LC goes on
+            log.exception("worker API: handling a post failed")
+            status, result, answer = 500, "", {"error": "internal error; see the LC's log"}
+        if result:
+            self._count(result)
+        if result == "full":
+            if not self._full_logged:
+                log.warning("worker API: report refused (503): %s", answer["error"])
+            self._full_logged = True
+        elif result in ("stored", "waiting"):
+            self._full_logged = False
+        data = json.dumps(answer).encode()
+        reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}
+        reason |= {405: "Method Not Allowed", 413: "Content Too Large", 500: "Internal Server Error"}
+        reason |= {503: "Service Unavailable"}
+        start_response(
+            f"{status} {reason[status]}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers],
+        )
+        return [data]
+
+    def _handle(self, environ: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
+        peer = str(environ.get("REMOTE_ADDR") or "")
+        if not _loopback(peer):
+            if peer not in self._forbidden_logged and len(self._forbidden_logged) < 100:
+                self._forbidden_logged.add(peer)
+                log.warning("worker API: refused a post from %s (only this host may post)", peer[:64])
+            raise _Refused(403, "forbidden", f"the worker API takes reports from this host only, not {peer}")
+        match = _PATH.match(str(environ.get("PATH_INFO") or ""))
+        if match is None:
+            raise _Refused(404, "not_found", "not found; post to /sedna/workers/{name}/info")
+        if environ.get("REQUEST_METHOD") != "POST":
+            raise _Refused(405, "method", "only POST is allowed here")
+        length = int(environ.get("CONTENT_LENGTH") or 0)  # the server checked it is a number
+        if length > self.limits.max_body:
+            raise _Refused(413, "too_large", f"body of {length} bytes is over {self.limits.max_body}")
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise _Refused(400, "invalid", "body is not JSON") from None
+        worker = match.group(1)
+        try:
+            job, waiting = self.accept(worker, body)
+        except InvalidBody as exc:
+            log.warning("worker info of %s refused: %s", worker[:253], exc)
+            raise _Refused(400, "invalid", str(exc)) from None
+        except OutboxFull as exc:
+            raise _Refused(503, "full", f"{exc}; retry later") from None
+        if waiting:
+            return (
+                202,
+                "waiting",
+                {
+                    "message": f"kept until job {job} reaches this node "
+                    f"(at most {self.waiting.limits.age:.0f} s), then reported"
+                },
+            )
+        return 200, "stored", {"message": "ok"}
+
+    def accept(self, worker: str, body: Any) -> tuple[str, bool]:
+        """Take one post: into the outbox if its job is held, else into the waiting room.
+        Returns (job, waiting). ``InvalidBody``, ``OutboxFull`` or ``_Refused`` if not taken."""
         post = WorkerInfoPost.parse(body)
         ns = post.namespace or None
         if ns is None:
@@ -145,17 +293,27 @@ class WorkerAPI:
             ns = held[0][1] if held else "default"
         job = job_of(self.store, ns, worker, post)
         info = dict(body)  # forwarded exactly as posted
-        self.store.add_pending_info(ns, worker, job, info)
-        self.received += 1
+        report = JobWorkerInfo.parse({"worker": worker, "info": info}).to_body()
+        size = len(json.dumps(report, separators=(",", ":")))
+        if size > self.max_report:
+            raise _Refused(
+                413, "too_large", f"the report is {size} bytes, over one message's {self.max_report}"
+            )
+        with self.store.tx():
+            waiting = self.store.get_resource(JOB_KIND, ns, job) is None
+            if waiting:
+                self.waiting.keep(ns, worker, job, info, size)
+            else:
+                self.outbox.append(JOB_KIND, ns, job, report)
         if self.on_info is not None:
             self.on_info(ns, worker, info)
         if self.wake is not None:
             self.wake.set()
+        return job, waiting
 
     def start(self) -> None:
-        self._thread.start()
-        log.info("worker API listening on %s:%d", *self._server.server_address[:2])
+        self._server.start()
+        log.info("worker API listening on %s:%d", self._server.host, self.port)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()

@@ -127,7 +127,9 @@ def test_job_acted_on_stale_ignored_delete_stops_everything(
 
 def test_worker_info_before_job_is_kept_then_delivered(gm: FakeGM, lc: LCProcess, tmp_path: Path) -> None:
     body = {"name": "j2-train-1", "namespace": NS, "ownerName": "j2", "kind": "train", "status": "completed"}
-    assert _post_info(lc.api_port, "j2-train-1", body) == 200
+    assert (
+        _post_info(lc.api_port, "j2-train-1", body) == 202
+    )  # kept until its job arrives (docs/writing-workers.md)
     # The LC does not hold j2: nothing goes up, the post is kept.
     ds_rv = gm.upsert(dataset("ds2", NODE, tmp_path / "none.txt"))
     wait_for(lambda: gm.acked("Dataset", "ds2", ds_rv), what="dataset stored")
