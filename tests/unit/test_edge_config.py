@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.common.errors import ConfigError, ValidationError
-from lifelong.edge.config import load
+from lifelong.edge.config import ImageEntry, find_image, load
 
 
 def test_precedence(tmp_path: Path) -> None:
@@ -54,3 +54,49 @@ def test_an_unreadable_password_file_is_a_config_error_naming_it(tmp_path: Path)
     with pytest.raises(ConfigError, match=f"password_file {missing}: No such file") as info:
         load({"node": "n", "password_file": str(missing)}).password()
     assert info.value.exit_code == 2
+
+
+def test_images_map_an_image_to_its_entrypoint_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text(
+        "node: n\n"
+        "images:\n"
+        "  kubeedge/sedna-example-lifelong-learning-atcii-classifier:v0.3.0:\n"
+        "    entrypoint: [/opt/venv/bin/python]\n"
+        "    workingDir: /opt/atcii\n"
+        "    env: {PYTHONPATH: /opt/sedna/lib}\n"
+        "  busybox: {cmd: [sh]}\n"
+        "  bare:\n"
+    )
+    images = load({}, {}, cfg).images
+    atcii = images["kubeedge/sedna-example-lifelong-learning-atcii-classifier:v0.3.0"]
+    assert atcii == ImageEntry(
+        entrypoint=["/opt/venv/bin/python"],
+        cmd=[],
+        workingDir="/opt/atcii",
+        env={"PYTHONPATH": "/opt/sedna/lib"},
+    )
+    assert images["busybox"].cmd == ["sh"] and images["busybox"].entrypoint == []
+    assert images["bare"] == ImageEntry()
+    assert find_image(images, "busybox:1.36") == ("busybox", images["busybox"])
+    assert find_image(images, "busybox2") is None
+    assert load({"node": "n"}, {}).images == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("images: [a, b]\n", "images"),
+        ("images:\n  img: {entrypoint: python}\n", "images[img].entrypoint"),
+        ("images:\n  img: {entrypoint: [python], workdir: /x}\n", "images[img].workdir"),
+        ("images:\n  img: {env: {A: 1}}\n", "images[img].env.A"),
+        ("images:\n  img: [python]\n", "images[img]"),
+    ],
+)
+def test_a_bad_images_entry_names_what_is_wrong(tmp_path: Path, text: str, path: str) -> None:
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text("node: n\n" + text)
+    with pytest.raises(ValidationError) as info:
+        load({}, {}, cfg)
+    assert info.value.path == path
+    assert str(cfg) in str(info.value)
