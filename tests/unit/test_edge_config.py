@@ -100,3 +100,26 @@ def test_a_bad_images_entry_names_what_is_wrong(tmp_path: Path, text: str, path:
         load({}, {}, cfg)
     assert info.value.path == path
     assert str(cfg) in str(info.value)
+
+
+def test_the_documented_images_example_loads_and_serves_the_atcii_templates(tmp_path: Path) -> None:
+    """docs/writing-workers.md's config example is a real config: the atcii example's
+    args-only containers run with its entrypoint and working directory."""
+    from lifelong.common.api import load_yaml
+    from lifelong.edge.workers import launch
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "writing-workers.md").read_text()
+    section = doc[doc.index("### Images in standalone mode") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    block = section[start : section.index("\n```", start)]
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text(block)
+    images = load({}, {}, cfg).images
+    (job,) = load_yaml((root / "examples" / "atcii" / "lifelonglearningjob.yaml").read_text())
+    for field, script in (("trainSpec", "train.py"), ("evalSpec", "eval.py"), ("deploySpec", "inference.py")):
+        container = job["spec"][field]["template"]["spec"]["containers"][0]
+        how = launch(container, images)
+        assert how.argv == ["/opt/sedna/venv/bin/python", script]
+        assert how.working_dir == "/opt/sedna/examples/lifelong_learning/atcii"
+        assert how.image_env == {"PYTHONPATH": "/opt/sedna/lib"}
