@@ -43,14 +43,7 @@ def c(stage: Stage, type_: ConditionType, data: object = None) -> Condition:
     return Condition(type=type_, stage=stage, data=json.dumps(data) if data is not None else "")
 
 
-W, R, S, RUN, C, F = (
-    ConditionType.WAITING,
-    ConditionType.READY,
-    ConditionType.STARTING,
-    ConditionType.RUNNING,
-    ConditionType.COMPLETED,
-    ConditionType.FAILED,
-)
+W, R, S, C, F = (ConditionType(t) for t in ("Waiting", "Ready", "Starting", "Completed", "Failed"))
 T, E, D = Stage.TRAIN, Stage.EVAL, Stage.DEPLOY
 
 ROUND = [
