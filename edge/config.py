@@ -30,6 +30,7 @@ first: command-line flag > environment variable ``LIFELONG_LC_<NAME>`` > YAML co
 | worker_stop_grace_seconds| --worker-stop-grace-seconds | WORKER_STOP_GRACE_SECONDS | 10 s        |
 | stop_workers_on_exit     | --stop-workers-on-exit  | STOP_WORKERS_ON_EXIT     | false            |
 | sync                     | --sync                  | SYNC                     | full             |
+| images                   | (config file only)      | (config file only)       | none             |
 
 Why these defaults: ``poll_seconds`` 5 s keeps an idle edge cheap while reacting well inside
 any sensible ``checkPeriodSeconds``; the outbox holds 100,000 reports (a few tens of MB) —
@@ -38,6 +39,20 @@ the broker on reconnect; an unacked report is resent after 30 s (a GM restart); 
 running when the LC stops (a restarted LC adopts them) unless ``stop_workers_on_exit``;
 ``sync=full`` makes every committed report survive a power cut, ``normal`` only a crash.
 The password is read from a file so it never shows in ``ps`` or the journal.
+
+``images`` maps a container image to what the standalone runtime runs in its place: the
+image's ``entrypoint`` and ``cmd`` (Docker's ENTRYPOINT and CMD, exec form), its
+``workingDir`` (WORKDIR) and ``env`` (ENV). A key is an image as a template writes it
+(``repo:tag``), or the repository without tag or digest to serve every tag::
+
+    images:
+      kubeedge/sedna-example-lifelong-learning-atcii-classifier:
+        entrypoint: ["/opt/sedna/venv/bin/python"]
+        workingDir: /opt/sedna/examples/atcii
+        env: {PYTHONPATH: /opt/sedna/lib}
+
+It is a map, so only the config file sets it. ``lifelong.edge.workers`` applies it with
+Kubernetes' rules for ``command`` and ``args`` (docs/writing-workers.md).
 """
 
 from __future__ import annotations
@@ -46,10 +61,11 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
 from lifelong.common.errors import ValidationError
@@ -57,6 +73,51 @@ from lifelong.common.secretfile import read_secret_file
 
 ENV_PREFIX = "LIFELONG_LC_"
 AGENT = "lifelong-lc/0.1.0"
+
+
+class ImageEntry(pydantic.BaseModel):
+    """What the standalone runtime runs for one image (its Dockerfile's ENTRYPOINT, CMD,
+    WORKDIR and ENV). Empty lists mean the image has none."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    entrypoint: list[str] = []
+    cmd: list[str] = []
+    workingDir: str | None = None  # the Kubernetes/Docker spelling, as in templates
+    env: dict[str, str] = {}
+
+
+def image_repository(image: str) -> str:
+    """``image`` without its tag or digest: ``host:5000/a/b:v1@sha256:..`` -> ``host:5000/a/b``."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def find_image(images: Mapping[str, ImageEntry], image: str) -> tuple[str, ImageEntry] | None:
+    """The entry of ``image``: its exact key, else its repository without tag or digest."""
+    for key in (image, image_repository(image)):
+        if key in images:
+            return key, images[key]
+    return None
+
+
+def _images(raw: Any, source: str) -> dict[str, ImageEntry]:
+    if not isinstance(raw, dict):
+        raise ValidationError([("images", "must be a map of image to its entry")], source=source)
+    out: dict[str, ImageEntry] = {}
+    for image, entry in raw.items():
+        if not isinstance(image, str) or not image:
+            raise ValidationError([("images", f"{image!r} is not an image name")], source=source)
+        try:
+            out[image] = ImageEntry.model_validate(entry if entry is not None else {})
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            path = f"images[{image}]" + (f".{where}" if where else "")
+            raise ValidationError([(path, first["msg"])], source=source) from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +147,7 @@ class LCSettings:
     worker_stop_grace_seconds: float = 10.0
     stop_workers_on_exit: bool = False
     sync: str = "full"
+    images: Mapping[str, ImageEntry] = field(default_factory=dict)
 
     @property
     def db_path(self) -> Path:
@@ -180,6 +242,9 @@ def load(
         if not isinstance(raw, dict):
             raise ValidationError([("", "must be a map of settings")], source=str(config_file))
         for key, value in raw.items():
+            if key == "images":
+                values[key] = _images(value, str(config_file))
+                continue
             if key not in _TYPES:
                 raise ValidationError([(str(key), "unknown setting")], source=str(config_file))
             values[key] = _convert(key, value, str(config_file))

@@ -90,6 +90,7 @@ class LocalController:
             self.outbox,
             s.workers_dir,
             lc_server=f"http://127.0.0.1:{api_port}",
+            images=s.images,
             stop_grace=s.worker_stop_grace_seconds,
             stop_on_exit=s.stop_workers_on_exit,
             failures=self.failures,

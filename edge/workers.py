@@ -6,12 +6,18 @@ change; ``adopt`` once at start-up; ``shutdown`` on exit) and by the worker API
 held must have a process (or a finished record); every record without its resource is
 stopped and forgotten.
 
-A worker runs the first container's ``command`` + ``args`` of ``spec.template``, with the
-LC's environment (minus its own ``LIFELONG_LC_*`` settings) plus the container's ``env``
-(literal values), ``spec.env`` from the GM and the local Sedna variables ``LC_SERVER``,
-``WORKER_NAME``, ``NAMESPACE``, ``JOB_NAME``. It starts in its own session (process group),
-in the container's ``workingDir`` or ``<state>/workers/<ns>_<name>/``, with stdout and
-stderr in ``<ns>_<name>.log`` there. A tiny
+A worker runs the first container of ``spec.template`` as its Pod would (:func:`launch`):
+Kubernetes' rules for ``command`` and ``args`` over the image's entrypoint and cmd, which the
+LC's config maps per image (``images`` in ``lifelong.edge.config``); a container that needs
+the image's entrypoint when its image has no entry fails with a message naming the image and
+the config key. Its environment (:func:`worker_environment`) is a small base (``PATH``,
+``HOME``, ``LANG``, ``TZ``, ``PYTHONUNBUFFERED``), the image's ``env``, the container's ``env``,
+``spec.env`` from the GM (Sedna's variables) and the local ones ``LC_SERVER``, ``WORKER_NAME``,
+``NAMESPACE``, ``JOB_NAME`` - never the rest of the LC's environment. It starts in its own
+session (process group), in the container's ``workingDir``, else the image's, else
+``<state>/workers/<ns>_<name>/``, with stdout and stderr in ``<ns>_<name>.log`` in that
+folder. A command that cannot be found or run fails before anything starts, naming it; exit
+codes 126, 127 and 128+N are explained in the message. A tiny
 ``/bin/sh`` wrapper writes the exit code to ``exit-code`` in that folder, so the result is
 known even when the LC was not the process's parent (after an LC restart).
 
@@ -42,7 +48,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,7 @@ import tenacity
 
 from lifelong.common.errors import InvalidBody
 from lifelong.common.messages import WorkerReport
+from lifelong.edge.config import ImageEntry, find_image, image_repository
 from lifelong.edge.db import Store
 from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
@@ -182,6 +190,150 @@ def container_env(
     return env, unsupported
 
 
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""A worker's ``PATH`` when the LC has none (the usual default of a container image)."""
+
+
+def base_environment(lc_env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """What a worker gets of the LC's own environment: ``PATH`` (else :data:`DEFAULT_PATH`),
+    ``HOME`` (else the worker's folder), ``LANG`` (else ``C.UTF-8``), ``TZ`` when the LC has one
+    (the trigger's timer reads the LC's local time; the worker sees the same clock), and
+    ``PYTHONUNBUFFERED=1`` so a Python worker's log is written as it goes. Nothing else."""
+    env = {
+        "PATH": lc_env.get("PATH") or DEFAULT_PATH,
+        "HOME": lc_env.get("HOME") or str(home),
+        "LANG": lc_env.get("LANG") or "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if lc_env.get("TZ"):
+        env["TZ"] = lc_env["TZ"]
+    return env
+
+
+class StartError(Exception):
+    """A worker that cannot be started; ``exit_code`` is what a shell would have exited with
+    (127 not found, 126 not executable), None for a template or config mistake."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a container runs as a local process: argv, working directory (None: the worker's
+    own folder) and the image's environment."""
+
+    argv: list[str]
+    working_dir: str | None
+    image_env: dict[str, str]
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def launch(container: Mapping[str, Any], images: Mapping[str, ImageEntry]) -> Launch:
+    """The process a Pod would run for ``container``, with Kubernetes' rules: ``command``
+    replaces the image's entrypoint (and drops its cmd), ``args`` replaces its cmd. The image's
+    entrypoint and cmd come from the LC's ``images`` config; a container that needs them when
+    its image has no entry raises :class:`StartError` naming the image and the key to set."""
+    command = _strings(container.get("command"))
+    args = _strings(container.get("args"))
+    image = container.get("image")
+    found = find_image(images, image) if isinstance(image, str) and image else None
+    entry = found[1] if found is not None else ImageEntry()
+    if command:
+        argv = command + args
+    elif found is None:
+        name = container.get("name") or "?"
+        what = "gives args and no command" if args else "gives neither command nor args"
+        if not isinstance(image, str) or not image:
+            raise StartError(
+                f"container {name!r} {what}, and has no image whose entrypoint could run them; "
+                "give the container a command"
+            )
+        raise StartError(
+            f"container {name!r} {what}, and image {image!r} has no entry in the LC's config: add "
+            f"{image!r} (or {image_repository(image)!r} for every tag) with its entrypoint under "
+            "'images' in the LC's --config file, or give the container a command "
+            "(docs/writing-workers.md)"
+        )
+    else:
+        argv = entry.entrypoint + (args if args else entry.cmd)
+    if not argv:
+        raise StartError(
+            f"container {container.get('name') or '?'!r}: nothing to run (image {image!r} has neither "
+            "entrypoint nor cmd in the LC's config, and the container gives no args)"
+        )
+    working_dir = container.get("workingDir") or entry.workingDir
+    return Launch(argv, str(working_dir) if working_dir else None, dict(entry.env))
+
+
+def check_command(argv0: str, path: str, cwd: Path) -> None:
+    """Raise :class:`StartError` when ``argv0`` cannot be run as the shell would run it: not found
+    (on the worker's ``PATH``, or relative to its working directory when it has a slash), not
+    executable, or a script whose ``#!`` interpreter is missing."""
+    if "/" in argv0:
+        candidates = [cwd / argv0]
+        where = f"in {cwd}" if not argv0.startswith("/") else ""
+    else:
+        candidates = [(cwd / d if not d.startswith("/") else Path(d)) / argv0 for d in path.split(":")]
+        where = f"on the worker's PATH {path}"
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise StartError(f"command not found: {argv0!r} {where}".rstrip(), 127)
+    runnable = [c for c in found if os.access(c, os.X_OK)]
+    if not runnable:
+        raise StartError(f"command not executable (permission denied): {found[0]}", 126)
+    with contextlib.suppress(OSError):
+        with runnable[0].open("rb") as fh:
+            first = fh.readline(256)
+        if first.startswith(b"#!"):
+            parts = first[2:].decode(errors="replace").split()
+            if parts and parts[0].startswith("/") and not Path(parts[0]).is_file():
+                raise StartError(
+                    f"command not found: {parts[0]!r}, the interpreter of {str(runnable[0])!r} (its #! line)",
+                    127,
+                )
+
+
+def exit_message(code: int, argv0: str | None) -> str:
+    """What a non-zero exit status of the wrapped command means, for the Failed report (the GM
+    prefixes ``exit code N``)."""
+    cmd = repr(argv0) if argv0 else "the command"
+    if code == 127:
+        return f"command not found: {cmd} or a command it ran (the shell's code 127); its log says which"
+    if code == 126:
+        return f"command not executable: {cmd} or a command it ran (the shell's code 126)"
+    if 128 < code < 128 + 65:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"killed by {name}"
+    return ""
+
+
+def worker_environment(
+    base: Mapping[str, str],
+    image_env: Mapping[str, str],
+    container_vars: Mapping[str, str],
+    sedna: Mapping[str, Any],
+    local: Mapping[str, str],
+) -> dict[str, str]:
+    """A worker's environment, later layers winning as in a Pod (the container's env over the
+    image's, Sedna's appended after the container's): base < image < container < Sedna's
+    variables from the GM < the LC's local ones."""
+    env = dict(base)
+    env.update(image_env)
+    env.update(container_vars)
+    env.update({str(k): str(v) for k, v in sedna.items()})
+    env.update(local)
+    return env
+
+
 class WorkerRuntime:
     def __init__(
         self,
@@ -190,6 +342,8 @@ class WorkerRuntime:
         workers_dir: Path,
         *,
         lc_server: str,
+        images: Mapping[str, ImageEntry] | None = None,
+        environ: Mapping[str, str] | None = None,
         stop_grace: float = 10.0,
         stop_on_exit: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -200,6 +354,8 @@ class WorkerRuntime:
         self.outbox = outbox
         self.dir = workers_dir
         self.lc_server = lc_server
+        self.images = dict(images or {})
+        self.environ = os.environ if environ is None else environ  # read for the base environment only
         self.stop_grace = stop_grace
         self.stop_on_exit = stop_on_exit
         self.clock = clock
@@ -270,9 +426,9 @@ class WorkerRuntime:
 
     def _start(self, ns: str, name: str, obj: dict[str, Any]) -> None:
         spec = obj.get("spec") or {}
-        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+        pod = (spec.get("template") or {}).get("spec") or {}
+        containers = pod.get("containers") or [{}]
         container = containers[0] if isinstance(containers[0], dict) else {}
-        argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
         home = self.dir / f"{ns}_{name}"
         home.mkdir(parents=True, exist_ok=True)
         exit_file = home / "exit-code"
@@ -289,15 +445,9 @@ class WorkerRuntime:
             "message": "",
             "dir": str(home),
             "log": str(home / f"{ns}_{name}.log"),
+            "command": None,
         }
-        if not argv:
-            rec.update(phase="Failed", message="the pod template's first container has no command")
-            self.store.put_record("workers", ns, name, rec)
-            return
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_LC_")}
-        node = ((spec.get("template") or {}).get("spec") or {}).get("nodeName")
-        given, unsupported = container_env(container, ns=ns, name=name, node=node)
-        env.update(given)
+        given, unsupported = container_env(container, ns=ns, name=name, node=pod.get("nodeName"))
         if unsupported:
             log.warning(
                 "worker %s/%s: env %s use valueFrom sources a local process cannot have (only "
@@ -306,21 +456,32 @@ class WorkerRuntime:
                 name,
                 ", ".join(unsupported),
             )
-        for key, value in (spec.get("env") or {}).items():
-            env[str(key)] = str(value)
-        env.update(
-            LC_SERVER=self.lc_server,
-            WORKER_NAME=name,
-            NAMESPACE=ns,
-        )
-        env[MARKER] = str(exit_file)
-        env.setdefault("JOB_NAME", str(spec.get("job") or ""))
-        cwd = container.get("workingDir") or str(home)
+        try:
+            how = launch(container, self.images)
+            cwd = Path(how.working_dir) if how.working_dir else home
+            env = worker_environment(
+                base_environment(self.environ, home),
+                how.image_env,
+                given,
+                spec.get("env") or {},
+                {"LC_SERVER": self.lc_server, "WORKER_NAME": name, "NAMESPACE": ns},
+            )
+            env.setdefault("JOB_NAME", str(spec.get("job") or ""))
+            env[MARKER] = str(exit_file)
+            rec["command"] = how.argv
+            if not cwd.is_dir():
+                raise StartError(f"working directory {str(cwd)!r} does not exist")
+            check_command(how.argv[0], env["PATH"], cwd)
+        except StartError as exc:
+            rec.update(phase="Failed", exitCode=exc.exit_code, message=exc.message)
+            self.store.put_record("workers", ns, name, rec)
+            log.warning("worker %s/%s: not started: %s", ns, name, exc.message)
+            return
         self.store.put_record("workers", ns, name, rec)  # Pending before the process exists
         try:
             with open(rec["log"], "ab") as logf:
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _WRAPPER, "sh", *argv],
+                    ["/bin/sh", "-c", _WRAPPER, "sh", *how.argv],
                     env=env,
                     cwd=cwd,
                     stdin=subprocess.DEVNULL,
@@ -329,7 +490,7 @@ class WorkerRuntime:
                     start_new_session=True,
                 )
         except OSError as exc:
-            rec.update(phase="Failed", message=f"cannot start {argv[0]}: {exc.strerror or exc}")
+            rec.update(phase="Failed", message=f"cannot start {how.argv[0]}: {exc.strerror or exc}")
             self.store.put_record("workers", ns, name, rec)
             return
         self._children[(ns, name)] = proc
@@ -390,7 +551,9 @@ class WorkerRuntime:
         elif code == 0:
             rec.update(phase="Succeeded", exitCode=0, message="")
         else:
-            rec.update(phase="Failed", exitCode=code, message=f"exit code {code}")
+            argv = rec.get("command")
+            argv0 = str(argv[0]) if isinstance(argv, list) and argv else None
+            rec.update(phase="Failed", exitCode=code, message=exit_message(code, argv0))
         self.store.put_record("workers", ns, name, rec)
         log.info(
             "worker %s/%s: %s (exit code %s)%s",

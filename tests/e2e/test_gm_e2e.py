@@ -44,7 +44,7 @@ WORKER = textwrap.dedent(
             if time.monotonic() > deadline:
                 sys.exit(3)
             time.sleep(0.05)
-    out = Path(os.environ.get("OUTPUT_URL") or os.environ["DEPLOY_DIR"])
+    out = Path(os.environ["DEPLOY_DIR"] if stage == "deploy" else os.environ["OUTPUT_URL"])
     out.mkdir(parents=True, exist_ok=True)
     if stage == "train":
         lines = Path(os.environ["TRAIN_DATASET_URL"]).read_text().splitlines()

@@ -383,7 +383,7 @@ def test_a_round_goes_train_eval_deploy_and_back_to_train(gm: GM) -> None:
     worker = gm.bus.envelopes("node-a", Op.UPSERT, "Worker")[-1].body["object"]
     assert worker["metadata"]["name"] == "job1-train-1"
     assert worker["spec"]["env"]["TRAIN_DATASET_URL"] == "/d/t.txt"
-    assert worker["spec"]["env"]["OUTPUT_URL"] == "/out/job1/1/train"
+    assert worker["spec"]["env"]["OUTPUT_URL"] == "/out/job1/train/1"
     gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Running"))
     models = {"models": [{"url": "/out/job1/1/train/model.pkl", "format": "pkl"}]}
     gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Succeeded", models))

@@ -6,6 +6,7 @@ produce on demand."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,12 +15,27 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness.lc_objects import worker
 from harness.waiting import wait_for
 
+from lifelong.edge.config import ImageEntry, image_repository
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
-from lifelong.edge.workers import ProcessTable, WorkerRuntime, container_env, proc_start_time
+from lifelong.edge.workers import (
+    DEFAULT_PATH,
+    Launch,
+    ProcessTable,
+    StartError,
+    WorkerRuntime,
+    base_environment,
+    check_command,
+    container_env,
+    exit_message,
+    launch,
+    proc_start_time,
+    worker_environment,
+)
 
 
 def _runtime(store: Store, tmp_path: Path, **seams: Any) -> WorkerRuntime:
@@ -259,3 +275,208 @@ def test_a_reused_pid_is_never_signalled_as_a_stopping_worker(tmp_path: Path) ->
         if stranger.stdout is not None:
             stranger.stdout.close()
         store.close()
+
+
+# -- how a container runs: images, command/args, environment ---------------------------------
+
+ATCII = "kubeedge/sedna-example-lifelong-learning-atcii-classifier:v0.3.0"
+
+
+PY_IMAGE = {"img:1": ImageEntry(entrypoint=["/usr/bin/python3", "-u"], cmd=["serve.py"], workingDir="/srv")}
+
+
+@pytest.mark.parametrize(
+    ("container", "argv"),
+    [
+        ({"command": ["/bin/echo"], "args": ["a"]}, ["/bin/echo", "a"]),  # command and args: both given
+        ({"command": ["/bin/echo"]}, ["/bin/echo"]),  # command replaces entrypoint and drops cmd
+        ({"args": ["train.py"]}, ["/usr/bin/python3", "-u", "train.py"]),  # args replace cmd
+        ({}, ["/usr/bin/python3", "-u", "serve.py"]),  # neither: entrypoint + cmd
+    ],
+)
+def test_launch_follows_kubernetes_rules_for_command_and_args(
+    container: dict[str, Any], argv: list[str]
+) -> None:
+    how = launch({"name": "c", "image": "img:1", **container}, PY_IMAGE)
+    assert how.argv == argv
+    assert how.working_dir == "/srv"
+
+
+def test_launch_takes_the_containers_working_dir_and_the_images_env() -> None:
+    images = {"img:1": ImageEntry(entrypoint=["/bin/x"], env={"A": "1"})}
+    how = launch({"image": "img:1", "args": ["y"], "workingDir": "/w"}, images)
+    assert how == Launch(["/bin/x", "y"], "/w", {"A": "1"})
+    # A template with a command and an image without an entry runs in the worker's folder.
+    assert launch({"image": "python", "command": ["/bin/true"]}, {}) == Launch(["/bin/true"], None, {})
+
+
+def test_launch_finds_an_image_by_its_repository_for_every_tag() -> None:
+    repo = ATCII.rsplit(":", 1)[0]
+    images = {repo: ImageEntry(entrypoint=["/opt/py"])}
+    assert launch({"image": ATCII, "args": ["train.py"]}, images).argv == ["/opt/py", "train.py"]
+    exact = {**images, ATCII: ImageEntry(entrypoint=["/exact/py"])}
+    assert launch({"image": ATCII, "args": ["train.py"]}, exact).argv == ["/exact/py", "train.py"]
+    assert image_repository("registry:5000/a/b:v1@sha256:ab") == "registry:5000/a/b"
+
+
+def test_args_without_command_and_without_an_image_entry_name_the_image_and_the_key() -> None:
+    with pytest.raises(StartError) as info:
+        launch({"name": "train-worker", "image": ATCII, "args": ["train.py"]}, {})
+    msg = info.value.message
+    assert f"image {ATCII!r} has no entry" in msg and "'images'" in msg and "--config" in msg
+    assert "container 'train-worker' gives args and no command" in msg
+    assert info.value.exit_code is None
+    with pytest.raises(StartError, match="gives neither command nor args"):
+        launch({"name": "c", "image": ATCII}, {})
+    with pytest.raises(StartError, match="has no image"):
+        launch({"name": "c", "args": ["x"]}, {})
+
+
+def test_base_environment_takes_only_the_documented_names_of_the_lcs() -> None:
+    lc = {"PATH": "/p", "HOME": "/h", "LANG": "de_DE.UTF-8", "TZ": "Etc/GMT-5", "SECRET": "x", "USER": "u"}
+    assert base_environment(lc, Path("/w")) == {
+        "PATH": "/p",
+        "HOME": "/h",
+        "LANG": "de_DE.UTF-8",
+        "TZ": "Etc/GMT-5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    assert base_environment({}, Path("/w")) == {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/w",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def test_worker_environment_layers_win_as_in_a_pod() -> None:
+    env = worker_environment(
+        {"PATH": "/p", "A": "base"},
+        {"A": "image", "B": "image"},
+        {"B": "container", "C": "container", "JOB_NAME": "mine"},
+        {"C": "sedna", "JOB_NAME": "j", "N": 1},
+        {"LC_SERVER": "http://lc"},
+    )
+    assert env == {
+        "PATH": "/p",
+        "A": "image",
+        "B": "container",
+        "C": "sedna",
+        "JOB_NAME": "j",
+        "N": "1",
+        "LC_SERVER": "http://lc",
+    }
+
+
+def test_check_command_says_what_cannot_run(tmp_path: Path) -> None:
+    with pytest.raises(StartError) as info:
+        check_command("train.py", "/nonexistent:/also-not", tmp_path)
+    assert info.value.exit_code == 127
+    assert info.value.message == "command not found: 'train.py' on the worker's PATH /nonexistent:/also-not"
+    (tmp_path / "plain.py").write_text("print(1)\n")
+    with pytest.raises(StartError, match=r"command not executable \(permission denied\): .*plain.py") as info:
+        check_command("./plain.py", "/bin", tmp_path)
+    assert info.value.exit_code == 126
+    script = tmp_path / "script"
+    script.write_text("#!/no/such/python -u\nprint(1)\n")
+    script.chmod(0o755)
+    with pytest.raises(StartError, match="command not found: '/no/such/python', the interpreter of") as info:
+        check_command(str(script), "/bin", tmp_path)
+    assert info.value.exit_code == 127
+    with pytest.raises(StartError, match=f"command not found: './missing' in {tmp_path}"):
+        check_command("./missing", "/bin", tmp_path)
+    check_command("sh", "/nonexistent:/bin", tmp_path)  # found: no error
+    check_command(sys.executable, "", tmp_path)
+
+
+def test_exit_messages_explain_the_shells_codes() -> None:
+    assert exit_message(127, "train.py").startswith("command not found: 'train.py' or a command it ran")
+    assert exit_message(126, "x").startswith("command not executable: 'x'")
+    assert exit_message(137, "x") == "killed by SIGKILL"
+    assert exit_message(3, "x") == ""
+
+
+def _settle(rt: WorkerRuntime, store: Store, names: set[str]) -> dict[str, dict[str, Any]]:
+    def done() -> bool:
+        rt.reconcile()
+        return {n for n, p, _ in _reports(store) if p in ("Succeeded", "Failed")} >= names
+
+    wait_for(done, what=f"{sorted(names)} to finish")
+    return {n: store.get_record("workers", "default", n) for n in names}
+
+
+def test_an_args_only_container_runs_as_its_images_entrypoint_would(tmp_path: Path) -> None:
+    """Sedna's shape: ``args: ["train.py"]``, ``workingDir``, no command; the LC's config maps
+    the image to an interpreter. Without the mapping the worker fails before starting, naming the
+    image; a command not on the PATH fails naming the command; a worker whose own command is
+    missing exits 127 and says so."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "train.py").write_text("import os, sys\nopen('ran', 'w').write(os.getcwd())\n")
+    store = Store(tmp_path / "lc.db", sync="normal")
+    images = {ATCII: ImageEntry(entrypoint=[sys.executable])}
+    rt = _runtime(store, tmp_path, images=images, environ={"PATH": "/usr/bin:/bin"})
+
+    def put(rnd: int, container: dict[str, Any]) -> None:
+        w = worker("j", "Train", rnd, "")
+        w["spec"]["template"]["spec"]["containers"] = [{"name": "train-worker", **container}]
+        store.put_resource("Worker", "default", w["metadata"]["name"], str(rnd), w)
+
+    put(1, {"image": ATCII, "args": ["train.py"], "workingDir": str(app)})
+    put(2, {"image": "other:1", "args": ["train.py"], "workingDir": str(app)})
+    put(3, {"image": "other:1", "command": ["train.py"], "workingDir": str(app)})
+    put(4, {"image": "other:1", "command": ["/bin/sh", "-c", "no-such-tool --x"]})
+    put(5, {"image": ATCII, "args": ["train.py"], "workingDir": str(tmp_path / "gone")})
+    rt.reconcile()
+    recs = _settle(rt, store, {"j-train-1", "j-train-2", "j-train-3", "j-train-4", "j-train-5"})
+    assert recs["j-train-1"]["phase"] == "Succeeded", Path(recs["j-train-1"]["log"]).read_text()
+    assert (app / "ran").read_text() == str(app)
+    assert recs["j-train-1"]["command"] == [sys.executable, "train.py"]
+    two = recs["j-train-2"]
+    assert two["phase"] == "Failed" and two["pid"] is None and two["exitCode"] is None
+    assert "image 'other:1' has no entry" in two["message"] and "'images'" in two["message"]
+    three = recs["j-train-3"]
+    assert (three["phase"], three["exitCode"], three["pid"]) == ("Failed", 127, None)
+    assert three["message"] == "command not found: 'train.py' on the worker's PATH /usr/bin:/bin"
+    four = recs["j-train-4"]
+    assert (four["phase"], four["exitCode"]) == ("Failed", 127)
+    assert four["message"].startswith("command not found: '/bin/sh' or a command it ran")
+    assert "no-such-tool" in Path(four["log"]).read_text()
+    five = recs["j-train-5"]
+    assert five["phase"] == "Failed" and "working directory" in five["message"] and "gone" in five["message"]
+    store.close()
+
+
+def test_a_worker_sees_its_environment_and_none_of_the_lcs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lc.db", sync="normal")
+    images = {"img:1": ImageEntry(entrypoint=[sys.executable, "-c"], env={"FROM_IMAGE": "i"})}
+    lc_env = {"PATH": os.environ["PATH"], "HOME": "/home/lc", "LIFELONG_SECRET": "s", "SHELL_ONLY": "x"}
+    rt = _runtime(store, tmp_path, images=images, environ=lc_env)
+    dump = tmp_path / "env.json"
+    code = f"import json, os; open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    w = worker("j", "Eval", 1, "", env={"MODEL_URLS": "/m/a", "JOB_NAME": "j"})
+    w["spec"]["template"]["spec"]["containers"] = [
+        {"name": "c", "image": "img:1", "args": [code], "env": [{"name": "FROM_TEMPLATE", "value": "t"}]}
+    ]
+    store.put_resource("Worker", "default", "j-eval-1", "1", w)
+    rt.reconcile()
+    _settle(rt, store, {"j-eval-1"})
+    env = json.loads(dump.read_text())
+    assert "LIFELONG_SECRET" not in env and "SHELL_ONLY" not in env
+    home = tmp_path / "workers" / "default_j-eval-1"
+    assert env == {
+        "PATH": os.environ["PATH"],
+        "HOME": "/home/lc",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "FROM_IMAGE": "i",
+        "FROM_TEMPLATE": "t",
+        "MODEL_URLS": "/m/a",
+        "JOB_NAME": "j",
+        "LC_SERVER": "http://127.0.0.1:1",
+        "WORKER_NAME": "j-eval-1",
+        "NAMESPACE": "default",
+        "LIFELONG_EXIT_FILE": str(home / "exit-code"),
+        "PWD": str(home),  # the wrapper's /bin/sh sets it: the worker's folder (no workingDir)
+    }
+    store.close()
