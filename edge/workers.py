@@ -11,7 +11,7 @@ LC's environment (minus its own ``LIFELONG_LC_*`` settings) plus the container's
 (literal values), ``spec.env`` from the GM and the local Sedna variables ``LC_SERVER``,
 ``WORKER_NAME``, ``NAMESPACE``, ``JOB_NAME``. It starts in its own session (process group),
 in the container's ``workingDir`` or ``<state>/workers/<ns>_<name>/``, with stdout and
-stderr in ``<ns>_<name>.log`` there. A tiny
+stderr in ``<ns>_<name>.log`` there (``edge/worker_logs.py``: its size bound, ``lifelong logs``). A tiny
 ``/bin/sh`` wrapper writes the exit code to ``exit-code`` in that folder, so the result is
 known even when the LC was not the process's parent (after an LC restart).
 
@@ -53,6 +53,7 @@ from lifelong.common.messages import WorkerReport
 from lifelong.edge.db import Store
 from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
+from lifelong.edge.worker_logs import log_path
 
 log = logging.getLogger("lifelong.edge.workers")
 
@@ -288,7 +289,7 @@ class WorkerRuntime:
             "exitCode": None,
             "message": "",
             "dir": str(home),
-            "log": str(home / f"{ns}_{name}.log"),
+            "log": str(log_path(self.dir, ns, name)),
         }
         if not argv:
             rec.update(phase="Failed", message="the pod template's first container has no command")
