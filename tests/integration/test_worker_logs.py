@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness import lc_objects
 from harness.brokers import Broker
 from harness.processes import GMProcess, LCProcess
 from harness.waiting import wait_for
@@ -70,29 +71,12 @@ class Setup:
         }
 
     def apply(self) -> None:
-        dataset = {
-            "apiVersion": "sedna.io/v1alpha1",
-            "kind": "Dataset",
-            "metadata": {"name": "ds1"},
-            "spec": {"url": str(self.data), "format": "txt", "nodeName": NODE},
-        }
-        trigger = {
-            "checkPeriodSeconds": 1,
-            "condition": {"operator": ">", "threshold": 5.0, "metric": "num_of_samples"},
-        }
-        job = {
-            "apiVersion": "sedna.io/v1alpha1",
-            "kind": "LifelongLearningJob",
-            "metadata": {"name": JOB},
-            "spec": {
-                "dataset": {"name": "ds1", "trainProb": 0.8},
-                "trainSpec": {"template": self.template("train"), "trigger": trigger},
-                "evalSpec": {"template": self.template("eval")},
-                "deploySpec": {"template": self.template("deploy")},
-                "outputDir": str(self.tmp / "out"),
-            },
-        }
-        self.gm.cli("apply", "-f", "-", stdin=yaml.safe_dump_all([dataset, job]))
+        job = lc_objects.job(JOB, NODE, "ds1", self.tmp / "out", conditions=[])
+        del job["status"]
+        for stage in ("train", "eval", "deploy"):
+            job["spec"][f"{stage}Spec"]["template"] = self.template(stage)
+        manifests = yaml.safe_dump_all([lc_objects.dataset("ds1", NODE, self.data), job])
+        self.gm.cli("apply", "-f", "-", stdin=manifests)
 
     def logs(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.gm.cli("logs", *args, check=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import lc_objects
 
 from lifelong.cloud.logs import LogTimeout, LogUnavailable, WorkerLogRequests
 from lifelong.cloud.stores.base import NotFound
@@ -260,33 +261,13 @@ def test_an_answer_over_the_payload_limit_is_read_again_smaller(store: Store, tm
 # -- the GM's side ----------------------------------------------------------------------------------
 
 
-def template(node: str) -> dict[str, Any]:
-    return {"spec": {"nodeName": node, "containers": [{"name": "c", "image": "i", "command": ["true"]}]}}
-
-
-TRIGGER = {
-    "checkPeriodSeconds": 1,
-    "condition": {"operator": ">", "threshold": 5.0, "metric": "num_of_samples"},
-}
-
-
 @pytest.fixture
 def gm_store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "store.db")
-    s.apply(
-        {
-            "apiVersion": "sedna.io/v1alpha1",
-            "kind": "LifelongLearningJob",
-            "metadata": {"name": "job1", "namespace": "default"},
-            "spec": {
-                "dataset": {"name": "ds1", "trainProb": 0.8},
-                "trainSpec": {"template": template("node-t"), "trigger": TRIGGER},
-                "evalSpec": {"template": template("node-e")},
-                "deploySpec": {"template": template("node-d")},
-                "outputDir": "/out",
-            },
-        }
-    )
+    job = lc_objects.job("job1", "node-t", "ds1", tmp_path, conditions=[])
+    for stage, node in (("eval", "node-e"), ("deploy", "node-d")):
+        job["spec"][f"{stage}Spec"]["template"]["spec"]["nodeName"] = node
+    s.apply(job)
     yield s
     s.close()
 
