@@ -13,9 +13,12 @@ GM's own host, not a public API (no authentication; bind it to loopback). JSON i
 ``GET /api/v1/{kind}/{ns}/{name}``       the object
 ``DELETE /api/v1/{kind}/{ns}/{name}``    ``{"result": "deleted", "object": {...}}``
 ``GET /api/v1/describe/{kind}/{ns}/{name}``  the object, its workers, worker info, per-node delivery
+``GET /api/v1/Worker/{ns}/{name}/log``   part of a worker's log from its node (``cloud/logs.py``;
+                                         ``?tail=N``, ``offset=K``, ``limit=B``, ``timeout=S``)
 =======================================  =================================================
 
-Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation), 404, 409.
+Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation), 404, 409, and
+for worker logs 429 (too many waiting), 502 (the node cannot give it), 504 (no answer in time).
 Validation happens here, before anything is stored: the API models, the job's Dataset must exist,
 and every node named (dataset node, template ``nodeName``) must be known (has said hello).
 ``validate`` returns the model it parsed and ``apply`` passes that model on; the wire form is
@@ -33,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.edge_process import workers_of
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, wire
@@ -111,6 +115,8 @@ class GMApi:
         self.store = store
         self.state = state
         self.metrics = metrics
+        self.logs: WorkerLogRequests | None = None
+        """Set by the service when workers' logs can be fetched (standalone mode)."""
         self._apply_lock = threading.Lock()
 
     def apply(self, obj: Any) -> dict[str, Any]:
@@ -153,6 +159,12 @@ class GMApi:
         ]
         return out
 
+    def worker_log(self, ns: str, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """Part of a worker's log, fetched from its node (``cloud/logs.py``)."""
+        if self.logs is None:
+            raise LifelongError("this GM serves no worker logs (on Kubernetes: kubectl logs POD)")
+        return self.logs.fetch_query(ns, name, query)
+
     def nodes(self) -> list[dict[str, Any]]:
         unacked = self.state.unacked_counts()
         return [
@@ -193,7 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(value, separators=(",", ":")).encode())
 
     def _error(self, exc: Exception) -> None:
-        if isinstance(exc, ValidationError):
+        given = getattr(exc, "http_status", None)  # cloud/logs.py's errors name their status
+        if isinstance(given, int):
+            status = HTTPStatus(given)
+        elif isinstance(exc, ValidationError):
             status = HTTPStatus.BAD_REQUEST
         elif isinstance(exc, NotFound):
             status = HTTPStatus.NOT_FOUND
@@ -229,6 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
                 except ValueError as exc:
                     raise ValidationError([("", f"request body is not JSON: {exc}")]) from None
                 self._json(200, api.apply(obj))
+            elif method == "GET" and len(parts) == 6 and parts[2] == "Worker" and parts[5] == "log":
+                self._json(200, api.worker_log(parts[3], parts[4], query))
             elif method == "GET" and len(parts) == 6 and parts[2] == "describe":
                 self._json(200, api.describe(_kind(parts[3]), parts[4], parts[5]))
             elif method == "GET" and len(parts) == 3:

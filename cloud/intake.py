@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportRejected
@@ -98,6 +99,8 @@ class Intake:
         self.metrics = metrics
         self.max_payload = max_payload
         self._logged = LogOnce()  # (node, reason) rejections logged at WARNING since its hello
+        self.on_log: Callable[[str, Envelope], None] | None = None
+        """Gets each ``log`` answer on ``up/_ctl`` (``cloud/logs.py``), on the network thread."""
         self._ack_lock = threading.Lock()
         self._acks: dict[tuple[str, str], list[int]] = {}  # (node, epoch) -> applied, not yet acked
         self._acking: dict[tuple[str, str], set[int]] = {}  # the same seqs, for look-ups
@@ -166,6 +169,8 @@ class Intake:
                 self._refuse_items(node, "ack", refused)
                 if ack.applied:
                     self.executor.submit(("node", node), functools.partial(self._ack, node, ack.applied))
+            elif env.op is Op.LOG and self.on_log is not None:
+                self.on_log(node, env)  # a worker log answer (cloud/logs.py): no I/O, not queued
             else:
                 raise ReportRejected("op", f"operation {env.op.value!r} is not allowed on up/_ctl")
             return

@@ -81,6 +81,7 @@ from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.intake import Intake
 from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default_identity
+from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
@@ -395,6 +396,18 @@ class GMService:
             metrics=self.metrics,
             max_payload=settings.max_payload,
         )
+        self.logs: WorkerLogRequests | None = None
+        if not settings.kubernetes:
+            self.logs = WorkerLogRequests(
+                self.store,
+                self.topics,
+                self._publish,
+                codec=self.codec,
+                max_payload=settings.max_payload,
+                node_online=self._node_online,
+                reject=self.metrics.reject,
+            )
+            self.intake.on_log = self.logs.on_answer
         self.metrics.nodes_online_fn = lambda: sum(1 for n in self.state.nodes() if n.online)
         self.metrics.work_collapsed_fn = lambda: self.executor.collapsed
         self.metrics.unacked_fn = self.state.unacked_counts
@@ -405,6 +418,7 @@ class GMService:
                 api: GMApi = _ProbesOnlyApi(_ProbesOnlyStore(), self.state, self.metrics)
             else:
                 api = GMApi(self.store, self.state, self.metrics)
+                api.logs = self.logs
             try:
                 self.api = ApiServer(api, settings.api_host, settings.api_port)
             except OSError as exc:
@@ -435,6 +449,10 @@ class GMService:
 
     def _publish(self, topic: str, payload: bytes) -> object:
         return self.bus.publish(topic, payload, qos=1)
+
+    def _node_online(self, node: str) -> bool | None:
+        info = self.state.node(node)
+        return None if info is None else info.online
 
     def _on_connect(self, first: bool) -> None:
         try:

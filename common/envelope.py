@@ -46,6 +46,7 @@ class Op(StrEnum):
     SYNC = "sync"  # GM -> LC: the complete list of what the node should hold
     WORKER = "worker"  # GM -> LC: start or stop a worker
     PRESENCE = "presence"  # retained online/offline of a node or of the GM
+    LOG = "log"  # GM -> LC: a request for part of a worker's log; LC -> GM: its answer
 
 
 class Envelope(BaseModel):

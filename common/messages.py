@@ -33,12 +33,23 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias, get_args
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
 from lifelong.common.api.loader import format_path, parse_resource
+from lifelong.common.api.meta import DnsLabel, DnsSubdomain
 from lifelong.common.api.worker import Worker
 from lifelong.common.envelope import MAX_INT
 from lifelong.common.errors import InvalidBody, ValidationError
@@ -373,6 +384,73 @@ class WorkerInfoPost(Body):
     WHAT = "worker info"
     namespace: StrictStr | None = None
     owner_name: StrictStr | None = None
+
+
+# -- worker logs (GM -> LC request on down/_ctl, LC -> GM answer on up/_ctl, op ``log``) -------------
+
+MAX_LOG_CHUNK = 64 * 1024
+"""The most bytes of a worker's log one answer carries (the GM pages through longer logs)."""
+MAX_TAIL_LINES = 100_000
+"""The most lines a ``tailLines`` request may ask for."""
+LogError: TypeAlias = Literal["unknown_worker", "invalid", "unreadable", "too_large"]
+"""Why an LC could not answer a log request with data (``LogAnswer.reason``)."""
+LOG_ERRORS: tuple[str, ...] = get_args(LogError)
+
+
+class LogRequest(Body):
+    """``log`` on ``down/_ctl`` (GM -> LC): part of the log of worker ``ns/worker`` on this node.
+
+    ``offset`` (bytes from the start of the worker's output, as earlier answers count them):
+    the bytes from there on; else ``tailLines``: the last lines; else the log from its first
+    kept byte. At most ``maxBytes`` bytes either way. Answered by a ``LogAnswer`` whose
+    ``request`` is this message's envelope ``id``. Not durable: a request the node does not
+    get is not resent (the GM gives up after its deadline)."""
+
+    WHAT = "log request body"
+    OMIT_IF_NONE = frozenset({"offset", "tail_lines"})
+    ns: DnsLabel
+    worker: DnsSubdomain
+    offset: NonNegative | None = None
+    tail_lines: Annotated[StrictInt, Field(ge=0, le=MAX_TAIL_LINES)] | None = None
+    max_bytes: Annotated[StrictInt, Field(ge=1, le=MAX_LOG_CHUNK)] = MAX_LOG_CHUNK
+
+
+class LogAnswer(Body):
+    """``log`` on ``up/_ctl`` (LC -> GM): the answer to the ``LogRequest`` whose envelope id is
+    ``request``.
+
+    ``data`` is the log's bytes ``[start, end)`` as UTF-8 text (an undecodable byte becomes
+    U+FFFD); ``size`` is where the log ends now, ``first`` where what the LC still keeps of it
+    begins (older output was rotated away); ``running`` says whether the worker still runs (a
+    follower stops once it does not and ``end == size``); ``truncated`` that ``tailLines`` asked
+    for more than ``maxBytes`` held. Or, when the LC cannot answer with data, ``error`` says why
+    in one line and ``reason`` is one of ``LOG_ERRORS``."""
+
+    WHAT = "log answer body"
+    OMIT_IF_NONE = frozenset({"error", "reason"})
+    request: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    ns: StrictStr = Field(default="", max_length=253)
+    worker: StrictStr = Field(default="", max_length=253)
+    data: StrictStr = Field(default="", max_length=MAX_LOG_CHUNK)
+    start: NonNegative = 0
+    end: NonNegative = 0
+    first: NonNegative = 0
+    size: NonNegative = 0
+    running: StrictBool = False
+    truncated: StrictBool = False
+    error: Annotated[StrictStr, Field(max_length=1000)] | None = None
+    reason: LogError | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.error is None) != (self.reason is None):
+            raise ValueError("error and reason go together")
+        if not self.first <= self.start <= self.end <= self.size:
+            raise ValueError(
+                f"offsets must satisfy first <= start <= end <= size, got "
+                f"{self.first}, {self.start}, {self.end}, {self.size}"
+            )
+        return self
 
 
 # -- downstream objects ----------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Topic names of bus protocol v1: building and parsing. Pure, no I/O.
 
     {p}/node/{node}/down/{kind}/{ns}/{name}   GM -> LC  desired state of one resource
-    {p}/node/{node}/down/_ctl                  GM -> LC  acks, sync snapshots, worker commands
+    {p}/node/{node}/down/_ctl                  GM -> LC  acks, sync snapshots, worker log requests
     {p}/node/{node}/up/{kind}/{ns}/{name}     LC -> GM  status reports of one resource
-    {p}/node/{node}/up/_ctl                    LC -> GM  hello, acks of downstream messages
+    {p}/node/{node}/up/_ctl                    LC -> GM  hello, acks of downstream messages, log answers
     {p}/node/{node}/presence                   LC       retained online; the will sets offline
     {p}/gm/presence                            GM       retained online; the will sets offline
 

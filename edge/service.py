@@ -3,12 +3,14 @@
 Called by ``commands`` (``lifelong lc``) and by tests that want an LC in-process. Threads:
 
     bus-<node>       the bus client's network thread (paho); only enqueues
-    lc-session       applies downstream messages, sends presence + hello on every connect
+    lc-session       applies downstream messages, sends presence + hello on every connect,
+                     answers the GM's requests for workers' logs
     lc-publisher     publishes due outbox reports within the in-flight window
     lc-control       every ``poll_seconds`` or on any change: dataset counts, the manager's
-                     decisions, the worker runtime, kept worker-API reports. After a step it
-                     rests as long as the step took, so that a burst of changes (a hello diff
-                     of thousands of jobs) costs at most half a core, not one step per change
+                     decisions, the worker runtime, the workers' log bound, kept worker-API
+                     reports. After a step it rests as long as the step took, so that a burst
+                     of changes (a hello diff of thousands of jobs) costs at most half a core,
+                     not one step per change
     lc-worker-api    the worker HTTP API (stdlib server, a thread per request)
     metrics          prometheus-client's server, when ``metrics_port`` is not 0
 
@@ -45,6 +47,7 @@ from lifelong.edge.metrics import ItemFailures, Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
 from lifelong.edge.session import Session
 from lifelong.edge.worker_api import WaitingReports, WorkerAPI
+from lifelong.edge.worker_logs import WorkerLogs
 from lifelong.edge.workers import WorkerRuntime
 
 log = logging.getLogger("lifelong.edge.service")
@@ -97,6 +100,9 @@ class LocalController:
         )
         if self.worker_api is not None:
             self.worker_api.on_info = self.workers.note_info
+        self.worker_logs = WorkerLogs(
+            s.workers_dir, node=s.node, running=self._worker_running, failures=self.failures
+        )
         self.manager = Manager(
             self.store,
             self.outbox,
@@ -115,6 +121,7 @@ class LocalController:
             publish=self._publish,  # called only once the bus below is connected
             on_change=self.wake.set,
             on_job_deleted=self.manager.forget,
+            on_log_request=self.worker_logs.answer,
         )
         password = s.password()
         tls = (
@@ -206,7 +213,14 @@ class LocalController:
 
     def control_step(self) -> None:
         storage_error: str | None = None
-        for step in (self._datasets, self.manager.step, self.workers.reconcile, self._flush_info):
+        steps = (
+            self._datasets,
+            self.manager.step,
+            self.workers.reconcile,
+            self._rotate_logs,
+            self._flush_info,
+        )
+        for step in steps:
             try:
                 step()
             except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error ...
@@ -223,6 +237,17 @@ class LocalController:
         if storage_error is None and self._storage_error is not None:
             log.warning("local database %s is writable again", self.store.path)
         self._storage_error = storage_error
+
+    def _worker_running(self, ns: str, name: str) -> bool:
+        rec = self.store.get_record("workers", ns, name)
+        return rec is not None and rec.get("phase") in ("Pending", "Running")
+
+    def _rotate_logs(self) -> None:
+        """Keep each running worker's log within its bound (``edge/worker_logs.py``)."""
+        running = [
+            (ns, name) for ns, name, rec in self.store.records("workers") if rec.get("phase") == "Running"
+        ]
+        self.worker_logs.rotate_running(running)
 
     def _flush_info(self) -> None:
         self.waiting_reports.flush()

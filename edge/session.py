@@ -19,6 +19,9 @@ Created and started by the service. Speaks docs/protocol.md exactly:
 * whenever the GM's presence (``{p}/gm/presence``) turns ``online`` while the LC stays
   connected (a GM restart, possibly with a lost state DB): a fresh ``hello``, and every
   unacknowledged report becomes due again at once (not after the ack timeout);
+* ``log`` on ``down/_ctl`` (the GM asks for part of a worker's log, ``lifelong logs``): answered
+  with a ``log`` on ``up/_ctl`` by ``on_log_request`` (``edge/worker_logs.py``) once the batch is
+  done; not durable, never queued while disconnected (the GM gives up after its deadline);
 * a hello the GM has not answered with a ``sync`` within ``hello_retry`` seconds (lost on
   the way, or its answer was) is sent again, the wait doubling up to ``hello_retry_cap``
   (tenacity's ``wait_exponential``); any ``sync`` that parses ends the wait.
@@ -50,6 +53,8 @@ from lifelong.common.messages import (
     AppliedAck,
     Hello,
     ItemRefused,
+    LogAnswer,
+    LogRequest,
     OutboxState,
     Presence,
     ResourceRef,
@@ -71,6 +76,8 @@ HELLO_RETRY = 10.0
 """Seconds to wait for a ``sync`` answering a hello before saying hello again (then doubling)."""
 HELLO_RETRY_CAP = 300.0
 """The longest wait between two unanswered hellos, in seconds."""
+LOG_RETRY_FLOOR = 1024
+"""A log answer over the payload limit is read again with fewer bytes, down to this many."""
 LOGGED_ITEMS = 10
 """Refused items of one list body logged one by one; the rest are summed up in one line."""
 Key = tuple[str, str, str]
@@ -95,6 +102,7 @@ class Session:
         publish: Publish | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_job_deleted: Callable[[str, str], None] = lambda ns, name: None,
+        on_log_request: Callable[[str, LogRequest], LogAnswer] | None = None,
         hello_retry: float = HELLO_RETRY,
         hello_retry_cap: float = HELLO_RETRY_CAP,
         clock: Callable[[], float] = time.monotonic,
@@ -108,6 +116,9 @@ class Session:
         self.publish = publish
         self.on_change = on_change
         self.on_job_deleted = on_job_deleted
+        self.on_log_request = on_log_request
+        self.log_requests = 0  # log requests answered
+        self._log_requests: list[Envelope] = []  # of the batch being applied
         self.boot = uuid.uuid4().hex
         self.connected = threading.Event()
         self.connects = 0
@@ -214,13 +225,21 @@ class Session:
         self._process(item)
 
     def _process(self, item: tuple[str, Any, Any]) -> None:
-        """One batch: ``item`` and whatever else is queued (up to 1,000), in one transaction."""
+        """One batch: ``item`` and whatever else is queued (up to 1,000), in one transaction;
+        then the batch's log requests are answered (whether or not it committed)."""
         batch = [item]
         while len(batch) < 1000:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        self._log_requests = []
+        try:
+            self._apply_batch(batch)
+        finally:
+            self._answer_logs()
+
+    def _apply_batch(self, batch: list[tuple[str, Any, Any]]) -> None:
         applied: list[Applied] = []
         self._acks = {}
         changed = False
@@ -461,6 +480,9 @@ class Session:
                 return False
             if env.op is Op.SYNC:
                 return self._on_sync(env)
+            if env.op is Op.LOG:
+                self._log_requests.append(env)  # answered after the batch: no file reads in its transaction
+                return False
         except InvalidBody as exc:
             self._refuse(exc.reason, f"{env.op.value} on down/_ctl", str(exc))
             return False
@@ -496,6 +518,55 @@ class Session:
                 self.rejected["sync_drop_failed"] = self.rejected.get("sync_drop_failed", 0) + 1
                 log.exception("sync: dropping %s failed; the next sync tries again", "/".join(key))
         return changed
+
+    # -- worker logs ----------------------------------------------------------------------------
+    def _answer_logs(self) -> None:
+        requests, self._log_requests = self._log_requests, []
+        for env in requests:
+            try:
+                self._answer_log(env)
+            except Exception:
+                log.exception("answering log request %s failed", env.id)
+
+    def _answer_log(self, env: Envelope) -> None:
+        """Answer one ``log`` request on ``up/_ctl``. A request the model refuses gets an
+        ``invalid`` answer; an answer over the payload limit is read again with a quarter of the
+        bytes, down to ``LOG_RETRY_FLOOR``, and is then a ``too_large`` answer."""
+        try:
+            req = LogRequest.parse(env.body)
+        except InvalidBody as exc:
+            self._refuse("invalid", "log request", str(exc))
+            self._send_log(LogAnswer(request=env.id, error=str(exc)[:1000], reason="invalid"))
+            return
+        answer = self._log_answer(env.id, req)
+        limit = req.max_bytes
+        while not self._send_log(answer):
+            if limit <= LOG_RETRY_FLOOR:
+                detail = f"the answer is over the payload limit of {self.max_payload} bytes"
+                self._send_log(
+                    LogAnswer(request=env.id, ns=req.ns, worker=req.worker, error=detail, reason="too_large")
+                )
+                return
+            limit = max(LOG_RETRY_FLOOR, limit // 4)
+            answer = self._log_answer(env.id, req.model_copy(update={"max_bytes": limit}))
+
+    def _send_log(self, answer: LogAnswer) -> bool:
+        """Publish one log answer; False if it is over the payload limit (nothing sent)."""
+        try:
+            payload = self._envelope(CONTROL_KIND, Op.LOG, answer.to_body())
+        except PayloadTooLarge:
+            return False
+        self.log_requests += 1
+        self._send(self.topics.up_ctl(self.node), payload)
+        return True
+
+    def _log_answer(self, request_id: str, req: LogRequest) -> LogAnswer:
+        if self.on_log_request is None:
+            error = f"node {self.node} keeps no worker logs"
+            return LogAnswer(
+                request=request_id, ns=req.ns, worker=req.worker, error=error, reason="unknown_worker"
+            )
+        return self.on_log_request(request_id, req)
 
     # -- upstream -------------------------------------------------------------------------------
     def _publisher_loop(self) -> None:

@@ -16,9 +16,9 @@ the config key. Its environment (:func:`worker_environment`) is a small base (``
 ``NAMESPACE``, ``JOB_NAME`` - never the rest of the LC's environment. It starts in its own
 session (process group), in the container's ``workingDir``, else the image's, else
 ``<state>/workers/<ns>_<name>/``, with stdout and stderr in ``<ns>_<name>.log`` in that
-folder. A command that cannot be found or run fails before anything starts, naming it; exit
-codes 126, 127 and 128+N are explained in the message. A tiny
-``/bin/sh`` wrapper writes the exit code to ``exit-code`` in that folder, so the result is
+folder (``edge/worker_logs.py``: its size bound, ``lifelong logs``). A command that cannot be
+found or run fails before anything starts, naming it; exit codes 126, 127 and 128+N are
+explained in the message. A tiny ``/bin/sh`` wrapper writes the exit code to ``exit-code`` in that folder, so the result is
 known even when the LC was not the process's parent (after an LC restart).
 
 Records (``workers`` table) carry pid, the kernel start time of the pid (so a recycled pid is
@@ -61,6 +61,7 @@ from lifelong.edge.config import ImageEntry, find_image, image_repository
 from lifelong.edge.db import Store
 from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
+from lifelong.edge.worker_logs import log_path
 
 log = logging.getLogger("lifelong.edge.workers")
 
@@ -444,7 +445,7 @@ class WorkerRuntime:
             "exitCode": None,
             "message": "",
             "dir": str(home),
-            "log": str(home / f"{ns}_{name}.log"),
+            "log": str(log_path(self.dir, ns, name)),
             "command": None,
         }
         given, unsupported = container_env(container, ns=ns, name=name, node=pod.get("nodeName"))

@@ -19,6 +19,7 @@ import argparse
 import sys
 from typing import Any
 
+from lifelong.client import logs
 from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
 from lifelong.client.files import read_resources
 from lifelong.client.format import (
@@ -251,3 +252,5 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--filename", action="append", help="FILE, DIR or -")
     p.add_argument("--ignore-not-found", action="store_true")
     p.set_defaults(handler=cmd_delete)
+
+    logs.register(sub)  # lifelong logs (cli/client/logs.py)
