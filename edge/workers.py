@@ -18,8 +18,9 @@ session (process group), in the container's ``workingDir``, else the image's, el
 ``<state>/workers/<ns>_<name>/``, with stdout and stderr in ``<ns>_<name>.log`` in that
 folder (``edge/worker_logs.py``: its size bound, ``lifelong logs``). A command that cannot be
 found or run fails before anything starts, naming it; exit codes 126, 127 and 128+N are
-explained in the message. A tiny ``/bin/sh`` wrapper writes the exit code to ``exit-code`` in that folder, so the result is
-known even when the LC was not the process's parent (after an LC restart).
+explained in the message. A tiny ``/bin/sh`` wrapper writes the exit code to ``exit-code``
+in that folder, so the result is known even when the LC was not the process's parent (after
+an LC restart).
 
 Records (``workers`` table) carry pid, the kernel start time of the pid (so a recycled pid is
 never taken for our worker), the phase and the last phase reported upstream. A start is
