@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -489,3 +491,46 @@ def test_get_watch_only_a_named_object_as_json(gm: GMService, server: str) -> No
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "single resource type to watch" in done.stderr
+
+
+def test_output_piped_into_head_ends_quietly(server: str) -> None:
+    """``lifelong get ds -o json | head -n 1``: more output than the pipe holds, so the client
+    writes after head has gone; it ends with 141 (128 + SIGPIPE) and says nothing."""
+    big = dataset("ds-big")
+    big["metadata"]["annotations"] = {"note": "x" * 200_000}  # over the 64 KiB a pipe buffers
+    Client(server).apply(big)
+    lifelong_cmd = shlex.join(
+        [sys.executable, "-m", "lifelong", "get", "ds", "-o", "json", "--server", server]
+    )
+    done = subprocess.run(
+        ["bash", "-c", f'{lifelong_cmd} | head -n 1; echo "status=${{PIPESTATUS[0]}}"'],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.stdout == "{\nstatus=141\n" and done.stderr == "", done.stderr
+
+
+def test_output_into_a_pipe_closed_before_it_is_written_ends_quietly(server: str) -> None:
+    Client(server).apply(dataset("ds-a"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the client writes its first byte
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "lifelong", "get", "ds", "-o", "name", "--server", server],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a closed stdout ends a command quietly; another BrokenPipeError (a socket of the
+    GM's, say) is a failure and is raised."""
+    from lifelong.client import commands
+
+    def broken(args: Any) -> int:
+        raise BrokenPipeError("a socket, not stdout")
+
+    monkeypatch.setattr(commands, "cmd_get", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["get", "ll"])
