@@ -100,7 +100,10 @@ def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.server)
+    timeout = getattr(args, "request_timeout", None)
+    if timeout is not None and timeout < 0:
+        raise ValidationError([("", f"--request-timeout must not be negative, not {timeout}")])
+    return Client(args.server) if not timeout else Client(args.server, timeout=timeout)
 
 
 Target = tuple[str, list[str]]
@@ -309,7 +312,7 @@ def _watch(
     if not args.watch_only:
         for obj in initial:
             emit("ADDED", obj)
-    follow(initial, current, key, emit, interval=args.watch_interval)
+    follow(initial, current, key, emit, interval=args.watch_interval, duration=args.request_timeout or None)
     return 0
 
 
@@ -416,6 +419,13 @@ def register(sub: Any) -> None:
             "--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})"
         )
         p.add_argument("--namespace", "-n", default="default", help="namespace (default: default)")
+        p.add_argument(
+            "--request-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="how long to wait for the GM's answer (default 30; 0: the default); "
+            "with get -w: how long to watch before ending with status 0 (default: until Ctrl-C)",
+        )
 
     def selector(p: argparse.ArgumentParser) -> None:
         p.add_argument(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -62,13 +63,19 @@ def follow(
     emit: Callable[[EventType, Obj], None],
     *,
     interval: float,
+    duration: float | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Poll ``fetch`` every ``interval`` seconds and ``emit`` what changed since ``initial``,
-    until ``stop`` is set (the CLI never sets it: Ctrl-C ends the command)."""
+    for ``duration`` seconds (None: until ``stop`` is set; the CLI never sets it, Ctrl-C ends
+    the command)."""
     stop = stop or threading.Event()
+    end = None if duration is None else time.monotonic() + duration
     known = {key(o): (version(o), o) for o in initial}
-    while not stop.wait(interval):
+    while True:
+        wait = interval if end is None else min(interval, end - time.monotonic())
+        if wait <= 0 or stop.wait(wait):
+            return
         events, known = changes(known, fetch(), key)
         for type_, obj in events:
             emit(type_, obj)

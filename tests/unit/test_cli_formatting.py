@@ -283,3 +283,15 @@ def test_follow_polls_until_stopped_and_emits_each_change_once() -> None:
         stop=stop,
     )
     assert seen == [("MODIFIED", "2"), ("DELETED", "2")]
+
+
+def test_follow_ends_after_its_duration() -> None:
+    polls: list[int] = []
+
+    def fetch() -> list[dict[str, Any]]:
+        polls.append(1)
+        return []
+
+    started = time.monotonic()
+    follow([], fetch, lambda o: "", lambda t, o: None, interval=0.01, duration=0.2)
+    assert 0.2 <= time.monotonic() - started < 5 and polls  # it polled, then ended on its own

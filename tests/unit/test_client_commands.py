@@ -491,6 +491,12 @@ def test_get_watch_only_a_named_object_as_json(gm: GMService, server: str) -> No
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "single resource type to watch" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "lifelong", "get", "ds", "-w", "--request-timeout", "0.5", "--server", server],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # watched half a second, then ended
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["NAME", "ds-a", "ds-b"]
 
 
 def test_output_piped_into_head_ends_quietly(server: str) -> None:
