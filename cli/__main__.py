@@ -5,6 +5,13 @@ its ``commands`` module (``lifelong.client.commands`` for the kubectl-like clien
 ``lifelong.tail`` for ``lifelong tail``); this dispatcher imports them by name with importlib,
 and each keeps its heavy imports inside its handlers, so that ``lifelong broker`` does not pay
 for importing the GM, and so that ``cloud`` and ``edge`` stay independent of each other.
+
+Output piped into a reader that stops early (``lifelong get ll -o json | head``) ends the command
+quietly with status 141 (128 + SIGPIPE, what a shell reports for kubectl or ``cat`` there): a
+``BrokenPipeError`` on a closed stdout is caught here, for every sub-command, and so is a stdout
+whose reader left while the last write was cut short (which raises nothing). SIGPIPE itself stays
+ignored (Python's default), so that the GM, the LC and the broker see a closed socket as an
+error to handle rather than being killed by the signal.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +35,10 @@ COMMAND_MODULES = (
     "lifelong.tail",
     "lifelong.demo",
 )
+
+
+EXIT_BROKEN_PIPE = 128 + 13
+"""Status when stdout's reader went away: 128 + SIGPIPE, as a shell shows for a process it killed."""
 
 
 class UserError(Exception):
@@ -69,7 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(handler(args) or 0)
+        status = int(handler(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at the interpreter's exit
+        if _stdout_gone():
+            # The reader left before the end: a write the kernel cut short (the pipe took part
+            # of it) raises nothing in Python's buffered writer, so look, as a failed write would.
+            _quiet_stdout()
+            return EXIT_BROKEN_PIPE
+        return status
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
     except UserError as exc:
@@ -83,6 +108,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
         raise
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone: a ``BrokenPipeError`` of
+    another pipe or socket is a failure to report, not the end of the output."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is still buffered at exit cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -8,31 +8,43 @@ GM's local HTTP API (``--server``, default http://127.0.0.1:9300); files are par
 validated locally first, so a typo is reported with its file and field before anything is sent.
 
 Output follows kubectl: ``dataset.sedna.io/ds1 created`` / ``configured`` / ``unchanged`` /
-``deleted``; ``get`` prints a table (``NAME STAGE STATUS AGE`` for jobs) or ``-o yaml|json|wide``;
-errors are one line on stderr with a non-zero exit status (``NotFound`` 1, validation 2,
-GM unreachable 1).
+``deleted``; ``get`` prints a table (``NAME STAGE STATUS AGE`` for jobs) or
+``-o yaml|json|wide|name|jsonpath=TEMPLATE`` (``jsonpath.py``), follows changes with ``-w``
+(``watch.py``) and filters with ``-l SELECTOR`` (``selectors.py``); ``get``, ``describe`` and
+``delete`` take ``KIND NAME...``, ``KIND1,KIND2``, ``KIND/NAME``; ``describe KIND`` describes
+every object of the kind, ``delete KIND --all`` deletes them. Errors are one line on stderr with
+a non-zero exit status (``NotFound`` 1 as kubectl, validation 2, GM unreachable 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from lifelong.client import logs
 from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
 from lifelong.client.files import read_resources
 from lifelong.client.format import (
+    RESOURCE_NAMES,
     describe_text,
     dump,
     headers,
     hello_age,
     job_nodes,
     nodes_table,
+    object_name,
     outbox_depth,
+    qualified_name,
     row,
     table,
+    table_line,
+    widths,
 )
+from lifelong.client.jsonpath import Template, parse_template
+from lifelong.client.selectors import Selector, parse_selector
+from lifelong.client.watch import follow
 from lifelong.common.errors import ValidationError
 
 KIND_ALIASES = {
@@ -44,12 +56,7 @@ KIND_ALIASES = {
 
 _ALIAS = {alias: kind for kind, aliases in KIND_ALIASES.items() for alias in (*aliases, kind.lower())}
 
-_PLURAL = {
-    "LifelongLearningJob": "lifelonglearningjob.sedna.io",
-    "Dataset": "dataset.sedna.io",
-    "Model": "model.sedna.io",
-    "Worker": "worker.lifelong.io",
-}
+NODE_ALIASES = ("node", "nodes", "no")
 
 _APPLY_ORDER = {"Dataset": 0, "Model": 1, "LifelongLearningJob": 2}
 
@@ -94,7 +101,14 @@ def involved_nodes(client: Client, obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.server)
+    timeout = getattr(args, "request_timeout", None)
+    if timeout is not None and timeout < 0:
+        raise ValidationError([("", f"--request-timeout must not be negative, not {timeout}")])
+    return Client(args.server) if not timeout else Client(args.server, timeout=timeout)
+
+
+Target = tuple[str, list[str]]
+"""A kind and the names asked for (none: every object of the kind)."""
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -107,43 +121,199 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.namespace and not res["metadata"].get("namespace"):
             res["metadata"]["namespace"] = args.namespace
         result = client.apply(res)
-        print(f"{_PLURAL.get(res['kind'], res['kind'])}/{res['metadata']['name']} {result['result']}")
+        print(f"{RESOURCE_NAMES.get(res['kind'], res['kind'])}/{res['metadata']['name']} {result['result']}")
     return 0
+
+
+def targets(first: str, rest: Sequence[str], *, nodes: bool = False) -> list[Target]:
+    """What ``KIND NAME...``, ``KIND1,KIND2 [NAME...]`` or ``KIND/NAME...`` ask for, as kubectl
+    reads them: (kind, names) in the order given, names of one kind together. ``nodes``: the
+    kind ``nodes`` (``lifelong get nodes``) is allowed."""
+
+    def kind(name: str) -> str:
+        if nodes and name.lower() in NODE_ALIASES:
+            return "Node"
+        return kind_of(name)
+
+    if "/" in first:
+        out: dict[str, list[str]] = {}
+        for arg in (first, *rest):
+            k, sep, name = arg.partition("/")
+            if not sep or not k or not name:
+                raise ValidationError(
+                    [("", f"there is no need to specify a resource type as a separate argument when "
+                      f"passing arguments in resource/name form (got {arg!r})")]
+                )  # fmt: skip
+            out.setdefault(kind(k), []).append(name)
+        return list(out.items())
+    if any("/" in name for name in rest):
+        raise ValidationError([("", "arguments in resource/name form must have a single resource and name")])
+    kinds = list(dict.fromkeys(kind(k) for k in first.split(",") if k))
+    if not kinds:
+        raise ValidationError([("", f"no resource type in {first!r}")])
+    return [(k, list(rest)) for k in kinds]
+
+
+def _selector(args: argparse.Namespace, groups: Sequence[Target]) -> Selector | None:
+    if args.selector is None:
+        return None
+    if any(names for _, names in groups):
+        raise ValidationError([("", "name cannot be provided when a selector is specified")])
+    return parse_selector(args.selector)
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str] | None:
+    labels = (obj.get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else None
+
+
+def fetch(
+    client: Client, kind: str, names: Sequence[str], namespace: str | None, selector: Selector | None
+) -> list[dict[str, Any]]:
+    """The objects of ``kind`` named (each must exist), or all in ``namespace`` (every namespace:
+    None) that ``selector`` matches."""
+    if kind == "Node":
+        items = client.nodes()
+        if names:
+            by_name = {object_name(kind, n): n for n in items}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise NotFound(f'node "{missing[0]}" not found')
+            return [by_name[n] for n in names]
+    elif names:
+        return [client.get(kind, namespace or "default", name) for name in names]
+    else:
+        items = client.list(kind, namespace)
+    return [o for o in items if selector is None or selector.matches(_labels(o))]
+
+
+def _no_resources(args: argparse.Namespace) -> None:
+    where = "" if getattr(args, "all_namespaces", False) else f" in {args.namespace} namespace"
+    print(f"No resources found{where}.", file=sys.stderr)
+
+
+class Output:
+    """How ``get`` prints: ``-o`` table (default), ``wide``, ``yaml``, ``json``, ``name`` or
+    ``jsonpath=TEMPLATE`` (``lifelong.client.jsonpath``)."""
+
+    FORMATS = ("wide", "yaml", "json", "name", "jsonpath=TEMPLATE")
+
+    def __init__(self, text: str | None, all_namespaces: bool, several_kinds: bool) -> None:
+        self.template: Template | None = None
+        self.format = text or ""
+        if self.format.startswith("jsonpath="):
+            self.template = parse_template(self.format[len("jsonpath=") :])
+            self.format = "jsonpath"
+        elif self.format not in ("", "wide", "yaml", "json", "name"):
+            raise ValidationError(
+                [("", f"unable to match a printer suitable for the output format {text!r}, "
+                  f"allowed formats are: {', '.join(self.FORMATS)}")]
+            )  # fmt: skip
+        self.all_namespaces = all_namespaces
+        self.several_kinds = several_kinds
+
+    @property
+    def tabular(self) -> bool:
+        return self.format in ("", "wide")
+
+    def document(self, value: Any) -> str:
+        """``value`` (one object or a List) in the yaml/json/jsonpath format."""
+        if self.template is not None:
+            return self.template.render(value)
+        return dump(value, self.format) + ("" if self.format == "yaml" else "\n")
+
+    def rows(self, kind: str, objs: Sequence[dict[str, Any]]) -> list[list[str]]:
+        """The header and one row for each object."""
+        wide = self.format == "wide"
+        rows = [headers(kind, wide)] + [row(kind, o, wide) for o in objs]
+        if self.several_kinds:
+            for o, r in zip(objs, rows[1:], strict=True):
+                r[0] = qualified_name(kind, o)
+        if self.all_namespaces and kind != "Node":
+            rows = [["NAMESPACE", *rows[0]]] + [
+                [(o.get("metadata") or {}).get("namespace", ""), *r]
+                for o, r in zip(objs, rows[1:], strict=True)
+            ]
+        return rows
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     client = _client(args)
-    if args.kind.lower() in ("node", "nodes", "no"):
-        rows = [["NAME", "STATUS", "AGENT", "UNACKED"]]
-        for n in client.nodes():
-            rows.append(
-                [n["node"], "Online" if n["online"] else "Offline", n["agent"] or "<none>", str(n["unacked"])]
-            )
-        print(table(rows))
-        return 0
-    kind = kind_of(args.kind)
-    if args.name:
-        objs = [client.get(kind, args.namespace, name) for name in args.name]
-    else:
-        objs = client.list(kind, None if args.all_namespaces else args.namespace)
-    if args.output in ("yaml", "json"):
-        value: Any = (
-            objs[0] if args.name and len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs}
-        )
-        print(dump(value, args.output), end="" if args.output == "yaml" else "\n")
+    groups = targets(args.kind, args.name, nodes=True)
+    selector = _selector(args, groups)
+    out = Output(args.output, args.all_namespaces, len(groups) > 1)
+    namespace = None if args.all_namespaces else args.namespace
+    if args.watch or args.watch_only:
+        return _watch(args, client, groups, selector, out)
+    found = [(kind, fetch(client, kind, names, namespace, selector)) for kind, names in groups]
+    objs = [o for _, items in found for o in items]
+    single = len(groups) == 1 and len(groups[0][1]) == 1
+    if out.format in ("yaml", "json", "jsonpath"):
+        value = objs[0] if single else {"apiVersion": "v1", "kind": "List", "items": objs}
+        print(out.document(value), end="")
         return 0
     if not objs:
-        where = "" if args.all_namespaces else f" in {args.namespace} namespace"
-        print(f"No resources found{where}.", file=sys.stderr)
+        _no_resources(args)
         return 0
-    wide = args.output == "wide"
-    rows = [headers(kind, wide)]
-    rows += [row(kind, o, wide) for o in objs]
-    if args.all_namespaces:
-        rows = [["NAMESPACE", *rows[0]]] + [
-            [o["metadata"].get("namespace", ""), *r] for o, r in zip(objs, rows[1:], strict=True)
-        ]
-    print(table(rows))
+    if out.format == "name":
+        print("\n".join(qualified_name(kind, o) for kind, items in found for o in items))
+        return 0
+    print("\n\n".join(table(out.rows(kind, items)) for kind, items in found if items))
+    return 0
+
+
+def _watch(
+    args: argparse.Namespace, client: Client, groups: Sequence[Target], selector: Selector | None, out: Output
+) -> int:
+    """``get -w``: the list (unless ``--watch-only``), then each change as it is seen (``watch.py``)."""
+    if len(groups) != 1:
+        raise ValidationError([("", "you may only specify a single resource type to watch")])
+    if args.watch_interval <= 0:
+        raise ValidationError([("", f"--watch-interval must be above 0, not {args.watch_interval}")])
+    kind, names = groups[0]
+    namespace = None if args.all_namespaces else args.namespace
+    initial = fetch(client, kind, names, namespace, selector)  # a name that does not exist: NotFound
+
+    def current() -> list[dict[str, Any]]:
+        items = fetch(client, kind, [], namespace, selector)
+        return [o for o in items if not names or object_name(kind, o) in names]
+
+    def key(obj: dict[str, Any]) -> str:
+        return f"{(obj.get('metadata') or {}).get('namespace', '')}/{object_name(kind, obj)}"
+
+    header = out.rows(kind, [])[0]
+    events = args.output_watch_events
+    if events:
+        header = ["EVENT", *header]
+    column_widths: list[int] = []
+    if out.tabular and initial and not args.watch_only:  # the initial list sets the widths
+        column_widths += widths(
+            [header, *([*(["ADDED"] if events else []), *r] for r in out.rows(kind, initial)[1:])]
+        )
+
+    def emit(type_: str, obj: dict[str, Any]) -> None:
+        if out.tabular:
+            cells = [*([type_] if events else []), *out.rows(kind, [obj])[1]]
+            text = ""
+            if not column_widths:  # the header goes with the first row printed
+                column_widths.extend(widths([header, cells]))
+            if not header_printed:
+                text = table_line(header, column_widths) + "\n"
+                header_printed.append(True)
+            text += table_line(cells, column_widths) + "\n"
+        elif out.format == "name":
+            text = (f"{type_} " if events else "") + qualified_name(kind, obj) + "\n"
+        else:
+            text = out.document({"type": type_, "object": obj} if events else obj)
+            if out.format == "yaml":
+                text = "---\n" + text
+        print(text, end="", flush=True)
+
+    header_printed: list[bool] = []
+    if not args.watch_only:
+        for obj in initial:
+            emit("ADDED", obj)
+    follow(initial, current, key, emit, interval=args.watch_interval, duration=args.request_timeout or None)
     return 0
 
 
@@ -160,11 +330,26 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    kind = kind_of(args.kind)
+    """``describe KIND NAME...``, ``KIND/NAME``, or every object of KIND (``-l``: those matching)."""
     client = _client(args)
+    groups = targets(args.kind, args.name)
+    selector = _selector(args, groups)
+    keys: list[tuple[str, str, str]] = []
+    for kind, names in groups:
+        if names:
+            keys += [(kind, args.namespace, name) for name in names]
+        else:
+            namespace = None if args.all_namespaces else args.namespace
+            keys += [
+                (kind, o["metadata"].get("namespace", "default"), o["metadata"]["name"])
+                for o in fetch(client, kind, [], namespace, selector)
+            ]
+    if not keys:
+        _no_resources(args)
+        return 0
     texts = []
-    for name in args.name:
-        info = client.describe(kind, args.namespace, name)
+    for kind, namespace, name in keys:
+        info = client.describe(kind, namespace, name)
         if kind in ("LifelongLearningJob", "Dataset"):
             info["nodes"] = involved_nodes(client, info["object"])
         texts.append(describe_text(info))
@@ -172,24 +357,52 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete_targets(args: argparse.Namespace, client: Client) -> list[tuple[str, str, str]]:
+    """(kind, namespace, name) of what ``delete`` was asked to delete, in the order to delete."""
+    chose = args.all or args.selector is not None
+    if args.filename:
+        if args.kind or chose:
+            raise ValidationError(
+                [("", "give either -f FILE or KIND NAME... (or KIND --all, KIND -l), not both")]
+            )
+        found = [
+            (res["kind"], res["metadata"].get("namespace") or args.namespace, res["metadata"]["name"])
+            for res in read_resources(args.filename)
+        ]
+        return sorted(found, key=lambda t: -_APPLY_ORDER.get(t[0], 9))
+    if not args.kind:
+        raise ValidationError([("", "give KIND NAME..., KIND/NAME, KIND --all, KIND -l SELECTOR or -f FILE")])
+    groups = targets(args.kind, args.name)
+    if args.all and args.selector is not None:
+        raise ValidationError([("", "give either --all or -l SELECTOR, not both")])
+    selector = _selector(args, groups)
+    out: list[tuple[str, str, str]] = []
+    for kind, names in groups:
+        if names and args.all:
+            raise ValidationError([("", "give either NAME... or --all, not both")])
+        if names:
+            out += [(kind, args.namespace, name) for name in names]
+        elif chose:
+            out += [
+                (kind, args.namespace, object_name(kind, o))
+                for o in fetch(client, kind, [], args.namespace, selector)
+            ]
+        else:
+            raise ValidationError(
+                [("", f"resource(s) were provided, but no name was specified: give {args.kind} NAME..., "
+                  f"{args.kind} --all or {args.kind} -l SELECTOR")]
+            )  # fmt: skip
+    return out
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     client = _client(args)
-    targets: list[tuple[str, str, str]] = []
-    if args.filename:
-        if args.kind:
-            raise ValidationError([("", "give either -f FILE or KIND NAME..., not both")])
-        for res in read_resources(args.filename):
-            targets.append(
-                (res["kind"], res["metadata"].get("namespace") or args.namespace, res["metadata"]["name"])
-            )
-        targets.sort(key=lambda t: -_APPLY_ORDER.get(t[0], 9))
-    else:
-        if not args.kind or not args.name:
-            raise ValidationError([("", "give KIND NAME... or -f FILE")])
-        kind = kind_of(args.kind)
-        targets = [(kind, args.namespace, name) for name in args.name]
+    found = _delete_targets(args, client)
+    if not found and (args.all or args.selector is not None):
+        _no_resources(args)
+        return 0
     status = 0
-    for kind, ns, name in targets:
+    for kind, ns, name in found:
         try:
             client.delete(kind, ns, name)
         except NotFound as exc:
@@ -197,7 +410,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 print(f"Error from server (NotFound): {exc}", file=sys.stderr)
                 status = 1
             continue
-        print(f'{_PLURAL.get(kind, kind)} "{name}" deleted')
+        print(f'{RESOURCE_NAMES.get(kind, kind)} "{name}" deleted')
     return status
 
 
@@ -207,18 +420,65 @@ def register(sub: Any) -> None:
             "--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})"
         )
         p.add_argument("--namespace", "-n", default="default", help="namespace (default: default)")
+        p.add_argument(
+            "--request-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="how long to wait for the GM's answer (default 30; 0: the default); "
+            "with get -w: how long to watch before ending with status 0 (default: until Ctrl-C)",
+        )
 
+    def selector(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-l",
+            "--selector",
+            metavar="SELECTOR",
+            help="only objects whose labels match: k=v, k!=v, k, !k, 'k in (a,b)', 'k notin (a,b)', "
+            "comma-separated (all must hold)",
+        )
+
+    kinds = "ll, ds, model, worker; several as ll,ds; or KIND/NAME"
     p = sub.add_parser("apply", help="create or update resources from files (like kubectl apply)")
     common(p)
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or - (repeatable)")
     p.set_defaults(handler=cmd_apply)
 
-    p = sub.add_parser("get", help="list resources: ll|ds|model|worker|nodes [NAME...]")
+    p = sub.add_parser(
+        "get",
+        help="list resources: ll|ds|model|worker|nodes [NAME...]",
+        description="List resources as kubectl get does: KIND [NAME...], KIND1,KIND2, KIND/NAME...",
+    )
     common(p)
-    p.add_argument("kind", help="ll, ds, model, worker or nodes")
+    p.add_argument("kind", help=f"{kinds}; or nodes")
     p.add_argument("name", nargs="*", help="names (all when none)")
-    p.add_argument("-o", "--output", choices=["yaml", "json", "wide"], help="output format")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FORMAT",
+        help="yaml, json, wide, name or jsonpath=TEMPLATE (kubectl's JSONPath: {.items[*].metadata.name}, "
+        '{range .items[*]}{.metadata.name}{"\\n"}{end})',
+    )
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    selector(p)
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="after the list, print each object as it changes (Ctrl-C ends)",
+    )
+    p.add_argument("--watch-only", action="store_true", help="print changes only, not the list first")
+    p.add_argument(
+        "--output-watch-events",
+        action="store_true",
+        help="with -w: say ADDED, MODIFIED or DELETED for each change",
+    )
+    p.add_argument(
+        "--watch-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with -w: how often the GM is asked for changes (default 1; a state held for less may not show)",
+    )
     p.set_defaults(handler=cmd_get)
 
     p = sub.add_parser(
@@ -238,18 +498,24 @@ def register(sub: Any) -> None:
         help="show a resource in detail",
         description="Show a resource in detail; for a job: its conditions as a timeline, its workers, "
         "the last reports of its workers, the nodes involved (with each node's pending outbox reports "
-        "as of its last hello) and the delivery to each node.",
+        "as of its last hello) and the delivery to each node. Without a name: every object of the kind.",
     )
     common(p)
-    p.add_argument("kind", help="ll, ds, model or worker")
-    p.add_argument("name", nargs="+")
+    p.add_argument("kind", help=kinds)
+    p.add_argument("name", nargs="*", help="names (every object of the kind when none)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (without names)")
+    selector(p)
     p.set_defaults(handler=cmd_describe)
 
-    p = sub.add_parser("delete", help="delete resources by KIND NAME... or -f FILE")
+    p = sub.add_parser(
+        "delete", help="delete resources by KIND NAME..., KIND --all, KIND -l SELECTOR or -f FILE"
+    )
     common(p)
-    p.add_argument("kind", nargs="?", help="ll, ds or model")
+    p.add_argument("kind", nargs="?", help="ll, ds or model; several as ll,ds; or KIND/NAME")
     p.add_argument("name", nargs="*")
     p.add_argument("-f", "--filename", action="append", help="FILE, DIR or -")
+    p.add_argument("--all", action="store_true", help="every object of the kind in the namespace")
+    selector(p)
     p.add_argument("--ignore-not-found", action="store_true")
     p.set_defaults(handler=cmd_delete)
 

@@ -59,7 +59,41 @@ def _node(template: Any) -> str:
     return worker_node(template if isinstance(template, dict) else None) or "<none>"
 
 
+RESOURCE_NAMES = {
+    "LifelongLearningJob": "lifelonglearningjob.sedna.io",
+    "Dataset": "dataset.sedna.io",
+    "Model": "model.sedna.io",
+    "Worker": "worker.lifelong.io",
+    "Node": "node",
+}
+"""kubectl's ``RESOURCE.GROUP`` of each kind, as ``-o name`` and the apply/delete lines print it."""
+
+
+def object_name(kind: str, obj: dict[str, Any]) -> str:
+    """The name of an object the GM answered; a node (``lifelong nodes``' items) has ``node``."""
+    if kind == "Node":
+        return str(obj.get("node", ""))
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def qualified_name(kind: str, obj: dict[str, Any]) -> str:
+    """``RESOURCE.GROUP/NAME``, what ``-o name`` prints: ``lifelonglearningjob.sedna.io/job1``."""
+    return f"{RESOURCE_NAMES.get(kind, kind.lower())}/{object_name(kind, obj)}"
+
+
+def node_row(node: dict[str, Any]) -> list[str]:
+    """A row of ``lifelong get nodes``: NAME STATUS AGENT UNACKED."""
+    return [
+        str(node.get("node", "")),
+        "Online" if node.get("online") else "Offline",
+        node.get("agent") or "<none>",
+        str(node.get("unacked", 0)),
+    ]
+
+
 def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
+    if kind == "Node":
+        return node_row(obj)
     meta = obj.get("metadata", {})
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -98,6 +132,8 @@ def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
 
 
 def headers(kind: str, wide: bool) -> list[str]:
+    if kind == "Node":
+        return ["NAME", "STATUS", "AGENT", "UNACKED"]
     if kind == "LifelongLearningJob":
         return ["NAME", "STAGE", "STATUS", "AGE"] + (
             ["ROUND", "DATASET", "TRAIN-NODE", "EVAL-NODE", "DEPLOY-NODE"] if wide else []
@@ -109,11 +145,22 @@ def headers(kind: str, wide: bool) -> list[str]:
     return ["NAME", "JOB", "STAGE", "NODE", "PHASE", "AGE"]
 
 
+def widths(rows: Iterable[Sequence[str]]) -> list[int]:
+    """The width of each column of ``rows``."""
+    rows = [list(r) for r in rows]
+    return [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+
+def table_line(cells: Sequence[str], column_widths: Sequence[int]) -> str:
+    """One line of a table: each cell padded to its column's width (a longer cell widens it)."""
+    padded = (cell.ljust(column_widths[i] if i < len(column_widths) else 0) for i, cell in enumerate(cells))
+    return "   ".join(padded).rstrip()
+
+
 def table(rows: Iterable[Sequence[str]]) -> str:
     rows = [list(r) for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["   ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
-    return "\n".join(lines)
+    column_widths = widths(rows)
+    return "\n".join(table_line(r, column_widths) for r in rows)
 
 
 def dump(value: Any, output: str) -> str:

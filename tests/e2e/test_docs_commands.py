@@ -105,31 +105,52 @@ def test_client_commands_in_the_docs_run_as_written(amqtt_broker: Broker, tmp_pa
             assert done.returncode == 0, f"{shlex.join(argv)}: {done.stderr}"
             out = done.stdout
             verb = argv[1]
+            output = argv[argv.index("-o") + 1] if "-o" in argv else ""
             if verb == "apply":
                 assert out.splitlines() == [
                     "dataset.sedna.io/lifelong-dataset created",
                     "lifelonglearningjob.sedna.io/atcii-classifier-demo created",
                 ]
-            elif verb == "get" and argv[2] == "ll":
+            elif verb == "get" and argv[2] == "ll" and "-w" in argv:
+                # watched for --request-timeout seconds, then ended: the list, then the job's
+                # changes if the GM made any meanwhile
+                assert out.split()[:4] == ["NAME", "STAGE", "STATUS", "AGE"]
+                rows = [line.split()[0] for line in out.splitlines()[1:]]
+                assert rows[:1] == ["atcii-classifier-demo"] and set(rows) == {"atcii-classifier-demo"}
+            elif verb == "get" and argv[2] == "ll" and not output:
                 assert out.split()[:4] == ["NAME", "STAGE", "STATUS", "AGE"]
                 assert out.splitlines()[1].split()[0] == "atcii-classifier-demo"
-            elif verb == "get" and argv[2] == "ds":
+            elif verb == "get" and argv[2] == "ds" and output == "yaml":
                 doc = yaml.safe_load(out)
                 assert [i["metadata"]["name"] for i in doc["items"]] == ["lifelong-dataset"]
-            elif verb == "describe":
+            elif verb == "get" and argv[2] == "ll,ds" and output == "name":
+                assert out.splitlines() == [
+                    "lifelonglearningjob.sedna.io/atcii-classifier-demo",
+                    "dataset.sedna.io/lifelong-dataset",
+                ]
+            elif verb == "get" and argv[2] == "ll/atcii-classifier-demo" and output.startswith("jsonpath="):
+                assert out == "lifelong-dataset\n"
+            elif verb == "get" and argv[2] == "ds" and output.startswith("jsonpath="):
+                assert out == f"lifelong-dataset\t{NODE}\n"
+            elif verb == "describe" and argv[2:] == ["ll", "atcii-classifier-demo"]:
                 assert "Name:              atcii-classifier-demo" in out and "Conditions:" in out
                 involved = out.split("Nodes Involved:")[1].splitlines()
                 assert involved[1].split()[-1] == "OUTBOX@HELLO"
                 assert involved[2].split()[0] == NODE and involved[2].split()[-1] == "2"
+            elif verb == "describe" and argv[2:] == ["ds"]:
+                assert [line.split()[1] for line in out.splitlines() if line.startswith("Name:")] == [
+                    "lifelong-dataset"
+                ]
+                assert "Kind:              Dataset" in out and "Nodes Involved:" in out
             elif verb == "nodes":
                 header, row = out.splitlines()[:2]
                 assert header.split()[-1] == "OUTBOX@HELLO"
                 assert row.split()[:2] == [NODE, "Online"] and row.split()[-1] == "2"
-            elif verb == "delete":
-                assert out.splitlines() == [
-                    'lifelonglearningjob.sedna.io "atcii-classifier-demo" deleted',
-                    'dataset.sedna.io "lifelong-dataset" deleted',
-                ]
+            elif verb == "delete" and "-f" in argv:
+                assert out.splitlines() == ['lifelonglearningjob.sedna.io "atcii-classifier-demo" deleted']
+            elif verb == "delete" and argv[2:] == ["ds", "--all"]:
+                assert out.splitlines() == ['dataset.sedna.io "lifelong-dataset" deleted']
+                assert gm.api("GET", "/api/v1/Dataset")["items"] == []
             else:
                 pytest.fail(f"no check for the documented command {shlex.join(argv)}")
             seen.append(verb)
