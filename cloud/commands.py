@@ -83,6 +83,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
         resend_cap=args.resend_cap,
         backoff_base=args.job_backoff_base,
         backoff_cap=args.job_backoff_cap,
+        retry_limit=args.job_retry_limit,
         lc_server=args.lc_server,
         kb_server=args.kb_server,
         leader_election=not args.no_leader_election,
@@ -187,6 +188,12 @@ def register(sub: Any) -> None:
         help="retry wait after a failed stage, seconds (default 10)",
     )
     p.add_argument("--job-backoff-cap", type=float, default=360.0, help="longest retry wait (default 360)")
+    p.add_argument(
+        "--job-retry-limit",
+        type=int,
+        default=6,
+        help="retries of a failed stage on the same data before its round is given up (default 6)",
+    )
     p.add_argument("--lc-server", default=DEFAULT_LC_SERVER, help="LC_SERVER given to workers")
     p.add_argument("--kb-server", default=DEFAULT_KB_SERVER, help="KB_SERVER given to workers")
     p.set_defaults(handler=cmd_gm)
