@@ -109,6 +109,7 @@ __all__ = [
     "DEFAULT_BACKOFF_BASE",
     "DEFAULT_BACKOFF_CAP",
     "DEFAULT_RETRY_LIMIT",
+    "MAX_RETRY_LIMIT",
     "REASON_RETRY",
     "Condition",
     "Created",
@@ -135,6 +136,9 @@ DEFAULT_BACKOFF_BASE = 10.0
 """Seconds before the first retry after a failure (Kubernetes' DefaultJobBackOff)."""
 DEFAULT_BACKOFF_CAP = 360.0
 """Longest wait between retries (Kubernetes' MaxJobBackOff)."""
+MAX_RETRY_LIMIT = 999
+"""The highest retry limit: a retried worker's name ends in ``-retry{n}``, and the longest job
+name leaves room for three digits of ``n``."""
 DEFAULT_RETRY_LIMIT = 6
 """Retries of a failed stage on the same data before its round is given up (Kubernetes' default
 ``backoffLimit``): with the default backoff they wait 10, 20, 40, 80, 160 and 320 s."""
@@ -465,7 +469,7 @@ def _after_failed(
         )
         return _new(_W, Stage.TRAIN, stamp, reason=f"{stage.value}Failed", message=message)
     failed_attempt = attempt(history, stage)
-    attempts = max(0, limit) + 1
+    attempts = min(max(0, limit), MAX_RETRY_LIMIT) + 1
     given_up = (
         f"round {rnd} is given up and the next round starts when the Train trigger fires on new samples"
     )
@@ -525,8 +529,8 @@ def transition(
     ``[]`` means duplicate or stale (nothing to do, ack it); :class:`StateError` means the event is
     illegal in this history. ``now`` is an aware datetime or an RFC 3339 string; new conditions get
     it, at second precision, as both transition and heartbeat time. A failed attempt is retried
-    up to ``retry_limit`` times, after ``backoff_base`` seconds doubling up to ``backoff_cap``.
-    Pure: reads no clock, no I/O.
+    up to ``retry_limit`` times (at most ``MAX_RETRY_LIMIT``), after ``backoff_base`` seconds
+    doubling up to ``backoff_cap``. Pure: reads no clock, no I/O.
     """
     now_dt = parse_time(now)
     settled = _settle(conditions, now_dt, backoff_base, backoff_cap, retry_limit)

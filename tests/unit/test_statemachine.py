@@ -19,6 +19,7 @@ from lifelong.common.statemachine import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
     DEFAULT_RETRY_LIMIT,
+    MAX_RETRY_LIMIT,
     REASON_RETRY,
     Condition,
     Created,
@@ -447,6 +448,9 @@ def test_custom_backoff_and_retry_limit_reach_the_condition() -> None:
     history = at(EVAL, RUN)
     _, retry = transition(history, WorkerFailed(EVAL), T0, backoff_base=1, backoff_cap=2)
     assert json.loads(retry.data)["retryAfter"] == format_time(T0 + timedelta(seconds=1))
+    # A limit above MAX_RETRY_LIMIT is taken as that (the worker names leave room for 3 digits).
+    _, retry = transition(history, WorkerFailed(EVAL), T0, retry_limit=10**6)
+    assert json.loads(retry.data)["maxAttempts"] == MAX_RETRY_LIMIT + 1
     # No retries: the first failure gives the round up.
     _, waiting = transition(history, WorkerFailed(EVAL), T0, retry_limit=0)
     assert (waiting.stage, waiting.type, waiting.reason) == (TRAIN, W, "EvalFailed")
