@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 from harness.brokers import Broker
-from harness.processes import GMProcess, LCProcess
+from harness.processes import GMProcess, LCProcess, gm_and_lc, history_follows
 from harness.waiting import wait_for
 
 from lifelong.common.api import load_yaml
@@ -90,16 +90,8 @@ def run_as_local_process(job: dict[str, Any]) -> None:
 
 @pytest.fixture
 def procs(tmp_path: Path, broker: Broker) -> Iterator[tuple[GMProcess, LCProcess]]:
-    gm = GMProcess(tmp_path, broker_url=broker.url, prefix=broker.prefix)  # --job-backoff-base 1
-    lc = LCProcess(tmp_path, node=NODE, broker_url=broker.url, prefix=broker.prefix)
-    gm.start()
-    gm.wait_ready()
-    lc.start()
-    lc.wait_online(gm)
-    yield gm, lc
-    for proc in (lc, gm):
-        if proc.alive():
-            proc.kill()
+    with gm_and_lc(tmp_path, broker.url, broker.prefix, NODE) as both:  # GM: --job-backoff-base 1
+        yield both
 
 
 def test_the_fixture_is_in_sedna_s_shape() -> None:
@@ -148,15 +140,8 @@ def test_a_sedna_shaped_job_retries_a_failed_train_on_the_same_data_and_deploys(
     ):
         assert f"{kind}.sedna.io/{obj['metadata']['name']} created" in applied, applied
 
-    def converged() -> bool:
-        gm.check_alive()
-        lc.check_alive()
-        got = gm.conditions(name)
-        n = min(len(got), len(RETRIED_ROUND))
-        assert got[:n] == RETRIED_ROUND[:n], f"unexpected history {got}"
-        return len(got) >= len(RETRIED_ROUND)
-
     # The trigger is checked at once when the job arrives; the retry waits 1 s (--job-backoff-base).
+    converged = history_follows(gm, [gm, lc], name, RETRIED_ROUND)
     wait_for(converged, timeout=90, interval=0.2, what=f"the retried round of {name}\nLC:\n{lc.log_tail()}")
 
     conditions = gm.get("LifelongLearningJob", name)["status"]["conditions"]  # type: ignore[index]

@@ -245,21 +245,17 @@ DUPLICATE_OR_STALE = [
         WorkerSucceeded(TRAIN),
         id="stale-abandoned-attempt-Succeeded-in-Ready",
     ),
-    pytest.param(
-        [*at(TRAIN, RUN), cond(TRAIN, F), cond(TRAIN, R, reason=REASON_RETRY)],
-        WorkerFailed(TRAIN),
-        id="stale-resent-Train-Failed-while-its-retry-waits",
-    ),
-    pytest.param(
-        [*at(TRAIN, RUN), cond(TRAIN, F), cond(TRAIN, R, reason=REASON_RETRY)],
-        EdgeReady(TRAIN),
-        id="trigger-during-a-retry-is-no-new-round",
-    ),
-    pytest.param(
-        [*at(EVAL, RUN), cond(EVAL, F), cond(EVAL, R, reason=REASON_RETRY)],
-        WorkerRunning(EVAL),
-        id="stale-Eval-Running-of-the-failed-attempt",
-    ),
+    # while a retry waits (its Ready of reason Retry is the current condition)
+    *[
+        pytest.param(
+            [*at(ev.stage, RUN), cond(ev.stage, F), cond(ev.stage, R, reason=REASON_RETRY)], ev, id=why
+        )
+        for ev, why in (
+            (WorkerFailed(TRAIN), "stale-resent-Train-Failed-while-its-retry-waits"),
+            (EdgeReady(TRAIN), "trigger-during-a-retry-is-no-new-round"),
+            (WorkerRunning(EVAL), "stale-Eval-Running-of-the-failed-attempt"),
+        )
+    ],
 ]
 
 
