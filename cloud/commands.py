@@ -18,6 +18,7 @@ from typing import Any
 
 from lifelong.common.errors import ConfigError
 from lifelong.common.secretfile import read_secret_file
+from lifelong.common.statemachine import DEFAULT_RETRY_LIMIT, MAX_RETRY_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,17 @@ GM_EPILOG = (
     "status 1 so that Kubernetes restarts it as a follower. The HTTP API then serves only\n"
     "/healthz and /metrics (use kubectl for resources)."
 )
+
+
+def _retry_limit(text: str) -> int:
+    """``--job-retry-limit``: a whole number from 0 to ``MAX_RETRY_LIMIT``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= MAX_RETRY_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_RETRY_LIMIT}, got {value}")
+    return value
 
 
 def _env(flag: str, default: str | None) -> str | None:
@@ -83,6 +95,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
         resend_cap=args.resend_cap,
         backoff_base=args.job_backoff_base,
         backoff_cap=args.job_backoff_cap,
+        retry_limit=args.job_retry_limit,
         lc_server=args.lc_server,
         kb_server=args.kb_server,
         leader_election=not args.no_leader_election,
@@ -187,6 +200,13 @@ def register(sub: Any) -> None:
         help="retry wait after a failed stage, seconds (default 10)",
     )
     p.add_argument("--job-backoff-cap", type=float, default=360.0, help="longest retry wait (default 360)")
+    p.add_argument(
+        "--job-retry-limit",
+        type=_retry_limit,
+        default=DEFAULT_RETRY_LIMIT,
+        help=f"retries of a failed stage on the same data before its round is given up, 0 to "
+        f"{MAX_RETRY_LIMIT} (default {DEFAULT_RETRY_LIMIT})",
+    )
     p.add_argument("--lc-server", default=DEFAULT_LC_SERVER, help="LC_SERVER given to workers")
     p.add_argument("--kb-server", default=DEFAULT_KB_SERVER, help="KB_SERVER given to workers")
     p.set_defaults(handler=cmd_gm)

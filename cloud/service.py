@@ -136,8 +136,10 @@ class GMSettings:
     resend_cap: float = 60.0
     """...up to this. A node that reconnects gets everything at once through its hello anyway."""
     backoff_base: float = 10.0
-    """Wait before restarting a failed job's training (doubles per failure; Kubernetes' job backoff)."""
+    """Wait before retrying a failed stage on the same data (doubles per failure; Kubernetes' job backoff)."""
     backoff_cap: float = 360.0
+    retry_limit: int = 6
+    """Retries of a failed stage on the same data before its round is given up (Kubernetes' backoffLimit)."""
     max_payload: int | None = None
     lc_server: str = DEFAULT_LC_SERVER
     kb_server: str = DEFAULT_KB_SERVER
@@ -368,6 +370,7 @@ class GMService:
             kb_server=settings.kb_server,
             backoff_base=settings.backoff_base,
             backoff_cap=settings.backoff_cap,
+            retry_limit=settings.retry_limit,
             validate=validate,
         )
         if not settings.kubernetes:

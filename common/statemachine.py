@@ -11,7 +11,7 @@ Who calls it:
   :func:`transition`, appends what it returns, and maps :class:`Condition` to and from the API's
   camelCase conditions with :meth:`Condition.to_dict` / :meth:`Condition.from_dict`;
 * the **LC** decides when a ``Waiting`` stage becomes ``Ready`` (trigger fired, eval/deploy
-  inputs found) and reads :func:`current`, :func:`current_round` and :func:`retry_after`.
+  inputs found) and reads :func:`current` and :func:`current_round`.
 
 The machine, for a stage S (Train -> Eval -> Deploy -> Train ...)::
 
@@ -24,16 +24,19 @@ The machine, for a stage S (Train -> Eval -> Deploy -> Train ...)::
        v                        v                           v                             v
 
     on WorkerSucceeded / StageSkipped:  S/Completed + next_stage(S)/Waiting  (Deploy -> Train: next round)
-    on WorkerFailed:                    S/Failed + Train/Waiting             (data carries retryAfter)
+    on WorkerFailed, a retry left:      S/Failed + S/Ready (reason Retry; the failed attempt's
+                                        data, plus retryAfter and the attempt numbers)
+    on WorkerFailed, none left:         S/Failed + Train/Waiting             (the round is given up)
 
     "A + B": both conditions are returned by the same call, so a history never stops at A.
 
 ``transition(history, event, now)`` returns the conditions to **append** (never edits one):
 
 * ``Completed`` is always followed, in the same return, by the next stage's ``Waiting``;
-  ``Failed`` by ``Train/Waiting``. A history that nevertheless ends in ``Completed`` or
-  ``Failed`` (written by upstream Sedna's GM, which appends them in separate updates) is
-  *settled* first: every call prepends the missing follow-up, and ``Created`` returns only it.
+  ``Failed`` by its retry (``S/Ready``) or, once the retries are used up, ``Train/Waiting``.
+  A history that nevertheless ends in ``Completed`` or ``Failed`` (written by upstream Sedna's
+  GM, which appends them in separate updates) is *settled* first: every call prepends the
+  missing follow-up, and ``Created`` returns only it.
 * ``WorkerSucceeded`` while still ``Starting`` goes straight to ``Completed`` (no synthetic
   ``Running`` is invented; upstream does the same when it sees a pod already succeeded, and a
   Deploy worker counts as succeeded as soon as it serves the new model).
@@ -56,21 +59,36 @@ Three outcomes, kept apart on purpose:
   on a stale read: it must re-read, not start a worker. The GM counts and acks illegal reports;
   retrying them cannot help.
 
-Failures and backoff: ``Failed`` and ``Train/Waiting`` are appended together, immediately, so a
-crash can never leave a job parked on ``Failed``. The ``Waiting`` condition's ``data`` is JSON
-``{"retryAfter": "<RFC 3339>", "consecutiveFailures": n}``; ``retryAfter`` is the failure time
-plus ``backoff_seconds(n)`` (10 s doubling, capped at 360 s, like Kubernetes' job backoff).
-The LC may fire its trigger during the backoff (its report is not lost); the GM delays
-``WorkerStarting`` until :func:`retry_after`, and this module refuses an earlier start.
-``n`` counts the ``Failed`` conditions since the last ``Deploy/Completed`` - the job's last
-full round - so a stage that keeps failing backs off further even when the stages before it
-succeed.
+Failures, retries and backoff: a failed attempt of a stage (its worker failed, or could not be
+started) is retried on the same data, after a backoff, up to a limit. ``Failed`` and what
+follows it are appended together, immediately, so a crash can never leave a job parked on
+``Failed``:
 
-Rounds: :func:`current_round` is the number of ``Train/Ready`` conditions, i.e. how many times
-the training trigger fired (upstream's LC counter ``sedna.io/rounds``, incremented when the
-trigger fires; a failed attempt uses up its round). It is derived from the append-only
-history, not stored in a field, so conditions keep upstream's exact shape and the LC can
-recover its round after a restart from the conditions alone. ``0`` means never triggered.
+* while retries are left (attempt ``k`` failed, ``k <= retry_limit``): ``S/Ready`` with reason
+  ``Retry``. Its ``data`` is the ``data`` of the ``S/Ready`` that started the failed attempt
+  (the same train/eval files, the same models), plus ``retryAfter`` (RFC 3339: the failure time
+  plus ``backoff_seconds(k)``, 10 s doubling, capped at 360 s, like Kubernetes' job backoff),
+  ``attempt`` (``k + 1``) and ``maxAttempts`` (``retry_limit + 1``). The GM starts the worker
+  again once ``retryAfter`` has passed (it requeues the job's key for then); this module refuses
+  an earlier ``WorkerStarting``. Nothing on the edge acts on a ``Ready``: the LC neither fires
+  its trigger nor takes new samples while a retry waits. The message says when, which attempt,
+  the limit and what follows the last failure;
+* once the retries are used up (attempt ``retry_limit + 1`` failed): ``Train/Waiting``, reason
+  ``<S>Failed``, no ``retryAfter``: the round is given up, and the next one starts when the Train
+  trigger fires on samples that arrived after the given-up round's (the LC's cursor has moved
+  past those);
+* a ``Failed`` that ends no attempt (the condition before it is not the stage's ``Starting`` or
+  ``Running``: e.g. the GM's validation refused the job): ``Train/Waiting`` as well.
+
+A retry is the same round: :func:`starts_round` does not count a ``Ready`` of reason ``Retry``,
+and :func:`attempt` says which attempt of a stage the history is in (the GM names a retried
+worker after it, ``{job}-{stage}-{round}-retry{attempt - 1}``).
+
+Rounds: :func:`current_round` is the number of ``Train/Ready`` conditions that are not retries,
+i.e. how many times the training trigger fired (upstream's LC counter ``sedna.io/rounds``,
+incremented when the trigger fires; a retry of a failed attempt keeps its round). It is derived
+from the append-only history, not stored in a field, so conditions keep upstream's exact shape
+and the LC can recover its round after a restart from the conditions alone. ``0`` means never triggered.
 
 ``Condition.status`` is always ``"True"`` for appended conditions (as upstream) and is not
 interpreted. Times are RFC 3339 UTC strings with second precision, as Kubernetes writes them.
@@ -90,6 +108,9 @@ from lifelong.common.stages import ConditionType, Stage, next_stage
 __all__ = [
     "DEFAULT_BACKOFF_BASE",
     "DEFAULT_BACKOFF_CAP",
+    "DEFAULT_RETRY_LIMIT",
+    "MAX_RETRY_LIMIT",
+    "REASON_RETRY",
     "Condition",
     "Created",
     "EdgeReady",
@@ -99,11 +120,12 @@ __all__ = [
     "WorkerRunning",
     "WorkerStarting",
     "WorkerSucceeded",
+    "attempt",
     "backoff_seconds",
-    "consecutive_failures",
     "current",
     "current_round",
     "format_time",
+    "is_retry",
     "parse_time",
     "retry_after",
     "starts_round",
@@ -114,10 +136,18 @@ DEFAULT_BACKOFF_BASE = 10.0
 """Seconds before the first retry after a failure (Kubernetes' DefaultJobBackOff)."""
 DEFAULT_BACKOFF_CAP = 360.0
 """Longest wait between retries (Kubernetes' MaxJobBackOff)."""
+MAX_RETRY_LIMIT = 999
+"""The highest retry limit: a retried worker's name ends in ``-retry{n}``, and the longest job
+name leaves room for three digits of ``n``."""
+DEFAULT_RETRY_LIMIT = 6
+"""Retries of a failed stage on the same data before its round is given up (Kubernetes' default
+``backoffLimit``): with the default backoff they wait 10, 20, 40, 80, 160 and 320 s."""
 
 REASON_CREATED = "JobCreated"
 REASON_SKIPPED = "Skipped"
 REASON_WORKER_FAILED = "WorkerFailed"
+REASON_RETRY = "Retry"
+"""Reason of a ``Ready`` the GM appends to retry a failed attempt on the same data."""
 
 _W = ConditionType.WAITING
 _R = ConditionType.READY
@@ -324,52 +354,61 @@ def current(conditions: Sequence[Condition]) -> Condition | None:
     return conditions[-1] if conditions else None
 
 
+def is_retry(condition: Condition) -> bool:
+    """Whether the condition is a ``Ready`` that retries a failed attempt (reason ``Retry``)."""
+    return condition.type is _R and condition.reason == REASON_RETRY
+
+
 def starts_round(condition: Condition) -> bool:
-    """Whether the condition starts a training round (it is a ``Train/Ready``)."""
-    return condition.stage is Stage.TRAIN and condition.type is _R
+    """Whether the condition starts a training round (a ``Train/Ready`` that is not a retry)."""
+    return condition.stage is Stage.TRAIN and condition.type is _R and not is_retry(condition)
 
 
 def current_round(conditions: Iterable[Condition]) -> int:
-    """How many training rounds have started: the number of ``Train/Ready`` conditions."""
+    """How many training rounds have started: the number of ``Train/Ready`` that are not retries."""
     return sum(1 for c in conditions if starts_round(c))
 
 
-def consecutive_failures(conditions: Sequence[Condition]) -> int:
-    """``Failed`` conditions since the last ``Deploy/Completed`` (the last full round)."""
-    count = 0
+def attempt(conditions: Sequence[Condition], stage: Stage) -> int:
+    """Which attempt of ``stage`` its last ``Ready`` started: 1 for the first, ``n + 1`` after
+    ``n`` retries (the ``Ready`` conditions of reason ``Retry`` since the stage's last other one)."""
+    retries = 0
     for cond in reversed(conditions):
-        if cond.type is _C and cond.stage is Stage.DEPLOY:
-            break
-        if cond.type is _F:
-            count += 1
-    return count
+        if cond.stage is stage and cond.type is _R:
+            if not is_retry(cond):
+                break
+            retries += 1
+    return retries + 1
+
+
+def _last_ready(conditions: Sequence[Condition], stage: Stage) -> Condition | None:
+    for cond in reversed(conditions):
+        if cond.stage is stage and cond.type is _R:
+            return cond
+    return None
 
 
 def backoff_seconds(
-    consecutive_failures: int, base: float = DEFAULT_BACKOFF_BASE, cap: float = DEFAULT_BACKOFF_CAP
+    failed_attempts: int, base: float = DEFAULT_BACKOFF_BASE, cap: float = DEFAULT_BACKOFF_CAP
 ) -> float:
-    """Delay before the next start: ``0`` without failures, else ``base * 2**(n-1)`` capped at ``cap``."""
+    """Delay before the next attempt: ``0`` without failures, else ``base * 2**(n-1)`` capped at ``cap``."""
     if base < 0 or cap < 0:
         raise ValueError("backoff base and cap must not be negative")
-    if consecutive_failures <= 0:
+    if failed_attempts <= 0:
         return 0.0
-    exponent = min(consecutive_failures - 1, 64)  # 2**64 * base exceeds any sane cap; no float overflow
+    exponent = min(failed_attempts - 1, 64)  # 2**64 * base exceeds any sane cap; no float overflow
     return float(min(cap, base * 2**exponent))
 
 
 def retry_after(conditions: Sequence[Condition]) -> datetime | None:
-    """When the GM may start the Train worker again after a failure, or ``None`` if it may now.
+    """When the GM may start the worker of a retry, or ``None`` if it may now (or nothing waits).
 
-    Set while the job is in ``Train/Waiting`` or ``Train/Ready`` of an attempt that followed a
-    failure: read from the ``retryAfter`` of that attempt's ``Train/Waiting`` condition.
+    Set while the current condition is a retry's ``Ready``: its ``retryAfter``.
     """
     cur = current(conditions)
-    if cur is None or cur.stage is not Stage.TRAIN or cur.type not in (_W, _R):
+    if cur is None or not is_retry(cur):
         return None
-    for cond in reversed(conditions):
-        if cond.stage is Stage.TRAIN and cond.type is _W:
-            return _retry_after_of(cond)
-    return None
+    return _retry_after_of(cur)
 
 
 def _retry_after_of(cond: Condition) -> datetime | None:
@@ -404,29 +443,62 @@ def _after_completed(stage: Stage, now: str) -> Condition:
     return _new(_W, next_stage(stage), now, reason=f"{stage.value}Completed")
 
 
+def _data_dict(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def _after_failed(
-    history: Sequence[Condition], failed_at: datetime, now: datetime, *, base: float, cap: float
+    history: Sequence[Condition], failed_at: datetime, now: datetime, *, base: float, cap: float, limit: int
 ) -> Condition:
-    """``Train/Waiting`` after the ``Failed`` that ends ``history``: ``retryAfter`` counts from the
-    failure, the condition itself is stamped ``now``."""
+    """What follows the ``Failed`` that ends ``history``: the retry of the failed attempt (``S/Ready``
+    with its data) while retries are left, else ``Train/Waiting``. ``retryAfter`` counts from the
+    failure; the condition itself is stamped ``now``."""
     failed = history[-1]
-    n = consecutive_failures(history)
-    delay = backoff_seconds(n, base, cap)
+    stage = failed.stage
+    before = history[-2] if len(history) >= 2 else None
+    stamp = format_time(now)
+    rnd = current_round(history)
+    if before is None or before.stage is not stage or before.type not in (_S, _RUN):
+        message = (
+            f"{stage.value} failed ({failed.reason or 'no reason given'}) with no worker attempt under way: "
+            "nothing to retry; the next round starts when the Train trigger fires"
+        )
+        return _new(_W, Stage.TRAIN, stamp, reason=f"{stage.value}Failed", message=message)
+    failed_attempt = attempt(history, stage)
+    attempts = min(max(0, limit), MAX_RETRY_LIMIT) + 1
+    given_up = (
+        f"round {rnd} is given up and the next round starts when the Train trigger fires on new samples"
+    )
+    if failed_attempt >= attempts:
+        message = f"{stage.value} attempt {failed_attempt} of {attempts} failed, the last one: {given_up}"
+        return _new(_W, Stage.TRAIN, stamp, reason=f"{stage.value}Failed", message=message)
+    delay = backoff_seconds(failed_attempt, base, cap)
     when = format_time(failed_at + timedelta(seconds=delay))
-    data = json.dumps({"retryAfter": when, "consecutiveFailures": n}, separators=(",", ":"))
-    message = f"{failed.stage.value} failed ({n} in a row); retry after {delay:g}s"
+    started = _last_ready(history, stage)
+    data = _data_dict(started.data) if started is not None else {}
+    data.update(retryAfter=when, attempt=failed_attempt + 1, maxAttempts=attempts)
+    nxt = failed_attempt + 1
+    then = (
+        f"if it fails too, {given_up}" if nxt == attempts else f"after {attempts} failed attempts {given_up}"
+    )
+    message = (
+        f"{stage.value} attempt {failed_attempt} of {attempts} failed; attempt {nxt} starts at {when} "
+        f"(after a {delay:g}s backoff) on the same data, in round {rnd}; {then}"
+    )
     return _new(
-        _W,
-        Stage.TRAIN,
-        format_time(now),
-        reason=f"{failed.stage.value}Failed",
-        message=message,
-        data=data,
+        _R, stage, stamp, reason=REASON_RETRY, message=message, data=json.dumps(data, separators=(",", ":"))
     )
 
 
-def _settle(conditions: Sequence[Condition], now: datetime, base: float, cap: float) -> list[Condition]:
-    """The follow-up a history is missing: none -> Train/Waiting; Completed/Failed -> Waiting."""
+def _settle(
+    conditions: Sequence[Condition], now: datetime, base: float, cap: float, limit: int
+) -> list[Condition]:
+    """The follow-up a history is missing: none -> Train/Waiting; Completed -> the next stage's
+    Waiting; Failed -> its retry or Train/Waiting."""
     last = current(conditions)
     if last is None:
         return [_new(_W, Stage.TRAIN, format_time(now), reason=REASON_CREATED)]
@@ -439,7 +511,7 @@ def _settle(conditions: Sequence[Condition], now: datetime, base: float, cap: fl
                 failed_at = parse_time(last.last_transition_time)
             except ValueError:
                 failed_at = now
-        return [_after_failed(conditions, failed_at, now, base=base, cap=cap)]
+        return [_after_failed(conditions, failed_at, now, base=base, cap=cap, limit=limit)]
     return []
 
 
@@ -450,23 +522,26 @@ def transition(
     *,
     backoff_base: float = DEFAULT_BACKOFF_BASE,
     backoff_cap: float = DEFAULT_BACKOFF_CAP,
+    retry_limit: int = DEFAULT_RETRY_LIMIT,
 ) -> list[Condition]:
     """The conditions to append to ``conditions`` for ``event`` at time ``now``.
 
     ``[]`` means duplicate or stale (nothing to do, ack it); :class:`StateError` means the event is
     illegal in this history. ``now`` is an aware datetime or an RFC 3339 string; new conditions get
-    it, at second precision, as both transition and heartbeat time. Pure: reads no clock, no I/O.
+    it, at second precision, as both transition and heartbeat time. A failed attempt is retried
+    up to ``retry_limit`` times (at most ``MAX_RETRY_LIMIT``), after ``backoff_base`` seconds
+    doubling up to ``backoff_cap``. Pure: reads no clock, no I/O.
     """
     now_dt = parse_time(now)
-    settled = _settle(conditions, now_dt, backoff_base, backoff_cap)
+    settled = _settle(conditions, now_dt, backoff_base, backoff_cap, retry_limit)
     if isinstance(event, Created):
         return settled
     history = [*conditions, *settled]
-    return settled + _apply(history, event, now_dt, base=backoff_base, cap=backoff_cap)
+    return settled + _apply(history, event, now_dt, base=backoff_base, cap=backoff_cap, limit=retry_limit)
 
 
 def _apply(
-    history: list[Condition], event: StageEvent, now: datetime, *, base: float, cap: float
+    history: list[Condition], event: StageEvent, now: datetime, *, base: float, cap: float, limit: int
 ) -> list[Condition]:
     cur = history[-1]
     sources, target = _RULES[type(event)]
@@ -481,7 +556,7 @@ def _apply(
             after = retry_after(history)
             if after is not None and now < after:
                 raise StateError(f"{here}: backing off after a failure until {format_time(after)}")
-        return _applied(history, event, target, now, base=base, cap=cap)
+        return _applied(history, event, target, now, base=base, cap=cap, limit=limit)
 
     if event.stage is cur.stage and cur.type is target:
         return []  # duplicate: resent report, or `running` while Running
@@ -503,6 +578,7 @@ def _applied(
     *,
     base: float,
     cap: float,
+    limit: int,
 ) -> list[Condition]:
     stage = event.stage
     stamp = format_time(now)
@@ -517,4 +593,4 @@ def _applied(
         done = _new(target, stage, stamp, reason=event.reason, message=event.message, data=event.data)
         return [done, _after_completed(stage, stamp)]
     failed = _new(target, stage, stamp, reason=event.reason, message=event.message, data=event.data)
-    return [failed, _after_failed([*history, failed], now, now, base=base, cap=cap)]
+    return [failed, _after_failed([*history, failed], now, now, base=base, cap=cap, limit=limit)]

@@ -21,6 +21,13 @@ from lifelong.common.stages import Stage
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
+def worker_name(job_name: str, stage: Stage, round_: int, attempt: int = 1) -> str:
+    """``{job}-{stage}-{round}`` for a stage's first attempt, ``...-retry{attempt - 1}`` for a retry
+    of a failed one (``lifelong.common.statemachine.attempt``): unique per attempt."""
+    base = f"{job_name}-{stage.value.lower()}-{round_}"
+    return base if attempt <= 1 else f"{base}-retry{attempt - 1}"
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """Everything needed to start one stage's worker of one job."""
@@ -32,11 +39,13 @@ class WorkerSpec:
     round: int
     template: dict[str, Any]  # the job model's pod template of the stage, exactly as the user gave it
     env: dict[str, str]  # the Sedna worker environment variables for this stage
+    attempt: int = 1  # 2 and up: a retry of a failed attempt, on the same data
 
     @property
     def name(self) -> str:
-        """``{job}-{stage}-{round}``: unique per job, stage and round; idempotent to create."""
-        return f"{self.job_name}-{self.stage.value.lower()}-{self.round}"
+        """``{job}-{stage}-{round}`` (``-retry{n}`` for a retry): unique per job, stage, round and
+        attempt; idempotent to create."""
+        return worker_name(self.job_name, self.stage, self.round, self.attempt)
 
     @property
     def node_name(self) -> str | None:

@@ -35,7 +35,7 @@ from lifelong.common.api.meta import (
 )
 from lifelong.common.api.template import PodTemplate
 from lifelong.common.stages import STAGE_ORDER, ConditionType, Stage
-from lifelong.common.statemachine import Condition, current_round
+from lifelong.common.statemachine import MAX_RETRY_LIMIT, Condition, current_round
 
 TriggerOperator = Literal[">", ">=", "==", "=", "!=", "<=", "<", "gt", "ge", "eq", "ne", "le", "lt"]
 """Comparison operators of a trigger condition: symbols or their two-letter names."""
@@ -395,10 +395,18 @@ class LLJobStatus(ApiModel):
 WORKER_ROUND_DIGITS = 10
 """Digits of round number a worker name leaves room for (rounds up to 9,999,999,999)."""
 
-MAX_JOB_NAME = DNS1123_SUBDOMAIN_MAX - len(f"-{Stage.DEPLOY.value.lower()}-") - WORKER_ROUND_DIGITS
-"""The longest job name (235): its longest derived name, the worker ``{job}-deploy-{round}``
-(a Worker object in standalone mode, a Pod on Kubernetes), must stay a valid object name of
-at most 253 characters."""
+WORKER_RETRY_SUFFIX = f"-retry{MAX_RETRY_LIMIT}"
+"""The longest suffix of a retried worker's name (``-retry{n}``, n up to the highest retry limit)."""
+
+MAX_JOB_NAME = (
+    DNS1123_SUBDOMAIN_MAX
+    - len(f"-{Stage.DEPLOY.value.lower()}-")
+    - WORKER_ROUND_DIGITS
+    - len(WORKER_RETRY_SUFFIX)
+)
+"""The longest job name (226): its longest derived name, the worker
+``{job}-deploy-{round}-retry{n}`` (a Worker object in standalone mode, a Pod on Kubernetes),
+must stay a valid object name of at most 253 characters."""
 
 
 def _check_job_name(value: str) -> str:
@@ -406,7 +414,7 @@ def _check_job_name(value: str) -> str:
         raise PydanticCustomError(
             "job_name_too_long",
             "is {length} characters; a LifelongLearningJob name may have at most {limit}, so that "
-            "the names of its workers (<name>-deploy-<round>) stay within {max} characters",
+            "the names of its workers (<name>-deploy-<round>-retry<n>) stay within {max} characters",
             {"length": len(value), "limit": MAX_JOB_NAME, "max": DNS1123_SUBDOMAIN_MAX},
         )
     return value
@@ -416,7 +424,7 @@ class LLJobMeta(ObjectMeta):
     """The metadata of a job: its name leaves room for the names derived from it."""
 
     name: Annotated[DnsSubdomain, AfterValidator(_check_job_name)]
-    """Name of the job, at most 235 characters (see ``MAX_JOB_NAME``)."""
+    """Name of the job, at most 226 characters (see ``MAX_JOB_NAME``)."""
 
 
 class LifelongLearningJob(Resource[LLJobSpec, LLJobStatus]):

@@ -7,6 +7,7 @@ trip unchanged (nulls included). Validation checks only what lifelong itself rea
     spec.nodeName           a DNS-1123 subdomain, if given (it becomes a topic segment)
     containers[].name/image strings, if given
     containers[].command/args   lists of strings, if given
+    containers[].workingDir     a string, if given (the worker's directory)
     containers[].env        a list of {name: string, value: string (optional), ...}, if given
 
 The helpers below read the first container, as the edge-process runtime runs it.
@@ -50,6 +51,7 @@ class ContainerCheck(_Open):
     image: StrictStr | None = None
     command: list[StrictStr] | None = None
     args: list[StrictStr] | None = None
+    working_dir: StrictStr | None = None
     env: list[EnvVarCheck] | None = None
 
 

@@ -11,6 +11,7 @@ The broker comes from the ``broker`` fixture (``harness.brokers``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +217,39 @@ class LCProcess(Process):
             return gm.node_online(self.node)
 
         wait_for(online, timeout=timeout, what=f"{self.node} online at the GM\n{self.log_tail()}")
+
+
+@contextlib.contextmanager
+def gm_and_lc(
+    workdir: Path, broker_url: str, prefix: str, node: str, lc_env: dict[str, str] | None = None
+) -> Iterator[tuple[GMProcess, LCProcess]]:
+    """A started GM and one LC for ``node``, online at the GM; both killed on the way out."""
+    gm = GMProcess(workdir, broker_url=broker_url, prefix=prefix)
+    lc = LCProcess(workdir, node=node, broker_url=broker_url, prefix=prefix, env=lc_env)
+    try:
+        gm.start()
+        gm.wait_ready()
+        lc.start()
+        lc.wait_online(gm)
+        yield gm, lc
+    finally:
+        for proc in (lc, gm):
+            if proc.alive():
+                proc.kill()
+
+
+def history_follows(
+    gm: GMProcess, procs: Sequence[Process], name: str, expected: Sequence[tuple[str, str]]
+) -> Callable[[], bool]:
+    """A ``wait_for`` predicate: true once job ``name``'s (stage, type) history has reached the
+    end of ``expected``; an AssertionError as soon as it leaves it, or a process has died."""
+
+    def follows() -> bool:
+        for proc in procs:
+            proc.check_alive()
+        got = gm.conditions(name)
+        n = min(len(got), len(expected))
+        assert got[:n] == list(expected[:n]), f"unexpected history {got}"
+        return len(got) >= len(expected)
+
+    return follows

@@ -84,6 +84,25 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ the atcii examples
 
+SEDNA_SHAPE = Path(__file__).resolve().parents[1] / "fixtures" / "sedna_shape"
+
+
+@pytest.mark.parametrize("name", ["dataset.yaml", "models.yaml", "lifelonglearningjob.yaml"])
+def test_the_sedna_shaped_fixture_validates_and_round_trips_exactly(name: str) -> None:
+    text = (SEDNA_SHAPE / name).read_text()
+    originals = load_yaml(text)
+    resources = load_documents(text)
+    assert [r.KIND for r in resources] == [o["kind"] for o in originals]
+    for original, res in zip(originals, resources, strict=True):
+        expected = copy.deepcopy(original)
+        expected["metadata"]["namespace"] = "default"
+        assert dump_resource(res) == expected  # every field kept: args, workingDir, resources ...
+
+
+def test_working_dir_must_be_a_string() -> None:
+    err = errors_of(with_change("spec.trainSpec.template.spec.containers.0.workingDir", 5))
+    assert paths(err) == ["spec.trainSpec.template.spec.containers[0].workingDir"]
+
 
 def test_atcii_examples_validate_with_upstream_values() -> None:
     (dataset,) = load_file(DATASET_YAML)
@@ -391,8 +410,8 @@ def test_good_names(name: str) -> None:
 
 def test_a_job_name_leaves_room_for_its_worker_names() -> None:
     """A job name valid for Kubernetes (253) but too long for its derived worker names
-    ({job}-deploy-{round}) is refused at apply, naming metadata.name and the limit."""
-    longest_worker = f"{'a' * MAX_JOB_NAME}-deploy-{'9' * 10}"  # a round of ten digits
+    ({job}-deploy-{round}-retry{n}) is refused at apply, naming metadata.name and the limit."""
+    longest_worker = f"{'a' * MAX_JOB_NAME}-deploy-{'9' * 10}-retry999"  # ten digits of round
     assert len(longest_worker) == 253 and is_dns1123_subdomain(longest_worker)
     for name in ("a" * (MAX_JOB_NAME + 1), "a" * 253):
         err = errors_of(with_change("metadata.name", name))

@@ -131,8 +131,7 @@ class GM:
                 prefix=PREFIX,
                 resend_base=0.2,
                 resend_cap=0.4,
-                backoff_base=0.5,
-                **self.settings,
+                **{"backoff_base": 0.5, **self.settings},
             ),
             bus=self.bus,
         )
@@ -415,19 +414,85 @@ def test_a_round_goes_train_eval_deploy_and_back_to_train(gm: GM) -> None:
     assert '"models"' in completed["data"]
 
 
-def test_a_failed_worker_goes_back_to_train_waiting_with_backoff(gm: GM) -> None:
+def _last(gm: GM, name: str = "job1") -> dict[str, Any]:
+    conditions: list[dict[str, Any]] = gm.job(name)["status"]["conditions"]
+    return conditions[-1]
+
+
+def test_a_failed_train_is_retried_by_the_gm_on_the_same_data_after_its_backoff(gm: GM) -> None:
     setup_job(gm)
-    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
-    wait_for(lambda: gm.conditions()[-1] == ("Train", "Starting"), what="Train/Starting")
+    data = {"trainDataURL": "/d/t.txt", "evalDataURL": "/d/e.txt"}
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1, data))
+    wait_for(lambda: gm.svc.store.get("Worker", "default", "job1-train-1"), what="the first train worker")
     gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Failed", code=3))
-    wait_for(lambda: gm.conditions()[-1] == ("Train", "Waiting"), what="Train/Waiting after the failure")
-    assert gm.conditions()[-2] == ("Train", "Failed")
-    assert "exit code 3" in gm.job()["status"]["conditions"][-2]["message"]
-    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 2))
-    wait_for(
-        lambda: gm.conditions()[-1] == ("Train", "Starting"), timeout=10, what="restart after the backoff"
-    )
-    wait_for(lambda: gm.svc.store.get("Worker", "default", "job1-train-2"), what="the round-2 train worker")
+    wait_for(lambda: ("Train", "Failed") in gm.conditions(), what="Train/Failed")
+    conditions = gm.job()["status"]["conditions"]
+    at = gm.conditions().index(("Train", "Failed"))
+    failed, retry = conditions[at : at + 2]  # (the retry may have started already)
+    assert "exit code 3" in failed["message"]
+    assert (retry["stage"], retry["type"], retry["reason"]) == ("Train", "Ready", "Retry")
+    retry_data = json.loads(retry["data"])
+    assert {k: retry_data[k] for k in data} == data
+    assert "attempt 2 starts at " + retry_data["retryAfter"] in retry["message"]
+    assert "Train attempt 1 of 7 failed" in retry["message"]
+    # No report from the edge: the GM starts attempt 2 by itself once retryAfter has passed,
+    # as a new worker of the same round, on the same files.
+    wait_for(lambda: gm.svc.store.get("Worker", "default", "job1-train-1-retry1"), what="the retried worker")
+    assert gm.conditions()[-3:] == [("Train", "Failed"), ("Train", "Ready"), ("Train", "Starting")]
+    assert _last(gm)["lastTransitionTime"] >= retry_data["retryAfter"]
+    worker = gm.svc.store.get("Worker", "default", "job1-train-1-retry1")
+    assert worker["spec"]["round"] == 1
+    env = worker["spec"]["env"]
+    assert (env["TRAIN_DATASET_URL"], env["WORKER_NAME"]) == ("/d/t.txt", "job1-train-1-retry1")
+    # A late report of the failed attempt's worker changes nothing.
+    before = gm.conditions()
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Failed", code=3))
+    gm.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Succeeded"))
+    gm.idle()
+    assert gm.conditions() == before
+    # The retry succeeds: the round goes on to Eval, still round 1.
+    gm.report("node-a", "Worker", "job1-train-1-retry1", phase("Train", 1, "Succeeded"))
+    wait_for(lambda: gm.conditions()[-1] == ("Eval", "Waiting"), what="Eval/Waiting")
+    assert LifelongLearningJob.model_validate(gm.job()).round == 1
+
+
+def test_once_the_retries_are_used_up_the_round_is_given_up(tmp_path: Path) -> None:
+    g = GM(tmp_path, retry_limit=1, backoff_base=0.2)
+    try:
+        setup_job(g)
+        g.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+        wait_for(lambda: g.svc.store.get("Worker", "default", "job1-train-1"), what="attempt 1")
+        g.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Failed", code=1))
+        wait_for(lambda: g.svc.store.get("Worker", "default", "job1-train-1-retry1"), what="attempt 2")
+        assert "if it fails too, round 1 is given up" in g.job()["status"]["conditions"][-2]["message"]
+        g.report("node-a", "Worker", "job1-train-1-retry1", phase("Train", 1, "Failed", code=1))
+        wait_for(lambda: g.conditions()[-1] == ("Train", "Waiting"), what="Train/Waiting: given up")
+        assert _last(g)["reason"] == "TrainFailed"
+        assert "attempt 2 of 2 failed, the last one: round 1 is given up" in _last(g)["message"]
+        g.idle()
+        assert g.svc.store.get("Worker", "default", "job1-train-1-retry2") is None
+        # The trigger fires again on new samples: round 2, first attempt.
+        g.report("node-a", "LifelongLearningJob", "job1", ready("Train", 2))
+        wait_for(
+            lambda: g.svc.store.get("Worker", "default", "job1-train-2"), what="the round-2 train worker"
+        )
+    finally:
+        g.stop()
+
+
+def test_a_retry_pending_across_a_gm_restart_still_happens(tmp_path: Path) -> None:
+    g = GM(tmp_path, backoff_base=2.0)
+    try:
+        setup_job(g)
+        g.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+        wait_for(lambda: g.svc.store.get("Worker", "default", "job1-train-1"), what="attempt 1")
+        g.report("node-a", "Worker", worker_name("Train", 1), phase("Train", 1, "Failed", code=1))
+        wait_for(lambda: g.conditions()[-1] == ("Train", "Ready"), what="the retry waiting")
+        g.restart()  # the delayed requeue of the old process is gone with it
+        wait_for(lambda: g.svc.store.get("Worker", "default", "job1-train-1-retry1"), what="attempt 2")
+        assert g.conditions()[-1] == ("Train", "Starting")
+    finally:
+        g.stop()
 
 
 def test_the_same_report_twice_appends_one_condition_and_is_acked_twice(gm: GM) -> None:
@@ -663,9 +728,13 @@ def test_a_worker_that_can_never_start_fails_the_stage(gm: GM) -> None:
     wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
     wait_for(lambda: ("Train", "Failed") in gm.conditions(), what="Train/Failed")
-    failed = next(c for c in gm.job()["status"]["conditions"] if c["type"] == "Failed")
+    conditions = gm.job()["status"]["conditions"]
+    at = next(i for i, c in enumerate(conditions) if c["type"] == "Failed")
+    failed, retry = conditions[at : at + 2]
     assert failed["reason"] == "StartFailed" and "names no node" in failed["message"]
-    assert gm.conditions()[-1] == ("Train", "Waiting")
+    # retried like any failed attempt (the spec may be fixed meanwhile), up to the limit
+    assert (retry["stage"], retry["type"], retry["reason"]) == ("Train", "Ready", "Retry")
+    assert "Train attempt 1 of 7 failed" in retry["message"]
 
 
 def test_resend_backoff_doubles_up_to_its_cap(gm: GM) -> None:

@@ -18,6 +18,9 @@ from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
+    DEFAULT_RETRY_LIMIT,
+    MAX_RETRY_LIMIT,
+    REASON_RETRY,
     Condition,
     Created,
     EdgeReady,
@@ -27,8 +30,8 @@ from lifelong.common.statemachine import (
     WorkerRunning,
     WorkerStarting,
     WorkerSucceeded,
+    attempt,
     backoff_seconds,
-    consecutive_failures,
     current,
     current_round,
     format_time,
@@ -124,13 +127,13 @@ APPLIED = [
     ],
     *[
         pytest.param(
-            at(st_, S), WorkerFailed(st_), pairs((st_, F), (TRAIN, W)), id=f"{st_}/Starting-Failed->Train"
+            at(st_, S), WorkerFailed(st_), pairs((st_, F), (st_, R)), id=f"{st_}/Starting-Failed->retry"
         )
         for st_ in Stage
     ],
     *[
         pytest.param(
-            at(st_, RUN), WorkerFailed(st_), pairs((st_, F), (TRAIN, W)), id=f"{st_}/Running-Failed->Train"
+            at(st_, RUN), WorkerFailed(st_), pairs((st_, F), (st_, R)), id=f"{st_}/Running-Failed->retry"
         )
         for st_ in Stage
     ],
@@ -242,6 +245,17 @@ DUPLICATE_OR_STALE = [
         WorkerSucceeded(TRAIN),
         id="stale-abandoned-attempt-Succeeded-in-Ready",
     ),
+    # while a retry waits (its Ready of reason Retry is the current condition)
+    *[
+        pytest.param(
+            [*at(ev.stage, RUN), cond(ev.stage, F), cond(ev.stage, R, reason=REASON_RETRY)], ev, id=why
+        )
+        for ev, why in (
+            (WorkerFailed(TRAIN), "stale-resent-Train-Failed-while-its-retry-waits"),
+            (EdgeReady(TRAIN), "trigger-during-a-retry-is-no-new-round"),
+            (WorkerRunning(EVAL), "stale-Eval-Running-of-the-failed-attempt"),
+        )
+    ],
 ]
 
 
@@ -295,12 +309,12 @@ def test_history_ending_in_completed_is_settled_first() -> None:
     assert kinds(transition(history, WorkerSucceeded(TRAIN), T0)) == pairs((EVAL, W))
 
 
-def test_history_ending_in_failed_is_settled_with_backoff_from_the_failure_time() -> None:
+def test_history_ending_in_failed_is_settled_with_a_retry_backing_off_from_the_failure_time() -> None:
     failed_at = "2024-05-01T11:00:00Z"
     history = [*at(TRAIN, RUN), Condition(type=F, stage=TRAIN, last_transition_time=failed_at)]
-    (waiting,) = transition(history, Created(), T0)
-    assert (waiting.stage, waiting.type, waiting.last_transition_time) == (TRAIN, W, T0S)
-    assert json.loads(waiting.data) == {"retryAfter": "2024-05-01T11:00:10Z", "consecutiveFailures": 1}
+    (retry,) = transition(history, Created(), T0)
+    assert (retry.stage, retry.type, retry.reason, retry.last_transition_time) == (TRAIN, R, "Retry", T0S)
+    assert json.loads(retry.data) == {"retryAfter": "2024-05-01T11:00:10Z", "attempt": 2, "maxAttempts": 7}
 
 
 # --------------------------------------------------------------------------- failures and backoff
@@ -336,59 +350,122 @@ def test_backoff_is_monotonic_and_bounded(n: int, base: float, cap: float) -> No
     assert backoff_seconds(n, base, cap) <= backoff_seconds(n + 1, base, cap) <= cap
 
 
-def test_consecutive_failures_counts_since_the_last_full_round() -> None:
-    assert consecutive_failures([]) == 0
-    fail_train = [cond(TRAIN, S), cond(TRAIN, F), cond(TRAIN, W)]
-    fail_eval = [*at(EVAL, RUN)[1:], cond(EVAL, F), cond(TRAIN, W)]  # Train succeeded, Eval failed
-    assert consecutive_failures(fail_train) == 1
-    assert consecutive_failures(fail_train + fail_train) == 2
-    # A successful Train between failing Evals does not reset it: only a whole round does.
-    assert consecutive_failures(fail_train + fail_eval + fail_eval) == 3
-    assert consecutive_failures([*fail_train, *fail_eval, *ROUND_CONDS]) == 0
-    assert consecutive_failures([*fail_train, *ROUND_CONDS, *fail_eval]) == 1
+def test_attempt_counts_the_retries_since_the_stage_s_last_ready() -> None:
+    retry = cond(TRAIN, R, reason=REASON_RETRY)
+    assert attempt([], TRAIN) == 1
+    assert attempt(at(TRAIN, R), TRAIN) == 1
+    assert attempt([*at(TRAIN, RUN), cond(TRAIN, F), retry], TRAIN) == 2
+    assert (
+        attempt([*at(TRAIN, RUN), cond(TRAIN, F), retry, cond(TRAIN, S), cond(TRAIN, F), retry], TRAIN) == 3
+    )
+    # Another stage's retries do not count, and a new round's Ready starts over.
+    eval_retry = [*at(EVAL, RUN), cond(EVAL, F), cond(EVAL, R, reason=REASON_RETRY)]
+    assert (attempt(eval_retry, EVAL), attempt(eval_retry, TRAIN)) == (2, 1)
+    assert attempt([*at(TRAIN, RUN), cond(TRAIN, F), retry, *ROUND_CONDS], TRAIN) == 1
 
 
-def _fail_train(history: list[Condition], now: datetime) -> list[Condition]:
-    """Drive one attempt of Train that fails while Running, starting from Train/Waiting."""
-    for event in (EdgeReady(TRAIN), WorkerStarting(TRAIN), WorkerRunning(TRAIN), WorkerFailed(TRAIN)):
-        history = [*history, *transition(history, event, now)]
+TRAIN_DATA = {"trainDataURL": "/out/data/train/1/train.csv", "evalDataURL": "/out/data/eval/1/eval.csv"}
+
+
+def _attempt(
+    history: list[Condition], stage: Stage, now: datetime, *, ok: bool = False, **policy: float
+) -> list[Condition]:
+    """Start the worker of the current Ready of ``stage`` at ``now``; it runs and fails (or succeeds)."""
+    end = WorkerSucceeded(stage) if ok else WorkerFailed(stage, message="worker x: exit code 3")
+    for event in (WorkerStarting(stage), WorkerRunning(stage), end):
+        history = [*history, *transition(history, event, now, **policy)]  # type: ignore[arg-type]
         now = now + timedelta(seconds=1)
     return history
 
 
-def test_failure_appends_failed_then_train_waiting_with_growing_retry_after() -> None:
+def test_a_failed_train_is_retried_on_the_same_data_with_growing_backoff_until_the_limit() -> None:
     history = transition([], Created(), T0)
-    seen = []
+    history += transition(history, EdgeReady(TRAIN, data=json.dumps(TRAIN_DATA)), T0)
     now = T0
-    for _ in range(4):
-        history = _fail_train(history, now)
-        assert kinds(history[-2:]) == pairs((TRAIN, F), (TRAIN, W))
-        data = json.loads(history[-1].data)
+    seen = []
+    for _ in range(DEFAULT_RETRY_LIMIT):
+        history = _attempt(history, TRAIN, now)
+        assert kinds(history[-2:]) == pairs((TRAIN, F), (TRAIN, R))
+        retry = history[-1]
+        data = json.loads(retry.data)
+        assert retry.reason == REASON_RETRY
+        assert {k: data[k] for k in TRAIN_DATA} == TRAIN_DATA  # the same data as the failed attempt
         failed_at = parse_time(history[-2].last_transition_time or "")
-        seen.append(
-            (data["consecutiveFailures"], (parse_time(data["retryAfter"]) - failed_at).total_seconds())
-        )
+        seen.append((data["attempt"], (parse_time(data["retryAfter"]) - failed_at).total_seconds()))
+        assert data["maxAttempts"] == DEFAULT_RETRY_LIMIT + 1
+        assert current_round(history) == 1  # a retry is the same round
+        assert attempt(history, TRAIN) == data["attempt"]
         now = parse_time(data["retryAfter"])  # the GM waits exactly until retryAfter
-    assert seen == [(1, 10.0), (2, 20.0), (3, 40.0), (4, 80.0)]
-    assert history[-1].reason == "TrainFailed"
-    assert "retry after 80s" in history[-1].message
+    assert seen == [(2, 10.0), (3, 20.0), (4, 40.0), (5, 80.0), (6, 160.0), (7, 320.0)]
+    # The last attempt fails: the round is given up and Train waits for its trigger again.
+    history = _attempt(history, TRAIN, now)
+    assert kinds(history[-2:]) == pairs((TRAIN, F), (TRAIN, W))
+    assert (history[-1].reason, history[-1].data) == ("TrainFailed", "")
+    assert history[-1].message == (
+        "Train attempt 7 of 7 failed, the last one: round 1 is given up and the next round starts "
+        "when the Train trigger fires on new samples"
+    )
+    assert retry_after(history) is None
+    # The next trigger starts round 2 at its first attempt.
+    history += transition(history, EdgeReady(TRAIN), now)
+    assert (current_round(history), attempt(history, TRAIN)) == (2, 1)
 
 
-def test_custom_backoff_policy_reaches_the_condition() -> None:
+def test_the_retry_message_says_when_which_attempt_the_limit_and_what_follows() -> None:
+    history = [*at(TRAIN, RUN)]
+    history += transition(history, WorkerFailed(TRAIN), T0, backoff_base=5, retry_limit=2)
+    assert history[-1].message == (
+        "Train attempt 1 of 3 failed; attempt 2 starts at 2024-05-01T12:00:05Z (after a 5s backoff) "
+        "on the same data, in round 1; after 3 failed attempts round 1 is given up and the next round "
+        "starts when the Train trigger fires on new samples"
+    )
+    history = _attempt(history, TRAIN, T0 + timedelta(seconds=5), backoff_base=5, retry_limit=2)
+    assert history[-1].message == (
+        "Train attempt 2 of 3 failed; attempt 3 starts at 2024-05-01T12:00:17Z (after a 10s backoff) "
+        "on the same data, in round 1; if it fails too, round 1 is given up and the next round starts "
+        "when the Train trigger fires on new samples"
+    )
+
+
+@pytest.mark.parametrize("stage", [EVAL, DEPLOY])
+def test_a_failed_eval_or_deploy_retries_its_own_stage_with_its_inputs(stage: Stage) -> None:
+    inputs = {"models": [{"url": "/out/1/train/model.pkl"}]}
+    history = [*at(stage, W), *transition(at(stage, W), EdgeReady(stage, data=json.dumps(inputs)), T0)]
+    history = _attempt(history, stage, T0)
+    assert kinds(history[-2:]) == pairs((stage, F), (stage, R))
+    assert json.loads(history[-1].data)["models"] == inputs["models"]
+    history = _attempt(history, stage, parse_time(json.loads(history[-1].data)["retryAfter"]), ok=True)
+    nxt = {EVAL: DEPLOY, DEPLOY: TRAIN}[stage]
+    assert kinds(history[-2:]) == pairs((stage, C), (nxt, W))
+    assert current_round(history) == 1
+
+
+def test_custom_backoff_and_retry_limit_reach_the_condition() -> None:
     history = at(EVAL, RUN)
-    _, waiting = transition(history, WorkerFailed(EVAL), T0, backoff_base=1, backoff_cap=2)
-    assert json.loads(waiting.data)["retryAfter"] == format_time(T0 + timedelta(seconds=1))
+    _, retry = transition(history, WorkerFailed(EVAL), T0, backoff_base=1, backoff_cap=2)
+    assert json.loads(retry.data)["retryAfter"] == format_time(T0 + timedelta(seconds=1))
+    # A limit above MAX_RETRY_LIMIT is taken as that (the worker names leave room for 3 digits).
+    _, retry = transition(history, WorkerFailed(EVAL), T0, retry_limit=10**6)
+    assert json.loads(retry.data)["maxAttempts"] == MAX_RETRY_LIMIT + 1
+    # No retries: the first failure gives the round up.
+    _, waiting = transition(history, WorkerFailed(EVAL), T0, retry_limit=0)
+    assert (waiting.stage, waiting.type, waiting.reason) == (TRAIN, W, "EvalFailed")
+    assert "Eval attempt 1 of 1 failed, the last one" in waiting.message
 
 
-def test_retry_after_holds_the_start_of_the_next_train_worker() -> None:
-    history = _fail_train(transition([], Created(), T0), T0)  # fails at T0+3s
+def test_a_failure_that_ends_no_attempt_goes_back_to_train_waiting() -> None:
+    # e.g. the GM's validation refused a new job: nothing ran, so nothing is retried
+    history = [*at(TRAIN, W), Condition(type=F, stage=TRAIN, reason="DatasetNotFound")]
+    (waiting,) = transition(history, Created(), T0)
+    assert (waiting.stage, waiting.type, waiting.data) == (TRAIN, W, "")
+    assert "nothing to retry" in waiting.message
+
+
+def test_retry_after_holds_the_start_of_the_retried_worker() -> None:
+    history = _attempt([*at(TRAIN, R)], TRAIN, T0)  # fails at T0+2s
     due = parse_time(json.loads(history[-1].data)["retryAfter"])
+    assert due == T0 + timedelta(seconds=12)
     assert retry_after(history) == due
-
-    # The LC may fire its trigger during the backoff; the report is kept.
-    history += transition(history, EdgeReady(TRAIN), T0 + timedelta(seconds=4))
-    assert retry_after(history) == due
-
     with pytest.raises(StateError, match="backing off"):
         transition(history, WorkerStarting(TRAIN), due - timedelta(seconds=1))
     started = transition(history, WorkerStarting(TRAIN), due)
@@ -396,12 +473,12 @@ def test_retry_after_holds_the_start_of_the_next_train_worker() -> None:
     assert retry_after([*history, *started]) is None
 
 
-def test_retry_after_is_none_without_a_failure() -> None:
+def test_retry_after_is_none_without_a_pending_retry() -> None:
     assert retry_after([]) is None
     assert retry_after(at(TRAIN, W)) is None
     assert retry_after(at(TRAIN, R, rounds_before=1)) is None
     assert retry_after(at(EVAL, W)) is None
-    garbled = [*at(TRAIN, S), cond(TRAIN, F), cond(TRAIN, W, data="{not json")]
+    garbled = [*at(TRAIN, S), cond(TRAIN, F), cond(TRAIN, R, reason=REASON_RETRY, data="{not json")]
     assert retry_after(garbled) is None
 
 
@@ -425,7 +502,12 @@ def test_current_is_the_last_condition() -> None:
         pytest.param(at(TRAIN, W, rounds_before=1), 1, id="waiting-after-round-1"),
         pytest.param(at(TRAIN, R, rounds_before=1), 2, id="second-trigger"),
         pytest.param(
-            [*at(TRAIN, S), cond(TRAIN, F), cond(TRAIN, W), cond(TRAIN, R)], 2, id="failed-attempt-counts"
+            [*at(TRAIN, S), cond(TRAIN, F), cond(TRAIN, W), cond(TRAIN, R)], 2, id="given-up-round-counts"
+        ),
+        pytest.param(
+            [*at(TRAIN, S), cond(TRAIN, F), cond(TRAIN, R, reason=REASON_RETRY)],
+            1,
+            id="a-retry-keeps-its-round",
         ),
     ],
 )
@@ -595,8 +677,10 @@ def test_any_event_sequence_keeps_the_history_well_formed(events: list[Event]) -
             assert nxt.type is W
             assert nxt.stage is {TRAIN: EVAL, EVAL: DEPLOY, DEPLOY: TRAIN}[prev.stage]
         elif prev.type is F:
-            assert (nxt.stage, nxt.type) == (TRAIN, W)
-            assert json.loads(nxt.data)["consecutiveFailures"] >= 1
+            assert (nxt.stage, nxt.type) in ((TRAIN, W), (prev.stage, R))
+            if nxt.type is R:
+                assert nxt.reason == REASON_RETRY
+                assert json.loads(nxt.data)["attempt"] >= 2
         else:
             assert prev.stage is nxt.stage
             assert (prev.type, nxt.type) in LEGAL_STEPS

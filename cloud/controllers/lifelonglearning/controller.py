@@ -9,7 +9,12 @@ On every event it reconciles the job, level-triggered:
    follow-up);
 2. on ``Ready``: once any ``retryAfter`` has passed, append ``Starting`` (with the version read,
    so two deciders cannot both start), then ask the runtime for the worker. ``Starting`` and
-   ``Running`` re-ensure the worker (idempotent by name), so a crash between the two steps heals;
+   ``Running`` re-ensure the worker (idempotent by name), so a crash between the two steps heals.
+   A ``Ready`` that retries a failed attempt (``lifelong.common.statemachine``: same data, reason
+   ``Retry``) waits for its ``retryAfter``: the job's key is requeued on the keyed executor for
+   that moment (``call_later``), and again after a GM restart, whose first reconcile of the job
+   finds the same ``Ready``. The retried worker is a new one, ``{job}-{stage}-{round}-retry{n}``;
+   a phase reported by the failed attempt's worker after that is stale and changes nothing;
 3. send the job to every node that needs it (``LifelongLearningJob.node_names``).
 
 With a ``validate`` hook (Kubernetes mode: the Dataset must exist and every node named must be
@@ -59,7 +64,7 @@ from lifelong.cloud.controllers.lifelonglearning.workerenv import (
 )
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
-from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec
+from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime, WorkerSpec, worker_name
 from lifelong.cloud.stores.base import (
     Conflict,
     ModelCache,
@@ -81,11 +86,15 @@ from lifelong.common.logonce import LogOnce
 from lifelong.common.messages import JobReport, JobWorkerInfo, parse_job_report
 from lifelong.common.stages import ConditionType, Stage
 from lifelong.common.statemachine import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_RETRY_LIMIT,
     Condition,
     Created,
     Event,
     WorkerFailed,
     WorkerStarting,
+    attempt,
     current,
     current_round,
     format_time,
@@ -148,8 +157,9 @@ class LifelongLearningController:
         metrics: GMMetrics,
         lc_server: str = DEFAULT_LC_SERVER,
         kb_server: str = DEFAULT_KB_SERVER,
-        backoff_base: float = 10.0,
-        backoff_cap: float = 360.0,
+        backoff_base: float = DEFAULT_BACKOFF_BASE,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP,
+        retry_limit: int = DEFAULT_RETRY_LIMIT,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         validate: Validator | None = None,
     ) -> None:
@@ -167,14 +177,20 @@ class LifelongLearningController:
         self.kb_server = kb_server
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.retry_limit = retry_limit
         self.clock = clock
         self._datasets: dict[Key, str] = {}  # job -> the Dataset it names (from its events)
         self._jobs_of: dict[tuple[str, str], set[Key]] = {}  # (ns, dataset) -> those jobs
         self._datasets_lock = threading.Lock()
 
     @property
-    def _backoff(self) -> dict[str, float]:
-        return {"backoff_base": self.backoff_base, "backoff_cap": self.backoff_cap}
+    def _backoff(self) -> dict[str, Any]:
+        """The failure policy every ``transition`` gets: backoff and retry limit."""
+        return {
+            "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap,
+            "retry_limit": self.retry_limit,
+        }
 
     # -- store events ----------------------------------------------------------------------
     def on_event(self, event: WatchEvent) -> None:
@@ -257,7 +273,15 @@ class LifelongLearningController:
                     after = retry_after(conds)
                     if after is not None and now < after:
                         delay = (after - now).total_seconds()
-                        log.info("job %s/%s %s Ready: backing off %.1fs", ns, name, cur.stage.value, delay)
+                        log.info(
+                            "job %s/%s %s Ready: retrying attempt %d at %s (in %.1fs)",
+                            ns,
+                            name,
+                            cur.stage.value,
+                            attempt(conds, cur.stage),
+                            format_time(after),
+                            delay,
+                        )
                         self.executor.call_later(delay + 0.05, key, lambda: self.reconcile(key))
                     else:
                         event = WorkerStarting(cur.stage, message="starting the worker")
@@ -392,6 +416,15 @@ class LifelongLearningController:
 
     def _ensure_worker(self, job: LifelongLearningJob, conds: list[Condition], stage: Stage) -> None:
         round_ = current_round(conds)
+        env = worker_env(
+            job,
+            stage,
+            round_,
+            conds,
+            self._dataset_of(job),
+            lc_server=self.lc_server,
+            kb_server=self.kb_server,
+        )
         spec = WorkerSpec(
             job_namespace=job.namespace,
             job_name=job.name,
@@ -399,16 +432,10 @@ class LifelongLearningController:
             stage=stage,
             round=round_,
             template=copy.deepcopy(job.spec.template_for(stage)),
-            env=worker_env(
-                job,
-                stage,
-                round_,
-                conds,
-                self._dataset_of(job),
-                lc_server=self.lc_server,
-                kb_server=self.kb_server,
-            ),
+            env=env,
+            attempt=attempt(conds, stage),
         )
+        env["WORKER_NAME"] = spec.name  # a retry's worker has a name of its own
         self.runtime.ensure_worker(spec)
 
     def _send(self, job: LifelongLearningJob) -> None:
@@ -449,7 +476,12 @@ class LifelongLearningController:
         if event is None:
             return Outcome.DUPLICATE
         return self._apply_event(
-            phase.job_namespace, phase.job_name, event, phase.round, from_node=phase.worker
+            phase.job_namespace,
+            phase.job_name,
+            event,
+            phase.round,
+            from_node=phase.worker,
+            worker=phase.worker,
         )
 
     def _apply_event(
@@ -461,9 +493,12 @@ class LifelongLearningController:
         *,
         from_node: str,
         job: LifelongLearningJob | None = None,
+        worker: str | None = None,
     ) -> Outcome:
         """Apply ``event`` to the job (``job``: as the caller has just read it, so the first try
-        does not read it again; a conflicting write makes every later try read it anew)."""
+        does not read it again; a conflicting write makes every later try read it anew).
+        ``worker``: the event is that worker's phase; a phase of another attempt's worker of the
+        same stage and round (the failed one a retry replaced) is stale."""
         for _ in range(CAS_RETRIES):
             if job is None:
                 job = self._read_job(ns, name)
@@ -480,6 +515,9 @@ class LifelongLearningController:
                     current_round(conds),
                 )
                 return Outcome.DUPLICATE
+            if worker is not None and self._other_attempt(name, conds, event, round_, worker):
+                log.info("job %s/%s: stale phase of worker %s, an earlier attempt", ns, name, worker)
+                return Outcome.DUPLICATE
             try:
                 new = transition(conds, event, self.clock(), **self._backoff)
             except StateError as exc:
@@ -495,3 +533,13 @@ class LifelongLearningController:
                 raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist") from None
             return Outcome.APPLIED
         raise Conflict(f"job {ns}/{name}: too many conflicting writes")
+
+    @staticmethod
+    def _other_attempt(name: str, conds: list[Condition], event: Event, round_: int, worker: str) -> bool:
+        """Whether ``worker``, whose phase ``event`` is, ran another attempt of the current stage and
+        round than the one under way (a late report of a failed attempt that is being retried)."""
+        cur = current(conds)
+        stage = None if isinstance(event, Created) else event.stage
+        if cur is None or stage is not cur.stage or round_ != current_round(conds):
+            return False
+        return worker != worker_name(name, cur.stage, round_, attempt(conds, cur.stage))
