@@ -76,12 +76,7 @@ def run_shell(script: str, cwd: Path, timeout: float = 600) -> subprocess.Comple
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if p and not p.startswith(str(ROOT))
     )
+    argv = ["sh", "-e", "-c", script]
     return subprocess.run(
-        ["sh", "-e", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
