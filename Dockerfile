@@ -4,9 +4,9 @@
 #
 # deploy/k8s runs it as `lifelong gm` (image lifelong:0.1.0, user 10001); docs/operations.md
 # says how to build it and load it into a cluster. It installs what the tests install: this
-# repository's package with its `kubernetes` extra (tests/unit/test_dockerfile.py checks that,
-# and runs the RUN steps below in a throwaway venv; the image build itself is not run in the
-# tests, which have no Docker engine).
+# repository's package with its `kubernetes` extra (tests/unit/test_dockerfile.py checks that;
+# tests/integration/test_image_install.py runs the install step below in a throwaway venv; the
+# image build itself is not run in the tests, which have no Docker engine).
 #
 # Base: the official python:3.11-slim-bookworm image (Python 3.11.16), pinned by the digest of
 # its multi-platform index as the Docker Official Images record it (not pulled on the machine
