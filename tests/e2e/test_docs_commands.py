@@ -1,16 +1,31 @@
-"""The ``lifelong`` client commands shown in the docs run as written.
+"""The commands shown in the docs run as written.
 
-The block marked ``<!-- commands: client -->`` in ``docs/operations.md`` is run line by line,
-in order, against a real broker and a real ``lifelong gm`` (only ``--server URL`` is added, for
-the GM's test port), after an edge node ``edge-node`` has said hello the way an LC does. The
-``lifelong ... --help`` commands the README and docs mention run too. Server commands
-(``lifelong gm``/``lc``/``broker``) are only started the way the harness starts them.
+Every ``sh`` block in ``docs/operations.md`` carries a marker saying how it is run, and this
+file runs each marked kind:
+
+* ``<!-- commands: client -->``: line by line, in order, against a real broker and a real
+  ``lifelong gm`` (only ``--server URL`` is added, for the GM's test port), after an edge node
+  ``edge-node`` has said hello the way an LC does;
+* ``<!-- commands: kubernetes -->``: line by line by ``sh`` in a scratch folder (holding a link
+  to ``deploy/``); ``kubectl`` lines get ``--dry-run=client`` and a FAKE API server
+  (tests/harness/fake_k8s.py, discovery only, nothing stored; ``apply`` also
+  ``--validate=false``, the fake serves no schema), so they check what kubectl builds, not what
+  a cluster admits;
+* ``<!-- commands: edge-install -->``: as one ``sh -e`` script in a copy of the repository with
+  ``/opt/lifelong`` moved to a scratch folder (a real ``pip install`` from the package index),
+  then ``systemd-analyze verify`` on the shipped unit pointed at that folder;
+* ``<!-- not run: REASON -->``: not run here (a Docker engine, a cluster, root, systemd or a
+  terminal is needed); the reason names what checks them instead.
+
+The ``lifelong ... --help`` commands the README and docs mention run too.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +35,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from harness.brokers import Broker, make_broker
+from harness.deploy import copy_build_context, run_shell
+from harness.fake_k8s import FakeKubernetesApiServer
 from harness.processes import GMProcess
 from harness.waiting import wait_for
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,6 +49,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"<!-- commands: client -->\s*```sh\n(.*?)```", re.S)
+MARKED = re.compile(r"(?:<!-- (commands: [a-z-]+|not run: [^>]+?) -->\n)?```sh\n(.*?)```", re.S)
+KINDS = ("commands: client", "commands: kubernetes", "commands: edge-install")
 HELP = re.compile(r"`(lifelong(?: [a-z]+)? --help)`")
 PREFIX = "lifelong/v1"
 NODE = "edge-node"  # the node the atcii sample names
@@ -169,3 +188,96 @@ def test_help_commands_in_the_docs_run_as_written() -> None:
     for verb in ("apply", "get", "describe", "delete", "nodes", "tail"):
         done = lifelong(["lifelong", verb, "--help"])
         assert done.returncode == 0 and done.stdout.startswith(f"usage: lifelong {verb}"), done.stderr
+
+
+def marked_blocks(kind: str) -> list[str]:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    return [body for marker, body in MARKED.findall(text) if marker == kind]
+
+
+def test_every_command_block_in_operations_is_run_or_says_why_not() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    blocks = MARKED.findall(text)
+    assert len(blocks) == text.count("```sh"), "a ```sh block MARKED does not see"
+    for marker, body in blocks:
+        assert marker in KINDS or (marker.startswith("not run: ") and len(marker) > 20), (
+            f"mark this block with <!-- commands: KIND --> ({', '.join(KINDS)}) "
+            f"or <!-- not run: WHY AND WHAT CHECKS IT -->:\n{body}"
+        )
+    assert {m for m, _ in blocks} >= set(KINDS)
+
+
+def test_kubernetes_commands_in_the_docs_run_as_written(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian: apt-get install kubernetes-client)")
+    for tool in ("openssl", "mosquitto_passwd"):
+        if shutil.which(tool) is None and not Path("/usr/bin", tool).exists():
+            pytest.skip(f"{tool} is not installed (Debian: openssl, mosquitto-clients)")
+    (block,) = marked_blocks("commands: kubernetes")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "deploy").symlink_to(ROOT / "deploy")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    outputs: dict[str, str] = {}
+    with FakeKubernetesApiServer() as server:
+        for line in block.strip().splitlines():
+            if line.startswith("kubectl "):
+                argv = [kubectl, "--kubeconfig", str(kubeconfig), "--server", server.url]
+                argv += [*shlex.split(line)[1:], "--dry-run=client", "-o", "json"]
+                if " apply " in f" {line} ":
+                    argv.append("--validate=false")
+                done = subprocess.run(
+                    argv, cwd=work, capture_output=True, text=True, timeout=120, check=False
+                )
+            else:
+                done = run_shell(line, cwd=work, timeout=120)
+            assert done.returncode == 0, f"{line}: {done.stderr}"
+            outputs[line] = done.stdout
+        assert not any(m in ("POST", "PUT", "PATCH", "DELETE") for m, _ in server.requests)
+
+    # The users and the certificate are what the broker and the edges need.
+    users = [row.split(":")[0] for row in (work / "passwd").read_text().splitlines()]
+    assert users == ["gm", "edge-1"]
+    verify = run_shell("openssl verify -CAfile ca.crt server.crt", cwd=work)
+    assert verify.returncode == 0 and "server.crt: OK" in verify.stdout, verify.stderr
+    san = run_shell("openssl x509 -in server.crt -noout -ext subjectAltName", cwd=work)
+    assert "DNS:broker.example.com" in san.stdout, san.stdout + san.stderr
+    # The Secrets carry those files under the keys the manifests mount.
+    secrets = {}
+    for line, out in outputs.items():
+        if " secret " in line:
+            doc = json.loads(out)
+            secrets[doc["metadata"]["name"]] = (doc["metadata"]["namespace"], sorted(doc["data"]))
+    assert secrets == {
+        "lifelong-mosquitto-passwd": ("lifelong", ["passwd"]),
+        "lifelong-gm-mqtt": ("lifelong", ["password"]),
+        "lifelong-mosquitto-tls": ("lifelong", ["tls.crt", "tls.key"]),
+    }
+    (applied,) = [out for line, out in outputs.items() if line.startswith("kubectl apply")]
+    items = json.loads(applied)["items"]
+    services = {i["metadata"]["name"]: i["spec"] for i in items if i["kind"] == "Service"}
+    assert services["mosquitto-edge"]["type"] == "LoadBalancer"
+    gm = next(i for i in items if i["kind"] == "Deployment" and i["metadata"]["name"] == "lifelong-gm")
+    assert gm["spec"]["template"]["spec"]["containers"][0]["image"] == "lifelong:0.1.0"
+
+
+@pytest.mark.slow
+def test_edge_install_commands_in_the_docs_put_lifelong_where_the_unit_runs_it(tmp_path: Path) -> None:
+    (block,) = marked_blocks("commands: edge-install")
+    prefix = tmp_path / "opt" / "lifelong"
+    checkout = copy_build_context(tmp_path / "checkout")
+    done = run_shell(block.replace("/opt/lifelong", str(prefix)), cwd=checkout, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.startswith("usage: lifelong lc") or "usage: lifelong lc" in done.stdout
+
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian package: systemd)")
+    text = (ROOT / "deploy" / "systemd" / "lifelong-lc.service").read_text()
+    assert "\nExecStart=/opt/lifelong/bin/lifelong lc\n" in text
+    unit = tmp_path / "lifelong-lc.service"
+    unit.write_text(text.replace("/opt/lifelong", str(prefix)))
+    out = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr

@@ -1,5 +1,6 @@
 """deploy/k8s: the manifests parse, their copies are current, RBAC grants what the code calls,
-and kustomize renders them.
+and kustomize renders them; so does the overlay deploy/k8s-edge-tls (the broker exposed to
+edge nodes outside the cluster over TLS).
 
 Rendering uses the ``kubectl`` binary (Debian's ``kubernetes-client``) and is skipped, with
 the reason, where it is missing. ``kubectl apply --dry-run=client`` needs an API server for
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 CRDS = REPO / "deploy" / "crds"
 MOSQUITTO = REPO / "deploy" / "mosquitto"
+EDGE_TLS = REPO / "deploy" / "k8s-edge-tls"
 CODE = {
     "stores/kubernetes.py": REPO / "cloud" / "stores" / "kubernetes.py",
     "runtimes/kubernetes_pods.py": REPO / "cloud" / "runtimes" / "kubernetes_pods.py",
@@ -67,7 +69,7 @@ _Yaml12Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: lo
 
 def load_all() -> dict[str, list[dict[str, Any]]]:
     docs: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(K8S.rglob("*.yaml")):
+    for path in sorted(K8S.rglob("*.yaml")):  # the base only (the overlay is deploy/k8s-edge-tls)
         docs[str(path.relative_to(K8S))] = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     return docs
 
@@ -107,6 +109,8 @@ def test_k8s_copies_match_their_sources() -> None:
         assert (K8S / "crds" / name).read_bytes() == (CRDS / name).read_bytes(), f"crds/{name}: run sync.sh"
     for name in ("mosquitto.conf", "acl"):
         assert (K8S / "mosquitto" / name).read_bytes() == (MOSQUITTO / name).read_bytes(), f"{name}: sync.sh"
+    tls_conf = (MOSQUITTO / "mosquitto.conf").read_bytes() + (EDGE_TLS / "tls-listener.conf").read_bytes()
+    assert (EDGE_TLS / "mosquitto.conf").read_bytes() == tls_conf, "k8s-edge-tls/mosquitto.conf: run sync.sh"
     resources = load_all()["kustomization.yaml"][0]["resources"]
     assert sorted(r.removeprefix("crds/") for r in resources if r.startswith("crds/")) == sources
 
@@ -271,3 +275,48 @@ def test_k8s_kubectl_apply_dry_run_renders_fake_api(
     rendered = yaml.load(out.stdout, Loader=_Yaml12Loader)
     assert len(rendered["items"]) == 13
     assert not any(m in ("POST", "PUT", "PATCH", "DELETE") for m, _ in discovery_server.requests)
+
+
+def test_k8s_edge_tls_overlay_exposes_only_the_tls_listener() -> None:
+    """deploy/k8s-edge-tls: the base plus a LoadBalancer Service on 8883 only, mosquitto's TLS
+    listener with the certificate from the Secret lifelong-mosquitto-tls, and the base's
+    password and ACL still in force (the listener is appended to the same configuration)."""
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(EDGE_TLS)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.load_all(out.stdout, Loader=_Yaml12Loader) if d]
+    base = subprocess.run(
+        [kubectl(), "kustomize", str(K8S)], capture_output=True, text=True, timeout=120, check=True
+    )
+    base_kinds = sorted(d["kind"] for d in yaml.load_all(base.stdout, Loader=_Yaml12Loader) if d)
+    assert sorted(d["kind"] for d in rendered) == sorted([*base_kinds, "Service"])
+
+    services = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "Service"}
+    inside, outside = services["mosquitto"], services["mosquitto-edge"]
+    assert inside["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert outside["spec"]["type"] in ("LoadBalancer", "NodePort")
+    assert [(p["port"], p["targetPort"]) for p in outside["spec"]["ports"]] == [(8883, "mqtts")]
+    assert outside["metadata"]["namespace"] == "lifelong"
+
+    broker = next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "mosquitto")
+    pod = broker["spec"]["template"]["spec"]
+    assert outside["spec"]["selector"].items() <= broker["spec"]["template"]["metadata"]["labels"].items()
+    container = pod["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"mqtt": 1883, "mqtts": 8883}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/mosquitto/config", "tls": "/mosquitto/tls"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "lifelong-mosquitto-tls"
+    assert "projected" in volumes["config"]  # the base's config, password file and ACL
+
+    configmap = next(d for d in rendered if d["kind"] == "ConfigMap")
+    assert volumes["config"]["projected"]["sources"][0]["configMap"]["name"] == configmap["metadata"]["name"]
+    conf = configmap["data"]["mosquitto.conf"]
+    assert conf == (EDGE_TLS / "mosquitto.conf").read_text()
+    assert configmap["data"]["acl"] == (MOSQUITTO / "acl").read_text()
+    lines = [line for line in conf.splitlines() if line and not line.startswith("#")]
+    tls = lines[lines.index("listener 8883") :]
+    assert "certfile /mosquitto/tls/tls.crt" in tls and "keyfile /mosquitto/tls/tls.key" in tls
+    for setting in ("per_listener_settings false", "allow_anonymous false"):
+        assert setting in lines, f"{setting}: the TLS listener must be under the base's auth and ACL"
