@@ -47,12 +47,24 @@ def _secret(tmp: Path, user: str) -> Path:
     return path
 
 
+# A GM client id as guessable as the old default (lifelong-gm-HOST-PID): the binding of ids to
+# user names must protect the GM even when its id is known.
+GM_CLIENT_ID = "lifelong-gm-host-1234"
+
+
 def _gm(tmp: Path, broker: Broker) -> GMProcess:
     return GMProcess(
         tmp,
         broker_url=broker.url,
         prefix=PREFIX,
-        extra=["--username", "gm", "--password-file", str(_secret(tmp, "gm"))],
+        extra=[
+            "--username",
+            "gm",
+            "--password-file",
+            str(_secret(tmp, "gm")),
+            "--client-id",
+            GM_CLIENT_ID,
+        ],
     )
 
 
@@ -103,7 +115,7 @@ def test_another_users_credentials_cannot_take_over_a_client_id(
         lc.start()
         lc.wait_online(gm)
         # The ids the victims send, and the id a broker that binds ids to user names gives them.
-        ids = ["node-b"] if victim == "node-b" else ["gm"]
+        ids = ["node-b"] if victim == "node-b" else [GM_CLIENT_ID, "gm"]
         tried = 0
         for client_id in ids * 3:
             client, code = _connect(acl_broker, "node-a", NODE_USERS["node-a"], client_id)
