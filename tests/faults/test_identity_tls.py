@@ -3,8 +3,9 @@
 * TLS with per-node client certificates, for real: the test makes its own CA, a server
   certificate and one client certificate per identity (``gm``, ``node-a``, ``node-b``) with
   openssl, runs mosquitto with ``require_certificate true`` + ``use_identity_as_username
-  true`` and the shipped ACL, and connects a real GM and a real LC through it
-  (``--tls-ca-file``/``--tls-cert``/``--tls-key``). Reports flow and are applied once.
+  true`` + ``use_username_as_clientid true`` and the shipped ACL, and connects a real GM and
+  two real LCs through it (``--tls-ca-file``/``--tls-cert``/``--tls-key``). Reports flow and
+  are applied once; each LC converges on its own job.
 * Refused: a client without a certificate, one whose certificate another CA signed, and an
   LC that says it is ``node-a`` while holding ``node-b``'s certificate (the broker knows it as
   ``node-b``, the ACL keeps it out of ``node/node-a/``, the GM never sees ``node-a``).
@@ -17,8 +18,10 @@ ACLs of both brokers by tests/integration/test_broker_cli.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,11 +29,23 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from harness.brokers import SHIPPED_MOSQUITTO_ACL, Broker, mosquitto_binary
-from harness.faults import NODE, NS, Rig, Tally, applied_counts, epoch_of, queue_reports, worker_infos
+from harness.faults import (
+    NODE,
+    NS,
+    Rig,
+    Tally,
+    applied_counts,
+    dataset_manifest,
+    epoch_of,
+    job_manifest,
+    queue_reports,
+    worker_infos,
+)
 from harness.processes import LCProcess
 from harness.waiting import free_port, port_open, wait_for
 
@@ -129,6 +144,7 @@ def tls_broker(tmp_path: Path) -> Iterator[TLSMosquitto]:
         f"keyfile {pki.path('server.key')}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
         "allow_anonymous false",
         f"acl_file {acl}",
         "persistence false",
@@ -193,8 +209,30 @@ def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broke
         tally.runs = 1
         tally.count(rig.gm, epoch, seqs)
         assert worker_infos(rig.gm)["w299"] == {"n": 299}
+
+        # The second LC converges on a job of its own through the same TLS broker.
+        data_b = tmp_path / "data-b" / "samples.txt"
+        data_b.parent.mkdir()
+        data_b.write_text("x\ny\n")
+        rig.apply_objects(
+            [
+                _on_node(dataset_manifest("ds-b", data_b), "node-b"),
+                _on_node(job_manifest("job-b", "ds-b", tmp_path / "out-b"), "node-b"),
+            ]
+        )
+        wait_for(
+            lambda: _lc_job_rv(node_b.state_dir, "job-b") == rig.gm_jobs().get("job-b"),
+            timeout=60,
+            what=f"node-b to hold job-b at the GM's version\n{node_b.log_tail()}",
+        )
+        wait_for(
+            lambda: ((rig.gm.get("Dataset", "ds-b") or {}).get("status") or {}).get("numberOfSamples") == 2,
+            timeout=60,
+            what=f"node-b's dataset status at the GM\n{node_b.log_tail()}",
+        )
         tally.note = (
-            "require_certificate + use_identity_as_username; impostor (node-b cert as node-a) kept out"
+            "require_certificate + use_identity_as_username + use_username_as_clientid; two LCs; "
+            "impostor (node-b cert as node-a) kept out"
         )
         tally.record()
         assert (tally.lost, tally.duplicated) == (0, 0), tally
@@ -203,6 +241,29 @@ def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broke
             if p.alive():
                 p.kill()
         rig.stop()
+
+
+def _on_node(obj: dict[str, Any], node: str) -> dict[str, Any]:
+    """``obj`` with every ``nodeName`` set to ``node``."""
+    text = json.dumps(obj).replace(f'"nodeName": "{NODE}"', f'"nodeName": "{node}"')
+    out: dict[str, Any] = json.loads(text)
+    return out
+
+
+def _lc_job_rv(state_dir: Path, name: str) -> str | None:
+    try:
+        conn = sqlite3.connect(f"file:{state_dir / 'lc.db'}?mode=ro", uri=True, timeout=10)
+    except sqlite3.OperationalError:
+        return None
+    try:
+        row = conn.execute(
+            "SELECT rv FROM resources WHERE kind='LifelongLearningJob' AND ns=? AND name=?", (NS, name)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
 
 
 def _client(tls_broker: TLSMosquitto, tls: TLSParameters) -> BusClient:
