@@ -2,7 +2,8 @@
 
 * TLS with per-node client certificates, for real: the test makes its own CA, a server
   certificate and one client certificate per identity (``gm``, ``node-a``, ``node-b``) with
-  openssl, runs mosquitto with ``require_certificate true`` + ``use_identity_as_username
+  the openssl commands of docs/security.md, run as written, runs mosquitto with the listener
+  block of docs/security.md, ``require_certificate true`` + ``use_identity_as_username
   true`` + ``use_username_as_clientid true`` and the shipped ACL, and connects a real GM and
   two real LCs through it (``--tls-ca-file``/``--tls-cert``/``--tls-key``). Reports flow and
   are applied once; each LC converges on its own job.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -58,6 +60,7 @@ from lifelong.common.topics import Topics
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 PREFIX = "lifelong/v1"
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 
 
 @dataclass
@@ -103,15 +106,21 @@ def _issue(cwd: Path, ca: str, name: str, cn: str, ext: str | None = None) -> No
     )  # fmt: skip
 
 
+def _doc_block(marker: str) -> str:
+    """The fenced block after ``<!-- marker -->`` in docs/security.md."""
+    found = re.findall(rf"<!-- {re.escape(marker)} -->\s*```\w*\n(.*?)```", SECURITY_DOC.read_text(), re.S)
+    assert len(found) == 1, f"docs/security.md must keep one <!-- {marker} --> block"
+    return str(found[0])
+
+
 def make_pki(d: Path) -> PKI:
+    """The CA and certificates made by the commands of docs/security.md, run as written, plus a
+    rogue CA and a certificate it signed for node-a."""
     d.mkdir(parents=True, exist_ok=True)
-    for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN=lifelong-{ca}", cwd=d)  # fmt: skip
-    (d / "server.cnf").write_text("subjectAltName=DNS:localhost\n")
-    _issue(d, "ca", "server", "localhost", "server.cnf")
-    for who in ("gm", "node-a", "node-b"):
-        _issue(d, "ca", who, who)
+    for line in _doc_block("commands: tls-setup").strip().splitlines():
+        subprocess.run(["bash", "-euc", line], cwd=d, check=True, capture_output=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue-ca.key",
+             "-out", "rogue-ca.crt", "-days", "2", "-subj", "/CN=lifelong-rogue-ca", cwd=d)  # fmt: skip
     _issue(d, "rogue-ca", "rogue-node-a", NODE)
     return PKI(d)
 
@@ -137,14 +146,11 @@ def tls_broker(tmp_path: Path) -> Iterator[TLSMosquitto]:
     port = free_port()
     acl = tmp_path / "acl"
     acl.write_text(SHIPPED_MOSQUITTO_ACL.read_text())
+    # The listener of docs/security.md as written, with only the port and certificate paths put in.
+    documented = _doc_block("config: mosquitto-tls").replace("/mosquitto/config/certs/", f"{pki.dir}/")
+    documented = documented.replace("listener 8883", f"listener {port} 127.0.0.1")
     lines = [
-        f"listener {port} 127.0.0.1",
-        f"cafile {pki.path('ca.crt')}",
-        f"certfile {pki.path('server.crt')}",
-        f"keyfile {pki.path('server.key')}",
-        "require_certificate true",
-        "use_identity_as_username true",
-        "use_username_as_clientid true",
+        *documented.strip().splitlines(),
         "allow_anonymous false",
         f"acl_file {acl}",
         "persistence false",
