@@ -172,7 +172,7 @@ def tls_broker(tmp_path: Path) -> Iterator[TLSMosquitto]:
 
 
 def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broker: TLSMosquitto) -> None:
-    tally = Tally("TLS, per-node client certificates, ACL (GM + LC)", "mosquitto-tls")
+    tally = Tally("TLS, per-node client certificates, ACL (GM + 2 LCs)", "mosquitto-tls")
     pki = tls_broker.pki
     rig = Rig(
         tmp_path,
