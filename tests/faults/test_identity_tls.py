@@ -35,19 +35,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from harness import faults
 from harness.brokers import SHIPPED_MOSQUITTO_ACL, Broker, mosquitto_binary
-from harness.faults import (
-    NODE,
-    NS,
-    Rig,
-    Tally,
-    applied_counts,
-    dataset_manifest,
-    epoch_of,
-    job_manifest,
-    queue_reports,
-    worker_infos,
-)
+from harness.faults import NODE, NS, Rig, Tally, applied_counts, epoch_of, queue_reports, worker_infos
 from harness.processes import LCProcess
 from harness.waiting import free_port, port_open, wait_for
 
@@ -222,8 +212,8 @@ def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broke
         data_b.write_text("x\ny\n")
         rig.apply_objects(
             [
-                _on_node(dataset_manifest("ds-b", data_b), "node-b"),
-                _on_node(job_manifest("job-b", "ds-b", tmp_path / "out-b"), "node-b"),
+                _on_node(faults.dataset_manifest("ds-b", data_b), "node-b"),
+                _on_node(faults.job_manifest("job-b", "ds-b", tmp_path / "out-b"), "node-b"),
             ]
         )
         wait_for(
