@@ -1,16 +1,18 @@
-"""Topic access control for the embedded broker: each node only under its own ``node/{node}/``.
+"""Topic access control for the embedded broker: each node only under its own ``node/{node}/``,
+and only the GM commands a node.
 
-The policy (docs/design.md, "Guarantees", 5. Identity), for topic prefix ``P`` (``lifelong/v1``
-by default):
+The policy (docs/design.md, "Guarantees", 5. Identity; docs/security.md), for topic prefix ``P``
+(``lifelong/v1`` by default):
 
-    node user u   publish    P/node/u and below
-                  subscribe  filters inside P/node/u/# (wildcards only below P/node/u/),
-                             and P/gm/presence
-                  receive    P/node/u and below, and P/gm/presence
+    node user u   publish    P/node/u/up and below, and P/node/u/presence
+                  subscribe  filters inside P/node/u/down/# (wildcards only below
+                             P/node/u/down/), and P/gm/presence
+                  receive    P/node/u/down and below, and P/gm/presence
     GM user       publish, subscribe, receive anything inside P/#
     no user name  nothing
 
-A node therefore must not be named like the GM user (``gm`` by default).
+A node's credentials therefore cannot write its own down topics: only the GM can make an LC
+run a worker. A node must not be named like the GM user (``gm`` by default).
 
 ``deploy/mosquitto/acl`` ships the same policy for mosquitto 2.x; the integration tests run one
 set of expectations against both brokers. Differences that remain, on purpose or forced:
@@ -75,6 +77,16 @@ class AclPolicy:
     def node_base(self, user: str) -> str:
         return f"{self.prefix}/node/{user}"
 
+    def node_writes(self, user: str, topic: str) -> bool:
+        """True if node user ``user`` may publish on ``topic``: its up topics and its presence."""
+        base = self.node_base(user)
+        return _within(topic, f"{base}/up") or topic == f"{base}/presence"
+
+    def node_reads(self, user: str, topic: str) -> bool:
+        """True if node user ``user`` may subscribe to (or receive) ``topic``: its down topics
+        and the GM's presence."""
+        return _within(topic, f"{self.node_base(user)}/down") or topic == self.gm_presence
+
     @staticmethod
     def _identity_ok(user: str, client_id: str | None) -> bool:
         try:
@@ -89,12 +101,9 @@ class AclPolicy:
             return False
         if user == self.gm_user:
             return _within(topic, self.prefix)
-        action = Action(action)
-        if _within(topic, self.node_base(user)):
-            return True
-        if action in (Action.SUBSCRIBE, Action.RECEIVE):
-            return topic == self.gm_presence
-        return False
+        if Action(action) == Action.PUBLISH:
+            return self.node_writes(user, topic)
+        return self.node_reads(user, topic)
 
 
 def _policy_from(config: object) -> AclPolicy:

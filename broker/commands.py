@@ -23,13 +23,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
-        help=f"address to listen on (default: {DEFAULT_HOST}; 0.0.0.0 for all IPv4)",
+        help=f"address to listen on (default: {DEFAULT_HOST}; 0.0.0.0 for all IPv4). A "
+        "non-loopback address needs --password-file and --acl, or --allow-anonymous",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT})")
     parser.add_argument(
         "--password-file",
         metavar="FILE",
-        help="mosquitto password file (made by mosquitto_passwd); without it any client may connect",
+        help="mosquitto password file (made by mosquitto_passwd); without it any client may connect. "
+        "With it, each client's id is replaced by its user name (as mosquitto's "
+        "use_username_as_clientid), so no client can take over another's session",
     )
     parser.add_argument(
         "--acl",
@@ -46,6 +49,12 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_GM_USER,
         help=f"user name of the Global Manager for the ACL (default: {DEFAULT_GM_USER})",
     )
+    parser.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="listen on a non-loopback address without --password-file and --acl (warned at every "
+        "start): anyone who reaches the port can then make any edge node run a worker",
+    )
     parser.set_defaults(handler=_handle)
 
 
@@ -57,5 +66,6 @@ def _handle(args: argparse.Namespace) -> int:
         acl=args.acl,
         prefix=args.prefix,
         gm_user=args.gm_user,
+        allow_anonymous=args.allow_anonymous,
     )
     return run(settings)

@@ -17,6 +17,15 @@ the ``amqtt<0.13`` pin and the check in ``_check_amqtt``):
   or whose link was cut (no TCP FIN) stays "connected" forever and its will (the node's
   ``offline`` presence) is never sent. Here the connection is closed after 1.5 x the client's
   keep-alive without a packet ([MQTT-3.1.2-24], as mosquitto does), and the will goes out.
+* A client is authenticated only after amqtt has already acted on its client id: a clean-session
+  CONNECT deletes the subscriptions of the session with that id (even of a connected client, and
+  even when the password then turns out wrong), and a persistent-session CONNECT takes over that
+  session's object. So anyone could silence any client whose id they knew. Here the CONNECT is
+  authenticated first; a refused client gets a throw-away id that touches no one; and, when a
+  password file is in force, an accepted client's id is replaced by its user name
+  (``use_username_as_clientid``, as ``deploy/mosquitto/mosquitto.conf`` sets for mosquitto),
+  so a client can only ever take over its own user's session. The older connection of that id
+  is then closed (its will is not sent: the same client is back), as mosquitto closes it.
 * A bracketed IPv6 bind address keeps its brackets and cannot be resolved.
 * ``Broker.shutdown()`` cancels each connection's reader task and waits for it, but on
   Python 3.11 ``asyncio.wait_for`` can swallow that cancellation, and the reader
@@ -30,18 +39,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import logging
 import signal
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError, PluginError, PluginLoadError
 from amqtt.errors import BrokerError as AmqttBrokerError
-from amqtt.errors import PluginError, PluginLoadError
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
+from amqtt.utils import gen_client_id
 
 from lifelong.broker.acl import DEFAULT_GM_USER, AclPolicy, TopicAclPlugin, WillAclPlugin
 from lifelong.broker.auth import PasswordFileAuthPlugin, load_password_file
@@ -73,11 +86,24 @@ class BrokerSettings:
     acl: bool = False
     prefix: str = DEFAULT_PREFIX
     gm_user: str = DEFAULT_GM_USER
+    allow_anonymous: bool = False
+    """Listen on a non-loopback address without a password file and the ACL (warned at start)."""
+
+    @property
+    def secured(self) -> bool:
+        """Password file and ACL both in force: only known users, each confined to its topics."""
+        return self.password_file is not None and self.acl
 
     def validate(self) -> None:
         """Raise ``BrokerError`` with a clear message for bad settings (nothing is started)."""
         if not 0 <= self.port <= 65535:
             raise BrokerError(f"port {self.port} is not between 0 and 65535")
+        if not self.secured and not self.allow_anonymous and not is_loopback(self.host):
+            raise BrokerError(
+                f"refusing to listen on {self.host} without --password-file and --acl: anyone who "
+                "can reach it could command every edge node (docs/security.md); give both, listen "
+                "on 127.0.0.1, or pass --allow-anonymous"
+            )
         if self.acl:
             try:
                 AclPolicy(self.prefix, self.gm_user)
@@ -88,6 +114,16 @@ class BrokerSettings:
                 load_password_file(self.password_file)
             except LifelongError as exc:
                 raise BrokerError(str(exc)) from None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback address literals; any other name counts as reachable."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def bind_address(host: str, port: int) -> str:
@@ -115,22 +151,106 @@ def broker_config(settings: BrokerSettings) -> dict[str, Any]:
 
 # Set while amqtt handles a SUBSCRIBE packet, so that retained messages are sent only then.
 _IN_SUBSCRIBE: contextvars.ContextVar[bool] = contextvars.ContextVar("lifelong_in_subscribe", default=False)
+# The client id given to a refused client: no real client has it, so it touches no session.
+_REFUSED_ID = "$refused-"
+# What a CONNECT renews in a persistent session it resumes (amqtt's list, plus will_retain).
+_RENEWED = (
+    "will_flag",
+    "will_message",
+    "will_topic",
+    "will_qos",
+    "will_retain",
+    "keep_alive",
+    "username",
+    "password",
+)
 
 
 class LifelongBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's Broker with the defects listed in the module docstring worked around."""
+    """amqtt's Broker with the defects listed in the module docstring worked around.
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    ``bind_identity``: replace each authenticated client's id by its user name (and refuse a
+    client without one), as mosquitto's ``use_username_as_clientid``. ``serve`` sets it when a
+    password file is in force.
+    """
+
+    def __init__(self, config: dict[str, Any], *, bind_identity: bool = False) -> None:
         super().__init__(config)
+        self.bind_identity = bind_identity
         self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        # Session -> the result of authenticating its CONNECT, which happens before amqtt looks
+        # at the client id; amqtt's own later call to _authenticate reads it from here.
+        self._verdicts: dict[int, bool] = {}
         BrokerProtocolHandler.handle_read_timeout = _close_silent_client
 
-    async def _authenticate(self, session: Session, listener: Any) -> bool:
-        # Called once per CONNECT, after amqtt copied the CONNECT's keep-alive into the session
-        # and before the connection's reader starts: the reader's timeout becomes 1.5 x keep-alive.
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        """amqtt's, with the CONNECT authenticated (and the client id bound) before any session
+        is looked up, deleted or taken over by its client id."""
+        peer = f"{remote_address}:{remote_port}"
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except AMQTTError as exc:
+            self.logger.warning(f"[MQTT-3.1.0-1] {peer}: Can't read first packet as CONNECT: {exc}")
+            raise AMQTTError(exc) from exc
+        except MQTTError as exc:
+            self.logger.warning(f"Invalid connection from {peer}")
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except NoDataError as exc:
+            self.logger.error(f"No data from {peer} : {exc}")  # toned down by _AmqttNoise
+            raise AMQTTError(exc) from exc
+
+        # Keep-alive: the connection's reader times out after 1.5 x the client's keep-alive.
         if session.keep_alive > 0:
             session.keep_alive += (session.keep_alive + 1) // 2
-        return bool(await super()._authenticate(session, listener))
+        accepted = bool(await super()._authenticate(session, None))
+        if accepted and self.bind_identity:
+            if not session.username:
+                log.info("refused client %r: no user name", session.client_id)
+                accepted = False
+            elif session.client_id != session.username:
+                log.debug("client id %r replaced by its user name %r", session.client_id, session.username)
+                session.client_id = session.username
+        if not accepted:
+            session.client_id = f"{_REFUSED_ID}{uuid.uuid4().hex}"
+            session.clean_session = True
+        self._verdicts[id(session)] = accepted
+
+        if not session.client_id:
+            session.client_id = gen_client_id()
+        elif accepted and session.client_id in self._sessions:
+            old, old_handler = self._sessions[session.client_id]
+            if session.clean_session:
+                _close_connection(old, old_handler, "a new connection with the same client id")
+                await self._delete_session(session.client_id)
+            else:
+                # amqtt's persistent session: kept, with the new connection's will and keep-alive
+                # (amqtt's take-over in _handle_client_session closes an older connection).
+                for name in _RENEWED:
+                    setattr(old, name, getattr(session, name))
+                old.parent = 1
+                return handler, old
+        session.parent = 0
+        return handler, session
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        # amqtt calls this from _handle_client_session; the verdict was reached in
+        # _initialize_client_session, before the client id was used for anything.
+        verdict = self._verdicts.pop(id(session), None)
+        if verdict is None:
+            return bool(await super()._authenticate(session, listener))
+        return verdict
+
+    async def _handle_client_session(self, reader: Any, writer: Any, session: Session, *args: Any) -> None:
+        try:
+            await super()._handle_client_session(reader, writer, session, *args)
+        finally:
+            if session.client_id and session.client_id.startswith(_REFUSED_ID):
+                self._sessions.pop(session.client_id, None)  # amqtt keeps refused sessions forever
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -208,6 +328,15 @@ class LifelongBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         return ports
 
 
+def _close_connection(session: Session, handler: BrokerProtocolHandler | None, why: str) -> None:
+    """Close a client's connection at once, without its will (it is the same client, back)."""
+    session.will_flag = False
+    writer = getattr(getattr(handler, "writer", None), "_writer", None)
+    if isinstance(writer, asyncio.StreamWriter) and not writer.is_closing():
+        log.info("client %r: closing its older connection (%s)", session.client_id, why)
+        writer.transport.abort()
+
+
 def _close_silent_client(handler: BrokerProtocolHandler) -> None:
     """Replaces amqtt's no-op: the client sent nothing for 1.5 x its keep-alive, so close it.
 
@@ -229,6 +358,9 @@ def _check_amqtt() -> None:
         "_matches",
         "_get_handler",
         "_authenticate",
+        "_initialize_client_session",
+        "_handle_client_session",
+        "_delete_session",
         "stream_connected",
         "shutdown",
     ):
@@ -278,13 +410,22 @@ async def serve(
     settings.validate()
     _check_amqtt()
     quiet_amqtt_logging()
-    if settings.acl and settings.password_file is None:
+    if not settings.secured and not is_loopback(settings.host):
+        log.warning(
+            "listening on %s without %s (--allow-anonymous): anyone who can reach this port can "
+            "command every edge node (docs/security.md)",
+            settings.host,
+            " and ".join(
+                n for n, v in (("--password-file", settings.password_file), ("--acl", settings.acl)) if not v
+            ),
+        )
+    elif settings.acl and settings.password_file is None:
         log.warning(
             "--acl without --password-file: user names are taken on trust, "
             "so any client can claim to be any node"
         )
     try:
-        broker = LifelongBroker(broker_config(settings))
+        broker = LifelongBroker(broker_config(settings), bind_identity=settings.password_file is not None)
     except (PluginError, PluginLoadError, ValueError) as exc:
         cause = exc.__cause__ or exc
         raise BrokerError(f"invalid broker configuration: {cause}") from None

@@ -164,7 +164,11 @@ def register(sub: Any) -> None:
         "--prefix", default=_env("--prefix", DEFAULT_PREFIX), help=f"topic prefix (default {DEFAULT_PREFIX})"
     )
     p.add_argument("--codec", choices=["msgpack", "json"], default="msgpack", help="codec of sent messages")
-    p.add_argument("--client-id", help="MQTT client id (default lifelong-gm-HOST-PID)")
+    p.add_argument(
+        "--client-id",
+        help="MQTT client id (default lifelong-gm-<random>; brokers that bind ids to user names, as "
+        "deploy/mosquitto/ does, replace it by the user name)",
+    )
     p.add_argument("--username", default=_env("--username", None), help="broker user name")
     p.add_argument(
         "--password-file", default=_env("--password-file", None), help="file holding the broker password"

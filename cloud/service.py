@@ -63,7 +63,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import socket
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -324,7 +324,9 @@ class GMService:
         will = Will(self.topics.gm_presence(), self._presence("offline"))
         credentials = Credentials(settings.username, settings.password) if settings.username else None
         self.bus: GMBus = bus or BusClient(
-            client_id=settings.client_id or f"lifelong-gm-{socket.gethostname()}-{os.getpid()}",
+            # Unguessable, so that on a broker that does not bind client ids to user names nobody
+            # can kick the GM by connecting with its id (docs/security.md).
+            client_id=settings.client_id or f"lifelong-gm-{secrets.token_hex(8)}",
             address=settings.broker,
             credentials=credentials,
             tls=TLSParameters(

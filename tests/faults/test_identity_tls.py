@@ -2,9 +2,11 @@
 
 * TLS with per-node client certificates, for real: the test makes its own CA, a server
   certificate and one client certificate per identity (``gm``, ``node-a``, ``node-b``) with
-  openssl, runs mosquitto with ``require_certificate true`` + ``use_identity_as_username
-  true`` and the shipped ACL, and connects a real GM and a real LC through it
-  (``--tls-ca-file``/``--tls-cert``/``--tls-key``). Reports flow and are applied once.
+  the openssl commands of docs/security.md, run as written, runs mosquitto with the listener
+  block of docs/security.md, ``require_certificate true`` + ``use_identity_as_username
+  true`` + ``use_username_as_clientid true`` and the shipped ACL, and connects a real GM and
+  two real LCs through it (``--tls-ca-file``/``--tls-cert``/``--tls-key``). Reports flow and
+  are applied once; each LC converges on its own job.
 * Refused: a client without a certificate, one whose certificate another CA signed, and an
   LC that says it is ``node-a`` while holding ``node-b``'s certificate (the broker knows it as
   ``node-b``, the ACL keeps it out of ``node/node-a/``, the GM never sees ``node-a``).
@@ -17,8 +19,11 @@ ACLs of both brokers by tests/integration/test_broker_cli.py.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,9 +31,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from harness import faults
 from harness.brokers import SHIPPED_MOSQUITTO_ACL, Broker, mosquitto_binary
 from harness.faults import NODE, NS, Rig, Tally, applied_counts, epoch_of, queue_reports, worker_infos
 from harness.processes import LCProcess
@@ -43,6 +50,7 @@ from lifelong.common.topics import Topics
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 PREFIX = "lifelong/v1"
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 
 
 @dataclass
@@ -88,15 +96,21 @@ def _issue(cwd: Path, ca: str, name: str, cn: str, ext: str | None = None) -> No
     )  # fmt: skip
 
 
+def _doc_block(marker: str) -> str:
+    """The fenced block after ``<!-- marker -->`` in docs/security.md."""
+    found = re.findall(rf"<!-- {re.escape(marker)} -->\s*```\w*\n(.*?)```", SECURITY_DOC.read_text(), re.S)
+    assert len(found) == 1, f"docs/security.md must keep one <!-- {marker} --> block"
+    return str(found[0])
+
+
 def make_pki(d: Path) -> PKI:
+    """The CA and certificates made by the commands of docs/security.md, run as written, plus a
+    rogue CA and a certificate it signed for node-a."""
     d.mkdir(parents=True, exist_ok=True)
-    for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN=lifelong-{ca}", cwd=d)  # fmt: skip
-    (d / "server.cnf").write_text("subjectAltName=DNS:localhost\n")
-    _issue(d, "ca", "server", "localhost", "server.cnf")
-    for who in ("gm", "node-a", "node-b"):
-        _issue(d, "ca", who, who)
+    for line in _doc_block("commands: tls-setup").strip().splitlines():
+        subprocess.run(["bash", "-euc", line], cwd=d, check=True, capture_output=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue-ca.key",
+             "-out", "rogue-ca.crt", "-days", "2", "-subj", "/CN=lifelong-rogue-ca", cwd=d)  # fmt: skip
     _issue(d, "rogue-ca", "rogue-node-a", NODE)
     return PKI(d)
 
@@ -122,13 +136,11 @@ def tls_broker(tmp_path: Path) -> Iterator[TLSMosquitto]:
     port = free_port()
     acl = tmp_path / "acl"
     acl.write_text(SHIPPED_MOSQUITTO_ACL.read_text())
+    # The listener of docs/security.md as written, with only the port and certificate paths put in.
+    documented = _doc_block("config: mosquitto-tls").replace("/mosquitto/config/certs/", f"{pki.dir}/")
+    documented = documented.replace("listener 8883", f"listener {port} 127.0.0.1")
     lines = [
-        f"listener {port} 127.0.0.1",
-        f"cafile {pki.path('ca.crt')}",
-        f"certfile {pki.path('server.crt')}",
-        f"keyfile {pki.path('server.key')}",
-        "require_certificate true",
-        "use_identity_as_username true",
+        *documented.strip().splitlines(),
         "allow_anonymous false",
         f"acl_file {acl}",
         "persistence false",
@@ -150,7 +162,7 @@ def tls_broker(tmp_path: Path) -> Iterator[TLSMosquitto]:
 
 
 def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broker: TLSMosquitto) -> None:
-    tally = Tally("TLS, per-node client certificates, ACL (GM + LC)", "mosquitto-tls")
+    tally = Tally("TLS, per-node client certificates, ACL (GM + 2 LCs)", "mosquitto-tls")
     pki = tls_broker.pki
     rig = Rig(
         tmp_path,
@@ -193,8 +205,30 @@ def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broke
         tally.runs = 1
         tally.count(rig.gm, epoch, seqs)
         assert worker_infos(rig.gm)["w299"] == {"n": 299}
+
+        # The second LC converges on a job of its own through the same TLS broker.
+        data_b = tmp_path / "data-b" / "samples.txt"
+        data_b.parent.mkdir()
+        data_b.write_text("x\ny\n")
+        rig.apply_objects(
+            [
+                _on_node(faults.dataset_manifest("ds-b", data_b), "node-b"),
+                _on_node(faults.job_manifest("job-b", "ds-b", tmp_path / "out-b"), "node-b"),
+            ]
+        )
+        wait_for(
+            lambda: _lc_job_rv(node_b.state_dir, "job-b") == rig.gm_jobs().get("job-b"),
+            timeout=60,
+            what=f"node-b to hold job-b at the GM's version\n{node_b.log_tail()}",
+        )
+        wait_for(
+            lambda: ((rig.gm.get("Dataset", "ds-b") or {}).get("status") or {}).get("numberOfSamples") == 2,
+            timeout=60,
+            what=f"node-b's dataset status at the GM\n{node_b.log_tail()}",
+        )
         tally.note = (
-            "require_certificate + use_identity_as_username; impostor (node-b cert as node-a) kept out"
+            "require_certificate + use_identity_as_username + use_username_as_clientid; two LCs; "
+            "impostor (node-b cert as node-a) kept out"
         )
         tally.record()
         assert (tally.lost, tally.duplicated) == (0, 0), tally
@@ -203,6 +237,29 @@ def test_gm_and_lc_over_tls_with_per_node_certificates(tmp_path: Path, tls_broke
             if p.alive():
                 p.kill()
         rig.stop()
+
+
+def _on_node(obj: dict[str, Any], node: str) -> dict[str, Any]:
+    """``obj`` with every ``nodeName`` set to ``node``."""
+    text = json.dumps(obj).replace(f'"nodeName": "{NODE}"', f'"nodeName": "{node}"')
+    out: dict[str, Any] = json.loads(text)
+    return out
+
+
+def _lc_job_rv(state_dir: Path, name: str) -> str | None:
+    try:
+        conn = sqlite3.connect(f"file:{state_dir / 'lc.db'}?mode=ro", uri=True, timeout=10)
+    except sqlite3.OperationalError:
+        return None
+    try:
+        row = conn.execute(
+            "SELECT rv FROM resources WHERE kind='LifelongLearningJob' AND ns=? AND name=?", (NS, name)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
 
 
 def _client(tls_broker: TLSMosquitto, tls: TLSParameters) -> BusClient:

@@ -162,7 +162,8 @@ class MosquittoBroker(Broker):
             lines.append("user root")
         if self.users is not None:
             passwd = self.users.write_mosquitto_passwd(self.workdir / f"passwd-{self.port}")
-            lines += ["allow_anonymous false", f"password_file {passwd}"]
+            # As deploy/mosquitto/mosquitto.conf: the client id is the user name.
+            lines += ["allow_anonymous false", f"password_file {passwd}", "use_username_as_clientid true"]
         else:
             lines.append("allow_anonymous true")
         if self.acl:

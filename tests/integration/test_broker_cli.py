@@ -617,6 +617,9 @@ def test_node_cannot_publish_for_other_nodes(secured: BrokerProc, clients: Calla
     assert victim.subscribe(GM_PRESENCE) == 1
 
     forbidden = [
+        # Its own down topics: only the GM commands a node (a Worker there runs a command).
+        node("node-a", "down", "Worker", "default", "w1"),
+        node("node-a", "down", "_ctl"),
         node("node-b", "up", "LifelongLearningJob", "default", "job1"),
         node("node-b", "up", "_ctl"),
         node("node-b", "down", "LifelongLearningJob", "default", "job1"),
@@ -639,7 +642,9 @@ def test_node_cannot_publish_for_other_nodes(secured: BrokerProc, clients: Calla
         assert gm.topics() == {marker}, f"a message forged on {topic} reached the GM"
         forger.close()
 
-    # Nothing forged was retained either: a new GM subscriber sees only its own marker.
+    # Nothing forged was retained either: a new GM subscriber sees only its own marker. (It
+    # replaces the first GM connection: the client id is the user name.)
+    gm.close()
     late = connected(clients, secured.port, "gm")
     assert late.subscribe(f"{PREFIX}/#") == 1
     late.publish(node("node-c", "up", "_ctl"), b"late marker")
@@ -647,7 +652,7 @@ def test_node_cannot_publish_for_other_nodes(secured: BrokerProc, clients: Calla
     assert late.topics() == {node("node-c", "up", "_ctl")}, "a forged message was retained"
 
     # The GM's marker to node-b left the broker after every forged message had been handled.
-    gm.publish(node("node-b", "down", "_ctl"), b"marker")
+    late.publish(node("node-b", "down", "_ctl"), b"marker")
     victim.wait_for(node("node-b", "down", "_ctl"), b"marker")
     assert victim.topics() == {node("node-b", "down", "_ctl")}, "node-b received a forged message"
 
@@ -684,7 +689,8 @@ def test_largest_lifelong_payload_passes(secured: BrokerProc, clients: Callable[
 def test_forged_will_is_not_delivered(secured: BrokerProc, clients: Callable[..., Client]) -> None:
     gm = connected(clients, secured.port, "gm")
     assert gm.subscribe(node("+", "presence")) == 1
-    forger = connected(clients, secured.port, "node-a", will=(node("node-b", "presence"), b"forged", True))
+    # Two users: a second connection of one user would replace the first (client id = user name).
+    forger = connected(clients, secured.port, "node-b", will=(node("node-a", "presence"), b"forged", True))
     honest = connected(clients, secured.port, "node-a", will=(node("node-a", "presence"), b"offline", True))
     forger.drop()
     # A round trip on the broker after the forger's connection is gone, then the honest will:
@@ -692,14 +698,18 @@ def test_forged_will_is_not_delivered(secured: BrokerProc, clients: Callable[...
     honest.publish(node("node-a", "up", "_ctl"), b"sync")
     honest.drop()
     gm.wait_for(node("node-a", "presence"), b"offline")
-    assert gm.received(node("node-b", "presence")) == [], "a node's will spoke for another node"
+    assert [m.payload for m in gm.received(node("node-a", "presence"))] == [b"offline"], (
+        "a node's will spoke for another node"
+    )
 
+    gm.close()  # the GM user's next connection replaces this one anyway
     late = connected(clients, secured.port, "gm")
     assert late.subscribe(node("+", "presence")) == 1
     assert late.wait_for(node("node-a", "presence")).payload == b"offline"
     late.publish(node("zz", "presence"), b"marker")
     late.wait_for(node("zz", "presence"), b"marker")
-    assert late.received(node("node-b", "presence")) == [], "the forged will was retained"
+    assert late.received(node("node-b", "presence")) == [], "a will of node-b was retained"
+    assert [m.payload for m in late.received(node("node-a", "presence"))] == [b"offline"]
 
 
 def test_silent_client_is_dropped_and_its_will_sent(
@@ -762,3 +772,97 @@ def test_open_broker_with_acl_trusts_user_names_and_gives_anonymous_nothing(
         assert [m.payload for m in cloud.received("edge/v9/node/node-a/up/_ctl")] == [b"hello"]
     finally:
         assert broker.stop() == 0, broker.output()
+
+
+# == identity: the client id is the user name (both brokers) ==================================
+
+
+def test_client_id_is_bound_to_the_user_name(secured: BrokerProc, clients: Callable[..., Client]) -> None:
+    """node-a's password with node-b's or the GM's client id gets node-a's session, not theirs.
+
+    Before, mosquitto disconnected the victim at every such CONNECT, and amqtt dropped the
+    victim's subscriptions (even when the impostor's password was then refused)."""
+    gm = connected(clients, secured.port, "gm", client_id="lifelong-gm-host-1234")
+    assert gm.subscribe(node("+", "up", "#")) == 1
+    victim = connected(clients, secured.port, "node-b", client_id="node-b")
+    assert victim.subscribe(node("node-b", "down", "#")) == 1
+
+    for client_id in ("node-b", "lifelong-gm-host-1234", "gm", "node-b"):
+        impostor = connected(clients, secured.port, "node-a", client_id=client_id)
+        # It is node-a, whatever id it sent: node-b's topics stay closed to it.
+        impostor.publish(node("node-b", "up", "_ctl"), b"forged")
+        impostor.close()
+    for client_id in ("node-b", "lifelong-gm-host-1234", "gm"):
+        refused = clients(secured.port, "node-b", "not-the-password", client_id=client_id)
+        assert refused.connect() == NOT_AUTHORISED
+
+    victim.publish(node("node-b", "up", "_ctl"), b"still here")
+    gm.wait_for(node("node-b", "up", "_ctl"), b"still here")
+    gm.publish(node("node-b", "down", "_ctl"), b"and you")
+    victim.wait_for(node("node-b", "down", "_ctl"), b"and you")
+    assert not victim.lost and not gm.lost, "an impostor disconnected a client"
+    assert [m.payload for m in gm.received(node("node-b", "up", "_ctl"))] == [b"still here"]
+
+
+def test_a_second_connection_of_one_user_replaces_the_first(
+    secured: BrokerProc, clients: Callable[..., Client]
+) -> None:
+    """The same user, whatever client id it sends, has one connection (as an LC restarting)."""
+    gm = connected(clients, secured.port, "gm")
+    assert gm.subscribe(node("+", "presence")) == 1
+    first = connected(clients, secured.port, "node-a", client_id="one")
+    first.publish(node("node-a", "presence"), b"online", retain=True)
+    gm.wait_for(node("node-a", "presence"), b"online")
+    second = connected(clients, secured.port, "node-a", client_id="two")
+    wait_for(lambda: first.lost, timeout=TIMEOUT, what="the first connection to be closed")
+    assert second.subscribe(node("node-a", "down", "#")) == 1
+    gm.publish(node("node-a", "down", "_ctl"), b"to the second")
+    second.wait_for(node("node-a", "down", "_ctl"), b"to the second")
+
+
+# == the embedded broker refuses to be open to the network ====================================
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--acl"], ["--password-file", "PASSWD"]],
+    ids=["open", "acl-only", "password-only"],
+)
+def test_embedded_broker_refuses_an_open_non_loopback_listener(
+    tmp_path: Path, password_file: Path, extra: list[str]
+) -> None:
+    args = [str(password_file) if a == "PASSWD" else a for a in extra]
+    out = subprocess.run(
+        lifelong_cmd("--host", "0.0.0.0", "--port", str(free_port()), *args),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 2, out
+    assert "refusing to listen on 0.0.0.0 without --password-file and --acl" in out.stderr
+    assert "--allow-anonymous" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_embedded_broker_open_to_the_network_only_when_told_and_warns_at_every_start(
+    tmp_path: Path, password_file: Path, clients: Callable[..., Client]
+) -> None:
+    for _ in range(2):
+        port = free_port()
+        cmd = lifelong_cmd("--host", "0.0.0.0", "--port", str(port), "--allow-anonymous")
+        broker = _spawn("amqtt", cmd, port, tmp_path / f"open-{port}.log")
+        try:
+            assert clients(port).connect() == 0  # anonymous, as asked
+        finally:
+            assert broker.stop() == 0
+        assert "without --password-file and --acl (--allow-anonymous)" in broker.output()
+    port = free_port()
+    cmd = lifelong_cmd(
+        "--host", "0.0.0.0", "--port", str(port), "--password-file", str(password_file), "--acl"
+    )
+    broker = _spawn("amqtt", cmd, port, tmp_path / f"secured-{port}.log")
+    try:
+        assert connected(clients, port, "node-a").subscribe(node("node-a", "down", "#")) == 1
+    finally:
+        assert broker.stop() == 0
+    assert "allow-anonymous" not in broker.output()
