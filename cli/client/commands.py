@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
 from lifelong.client.files import read_resources
@@ -182,6 +183,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 (res["kind"], res["metadata"].get("namespace") or args.namespace, res["metadata"]["name"])
             )
         targets.sort(key=lambda t: -_APPLY_ORDER.get(t[0], 9))
+    elif args.kind in NODE_ALIASES:
+        return _delete_nodes(client, args.name, args.ignore_not_found)
     else:
         if not args.kind or not args.name:
             raise ValidationError([("", "give KIND NAME... or -f FILE")])
@@ -197,6 +200,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 status = 1
             continue
         print(f'{_PLURAL.get(kind, kind)} "{name}" deleted')
+    return status
+
+
+NODE_ALIASES = ("node", "nodes", "no")
+
+
+def _delete_nodes(client: Client, names: list[str], ignore_not_found: bool) -> int:
+    """``lifelong delete node N...``: the GM forgets each node (docs/operations.md, "Nodes")."""
+    if not names:
+        raise ValidationError([("", "give the names of the nodes to delete")])
+    status = 0
+    for name in names:
+        try:
+            client.request("DELETE", f"/api/v1/nodes/{quote(name, safe='')}")
+        except NotFound as exc:
+            if not ignore_not_found:
+                print(f"Error from server (NotFound): {exc}", file=sys.stderr)
+                status = 1
+            continue
+        print(f'node "{name}" deleted')
     return status
 
 
@@ -244,9 +267,12 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="+")
     p.set_defaults(handler=cmd_describe)
 
-    p = sub.add_parser("delete", help="delete resources by KIND NAME... or -f FILE")
+    p = sub.add_parser(
+        "delete",
+        help="delete resources by KIND NAME... or -f FILE; `delete node N` makes the GM forget a node",
+    )
     common(p)
-    p.add_argument("kind", nargs="?", help="ll, ds or model")
+    p.add_argument("kind", nargs="?", help="ll, ds, model or node")
     p.add_argument("name", nargs="*")
     p.add_argument("-f", "--filename", action="append", help="FILE, DIR or -")
     p.add_argument("--ignore-not-found", action="store_true")
