@@ -306,9 +306,7 @@ def test_k8s_gm_job_with_a_missing_dataset_fails_once_until_its_spec_changes_fak
 
     # A node that is no Node object is no failure: the job waits for it (Train/Waiting).
     user.apply(job("waits", dataset_name="ds", node="no-such-node"))
-    wait_for(
-        lambda: stage_types(fake, "waits") == [("Train", "Waiting")], timeout=15, what="the waiting job"
-    )
+    wait_for(lambda: stage_types(fake, "waits") == [("Train", "Waiting")], timeout=15, what="the waiting job")
 
 
 def test_k8s_gm_refuses_a_job_the_models_refuse_counts_it_and_drives_the_others_fake_api(

@@ -293,7 +293,8 @@ def test_k8s_validation_condition_fake_api(store: KubernetesStore, fake: FakeKub
     # job waits for its nodes instead of failing.
     store.apply(dataset("elsewhere", node="edge-9"))
     assert kubernetes_validation_condition(model(job("j", dataset_name="elsewhere")), store) is None
-    assert kubernetes_validation_condition(model(job("j", nodes=("edge-1", "edge-1", "cloud-9"))), store) is None
+    elsewhere = model(job("j", nodes=("edge-1", "edge-1", "cloud-9")))
+    assert kubernetes_validation_condition(elsewhere, store) is None
 
 
 def test_k8s_store_from_kubeconfig_fake_api(fake: FakeKubernetesApiServer, tmp_path: Path) -> None:
