@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.lc_objects import NS, dataset
+from harness.lc_objects import NS, dataset, offline_settings
 
 from lifelong.common.errors import ConfigError
 from lifelong.common.messages import DatasetReport
@@ -20,14 +20,8 @@ NODE = "node-a"
 
 
 def settings(tmp_path: Path, node: str = NODE) -> LCSettings:
-    return LCSettings(
-        node=node,
-        broker="mqtt://127.0.0.1:1",  # never connected: the test runs the control step itself
-        state_dir=tmp_path / "state",
-        worker_api_port=0,
-        metrics_port=0,
-        sync="normal",
-    )
+    out: LCSettings = offline_settings(tmp_path, node)
+    return out
 
 
 @pytest.fixture
