@@ -29,8 +29,9 @@ close the databases.
 Kubernetes mode (``store="kubernetes"``): the resources are the ``sedna.io`` custom objects
 (:class:`~lifelong.cloud.stores.kubernetes.KubernetesStore`), workers are Pods
 (:class:`~lifelong.cloud.runtimes.kubernetes_pods.KubernetesPodsRuntime`), and a job whose
-Dataset is missing or whose nodes are not Node objects gets one ``Failed`` condition naming
-the reason and is parked until its spec changes (see the lifelong-learning controller).
+Dataset is missing or invalid gets one ``Failed`` condition naming the reason and is parked
+until its spec changes (see the lifelong-learning controller); a node that is no Node object, or
+has not said hello, is waited for, not failed (docs/operations.md, "Nodes").
 
 Leadership (Kubernetes mode, ``leader_election`` on, the default): every replica campaigns for
 the ``coordination.k8s.io`` Lease ``lease_name`` in ``lease_namespace`` (``POD_NAMESPACE``,
