@@ -7,12 +7,14 @@ GM's own host, not a public API (no authentication; bind it to loopback). JSON i
 ``GET /healthz``                         ``ok``
 ``GET /metrics``                         Prometheus text format
 ``GET /api/v1/nodes``                    ``{"items": [{node, online, agent, ...}]}``
+``DELETE /api/v1/nodes/{node}``          ``{"result": "deleted", "node": N}``: forget an offline node
 ``POST /api/v1/apply``                   body: one resource; ``{"result": "created" |
                                          "configured" | "unchanged", "object": {...}}``
 ``GET /api/v1/{kind}?namespace=NS``      ``{"items": [...]}`` (all namespaces without NS)
 ``GET /api/v1/{kind}/{ns}/{name}``       the object
 ``DELETE /api/v1/{kind}/{ns}/{name}``    ``{"result": "deleted", "object": {...}}``
-``GET /api/v1/describe/{kind}/{ns}/{name}``  the object, its workers, worker info, per-node delivery
+``GET /api/v1/describe/{kind}/{ns}/{name}``  the object, its workers, worker info, per-node delivery,
+                                         and ``waiting``: the nodes it waits for
 ``GET /api/v1/Worker/{ns}/{name}/log``   part of a worker's log from its node (``cloud/logs.py``;
                                          ``?tail=N``, ``offset=K``, ``limit=B``, ``timeout=S``)
 =======================================  =================================================
@@ -20,7 +22,16 @@ GM's own host, not a public API (no authentication; bind it to loopback). JSON i
 Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation), 404, 409, and
 for worker logs 429 (too many waiting), 502 (the node cannot give it), 504 (no answer in time).
 Validation happens here, before anything is stored: the API models, the job's Dataset must exist,
-and every node named (dataset node, template ``nodeName``) must be known (has said hello).
+and every template names a node. A node need not be known yet (as Kubernetes accepts a Pod for a
+node that does not exist): the object is stored, what the node should hold waits in the delivery
+bookkeeping and is sent with the node's first hello; ``describe`` lists such nodes under
+``waiting`` (reason ``WaitingForNode``) and a Dataset's status says so too (its controller).
+
+Deleting a node (``lifelong delete node N``) forgets what the GM keeps about it
+(``GMState.forget_node``: its record, its applied-report records, its delivery tombstones and
+acknowledgements, the intake's epoch) and marks its Datasets ``WaitingForNode``. Resources naming
+it stay: they wait for the node, which gets them again with its next hello. An online node is
+refused (409): its LC would go on unknown until it reconnects; stop the LC first.
 ``validate`` returns the model it parsed and ``apply`` passes that model on; the wire form is
 made only where the store is given it (and where the HTTP answer is written).
 """
@@ -30,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,9 +51,10 @@ from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.edge_process import workers_of
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, ResourceStore, wire
+from lifelong.cloud.stores.base import Conflict, NotFound, Object, Refused, ResourceStore, parse, read, wire
 from lifelong.common.api import RESOURCE_TYPES, AnyResource, Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import LifelongError, ValidationError
+from lifelong.common.topics import RESERVED_NODE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +64,12 @@ MAX_BODY = 1024 * 1024
 READ_KINDS = (*RESOURCE_TYPES, "Worker")
 
 
+REASON_WAITING_FOR_NODE = "WaitingForNode"
+
+
 class _KnownNodes:
     """Whether a node is known (has said hello or is online), each node looked up once per
-    validation: one indexed row each, not every node the GM knows."""
+    request: one indexed row each, not every node the GM knows."""
 
     def __init__(self, state: GMState) -> None:
         self.state = state
@@ -63,9 +79,12 @@ class _KnownNodes:
         if not isinstance(node, str):
             return False
         if node not in self._seen:
-            info = self.state.node(node)
-            self._seen[node] = info is not None and (info.last_hello > 0 or info.online)
+            self._seen[node] = self.state.known(node)
         return self._seen[node]
+
+
+def _reserved(node: str) -> str:
+    return f"node name {node!r} is reserved (the GM's name on the bus); no LC may have it"
 
 
 def validate(obj: Any, store: ResourceStore, state: GMState) -> AnyResource:
@@ -73,7 +92,6 @@ def validate(obj: Any, store: ResourceStore, state: GMState) -> AnyResource:
     if isinstance(obj, dict) and obj.get("kind") == "Worker":
         raise ValidationError([("kind", "Worker objects are made by the GM, not applied")])
     res = parse_resource(obj)
-    known = _KnownNodes(state)
     ns = res.metadata.namespace
     problems: list[tuple[str, str]] = []
     if isinstance(res, LifelongLearningJob):
@@ -83,15 +101,42 @@ def validate(obj: Any, store: ResourceStore, state: GMState) -> AnyResource:
         for path, node in res.spec.worker_nodes():
             if node is None:
                 problems.append((path, "names no node to run the worker on"))
-            elif node not in known:
-                problems.append((path, f"node {node!r} is not known (no LC on it has said hello)"))
-    elif isinstance(res, Dataset):
-        node = res.spec.node_name
-        if node not in known:
-            problems.append(("spec.nodeName", f"node {node!r} is not known (no LC on it has said hello)"))
+            elif node in RESERVED_NODE_NAMES:
+                problems.append((path, _reserved(node)))
+    elif isinstance(res, Dataset) and res.spec.node_name in RESERVED_NODE_NAMES:
+        problems.append(("spec.nodeName", _reserved(res.spec.node_name)))
     if problems:
         raise ValidationError(problems, source=f"{res.kind} {ns}/{res.metadata.name}")
     return res
+
+
+def waiting_for(obj: Object, store: ResourceStore, state: GMState) -> list[dict[str, str]]:
+    """The nodes a stored Dataset or job names that the GM does not know (no hello since it
+    last forgot them), each with reason ``WaitingForNode`` and a message naming it."""
+    try:
+        res = parse(obj)
+    except Refused:
+        return []
+    nodes: list[str] = []
+    if isinstance(res, Dataset):
+        nodes = [res.spec.node_name]
+    elif isinstance(res, LifelongLearningJob):
+        try:
+            dataset = read(store, Dataset, res.namespace, res.spec.dataset.name)
+        except Refused:
+            dataset = None
+        nodes = res.node_names(dataset)
+    known = _KnownNodes(state)
+    return [
+        {
+            "node": node,
+            "reason": REASON_WAITING_FOR_NODE,
+            "message": f"node {node!r} has not said hello to the GM; what it should hold is sent "
+            "when its LC connects",
+        }
+        for node in nodes
+        if node not in known
+    ]
 
 
 def _desired(res: AnyResource) -> Object:
@@ -111,12 +156,21 @@ def _version(obj: Object | None) -> str | None:
 class GMApi:
     """What the HTTP handlers call; separate from HTTP so it is easy to test."""
 
-    def __init__(self, store: ResourceStore, state: GMState, metrics: GMMetrics) -> None:
+    def __init__(
+        self,
+        store: ResourceStore,
+        state: GMState,
+        metrics: GMMetrics,
+        *,
+        forget_node: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.state = state
         self.metrics = metrics
         self.logs: WorkerLogRequests | None = None
         """Set by the service when workers' logs can be fetched (standalone mode)."""
+        self.forget_node = forget_node
+        """Forgets a node everywhere (the service's; default: only the bookkeeping)."""
         self._apply_lock = threading.Lock()
 
     def apply(self, obj: Any) -> dict[str, Any]:
@@ -153,6 +207,8 @@ class GMApi:
         if kind == "LifelongLearningJob":
             out["workers"] = [wire(w) for w in workers_of(self.store, ns, name)]
             out["workerInfo"] = self.state.worker_info(ns, name)
+        if kind in ("LifelongLearningJob", "Dataset"):
+            out["waiting"] = waiting_for(obj, self.store, self.state)
         out["delivery"] = [
             {"node": r.node, "op": r.op, "rv": r.rv, "acked": r.acked, "attempts": r.attempts}
             for r in self.state.down_rows(key=(kind, ns, name))
@@ -164,6 +220,23 @@ class GMApi:
         if self.logs is None:
             raise LifelongError("this GM serves no worker logs (on Kubernetes: kubectl logs POD)")
         return self.logs.fetch_query(ns, name, query)
+
+    def delete_node(self, node: str) -> dict[str, Any]:
+        """Forget ``node`` (see the module docstring); NotFound if unknown, Conflict if online."""
+        info = self.state.node(node)
+        if info is None:
+            raise NotFound(f'node "{node}" not found')
+        if info.online:
+            raise Conflict(
+                f"node {node} is online; stop its LC first (a connected LC would stay unknown to "
+                "the GM until it reconnects)"
+            )
+        if self.forget_node is not None:
+            self.forget_node(node)
+        else:
+            self.state.forget_node(node)
+        log.info("node %s deleted: the GM forgot it; resources naming it wait for it", node)
+        return {"result": "deleted", "node": node}
 
     def nodes(self) -> list[dict[str, Any]]:
         unacked = self.state.unacked_counts()
@@ -235,6 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise NotFound(f"no such path {url.path}")
             elif method == "GET" and parts[2:] == ["nodes"]:
                 self._json(200, {"items": api.nodes()})
+            elif method == "DELETE" and len(parts) == 4 and parts[2] == "nodes":
+                self._json(200, api.delete_node(parts[3]))
             elif method == "POST" and parts[2:] == ["apply"]:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:

@@ -209,6 +209,12 @@ class Delivery:
             except Exception:
                 self._failed(loop, node, key)
 
+    def forget_node(self, node: str) -> bool:
+        """Forget ``node``'s bookkeeping (``GMState.forget_node``) under its lock, so no change or
+        resend of it runs halfway through."""
+        with self._nodes.hold(node):
+            return self.state.forget_node(node)
+
     def nodes_of(self, key: Key) -> list[str]:
         return [row.node for row in self.state.down_rows(key=key) if row.op == "upsert"]
 

@@ -8,7 +8,10 @@ lets a restarted GM keep resending what a node never acknowledged.
 Tables:
 
 ``nodes``       node, online, agent, epoch, boot, last_hello, last_seen, and the outbox state the
-                node's last hello reported (outbox_depth, outbox_low, outbox_next; NULL if none)
+                node's last hello reported (outbox_depth, outbox_low, outbox_next; NULL if none).
+                ``online`` is this GM's view since its start: the service marks every node
+                offline when it starts acting (``all_offline``); a hello, or a live (not
+                retained) ``online`` presence, sets it again (``cloud/intake.py``)
 ``applied``     (node, epoch, seq) of every upstream report applied; pruned below a hello's lowSeq
 ``downstream``  (node, kind, ns, name) -> op (upsert|delete), rv, the object sent, acked_rv,
                 last_sent, attempts. A row is what the node should hold (upsert) or a tombstone
@@ -196,6 +199,30 @@ class GMState:
             "agent=CASE WHEN excluded.agent != '' THEN excluded.agent ELSE nodes.agent END",
             (node, int(online), agent, time.time()),
         )
+
+    def all_offline(self) -> int:
+        """Mark every node offline (the GM's start: only a hello or a live presence after it
+        says a node is online); returns how many were online."""
+        return self.db.execute("UPDATE nodes SET online=0 WHERE online!=0").rowcount
+
+    def forget_node(self, node: str) -> bool:
+        """Forget ``node`` (``lifelong delete node``), in one transaction: its row, its applied
+        report records and its delivery tombstones go; what it should hold stays (the resources
+        naming it do), unacknowledged and never sent, so its next hello's diff sends it all.
+        False if the GM did not know the node."""
+        with self.db.transaction():
+            known = self.db.execute("DELETE FROM nodes WHERE node=?", (node,)).rowcount > 0
+            self.db.execute("DELETE FROM applied WHERE node=?", (node,))
+            self.db.execute("DELETE FROM downstream WHERE node=? AND op='delete'", (node,))
+            self.db.execute(
+                "UPDATE downstream SET acked_rv=NULL, last_sent=0, attempts=0 WHERE node=?", (node,)
+            )
+        return known
+
+    def known(self, node: str) -> bool:
+        """Whether ``node`` has said hello (or been seen online) since the GM last forgot it."""
+        info = self.node(node)
+        return info is not None and (info.last_hello > 0 or info.online)
 
     def node(self, node: str) -> NodeInfo | None:
         row = self.db.fetchone(_NODE_SELECT + " WHERE node=?", (node,))

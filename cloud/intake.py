@@ -20,6 +20,11 @@ are cheap:
    after this point gets models; no controller reads a body's dict. The refused items of a
    hello's or an ack's list are counted one by one and skipped; the rest goes on.
 
+Presence: a live ``online`` marks the node online, ``offline`` (or the will) offline. A *retained*
+``online`` (the broker's copy, delivered when the GM subscribes) does not: it may be older than
+this GM, whose start marked every node offline; the node is online again once it speaks (the LC
+answers the GM's ``online`` presence with a hello). A retained ``offline`` is applied.
+
 A rejected message is counted by reason and logged, never applied, and never stops the GM. The
 first rejection of each reason from a node (since its last hello) is logged at WARNING with
 its key, the others at DEBUG, so a node resending garbage does not flood the log. A report
@@ -132,14 +137,14 @@ class Intake:
         try:
             parsed = self.topics.parse(topic)
             node = parsed.node
-            self._on_message(parsed, payload)
+            self._on_message(parsed, payload, retained)
         except ProtocolError as exc:
             self._reject(getattr(exc, "reason", "invalid"), topic, str(exc), node)
         except Exception:  # never let one message stop the GM
             self.metrics.reject("internal")
             log.exception("failed to handle a message on %s", topic[:300])
 
-    def _on_message(self, parsed: Topic, payload: bytes) -> None:
+    def _on_message(self, parsed: Topic, payload: bytes, retained: bool = False) -> None:
         if parsed.node is None:
             return  # the GM's own presence
         node = parsed.node
@@ -152,6 +157,11 @@ class Intake:
                 raise ReportRejected("op", f"operation {env.op.value!r} is not allowed on a presence topic")
             presence = Presence.parse(env.body)
             online = presence.state == "online"
+            if online and retained:
+                # The broker's copy, maybe older than this GM: the node is online for this GM only
+                # once it speaks (its hello answers our presence, or a live presence).
+                log.info("node %s was online before this GM started; waiting for its hello", node)
+                return
             log.info("node %s is %s", node, presence.state)
             self.executor.submit(("node", node), lambda: self.state.set_online(node, online, presence.agent))
             return
@@ -240,6 +250,12 @@ class Intake:
             self.delivery.on_hello(node, hello.resources)
 
         self.executor.submit(("node", node), record_and_diff)
+
+    def forget_node(self, node: str) -> None:
+        """Forget the node's epoch (``lifelong delete node``): its reports are ``unknown_node``
+        (not acknowledged, so resent) until its next hello."""
+        self._epochs.pop(node, None)
+        self._logged.forget_scope(node)
 
     def _ack(self, node: str, applied: list[Applied]) -> None:
         self.delivery.on_ack(node, applied)

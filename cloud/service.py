@@ -29,8 +29,9 @@ close the databases.
 Kubernetes mode (``store="kubernetes"``): the resources are the ``sedna.io`` custom objects
 (:class:`~lifelong.cloud.stores.kubernetes.KubernetesStore`), workers are Pods
 (:class:`~lifelong.cloud.runtimes.kubernetes_pods.KubernetesPodsRuntime`), and a job whose
-Dataset is missing or whose nodes are not Node objects gets one ``Failed`` condition naming
-the reason and is parked until its spec changes (see the lifelong-learning controller).
+Dataset is missing or invalid gets one ``Failed`` condition naming the reason and is parked
+until its spec changes (see the lifelong-learning controller); a node that is no Node object, or
+has not said hello, is waited for, not failed (docs/operations.md, "Nodes").
 
 Leadership (Kubernetes mode, ``leader_election`` on, the default): every replica campaigns for
 the ``coordination.k8s.io`` Lease ``lease_name`` in ``lease_namespace`` (``POD_NAMESPACE``,
@@ -94,12 +95,12 @@ from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
 from lifelong.common.logonce import LogOnce
-from lifelong.common.topics import DEFAULT_PREFIX, Topics
+from lifelong.common.topics import DEFAULT_PREFIX, GM_NAME, Topics
 
 log = logging.getLogger(__name__)
 
 AGENT = "lifelong-gm/0.1.0"
-GM_NODE = "gm"
+GM_NODE = GM_NAME
 """The ``node`` field of the GM's own presence envelope (it is no edge node)."""
 
 
@@ -379,15 +380,15 @@ class GMService:
             # The Pod runtime starts its Pod watch here, so in Kubernetes mode only a leader calls it.
             self.runtime.set_phase_handler(self._on_runtime_phase)
         self.registry.register(self.jobs)
-        self.registry.register(
-            DatasetController(
-                self.store,
-                self.delivery,
-                self.metrics,
-                enqueue_job=self.jobs.enqueue,
-                jobs_using=self.jobs.jobs_using,
-            )
+        self.datasets = DatasetController(
+            self.store,
+            self.delivery,
+            self.metrics,
+            enqueue_job=self.jobs.enqueue,
+            jobs_using=self.jobs.jobs_using,
+            node_known=self.state.known,
         )
+        self.registry.register(self.datasets)
         if isinstance(self.runtime, EdgeProcessRuntime):
             self.registry.register(
                 WorkerController(self.store, self.delivery, self.metrics, self.jobs.apply_worker_phase)
@@ -422,7 +423,7 @@ class GMService:
             if settings.kubernetes:
                 api: GMApi = _ProbesOnlyApi(_ProbesOnlyStore(), self.state, self.metrics)
             else:
-                api = GMApi(self.store, self.state, self.metrics)
+                api = GMApi(self.store, self.state, self.metrics, forget_node=self.forget_node)
                 api.logs = self.logs
             try:
                 self.api = ApiServer(api, settings.api_host, settings.api_port)
@@ -499,6 +500,19 @@ class GMService:
                 log.warning("worker %s: phase %s not applied: %s", phase.worker, phase.phase, exc)
 
         self.executor.submit(key, apply)
+
+    def forget_node(self, node: str) -> None:
+        """``lifelong delete node``: forget the node's bookkeeping (under the delivery's node
+        lock), its epoch in the intake, and mark each of its Datasets ``WaitingForNode`` (on the
+        dataset's work queue). Resources naming it stay and wait for its next hello."""
+        self.delivery.forget_node(node)
+        self.intake.forget_node(node)
+        for key in self.datasets.datasets_on(node):
+
+            def mark(key: tuple[str, str, str] = key) -> None:
+                self.datasets.mark_waiting(key, node)
+
+            self.executor.submit(key, mark)
 
     def _refused_once(self, event: WatchEvent) -> bool:
         """Whether the models refuse the event's object. Each refused object is logged with its
@@ -604,6 +618,10 @@ class GMService:
 
     def _act(self) -> None:
         """Connect to the broker and start the controllers (at start, or on becoming leader)."""
+        # Online is this GM's view: a node is online once it speaks to this GM (docs/operations.md).
+        was_online = self.state.all_offline()
+        if was_online:
+            log.info("%d nodes marked offline until they say hello to this GM", was_online)
         for topic_filter in self.intake.filters():
             self.bus.subscribe(topic_filter, self.intake.on_message)
         if self.settings.kubernetes:

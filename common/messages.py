@@ -301,8 +301,22 @@ class DatasetReport(Body):
     """``report`` on ``up/Dataset/{ns}/{name}``: the samples the node counted, and when."""
 
     WHAT = "Dataset report"
+    OMIT_IF_NONE = frozenset({"state", "message"})
     number_of_samples: NonNegative
+    """The samples counted; while the file cannot be read, the last count the node reported."""
     update_time: Rfc3339
+    state: StrictStr | None = None
+    """What the node found: one of ``DATASET_STATES`` (``ok``, ``missing``, ``unreadable``,
+    ``unsupported``); None from an LC older than this field. A value this version does not know
+    is kept as given (a newer LC may add one) and shown as an unknown state."""
+    message: StrictStr | None = None
+    """Why the state is not ``ok`` (the path and the error), at most ``DATASET_MESSAGE_MAX`` characters
+    as sent; a longer one is cut by the GM."""
+
+
+DATASET_STATES = ("ok", "missing", "unreadable", "unsupported")
+"""The ``state`` values of a Dataset report (``edge/dataset_monitor.py``'s ``Count.status``)."""
+DATASET_MESSAGE_MAX = 1000
 
 
 class JobReady(Body):

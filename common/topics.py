@@ -21,6 +21,11 @@ from lifelong.common.envelope import CONTROL_KIND
 from lifelong.common.errors import TopicError
 
 DEFAULT_PREFIX = "lifelong/v1"
+GM_NAME = "gm"
+"""The GM's name on the bus: its presence envelope's ``node``, and its default broker user
+(``lifelong broker --gm-user``, ``deploy/mosquitto/acl``), whose ACL reaches every node's topics."""
+RESERVED_NODE_NAMES = frozenset({GM_NAME})
+"""Names no edge node may have: an LC so named would connect as the GM's broker user."""
 _FORBIDDEN = ("/", "+", "#", "\x00")
 MAX_SEGMENT = 253
 

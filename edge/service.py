@@ -32,13 +32,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lifelong.common.api import Dataset, parse_resource
+from lifelong.common.api.meta import DNS1123_SUBDOMAIN_MAX, is_dns1123_subdomain
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec
 from lifelong.common.errors import ConfigError, ValidationError
 from lifelong.common.httpserver import HTTPLimits
-from lifelong.common.messages import DatasetReport
+from lifelong.common.messages import DATASET_MESSAGE_MAX, DatasetReport
 from lifelong.common.statemachine import format_time
-from lifelong.common.topics import Topics
+from lifelong.common.topics import RESERVED_NODE_NAMES, Topics
 from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store, moved_aside
@@ -55,9 +56,26 @@ log = logging.getLogger("lifelong.edge.service")
 DATASET_KIND = "Dataset"
 
 
+def check_node_name(node: str) -> None:
+    """``ConfigError`` unless ``node`` can be an edge node's name: a DNS-1123 subdomain (what a
+    Dataset's or a template's ``nodeName`` may say) and not reserved (``RESERVED_NODE_NAMES``)."""
+    if node in RESERVED_NODE_NAMES:
+        raise ConfigError(
+            f"node name {node!r} is reserved: it is the GM's name on the bus and its broker user, "
+            "whose access covers every node's topics; choose another --node"
+        )
+    if not is_dns1123_subdomain(node):
+        raise ConfigError(
+            f"node name {node!r} must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', "
+            f"starting and ending with a letter or digit, at most {DNS1123_SUBDOMAIN_MAX} characters): "
+            "Datasets and jobs name their nodes that way"
+        )
+
+
 class LocalController:
     def __init__(self, settings: LCSettings, *, reconnect: ReconnectPolicy | None = None) -> None:
         self.settings = s = settings
+        check_node_name(s.node)
         address = BrokerAddress.parse(s.broker)  # a bad URL fails before anything is created
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.db_path, sync=s.sync)
@@ -137,7 +155,7 @@ class LocalController:
             will=Will(self.topics.node_presence(s.node), self.session.presence_payload("offline")),
             keepalive=s.keepalive,
             reconnect=reconnect or ReconnectPolicy(),
-            on_connect=self.session.handle_connect,
+            on_connect=self._on_connect,
             on_disconnect=self.session.handle_disconnect,
             max_inflight=max(1, min(s.outbox_window, 1000)),
         )
@@ -145,6 +163,14 @@ class LocalController:
         self._stop_metrics: Callable[[], None] | None = None
         self._warned: dict[tuple[str, str], str] = {}
         self._storage_error: str | None = None  # the last control step's database error
+        self._report_datasets = False  # set on each connect: report every dataset again
+
+    def _on_connect(self, first: bool) -> None:
+        """The bus connected (again): the session says hello, and the next control step reports
+        every dataset once more (a GM that forgot this node learns what the node finds)."""
+        self.session.handle_connect(first)
+        self._report_datasets = True
+        self.wake.set()
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         self.bus.publish(topic, payload, qos=1, retain=retain)
@@ -256,9 +282,10 @@ class LocalController:
         """Count every local dataset and report changed counts. One dataset that fails (the
         API models refuse it, or counting it raises) is logged once, counted
         (``item_failures{loop="datasets"}``) and skipped; the others are still counted."""
+        again, self._report_datasets = self._report_datasets, False
         for _k, ns, name, _rv, obj in self.store.resources(DATASET_KIND):
             try:
-                self._dataset(ns, name, obj)
+                self._dataset(ns, name, obj, again=again)
             except sqlite3.OperationalError:
                 raise  # the database, not this dataset: handled by the control step
             except ValidationError as exc:
@@ -270,7 +297,10 @@ class LocalController:
             else:
                 self.failures.ok("datasets", f"{ns}/{name}")
 
-    def _dataset(self, ns: str, name: str, obj: dict[str, Any]) -> None:
+    def _dataset(self, ns: str, name: str, obj: dict[str, Any], *, again: bool = False) -> None:
+        """Count one dataset; report it when its count or its state (``ok``, ``missing``,
+        ``unreadable``, ``unsupported``, with the message) changed since the last report, or
+        ``again`` (after a connect: the GM may have forgotten the node, or never heard it)."""
         node = self.settings.node
         dataset = parse_resource(obj, source=f"Dataset {ns}/{name}")
         if not isinstance(dataset, Dataset):
@@ -288,14 +318,22 @@ class LocalController:
             rec["status"] = counted.status
             rec["message"] = counted.message
             self.store.put_record("datasets", ns, name, rec)
-        if counted.count is None or counted.count == rec.get("reported"):
+        state = [counted.status, counted.message[:DATASET_MESSAGE_MAX]]
+        count = counted.count if counted.count is not None else rec.get("reported")
+        if not again and count == rec.get("reported") and state == rec.get("reportedState"):
             return
         now = format_time(datetime.now(UTC))
-        body = DatasetReport(number_of_samples=counted.count, update_time=now).to_body()
+        body = DatasetReport(
+            number_of_samples=count if isinstance(count, int) else 0,
+            update_time=now,
+            state=state[0],
+            message=state[1] or None,
+        ).to_body()
         with self.store.tx():
             seq = self.outbox.append(DATASET_KIND, ns, name, body, coalesce_key=f"{DATASET_KIND}/{ns}/{name}")
             if seq is not None:
-                rec["reported"] = counted.count
+                rec["reported"] = count
+                rec["reportedState"] = state
                 self.store.put_record("datasets", ns, name, rec)
 
     def _dataset_statuses(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from lifelong.client import logs
 from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
@@ -397,6 +398,8 @@ def _delete_targets(args: argparse.Namespace, client: Client) -> list[tuple[str,
 
 def cmd_delete(args: argparse.Namespace) -> int:
     client = _client(args)
+    if args.kind in NODE_ALIASES and not args.filename:
+        return _delete_nodes(client, args.name, args.ignore_not_found)
     found = _delete_targets(args, client)
     if not found and (args.all or args.selector is not None):
         _no_resources(args)
@@ -411,6 +414,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 status = 1
             continue
         print(f'{RESOURCE_NAMES.get(kind, kind)} "{name}" deleted')
+    return status
+
+
+NODE_ALIASES = ("node", "nodes", "no")
+
+
+def _delete_nodes(client: Client, names: list[str], ignore_not_found: bool) -> int:
+    """``lifelong delete node N...``: the GM forgets each node (docs/operations.md, "Nodes")."""
+    if not names:
+        raise ValidationError([("", "give the names of the nodes to delete")])
+    status = 0
+    for name in names:
+        try:
+            client.request("DELETE", f"/api/v1/nodes/{quote(name, safe='')}")
+        except NotFound as exc:
+            if not ignore_not_found:
+                print(f"Error from server (NotFound): {exc}", file=sys.stderr)
+                status = 1
+            continue
+        print(f'node "{name}" deleted')
     return status
 
 
@@ -508,10 +531,12 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_describe)
 
     p = sub.add_parser(
-        "delete", help="delete resources by KIND NAME..., KIND --all, KIND -l SELECTOR or -f FILE"
+        "delete",
+        help="delete resources by KIND NAME..., KIND --all, KIND -l SELECTOR or -f FILE; "
+        "`delete node N` makes the GM forget a node",
     )
     common(p)
-    p.add_argument("kind", nargs="?", help="ll, ds or model; several as ll,ds; or KIND/NAME")
+    p.add_argument("kind", nargs="?", help="ll, ds, model or node; several as ll,ds; or KIND/NAME")
     p.add_argument("name", nargs="*")
     p.add_argument("-f", "--filename", action="append", help="FILE, DIR or -")
     p.add_argument("--all", action="store_true", help="every object of the kind in the namespace")

@@ -314,6 +314,14 @@ def describe_text(info: dict[str, Any]) -> str:
             f"Samples:           {status.get('numberOfSamples', 0)}",
             f"Updated:           {status.get('updateTime', '<none>')}",
         ]
+    if obj.get("kind") == "Dataset":
+        for cond in status.get("conditions") or []:
+            lines.append(f"{cond.get('type', 'Ready') + ':':19}{cond.get('status')} ({cond.get('reason')})")
+            lines.append(f"  {cond.get('message', '')}")
+    waiting = info.get("waiting") or []
+    if waiting:
+        lines.append("Waiting For:")
+        lines += [f"  {w.get('node')}: {w.get('reason')}: {w.get('message')}" for w in waiting]
     involved = info.get("nodes")
     if involved is not None:
         lines.append("Nodes Involved:")

@@ -70,7 +70,6 @@ _EVENT_TYPES: Mapping[str, EventType] = {"ADDED": "ADDED", "MODIFIED": "MODIFIED
 
 REASON_DATASET_NOT_FOUND = "DatasetNotFound"
 REASON_DATASET_INVALID = "DatasetInvalid"
-REASON_NODE_NOT_FOUND = "NodeNotFound"
 
 __all__ = [
     "API_VERSION",
@@ -78,7 +77,6 @@ __all__ = [
     "PLURALS",
     "REASON_DATASET_INVALID",
     "REASON_DATASET_NOT_FOUND",
-    "REASON_NODE_NOT_FOUND",
     "VERSION",
     "KubernetesStore",
     "KubernetesStoreSettings",
@@ -545,13 +543,15 @@ class _KindStream:
 def job_problems(job: LifelongLearningJob, store: KubernetesStore) -> list[tuple[str, str, str]]:
     """What makes a job unrunnable in the cluster, as (reason, field path, message).
 
-    The Dataset named by ``spec.dataset.name`` must exist in the job's namespace, and the
-    Dataset's ``nodeName`` and every ``nodeName`` of the job's templates must be Node objects.
-    Schema problems are the models' (the watch refuses those), so they are not repeated.
+    The Dataset named by ``spec.dataset.name`` must exist in the job's namespace and be valid.
+    Nodes are not checked: as Kubernetes takes a Pod for a node that does not exist yet (it stays
+    Pending), a job naming a node that is no Node object, or whose LC has not said hello, is
+    accepted and waits for it (its Dataset's ``Ready`` condition says ``WaitingForNode``; the
+    delivery sends the node what it should hold at its first hello). Schema problems are the
+    models' (the watch refuses those), so they are not repeated.
     """
     namespace = job.namespace
     problems: list[tuple[str, str, str]] = []
-    named = [(path, node) for path, node in job.spec.worker_nodes() if node is not None]
     dataset_name = job.spec.dataset.name
     try:
         dataset = read(store, Dataset, namespace, dataset_name)
@@ -561,14 +561,6 @@ def job_problems(job: LifelongLearningJob, store: KubernetesStore) -> list[tuple
         if dataset is None:
             message = f"Dataset {namespace}/{dataset_name} does not exist"
             problems.append((REASON_DATASET_NOT_FOUND, "spec.dataset.name", message))
-        else:
-            # the job also goes to the dataset's node (its LC monitors the data)
-            named.insert(0, (f"Dataset {namespace}/{dataset_name} spec.nodeName", dataset.spec.node_name))
-    if named:
-        nodes = store.node_names()
-        for path, node in named:
-            if node not in nodes:
-                problems.append((REASON_NODE_NOT_FOUND, path, f"node {node!r} is not a Node of the cluster"))
     return problems
 
 
@@ -578,7 +570,7 @@ def kubernetes_validation_condition(
     """A ``Failed`` condition naming why the job cannot run, or None if it can.
 
     The stage is the job's current one (``Train`` for a new job). ``reason`` is the first
-    problem's (``DatasetNotFound``, ``DatasetInvalid`` or ``NodeNotFound``); ``message`` lists
+    problem's (``DatasetNotFound`` or ``DatasetInvalid``); ``message`` lists
     every problem with its field. The controller appends it; nothing is written here.
     """
     problems = job_problems(job, store)

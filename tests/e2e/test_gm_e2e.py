@@ -223,3 +223,82 @@ def test_job_created_while_the_lc_is_offline_arrives_after_it_reconnects(setup: 
     setup.lc.start()
     setup.lc.wait_online(setup.gm)
     setup.wait_conditions(FULL_ROUND)
+
+
+def test_a_dataset_applied_before_its_node_came_online_waits_then_the_job_converges(
+    tmp_path: Path, broker: Broker
+) -> None:
+    s = Setup(tmp_path, broker)
+    try:
+        s.gm.start()
+        s.gm.wait_ready()
+        s.apply()  # node-a has never said hello: stored all the same, as Kubernetes would
+        wait_for(
+            lambda: "Ready:             False (WaitingForNode)" in s.gm.cli("describe", "ds", "ds1").stdout,
+            timeout=30,
+            what=f"the Dataset waiting for its node\n{s.gm.log_tail()}",
+        )
+        described = s.gm.cli("describe", "ds", "ds1").stdout
+        assert "node 'node-a' has not said hello" in described
+        assert "node-a: WaitingForNode" in s.gm.cli("describe", "ll", "job1").stdout
+        assert s.gm.conditions("job1") == [("Train", "Waiting")]
+
+        s.lc.start()  # the node appears: its hello brings it the Dataset and the job
+        s.lc.wait_online(s.gm)
+        s.wait_conditions(FULL_ROUND)
+        described = s.gm.cli("describe", "ds", "ds1").stdout
+        assert "Ready:             True (Counted)" in described and "Samples:           10" in described
+        assert "Waiting For" not in s.gm.cli("describe", "ll", "job1").stdout
+
+        # What the edge finds reaches describe through the bus: the file goes, then comes back.
+        s.data.rename(s.data.with_suffix(".away"))
+        wait_for(
+            lambda: "Ready:             False (FileMissing)" in s.gm.cli("describe", "ds", "ds1").stdout,
+            timeout=30,
+            what=f"FileMissing\n{s.lc.log_tail()}",
+        )
+        assert f"{s.data} does not exist" in s.gm.cli("describe", "ds", "ds1").stdout
+        s.data.with_suffix(".away").rename(s.data)
+        wait_for(
+            lambda: "Ready:             True (Counted)" in s.gm.cli("describe", "ds", "ds1").stdout,
+            timeout=30,
+            what="Counted again",
+        )
+    finally:
+        s.stop()
+
+
+def test_a_node_is_not_online_after_a_gm_restart_until_it_says_hello(tmp_path: Path, broker: Broker) -> None:
+    s = Setup(tmp_path, broker)
+    try:
+        s.gm.start()
+        s.gm.wait_ready()
+        s.lc.start()
+        s.lc.wait_online(s.gm)
+        s.gm.kill()
+        s.lc.kill()  # gone while the GM is down: its will reaches nobody who keeps it...
+        broker.restart()  # ...since the broker, without persistence, forgets its retained messages
+        s.gm.start()
+        s.gm.wait_ready()
+        wait_for(
+            lambda: (
+                "1 nodes marked offline" in s.gm.log_tail(200)
+                and "connected to the broker" in s.gm.log_tail(200)
+            ),
+            timeout=30,
+            what=f"the GM started and connected\n{s.gm.log_tail()}",
+        )
+        nodes = s.gm.api("GET", "/api/v1/nodes")["items"]
+        assert [(n["node"], n["online"]) for n in nodes] == [(NODE, False)]
+        assert "Offline" in s.gm.cli("nodes").stdout
+        s.lc.start()  # it speaks again: online
+        s.lc.wait_online(s.gm)
+        # An offline node can be deleted; the GM forgets it, and its LC's next hello brings it back.
+        s.lc.terminate()
+        wait_for(lambda: not s.gm.node_online(NODE), timeout=30, what="the node offline")
+        assert s.gm.cli("delete", "node", NODE).stdout.strip() == f'node "{NODE}" deleted'
+        assert s.gm.api("GET", "/api/v1/nodes")["items"] == []
+        missing = s.gm.cli("delete", "node", NODE, check=False)
+        assert missing.returncode == 1 and "NotFound" in missing.stderr
+    finally:
+        s.stop()

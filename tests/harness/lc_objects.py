@@ -1,4 +1,5 @@
-"""Sample resources and state-dir readers for LC tests (wire form, camelCase dicts)."""
+"""Sample resources and state-dir readers for LC tests (wire form, camelCase dicts), and the
+settings of an LC that never connects (tests that run its control step themselves)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ from pathlib import Path
 from typing import Any
 
 NS = "default"
+
+
+def offline_settings(tmp_path: Path, node: str) -> Any:
+    """``LCSettings`` of an LC on ``node`` that never connects: the test runs the control step."""
+    from lifelong.edge.config import LCSettings
+
+    return LCSettings(
+        node=node,
+        broker="mqtt://127.0.0.1:1",
+        state_dir=tmp_path / "state",
+        worker_api_port=0,
+        metrics_port=0,
+        sync="normal",
+    )
 
 
 def dataset(name: str, node: str, path: Path, fmt: str = "txt") -> dict[str, Any]:

@@ -166,10 +166,8 @@ def test_errors_are_one_line_with_exit_codes(
     bad.write_text(DATASET.replace("format: txt", "format: exe"))
     code, _, err = run(capsys, "apply", "-f", str(bad), "--server", server)
     assert code == 2 and str(bad) in err and "spec.format" in err
-    code, _, err = run(
-        capsys, "apply", "-f", "-", "--server", server, stdin=DATASET.replace("node-a", "node-x")
-    )
-    assert code == 2 and "node 'node-x' is not known" in err
+    code, _, err = run(capsys, "apply", "-f", "-", "--server", server, stdin=DATASET.replace("node-a", "gm"))
+    assert code == 2 and "node name 'gm' is reserved" in err
     code, _, err = run(capsys, "get", "pods", "--server", server)
     assert code == 2 and "resource type" in err
     code, _, err = run(capsys, "get", "ll", "--server", f"http://127.0.0.1:{free_port()}")
@@ -540,3 +538,16 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch: pytest.Monk
     monkeypatch.setattr(commands, "cmd_get", broken)
     with pytest.raises(BrokenPipeError):
         main(["get", "ll"])
+
+
+def test_delete_node(gm: GMService, server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "delete", "node", "node-a", "--server", server)
+    assert code == 1 and "node node-a is online; stop its LC first" in err and len(err.splitlines()) == 1
+    gm.state.set_online("node-a", False)
+    code, out, _ = run(capsys, "delete", "node", "node-a", "--server", server)
+    assert code == 0 and out == 'node "node-a" deleted\n'
+    assert gm.state.node("node-a") is None
+    code, _, err = run(capsys, "delete", "node", "node-a", "--server", server)
+    assert code == 1 and 'node "node-a" not found' in err
+    code, _, _ = run(capsys, "delete", "node", "node-a", "--ignore-not-found", "--server", server)
+    assert code == 0

@@ -23,6 +23,7 @@ from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
+from lifelong.cloud.stores.base import Conflict, NotFound
 from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
@@ -638,29 +639,174 @@ def test_bad_envelopes_are_counted_by_reason_and_never_applied(gm: GM) -> None:
 # -- validation at apply ----------------------------------------------------------------------
 
 
-def test_apply_refuses_unknown_nodes_missing_datasets_and_bad_fields(gm: GM) -> None:
-    with pytest.raises(ValidationError, match="node 'node-a' is not known"):
-        gm.api.apply(dataset())
-    gm.hello("node-a")
-    gm.idle()
-    assert gm.api.apply(dataset())["result"] == "created"
+def ready_condition(gm: GM, name: str = "ds1") -> dict[str, Any] | None:
+    obj = gm.svc.store.get("Dataset", "default", name)
+    assert obj is not None
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c.get("type") == "Ready"), None)
+
+
+def test_apply_refuses_missing_datasets_and_bad_fields_but_not_unknown_nodes(gm: GM) -> None:
+    with pytest.raises(ValidationError, match=r"spec\.dataset\.name: Dataset default/ds1 does not exist"):
+        gm.api.apply(job())
+    assert gm.api.apply(dataset())["result"] == "created"  # node-a has never said hello
     assert gm.api.apply(dataset())["result"] == "unchanged"
     changed = dataset()
     changed["spec"]["url"] = "/data/other.txt"
     assert gm.api.apply(changed)["result"] == "configured"
-    with pytest.raises(ValidationError, match=r"spec\.dataset\.name: Dataset default/ds2 does not exist"):
-        bad = job()
-        bad["spec"]["dataset"]["name"] = "ds2"
-        gm.api.apply(bad)
-    with pytest.raises(
-        ValidationError, match=r"deploySpec\.template\.spec\.nodeName: node 'node-b' is not known"
-    ):
-        gm.api.apply(job())
     with pytest.raises(ValidationError, match=r"spec\.outputDir"):
         bad = job()
         del bad["spec"]["outputDir"]
         gm.api.apply(bad)
     assert gm.svc.store.list("LifelongLearningJob") == []
+    assert gm.api.apply(job())["result"] == "created"  # node-a and node-b unknown: it waits
+
+
+@pytest.mark.parametrize("where", ["dataset", "template"])
+def test_apply_refuses_the_reserved_node_name_gm(gm: GM, where: str) -> None:
+    gm.api.apply(dataset())
+    obj = dataset(node="gm") if where == "dataset" else job(deploy="gm")
+    field = "spec.nodeName" if where == "dataset" else r"deploySpec\.template\.spec\.nodeName"
+    with pytest.raises(ValidationError, match=field + r": node name 'gm' is reserved"):
+        gm.api.apply(obj)
+
+
+def test_a_dataset_and_job_for_an_unseen_node_wait_for_it_then_go_to_it_at_its_hello(gm: GM) -> None:
+    gm.api.apply(dataset())
+    gm.api.apply(job())
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+    wait_for(lambda: ready_condition(gm) is not None, what="the dataset's Ready condition")
+    cond = ready_condition(gm)
+    assert cond is not None
+    assert (cond["status"], cond["reason"]) == ("False", "WaitingForNode")
+    assert "node 'node-a' has not said hello" in cond["message"]
+    described = gm.api.describe("LifelongLearningJob", "default", "job1")
+    assert [(w["node"], w["reason"]) for w in described["waiting"]] == [
+        ("node-a", "WaitingForNode"),
+        ("node-b", "WaitingForNode"),
+    ]
+    assert [w["node"] for w in gm.api.describe("Dataset", "default", "ds1")["waiting"]] == ["node-a"]
+    assert gm.bus.envelopes("node-a", Op.UPSERT) == []  # nothing is sent to a node never seen
+
+    gm.hello("node-a")
+    gm.idle()
+    sent = {(e.kind, e.name) for e in gm.bus.envelopes("node-a", Op.UPSERT)}
+    assert sent == {("Dataset", "ds1"), ("LifelongLearningJob", "job1")}  # its hello's diff
+    assert [w["node"] for w in gm.api.describe("LifelongLearningJob", "default", "job1")["waiting"]] == [
+        "node-b"
+    ]
+    assert gm.api.describe("Dataset", "default", "ds1")["waiting"] == []
+    # The node's first report replaces WaitingForNode with what it found.
+    gm.report("node-a", "Dataset", "ds1", {"numberOfSamples": 3, "updateTime": "2026-01-01T00:00:01Z"})
+    gm.idle()
+    cond = ready_condition(gm)
+    assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Counted")
+
+
+def test_dataset_reports_carry_the_edge_state_into_the_ready_condition(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.idle()
+    gm.api.apply(dataset())
+    gm.idle()
+    assert ready_condition(gm) is None  # a known node: nothing to wait for, nothing reported yet
+
+    def report(second: int, count: int, **extra: Any) -> dict[str, Any]:
+        gm.report(
+            "node-a",
+            "Dataset",
+            "ds1",
+            {"numberOfSamples": count, "updateTime": f"2026-01-01T00:00:{second:02d}Z", **extra},
+        )
+        gm.idle()
+        cond = ready_condition(gm)
+        assert cond is not None
+        return cond
+
+    missing = report(1, 0, state="missing", message="/data/ds.txt does not exist")
+    assert (missing["status"], missing["reason"]) == ("False", "FileMissing")
+    assert "/data/ds.txt does not exist" in missing["message"] and "node-a" in missing["message"]
+    since = missing["lastTransitionTime"]
+    unreadable = report(2, 0, state="unreadable", message="/data/ds.txt: Permission denied")
+    assert (unreadable["status"], unreadable["reason"]) == ("False", "Unreadable")
+    assert "Permission denied" in unreadable["message"]
+    assert unreadable["lastTransitionTime"] == since  # still False: the transition time stays
+    ok = report(3, 7, state="ok")
+    assert (ok["status"], ok["reason"]) == ("True", "Counted") and "7 samples" in ok["message"]
+    assert ok["lastTransitionTime"] != since
+    status = gm.svc.store.get("Dataset", "default", "ds1")["status"]  # type: ignore[index]
+    assert status["numberOfSamples"] == 7 and len(status["conditions"]) == 1
+    # An older LC sends no state: what it counted is ok. A newer LC's unknown state: Unknown.
+    assert report(4, 8)["reason"] == "Counted"
+    future = report(5, 8, state="archived", message="moved to cold storage", extra="ignored")
+    assert (future["status"], future["reason"]) == ("Unknown", "UnknownState")
+    assert "'archived'" in future["message"]
+    # An older report (coalescing, a resend) changes nothing.
+    stale = report(1, 0, state="missing", message="old")
+    assert stale == future
+
+
+def test_delete_node_forgets_it_and_its_datasets_wait_for_it_again(gm: GM) -> None:
+    api = GMApi(gm.svc.store, gm.svc.state, gm.svc.metrics, forget_node=gm.svc.forget_node)
+    with pytest.raises(NotFound, match='node "node-a" not found'):
+        api.delete_node("node-a")
+    setup_job(gm)
+    gm.report("node-a", "Dataset", "ds1", {"numberOfSamples": 3, "updateTime": "2026-01-01T00:00:01Z"})
+    gm.idle()
+    assert gm.svc.state.applied_count("node-a") == 1
+    with pytest.raises(Conflict, match="node node-a is online; stop its LC first"):
+        api.delete_node("node-a")
+    gm.deliver(
+        TOPICS.node_presence("node-a"),
+        Envelope.new(node="node-a", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"}),
+    )
+    gm.idle()
+    gm.svc.delivery.on_ack(
+        "node-a",
+        [
+            Applied(kind=r.kind, ns=r.ns, name=r.name, rv=r.rv, op="upsert")
+            for r in gm.svc.state.down_rows("node-a")
+        ],
+    )
+    assert all(r.acked for r in gm.svc.state.down_rows("node-a"))
+
+    assert api.delete_node("node-a") == {"result": "deleted", "node": "node-a"}
+    gm.idle()
+    assert gm.svc.state.node("node-a") is None
+    assert [n["node"] for n in api.nodes()] == ["node-b"]
+    assert gm.svc.state.applied_count("node-a") == 0
+    rows = gm.svc.state.down_rows("node-a")  # what it should hold stays, unacknowledged
+    assert {r.key for r in rows} == {
+        ("Dataset", "default", "ds1"),
+        ("LifelongLearningJob", "default", "job1"),
+    }
+    assert not any(r.acked for r in rows)
+    cond = ready_condition(gm)
+    assert cond is not None and cond["reason"] == "WaitingForNode"
+    assert gm.svc.store.get("LifelongLearningJob", "default", "job1") is not None  # the job stays
+    # Its reports are from an unknown node until it says hello again (not acknowledged).
+    gm.bus.clear()
+    gm.report("node-a", "Dataset", "ds1", {"numberOfSamples": 4, "updateTime": "2026-01-01T00:00:02Z"})
+    gm.idle()
+    assert gm.acked_seqs("node-a") == []
+    gm.hello("node-a", epoch="ep2")
+    gm.idle()
+    assert {(e.kind, e.name) for e in gm.bus.envelopes("node-a", Op.UPSERT)} == {
+        ("Dataset", "ds1"),
+        ("LifelongLearningJob", "job1"),
+    }
+
+
+def test_a_retained_online_presence_does_not_make_a_node_online(gm: GM) -> None:
+    gm.hello("node-a")
+    gm.idle()
+    assert gm.svc.state.all_offline() == 1
+    online = Envelope.new(node="node-a", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "online"})
+    gm.svc.intake.on_message(TOPICS.node_presence("node-a"), encode(online), True)
+    gm.idle()
+    assert [n["online"] for n in gm.api.nodes()] == [False]
+    gm.svc.intake.on_message(TOPICS.node_presence("node-a"), encode(online), False)  # live
+    gm.idle()
+    assert [n["online"] for n in gm.api.nodes()] == [True]
 
 
 def _post(port: int, body: object) -> tuple[int, dict[str, Any]]:

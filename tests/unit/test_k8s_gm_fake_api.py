@@ -298,11 +298,15 @@ def test_k8s_gm_job_with_a_missing_dataset_fails_once_until_its_spec_changes_fak
     )
 
     # Still invalid after a spec change: one new Failed for the new generation, with its reason.
-    user.apply(job("other", dataset_name="ds", node="no-such-node"))
+    user.apply(job("other", dataset_name="still-nope"))
     wait_for(lambda: len(conditions(fake, "other")) == 2, timeout=15, what="a Failed for the new spec")
     last = conditions(fake, "other")[-1]
-    assert (last["type"], last["reason"]) == ("Failed", "NodeNotFound")
-    assert "no-such-node" in last["message"]
+    assert (last["type"], last["reason"]) == ("Failed", "DatasetNotFound")
+    assert "still-nope" in last["message"]
+
+    # A node that is no Node object is no failure: the job waits for it (Train/Waiting).
+    user.apply(job("waits", dataset_name="ds", node="no-such-node"))
+    wait_for(lambda: stage_types(fake, "waits") == [("Train", "Waiting")], timeout=15, what="the waiting job")
 
 
 def test_k8s_gm_refuses_a_job_the_models_refuse_counts_it_and_drives_the_others_fake_api(

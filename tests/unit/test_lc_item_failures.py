@@ -11,10 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from harness.lc_objects import NS, cond, dataset, job
+from harness.lc_objects import NS, cond, dataset, job, offline_settings
 from prometheus_client import generate_latest
 
-from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store
 from lifelong.edge.manager import Manager
@@ -31,15 +30,7 @@ def _mentions(caplog: pytest.LogCaptureFixture, key: str) -> int:
 
 @pytest.fixture
 def lc(tmp_path: Path) -> Iterator[LocalController]:
-    settings = LCSettings(
-        node=NODE,
-        broker="mqtt://127.0.0.1:1",  # never connected: the test runs the control step itself
-        state_dir=tmp_path / "state",
-        worker_api_port=0,
-        metrics_port=0,
-        sync="normal",
-    )
-    c = LocalController(settings)
+    c = LocalController(offline_settings(tmp_path, NODE))
     yield c
     c.store.close()
 
