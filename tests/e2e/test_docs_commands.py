@@ -14,6 +14,8 @@ file runs each marked kind:
 * ``<!-- commands: edge-install -->``: as one ``sh -e`` script in a copy of the repository with
   ``/opt/lifelong`` moved to a scratch folder (a real ``pip install`` from the package index),
   then ``systemd-analyze verify`` on the shipped unit pointed at that folder;
+* ``<!-- commands: logs -->``: by tests/integration/test_worker_logs.py, against a real GM and
+  LC whose worker writes lines (``lifelong logs`` needs a running worker);
 * ``<!-- not run: REASON -->``: not run here (a Docker engine, a cluster, root, systemd or a
   terminal is needed); the reason names what checks them instead.
 
@@ -50,7 +52,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"<!-- commands: client -->\s*```sh\n(.*?)```", re.S)
 MARKED = re.compile(r"(?:<!-- (commands: [a-z-]+|not run: [^>]+?) -->\n)?```sh\n(.*?)```", re.S)
-KINDS = ("commands: client", "commands: kubernetes", "commands: edge-install")
+KINDS = ("commands: client", "commands: kubernetes", "commands: edge-install", "commands: logs")
 HELP = re.compile(r"`(lifelong(?: [a-z]+)? --help)`")
 PREFIX = "lifelong/v1"
 NODE = "edge-node"  # the node the atcii sample names

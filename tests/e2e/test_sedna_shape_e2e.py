@@ -9,11 +9,9 @@ Dataset, Model objects, and a LifelongLearningJob whose containers give ``args``
 node names and the host paths (the Dataset's url, ``outputDir``, each container's ``workingDir``
 where the worker scripts are copied, the hostPath volume).
 
-And, until standalone mode maps an image to its entrypoint, one more thing:
-:func:`run_as_local_process` gives each container the ``command`` its image would have (this
-interpreter), so that ``command + args`` in ``workingDir`` is ``python train.py`` as the
-image's entrypoint would run it. Once the LC's per-image entrypoint mapping exists, that function
-becomes an entry in the LC's configuration and the containers stay args-only.
+The containers stay args-only, as Sedna's: the LC's configuration maps their image to its
+entrypoint (``images``, docs/writing-workers.md), here this interpreter, so ``args`` in
+``workingDir`` runs as ``python train.py`` would in the image.
 
 The train container fails its first run (``FAIL_FIRST_RUNS: "1"``, recorded in ``runs.jsonl``
 of its working directory). The GM must retry it by itself, after the backoff, as a new worker of
@@ -79,18 +77,16 @@ def localise(docs: list[dict[str, Any]], *, data: Path, out: Path, workdir: Path
     return docs
 
 
-def run_as_local_process(job: dict[str, Any]) -> None:
-    """Give each args-only container the command its image's entrypoint would run (see the
-    module docstring: to be replaced by the LC's per-image entrypoint mapping)."""
-    for stage in STAGES:
-        for container in job["spec"][stage]["template"]["spec"]["containers"]:
-            assert "command" not in container and container["args"], container  # Sedna's shape
-            container["command"] = [sys.executable]
+IMAGE = "example.org/thermo-drift"  # the fixture's image, every tag
 
 
 @pytest.fixture
 def procs(tmp_path: Path, broker: Broker) -> Iterator[tuple[GMProcess, LCProcess]]:
-    with gm_and_lc(tmp_path, broker.url, broker.prefix, NODE) as both:  # GM: --job-backoff-base 1
+    config = tmp_path / "lc-config.yaml"
+    config.write_text(yaml.safe_dump({"images": {IMAGE: {"entrypoint": [sys.executable]}}}))
+    with gm_and_lc(  # GM: --job-backoff-base 1
+        tmp_path, broker.url, broker.prefix, NODE, lc_extra=["--config", str(config)]
+    ) as both:
         yield both
 
 
@@ -128,7 +124,6 @@ def test_a_sedna_shaped_job_retries_a_failed_train_on_the_same_data_and_deploys(
         *fixture_documents("lifelonglearningjob.yaml"),
     ]
     dataset, baseline, serving, job = localise(docs, data=data, out=out, workdir=workdir)
-    run_as_local_process(job)
     name = job["metadata"]["name"]
 
     applied = gm.cli("apply", "-f", "-", stdin=yaml.safe_dump_all([dataset, baseline, serving, job])).stdout
@@ -158,7 +153,7 @@ def test_a_sedna_shaped_job_retries_a_failed_train_on_the_same_data_and_deploys(
     assert [r["worker"] for r in runs] == [f"{name}-train-1", f"{name}-train-1-retry1"]
     assert runs[0]["data"] == runs[1]["data"] == first_data["trainDataURL"]
     assert runs[0]["sha256"] == runs[1]["sha256"]
-    assert runs[0]["output"] == runs[1]["output"] == str(out / "1" / "train")
+    assert runs[0]["output"] == runs[1]["output"] == str(out / "train" / "1")  # as Sedna lays it out
 
     # Deployed: the inference worker serves the model the retried Train wrote.
     served = json.loads((workdir / "serving.json").read_text())

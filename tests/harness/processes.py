@@ -221,11 +221,17 @@ class LCProcess(Process):
 
 @contextlib.contextmanager
 def gm_and_lc(
-    workdir: Path, broker_url: str, prefix: str, node: str, lc_env: dict[str, str] | None = None
+    workdir: Path,
+    broker_url: str,
+    prefix: str,
+    node: str,
+    *,
+    lc_env: dict[str, str] | None = None,
+    lc_extra: list[str] | None = None,
 ) -> Iterator[tuple[GMProcess, LCProcess]]:
     """A started GM and one LC for ``node``, online at the GM; both killed on the way out."""
     gm = GMProcess(workdir, broker_url=broker_url, prefix=prefix)
-    lc = LCProcess(workdir, node=node, broker_url=broker_url, prefix=prefix, env=lc_env)
+    lc = LCProcess(workdir, node=node, broker_url=broker_url, prefix=prefix, env=lc_env, extra=lc_extra)
     try:
         gm.start()
         gm.wait_ready()
