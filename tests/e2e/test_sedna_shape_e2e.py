@@ -1,4 +1,5 @@
-"""A Sedna-shaped job end to end, with a failed Train retried on the same data.
+"""A Sedna-shaped job end to end, applied before its node came online, with a failed Train
+retried on the same data.
 
 Real processes: a broker, ``lifelong gm`` and ``lifelong lc``. The fixture in
 ``tests/fixtures/sedna_shape`` is written as a Sedna user writes a job (see its README): a
@@ -12,6 +13,9 @@ where the worker scripts are copied, the hostPath volume).
 The containers stay args-only, as Sedna's: the LC's configuration maps their image to its
 entrypoint (``images``, docs/writing-workers.md), here this interpreter, so ``args`` in
 ``workingDir`` runs as ``python train.py`` would in the image.
+
+Everything is applied while the node's LC has never run: the GM stores it and says it waits for
+the node (``WaitingForNode``); the LC then starts and the job runs.
 
 The train container fails its first run (``FAIL_FIRST_RUNS: "1"``, recorded in ``runs.jsonl``
 of its working directory). The GM must retry it by itself, after the backoff, as a new worker of
@@ -30,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 from harness.brokers import Broker
-from harness.processes import GMProcess, LCProcess, gm_and_lc, history_follows
+from harness.processes import GMProcess, LCProcess, history_follows
 from harness.waiting import wait_for
 
 from lifelong.common.api import load_yaml
@@ -82,12 +86,21 @@ IMAGE = "example.org/thermo-drift"  # the fixture's image, every tag
 
 @pytest.fixture
 def procs(tmp_path: Path, broker: Broker) -> Iterator[tuple[GMProcess, LCProcess]]:
+    """A started GM and an LC for ``NODE`` that is NOT started: the test applies first."""
     config = tmp_path / "lc-config.yaml"
     config.write_text(yaml.safe_dump({"images": {IMAGE: {"entrypoint": [sys.executable]}}}))
-    with gm_and_lc(  # GM: --job-backoff-base 1
-        tmp_path, broker.url, broker.prefix, NODE, lc_extra=["--config", str(config)]
-    ) as both:
-        yield both
+    gm = GMProcess(tmp_path, broker_url=broker.url, prefix=broker.prefix)  # --job-backoff-base 1
+    lc = LCProcess(
+        tmp_path, node=NODE, broker_url=broker.url, prefix=broker.prefix, extra=["--config", str(config)]
+    )
+    try:
+        gm.start()
+        gm.wait_ready()
+        yield gm, lc
+    finally:
+        for proc in (lc, gm):
+            if proc.alive():
+                proc.kill()
 
 
 def test_the_fixture_is_in_sedna_s_shape() -> None:
@@ -134,6 +147,16 @@ def test_a_sedna_shaped_job_retries_a_failed_train_on_the_same_data_and_deploys(
         ("lifelonglearningjob", job),
     ):
         assert f"{kind}.sedna.io/{obj['metadata']['name']} created" in applied, applied
+
+    # Applied before the node ever said hello: stored, and waiting for it.
+    wait_for(
+        lambda: "WaitingForNode" in gm.cli("describe", "ds", dataset["metadata"]["name"]).stdout,
+        what="the Dataset to wait for its node",
+    )
+    assert "Waiting For" in gm.cli("describe", "ll", name).stdout
+    assert gm.conditions(name) == [("Train", "Waiting")]
+    lc.start()
+    lc.wait_online(gm)
 
     # The trigger is checked at once when the job arrives; the retry waits 1 s (--job-backoff-base).
     converged = history_follows(gm, [gm, lc], name, RETRIED_ROUND)
