@@ -11,7 +11,6 @@ The broker comes from the ``broker`` fixture (``harness.brokers``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,31 +216,6 @@ class LCProcess(Process):
             return gm.node_online(self.node)
 
         wait_for(online, timeout=timeout, what=f"{self.node} online at the GM\n{self.log_tail()}")
-
-
-@contextlib.contextmanager
-def gm_and_lc(
-    workdir: Path,
-    broker_url: str,
-    prefix: str,
-    node: str,
-    *,
-    lc_env: dict[str, str] | None = None,
-    lc_extra: list[str] | None = None,
-) -> Iterator[tuple[GMProcess, LCProcess]]:
-    """A started GM and one LC for ``node``, online at the GM; both killed on the way out."""
-    gm = GMProcess(workdir, broker_url=broker_url, prefix=prefix)
-    lc = LCProcess(workdir, node=node, broker_url=broker_url, prefix=prefix, env=lc_env, extra=lc_extra)
-    try:
-        gm.start()
-        gm.wait_ready()
-        lc.start()
-        lc.wait_online(gm)
-        yield gm, lc
-    finally:
-        for proc in (lc, gm):
-            if proc.alive():
-                proc.kill()
 
 
 def history_follows(
