@@ -6,7 +6,7 @@ Sedna library post their status and results here (``LC_SERVER`` in their environ
 server is ``lifelong.common.httpserver`` (waitress, with its limits); the application below
 runs on its request threads.
 
-What a post gets (docs/writing-workers.md, "Reporting to the LC"):
+What a post gets (docs/writing-workers.md, "The worker API"):
 
 * **403** unless it comes from this host (a loopback address). Workers run on the LC's host
   (local processes, or Pods with ``hostNetwork``); nothing else may speak for a worker. The
