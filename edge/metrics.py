@@ -88,6 +88,20 @@ class ItemFailures:
             return dict(self.counts)
 
 
+def _labelled(
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    doc: str,
+    label: str,
+    values: dict[str, int],
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """One metric family with a sample per label value (sorted, so the output is stable)."""
+    metric = family(name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        metric.add_metric([key], n)
+    return metric
+
+
 class _LCCollector(Collector):
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
@@ -102,33 +116,30 @@ class _LCCollector(Collector):
         yield GaugeMetricFamily(
             "lifelong_lc_outbox_oldest_age_seconds", "Age of the oldest queued report", value=age
         )
-        reports = CounterMetricFamily("lifelong_lc_reports", "Upstream reports by outcome", labels=["result"])
-        for result, n in sorted(s.reports.items()):
-            reports.add_metric([result], n)
-        yield reports
+        yield _labelled(
+            CounterMetricFamily, "lifelong_lc_reports", "Upstream reports by outcome", "result", s.reports
+        )
         yield CounterMetricFamily("lifelong_lc_reconnects", "Connections after the first", value=s.reconnects)
-        down = CounterMetricFamily(
-            "lifelong_lc_downstream", "Downstream messages by outcome", labels=["result"]
+        yield _labelled(
+            CounterMetricFamily,
+            "lifelong_lc_downstream",
+            "Downstream messages by outcome",
+            "result",
+            s.downstream,
         )
-        for result, n in sorted(s.downstream.items()):
-            down.add_metric([result], n)
-        yield down
-        rejected = CounterMetricFamily(
-            "lifelong_lc_rejected", "Messages and list items refused, by reason", labels=["reason"]
+        yield _labelled(
+            CounterMetricFamily,
+            "lifelong_lc_rejected",
+            "Messages and list items refused, by reason",
+            "reason",
+            s.rejected,
         )
-        for reason, n in sorted(s.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        workers = GaugeMetricFamily("lifelong_lc_workers", "Local workers by phase", labels=["phase"])
-        for phase, n in sorted(s.workers.items()):
-            workers.add_metric([phase], n)
-        yield workers
-        datasets = GaugeMetricFamily(
-            "lifelong_lc_datasets", "Local datasets by file status", labels=["status"]
+        yield _labelled(
+            GaugeMetricFamily, "lifelong_lc_workers", "Local workers by phase", "phase", s.workers
         )
-        for status, n in sorted(s.datasets.items()):
-            datasets.add_metric([status], n)
-        yield datasets
+        yield _labelled(
+            GaugeMetricFamily, "lifelong_lc_datasets", "Local datasets by file status", "status", s.datasets
+        )
         yield GaugeMetricFamily(
             "lifelong_lc_connected", "1 while connected to the broker", value=int(s.connected)
         )
@@ -137,18 +148,20 @@ class _LCCollector(Collector):
             "Corrupt local databases moved aside in the state dir",
             value=s.db_moved_aside,
         )
-        failures = CounterMetricFamily(
-            "lifelong_lc_item_failures", "Items a loop skipped because they failed", labels=["loop"]
+        yield _labelled(
+            CounterMetricFamily,
+            "lifelong_lc_item_failures",
+            "Items a loop skipped because they failed",
+            "loop",
+            s.item_failures,
         )
-        for loop, n in sorted(s.item_failures.items()):
-            failures.add_metric([loop], n)
-        yield failures
-        posts = CounterMetricFamily(
-            "lifelong_lc_worker_posts", "Posts to the worker API by answer", labels=["result"]
+        yield _labelled(
+            CounterMetricFamily,
+            "lifelong_lc_worker_posts",
+            "Posts to the worker API by answer",
+            "result",
+            s.worker_posts,
         )
-        for result, n in sorted(s.worker_posts.items()):
-            posts.add_metric([result], n)
-        yield posts
         waiting = GaugeMetricFamily(
             "lifelong_lc_worker_posts_waiting",
             "Worker reports kept until their job reaches this LC",

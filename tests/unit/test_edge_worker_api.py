@@ -66,13 +66,22 @@ def _api(
     return WorkerAPI(store, outbox, "127.0.0.1", 0, limits=limits, waiting=room, max_report=max_report)
 
 
+@contextlib.contextmanager
+def serving(tmp_path: Path, clock: Clock, **kw: Any) -> Iterator[WorkerAPI]:
+    """A started worker API (``_api``'s keywords); stopped and its store closed on the way out."""
+    server = _api(tmp_path, clock, **kw)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.store.close()
+
+
 @pytest.fixture
 def api(tmp_path: Path, clock: Clock) -> Iterator[WorkerAPI]:
-    server = _api(tmp_path, clock)
-    server.start()
-    yield server
-    server.stop()
-    server.store.close()
+    with serving(tmp_path, clock) as server:
+        yield server
 
 
 def post(api: WorkerAPI, worker: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -157,9 +166,7 @@ def test_a_waiting_report_moves_to_the_outbox_when_its_job_arrives(api: WorkerAP
 
 
 def test_waiting_reports_are_bounded_in_count_and_bytes_and_expire(tmp_path: Path, clock: Clock) -> None:
-    api = _api(tmp_path, clock, waiting=WaitingLimits(reports=3, bytes=10_000, age=60))
-    api.start()
-    try:
+    with serving(tmp_path, clock, waiting=WaitingLimits(reports=3, bytes=10_000, age=60)) as api:
         for i in range(3):
             assert post(api, f"j{i}-train-1", {"status": "running"})[0] == 202
         code, answer = post(api, "j9-train-1", {"status": "running"})
@@ -172,17 +179,12 @@ def test_waiting_reports_are_bounded_in_count_and_bytes_and_expire(tmp_path: Pat
         assert post(api, "j9-train-1", {"status": "running"})[0] == 202
         # the byte bound: one big report fills the room
         assert post(api, "big-train-1", {"blob": "x" * 9_990})[0] == 503
-    finally:
-        api.stop()
-        api.store.close()
 
 
 def test_a_full_outbox_gives_503_keeps_nothing_and_logs_once(
     tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = _api(tmp_path, clock, max_depth=2)
-    api.start()
-    try:
+    with serving(tmp_path, clock, max_depth=2) as api:
         hold_job(api)
         assert post(api, "j1-train-1", {"n": 1})[0] == 200
         assert post(api, "j1-train-1", {"n": 2})[0] == 200
@@ -200,17 +202,12 @@ def test_a_full_outbox_gives_503_keeps_nothing_and_logs_once(
         assert api.outbox.depth() == 2 and api.store.pending_info() == []
         assert api.snapshot()["full"] == 5
         assert len([r for r in caplog.records if "refused (503)" in r.getMessage()]) == 1
-    finally:
-        api.stop()
-        api.store.close()
 
 
 def test_flush_into_a_full_outbox_logs_once_and_loses_nothing(
     tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = _api(tmp_path, clock, max_depth=1)
-    api.start()
-    try:
+    with serving(tmp_path, clock, max_depth=1) as api:
         for n in range(3):
             assert post(api, "j1-train-1", {"n": n})[0] == 202
         hold_job(api)
@@ -228,22 +225,14 @@ def test_flush_into_a_full_outbox_logs_once_and_loses_nothing(
             assert api.waiting.size()[0] == left
         assert len([r for r in caplog.records if "wait for room" in r.getMessage()]) == 1
         assert len([r for r in caplog.records if "room again" in r.getMessage()]) == 1
-    finally:
-        api.stop()
-        api.store.close()
 
 
 def test_a_report_too_big_for_one_message_gets_413(tmp_path: Path, clock: Clock) -> None:
-    api = _api(tmp_path, clock, max_report=2000)
-    api.start()
-    try:
+    with serving(tmp_path, clock, max_report=2000) as api:
         hold_job(api)
         code, answer = post(api, "j1-train-1", {"blob": "x" * 3000})
         assert code == 413 and "over one message" in answer["error"], answer
         assert api.outbox.depth() == 0 and api.snapshot()["too_large"] == 1
-    finally:
-        api.stop()
-        api.store.close()
 
 
 @pytest.mark.parametrize("peer", ["10.1.2.3", "192.168.0.7", "::ffff:10.0.0.1", "2001:db8::1", ""])
@@ -287,9 +276,7 @@ def test_negative_content_length_is_refused_before_the_body(api: WorkerAPI) -> N
 def test_an_oversized_body_is_refused_from_its_content_length_without_reading_it(
     tmp_path: Path, clock: Clock
 ) -> None:
-    api = _api(tmp_path, clock, limits=HTTPLimits(max_body=64 * 1024))
-    api.start()
-    try:
+    with serving(tmp_path, clock, limits=HTTPLimits(max_body=64 * 1024)) as api:
         head = (
             b"POST /sedna/workers/j1-train-1/info HTTP/1.1\r\nHost: x\r\n"
             b"Content-Length: 5000000\r\nConnection: close\r\n\r\n"
@@ -297,16 +284,11 @@ def test_an_oversized_body_is_refused_from_its_content_length_without_reading_it
         answer = raw_request(api.port, head)  # no body sent at all: the answer comes anyway
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert api.store.pending_info() == []
-    finally:
-        api.stop()
-        api.store.close()
 
 
 def test_half_sent_requests_hold_no_thread_and_are_closed_when_idle(tmp_path: Path, clock: Clock) -> None:
-    api = _api(tmp_path, clock, limits=HTTPLimits(idle_timeout=2, connections=50))
-    api.start()
     socks: list[socket.socket] = []
-    try:
+    with serving(tmp_path, clock, limits=HTTPLimits(idle_timeout=2, connections=50)) as api:
         threads_before = threading.active_count()
         for _ in range(200):  # more than the connection bound
             s = socket.socket()
@@ -324,11 +306,8 @@ def test_half_sent_requests_hold_no_thread_and_are_closed_when_idle(tmp_path: Pa
         assert threading.active_count() <= threads_before + 1
         assert api.store.pending_info() == []  # nothing half-sent was kept
         assert api.outbox.depth() == 1
-    finally:
         for s in socks:
             s.close()
-        api.stop()
-        api.store.close()
 
 
 def test_stop_ends_the_server_thread(tmp_path: Path, clock: Clock) -> None:
