@@ -9,10 +9,13 @@ The policy (docs/design.md, "Guarantees", 5. Identity; docs/security.md), for to
                              P/node/u/down/), and P/gm/presence
                   receive    P/node/u/down and below, and P/gm/presence
     GM user       publish, subscribe, receive anything inside P/#
+    observer      subscribe, receive anything inside P/#; publish nothing (``lifelong tail``,
+                  ``mosquitto_sub``: an operator who reads the bus without being the GM)
     no user name  nothing
 
 A node's credentials therefore cannot write its own down topics: only the GM can make an LC
-run a worker. A node must not be named like the GM user (``gm`` by default).
+run a worker. A node must not be named like the GM user (``gm`` by default) or the observer
+(``observer``).
 
 ``deploy/mosquitto/acl`` ships the same policy for mosquitto 2.x; the integration tests run one
 set of expectations against both brokers. Differences that remain, on purpose or forced:
@@ -43,7 +46,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from lifelong.common.errors import TopicError
-from lifelong.common.topics import DEFAULT_PREFIX, check_prefix, check_segment
+from lifelong.common.topics import DEFAULT_PREFIX, OBSERVER_NAME, check_prefix, check_segment
 
 log = logging.getLogger("lifelong.broker.acl")
 
@@ -65,6 +68,7 @@ class AclPolicy:
 
     prefix: str = DEFAULT_PREFIX
     gm_user: str = DEFAULT_GM_USER
+    observer_user: str = OBSERVER_NAME
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -101,6 +105,8 @@ class AclPolicy:
             return False
         if user == self.gm_user:
             return _within(topic, self.prefix)
+        if user == self.observer_user:
+            return Action(action) != Action.PUBLISH and _within(topic, self.prefix)
         if Action(action) == Action.PUBLISH:
             return self.node_writes(user, topic)
         return self.node_reads(user, topic)

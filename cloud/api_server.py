@@ -54,7 +54,7 @@ from lifelong.cloud.runtimes.edge_process import workers_of
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, Refused, ResourceStore, parse, read, wire
 from lifelong.common.api import RESOURCE_TYPES, AnyResource, Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import LifelongError, ValidationError
-from lifelong.common.topics import RESERVED_NODE_NAMES
+from lifelong.common.topics import RESERVED_NODE_NAMES, RESERVED_WHY
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _KnownNodes:
 
 
 def _reserved(node: str) -> str:
-    return f"node name {node!r} is reserved (the GM's name on the bus); no LC may have it"
+    return f"node name {node!r} is reserved ({RESERVED_WHY[node]}); no LC may have it"
 
 
 def validate(obj: Any, store: ResourceStore, state: GMState) -> AnyResource:

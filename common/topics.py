@@ -24,8 +24,17 @@ DEFAULT_PREFIX = "lifelong/v1"
 GM_NAME = "gm"
 """The GM's name on the bus: its presence envelope's ``node``, and its default broker user
 (``lifelong broker --gm-user``, ``deploy/mosquitto/acl``), whose ACL reaches every node's topics."""
-RESERVED_NODE_NAMES = frozenset({GM_NAME})
-"""Names no edge node may have: an LC so named would connect as the GM's broker user."""
+OBSERVER_NAME = "observer"
+"""The broker user that may read everything under the prefix and publish nothing (both ACLs):
+for ``lifelong tail`` and ``mosquitto_sub``. Since a client's id is its user name, an operator
+tailing with the GM's credentials would disconnect the GM; this user disconnects nobody."""
+RESERVED_WHY = {
+    GM_NAME: "it is the GM's name on the bus and its broker user, whose access covers every node's topics",
+    OBSERVER_NAME: "it is the broker user that reads every node's topics (lifelong tail)",
+}
+RESERVED_NODE_NAMES = frozenset(RESERVED_WHY)
+"""Names no edge node may have: an LC so named would connect as the GM's or the observer's
+broker user."""
 _FORBIDDEN = ("/", "+", "#", "\x00")
 MAX_SEGMENT = 253
 

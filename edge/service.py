@@ -39,7 +39,7 @@ from lifelong.common.errors import ConfigError, ValidationError
 from lifelong.common.httpserver import HTTPLimits
 from lifelong.common.messages import DATASET_MESSAGE_MAX, DatasetReport
 from lifelong.common.statemachine import format_time
-from lifelong.common.topics import RESERVED_NODE_NAMES, Topics
+from lifelong.common.topics import RESERVED_NODE_NAMES, RESERVED_WHY, Topics
 from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store, moved_aside
@@ -60,10 +60,7 @@ def check_node_name(node: str) -> None:
     """``ConfigError`` unless ``node`` can be an edge node's name: a DNS-1123 subdomain (what a
     Dataset's or a template's ``nodeName`` may say) and not reserved (``RESERVED_NODE_NAMES``)."""
     if node in RESERVED_NODE_NAMES:
-        raise ConfigError(
-            f"node name {node!r} is reserved: it is the GM's name on the bus and its broker user, "
-            "whose access covers every node's topics; choose another --node"
-        )
+        raise ConfigError(f"node name {node!r} is reserved: {RESERVED_WHY[node]}; choose another --node")
     if not is_dns1123_subdomain(node):
         raise ConfigError(
             f"node name {node!r} must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', "

@@ -44,7 +44,7 @@ PREFIX = "lifelong/v1"
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
 SHIPPED_ACL = REPO / "deploy" / "mosquitto" / "acl"
-USERS = {"gm": "gm-secret", "node-a": "a-secret", "node-b": "b-secret"}
+USERS = {"gm": "gm-secret", "node-a": "a-secret", "node-b": "b-secret", "observer": "o-secret"}
 TIMEOUT = 15.0
 NOT_AUTHORISED = 135  # paho's reason code for an MQTT 3.1.1 CONNACK 5 "not authorised"
 SUBACK_FAILURE = 0x80
@@ -673,6 +673,34 @@ def test_gm_sees_and_reaches_every_node(secured: BrokerProc, clients: Callable[.
         lc.wait_for(node(name, "down", "_ctl"), f"ack {name}".encode())
     gm.publish(GM_PRESENCE, b"online", retain=True)
     gm.wait_for(GM_PRESENCE, b"online")
+
+
+def test_the_observer_reads_everything_writes_nothing_and_disconnects_nobody(
+    secured: BrokerProc, clients: Callable[..., Client]
+) -> None:
+    gm = connected(clients, secured.port, "gm")
+    assert gm.subscribe(f"{PREFIX}/#") == 1
+    lc = connected(clients, secured.port, "node-a")
+    assert lc.subscribe(node("node-a", "down", "#")) == 1
+    observer = connected(clients, secured.port, "observer")
+    assert observer.subscribe(f"{PREFIX}/#") == 1
+    lc.publish(node("node-a", "up", "_ctl"), b"hello")
+    gm.publish(node("node-a", "down", "_ctl"), b"ack")
+    observer.wait_for(node("node-a", "up", "_ctl"), b"hello")
+    observer.wait_for(node("node-a", "down", "_ctl"), b"ack")
+    lc.wait_for(node("node-a", "down", "_ctl"), b"ack")
+
+    marker = node("node-a", "up", "_ctl")
+    for i, topic in enumerate(
+        [node("node-a", "down", "Worker", "default", "w1"), node("node-a", "up", "_ctl"), GM_PRESENCE]
+    ):
+        forger = connected(clients, secured.port, "observer")  # replaces the observer before it
+        forger.publish(topic, b"forged")
+        lc.publish(marker, f"marker {i}".encode())  # after the forged one on either broker
+        gm.wait_for(marker, f"marker {i}".encode())
+        assert b"forged" not in [m.payload for m in gm.received(topic)], f"the observer published on {topic}"
+    assert lc.topics() == {node("node-a", "down", "_ctl")}, "the LC received a forged message"
+    assert not gm.lost and not lc.lost, "an observer disconnected the GM or the LC"
 
 
 def test_largest_lifelong_payload_passes(secured: BrokerProc, clients: Callable[..., Client]) -> None:

@@ -35,6 +35,7 @@ def lc(tmp_path: Path) -> Iterator[LocalController]:
     ("node", "says"),
     [
         ("gm", "node name 'gm' is reserved"),
+        ("observer", "node name 'observer' is reserved: it is the broker user that reads"),
         ("Edge_1", "must be a DNS-1123 subdomain"),
         ("-edge", "must be a DNS-1123 subdomain"),
         ("e" * 254, "at most 253 characters"),
