@@ -461,7 +461,9 @@ class LifelongLearningController:
 
     def apply_report(self, node: str, env: Envelope, report: JobReport) -> Outcome:
         job = self._read_job(env.ns, env.name)
-        if node not in job.node_names(self._dataset_of(job)):
+        # A worker's node is known from the job alone; the Dataset is read only for a node that
+        # runs no worker (it may hold the data), which spares a store read on nearly every report.
+        if node not in job.spec.node_names(None) and node not in job.node_names(self._dataset_of(job)):
             raise ReportRejected("wrong_node", f"node {node} takes no part in job {env.ns}/{env.name}")
         if isinstance(report, JobWorkerInfo):
             changed = self.state.put_worker_info(env.ns, env.name, report.worker, report.info)
