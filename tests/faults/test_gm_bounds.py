@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,27 +30,13 @@ PREFIX = "t/v1"
 TOPICS = Topics(PREFIX)
 
 
-class _Bus:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
-        with self.lock:
-            self.sent.append((topic, payload))
-        return object()
-
-    def close(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def gm(tmp_path: Any) -> Iterator[GMService]:
     svc = GMService(
         GMSettings(
             broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp_path / 'store.db'}", api_port=-1, prefix=PREFIX
         ),
-        bus=_Bus(),
+        bus=SimpleNamespace(publish=lambda *a, **k: object(), close=lambda *a, **k: None),  # a fake bus
     )
     svc.start_controllers()
     yield svc
