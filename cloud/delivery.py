@@ -33,7 +33,11 @@ the object when it was stored, and a pass through ``Upsert`` would cost about 14
 
 An ack item with ``refused`` (the node refused that version of the object, and says why)
 acknowledges the row like any other, so it is not resent; it is logged once per
-(node, resource, version) and counted in ``lifelong_gm_downstream_refused_total{kind}``.
+(node, resource, version) and counted in ``lifelong_gm_downstream_refused_total{kind}``. One
+that matches no row (an old version, or an object the GM never sent) keeps nothing: counted
+under ``kind="(unmatched)"``, logged at DEBUG. Per-node state of this module is bounded: the
+locks exist only while held or waited for, the refusals remembered for the log are at most
+``REFUSALS_REMEMBERED``.
 
 Locking, per node: work for different nodes never waits on a lock of this module, only on
 the bookkeeping database's, which is held for single statements or one short transaction and
@@ -131,6 +135,8 @@ class KeyedLocks:
                     del self._locks[key]
 
 
+UNMATCHED = "(unmatched)"
+"""The ``kind`` label of a refusal that matches no row (an old version, or a made-up object)."""
 REFUSALS_REMEMBERED = 4096
 """How many refused (node, resource, version) the log remembers, so each is logged once."""
 
@@ -280,16 +286,23 @@ class Delivery:
             for item in applied:
                 key = (item.kind, item.ns, item.name)
                 rv = item.rv if item.rv is not None else ""
+                matched = False
                 try:
-                    if self.state.ack_down(node, key, rv, item.op):
-                        count += 1
+                    matched = self.state.ack_down(node, key, rv, item.op)
                 except Exception:
                     self._failed("ack", node, key)
+                count += matched
                 if item.refused is not None:
-                    self._refused(node, key, rv, item.refused)
+                    self._refused(node, key, rv, item.refused, matched)
         return count
 
-    def _refused(self, node: str, key: Key, rv: str, why: str) -> None:
+    def _refused(self, node: str, key: Key, rv: str, why: str, matched: bool) -> None:
+        if not matched:
+            # Not a version the GM sent (stale, or made up): nothing is remembered for it, and
+            # its kind is not a label (the node chooses it: the label set would grow).
+            self.metrics.downstream_refused.labels(kind=UNMATCHED).inc()
+            log.debug("node %s refused %s/%s/%.100s rv=%.40s, which matches no row", node, *key, rv)
+            return
         self.metrics.downstream_refused.labels(kind=key[0]).inc()
         with self._refusals_lock:
             seen = (node, key, rv) in self._refusals_logged

@@ -18,6 +18,13 @@ Tables:
                 (delete) until the node acknowledges it.
 ``worker_info`` the last body each worker posted to its LC (``workerInfo`` reports)
 
+Bounds (docs/reliability.md, "Bounds"): ``applied`` holds at most ``APPLIED_MAX_PER_NODE`` records
+per node and none older than ``APPLIED_KEEP_SECONDS``; ``worker_info`` at most
+``WORKER_INFO_MAX_PER_JOB`` workers per job. ``nodes`` gets a row only from a hello
+(``cloud/intake.py`` bounds how many); ``downstream`` rows come from the API's objects, never from
+what a node sends. What a bound forgets is reported to ``on_forgotten(what, reason, count)``
+(the intake counts it in the GM's metrics).
+
 Thread-safe: one :class:`~lifelong.common.sqlite.Database` (one connection behind a lock);
 ``transaction()`` groups calls into one commit and nests (docs/architecture.md, "Storage").
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,15 @@ from lifelong.common.sqlite import Database
 
 APPLIED_KEEP_SECONDS = 7 * 24 * 3600.0
 """How long an applied (node, epoch, seq) is remembered when no hello prunes it first."""
+APPLIED_MAX_PER_NODE = 200_000
+"""Applied records kept per node (its current epoch; a hello forgets the others): the lowest
+seqs beyond go. Twice the LC's default outbox bound, so every report a node may still resend
+is remembered; a resend older than that is still caught by the state machine."""
+WORKER_INFO_MAX_PER_JOB = 1000
+"""Workers' infos kept per job (a long-lived job gets three new worker names a round): the
+oldest posted go first."""
+_TRIM_EVERY = 1000
+"""Records added for one node between two checks of its bound."""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -134,9 +150,11 @@ class GMState:
             self.db.execute_all(_SCHEMA)
             self._migrate()
         self._applied_since_prune = 0
-        # node -> outbox epoch of its last hello: read for every upstream report, written only
-        # once a hello commits, so kept in memory instead of a SELECT per report on the network
-        # thread.
+        self._added_since_trim: dict[str, int] = {}  # node -> records added since its last check
+        self.applied_max_per_node = APPLIED_MAX_PER_NODE
+        self.worker_info_max_per_job = WORKER_INFO_MAX_PER_JOB
+        self.on_forgotten: Callable[[str, str, int], None] = lambda what, reason, count: None
+        """Told what a bound forgot: ("applied", "age"|"count", n) or ("worker_info", "count", n)."""
 
     def _migrate(self) -> None:
         """Add the columns a database made by an older GM lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
@@ -212,6 +230,7 @@ class GMState:
         False if the GM did not know the node."""
         with self.db.transaction():
             known = self.db.execute("DELETE FROM nodes WHERE node=?", (node,)).rowcount > 0
+            self._added_since_trim.pop(node, None)
             self.db.execute("DELETE FROM applied WHERE node=?", (node,))
             self.db.execute("DELETE FROM downstream WHERE node=? AND op='delete'", (node,))
             self.db.execute(
@@ -245,6 +264,7 @@ class GMState:
                 [(node, epoch, seq, now) for seq in seqs],
             )
             self._prune_applied(len(seqs), now)
+            self._trim_applied(node, epoch, len(seqs))
 
     def mark_applied(self, node: str, epoch: str, seq: int) -> None:
         self.mark_applied_many(node, epoch, [seq])
@@ -256,7 +276,29 @@ class GMState:
             # APPLIED_KEEP_SECONDS go anyway. A resend that old is still caught by the state
             # machine (duplicate conditions) and by the round check.
             self._applied_since_prune = 0
-            self.db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,))
+            aged = self.db.execute("DELETE FROM applied WHERE at < ?", (now - APPLIED_KEEP_SECONDS,)).rowcount
+            if aged > 0:
+                self.on_forgotten("applied", "age", aged)
+
+    def _trim_applied(self, node: str, epoch: str, added: int) -> None:
+        """Keep at most ``applied_max_per_node`` records of ``node`` (checked every ``_TRIM_EVERY``
+        records it adds): the lowest seqs go."""
+        since = self._added_since_trim.get(node, 0) + added
+        if since < min(_TRIM_EVERY, self.applied_max_per_node):
+            self._added_since_trim[node] = since
+            return
+        self._added_since_trim.pop(node, None)
+        row = self.db.fetchone(
+            "SELECT seq FROM applied WHERE node=? AND epoch=? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (node, epoch, self.applied_max_per_node),
+        )
+        if row is None:
+            return
+        trimmed = self.db.execute(
+            "DELETE FROM applied WHERE node=? AND epoch=? AND seq<=?", (node, epoch, row[0])
+        ).rowcount
+        if trimmed > 0:
+            self.on_forgotten("applied", "count", trimmed)
 
     def applied_count(self, node: str) -> int:
         row = self.db.fetchone("SELECT COUNT(*) FROM applied WHERE node=?", (node,))
@@ -352,7 +394,21 @@ class GMState:
                 "INSERT OR REPLACE INTO worker_info (ns, job, worker, info, at) VALUES (?, ?, ?, ?, ?)",
                 (ns, job, worker, data, time.time()),
             )
+            if row is None:
+                self._trim_worker_info(ns, job)
             return True
+
+    def _trim_worker_info(self, ns: str, job: str) -> None:
+        """Keep the ``worker_info_max_per_job`` most recently posted workers of a job."""
+        row = self.db.fetchone("SELECT COUNT(*) FROM worker_info WHERE ns=? AND job=?", (ns, job))
+        over = (int(row[0]) if row else 0) - self.worker_info_max_per_job
+        if over > 0:
+            self.db.execute(
+                "DELETE FROM worker_info WHERE rowid IN (SELECT rowid FROM worker_info WHERE ns=? "
+                "AND job=? ORDER BY at, worker LIMIT ?)",
+                (ns, job, over),
+            )
+            self.on_forgotten("worker_info", "count", over)
 
     def worker_info(self, ns: str, job: str) -> dict[str, Any]:
         rows = self.db.fetchall(

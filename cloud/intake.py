@@ -20,10 +20,12 @@ are cheap:
    after this point gets models; no controller reads a body's dict. The refused items of a
    hello's or an ack's list are counted one by one and skipped; the rest goes on.
 
-Presence: a live ``online`` marks the node online, ``offline`` (or the will) offline. A *retained*
-``online`` (the broker's copy, delivered when the GM subscribes) does not: it may be older than
-this GM, whose start marked every node offline; the node is online again once it speaks (the LC
-answers the GM's ``online`` presence with a hello). A retained ``offline`` is applied.
+Presence of a node that never said hello (not in ``_epochs``) is refused (``unknown_node``):
+nothing is kept for such a name. Otherwise a live ``online`` marks the node online,
+``offline`` (or the will) offline. A *retained* ``online`` (the broker's copy, delivered when
+the GM subscribes) does not: it may be older than this GM, whose start marked every node
+offline; the node is online again once it speaks (the LC answers the GM's ``online`` presence
+with a hello). A retained ``offline`` is applied.
 
 A rejected message is counted by reason and logged, never applied, and never stops the GM. The
 first rejection of each reason from a node (since its last hello) is logged at WARNING with
@@ -31,6 +33,11 @@ its key, the others at DEBUG, so a node resending garbage does not flood the log
 whose body is refused is acknowledged all the same (recorded like an applied one): resending
 the same body can never make it valid, and the LC's outbox would resend it forever
 (docs/protocol.md); a valid report is still acknowledged only once its effect is stored.
+
+Bounds (docs/reliability.md, "Bounds"): at most ``MAX_NODES`` nodes (a hello from one more is
+refused, ``too_many_nodes``); at most ``MAX_QUEUED_PER_NODE`` reports of one node waiting in the
+executor (``busy``, not acknowledged, so resent); rejections from names that never said hello
+logged once a minute per reason, whatever the number of names (``SPELL_SECONDS``).
 
 Accepted work is handed to the keyed executor, ordered (``submit``, never collapsed): reports
 under the key of the object they change (in order per object); presence, hello and the LC's
@@ -62,6 +69,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +90,17 @@ log = logging.getLogger(__name__)
 
 ACK_BATCH = 1000
 """The most seqs one ``ack`` message carries (about 5 bytes each in msgpack)."""
+MAX_NODES = 10_000
+"""Nodes the GM keeps (``nodes`` rows, epochs in memory): a hello from one more is refused
+(``too_many_nodes``, not acknowledged). ``lifelong delete node`` makes room."""
+MAX_QUEUED_PER_NODE = 10_000
+"""Reports of one node handed to the executor and not applied yet: beyond, a report is refused
+(``busy``, not acknowledged: the LC resends it after its ack timeout). A well-behaved LC has at
+most its outbox window (200) in flight."""
+SPELL_SECONDS = 60.0
+"""Rejections of messages from node names that never said hello share one log scope: one
+WARNING per reason per this many seconds (with the count since), however many names. The same
+for records a bound of the bookkeeping forgot."""
 
 
 class Intake:
@@ -95,6 +114,9 @@ class Intake:
         executor: KeyedExecutor,
         metrics: GMMetrics,
         max_payload: int | None = None,
+        max_nodes: int = MAX_NODES,
+        max_queued_per_node: int = MAX_QUEUED_PER_NODE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
         self.topics = topics
@@ -103,7 +125,14 @@ class Intake:
         self.executor = executor
         self.metrics = metrics
         self.max_payload = max_payload
+        self.max_nodes = max_nodes
+        self.max_queued_per_node = max_queued_per_node
+        self.clock = clock
         self._logged = LogOnce()  # (node, reason) rejections logged at WARNING since its hello
+        # key -> (when last logged, how many since): names that never said hello, one scope
+        self._spells: dict[str, tuple[float, int]] = {}
+        self._queued_lock = threading.Lock()
+        self._queued: dict[str, int] = {}  # node -> reports submitted, not run yet (bounded above)
         self.on_log: Callable[[str, Envelope], None] | None = None
         """Gets each ``log`` answer on ``up/_ctl`` (``cloud/logs.py``), on the network thread."""
         self._ack_lock = threading.Lock()
@@ -112,16 +141,52 @@ class Intake:
         # node -> outbox epoch of its last hello. Read and written by the network thread only
         # (loaded here, before it runs), so it needs no lock and no database read per report.
         self._epochs: dict[str, str] = {n.node: n.epoch for n in state.nodes() if n.epoch}
+        state.on_forgotten = self._forgotten
+
+    def _forgotten(self, what: str, reason: str, count: int) -> None:
+        """A bound of the bookkeeping forgot ``count`` records (``cloud/gmstate.py``): counted."""
+        if what == "applied":
+            self.metrics.applied_pruned.labels(reason=reason).inc(count)
+        else:
+            self.metrics.worker_info_evicted.inc(count)
+        first, since = self._spell(f"forgot {what} {reason}", count)
+        if first:
+            more = f" ({since} more since the last such line)" if since else ""
+            log.warning("forgot %d %s records over their %s bound%s", count, what, reason, more)
 
     def filters(self) -> list[str]:
         return [self.topics.all_up_filter(), self.topics.all_presence_filter()]
 
     def _reject(self, reason: str, where: str, message: str, node: str | None = None, count: int = 1) -> None:
-        """Count ``count`` rejections; log the first per (node, reason) since the node's hello."""
+        """Count ``count`` rejections; log the first per (node, reason) since the node's hello.
+
+        A node name that never said hello (not in ``_epochs``) keeps nothing here: such names
+        share one scope, logged once per reason per ``SPELL_SECONDS`` (a flood of
+        made-up names is one line a minute, not one per name)."""
         self.metrics.upstream_rejected.labels(reason=reason).inc(count)
-        level = logging.WARNING if self._logged.first(node or "", reason) else logging.DEBUG
+        if node and node in self._epochs:
+            first = self._logged.first(node, reason)
+            suffix = ""
+        else:
+            first, since = self._spell(reason, count)
+            suffix = (
+                f" ({since} more from nodes that never said hello since the last such line)" if since else ""
+            )
+        level = logging.WARNING if first else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "rejected message on %s (%s): %s", where[:300], reason, message[:300])
+            log.log(level, "rejected message on %s (%s): %s%s", where[:300], reason, message[:300], suffix)
+
+    def _spell(self, key: str, count: int) -> tuple[bool, int]:
+        """Whether to log ``key`` now (at most once per ``SPELL_SECONDS``), and how many were
+        kept quiet since the last line. Keys are a fixed set (reasons), so this stays small."""
+        now = self.clock()
+        with self._queued_lock:  # the network thread and the workers both log
+            last, since = self._spells.get(key, (None, 0))
+            if last is None or now - last >= SPELL_SECONDS:
+                self._spells[key] = (now, 0)
+                return True, since
+            self._spells[key] = (last, since + count)
+            return False, 0
 
     def _refuse_items(self, node: str, what: str, refused: list[ItemRefused]) -> None:
         """Count every item of a list body the models refused; log the first one (with its key)."""
@@ -156,6 +221,10 @@ class Intake:
             if env.op is not Op.PRESENCE:
                 raise ReportRejected("op", f"operation {env.op.value!r} is not allowed on a presence topic")
             presence = Presence.parse(env.body)
+            if node not in self._epochs:
+                # Nothing is kept for a name that never said hello (a flood of made-up names
+                # would grow ``nodes``): its hello, which follows its presence, records it.
+                raise ReportRejected("unknown_node", f"presence of node {node}, which has not said hello")
             online = presence.state == "online"
             if online and retained:
                 # The broker's copy, maybe older than this GM: the node is online for this GM only
@@ -212,7 +281,18 @@ class Intake:
             self._queue_ack(node, epoch, seq)
             return
         key = controller.report_key(env, report)
-        self.executor.submit(key, lambda: self._apply(node, epoch, env, controller, report))
+        with self._queued_lock:
+            queued = self._queued.get(node, 0)
+            if queued >= self.max_queued_per_node:
+                busy = True
+            else:
+                busy = False
+                self._queued[node] = queued + 1
+        if busy:
+            raise ReportRejected(
+                "busy", f"{queued} reports of node {node} wait to be applied; this one is resent later"
+            )
+        self.executor.submit(key, lambda: self._apply_queued(node, epoch, env, controller, report))
 
     def _check_node(self, env: Envelope, node: str) -> None:
         if env.node != node:
@@ -222,6 +302,12 @@ class Intake:
 
     def _hello(self, node: str, env: Envelope) -> None:
         hello, refused = Hello.parse_lenient(env.body)
+        if node not in self._epochs and len(self._epochs) >= self.max_nodes:
+            raise ReportRejected(
+                "too_many_nodes",
+                f"the GM keeps {self.max_nodes} nodes; hello of node {node} refused "
+                "(lifelong delete node makes room)",
+            )
         self._logged.forget_scope(node)  # a new connection: its first rejection of each reason is logged
         self._refuse_items(node, "hello", refused)
         # Known at once, here, so reports that follow are deduplicated under the new epoch; the
@@ -261,6 +347,24 @@ class Intake:
         self.delivery.on_ack(node, applied)
 
     # -- worker threads --------------------------------------------------------------------
+    def _apply_queued(
+        self, node: str, epoch: str, env: Envelope, controller: Controller[Any], report: Any
+    ) -> None:
+        try:
+            self._apply(node, epoch, env, controller, report)
+        finally:
+            with self._queued_lock:
+                left = self._queued.get(node, 1) - 1
+                if left > 0:
+                    self._queued[node] = left
+                else:
+                    self._queued.pop(node, None)
+
+    def queued(self, node: str) -> int:
+        """Reports of ``node`` handed to the executor and not applied yet."""
+        with self._queued_lock:
+            return self._queued.get(node, 0)
+
     def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller[Any], report: Any) -> None:
         assert env.seq is not None
         seq = env.seq

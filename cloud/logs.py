@@ -11,7 +11,8 @@ durable (no outbox, no resend): a node that does not answer within the deadline 
 default, at most 60 s) gives ``LogTimeout``, whose message says whether the GM sees the node
 online. At most ``MAX_PENDING`` requests wait at once. An answer that names no waiting request
 (late, after its deadline) is dropped; one from another node than the one asked is rejected
-(``identity``, counted).
+(``identity``, counted). Nothing is kept per answer; a refused one is logged at WARNING once per
+(node, reason), at DEBUG after that.
 
 Which node: the Worker object's template (standalone mode) while it exists; after it finished
 (the GM deletes finished Workers), the job its name ``{job}-{stage}-{round}`` names, and that
@@ -32,6 +33,7 @@ from lifelong.common.api import LifelongLearningJob, Worker
 from lifelong.common.codec import Codec, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, InvalidBody, LifelongError, ValidationError
+from lifelong.common.logonce import LogOnce
 from lifelong.common.messages import MAX_LOG_CHUNK, MAX_TAIL_LINES, LogAnswer, LogRequest
 from lifelong.common.stages import Stage
 from lifelong.common.topics import Topics
@@ -108,7 +110,8 @@ class WorkerLogRequests:
         self.node_online = node_online
         self.reject = reject
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Pending] = {}  # at most MAX_PENDING, each gone at its deadline
+        self._logged = LogOnce()  # refused answers: one WARNING per (node, reason), bounded
 
     # -- which node ---------------------------------------------------------------------------
     def worker_node(self, ns: str, name: str) -> str:
@@ -214,7 +217,8 @@ class WorkerLogRequests:
             answer = LogAnswer.parse(env.body)
         except InvalidBody as exc:
             self.reject("invalid")
-            log.warning("log answer from node %s refused: %s", node, str(exc)[:300])
+            level = logging.WARNING if self._logged.first(node, "invalid") else logging.DEBUG
+            log.log(level, "log answer from node %s refused: %s", node, str(exc)[:300])
             return
         with self._lock:
             waiting = self._pending.get(answer.request)
@@ -223,7 +227,10 @@ class WorkerLogRequests:
             return
         if waiting.node != node:
             self.reject("identity")
-            log.warning("log answer from node %s to a request sent to node %s; dropped", node, waiting.node)
+            level = logging.WARNING if self._logged.first(node, "identity") else logging.DEBUG
+            log.log(
+                level, "log answer from node %s to a request sent to node %s; dropped", node, waiting.node
+            )
             return
         waiting.answer = answer
         waiting.done.set()

@@ -96,6 +96,18 @@ class GMMetrics:
             ["kind"],
             registry=r,
         )
+        self.applied_pruned = Counter(
+            "lifelong_gm_applied_pruned",
+            "Applied-report records (node, epoch, seq) forgotten before a hello pruned them, by "
+            "reason (age: older than a week; count: over the per-node bound)",
+            ["reason"],
+            registry=r,
+        )
+        self.worker_info_evicted = Counter(
+            "lifelong_gm_worker_info_evicted",
+            "Workers' posted infos forgotten because their job holds more than the bound (oldest first)",
+            registry=r,
+        )
         self.work_collapsed_fn: Callable[[], int] = lambda: 0
         self.hellos = Counter("lifelong_gm_hellos", "Hello messages handled", registry=r)
         self.reconcile_seconds = Histogram(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +31,14 @@ from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import InvalidBody, LifelongError, ProtocolError
+from lifelong.common.httpserver import HTTPLimits
 from lifelong.common.messages import AppliedAck, Hello, SeqAck, Sync
 from lifelong.common.topics import Topics
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
 from lifelong.edge.session import Session
+from lifelong.edge.worker_api import WorkerAPI
+from lifelong.edge.worker_logs import WorkerLogs
 
 pytestmark = pytest.mark.faults
 
@@ -610,3 +615,205 @@ def test_lc_refuses_and_counts_integers_out_of_range(
         assert session.rejected.get("decode", 0) == rejected.get("decode", 0) + 1, session.rejected
     assert session.downstream["applied"] == before["applied"]
     assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+# -- the LC's log requests on down/_ctl ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def log_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, list[bytes], Path]]:
+    """A session answering log requests from real worker log files; a secret file lies next to
+    the workers' folder, so a request that escapes it would show."""
+    tmp = tmp_path_factory.mktemp("lc-logs")
+    workers = tmp / "workers"
+    logs = WorkerLogs(workers, node=NODE)
+    path = logs.path("default", "w")
+    path.parent.mkdir(parents=True)
+    path.write_text("line one\nline two\n")
+    (tmp / "secret.log").write_text("SECRET\n")
+    store = Store(tmp / "lc.db")
+    sent: list[bytes] = []
+    s = Session(
+        store,
+        Outbox(store),
+        node=NODE,
+        topics=TOPICS,
+        codec=Codec.MSGPACK,
+        max_payload=256 * 1024,
+        publish=lambda topic, payload, retain: sent.append(payload),
+        on_log_request=logs.answer,
+    )
+    yield s, sent, tmp
+    store.close()
+
+
+names = st.one_of(
+    st.sampled_from(["w", "", "..", "../secret", "../../secret", "/etc/passwd", "w/../../secret", "x" * 300]),
+    st.text(max_size=20),
+    values,
+)
+
+
+@st.composite
+def log_requests(draw: st.DrawFn) -> bytes:
+    body = draw(
+        st.one_of(
+            values,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "ns": names,
+                    "worker": names,
+                    "offset": st.one_of(st.integers(-(2**63), 2**64 - 1), values),
+                    "tailLines": st.one_of(st.integers(-(2**63), 2**64 - 1), values),
+                    "maxBytes": st.one_of(st.integers(-(2**63), 2**64 - 1), values),
+                },
+            ),
+        )
+    )
+    raw = _valid(op="log", kind=CONTROL_KIND, ns="", name="", seq=None, body=body)
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+@FUZZ
+@given(payload=log_requests())
+def test_lc_log_requests_are_answered_or_refused_never_escape(
+    log_session: tuple[Session, list[bytes], Path], payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every ``log`` request gets exactly one answer (data, or an error with its reason), a
+    refused one is counted, nothing raises or logs a traceback, and no answer reads outside the
+    workers' folder."""
+    _ran("LC log requests on down/_ctl")
+    session, sent, _tmp = log_session
+    sent.clear()
+    answered = session.log_requests
+    rejected = sum(session.rejected.values()) + session.downstream["invalid"]
+    with caplog.at_level(logging.WARNING, logger="lifelong.edge"):
+        session.handle_message(TOPICS.down_ctl(NODE), payload)
+        session.run_pending()
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    try:
+        decode(payload, max_payload=session.max_payload)
+    except ProtocolError:  # not an envelope at all (e.g. a body that is no map): counted, unanswered
+        assert sum(session.rejected.values()) + session.downstream["invalid"] > rejected
+        assert sent == []
+        return
+    assert session.log_requests == answered + 1
+    assert len(sent) == 1
+    answer = decode(sent[0]).body
+    assert "SECRET" not in json.dumps(answer)
+    if answer.get("reason") == "invalid":
+        assert sum(session.rejected.values()) + session.downstream["invalid"] == rejected + 1
+    elif answer.get("error") is None:
+        assert answer["data"] in ("line one\nline two\n", "line two\n", "") or "line" in answer["data"]
+
+
+# -- the LC's worker API, through real sockets ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerAPI]:
+    store = Store(tmp_path_factory.mktemp("lc-api") / "lc.db")
+    store.put_resource(
+        "LifelongLearningJob", "default", "job1", "1", {"metadata": {"name": "job1"}, "spec": {}}
+    )
+    api = WorkerAPI(store, Outbox(store, max_depth=50), "127.0.0.1", 0, limits=HTTPLimits(max_body=4096))
+    api.start()
+    yield api
+    api.stop()
+    store.close()
+
+
+PRINTABLE = st.characters(min_codepoint=33, max_codepoint=126)
+header_values = st.one_of(
+    st.sampled_from(["-1", "0", "5", "99999999999999999999", "1e3", " 12", "0x10", "", "abc", "4097"]),
+    st.integers(-(2**64), 2**64).map(str),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
+)
+
+
+@st.composite
+def http_requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["POST", "GET", "PUT", "DELETE", "HEAD", "OPTIONS", "BREW", "post", ""]))
+    path = draw(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "/sedna/workers/job1-train-1/info",
+                    "/sedna/workers/job1-train-1/info/",
+                    "/sedna/workers/" + "w" * 300 + "/info",
+                    "/sedna/workers//info",
+                    "/sedna/workers/../info",
+                    "/",
+                    "*",
+                    "/sedna/workers/x%00/info",
+                ]
+            ),
+            st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40).map(
+                lambda t: "/" + t
+            ),
+        )
+    )
+    headers: list[tuple[str, str]] = [("Host", "127.0.0.1")]
+    body = draw(
+        st.one_of(
+            st.binary(max_size=200),
+            values.map(lambda v: json.dumps(v, default=repr).encode()),
+            st.just(json.dumps({"ownerName": "job1", "x": 1}).encode()),
+            st.sampled_from([b"x" * 5000, _deep(5000).encode()]),
+        )
+    )
+    length = draw(st.one_of(st.just(str(len(body))), header_values, st.none()))
+    if length is not None:
+        headers.append(("Content-Length", length))
+    if draw(st.booleans()):
+        headers.append(
+            ("Transfer-Encoding", draw(st.sampled_from(["chunked", "gzip", "chunked, chunked", "x"])))
+        )
+        if draw(st.booleans()):
+            body = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    for _ in range(draw(st.integers(0, 2))):
+        headers.append(
+            (draw(st.sampled_from(["Content-Type", "Expect", "Connection", "X-A"])), draw(header_values))
+        )
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    return head.encode("latin-1", "replace") + body
+
+
+@FUZZ
+@given(request=http_requests())
+def test_lc_worker_api_survives_any_request(
+    worker_api: WorkerAPI, request: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever arrives on the socket (method, path, Content-Length, Transfer-Encoding, body):
+    one HTTP answer, never a 500 nor a traceback; a 200 only with the report in the outbox; every
+    answer of the application counted by result."""
+    _ran("LC worker API (raw HTTP requests)")
+    before = worker_api.snapshot()
+    depth = worker_api.outbox.depth()
+    with (
+        caplog.at_level(logging.WARNING),
+        socket.create_connection(("127.0.0.1", worker_api.port), timeout=10) as sock,
+    ):
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # refused and closed before the whole request was sent
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    statuses = [int(s) for s in re.findall(rb"^HTTP/1\.[01] (\d{3})", answer, re.M)]
+    assert 500 not in statuses, answer[:300]
+    after = worker_api.snapshot()
+    counted = sum(after.values()) - sum(before.values())
+    stored = after["stored"] - before["stored"]
+    assert worker_api.outbox.depth() - depth == stored or worker_api.outbox.depth() == 50
+    app_answers = [s for s in statuses if s in (200, 202, 403, 404, 405, 503) or s in (400, 413)]
+    assert counted <= len(app_answers), (counted, statuses)
+    if 200 in statuses:
+        assert stored >= 1
