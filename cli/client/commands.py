@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from lifelong.client import logs
-from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
+from lifelong.client import config, logs
+from lifelong.client.api import Client, NotFound, from_args
 from lifelong.client.files import read_resources
 from lifelong.client.format import (
     RESOURCE_NAMES,
@@ -46,7 +46,7 @@ from lifelong.client.format import (
 from lifelong.client.jsonpath import Template, parse_template
 from lifelong.client.selectors import Selector, parse_selector
 from lifelong.client.watch import follow
-from lifelong.common.errors import ValidationError
+from lifelong.common.errors import ConfigError, ValidationError
 
 KIND_ALIASES = {
     "LifelongLearningJob": ("ll", "lifelonglearningjob", "lifelonglearningjobs", "lljob", "lljobs"),
@@ -105,7 +105,22 @@ def _client(args: argparse.Namespace) -> Client:
     timeout = getattr(args, "request_timeout", None)
     if timeout is not None and timeout < 0:
         raise ValidationError([("", f"--request-timeout must not be negative, not {timeout}")])
-    return Client(args.server) if not timeout else Client(args.server, timeout=timeout)
+    client = from_args(args, timeout or 30.0)
+    args.__dict__.setdefault("open_clients", []).append(client)  # closed by _closing
+    return client
+
+
+def _closing(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler``, then the clients it opened closed (their kept-alive connections to the GM)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        finally:
+            for client in args.__dict__.pop("open_clients", []):
+                client.close()
+
+    return run
 
 
 Target = tuple[str, list[str]]
@@ -437,12 +452,29 @@ def _delete_nodes(client: Client, names: list[str], ignore_not_found: bool) -> i
     return status
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``lifelong config view|current-context|get-contexts|use-context NAME`` (``config.py``)."""
+    if args.verb == "view":
+        print(dump(config.view(args.config), "yaml"), end="")
+    elif args.verb == "use-context":
+        config.use_context(args.config, args.name)
+        print(f'Switched to context "{args.name}".')
+    else:
+        current, found = config.contexts(args.config)
+        if args.verb == "current-context":
+            if not current:
+                raise ConfigError(f"config file {config.config_path(args.config)[0]}: no current-context")
+            print(current)
+        else:
+            rows = [["CURRENT", "NAME", "CLUSTER", "USER", "NAMESPACE"]]
+            rows += [["*" if name == current else "", name, *rest] for name, *rest in found]
+            print(table(rows))
+    return 0
+
+
 def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})"
-        )
-        p.add_argument("--namespace", "-n", default="default", help="namespace (default: default)")
+        config.add_flags(p)
         p.add_argument(
             "--request-timeout",
             type=float,
@@ -464,7 +496,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("apply", help="create or update resources from files (like kubectl apply)")
     common(p)
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or - (repeatable)")
-    p.set_defaults(handler=cmd_apply)
+    p.set_defaults(handler=_closing(cmd_apply))
 
     p = sub.add_parser(
         "get",
@@ -502,7 +534,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="with -w: how often the GM is asked for changes (default 1; a state held for less may not show)",
     )
-    p.set_defaults(handler=cmd_get)
+    p.set_defaults(handler=_closing(cmd_get))
 
     p = sub.add_parser(
         "nodes",
@@ -512,9 +544,9 @@ def register(sub: Any) -> None:
         "of reports waiting in the node's outbox (its upstream backlog) as the node's last hello "
         "reported it; the GM learns it only from hellos, so it may be stale.",
     )
-    p.add_argument("--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})")
+    config.add_flags(p, namespace=False)
     p.add_argument("-o", "--output", choices=["yaml", "json"], help="output format")
-    p.set_defaults(handler=cmd_nodes)
+    p.set_defaults(handler=_closing(cmd_nodes))
 
     p = sub.add_parser(
         "describe",
@@ -528,7 +560,7 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="*", help="names (every object of the kind when none)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (without names)")
     selector(p)
-    p.set_defaults(handler=cmd_describe)
+    p.set_defaults(handler=_closing(cmd_describe))
 
     p = sub.add_parser(
         "delete",
@@ -542,6 +574,22 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="every object of the kind in the namespace")
     selector(p)
     p.add_argument("--ignore-not-found", action="store_true")
-    p.set_defaults(handler=cmd_delete)
+    p.set_defaults(handler=_closing(cmd_delete))
+
+    p = sub.add_parser(
+        "config",
+        help="show or change the client's config file (like kubectl config)",
+        description="The client's kubeconfig-like file (--config, $LIFELONG_CONFIG, else "
+        "~/.config/lifelong/config): clusters, users, contexts, current-context.",
+    )
+    p.add_argument("--config", metavar="FILE", help="the config file (default: $LIFELONG_CONFIG, else "
+                   "~/.config/lifelong/config)")  # fmt: skip
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    verbs.add_parser("view", help="print the file, tokens shown as REDACTED")
+    verbs.add_parser("current-context", help="print the current context's name")
+    verbs.add_parser("get-contexts", help="list the contexts; * marks the current one")
+    use = verbs.add_parser("use-context", help="make NAME the current context (rewrites the file)")
+    use.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_config)
 
     logs.register(sub)  # lifelong logs (cli/client/logs.py)
