@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from lifelong.client.config import DEFAULT_SERVER, Connection, connection
-from lifelong.common.errors import LifelongError, ValidationError
+from lifelong.common.errors import ConfigError, LifelongError, ValidationError
 
 # httpx logs each request at INFO (the client's default level): the commands' output is their own.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -68,7 +68,7 @@ def tls_context(ca_file: str | None = None, ca_data: str | None = None) -> ssl.S
     except (OSError, ssl.SSLError) as exc:
         what = ca_file or "certificate-authority-data"
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a PEM certificate"
-        raise ServerUnreachable(f"cannot use the CA {what} to verify the GM: {reason}") from None
+        raise ConfigError(f"cannot use the CA {what} to verify the GM: {reason}") from None
 
 
 class Client:

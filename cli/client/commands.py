@@ -582,14 +582,19 @@ def register(sub: Any) -> None:
         description="The client's kubeconfig-like file (--config, $LIFELONG_CONFIG, else "
         "~/.config/lifelong/config): clusters, users, contexts, current-context.",
     )
-    p.add_argument("--config", metavar="FILE", help="the config file (default: $LIFELONG_CONFIG, else "
-                   "~/.config/lifelong/config)")  # fmt: skip
+    config_help = "the config file (default: $LIFELONG_CONFIG, else ~/.config/lifelong/config)"
+    p.add_argument("--config", metavar="FILE", help=config_help)
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    verbs.add_parser("view", help="print the file, tokens shown as REDACTED")
-    verbs.add_parser("current-context", help="print the current context's name")
-    verbs.add_parser("get-contexts", help="list the contexts; * marks the current one")
-    use = verbs.add_parser("use-context", help="make NAME the current context (rewrites the file)")
-    use.add_argument("name", metavar="NAME")
+    for verb, text in (
+        ("view", "print the file, tokens shown as REDACTED"),
+        ("current-context", "print the current context's name"),
+        ("get-contexts", "list the contexts; * marks the current one"),
+        ("use-context", "make NAME the current context (rewrites the file)"),
+    ):
+        v = verbs.add_parser(verb, help=text)
+        v.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+        if verb == "use-context":
+            v.add_argument("name", metavar="NAME")
     p.set_defaults(handler=cmd_config)
 
     logs.register(sub)  # lifelong logs (cli/client/logs.py)

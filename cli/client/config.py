@@ -241,6 +241,11 @@ def connection(
     ca_file = (
         None if cluster.certificate_authority is None else _relative(path, cluster.certificate_authority)
     )
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        k = next(k for k, c in enumerate(loaded.clusters) if c.name == ctx.context.cluster)
+        raise ConfigError(
+            f"config file {path}: clusters[{k}].cluster.certificate-authority: cannot read {ca_file}"
+        )
     return Connection(
         server=server or cluster.server,
         token=token,
