@@ -178,7 +178,7 @@ def test_config_view_redacts_tokens_and_use_context_switches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, CONFIG)
-    path.chmod(0o600)
+    path.chmod(0o640)
     code, out, err = run(capsys, "config", "view", "--config", str(path))
     assert code == 0, err
     shown = yaml.safe_load(out)
@@ -199,7 +199,7 @@ def test_config_view_redacts_tokens_and_use_context_switches(
     code, out, _ = run(capsys, "config", "use-context", "local-viewer")
     assert (code, out) == (0, 'Switched to context "local-viewer".\n')
     assert yaml.safe_load(path.read_text()) == {**CONFIG, "current-context": "local-viewer"}
-    assert path.stat().st_mode & 0o777 == 0o600  # the token stays readable by its owner only
+    assert path.stat().st_mode & 0o777 == 0o640  # the file keeps its mode (rewritten, not widened)
     assert connection().server == "http://127.0.0.1:9300"
     code, _, err = run(capsys, "config", "use-context", "nope")
     assert code == 2 and "no context named 'nope'" in err
