@@ -4,8 +4,11 @@ Who calls it: the ``lifelong`` dispatcher (``cli/__main__.py``) registers these 
 through ``register``. The HTTP client is ``api.py``, the file reader ``files.py``, the printing
 ``format.py``. It is a client of the GM, not part of it: it imports only ``lifelong.common`` (an
 import-linter contract in ``pyproject.toml`` keeps it so). Everything goes through the
-GM's local HTTP API (``--server``, default http://127.0.0.1:9300); files are parsed and
-validated locally first, so a typo is reported with its file and field before anything is sent.
+GM's HTTP API, found with its token and CA through the client's config file (``config.py``:
+``--config``, ``--context``, ``--server``, ``LIFELONG_TOKEN``; default http://127.0.0.1:9300, no
+token); files are parsed and validated locally first, so a typo is reported with its file and
+field before anything is sent. ``lifelong config view|use-context|...`` shows and switches the
+config file's contexts.
 
 Output follows kubectl: ``dataset.sedna.io/ds1 created`` / ``configured`` / ``unchanged`` /
 ``deleted``; ``get`` prints a table (``NAME STAGE STATUS AGE`` for jobs) or
