@@ -4,8 +4,11 @@ Who calls it: the ``lifelong`` dispatcher (``cli/__main__.py``) registers these 
 through ``register``. The HTTP client is ``api.py``, the file reader ``files.py``, the printing
 ``format.py``. It is a client of the GM, not part of it: it imports only ``lifelong.common`` (an
 import-linter contract in ``pyproject.toml`` keeps it so). Everything goes through the
-GM's local HTTP API (``--server``, default http://127.0.0.1:9300); files are parsed and
-validated locally first, so a typo is reported with its file and field before anything is sent.
+GM's HTTP API, found with its token and CA through the client's config file (``config.py``:
+``--config``, ``--context``, ``--server``, ``LIFELONG_TOKEN``; default http://127.0.0.1:9300, no
+token); files are parsed and validated locally first, so a typo is reported with its file and
+field before anything is sent. ``lifelong config view|use-context|...`` shows and switches the
+config file's contexts.
 
 Output follows kubectl: ``dataset.sedna.io/ds1 created`` / ``configured`` / ``unchanged`` /
 ``deleted``; ``get`` prints a table (``NAME STAGE STATUS AGE`` for jobs) or
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from lifelong.client import logs
-from lifelong.client.api import DEFAULT_SERVER, Client, NotFound
+from lifelong.client import config, logs
+from lifelong.client.api import Client, NotFound, from_args
 from lifelong.client.files import read_resources
 from lifelong.client.format import (
     RESOURCE_NAMES,
@@ -46,7 +49,7 @@ from lifelong.client.format import (
 from lifelong.client.jsonpath import Template, parse_template
 from lifelong.client.selectors import Selector, parse_selector
 from lifelong.client.watch import follow
-from lifelong.common.errors import ValidationError
+from lifelong.common.errors import ConfigError, ValidationError
 
 KIND_ALIASES = {
     "LifelongLearningJob": ("ll", "lifelonglearningjob", "lifelonglearningjobs", "lljob", "lljobs"),
@@ -105,7 +108,22 @@ def _client(args: argparse.Namespace) -> Client:
     timeout = getattr(args, "request_timeout", None)
     if timeout is not None and timeout < 0:
         raise ValidationError([("", f"--request-timeout must not be negative, not {timeout}")])
-    return Client(args.server) if not timeout else Client(args.server, timeout=timeout)
+    client = from_args(args, timeout or 30.0)
+    args.__dict__.setdefault("open_clients", []).append(client)  # closed by _closing
+    return client
+
+
+def _closing(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler``, then the clients it opened closed (their kept-alive connections to the GM)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        finally:
+            for client in args.__dict__.pop("open_clients", []):
+                client.close()
+
+    return run
 
 
 Target = tuple[str, list[str]]
@@ -437,12 +455,29 @@ def _delete_nodes(client: Client, names: list[str], ignore_not_found: bool) -> i
     return status
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``lifelong config view|current-context|get-contexts|use-context NAME`` (``config.py``)."""
+    if args.verb == "view":
+        print(dump(config.view(args.config), "yaml"), end="")
+    elif args.verb == "use-context":
+        config.use_context(args.config, args.name)
+        print(f'Switched to context "{args.name}".')
+    else:
+        current, found = config.contexts(args.config)
+        if args.verb == "current-context":
+            if not current:
+                raise ConfigError(f"config file {config.config_path(args.config)[0]}: no current-context")
+            print(current)
+        else:
+            rows = [["CURRENT", "NAME", "CLUSTER", "USER", "NAMESPACE"]]
+            rows += [["*" if name == current else "", name, *rest] for name, *rest in found]
+            print(table(rows))
+    return 0
+
+
 def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})"
-        )
-        p.add_argument("--namespace", "-n", default="default", help="namespace (default: default)")
+        config.add_flags(p)
         p.add_argument(
             "--request-timeout",
             type=float,
@@ -464,7 +499,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("apply", help="create or update resources from files (like kubectl apply)")
     common(p)
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or - (repeatable)")
-    p.set_defaults(handler=cmd_apply)
+    p.set_defaults(handler=_closing(cmd_apply))
 
     p = sub.add_parser(
         "get",
@@ -502,7 +537,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="with -w: how often the GM is asked for changes (default 1; a state held for less may not show)",
     )
-    p.set_defaults(handler=cmd_get)
+    p.set_defaults(handler=_closing(cmd_get))
 
     p = sub.add_parser(
         "nodes",
@@ -512,9 +547,9 @@ def register(sub: Any) -> None:
         "of reports waiting in the node's outbox (its upstream backlog) as the node's last hello "
         "reported it; the GM learns it only from hellos, so it may be stale.",
     )
-    p.add_argument("--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})")
+    config.add_flags(p, namespace=False)
     p.add_argument("-o", "--output", choices=["yaml", "json"], help="output format")
-    p.set_defaults(handler=cmd_nodes)
+    p.set_defaults(handler=_closing(cmd_nodes))
 
     p = sub.add_parser(
         "describe",
@@ -528,7 +563,7 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="*", help="names (every object of the kind when none)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (without names)")
     selector(p)
-    p.set_defaults(handler=cmd_describe)
+    p.set_defaults(handler=_closing(cmd_describe))
 
     p = sub.add_parser(
         "delete",
@@ -542,6 +577,27 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="every object of the kind in the namespace")
     selector(p)
     p.add_argument("--ignore-not-found", action="store_true")
-    p.set_defaults(handler=cmd_delete)
+    p.set_defaults(handler=_closing(cmd_delete))
+
+    p = sub.add_parser(
+        "config",
+        help="show or change the client's config file (like kubectl config)",
+        description="The client's kubeconfig-like file (--config, $LIFELONG_CONFIG, else "
+        "~/.config/lifelong/config): clusters, users, contexts, current-context.",
+    )
+    config_help = "the config file (default: $LIFELONG_CONFIG, else ~/.config/lifelong/config)"
+    p.add_argument("--config", metavar="FILE", help=config_help)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, text in (
+        ("view", "print the file, tokens shown as REDACTED"),
+        ("current-context", "print the current context's name"),
+        ("get-contexts", "list the contexts; * marks the current one"),
+        ("use-context", "make NAME the current context (rewrites the file)"),
+    ):
+        v = verbs.add_parser(verb, help=text)
+        v.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+        if verb == "use-context":
+            v.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_config)
 
     logs.register(sub)  # lifelong logs (cli/client/logs.py)

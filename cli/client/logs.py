@@ -26,7 +26,8 @@ import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from lifelong.client.api import DEFAULT_SERVER, Client
+from lifelong.client import config
+from lifelong.client.api import Client, from_args
 
 FOLLOW_INTERVAL = 1.0
 """Seconds between two asks of ``-f`` when nothing new was there."""
@@ -58,7 +59,11 @@ def fetch(client: Client, ns: str, name: str, **params: Any) -> dict[str, Any]:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     timeout = args.request_timeout
-    client = Client(args.server, timeout=timeout + 10)
+    with from_args(args, timeout + 10) as client:
+        return _print_log(args, client, timeout)
+
+
+def _print_log(args: argparse.Namespace, client: Client, timeout: int) -> int:
     out = _Printer()
 
     def ask(**params: Any) -> dict[str, Any]:
@@ -117,6 +122,5 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help=f"how long the node may take to answer (1-60, default {DEFAULT_REQUEST_TIMEOUT})",
     )
-    p.add_argument("--server", "-s", default=DEFAULT_SERVER, help=f"the GM's API (default {DEFAULT_SERVER})")
-    p.add_argument("--namespace", "-n", default="default", help="namespace (default: default)")
+    config.add_flags(p)
     p.set_defaults(handler=cmd_logs)

@@ -6,6 +6,9 @@ file runs each marked kind:
 * ``<!-- commands: client -->``: line by line, in order, against a real broker and a real
   ``lifelong gm`` (only ``--server URL`` is added, for the GM's test port), after an edge node
   ``edge-node`` has said hello the way an LC does;
+* ``<!-- commands: client-config -->``: line by line, in order, with ``LIFELONG_CONFIG`` naming a
+  scratch copy of the YAML block marked ``<!-- client config file: ... -->`` (``lifelong config``
+  speaks to no GM); each line's output is checked;
 * ``<!-- commands: kubernetes -->``: line by line by ``sh`` in a scratch folder (holding a link
   to ``deploy/``); ``kubectl`` lines get ``--dry-run=client`` and a FAKE API server
   (tests/harness/fake_k8s.py, discovery only, nothing stored; ``apply`` also
@@ -25,6 +28,7 @@ The ``lifelong ... --help`` commands the README and docs mention run too.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -52,7 +56,14 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"<!-- commands: client -->\s*```sh\n(.*?)```", re.S)
 MARKED = re.compile(r"(?:<!-- (commands: [a-z-]+|not run: [^>]+?) -->\n)?```sh\n(.*?)```", re.S)
-KINDS = ("commands: client", "commands: kubernetes", "commands: edge-install", "commands: logs")
+KINDS = (
+    "commands: client",
+    "commands: client-config",
+    "commands: kubernetes",
+    "commands: edge-install",
+    "commands: logs",
+)
+CLIENT_CONFIG = re.compile(r"<!-- client config file: [^>]*-->\s*```yaml\n(.*?)```", re.S)
 HELP = re.compile(r"`(lifelong(?: [a-z]+)? --help)`")
 PREFIX = "lifelong/v1"
 NODE = "edge-node"  # the node the atcii sample names
@@ -72,7 +83,7 @@ def help_commands() -> list[list[str]]:
     return [shlex.split(c) for c in found]
 
 
-def lifelong(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def lifelong(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert argv[0] == "lifelong"
     return subprocess.run(
         [sys.executable, "-m", "lifelong", *argv[1:]],
@@ -81,6 +92,7 @@ def lifelong(argv: list[str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         check=False,
+        env=env,
     )
 
 
@@ -178,6 +190,52 @@ def test_client_commands_in_the_docs_run_as_written(amqtt_broker: Broker, tmp_pa
         assert {"apply", "get", "describe", "nodes", "delete"} <= set(seen)
     finally:
         gm.terminate()
+
+
+def test_client_config_commands_in_the_docs_run_as_written(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    files = CLIENT_CONFIG.findall(text)
+    assert len(files) == 1, "docs/operations.md must keep one <!-- client config file: ... --> yaml block"
+    config = tmp_path / "config"
+    config.write_text(files[0])
+    documented = yaml.safe_load(files[0])
+    tokens = [u["user"]["token"] for u in documented["users"] if "token" in u["user"]]
+    assert tokens, "the documented file shows a user with a token (config view must redact it)"
+    env = {**os.environ, "LIFELONG_CONFIG": str(config)}
+    env.pop("LIFELONG_TOKEN", None)
+    (block,) = marked_blocks("commands: client-config")
+    commands = [shlex.split(line) for line in block.strip().splitlines()]
+    current = documented["current-context"]
+    seen = []
+    for argv in commands:
+        assert argv[:2] == ["lifelong", "config"], argv
+        done = lifelong(argv, env)
+        assert done.returncode == 0, f"{shlex.join(argv)}: {done.stderr}"
+        assert not any(t in done.stdout + done.stderr for t in tokens)
+        verb = argv[2]
+        if verb == "view":
+            shown = yaml.safe_load(done.stdout)
+            assert shown["clusters"] == documented["clusters"]
+            assert {u["name"]: u["user"] for u in shown["users"]} == {
+                u["name"]: ({**u["user"], "token": "REDACTED"} if "token" in u["user"] else u["user"])
+                for u in documented["users"]
+            }
+        elif verb == "get-contexts":
+            rows = [line.split() for line in done.stdout.splitlines()[1:]]
+            assert [r[1] if r[0] == "*" else r[0] for r in rows] == [
+                c["name"] for c in documented["contexts"]
+            ]
+            assert [r[1] for r in rows if r[0] == "*"] == [current]
+        elif verb == "use-context":
+            current = argv[3]
+            assert done.stdout == f'Switched to context "{current}".\n'
+            assert yaml.safe_load(config.read_text())["current-context"] == current
+        elif verb == "current-context":
+            assert done.stdout == f"{current}\n"
+        else:
+            pytest.fail(f"no check for the documented command {shlex.join(argv)}")
+        seen.append(verb)
+    assert {"view", "use-context"} <= set(seen)
 
 
 def test_help_commands_in_the_docs_run_as_written() -> None:
