@@ -155,6 +155,11 @@ class GMState:
         self.worker_info_max_per_job = WORKER_INFO_MAX_PER_JOB
         self.on_forgotten: Callable[[str, str, int], None] = lambda what, reason, count: None
         """Told what a bound forgot: ("applied", "age"|"count", n) or ("worker_info", "count", n)."""
+        # (node, epoch) -> a seq at least as high as every applied record of it: a report above
+        # it is new without a database read (nearly every report: seqs grow). Records are only
+        # ever added above it (it is raised first, see mark_applied_many) or deleted, so it stays
+        # an upper bound. One entry per node (other epochs go at its hello).
+        self._applied_top: dict[tuple[str, str], int] = {}  # under the database's lock
 
     def _migrate(self) -> None:
         """Add the columns a database made by an older GM lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
@@ -204,6 +209,9 @@ class GMState:
                 (node, agent, epoch, boot, now, now, depth, low_seq, next_seq),
             )
             self.db.execute("DELETE FROM applied WHERE node=? AND epoch!=?", (node, epoch))
+            with self.db.locked():
+                for key in [k for k in self._applied_top if k[0] == node and k[1] != epoch]:
+                    del self._applied_top[key]
             if low_seq is not None:
                 self.db.execute(
                     "DELETE FROM applied WHERE node=? AND epoch=? AND seq<?", (node, epoch, low_seq)
@@ -232,6 +240,9 @@ class GMState:
             known = self.db.execute("DELETE FROM nodes WHERE node=?", (node,)).rowcount > 0
             self._added_since_trim.pop(node, None)
             self.db.execute("DELETE FROM applied WHERE node=?", (node,))
+            with self.db.locked():
+                for key in [k for k in self._applied_top if k[0] == node]:
+                    del self._applied_top[key]
             self.db.execute("DELETE FROM downstream WHERE node=? AND op='delete'", (node,))
             self.db.execute(
                 "UPDATE downstream SET acked_rv=NULL, last_sent=0, attempts=0 WHERE node=?", (node,)
@@ -251,12 +262,28 @@ class GMState:
         return [_node(r) for r in self.db.fetchall(_NODE_SELECT + " ORDER BY node")]
 
     # -- upstream dedupe -------------------------------------------------------------------
+    def _top(self, node: str, epoch: str) -> int:
+        """The applied-seq upper bound of (node, epoch); call with the database's lock held."""
+        top = self._applied_top.get((node, epoch))
+        if top is None:
+            row = self.db.fetchone("SELECT max(seq) FROM applied WHERE node=? AND epoch=?", (node, epoch))
+            top = -1 if row is None or row[0] is None else int(row[0])
+            self._applied_top[(node, epoch)] = top
+        return top
+
     def is_applied(self, node: str, epoch: str, seq: int) -> bool:
+        with self.db.locked():
+            if seq > self._top(node, epoch):
+                return False
         row = self.db.fetchone("SELECT 1 FROM applied WHERE node=? AND epoch=? AND seq=?", (node, epoch, seq))
         return row is not None
 
     def mark_applied_many(self, node: str, epoch: str, seqs: list[int]) -> None:
         """Record several applied reports in one transaction."""
+        if seqs:
+            # Raised before the records exist, so that no reader can see a record above it.
+            with self.db.locked():
+                self._applied_top[(node, epoch)] = max(self._top(node, epoch), *seqs)
         now = time.time()
         with self.db.transaction():
             self.db.executemany(

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,6 +246,12 @@ class Database:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("ROLLBACK of %s failed", self.path)
+
+    def locked(self) -> AbstractContextManager[bool]:
+        """The (reentrant) lock that every statement and transaction takes. A repository holds
+        it to keep state in memory consistent with its tables without a second lock, whose
+        order against this one could deadlock."""
+        return self._lock
 
     def after_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` once the current transaction commits (at once outside one).

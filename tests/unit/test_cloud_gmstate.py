@@ -57,3 +57,30 @@ def test_an_inner_failure_keeps_the_rest_of_the_group(state: GMState) -> None:
         state.mark_sent("node-a", KEY, "5")
     (row,) = state.down_rows(node="node-a")
     assert not row.acked and row.attempts == 1
+
+
+def test_is_applied_answers_from_the_highest_record_and_the_records(tmp_path: Path) -> None:
+    """A seq above every record of its (node, epoch) is new without a read; the bound is
+    raised with each record, loaded again after a restart, and dropped with the records."""
+    path = tmp_path / "gm.db"
+    state = GMState(Database(path, synchronous="normal"))
+    state.hello("node-a", agent="lc", epoch="e1", boot="b", low_seq=None)
+    state.mark_applied_many("node-a", "e1", [5, 6, 7])
+    assert [state.is_applied("node-a", "e1", q) for q in (4, 6, 8)] == [False, True, False]
+    state.mark_applied("node-a", "e1", 8)  # above the bound it had: raised with the record
+    assert state.is_applied("node-a", "e1", 8)
+    state.close()
+
+    again = GMState(Database(path, synchronous="normal"))  # a GM restart reads the bound anew
+    try:
+        assert [again.is_applied("node-a", "e1", q) for q in (4, 5, 8, 9)] == [False, True, True, False]
+        again.hello("node-a", agent="lc", epoch="e2", boot="b", low_seq=None)  # forgets e1
+        assert not again.is_applied("node-a", "e1", 5)
+        again.mark_applied_many("node-a", "e2", [1, 2])
+        assert again.is_applied("node-a", "e2", 2)
+        assert again.forget_node("node-a")
+        assert not again.is_applied("node-a", "e2", 2)
+        again.mark_applied("node-a", "e2", 1)  # a node that comes back after being forgotten
+        assert again.is_applied("node-a", "e2", 1) and not again.is_applied("node-a", "e2", 2)
+    finally:
+        again.close()
