@@ -152,6 +152,7 @@ class TLSWSGIServer:
             accepted_queue_timeout=1,
             server_name=name,
         )
+        server.error_log = self._error_log  # cheroot's own messages into our log, not stderr
         server.max_request_header_size = limits.max_header
         server.max_request_body_size = 0  # the application refuses from Content-Length (JSON)
         if tls is not None:
@@ -163,6 +164,15 @@ class TLSWSGIServer:
         self.port = int(server.bind_addr[1])
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = threading.Event()
+
+    def _error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        """cheroot's messages: a client that dropped its connection or spoke plain HTTP to the
+        TLS port is its own business (debug); an error inside the server is ours (with its
+        traceback, as it is a bug)."""
+        if level >= logging.ERROR:
+            log.error("%s: %s", self.name, msg, exc_info=traceback)
+        else:
+            log.debug("%s: %s", self.name, msg)
 
     def _run(self) -> None:
         try:
