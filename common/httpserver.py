@@ -152,7 +152,7 @@ class TLSWSGIServer:
             accepted_queue_timeout=1,
             server_name=name,
         )
-        server.error_log = self._error_log  # cheroot's own messages into our log, not stderr
+        server.error_log = self._error_log  # type: ignore[method-assign]  # cheroot's own messages into our log, not stderr
         server.max_request_header_size = limits.max_header
         server.max_request_body_size = 0  # the application refuses from Content-Length (JSON)
         if tls is not None:

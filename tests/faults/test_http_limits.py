@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -221,6 +223,48 @@ def test_the_api_serves_https_with_its_certificate_and_tokens(tmp_path: Path) ->
         assert not plain.startswith(b"HTTP/1.1 200")  # plain HTTP gets no answer from the API
     finally:
         service.stop()
+
+
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+
+
+def run_doc_block(marker: str, cwd: Path) -> None:
+    """Each line of the fenced block after ``<!-- marker -->`` in docs/security.md, as written."""
+    found = re.findall(rf"<!-- {re.escape(marker)} -->\s*```\w*\n(.*?)```", SECURITY_DOC.read_text(), re.S)
+    assert len(found) == 1, f"docs/security.md must keep one <!-- {marker} --> block"
+    for line in found[0].strip().splitlines():
+        subprocess.run(["bash", "-euc", line], cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_gm_api_tls_commands_of_the_security_doc_give_a_working_https_api(tmp_path: Path) -> None:
+    assert shutil.which("openssl"), "the docs' commands need openssl"
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    run_doc_block("commands: tls-setup", pki)
+    run_doc_block("commands: gm-api-tls", pki)
+    assert (pki / "gm-tokens.csv").stat().st_mode & 0o077 == 0
+    (write, _, _), (read, _, _) = (
+        line.split(",") for line in (pki / "gm-tokens.csv").read_text().splitlines()
+    )
+    service = gm(
+        tmp_path,
+        token_file=str(pki / "gm-tokens.csv"),
+        api_tls_cert=str(pki / "api.crt"),
+        api_tls_key=str(pki / "api.key"),
+    )
+    try:
+        url = f"https://localhost:{service.api_port}/api/v1"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(pki / "ca.crt"))) as c:
+            assert c.post(f"{url}/apply", json=DATASET, headers=bearer(write)).status_code == 200
+            assert c.get(f"{url}/Dataset/default/ds1", headers=bearer(read)).status_code == 200
+            assert c.delete(f"{url}/Dataset/default/ds1", headers=bearer(read)).status_code == 403
+            assert c.delete(f"{url}/Dataset/default/ds1", headers=bearer(write)).status_code == 200
+    finally:
+        service.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 # -- fuzzing -------------------------------------------------------------------------------------
