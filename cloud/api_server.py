@@ -1,7 +1,11 @@
-"""The GM's local HTTP API (standalone mode), used by ``lifelong apply/get/describe/delete``.
+"""The GM's HTTP API (standalone mode), used by ``lifelong apply/get/describe/delete``.
 
-Stdlib ``ThreadingHTTPServer`` on 127.0.0.1:9300 by default: it is an admin interface on the
-GM's own host, not a public API (no authentication; bind it to loopback). JSON in and out:
+Served on 127.0.0.1:9300 by default by ``lifelong.common.httpserver.TLSWSGIServer`` (cheroot,
+with its limits: body, headers, idle timeout, threads, queued connections), over HTTPS when
+given a certificate and key. With a token file (``load_tokens``) every request but the probes
+needs ``Authorization: Bearer TOKEN``: 401 without a known token, 403 for a ``read`` token on
+anything but GET. Without one the API is open, and the service refuses a non-loopback address
+unless told ``--api-allow-anonymous`` (docs/security.md, "HTTP APIs"). JSON in and out:
 
 =======================================  =================================================
 ``GET /healthz``                         ``ok``
@@ -19,8 +23,11 @@ GM's own host, not a public API (no authentication; bind it to loopback). JSON i
                                          ``?tail=N``, ``offset=K``, ``limit=B``, ``timeout=S``)
 =======================================  =================================================
 
-Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation), 404, 409, and
-for worker logs 429 (too many waiting), 502 (the node cannot give it), 504 (no answer in time).
+Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation, a body that is
+not JSON, a ``Content-Length`` that is not a number >= 0), 401, 403, 404, 405, 409, 411 (a POST
+without a length), 413 (a body over ``max_body``, refused from its ``Content-Length`` before it
+is read), and for worker logs 429 (too many waiting), 502 (the node cannot give it), 504 (no
+answer in time).
 Validation happens here, before anything is stored: the API models, the job's Dataset must exist,
 and every template names a node. A node need not be known yet (as Kubernetes accepts a Pod for a
 node that does not exist): the object is stored, what the node should hold waits in the delivery
@@ -38,14 +45,17 @@ made only where the store is given it (and where the HTTP answer is written).
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.logs import WorkerLogRequests
@@ -53,7 +63,8 @@ from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.edge_process import workers_of
 from lifelong.cloud.stores.base import Conflict, NotFound, Object, Refused, ResourceStore, parse, read, wire
 from lifelong.common.api import RESOURCE_TYPES, AnyResource, Dataset, LifelongLearningJob, parse_resource
-from lifelong.common.errors import LifelongError, ValidationError
+from lifelong.common.errors import ConfigError, LifelongError, ValidationError
+from lifelong.common.httpserver import HTTPLimits, TLSWSGIServer
 from lifelong.common.topics import RESERVED_NODE_NAMES, RESERVED_WHY
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,13 @@ log = logging.getLogger(__name__)
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 9300
 MAX_BODY = 1024 * 1024
+DEFAULT_LIMITS = HTTPLimits(
+    max_body=MAX_BODY, max_header=16 * 1024, idle_timeout=10, connections=64, threads=8
+)
+"""The GM API's server limits (docs/security.md, "HTTP APIs")."""
+ROLES = ("read", "write")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Answered without a token: the probes and Prometheus."""
 READ_KINDS = (*RESOURCE_TYPES, "Worker")
 
 
@@ -260,115 +278,254 @@ def _kind(value: str) -> str:
     return value
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("api: " + format, *args)
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, value: Any) -> None:
-        self._send(status, json.dumps(value, separators=(",", ":")).encode())
-
-    def _error(self, exc: Exception) -> None:
-        given = getattr(exc, "http_status", None)  # cloud/logs.py's errors name their status
-        if isinstance(given, int):
-            status = HTTPStatus(given)
-        elif isinstance(exc, ValidationError):
-            status = HTTPStatus.BAD_REQUEST
-        elif isinstance(exc, NotFound):
-            status = HTTPStatus.NOT_FOUND
-        elif isinstance(exc, Conflict):
-            status = HTTPStatus.CONFLICT
-        elif isinstance(exc, LifelongError):
-            status = HTTPStatus.BAD_REQUEST
-        else:
-            log.exception("api request failed")
-            status = HTTPStatus.INTERNAL_SERVER_ERROR
-        self._json(status, {"error": str(exc), "reason": type(exc).__name__})
-
-    def _route(self, method: str) -> None:
-        url = urlsplit(self.path)
-        parts = [p for p in url.path.split("/") if p]
-        query = parse_qs(url.query)
-        api = self.server.api
-        try:
-            if method == "GET" and parts == ["healthz"]:
-                self._send(200, b"ok\n", "text/plain")
-            elif method == "GET" and parts == ["metrics"]:
-                self._send(200, api.metrics.render(), "text/plain; version=0.0.4")
-            elif parts[:2] != ["api", "v1"]:
-                raise NotFound(f"no such path {url.path}")
-            elif method == "GET" and parts[2:] == ["nodes"]:
-                self._json(200, {"items": api.nodes()})
-            elif method == "DELETE" and len(parts) == 4 and parts[2] == "nodes":
-                self._json(200, api.delete_node(parts[3]))
-            elif method == "POST" and parts[2:] == ["apply"]:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise ValidationError([("", f"request body over {MAX_BODY} bytes")])
-                try:
-                    obj = json.loads(self.rfile.read(length) or b"null")
-                except ValueError as exc:
-                    raise ValidationError([("", f"request body is not JSON: {exc}")]) from None
-                self._json(200, api.apply(obj))
-            elif method == "GET" and len(parts) == 6 and parts[2] == "Worker" and parts[5] == "log":
-                self._json(200, api.worker_log(parts[3], parts[4], query))
-            elif method == "GET" and len(parts) == 6 and parts[2] == "describe":
-                self._json(200, api.describe(_kind(parts[3]), parts[4], parts[5]))
-            elif method == "GET" and len(parts) == 3:
-                ns = query.get("namespace", [None])[0]
-                self._json(200, {"items": list(api.store.list(_kind(parts[2]), ns))})
-            elif method == "GET" and len(parts) == 5:
-                self._json(200, api.get(_kind(parts[2]), parts[3], parts[4]))
-            elif method == "DELETE" and len(parts) == 5:
-                self._json(200, api.delete(_kind(parts[2]), parts[3], parts[4]))
-            else:
-                raise NotFound(f"no such path {method} {url.path}")
-        except Exception as exc:
-            self._error(exc)
-
-    def do_GET(self) -> None:
-        self._route("GET")
-
-    def do_POST(self) -> None:
-        self._route("POST")
-
-    def do_DELETE(self) -> None:
-        self._route("DELETE")
+# -- authentication ------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+@dataclass(frozen=True)
+class Token:
+    token: str
+    role: str
+    name: str
 
-    def __init__(self, address: tuple[str, int], api: GMApi) -> None:
-        super().__init__(address, _Handler)
+
+class Tokens:
+    """The GM API's bearer tokens, from a token file: CSV lines ``TOKEN,ROLE,NAME`` (ROLE ``read``:
+    GET only; ``write``: everything); blank lines and ``#`` lines are skipped."""
+
+    def __init__(self, tokens: Iterable[Token]) -> None:
+        self._tokens = [(t.token.encode(), t) for t in tokens]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def find(self, authorization: str | None) -> Token | None:
+        """The token an ``Authorization: Bearer TOKEN`` header gives, or None. Every known token
+        is compared, each in constant time, so the answer's timing tells nothing about them."""
+        if not authorization:
+            return None
+        scheme, _, given = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        raw = given.strip().encode("utf-8", "surrogateescape")
+        found: Token | None = None
+        for secret, token in self._tokens:
+            if hmac.compare_digest(secret, raw):
+                found = token
+        return found
+
+
+def load_tokens(path: str) -> Tokens:
+    """The tokens of ``path``; a ``ConfigError`` naming the file and line (never a token) for a
+    malformed one."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the API token file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the API token file {path} is not UTF-8 text") from None
+    tokens: dict[str, Token] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 3 or not fields[0] or not fields[2]:
+            raise ConfigError(f"{path} line {number}: expected TOKEN,ROLE,NAME")
+        if fields[1] not in ROLES:
+            raise ConfigError(f"{path} line {number}: the role must be read or write")
+        if any(c.isspace() or not c.isprintable() for c in fields[0]):
+            raise ConfigError(f"{path} line {number}: the token has a space or control character")
+        if fields[0] in tokens:
+            raise ConfigError(f"{path} line {number}: the same token as an earlier line")
+        tokens[fields[0]] = Token(*fields)
+    if not tokens:
+        raise ConfigError(f"the API token file {path} holds no token")
+    return Tokens(tokens.values())
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+class _HTTPError(Exception):
+    """A refusal of the request itself (not of what it asks for)."""
+
+    def __init__(self, status: HTTPStatus, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+METHODS = frozenset({"GET", "POST", "DELETE"})
+
+
+class GMApiApp:
+    """The GM API as a WSGI application: authentication, then the routes of the module docstring."""
+
+    def __init__(self, api: GMApi, *, tokens: Tokens | None = None, max_body: int = MAX_BODY) -> None:
         self.api = api
+        self.tokens = tokens
+        self.max_body = max_body
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            status, body, content_type, extra = self._handle(environ)
+        except _HTTPError as exc:
+            status, body, content_type = exc.status, _error_body(str(exc), exc.reason), "application/json"
+            extra = [("WWW-Authenticate", "Bearer")] if exc.status == HTTPStatus.UNAUTHORIZED else []
+        except Exception as exc:
+            status, body = _status_of(exc), _error_body(str(exc), type(exc).__name__)
+            content_type, extra = "application/json", []
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
+        if status >= 400 and environ.get("REQUEST_METHOD") in WRITE_METHODS:
+            headers.append(("Connection", "close"))  # its body may be unread
+        start_response(f"{status.value} {status.phrase}", headers)
+        return [body]
+
+    def _authorize(self, method: str, path: str, environ: dict[str, Any]) -> None:
+        if self.tokens is None or path in OPEN_PATHS:
+            return
+        token = self.tokens.find(environ.get("HTTP_AUTHORIZATION"))
+        if token is None:
+            raise _HTTPError(
+                HTTPStatus.UNAUTHORIZED,
+                "Unauthorized",
+                "a known bearer token is needed (Authorization: Bearer)",
+            )
+        if token.role != "write" and method != "GET":
+            raise _HTTPError(
+                HTTPStatus.FORBIDDEN, "Forbidden", f"token {token.name!r} may only read (role {token.role})"
+            )
+
+    def _body(self, environ: dict[str, Any]) -> Any:
+        """The JSON body, refused from its ``Content-Length`` before a byte of it is read."""
+        text = environ.get("CONTENT_LENGTH") or ""
+        chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
+        if not text and not chunked:
+            raise _HTTPError(
+                HTTPStatus.LENGTH_REQUIRED, "LengthRequired", "the request has no Content-Length"
+            )
+        if text:
+            if not (text.isascii() and text.isdigit()):
+                raise _HTTPError(
+                    HTTPStatus.BAD_REQUEST,
+                    "BadRequest",
+                    "Content-Length must be a whole number of bytes >= 0",
+                )
+            if int(text) > self.max_body:
+                raise _HTTPError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    f"the request body is over {self.max_body} bytes",
+                )
+            raw = environ["wsgi.input"].read(int(text))
+        else:  # chunked: read no more than the bound allows
+            raw = environ["wsgi.input"].read(self.max_body + 1)
+            if len(raw) > self.max_body:
+                raise _HTTPError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    f"the request body is over {self.max_body} bytes",
+                )
+        try:
+            return json.loads(raw or b"null")
+        except ValueError as exc:
+            raise ValidationError([("", f"request body is not JSON: {exc}")]) from None
+
+    def _handle(self, environ: dict[str, Any]) -> tuple[HTTPStatus, bytes, str, list[tuple[str, str]]]:
+        method = str(environ.get("REQUEST_METHOD", ""))
+        path = str(environ.get("PATH_INFO", "") or "/")
+        if method not in METHODS:
+            raise _HTTPError(
+                HTTPStatus.METHOD_NOT_ALLOWED, "MethodNotAllowed", f"method {method!r} not allowed"
+            )
+        self._authorize(method, path, environ)
+        api = self.api
+        parts = [p for p in path.split("/") if p]
+        query = parse_qs(str(environ.get("QUERY_STRING", "")))
+        if method == "GET" and parts == ["healthz"]:
+            return HTTPStatus.OK, b"ok\n", "text/plain", []
+        if method == "GET" and parts == ["metrics"]:
+            return HTTPStatus.OK, api.metrics.render(), "text/plain; version=0.0.4", []
+        value: Any
+        if parts[:2] != ["api", "v1"]:
+            raise NotFound(f"no such path {path}")
+        if method == "GET" and parts[2:] == ["nodes"]:
+            value = {"items": api.nodes()}
+        elif method == "DELETE" and len(parts) == 4 and parts[2] == "nodes":
+            value = api.delete_node(parts[3])
+        elif method == "POST" and parts[2:] == ["apply"]:
+            value = api.apply(self._body(environ))
+        elif method == "GET" and len(parts) == 6 and parts[2] == "Worker" and parts[5] == "log":
+            value = api.worker_log(parts[3], parts[4], query)
+        elif method == "GET" and len(parts) == 6 and parts[2] == "describe":
+            value = api.describe(_kind(parts[3]), parts[4], parts[5])
+        elif method == "GET" and len(parts) == 3:
+            ns = query.get("namespace", [None])[0]
+            value = {"items": list(api.store.list(_kind(parts[2]), ns))}
+        elif method == "GET" and len(parts) == 5:
+            value = api.get(_kind(parts[2]), parts[3], parts[4])
+        elif method == "DELETE" and len(parts) == 5:
+            value = api.delete(_kind(parts[2]), parts[3], parts[4])
+        else:
+            raise NotFound(f"no such path {method} {path}")
+        return HTTPStatus.OK, json.dumps(value, separators=(",", ":")).encode(), "application/json", []
+
+
+def _error_body(message: str, reason: str) -> bytes:
+    return json.dumps({"error": message, "reason": reason}, separators=(",", ":")).encode()
+
+
+def _status_of(exc: Exception) -> HTTPStatus:
+    given = getattr(exc, "http_status", None)  # cloud/logs.py's errors name their status
+    if isinstance(given, int):
+        return HTTPStatus(given)
+    if isinstance(exc, NotFound):
+        return HTTPStatus.NOT_FOUND
+    if isinstance(exc, Conflict):
+        return HTTPStatus.CONFLICT
+    if isinstance(exc, LifelongError):  # ValidationError among them
+        return HTTPStatus.BAD_REQUEST
+    log.exception("api request failed")
+    return HTTPStatus.INTERNAL_SERVER_ERROR
 
 
 class ApiServer:
-    """The HTTP server on its own thread."""
+    """The GM API served on its own thread (``TLSWSGIServer``): HTTPS when ``tls`` gives a
+    certificate and key file, bearer tokens when ``tokens`` is given."""
 
-    def __init__(self, api: GMApi, host: str = DEFAULT_API_HOST, port: int = DEFAULT_API_PORT) -> None:
-        self._server = _Server((host, port), api)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gm-api", daemon=True)
+    def __init__(
+        self,
+        api: GMApi,
+        host: str = DEFAULT_API_HOST,
+        port: int = DEFAULT_API_PORT,
+        *,
+        tokens: Tokens | None = None,
+        tls: tuple[str, str] | None = None,
+        limits: HTTPLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.app = GMApiApp(api, tokens=tokens, max_body=limits.max_body)
+        self._server = TLSWSGIServer(self.app, host, port, limits, name="gm-api", tls=tls)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._server.tls else "http"
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._server.close()

@@ -36,6 +36,9 @@ GM_ENV: dict[str, str] = {
     "LIFELONG_GM_TLS_KEY": "--tls-key",
     "LIFELONG_GM_API_HOST": "--api-host",
     "LIFELONG_GM_API_PORT": "--api-port",
+    "LIFELONG_GM_TOKEN_FILE": "--token-file",
+    "LIFELONG_GM_API_TLS_CERT": "--api-tls-cert",
+    "LIFELONG_GM_API_TLS_KEY": "--api-tls-key",
     "LIFELONG_GM_LEASE_NAME": "--lease-name",
 }
 
@@ -82,6 +85,10 @@ def cmd_gm(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         api_host=args.api_host,
         api_port=args.api_port,
+        token_file=args.token_file,
+        api_tls_cert=args.api_tls_cert,
+        api_tls_key=args.api_tls_key,
+        api_allow_anonymous=args.api_allow_anonymous,
         prefix=args.prefix,
         codec=args.codec,
         client_id=args.client_id,
@@ -159,6 +166,25 @@ def register(sub: Any) -> None:
         type=int,
         default=_env("--api-port", str(DEFAULT_API_PORT)),
         help=f"HTTP API port, -1 for none (default {DEFAULT_API_PORT})",
+    )
+    p.add_argument(
+        "--token-file",
+        default=_env("--token-file", None),
+        help="the HTTP API's bearer tokens, lines TOKEN,ROLE,NAME (ROLE read or write); "
+        "without it the API takes no token and must listen on loopback",
+    )
+    p.add_argument(
+        "--api-tls-cert",
+        default=_env("--api-tls-cert", None),
+        help="serve the HTTP API over HTTPS: its certificate (PEM)",
+    )
+    p.add_argument(
+        "--api-tls-key", default=_env("--api-tls-key", None), help="the certificate's private key (PEM)"
+    )
+    p.add_argument(
+        "--api-allow-anonymous",
+        action="store_true",
+        help="serve the HTTP API without --token-file on a non-loopback --api-host (warned at every start)",
     )
     p.add_argument(
         "--prefix", default=_env("--prefix", DEFAULT_PREFIX), help=f"topic prefix (default {DEFAULT_PREFIX})"

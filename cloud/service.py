@@ -71,7 +71,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lifelong.cloud.api_server import DEFAULT_API_HOST, DEFAULT_API_PORT, ApiServer, GMApi
+from lifelong.cloud.api_server import (
+    DEFAULT_API_HOST,
+    DEFAULT_API_PORT,
+    ApiServer,
+    GMApi,
+    Tokens,
+    load_tokens,
+    loopback,
+)
 from lifelong.cloud.controllers.base import ReportRejected
 from lifelong.cloud.controllers.dataset.controller import DatasetController
 from lifelong.cloud.controllers.lifelonglearning.controller import LifelongLearningController, Validator
@@ -117,6 +125,13 @@ class GMSettings:
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
     """0 picks a free port (tests); the API is off with a negative port."""
+    token_file: str | None = None
+    """The API's bearer tokens (``TOKEN,ROLE,NAME`` lines); without it the API is open."""
+    api_tls_cert: str | None = None
+    """The API's certificate (PEM): with ``api_tls_key`` it serves HTTPS."""
+    api_tls_key: str | None = None
+    api_allow_anonymous: bool = False
+    """Serve an open API (no ``token_file``) on a non-loopback ``api_host`` anyway (warned at start)."""
     prefix: str = DEFAULT_PREFIX
     codec: str = Codec.MSGPACK.value
     client_id: str | None = None
@@ -264,6 +279,33 @@ class _ProbesOnlyStore:
 
     def close(self) -> None:
         pass
+
+
+def _api_security(settings: GMSettings) -> tuple[Tokens | None, tuple[str, str] | None]:
+    """The API's tokens and TLS files from ``settings``; a ``ConfigError`` for an open API on a
+    non-loopback address (unless allowed: then a warning at every start) or half a TLS pair."""
+    tokens = load_tokens(settings.token_file) if settings.token_file else None
+    if bool(settings.api_tls_cert) != bool(settings.api_tls_key):
+        raise ConfigError("--api-tls-cert and --api-tls-key go together (the certificate and its key)")
+    tls = (
+        (settings.api_tls_cert, settings.api_tls_key)
+        if settings.api_tls_cert and settings.api_tls_key
+        else None
+    )
+    # in Kubernetes mode the API serves only the probes and /metrics: nothing to protect
+    if tokens is None and not settings.kubernetes and not loopback(settings.api_host):
+        if not settings.api_allow_anonymous:
+            raise ConfigError(
+                f"the API would be open to anyone who reaches {settings.api_host}: give --token-file "
+                "(docs/security.md, HTTP APIs), bind --api-host to 127.0.0.1, or accept it with "
+                "--api-allow-anonymous"
+            )
+        log.warning(
+            "the API on %s takes no token (--api-allow-anonymous): anyone who reaches it may change "
+            "and delete every resource",
+            settings.api_host,
+        )
+    return tokens, tls
 
 
 class _ProbesOnlyApi(GMApi):
@@ -426,7 +468,13 @@ class GMService:
                 api = GMApi(self.store, self.state, self.metrics, forget_node=self.forget_node)
                 api.logs = self.logs
             try:
-                self.api = ApiServer(api, settings.api_host, settings.api_port)
+                tokens, tls = _api_security(settings)
+                self.api = ApiServer(api, settings.api_host, settings.api_port, tokens=tokens, tls=tls)
+            except ConfigError:
+                self.executor.shutdown()
+                self.store.close()
+                self.state.close()
+                raise
             except OSError as exc:
                 self.executor.shutdown()
                 self.store.close()
@@ -607,7 +655,7 @@ class GMService:
             self.settings.broker,
             self.settings.store,
             self.topics.prefix,
-            f"http://{self.settings.api_host}:{self.api_port}" if self.api else "off",
+            f"{self.api.scheme}://{self.settings.api_host}:{self.api_port}" if self.api else "off",
             ""
             if self.elector is None
             else (

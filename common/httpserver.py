@@ -1,6 +1,8 @@
-"""An HTTP server with limits, for the processes' small HTTP APIs (the LC's worker API).
+"""HTTP servers with limits, for the processes' small HTTP APIs (the LC's worker API, the GM API).
 
-Who calls it: ``lifelong.edge.worker_api`` serves its WSGI application with ``WSGIServer``.
+Who calls it: ``lifelong.edge.worker_api`` serves its WSGI application with ``WSGIServer``
+(waitress); ``lifelong.cloud.api_server`` serves the GM API with ``TLSWSGIServer`` (cheroot),
+because that API must serve HTTPS when given a certificate and waitress has no TLS.
 
 The server is waitress, a well-kept pure-Python WSGI server, rather than the standard library's
 ``http.server``, which trusts ``Content-Length`` (a ``-1`` made it read a 5 MB body to the end
@@ -21,6 +23,18 @@ Waitress was chosen over an ASGI framework and server because both processes are
 (docs/architecture.md): a WSGI application runs on the pool's threads and calls the stores as
 every other thread does, without a second concurrency model in the process. The server's own
 loop runs on one thread made here (``serve``), and ``close`` ends it from any thread.
+
+``TLSWSGIServer`` is cheroot (CherryPy's WSGI server, well kept, pure Python), for the GM API:
+it has a TLS adapter built on the standard ``ssl`` module, a fixed pool of ``threads``, a bounded
+queue of accepted connections (``connections``; one that finds it full is closed), a
+header-size bound, and ``idle_timeout`` as its socket timeout: a keep-alive connection idle
+that long is closed, and a request whose headers or body stop coming is dropped after it. Its
+one weakness against waitress is that a half-sent request holds one pool thread until that
+timeout (never more than ``threads`` of them, never a thread per connection), and a TLS
+handshake runs on its accept loop within the same timeout; that is why the LC's worker API,
+which takes no token and must stay up for every worker of the host, stays on waitress
+(docs/security.md, "HTTP APIs"). Body limits are the application's: the GM API refuses a body
+from its ``Content-Length`` before reading it, with its own JSON error.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cheroot import wsgi as cheroot_wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 from waitress.server import create_server
 
 log = logging.getLogger(__name__)
@@ -106,3 +122,72 @@ class WSGIServer:
         else:
             close_all()
         self._server.task_dispatcher.shutdown(timeout=timeout)
+
+
+class TLSWSGIServer:
+    """``app`` served by cheroot on ``host:port`` within ``limits``; HTTPS when ``tls`` gives a
+    certificate file and its key file (both PEM)."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        host: str,
+        port: int,
+        limits: HTTPLimits,
+        *,
+        name: str,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.tls = tls is not None
+        server = cheroot_wsgi.Server(
+            (host, port),
+            app,
+            numthreads=limits.threads,
+            max=limits.threads,
+            request_queue_size=limits.connections,
+            timeout=limits.idle_timeout,
+            shutdown_timeout=5,
+            accepted_queue_size=limits.connections,
+            accepted_queue_timeout=1,
+            server_name=name,
+        )
+        server.error_log = self._error_log  # type: ignore[method-assign]  # cheroot's own messages into our log, not stderr
+        server.max_request_header_size = limits.max_header
+        server.max_request_body_size = 0  # the application refuses from Content-Length (JSON)
+        if tls is not None:
+            # loads both files now: a wrong path or key is a startup error, not a failed request
+            server.ssl_adapter = BuiltinSSLAdapter(tls[0], tls[1])
+        server.prepare()  # binds now: the port is known and a busy one fails here
+        self._server = server
+        self.host = host
+        self.port = int(server.bind_addr[1])
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = threading.Event()
+
+    def _error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        """cheroot's messages: a client that dropped its connection or spoke plain HTTP to the
+        TLS port is its own business (debug); an error inside the server is ours (with its
+        traceback, as it is a bug)."""
+        if level >= logging.ERROR:
+            log.error("%s: %s", self.name, msg, exc_info=traceback)
+        else:
+            log.debug("%s: %s", self.name, msg)
+
+    def _run(self) -> None:
+        try:
+            self._server.serve()
+        except Exception:  # serve() returns once stop() is called; anything else is a bug
+            if not self._closed.is_set():
+                log.exception("%s: the HTTP server stopped", self.name)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close the connections, end the loop and the pool's threads."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._server.stop()
+        self._thread.join(timeout)
