@@ -77,7 +77,7 @@ DEFAULT_LIMITS = HTTPLimits(
 )
 """The GM API's server limits (docs/security.md, "HTTP APIs")."""
 ROLES = ("read", "write")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 """Answered without a token: the probes and Prometheus."""
 READ_KINDS = (*RESOURCE_TYPES, "Worker")
 
