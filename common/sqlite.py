@@ -175,8 +175,15 @@ class Database:
         return self._depth > 0
 
     @contextmanager
-    def transaction(self) -> Iterator[Database]:
+    def transaction(self, *, lazy: bool = False) -> Iterator[Database]:
         """One transaction; blocks nest.
+
+        ``lazy`` (outermost block only, else ignored): commit without waiting for the disk
+        (``synchronous`` NORMAL for this transaction; SQLite allows the change only between
+        transactions). A process crash still loses nothing; a power cut may lose the commit,
+        never corrupt the file, and the next durable commit makes it durable too (the WAL keeps
+        commits in order). For changes that may be lost safely: the LC forgetting reports the
+        GM acknowledged (lost, they are sent again and the GM finds them applied).
 
         The outermost block is ``BEGIN IMMEDIATE`` (the write lock is taken at once, so two
         processes never deadlock upgrading a read) and ``COMMIT`` on success. A block inside it
@@ -188,27 +195,38 @@ class Database:
         """
         with self._lock:
             savepoint = f"sp{self._depth}" if self._depth else None
-            self._check_alive()
-            self._conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN IMMEDIATE")
-            self._depth += 1
-            self._after.append([])
+            relax = lazy and savepoint is None and self.synchronous == "full"
+            if relax:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self
-            except BaseException:
-                self._depth -= 1
-                self._after.pop()
-                self._undo(savepoint)
-                raise
+                yield from self._block(savepoint)
+            finally:
+                if relax:
+                    self._conn.execute("PRAGMA synchronous=FULL")
+
+    def _block(self, savepoint: str | None) -> Iterator[Database]:
+        """The body of ``transaction`` (its lock held)."""
+        self._check_alive()
+        self._conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN IMMEDIATE")
+        self._depth += 1
+        self._after.append([])
+        try:
+            yield self
+        except BaseException:
             self._depth -= 1
-            hooks = self._after.pop()
-            if savepoint is not None:
-                self._check_alive()
-                self._conn.execute(f"RELEASE {savepoint}")
-                self._after[-1].extend(hooks)  # run when (if) the outermost block commits
-                return
-            self._commit()
-            for hook in hooks:
-                hook()
+            self._after.pop()
+            self._undo(savepoint)
+            raise
+        self._depth -= 1
+        hooks = self._after.pop()
+        if savepoint is not None:
+            self._check_alive()
+            self._conn.execute(f"RELEASE {savepoint}")
+            self._after[-1].extend(hooks)  # run when (if) the outermost block commits
+            return
+        self._commit()
+        for hook in hooks:
+            hook()
 
     def _check_alive(self) -> None:
         """Inside a block, the transaction must still be open: SQLite ends it by itself after

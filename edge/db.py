@@ -126,11 +126,11 @@ class Store:
         """Where a corrupt database was moved by this open (None if it was sound)."""
         return self.db.moved_aside
 
-    def tx(self) -> AbstractContextManager[Database]:
+    def tx(self, *, lazy: bool = False) -> AbstractContextManager[Database]:
         """A transaction: the calls inside commit together, or not at all (it nests, see
-        :meth:`Database.transaction`). Used to commit a state change with the report that
-        announces it, so a SIGKILL can never leave one without the other."""
-        return self.db.transaction()
+        :meth:`Database.transaction`, also for ``lazy``). Used to commit a state change with the
+        report that announces it, so a SIGKILL can never leave one without the other."""
+        return self.db.transaction(lazy=lazy)
 
     def close(self) -> None:
         self.db.close()

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from lifelong.common.backoff import exponential, wait_seconds
-from lifelong.common.codec import Codec, decode, encode
+from lifelong.common.codec import Codec, decode, decode_map, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import InvalidBody, LifelongError, NotConnected, PayloadTooLarge, ProtocolError
 from lifelong.common.messages import (
@@ -244,8 +244,11 @@ class Session:
         self._acks = {}
         changed = False
         try:
-            # One transaction (one fsync) per batch; its acks go out only after the commit.
-            with self.store.tx():
+            # One transaction (one fsync) per batch; its acks go out only after the commit. A
+            # batch of the GM's acks alone only forgets acknowledged reports: it need not wait
+            # for the disk (lost in a power cut, they are sent again and the GM finds them
+            # applied; docs/reliability.md).
+            with self.store.tx(lazy=all(self._is_gm_ack(what, a, b) for what, a, b in batch)):
                 for what, a, b in batch:
                     try:
                         if what == "connect":
@@ -290,6 +293,16 @@ class Session:
         if changed:
             self.on_change()
         self._retry_hello()
+
+    def _is_gm_ack(self, what: str, topic: Any, payload: Any) -> bool:
+        """Is this queued item an ``ack`` of the GM on this node's control topic? (A peek at the
+        raw map; the item is decoded and checked properly when it is handled.)"""
+        if what != "down" or topic != self.topics.down_ctl(self.node):
+            return False
+        try:
+            return decode_map(payload, max_payload=self.max_payload).get("op") == Op.ACK.value
+        except ProtocolError:
+            return False
 
     def _until_hello_due(self) -> float | None:
         if self._hello_due is None:

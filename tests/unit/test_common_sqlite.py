@@ -284,3 +284,27 @@ def test_memory_database_for_tests() -> None:
         assert db.fetchall("SELECT x FROM t") == [(1,)]
     finally:
         db.close()
+
+
+def test_a_lazy_transaction_commits_and_the_connection_stays_durable(tmp_path: Path) -> None:
+    full = Database(tmp_path / "f.db")  # synchronous FULL
+    try:
+        full.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+        with full.transaction(lazy=True):
+            full.execute("INSERT INTO t VALUES ('lazy', 1)")
+            assert full.fetchone("PRAGMA synchronous") == (1,)  # NORMAL for this transaction
+            with full.transaction(lazy=False):  # an inner block follows the outermost
+                full.execute("INSERT INTO t VALUES ('inner', 2)")
+        assert full.fetchone("PRAGMA synchronous") == (2,)  # FULL again
+        other = sqlite3.connect(tmp_path / "f.db")
+        try:
+            assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+        finally:
+            other.close()
+        with pytest.raises(RuntimeError), full.transaction(lazy=True):  # rolled back: FULL again too
+            full.execute("INSERT INTO t VALUES ('gone', 3)")
+            raise RuntimeError("no")
+        assert full.fetchone("PRAGMA synchronous") == (2,)
+        assert full.fetchone("SELECT count(*) FROM t") == (2,)
+    finally:
+        full.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,29 @@ def test_many_refused_items_are_all_counted_and_logged_in_a_bounded_number_of_li
     lines = [r for r in caplog.records if "refused" in r.getMessage()]
     assert 1 < len(lines) <= 11, len(lines)
     assert "490 more items refused" in lines[-1].getMessage()
+
+
+def test_a_batch_of_acks_alone_commits_lazily_and_one_that_stores_does_not(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgetting acknowledged reports need not wait for the disk (lost, they are resent and
+    found applied); a batch that stores something the GM is told of must."""
+    seen: list[bool] = []
+    real = store.tx
+
+    def spy(*, lazy: bool = False) -> AbstractContextManager[object]:
+        seen.append(lazy)
+        return real(lazy=lazy)
+
+    monkeypatch.setattr(store, "tx", spy)
+    s = make(store, Wire())
+    seqs = [s.outbox.append("Dataset", "default", f"d{i}", {"numberOfSamples": i}) for i in range(3)]
+    seen.clear()
+    down(s, TOPICS.down_ctl(NODE), gm_says(Op.ACK, {"epoch": s.outbox.epoch, "seqs": seqs[:2]}))
+    assert s.outbox.depth() == 1 and seen[0] is True
+    topic, payload = upsert(dataset("ds-a"), "1")
+    s.handle_message(TOPICS.down_ctl(NODE), gm_says(Op.ACK, {"epoch": s.outbox.epoch, "seqs": seqs[2:]}))
+    seen.clear()
+    down(s, topic, payload)  # one batch: the ack and an upsert
+    assert s.outbox.depth() == 0 and store.get_resource("Dataset", "default", "ds-a") is not None
+    assert seen[0] is False  # durable: the upsert is acknowledged to the GM once stored
