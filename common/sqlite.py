@@ -161,6 +161,16 @@ class Database:
         with suppress(Exception):
             self._conn.close()
 
+    def sync(self) -> bool:
+        """Make every commit so far durable, lazy ones included: a passive checkpoint, which
+        syncs the WAL to disk first. Only between transactions: called inside one (of this
+        thread; another thread's is waited for), it does nothing and returns False."""
+        with self._lock:
+            if self._depth:
+                return False
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return True
+
     def close(self) -> None:
         """Checkpoint the WAL into the file (so the file alone holds everything) and close."""
         with self._lock:

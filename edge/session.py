@@ -244,6 +244,8 @@ class Session:
         self._acks = {}
         changed = False
         try:
+            if any(what == "connect" for what, _, _ in batch):
+                self.store.db.sync()  # its hello names the outbox as it is on disk (hello_body)
             # One transaction (one fsync) per batch; its acks go out only after the commit. A
             # batch of the GM's acks alone only forgets acknowledged reports: it need not wait
             # for the disk (lost in a power cut, they are sent again and the GM finds them
@@ -378,6 +380,11 @@ class Session:
     def hello_body(self) -> dict[str, Any]:
         """The hello's body: the outbox epoch and state, and every resource held (a held row the
         model refuses, which only a damaged database holds, is logged, counted and left out)."""
+        # The outbox state told to the GM must not rest on a lazy commit (acknowledged reports
+        # forgotten): the GM forgets its records below lowSeq, so a power cut after this hello
+        # could otherwise bring back reports the GM no longer knows it applied. (Inside a batch
+        # this does nothing: a batch with a connect syncs before it begins.)
+        self.store.db.sync()
         resources: list[ResourceRef] = []
         for row in self.store.held():
             try:

@@ -308,3 +308,16 @@ def test_a_lazy_transaction_commits_and_the_connection_stays_durable(tmp_path: P
         assert full.fetchone("SELECT count(*) FROM t") == (2,)
     finally:
         full.close()
+
+
+def test_sync_checkpoints_between_transactions_only(tmp_path: Path) -> None:
+    db = Database(tmp_path / "s.db")
+    try:
+        db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+        with db.transaction(lazy=True):
+            db.execute("INSERT INTO t VALUES ('a', 1)")
+            assert db.sync() is False  # inside a transaction: nothing done, nothing broken
+        assert db.sync() is True
+        assert db.fetchall("SELECT k, v FROM t") == [("a", 1)]
+    finally:
+        db.close()
