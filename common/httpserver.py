@@ -117,7 +117,10 @@ class WSGIServer:
                 channel.close()
 
         if self._thread.is_alive():
-            self._server.trigger.pull_trigger(close_all)
+            try:
+                self._server.trigger.pull_trigger(close_all)
+            except OSError:  # the loop is already closing its channels (its trigger is gone)
+                close_all()
             self._thread.join(timeout)
         else:
             close_all()
