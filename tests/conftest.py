@@ -14,9 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import reaper
 from harness.brokers import Broker, Users, available_kinds, make_broker
 
 ALL_KINDS = ("mosquitto", "amqtt")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_session() -> Iterator[None]:
+    """Kill what a failed set-up left running (``harness/reaper.py``)."""
+    yield
+    reaper.reap()
 
 
 def _broker_params() -> list[object]:

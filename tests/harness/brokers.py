@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import reaper
 from harness.waiting import free_port, port_open, wait_for
 
 HOST = "127.0.0.1"
@@ -86,8 +87,8 @@ class Broker:
     def start(self, timeout: float = 20.0) -> None:
         assert self.proc is None, "broker already running"
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        self.proc = reaper.started(
+            subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
         log.close()
 

@@ -23,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from harness import reaper
 from harness.waiting import free_port, wait_for
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import Envelope, Op
@@ -218,7 +219,7 @@ class LCProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_LC_")}
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = reaper.started(subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env))
         log.close()
 
     def kill(self) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import reaper
 from harness.waiting import free_port, wait_for
 
 FULL_ROUND = [
@@ -55,8 +56,10 @@ class Process:
             log.flush()
             env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
             env.update(self.env)
-            self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            self.proc = reaper.started(
+                subprocess.Popen(
+                    self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
             )
 
     def alive(self) -> bool:

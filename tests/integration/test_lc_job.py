@@ -35,10 +35,12 @@ def gm(broker: Broker, prefix: str) -> Iterator[FakeGM]:
 def lc(broker: Broker, prefix: str, tmp_path: Path, gm: FakeGM) -> Iterator[LCProcess]:
     p = LCProcess(node=NODE, broker_url=broker.url, prefix=prefix, state_dir=tmp_path / "state", metrics=True)
     p.start()
-    p.wait_started(gm, 0)
-    yield p
-    if p.alive():
-        p.kill()
+    try:
+        p.wait_started(gm, 0)
+        yield p
+    finally:
+        if p.alive():
+            p.kill()
 
 
 def _post_info(port: int, worker_name: str, body: dict[str, object]) -> int:
