@@ -70,7 +70,42 @@ class HTTPLimits:
     """Requests handled at once (the rest wait their turn, their sockets held, no thread)."""
 
 
-class WSGIServer:
+class _ServedInThread:
+    """What both servers share: the loop on a thread of its own, started and closed once."""
+
+    name: str
+    host: str
+    port: int
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._closed = threading.Event()
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # the loop ends when close() stops it; anything else is a bug
+            if not self._closed.is_set():
+                log.exception("%s: the HTTP server stopped", self.name)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection, end the loop and the request threads."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._stop(timeout)
+
+
+class WSGIServer(_ServedInThread):
     """``app`` served on ``host:port`` (port 0: any free one, see ``port``) within ``limits``."""
 
     def __init__(self, app: WSGIApp, host: str, port: int, limits: HTTPLimits, *, name: str) -> None:
@@ -93,25 +128,12 @@ class WSGIServer:
         )
         self.host = host
         self.port = int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._closed = threading.Event()
+        self._start_thread()
 
-    def _run(self) -> None:
-        try:
-            self._server.run()
-        except Exception:  # the loop ends when close() empties its map; anything else is a bug
-            if not self._closed.is_set():
-                log.exception("%s: the HTTP server stopped", self.name)
+    def _serve(self) -> None:
+        self._server.run()  # returns once _stop has emptied its map
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection, end the loop and the request threads."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-
+    def _stop(self, timeout: float) -> None:
         def close_all() -> None:  # runs on the server's own thread, between two polls
             for channel in list(self._map.values()):
                 channel.close()
@@ -127,7 +149,7 @@ class WSGIServer:
         self._server.task_dispatcher.shutdown(timeout=timeout)
 
 
-class TLSWSGIServer:
+class TLSWSGIServer(_ServedInThread):
     """``app`` served by cheroot on ``host:port`` within ``limits``; HTTPS when ``tls`` gives a
     certificate file and its key file (both PEM)."""
 
@@ -165,8 +187,7 @@ class TLSWSGIServer:
         self._server = server
         self.host = host
         self.port = int(server.bind_addr[1])
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._closed = threading.Event()
+        self._start_thread()
 
     def _error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
         """cheroot's messages: a client that dropped its connection or spoke plain HTTP to the
@@ -177,20 +198,9 @@ class TLSWSGIServer:
         else:
             log.debug("%s: %s", self.name, msg)
 
-    def _run(self) -> None:
-        try:
-            self._server.serve()
-        except Exception:  # serve() returns once stop() is called; anything else is a bug
-            if not self._closed.is_set():
-                log.exception("%s: the HTTP server stopped", self.name)
+    def _serve(self) -> None:
+        self._server.serve()  # returns once _stop has called stop()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close the connections, end the loop and the pool's threads."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
+    def _stop(self, timeout: float) -> None:
         self._server.stop()
         self._thread.join(timeout)

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from harness.gm_inproc import DATASET, NoBus
 from harness.waiting import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,20 +44,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 WRITER, READER = "w-fedcba9876543210", "r-fedcba9876543210"
-DATASET = {
-    "apiVersion": "sedna.io/v1alpha1",
-    "kind": "Dataset",
-    "metadata": {"name": "ds1", "namespace": "default"},
-    "spec": {"url": "/data/ds.txt", "format": "txt", "nodeName": "node-a"},
-}
-
-
-class NoBus:
-    def publish(self, *args: Any, **kwargs: Any) -> object:
-        return object()
-
-    def close(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def gm(tmp_path: Path, **extra: Any) -> GMService:

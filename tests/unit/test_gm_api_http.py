@@ -14,26 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from harness.gm_inproc import DATASET, NoBus
 
 from lifelong.cloud.api_server import GMApiApp, load_tokens
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.common.errors import ConfigError
 
 WRITER, READER = "w-0123456789abcdef", "r-0123456789abcdef"
-DATASET = {
-    "apiVersion": "sedna.io/v1alpha1",
-    "kind": "Dataset",
-    "metadata": {"name": "ds1", "namespace": "default"},
-    "spec": {"url": "/data/ds.txt", "format": "txt", "nodeName": "node-a"},
-}
-
-
-class NoBus:
-    def publish(self, *args: Any, **kwargs: Any) -> object:
-        return object()
-
-    def close(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def token_file(tmp_path: Path) -> Path:
