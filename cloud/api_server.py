@@ -165,10 +165,14 @@ def _desired(res: AnyResource) -> Object:
     return out
 
 
-def _version(obj: Object | None) -> str | None:
-    """The ``metadata.resourceVersion`` of an object a store returned."""
-    meta = obj.get("metadata") if obj is not None else None
-    return str(meta.get("resourceVersion")) if isinstance(meta, dict) else None
+def _applied_part(obj: Object) -> Object:
+    """What an apply sets (the spec and other top-level fields, labels and annotations), so
+    that "unchanged" does not depend on a status the controllers wrote meanwhile (which bumps
+    the resourceVersion)."""
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    out = {k: v for k, v in obj.items() if k not in ("status", "metadata")}
+    out["labels"], out["annotations"] = meta.get("labels") or {}, meta.get("annotations") or {}
+    return out
 
 
 class GMApi:
@@ -199,7 +203,7 @@ class GMApi:
             stored = self.store.apply(_desired(res))
         if before is None:
             result = "created"
-        elif _version(before) == _version(stored):
+        elif _applied_part(before) == _applied_part(stored):
             result = "unchanged"
         else:
             result = "configured"

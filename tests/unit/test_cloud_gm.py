@@ -646,6 +646,29 @@ def ready_condition(gm: GM, name: str = "ds1") -> dict[str, Any] | None:
     return next((c for c in conds if c.get("type") == "Ready"), None)
 
 
+def test_applying_the_same_object_is_unchanged_whatever_status_the_controllers_wrote(gm: GM) -> None:
+    """A status written between two applies bumps the resourceVersion; the second apply is
+    still "unchanged" (it used to say "configured" when a controller's status update won the
+    race, as the Dataset's WaitingForNode condition did in a full run)."""
+    assert gm.api.apply(dataset())["result"] == "created"
+    store = gm.api.store
+    real_get = store.get
+
+    def get_then_a_controller_writes(kind: str, ns: str, name: str) -> Any:
+        found = real_get(kind, ns, name)  # what apply reads first ...
+        store.update_status(kind, ns, name, {"numberOfSamples": 3})  # ... then a controller wins
+        return found
+
+    store.get = get_then_a_controller_writes  # type: ignore[method-assign]
+    try:
+        assert gm.api.apply(dataset())["result"] == "unchanged"
+    finally:
+        store.get = real_get  # type: ignore[method-assign]
+    labelled = dataset()
+    labelled["metadata"]["labels"] = {"team": "a"}
+    assert gm.api.apply(labelled)["result"] == "configured"
+
+
 def test_apply_refuses_missing_datasets_and_bad_fields_but_not_unknown_nodes(gm: GM) -> None:
     with pytest.raises(ValidationError, match=r"spec\.dataset\.name: Dataset default/ds1 does not exist"):
         gm.api.apply(job())
