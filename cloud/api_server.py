@@ -169,7 +169,8 @@ def _applied_part(obj: Object) -> Object:
     """What an apply sets (the spec and other top-level fields, labels and annotations), so
     that "unchanged" does not depend on a status the controllers wrote meanwhile (which bumps
     the resourceVersion)."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    found = obj.get("metadata")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
     out = {k: v for k, v in obj.items() if k not in ("status", "metadata")}
     out["labels"], out["annotations"] = meta.get("labels") or {}, meta.get("annotations") or {}
     return out
