@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from harness.processes import GMProcess, LCProcess
-from harness.waiting import wait_for
+from harness.waiting import DeadlineExceeded, wait_for
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
 
@@ -303,13 +303,17 @@ class Rig:
     def wait_drained(self, epoch: str, seqs: list[int], timeout: float = 90.0) -> float:
         """Wait until every report is applied and the outbox is empty; return the seconds taken."""
         t0 = time.monotonic()
-        wait_for(
-            lambda: self.drained(epoch, seqs),
-            timeout=timeout,
-            interval=0.1,
-            what=f"{len(seqs)} reports applied and the outbox empty\nGM:\n{self.gm.log_tail(30)}"
-            f"\nLC:\n{self.lc.log_tail(30)}",
-        )
+        try:
+            wait_for(
+                lambda: self.drained(epoch, seqs),
+                timeout=timeout,
+                interval=0.1,
+                what=f"{len(seqs)} reports applied and the outbox empty",
+            )
+        except DeadlineExceeded as exc:  # the logs as they are at the deadline, not at the start
+            raise DeadlineExceeded(
+                f"{exc}\nGM:\n{self.gm.log_tail(60)}\nLC:\n{self.lc.log_tail(60)}"
+            ) from None
         return time.monotonic() - t0
 
     def stop(self) -> None:
