@@ -129,9 +129,14 @@ class WaitingReports:
         older than ``limits.age``. Returns how many moved. One that cannot make a report (only
         a damaged database holds one) is logged with its worker's name and dropped; a full
         outbox stops the move until the next call (logged once until it has room again)."""
+        kept = self.store.pending_info()
+        if not kept:  # the usual case, and this runs at every control step: no write at all
+            self._outbox_full = False
+            return 0
         cutoff = self.clock() - self.limits.age
         dropped = self.store.drop_pending_info_before(cutoff)
         if dropped:
+            kept = self.store.pending_info()
             self.expired += dropped
             log.warning(
                 "%d worker reports dropped: their job did not reach this LC within %.0f s",
@@ -139,7 +144,7 @@ class WaitingReports:
                 self.limits.age,
             )
         moved = 0
-        for ident, ns, worker, job, body in self.store.pending_info():
+        for ident, ns, worker, job, body in kept:
             if self.store.get_resource(JOB_KIND, ns, job) is None:
                 continue
             try:
