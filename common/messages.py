@@ -47,6 +47,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from lifelong.common.api.dataset import Dataset
+from lifelong.common.api.labelled import LabelledSamples
 from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
 from lifelong.common.api.loader import format_path, parse_resource
 from lifelong.common.api.meta import DnsLabel, DnsSubdomain
@@ -469,8 +470,12 @@ class LogAnswer(Body):
 
 # -- downstream objects ----------------------------------------------------------------------------
 
-DownObject: TypeAlias = LifelongLearningJob | Dataset | Worker
+DownObject: TypeAlias = LifelongLearningJob | Dataset | Worker | LabelledSamples
 """A resource the GM sends down in an ``upsert``."""
+_INTERNAL_KINDS: dict[str, type[Worker] | type[LabelledSamples]] = {
+    Worker.KIND: Worker,
+    LabelledSamples.KIND: LabelledSamples,
+}
 
 
 def parse_object(obj: Any) -> DownObject:
@@ -479,9 +484,10 @@ def parse_object(obj: Any) -> DownObject:
     if not isinstance(obj, Mapping):
         what = "null" if obj is None else type(obj).__name__
         raise InvalidBody("upsert body", [("object", f"must be a mapping, got {what}")])
-    if obj.get("kind") == Worker.KIND:
+    internal = _INTERNAL_KINDS.get(obj.get("kind"))  # type: ignore[arg-type]
+    if internal is not None:
         try:
-            return Worker.model_validate(obj, **_WIRE_NAMES_ONLY)
+            return internal.model_validate(obj, **_WIRE_NAMES_ONLY)
         except pydantic.ValidationError as exc:
             raise InvalidBody("upsert body", _errors(exc, ("object",))) from None
     try:
