@@ -268,11 +268,11 @@ class KBApp:
                     found = part
                 else:
                     part.close()
+        except multipart.ParserLimitReached as exc:
+            raise HTTPError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"multipart body: {exc}"
+            ) from None
         except multipart.MultipartError as exc:
-            if "limit" in str(exc).lower():
-                raise HTTPError(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"multipart body: {exc}"
-                ) from None
             raise HTTPError(
                 HTTPStatus.BAD_REQUEST, "bad_request", f"malformed multipart body: {exc}"
             ) from None

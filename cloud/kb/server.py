@@ -65,6 +65,7 @@ class KBServer:
         self.app = KBApp(self.kb, tokens=tokens, max_json=limits.max_body)
         self._server = TLSWSGIServer(self.app, host, port, limits, name="kb", tls=tls)
         self.host = host
+        self._started = False
         if tokens is None and not loopback(host):
             log.warning(
                 "the knowledge base on %s takes no token (--allow-anonymous): anyone reaching it may write",
@@ -92,9 +93,12 @@ class KBServer:
 
     def start(self) -> None:
         self._server.start()
+        self._started = True
         log.info("knowledge base serving on %s", self.url)
 
     def stop(self) -> None:
-        self._server.close()
+        """Stop serving and close the KB's database if this server opened it."""
+        if self._started:
+            self._server.close()
         if self._owned:
             self.kb.close()
