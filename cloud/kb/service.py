@@ -23,7 +23,7 @@ import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pydantic
 from pydantic import Field, StrictFloat, StrictStr, TypeAdapter
@@ -114,6 +114,20 @@ class _MetricsBody(pydantic.BaseModel):
     round: int = Field(ge=0)
     stage: StrictStr
     scores: dict[StrictStr, dict[StrictStr, StrictFloat]]
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def _job_body(body: object, model: type[M], what: str) -> tuple[str, M]:
+    """The ``job`` of a JSON object and the object parsed by ``model``; ``KBRefused`` naming
+    what is wrong."""
+    data = _mapping(body, what)
+    job = check_job(data.get("job"))
+    try:
+        return job, model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _errors(what, exc) from None
 
 
 def _stored(row: SampleRow) -> StoredSample:
@@ -310,12 +324,7 @@ class LocalKnowledgeBase:
         return {"delivered": self.mark_delivered(job, ids)}
 
     def post_index(self, body: object) -> dict[str, Any]:
-        data = _mapping(body, "task index")
-        job = check_job(data.get("job"))
-        try:
-            index = TaskIndex.model_validate(data)
-        except pydantic.ValidationError as exc:
-            raise _errors("task index", exc) from None
+        job, index = _job_body(body, TaskIndex, "task index")
         version = self.store.add_index(job, index)
         log.info(
             "task index of %s: version %d (%d seen task groups)",
@@ -334,12 +343,7 @@ class LocalKnowledgeBase:
         return found
 
     def post_metrics(self, body: object) -> dict[str, Any]:
-        data = _mapping(body, "metrics")
-        job = check_job(data.get("job"))
-        try:
-            parsed = _MetricsBody.model_validate(data)
-        except pydantic.ValidationError as exc:
-            raise _errors("metrics", exc) from None
+        job, parsed = _job_body(body, _MetricsBody, "metrics")
         if parsed.stage not in STAGES:
             raise KBRefused(f"stage: must be train or eval, got {parsed.stage!r}")
         self.store.add_metrics(job, parsed.round, parsed.stage, parsed.scores)
