@@ -30,6 +30,7 @@ from lifelong import __version__
 COMMAND_MODULES = (
     "lifelong.broker.commands",
     "lifelong.cloud.commands",
+    "lifelong.cloud.kb.commands",
     "lifelong.client.commands",
     "lifelong.edge.commands",
     "lifelong.tail",

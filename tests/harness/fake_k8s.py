@@ -102,6 +102,7 @@ DISCOVERY: dict[str, list[tuple[str, str, bool]]] = {
         ("services", "Service", True),
         ("serviceaccounts", "ServiceAccount", True),
         ("configmaps", "ConfigMap", True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
         ("secrets", "Secret", True),
     ],
     "apps/v1": [("deployments", "Deployment", True)],

@@ -230,6 +230,7 @@ def test_k8s_kustomize_renders() -> None:
         ["CustomResourceDefinition"] * 3
         + ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
         + ["Deployment", "Deployment", "Service", "ConfigMap"]
+        + ["Deployment", "PersistentVolumeClaim", "Service"]  # the knowledge base (kb.yaml)
     )
     configmap = next(d for d in rendered if d["kind"] == "ConfigMap")
     assert configmap["data"]["mosquitto.conf"] == (MOSQUITTO / "mosquitto.conf").read_text()
@@ -273,7 +274,7 @@ def test_k8s_kubectl_apply_dry_run_renders_fake_api(
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     rendered = yaml.load(out.stdout, Loader=_Yaml12Loader)
-    assert len(rendered["items"]) == 13
+    assert len(rendered["items"]) == 16
     assert not any(m in ("POST", "PUT", "PATCH", "DELETE") for m, _ in discovery_server.requests)
 
 
