@@ -51,8 +51,9 @@ from typing import Any
 
 from lifelong.common.api import Dataset, parse_resource
 from lifelong.common.api.labelled import LabelledSample, LabelledSamples
-from lifelong.common.errors import ValidationError
+from lifelong.common.errors import InvalidBody, ValidationError
 from lifelong.common.kb import LabelledSamplesReport
+from lifelong.common.messages import parse_object
 from lifelong.edge.dataset_monitor import local_path
 from lifelong.edge.db import Store
 from lifelong.edge.metrics import ItemFailures
@@ -119,6 +120,16 @@ def render(
     return lines, skipped
 
 
+def _end_of(path: Path) -> tuple[int, bool]:
+    """The file's size, and whether it is empty or ends with a line break."""
+    with path.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0, True
+        fh.seek(size - 1)
+        return size, fh.read(1) == b"\n"
+
+
 def _common_prefix(a: bytes, b: bytes) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -147,15 +158,18 @@ def write_intent(path: Path, size: int, data: bytes) -> str:
         else:
             # others appended after ``size``; a cut-short part of ours, if any, is taken out
             cut = _common_prefix(tail, data)
-            how, keep, at = "moved", tail[cut:], size
-        fh.seek(at)
+            how, keep, at = ("moved", tail[cut:], size) if cut else ("moved", b"", end)
         fh.truncate(at)
         if keep:
-            fh.write(keep if keep.endswith(b"\n") else keep + b"\n")
-        elif at > 0 and not data.startswith(b"\n"):
-            fh.seek(at - 1)
-            if fh.read(1) != b"\n":
+            fh.seek(at)
+            fh.write(keep)
+        end = fh.seek(0, os.SEEK_END)
+        if end > 0 and not data.startswith(b"\n"):
+            fh.seek(end - 1)
+            if fh.read(1) != b"\n":  # the last line is not ended: ours start on a line of their own
+                fh.seek(end)
                 fh.write(b"\n")
+        fh.seek(0, os.SEEK_END)
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -217,7 +231,7 @@ class LabelledAppender:
         except OutboxFull as exc:
             self.failures.failed(LOOP, key, f"waits for room in the outbox: {exc}")
             return False
-        except ValidationError as exc:
+        except (ValidationError, InvalidBody) as exc:
             self.failures.failed(LOOP, key, str(exc))
             return False
         except OSError as exc:
@@ -239,9 +253,9 @@ class LabelledAppender:
         return dataset
 
     def _batch(self, ns: str, name: str, rv: str, obj: dict[str, Any]) -> None:
-        batch = parse_resource(obj, source=f"{KIND} {ns}/{name}")
+        batch = parse_object(obj)  # InvalidBody if refused (only a damaged database holds one)
         if not isinstance(batch, LabelledSamples):
-            raise ValidationError([("kind", f"must be {KIND}")], source=f"{KIND} {ns}/{name}")
+            raise InvalidBody(f"{KIND} {ns}/{name}", [("kind", f"must be {KIND}")])
         spec = batch.spec
         dataset = self._dataset(ns, spec.dataset)
         path = local_path(dataset.spec.url)
@@ -262,8 +276,8 @@ class LabelledAppender:
         lines, skipped = render(fresh, fmt, header, spec.label_column)
         for ident, why in skipped[:10]:
             log.warning("labelled sample %s of %s/%s left out: %s", ident, ns, name, why)
-        size = path.stat().st_size
-        text = "".join(line + "\n" for _, line in lines)
+        size, ended = _end_of(path)
+        text = ("" if ended else "\n") + "".join(line + "\n" for _, line in lines)
         intent = {
             "state": "intent",
             "rv": rv,

@@ -65,7 +65,7 @@ from typing import Any
 
 from lifelong.common.errors import ConfigError, InvalidBody
 from lifelong.common.httpserver import HTTPLimits, WSGIServer
-from lifelong.common.kb import UnseenSample, UnseenSamples
+from lifelong.common.kb import UnseenSamples
 from lifelong.common.messages import JobWorkerInfo, WorkerInfoPost
 from lifelong.common.samples import MAX_SAMPLE_BYTES, MAX_SAMPLES_PER_POST
 from lifelong.edge.db import Store
@@ -380,29 +380,31 @@ class WorkerAPI:
     def split_samples(self, post: UnseenSamples) -> list[dict[str, Any]]:
         """The report bodies of one post: at most ``MAX_SAMPLES_PER_POST`` samples each and at
         most ``max_report`` bytes as compact JSON (non-ASCII escaped, so at least what either
-        codec makes of it). ``_Refused`` (413) for a sample that alone is too big."""
+        codec makes of it). Each sample as its model writes it (absent optional fields left
+        out). ``_Refused`` (413) for a sample that alone is too big."""
 
         def size(value: Any) -> int:
             return len(json.dumps(value, separators=(",", ":")))
 
-        base = size(UnseenSamples(samples=post.samples[:1], worker=post.worker).to_body())
-        base -= size(post.samples[0].to_body())
+        base = size({"samples": [], "worker": post.worker})
         one_bound = min(MAX_SAMPLE_BYTES, self.max_report - base)
-        chunks: list[list[UnseenSample]] = [[]]
+        chunks: list[list[dict[str, Any]]] = [[]]
         used = base
         for i, sample in enumerate(post.samples):
-            wire = size(sample.to_body())
-            if wire > one_bound:
+            wire = sample.to_body()
+            cost = size(wire)
+            if cost > one_bound:
                 raise _Refused(
-                    413, "too_large", f"samples[{i}] (id {sample.id}) is {wire} bytes, over {one_bound}"
+                    413, "too_large", f"samples[{i}] (id {sample.id}) is {cost} bytes, over {one_bound}"
                 )
-            cost = wire + (1 if chunks[-1] else 0)  # the comma between two samples
+            if chunks[-1]:
+                cost += 1  # the comma between two samples
             if len(chunks[-1]) >= MAX_SAMPLES_PER_POST or used + cost > self.max_report:
                 chunks.append([])
-                used, cost = base, wire
-            chunks[-1].append(sample)
+                used, cost = base, cost - 1
+            chunks[-1].append(wire)
             used += cost
-        return [UnseenSamples(samples=chunk, worker=post.worker).to_body() for chunk in chunks]
+        return [{"samples": chunk, "worker": post.worker} for chunk in chunks]
 
     # -- worker info -----------------------------------------------------------------------------
     def accept(self, worker: str, body: Any) -> tuple[str, bool]:
