@@ -13,6 +13,7 @@ the GM played by the test (plain paho + the codec, docs/protocol.md only).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -31,11 +32,14 @@ from harness.waiting import wait_for
 NODE = "node-a"
 
 
+def _gm(broker: Broker, prefix: str, *, auto_ack: bool = True) -> FakeGM:
+    return FakeGM(broker.host, broker.port, prefix, NODE, auto_ack=auto_ack)
+
+
 @pytest.fixture
 def gm(broker: Broker, prefix: str) -> Iterator[FakeGM]:
-    g = FakeGM(broker.host, broker.port, prefix, NODE)
-    yield g
-    g.close()
+    with contextlib.closing(_gm(broker, prefix)) as g:
+        yield g
 
 
 def _start(broker: Broker, prefix: str, tmp_path: Path, gm: FakeGM, *extra: str) -> LCProcess:
@@ -191,7 +195,7 @@ def test_bad_sample_posts_are_refused_counted_and_keep_nothing(
 def test_a_full_outbox_refuses_the_whole_post_and_loses_nothing(
     broker: Broker, prefix: str, tmp_path: Path
 ) -> None:
-    gm = FakeGM(broker.host, broker.port, prefix, NODE, auto_ack=False)
+    gm = _gm(broker, prefix, auto_ack=False)
     lc = _start(broker, prefix, tmp_path, gm, "--max-payload", "65536", "--outbox-max-depth", "5")
     try:
         hold_job(gm, tmp_path)
@@ -335,7 +339,7 @@ def test_an_lc_killed_between_intent_and_commit_appends_each_row_once(
     """The outbox is full when the rows are written, so the commit (ids + report) waits with the
     intent on disk; the LC is SIGKILLed there (``cut``: the tail of the write lost too, as if the
     kill came in the middle of it) and restarted with room: every row is in the file once."""
-    gm = FakeGM(broker.host, broker.port, prefix, NODE, auto_ack=False)
+    gm = _gm(broker, prefix, auto_ack=False)
     lc = _start(broker, prefix, tmp_path, gm, "--outbox-max-depth", "2")
     data = tmp_path / "d.csv"
     data.write_text("label,f0,f1\n0,a,1\n")
