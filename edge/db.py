@@ -18,6 +18,10 @@ Tables::
     datasets(ns, name, data)              last counted / reported numberOfSamples, status
     workers(ns, name, data)               local worker processes (pid, start time, phase, ...)
     pending_info(id, ns, worker, job, body, ts)   worker-API posts not yet in the outbox
+    labelled(ns, name, data)              per LabelledSamples batch: its intent (file size
+                                          before, the bytes to append) or what was done at
+                                          which rv (``edge/labelled.py``)
+    labelled_ids(ns, dataset, id)         the sample ids appended to each Dataset's file
     outbox(seq, kind, ns, name, body, ckey, ts)   see outbox.py
     counters(key, n)                      'outbox': the number of rows of outbox, kept by two
                                           triggers in the transaction of every insert and
@@ -57,6 +61,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS pending_info (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, worker TEXT NOT NULL, job TEXT NOT NULL,
     body TEXT NOT NULL, ts REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS labelled (ns TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (ns, name))""",
+    """CREATE TABLE IF NOT EXISTS labelled_ids (ns TEXT NOT NULL, dataset TEXT NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (ns, dataset, id)) WITHOUT ROWID""",
 )
 
 _OUTBOX_SCHEMA = (
@@ -71,7 +79,7 @@ _OUTBOX_SCHEMA = (
     BEGIN UPDATE counters SET n = n - 1 WHERE key = 'outbox'; END""",
 )
 
-_TABLES_BY_KEY = ("progress", "datasets", "workers")
+_TABLES_BY_KEY = ("progress", "datasets", "workers", "labelled")
 
 log = logging.getLogger("lifelong.edge.db")
 
@@ -195,7 +203,7 @@ class Store:
         rows = self.db.fetchall("SELECT kind, ns, name, rv FROM resources ORDER BY kind, ns, name")
         return [{"kind": k, "ns": n, "name": m, "rv": rv} for k, n, m, rv in rows]
 
-    # -- keyed JSON records (progress, datasets, workers) ------------------------------------
+    # -- keyed JSON records (progress, datasets, workers, labelled) --------------------------
     def get_record(self, table: str, ns: str, name: str) -> dict[str, Any] | None:
         assert table in _TABLES_BY_KEY
         row = self.db.fetchone(f"SELECT data FROM {table} WHERE ns=? AND name=?", (ns, name))
@@ -239,6 +247,26 @@ class Store:
     def drop_pending_info_before(self, cutoff: float) -> int:
         """Forget the posts kept before ``cutoff`` (wall clock); returns how many."""
         return self.db.execute("DELETE FROM pending_info WHERE ts < ?", (cutoff,)).rowcount
+
+    # -- labelled samples appended to Datasets ---------------------------------------------------
+    def appended_ids(self, ns: str, dataset: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` were appended to Dataset ``ns/dataset`` before."""
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.fetchall(
+                f"SELECT id FROM labelled_ids WHERE ns=? AND dataset=? AND id IN ({marks})",
+                (ns, dataset, *chunk),
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
+    def add_appended_ids(self, ns: str, dataset: str, ids: list[str]) -> None:
+        """Record ``ids`` as appended to Dataset ``ns/dataset`` (joins the caller's transaction)."""
+        with self.db.transaction():
+            for ident in ids:
+                self.db.execute("INSERT OR IGNORE INTO labelled_ids VALUES (?,?,?)", (ns, dataset, ident))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,15 @@ counters (outbox, session, workers) through one collector registered in a per-pr
     lifelong_lc_db_moved_aside                  corrupt local databases moved aside (kept in the
                                                 state dir until an operator removes them)
     lifelong_lc_item_failures_total{loop}       items a loop skipped because they failed (jobs,
-                                                datasets); each failure counted once, not per poll
+                                                datasets, labelled: a LabelledSamples batch that
+                                                waits); each failure counted once, not per poll
+    lifelong_lc_worker_posts_total{result}      worker-API posts by answer (both routes)
+    lifelong_lc_unseen_samples_total{result}    unseen samples posted by workers: accepted (in
+                                                the outbox), refused (their post was not taken)
+    lifelong_lc_labelled_samples_total{result}  labelled samples: appended to a Dataset's file,
+                                                duplicates (appended before), skipped (no line)
+    lifelong_lc_labelled_batches_waiting        LabelledSamples batches that could not be
+                                                appended at the last control step
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class Snapshot:
     item_failures: dict[str, int] = field(default_factory=dict)
     worker_posts: dict[str, int] = field(default_factory=dict)
     worker_posts_waiting: tuple[int, int] = (0, 0)  # (reports, bytes)
+    unseen_samples: dict[str, int] = field(default_factory=dict)
+    labelled_samples: dict[str, int] = field(default_factory=dict)
+    labelled_waiting: int = 0
 
 
 class ItemFailures:
@@ -170,6 +181,25 @@ class _LCCollector(Collector):
         waiting.add_metric(["reports"], s.worker_posts_waiting[0])
         waiting.add_metric(["bytes"], s.worker_posts_waiting[1])
         yield waiting
+        yield _labelled(
+            CounterMetricFamily,
+            "lifelong_lc_unseen_samples",
+            "Unseen samples posted by workers, by what became of them",
+            "result",
+            s.unseen_samples,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "lifelong_lc_labelled_samples",
+            "Labelled samples sent down, by what became of them",
+            "result",
+            s.labelled_samples,
+        )
+        yield GaugeMetricFamily(
+            "lifelong_lc_labelled_batches_waiting",
+            "LabelledSamples batches that could not be appended at the last control step",
+            value=s.labelled_waiting,
+        )
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -118,6 +118,25 @@ class Outbox:
         self.wakeup.set()
         return seq
 
+    def append_all(self, reports: list[tuple[str, str, str, dict[str, Any]]]) -> list[int]:
+        """Commit several reports (kind, ns, name, body), none coalescible, all or none: the
+        room is checked first, inside the caller's transaction (which holds the database's
+        lock), so a full outbox raises ``OutboxFull`` (counted once in ``refused``) before any
+        is appended. Used by the worker API for the chunks of one post of unseen samples."""
+        with self.store.tx():
+            depth = self.table.depth()
+            if depth + len(reports) > self.max_depth:
+                self.refused += 1
+                raise OutboxFull(
+                    f"outbox full ({depth} of {self.max_depth} reports): {len(reports)} reports not queued"
+                )
+            seqs = []
+            for kind, ns, name, body in reports:
+                seq = self.append(kind, ns, name, body)
+                assert seq is not None  # not coalescible: None is never returned
+                seqs.append(seq)
+            return seqs
+
     # -- publishing -----------------------------------------------------------------------
     def due(self) -> list[Entry]:
         """Reports to publish now: unsent or timed out, oldest first, within the window."""

@@ -6,9 +6,10 @@ Called by ``commands`` (``lifelong lc``) and by tests that want an LC in-process
     lc-session       applies downstream messages, sends presence + hello on every connect,
                      answers the GM's requests for workers' logs
     lc-publisher     publishes due outbox reports within the in-flight window
-    lc-control       every ``poll_seconds`` or on any change: dataset counts, the manager's
-                     decisions, the worker runtime, the workers' log bound, kept worker-API
-                     reports. After a step it rests as long as the step took, so that a burst
+    lc-control       every ``poll_seconds`` or on any change: labelled samples appended to
+                     their Datasets' files (``edge/labelled.py``), dataset counts, the
+                     manager's decisions, the worker runtime, the workers' log bound, kept
+                     worker-API reports. After a step it rests as long as the step took, so that a burst
                      of changes (a hello diff of thousands of jobs) costs at most half a core,
                      not one step per change
     lc-worker-api    the worker HTTP API (stdlib server, a thread per request)
@@ -43,6 +44,7 @@ from lifelong.common.topics import RESERVED_NODE_NAMES, RESERVED_WHY, Topics
 from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store, moved_aside
+from lifelong.edge.labelled import LabelledAppender
 from lifelong.edge.manager import Manager
 from lifelong.edge.metrics import ItemFailures, Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
@@ -115,6 +117,7 @@ class LocalController:
         )
         if self.worker_api is not None:
             self.worker_api.on_info = self.workers.note_info
+        self.labelled = LabelledAppender(self.store, self.outbox, s.node, self.failures)
         self.worker_logs = WorkerLogs(
             s.workers_dir, node=s.node, running=self._worker_running, failures=self.failures
         )
@@ -237,6 +240,7 @@ class LocalController:
     def control_step(self) -> None:
         storage_error: str | None = None
         steps = (
+            self.labelled.step,  # first: the rows it appends are counted in this very step
             self._datasets,
             self.manager.step,
             self.workers.reconcile,
@@ -367,4 +371,7 @@ class LocalController:
             item_failures=self.failures.snapshot(),
             worker_posts=self.worker_api.snapshot() if self.worker_api else {},
             worker_posts_waiting=self.waiting_reports.size(),
+            unseen_samples=self.worker_api.samples_snapshot() if self.worker_api else {},
+            labelled_samples=self.labelled.snapshot(),
+            labelled_waiting=self.labelled.waiting,
         )

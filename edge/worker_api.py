@@ -1,4 +1,5 @@
-"""The worker HTTP API of the LC, as upstream Sedna's: ``POST /sedna/workers/{name}/info``.
+"""The worker HTTP API of the LC: upstream Sedna's ``POST /sedna/workers/{name}/info``, and
+``POST /lifelong/v1/jobs/{namespace}/{job}/samples`` for the unseen samples a worker found.
 
 Who calls it: the service makes a ``WorkerAPI`` on ``worker_api_host:worker_api_port``
 (127.0.0.1:9100) and calls ``WaitingReports.flush`` from its control loop; workers built on the
@@ -29,10 +30,29 @@ What a post gets (docs/writing-workers.md, "The worker API"):
 
 Each answer is counted by result (``lifelong_lc_worker_posts_total{result}``); the waiting
 room's size is the ``lifelong_lc_worker_posts_waiting`` gauge.
+
+``POST /lifelong/v1/jobs/{ns}/{job}/samples`` (the worker library's unseen samples, body
+``UnseenSamples`` of ``lifelong.common.kb``) follows the same rules (403, 400 naming the field,
+413, 503 with ``Retry-After``), with its own body bound (``samples_max_body``, 4 MiB) and these
+differences:
+
+* **404** naming the job unless this LC holds job ``ns/job`` (samples do not wait for a job);
+* **413** also for one sample over ``MAX_SAMPLE_BYTES`` or over one bus message (named by its
+  index);
+* **200** ``{"accepted": n}`` once every sample is in the outbox: the post is split into reports
+  of kind ``UnseenSamples`` under the job's namespace and name, each with at most
+  ``MAX_SAMPLES_PER_POST`` samples and under one bus message (``max_report``), all appended in
+  one transaction (``Outbox.append_all``): a full outbox takes none of them (503). These reports
+  have no coalesce key: never replaced, never dropped.
+
+Samples are counted in ``lifelong_lc_unseen_samples_total{result}``: ``accepted``, and
+``refused`` for the samples of a post that was not taken (the entries of its ``samples`` list,
+if the body has one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -45,14 +65,20 @@ from typing import Any
 
 from lifelong.common.errors import ConfigError, InvalidBody
 from lifelong.common.httpserver import HTTPLimits, WSGIServer
+from lifelong.common.kb import UnseenSamples
 from lifelong.common.messages import JobWorkerInfo, WorkerInfoPost
+from lifelong.common.samples import MAX_SAMPLE_BYTES, MAX_SAMPLES_PER_POST
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox, OutboxFull
 
 log = logging.getLogger("lifelong.edge.worker_api")
 
 _PATH = re.compile(r"^/sedna/workers/([^/]{1,253})/info/?$")
+_SAMPLES_PATH = re.compile(r"^/lifelong/v1/jobs/([^/]{1,253})/([^/]{1,253})/samples/?$")
 JOB_KIND = "LifelongLearningJob"
+SAMPLES_KIND = "UnseenSamples"
+SAMPLES_MAX_BODY = 4 << 20
+"""Bytes of one post of unseen samples (up to ``MAX_SAMPLES_PER_POST``; split into reports)."""
 RETRY_AFTER = 5  # seconds suggested to a worker turned away with 503
 RESULTS = ("stored", "waiting", "invalid", "too_large", "full", "forbidden", "not_found", "method", "expired")
 
@@ -182,11 +208,14 @@ class WorkerAPI:
         waiting: WaitingReports | None = None,
         on_info: Callable[[str, str, dict[str, Any]], None] | None = None,
         wake: threading.Event | None = None,
+        samples_max_body: int = SAMPLES_MAX_BODY,
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.limits = limits or HTTPLimits()
         self.max_report = max_report or self.limits.max_body
+        self.samples_max_body = samples_max_body
+        self.samples = {"accepted": 0, "refused": 0}  # unseen samples, by what became of them
         self.waiting = waiting or WaitingReports(store, outbox)
         self.on_info = on_info
         self.wake = wake
@@ -194,8 +223,13 @@ class WorkerAPI:
         self._lock = threading.Lock()
         self._full_logged = False
         self._forbidden_logged: set[str] = set()
+        # The server's bound is the larger of the two routes'; each route checks its own from
+        # the Content-Length before it reads the body.
+        server_limits = dataclasses.replace(
+            self.limits, max_body=max(self.limits.max_body, self.samples_max_body)
+        )
         try:
-            self._server = WSGIServer(self.app, host, port, self.limits, name="lc-worker-api")
+            self._server = WSGIServer(self.app, host, port, server_limits, name="lc-worker-api")
         except OSError as exc:
             raise ConfigError(f"worker API cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.port = self._server.port
@@ -218,6 +252,14 @@ class WorkerAPI:
             out = dict(self.counts)
         out["expired"] = self.waiting.expired
         return out
+
+    def samples_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.samples)
+
+    def _count_samples(self, result: str, n: int) -> None:
+        with self._lock:
+            self.samples[result] += n
 
     # -- the WSGI application ------------------------------------------------------------------
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -256,19 +298,30 @@ class WorkerAPI:
                 self._forbidden_logged.add(peer)
                 log.warning("worker API: refused a post from %s (only this host may post)", peer[:64])
             raise _Refused(403, "forbidden", f"the worker API takes reports from this host only, not {peer}")
-        match = _PATH.match(str(environ.get("PATH_INFO") or ""))
-        if match is None:
-            raise _Refused(404, "not_found", "not found; post to /sedna/workers/{name}/info")
+        path = str(environ.get("PATH_INFO") or "")
+        match = _PATH.match(path)
+        samples = _SAMPLES_PATH.match(path) if match is None else None
+        if match is None and samples is None:
+            raise _Refused(
+                404,
+                "not_found",
+                "not found; post to /sedna/workers/{name}/info "
+                "or /lifelong/v1/jobs/{namespace}/{job}/samples",
+            )
         if environ.get("REQUEST_METHOD") != "POST":
             raise _Refused(405, "method", "only POST is allowed here")
+        limit = self.samples_max_body if samples is not None else self.limits.max_body
         length = int(environ.get("CONTENT_LENGTH") or 0)  # the server checked it is a number
-        if length > self.limits.max_body:
-            raise _Refused(413, "too_large", f"body of {length} bytes is over {self.limits.max_body}")
+        if length > limit:
+            raise _Refused(413, "too_large", f"body of {length} bytes is over {limit}")
         raw = environ["wsgi.input"].read(length) if length else b""
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
             raise _Refused(400, "invalid", "body is not JSON") from None
+        if samples is not None:
+            return self._samples(samples.group(1), samples.group(2), body)
+        assert match is not None
         worker = match.group(1)
         try:
             job, waiting = self.accept(worker, body)
@@ -288,6 +341,72 @@ class WorkerAPI:
             )
         return 200, "stored", {"message": "ok"}
 
+    # -- unseen samples --------------------------------------------------------------------------
+    def _samples(self, ns: str, job: str, body: Any) -> tuple[int, str, dict[str, Any]]:
+        """One post of unseen samples; every sample it carries is counted as accepted or
+        refused."""
+        listed = body.get("samples") if isinstance(body, dict) else None
+        try:
+            n = self.accept_samples(ns, job, body)
+        except _Refused:
+            self._count_samples("refused", len(listed) if isinstance(listed, list) else 0)
+            raise
+        self._count_samples("accepted", n)
+        return 200, "stored", {"accepted": n}
+
+    def accept_samples(self, ns: str, job: str, body: Any) -> int:
+        """Take one post of unseen samples for job ``ns/job`` into the outbox, split into
+        reports; how many samples. ``_Refused`` (400, 404, 413, 503) if none was taken."""
+        try:
+            post = UnseenSamples.parse(body)
+        except InvalidBody as exc:
+            log.warning("unseen samples for job %s/%s refused: %s", ns[:253], job[:253], exc)
+            raise _Refused(400, "invalid", str(exc)) from None
+        chunks = self.split_samples(post)
+        reports = [(SAMPLES_KIND, ns, job, chunk) for chunk in chunks]
+        try:
+            with self.store.tx():
+                if self.store.get_resource(JOB_KIND, ns, job) is None:
+                    raise _Refused(
+                        404, "not_found", f"job {ns}/{job} is not held by this LC (not sent to this node)"
+                    )
+                self.outbox.append_all(reports)
+        except OutboxFull as exc:
+            raise _Refused(503, "full", f"{exc}; retry later") from None
+        if self.wake is not None:
+            self.wake.set()
+        return len(post.samples)
+
+    def split_samples(self, post: UnseenSamples) -> list[dict[str, Any]]:
+        """The report bodies of one post: at most ``MAX_SAMPLES_PER_POST`` samples each and at
+        most ``max_report`` bytes as compact JSON (non-ASCII escaped, so at least what either
+        codec makes of it). Each sample as its model writes it (absent optional fields left
+        out). ``_Refused`` (413) for a sample that alone is too big."""
+
+        def size(value: Any) -> int:
+            return len(json.dumps(value, separators=(",", ":")))
+
+        base = size({"samples": [], "worker": post.worker})
+        one_bound = min(MAX_SAMPLE_BYTES, self.max_report - base)
+        chunks: list[list[dict[str, Any]]] = [[]]
+        used = base
+        for i, sample in enumerate(post.samples):
+            wire = sample.to_body()
+            cost = size(wire)
+            if cost > one_bound:
+                raise _Refused(
+                    413, "too_large", f"samples[{i}] (id {sample.id}) is {cost} bytes, over {one_bound}"
+                )
+            if chunks[-1]:
+                cost += 1  # the comma between two samples
+            if len(chunks[-1]) >= MAX_SAMPLES_PER_POST or used + cost > self.max_report:
+                chunks.append([])
+                used, cost = base, cost - 1
+            chunks[-1].append(wire)
+            used += cost
+        return [{"samples": chunk, "worker": post.worker} for chunk in chunks]
+
+    # -- worker info -----------------------------------------------------------------------------
     def accept(self, worker: str, body: Any) -> tuple[str, bool]:
         """Take one post: into the outbox if its job is held, else into the waiting room.
         Returns (job, waiting). ``InvalidBody``, ``OutboxFull`` or ``_Refused`` if not taken."""
