@@ -158,8 +158,11 @@ class TaskIndex(IndexModel):
 
 class LabelledSamplesReport(Body):
     """``report`` on ``up/LabelledSamples/{ns}/{name}``: the LC appended the batch's rows to the
-    Dataset's file (``appended`` new ones; ``duplicates`` it had appended before)."""
+    Dataset's file (``appended`` new ones; ``duplicates`` it had appended before; ``skipped``
+    ones that cannot be a line of that file, e.g. a value holding a line break: logged on the
+    node and never appended, so the batch is done all the same)."""
 
     WHAT: ClassVar[str] = "LabelledSamples report"
     appended: Count
     duplicates: Count = 0
+    skipped: Count = 0

@@ -6,7 +6,7 @@ kind ``LabelledSamples`` (``lifelong.common.api.labelled``) down to the Dataset'
 session stores it like every down object (the hello lists it, a sync that no longer names it
 drops it). This module appends its rows to the file of its Dataset (``spec.dataset``, same
 namespace, ``spec.nodeName`` this node) and reports ``LabelledSamplesReport{appended,
-duplicates}`` on ``up/LabelledSamples/{ns}/{name}`` through the outbox (docs/protocol.md).
+duplicates, skipped}`` on ``up/LabelledSamples/{ns}/{name}`` through the outbox (docs/protocol.md).
 
 Rows: a ``csv`` Dataset gets one line per sample, its values in the order of the file's header
 line (a column the row lacks is empty; a column of the row not in the header is left out), the
@@ -300,7 +300,9 @@ class LabelledAppender:
         how = "none"
         if ids:
             how = write_intent(Path(intent["path"]), int(intent["size"]), str(intent["text"]).encode())
-        report = LabelledSamplesReport(appended=len(ids), duplicates=int(intent["duplicates"])).to_body()
+        report = LabelledSamplesReport(
+            appended=len(ids), duplicates=int(intent["duplicates"]), skipped=int(intent.get("skipped") or 0)
+        ).to_body()
         with self.store.tx():
             self.store.add_appended_ids(ns, str(intent["dataset"]), ids)
             self.outbox.append(KIND, ns, name, report)

@@ -269,7 +269,7 @@ def test_labelled_samples_are_appended_once_and_fire_the_trigger(
 
     rv = gm.upsert(labelled("ds-b1", "ds", csv_samples([1, 2, 3, 4])))
     wait_for(lambda: labelled_reports(gm, "ds-b1"), what="the LabelledSamples report")
-    assert labelled_reports(gm, "ds-b1") == [{"appended": 4, "duplicates": 0}]
+    assert labelled_reports(gm, "ds-b1") == [{"appended": 4, "duplicates": 0, "skipped": 0}]
     assert data.read_text() == "f0,label,f1\nold,1,5\nv1,1,10\nv2,0,20\nv3,1,30\nv4,0,40\n"
     assert state.resource_rv("LabelledSamples", "ds-b1") == rv
     # the count follows, and the train trigger fires on the new rows as on any data
@@ -280,10 +280,10 @@ def test_labelled_samples_are_appended_once_and_fire_the_trigger(
     # A resend (new rv, same samples) and a batch that repeats an id append nothing twice.
     gm.upsert(labelled("ds-b1", "ds", csv_samples([1, 2, 3, 4])))
     wait_for(lambda: len(labelled_reports(gm, "ds-b1")) == 2, what="the resend's report")
-    assert labelled_reports(gm, "ds-b1")[1] == {"appended": 0, "duplicates": 4}
+    assert labelled_reports(gm, "ds-b1")[1] == {"appended": 0, "duplicates": 4, "skipped": 0}
     gm.upsert(labelled("ds-b2", "ds", csv_samples([4, 5, 5])))
     wait_for(lambda: labelled_reports(gm, "ds-b2"), what="the second batch's report")
-    assert labelled_reports(gm, "ds-b2") == [{"appended": 1, "duplicates": 2}]
+    assert labelled_reports(gm, "ds-b2") == [{"appended": 1, "duplicates": 2, "skipped": 0}]
     rows = data.read_text().splitlines()[1:]
     assert rows == ["old,1,5", "v1,1,10", "v2,0,20", "v3,1,30", "v4,0,40", "v5,1,50"]
 
@@ -326,7 +326,7 @@ def test_a_batch_for_a_dataset_not_held_yet_waits_for_it(gm: FakeGM, lc: LCProce
     assert labelled_reports(gm, "later-b1") == []
     gm.upsert(dataset("later", NODE, data))
     wait_for(lambda: labelled_reports(gm, "later-b1"), what="the report once the Dataset arrived")
-    assert labelled_reports(gm, "later-b1") == [{"appended": 2, "duplicates": 0}]
+    assert labelled_reports(gm, "later-b1") == [{"appended": 2, "duplicates": 0, "skipped": 0}]
     assert data.read_text() == "img0.png 0\nimg1.png cat\nimg2.png cat\n"
     wait_for(lambda: gm.reports("Dataset", lambda e: e.body["numberOfSamples"] == 3), what="the count")
     assert "Dataset default/later is not held by this node" in lc.log_tail(400)
@@ -370,12 +370,12 @@ def test_an_lc_killed_between_intent_and_commit_appends_each_row_once(
     try:
         gm.ack([env.seq or 0 for env in gm.reports()])
         wait_for(lambda: labelled_reports(gm, "ds-b1"), timeout=30, what="the report after the restart")
-        assert labelled_reports(gm, "ds-b1") == [{"appended": 3, "duplicates": 0}]
+        assert labelled_reports(gm, "ds-b1") == [{"appended": 3, "duplicates": 0, "skipped": 0}]
         assert data.read_text() == "label,f0,f1\n0,a,1\n1,v1,10\n0,v2,20\n1,v3,30\n"
         # a resend after the restart appends nothing
         gm.upsert(labelled("ds-b1", "ds", csv_samples([1, 2, 3])))
         wait_for(lambda: len(labelled_reports(gm, "ds-b1")) == 2, what="the resend's report")
-        assert labelled_reports(gm, "ds-b1")[1] == {"appended": 0, "duplicates": 3}
+        assert labelled_reports(gm, "ds-b1")[1] == {"appended": 0, "duplicates": 3, "skipped": 0}
         assert data.read_text().count("v2,20") == 1
     finally:
         lc2.kill()

@@ -116,7 +116,7 @@ def test_the_appender_waits_appends_once_and_finishes_after_a_full_outbox(tmp_pa
     app.step()
     assert app.waiting == 0 and data.read_text() == "a.png cat\nb.png cat\n"
     assert [(e.kind, e.name, e.body) for e in outbox.table.after(0, 10)] == [
-        ("LabelledSamples", "b1", {"appended": 2, "duplicates": 1})
+        ("LabelledSamples", "b1", {"appended": 2, "duplicates": 1, "skipped": 0})
     ]
     app.step()  # done at its rv: not looked at again
     assert outbox.depth() == 1
@@ -124,7 +124,7 @@ def test_the_appender_waits_appends_once_and_finishes_after_a_full_outbox(tmp_pa
     store.put_resource("LabelledSamples", "default", "b1", "9", _obj("b1", "ds", ["b", "c"]))
     app.step()
     assert data.read_text() == "a.png cat\nb.png cat\nc.png cat\n"
-    assert outbox.table.after(0, 10)[0].body == {"appended": 1, "duplicates": 1}
+    assert outbox.table.after(0, 10)[0].body == {"appended": 1, "duplicates": 1, "skipped": 0}
     store.delete_resource("LabelledSamples", "default", "b1", "10")
     app.step()
     assert store.get_record("labelled", "default", "b1") is None
