@@ -202,7 +202,8 @@ def _flat_group(group: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, str):
         out["model"] = {"url": model}
     elif isinstance(model, dict) and "url" not in model and isinstance(model.get("model"), str):
-        result = model.get("result") if isinstance(model.get("result"), dict) else {}
+        given = model.get("result")
+        result: dict[str, Any] = given if isinstance(given, dict) else {}
         metrics = {
             k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
         }

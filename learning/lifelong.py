@@ -289,7 +289,7 @@ class LifelongLearning:
         groups = ClassFactory.get_cls(ClassType.STP, rname)(**rparam)(tasks)
         built = self._fit_initial(groups, data, **kwargs)
         mapping = {k: e for k, e in extractor.items()}
-        res = {g.entry: dict(g.model.metrics) if g.model else {} for g in built}
+        res: dict[str, Any] = {g.entry: dict(g.model.metrics) if g.model else {} for g in built}
         self._publish(built, mapping, stage="train")
         if valid_data is not None:
             res = self._score(valid_data)[0]
@@ -478,7 +478,9 @@ class LifelongLearning:
         transfer = None
         res: dict[str, Any] = {}
         if source is not None and adapter.warm_from(source.adapter, x, y) != "none":
-            transfer = Transfer(source=source.entry, ratio=round(min(max(ratio, 0.0), 1.0), 4))
+            transfer = Transfer.model_validate(
+                {"from": source.entry, "ratio": round(min(max(ratio, 0.0), 1.0), 4)}
+            )
             log.info(
                 "new task %s starts from %s (it scores %.3f on its first samples)",
                 task.entry,
@@ -706,6 +708,7 @@ class LifelongLearning:
         for j, i in enumerate(unseen.inx or []):
             row = data.row(i)
             attrs = attrs_all[i]
+            conf = confidence[j]
             try:
                 samples.append(
                     UnseenSample(
@@ -713,7 +716,7 @@ class LifelongLearning:
                         row=row,
                         attrs=attrs,
                         predicted=None if preds[j] is None else _plain_label(preds[j]),
-                        confidence=None if confidence[j] is None else min(max(confidence[j], 0.0), 1.0),
+                        confidence=None if conf is None else min(max(conf, 0.0), 1.0),
                         task=entries[j],
                         observed_at=when,
                     )
