@@ -170,7 +170,11 @@ class SampleShipper:
                 self._wake.wait(self.retry_seconds)  # the LC is away: try again later
 
     def _post(self, batch: list[UnseenSample]) -> str:
-        body = UnseenSamples(samples=batch, worker=self.worker).to_body()
+        try:
+            body = UnseenSamples(samples=batch, worker=self.worker).to_body()
+        except ValueError as exc:  # never expected: each sample was checked when it was made
+            log.error("%d unseen samples cannot be posted: %s", len(batch), exc)
+            return "refused"
         try:
             resp = request("POST", self.url, json=body, attempts=self.attempts)
         except HttpError as exc:

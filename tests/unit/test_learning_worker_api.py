@@ -22,6 +22,7 @@ from lifelong.common.messages import WorkerInfoPost
 from lifelong.common.samples import MAX_SAMPLES_PER_POST
 from lifelong.learning import LifelongLearning, SampleShipper
 from lifelong.learning.reporting import UnseenSample, sample_id
+from lifelong.learning.transport import HttpError, request
 
 BY_DOMAIN = {"method": "TaskDefinitionByDataAttr", "param": {"attribute": ["domain"]}}
 
@@ -129,8 +130,10 @@ def test_shipper_chunks_and_keeps_samples_while_the_lc_is_away(monkeypatch: pyte
     shipper = SampleShipper(url, "default", "digits", retry_seconds=0.1, attempts=1)
     rows = [{"label": None, "f0": str(i)} for i in range(MAX_SAMPLES_PER_POST + 20)]
     shipper.add(UnseenSample(id=sample_id(r), row=r) for r in rows)
-    assert not shipper.flush(0.5)
-    assert len(shipper.queue) == len(rows) and shipper.failures >= 1
+    deadline = time.monotonic() + 15
+    while shipper.failures < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert shipper.failures >= 1 and len(shipper.queue) == len(rows)
     # the LC comes back on that port: everything arrives, in posts of at most MAX_SAMPLES_PER_POST
     server = _recorder_on(int(url.rsplit(":", 1)[1]))
     try:
@@ -166,3 +169,13 @@ def _recorder_on(port: int) -> Recorder:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_a_request_is_retried_on_503_after_retry_after(lc: Recorder) -> None:
+    lc.script = [(503, {"Retry-After": "0"}), (503, {"Retry-After": "0"})]
+    started = time.monotonic()
+    assert request("POST", f"{lc.url}/x", json={"n": 1}, attempts=3).status_code == 200
+    assert lc.posts == [("/x", {"n": 1})] and time.monotonic() - started < 5
+    lc.script = [(503, {"Retry-After": "0"})] * 2
+    with pytest.raises(HttpError, match="still 503 after 2 tries"):
+        request("POST", f"{lc.url}/y", json={}, attempts=2)
