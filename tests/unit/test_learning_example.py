@@ -119,3 +119,22 @@ def test_the_worked_example_of_the_docs_runs(tmp_path: Path, monkeypatch: pytest
     transfer = namespace["transfer"]
     assert isinstance(transfer, dict) and transfer["from"] == "cam-b" and 0.5 < transfer["ratio"] <= 1.0
     assert namespace["unseen_count"] == 100
+
+
+def test_the_example_resources_are_valid_once_filled_in(tmp_path: Path) -> None:
+    from lifelong.common.api import load_documents
+
+    values = {
+        "{{WORKDIR}}": str(tmp_path),
+        "{{NODE}}": "edge-1",
+        "{{PYTHON}}": sys.executable,
+        "{{EXAMPLES}}": str(EXAMPLES),
+    }
+    kinds = []
+    for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
+        text = (EXAMPLES / name).read_text()
+        for key, value in values.items():
+            text = text.replace(key, value)
+        assert "{{" not in text
+        kinds += [type(obj).__name__ for obj in load_documents(text, source=name)]
+    assert kinds == ["Dataset", "LifelongLearningJob"]
