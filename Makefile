@@ -40,7 +40,7 @@ lint: $(STAMP)
 # folders with an import hook they cannot follow, so build a plain copy for them. setuptools
 # builds through ./build and leaves there the modules that were moved or deleted since, which
 # would land in the copy: start from an empty one.
-.build/pkg: $(STAMP) $(shell find cli common cloud edge broker -name '*.py' 2>/dev/null)
+.build/pkg: $(STAMP) $(shell find cli common cloud edge broker learning -name '*.py' 2>/dev/null)
 	rm -rf .build/pkg build
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target .build/pkg . >/dev/null
 	touch .build/pkg

@@ -13,6 +13,7 @@ FOLDERS = {
     "lifelong.cloud": "cloud",
     "lifelong.edge": "edge",
     "lifelong.broker": "broker",
+    "lifelong.learning": "learning",
 }
 
 packages = []
