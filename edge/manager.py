@@ -536,7 +536,13 @@ class Manager:
             out.wake = ALWAYS  # a worker may report the model at any time
             return
         model = dict(models[0])
-        source = local_path(str(model.get("url", "")))
+        url = str(model.get("url", ""))
+        if _remote(url):
+            # a model in the knowledge base (or any store the worker reads): the Deploy worker
+            # fetches it itself, so the URL is deployed as it is (docs/knowledge-base.md)
+            self._ready_to_deploy(ns, name, rnd, model, prog=prog, key=key, out=out)
+            return
+        source = local_path(url)
         target_dir = local_path(job.spec.output_dir) / "deploy"
         target = target_dir / source.name
         try:
@@ -559,9 +565,28 @@ class Manager:
             return
         model["sourceURL"] = model.get("url")
         model["url"] = str(target)
+        self._ready_to_deploy(ns, name, rnd, model, prog=prog, key=key, out=out)
+
+    def _ready_to_deploy(
+        self,
+        ns: str,
+        name: str,
+        rnd: int,
+        model: dict[str, Any],
+        *,
+        prog: dict[str, Any],
+        key: str,
+        out: _Outcome,
+    ) -> None:
         body = JobReady(stage=Stage.DEPLOY, round=rnd, data={"model": model}).to_body()
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
             self._put_progress(ns, name, prog, out)
             self.outbox.append(JOB_KIND, ns, name, body)
-        log.info("job %s/%s stage=Deploy round=%d Waiting -> ready: model %s", ns, name, rnd, target)
+        log.info("job %s/%s stage=Deploy round=%d Waiting -> ready: model %s", ns, name, rnd, model["url"])
+
+
+def _remote(url: str) -> bool:
+    """A URL with a scheme other than ``file``: the model is not a file of this node."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() != "file" and scheme.isalnum()

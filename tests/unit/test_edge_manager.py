@@ -346,3 +346,21 @@ def test_a_restarted_manager_resumes_skipped_jobs_exactly(tmp_path: Path) -> Non
     assert [r["round"] for r in _ready(box, "Train")] == [1]
     assert store.get_record("progress", "default", "j")["cursor"] == 10
     store.close()
+
+
+def test_deploy_passes_a_model_in_the_knowledge_base_as_its_url(tmp_path: Path) -> None:
+    """A model the library put in the KB is reported as an http URL: the Deploy worker fetches
+    it, so the LC deploys the URL as it is (nothing to copy), and a file:// model is copied."""
+    store, box, _data, out, mono = _setup(tmp_path)
+    url = "http://127.0.0.1:9020/knowledgebase/v1/index/default/j/1"
+    models = {"output": {"models": [{"url": url, "format": "json"}]}}
+    hist = [cond("Train", "Waiting"), cond("Train", "Ready"), cond("Train", "Completed", models)]
+    hist += [cond("Eval", "Waiting"), cond("Eval", "Ready"), cond("Eval", "Completed", models)]
+    hist.append(cond("Deploy", "Waiting"))
+    store.put_resource("LifelongLearningJob", "default", "j", "3", job("j", NODE, "ds", out, hist))
+    m = _manager(store, box, mono)
+    m.step()
+    dep = _ready(box, "Deploy")
+    assert len(dep) == 1 and dep[0]["data"]["model"]["url"] == url
+    assert not (out / "deploy").exists()
+    store.close()
