@@ -16,10 +16,11 @@ one that cannot be reached would (it stays valid with the real one).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from lifelong.cloud.kb.base import KBRefused, KBUnavailable, KnowledgeBase, SampleState, StoredSample
 from lifelong.common.api.lifelonglearningjob import AIClasses, Samples
@@ -119,54 +120,24 @@ class InterimInMemoryKB:
 
 
 class SwitchableKB:
-    """``inner`` as it is while ``available``; otherwise every call raises ``KBUnavailable``
-    and changes nothing. ``calls`` counts the calls by method name."""
+    """``inner`` as it is while ``available``; otherwise every call of its methods raises
+    ``KBUnavailable`` and changes nothing. ``calls`` counts the calls by method name."""
 
     def __init__(self, inner: KnowledgeBase) -> None:
         self.inner = inner
         self.available = True
         self.calls: dict[str, int] = {}
 
-    def _check(self, what: str) -> None:
-        self.calls[what] = self.calls.get(what, 0) + 1
-        if not self.available:
-            raise KBUnavailable("the knowledge base cannot be reached (a test switched it off)")
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.inner, name)
 
-    def add_unseen(self, job: str, node: str, samples: Sequence[UnseenSample]) -> int:
-        self._check("add_unseen")
-        return self.inner.add_unseen(job, node, samples)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if not self.available:
+                raise KBUnavailable("the knowledge base cannot be reached (a test switched it off)")
+            return method(*args, **kwargs)
 
-    def samples(
-        self,
-        job: str,
-        *,
-        state: SampleState = "all",
-        predicted: Label | None = None,
-        limit: int = 1000,
-        after: str | None = None,
-    ) -> list[StoredSample]:
-        self._check("samples")
-        return self.inner.samples(job, state=state, predicted=predicted, limit=limit, after=after)
-
-    def label(self, job: str, labels: Mapping[str, Label]) -> int:
-        self._check("label")
-        return self.inner.label(job, labels)
-
-    def label_predicted(self, job: str, predicted: Label, label: Label) -> int:
-        self._check("label_predicted")
-        return self.inner.label_predicted(job, predicted, label)
-
-    def undelivered(self, limit: int = 1000) -> list[StoredSample]:
-        self._check("undelivered")
-        return self.inner.undelivered(limit)
-
-    def mark_delivered(self, job: str, ids: Sequence[str]) -> int:
-        self._check("mark_delivered")
-        return self.inner.mark_delivered(job, ids)
-
-    def summary(self, job: str) -> KBStatus:
-        self._check("summary")
-        return self.inner.summary(job)
+        return call
 
 
 def make_kb(path: Path) -> KnowledgeBase:
