@@ -172,8 +172,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         raise ValidationError([("", f"give the label of sample {args.id}: lifelong kb label JOB ID LABEL")])
     if (args.predicted is not None) != (args.label is not None):
         raise ValidationError([("", "--predicted and --label go together")])
-    where = f"job {args.namespace}/{args.job}"
     with _open(args) as client:
+        where = f"job {args.namespace}/{args.job}"
         if args.predicted is not None:
             body = {"predicted": label_from_text(args.predicted), "label": label_from_text(args.label)}
             count = int(client.request("POST", _path(args, "labels"), body)["labelled"])

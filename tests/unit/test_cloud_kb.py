@@ -421,7 +421,6 @@ def test_describe_shows_the_knowledge_base(gm: GM, capsys: pytest.CaptureFixture
     assert main(["describe", "ll", "job1", "--server", f"http://127.0.0.1:{gm.svc.api_port}"]) == 0
     out = capsys.readouterr().out
     assert "Knowledge Base:" in out
-    assert "Classes:         1 (dog)" in out
     assert "Unseen Samples:  2 (1 labelled)" in out
 
 
