@@ -6,7 +6,13 @@ Threads, one job each: the bus client's network thread (the intake's checks, the
 no database work, no lock a worker holds), the store watch thread (hands every event to the
 keyed executor; one event that cannot be handed off is logged, counted and skipped), the
 executor's workers (controllers, intake and delivery work, in order per object or node), a
-resend ticker (unacknowledged downstream changes, with backoff), and the HTTP server.
+resend ticker (unacknowledged downstream changes, with backoff), the labelled samples' delivery
+(with a knowledge base: ``cloud/controllers/knowledgebase/labelled.py``), and the HTTP server.
+
+The knowledge base (``kb``, a ``lifelong.cloud.kb.base.KnowledgeBase``) is given by the caller;
+without one the unseen-sample loop is off: ``UnseenSamples`` reports wait in the LCs' outboxes
+(deferred, counted) and the API's ``kb`` routes answer 503 (docs/operations.md, "Unseen samples
+and their labels").
 
 Store events carry the object's model (the store's watch parses each object once). An object the
 models refuse is logged with its key and the reason and counted (``lifelong_gm_store_refused``)

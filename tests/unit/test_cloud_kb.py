@@ -317,6 +317,18 @@ def test_a_label_sends_a_batch_to_the_datasets_node_and_its_report_marks_it_deli
     )
 
 
+def test_labels_given_while_a_batch_is_on_its_way_go_in_a_batch_of_their_own(gm: GM) -> None:
+    gm.report("node-b", "UnseenSamples", "job1", samples("s1", "s2"))
+    gm.http("POST", gm.kb_path("labels"), {"labels": {"s1": "a"}})
+    wait_for(lambda: batches_to(gm, "node-a"), what="the first batch")
+    gm.http("POST", gm.kb_path("labels"), {"labels": {"s2": "b"}})
+    wait_for(lambda: len({e.name for e in batches_to(gm, "node-a")}) == 2, what="the second batch")
+    by_name = {
+        e.name: [s["id"] for s in e.body["object"]["spec"]["samples"]] for e in batches_to(gm, "node-a")
+    }
+    assert sorted(by_name.values()) == [["s1"], ["s2"]]  # s1, on its way, is not sent again
+
+
 def test_a_report_of_a_batch_never_sent_is_refused(gm: GM) -> None:
     gm.report("node-a", "LabelledSamples", "ds1-000000000000", {"appended": 1})
     assert gm.counter(gm.svc.metrics.upstream_rejected, reason="unknown_resource") == 1
