@@ -121,3 +121,23 @@ def make_gm(
     gm.start()
     assert gm.bus.wait_connected(10)
     return gm
+
+
+def job_manifest(node: str = "node-a") -> dict[str, Any]:
+    """The job ``job1`` of the Dataset ``ds1``, every stage's worker on ``node``."""
+    tpl = {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "LifelongLearningJob",
+        "metadata": {"name": "job1"},
+        "spec": {
+            "dataset": {"name": "ds1", "trainProb": 0.8},
+            "trainSpec": {
+                "template": tpl,
+                "trigger": {"condition": {"operator": ">", "threshold": 1.0, "metric": "num_of_samples"}},
+            },
+            "evalSpec": {"template": tpl},
+            "deploySpec": {"template": tpl},
+            "outputDir": "/out",
+        },
+    }  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from harness.brokers import Broker
-from harness.paho_lc import PahoLC, api, make_gm
+from harness.paho_lc import PahoLC, api, job_manifest, make_gm
 from harness.waiting import wait_for
 
 from lifelong.cloud.service import GMService
@@ -42,25 +42,6 @@ DATASET = {
     "metadata": {"name": "ds1"},
     "spec": {"url": "/data/ds.txt", "format": "txt", "nodeName": "node-a"},
 }
-
-
-def job_manifest(node: str = "node-a") -> dict[str, Any]:
-    tpl = {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "LifelongLearningJob",
-        "metadata": {"name": "job1"},
-        "spec": {
-            "dataset": {"name": "ds1", "trainProb": 0.8},
-            "trainSpec": {
-                "template": tpl,
-                "trigger": {"condition": {"operator": ">", "threshold": 1.0, "metric": "num_of_samples"}},
-            },
-            "evalSpec": {"template": tpl},
-            "deploySpec": {"template": tpl},
-            "outputDir": "/out",
-        },
-    }  # fmt: skip
 
 
 def test_gm_presence_is_retained_online_and_offline_after_a_clean_stop(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from harness.brokers import Broker
 from harness.kb import SwitchableKB, make_kb
-from harness.paho_lc import PahoLC, api, make_gm
+from harness.paho_lc import PahoLC, api, job_manifest, make_gm
 from harness.waiting import wait_for
 
 from lifelong.cloud.service import GMService
@@ -30,25 +30,6 @@ DATASET = {
     "metadata": {"name": "ds1"},
     "spec": {"url": "/data/ds.csv", "format": "csv", "nodeName": "node-a"},
 }
-
-
-def job_manifest(node: str) -> dict[str, Any]:
-    tpl = {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x", "command": ["true"]}]}}
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "LifelongLearningJob",
-        "metadata": {"name": "job1", "annotations": {"lifelong.io/label-column": "label"}},
-        "spec": {
-            "dataset": {"name": "ds1", "trainProb": 0.8},
-            "trainSpec": {
-                "template": tpl,
-                "trigger": {"condition": {"operator": ">", "threshold": 1.0, "metric": "num_of_samples"}},
-            },
-            "evalSpec": {"template": tpl},
-            "deploySpec": {"template": tpl},
-            "outputDir": "/out",
-        },
-    }
 
 
 def unseen(*ids: str) -> dict[str, Any]:
@@ -78,13 +59,26 @@ def lcs(broker: Broker, prefix: str) -> Iterator[tuple[PahoLC, PahoLC, PahoLC]]:
 
 
 def start(
-    broker: Broker, prefix: str, tmp_path: Path, kb: SwitchableKB, lcs: tuple[PahoLC, ...]
+    broker: Broker,
+    prefix: str,
+    tmp_path: Path,
+    kb: SwitchableKB,
+    lcs: tuple[PahoLC, ...],
+    *,
+    first: bool = True,
 ) -> GMService:
+    """A GM with the knowledge base ``kb``, every LC's hello answered; ``first``: the Dataset
+    and the job (its label column annotated) applied."""
     gm = make_gm(broker, prefix, tmp_path, kb=kb, kb_deliver_interval=0.3)
     for lc in lcs:
         before = len(lc.envelopes(Op.SYNC))
         lc.hello()
         wait_for(lambda lc=lc, before=before: len(lc.envelopes(Op.SYNC)) > before, what=f"{lc.node}'s sync")
+    if first:
+        job = job_manifest("node-b")
+        job["metadata"]["annotations"] = {"lifelong.io/label-column": "label"}
+        api(gm, "POST", "/api/v1/apply", DATASET)
+        api(gm, "POST", "/api/v1/apply", job)
     return gm
 
 
@@ -94,8 +88,6 @@ def test_unseen_samples_are_stored_once_refused_from_strangers_and_wait_for_the_
     _, node_b, node_c = lcs
     gm = start(broker, prefix, tmp_path, kb, lcs)
     try:
-        api(gm, "POST", "/api/v1/apply", DATASET)
-        api(gm, "POST", "/api/v1/apply", job_manifest("node-b"))
         seq = node_b.report("UnseenSamples", "job1", unseen("s1", "s2"))
         wait_for(lambda: seq in node_b.acked_seqs(), what="the report acknowledged")
         assert [s.sample.id for s in kb.samples("default/job1")] == ["s1", "s2"]
@@ -148,8 +140,6 @@ def test_a_label_reaches_the_datasets_node_across_a_gm_restart(
     node_a, node_b, _ = lcs
     gm = start(broker, prefix, tmp_path, kb, lcs)
     try:
-        api(gm, "POST", "/api/v1/apply", DATASET)
-        api(gm, "POST", "/api/v1/apply", job_manifest("node-b"))
         seq = node_b.report("UnseenSamples", "job1", unseen("s1", "s2"))
         wait_for(lambda: seq in node_b.acked_seqs(), what="unseen samples stored")
         assert api(gm, "POST", kb_path("labels"), {"labels": {"s1": "dog"}}) == {"labelled": 1}
@@ -161,7 +151,7 @@ def test_a_label_reaches_the_datasets_node_across_a_gm_restart(
     finally:
         gm.stop()
     # the GM restarts before the node reports the batch appended
-    gm = start(broker, prefix, tmp_path, kb, lcs)
+    gm = start(broker, prefix, tmp_path, kb, lcs, first=False)
     try:
         name = upsert.name
         node_a.ack([upsert])
