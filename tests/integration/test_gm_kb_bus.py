@@ -40,6 +40,12 @@ def kb_path(what: str) -> str:
     return f"/api/v1/namespaces/default/lifelonglearningjobs/job1/kb/{what}"
 
 
+def status_count(gm: GMService, field: str) -> Any:
+    """A sample count of job1's ``status.knowledgeBase`` as the GM API answers it."""
+    status = api(gm, "GET", "/api/v1/LifelongLearningJob/default/job1").get("status") or {}
+    return (status.get("knowledgeBase") or {}).get("samples", {}).get(field)
+
+
 def counter(gm: GMService, metric: Any, **labels: str) -> float:
     return float(metric.labels(**labels)._value.get())
 
@@ -116,16 +122,7 @@ def test_unseen_samples_are_stored_once_refused_from_strangers_and_wait_for_the_
         node_b.report("UnseenSamples", "job1", unseen("s3"), seq=late)
         wait_for(lambda: late in node_b.acked_seqs(), what="the resend acknowledged")
         assert [s.sample.id for s in kb.samples("default/job1")] == ["s1", "s2", "s3"]
-        wait_for(
-            lambda: (
-                (api(gm, "GET", "/api/v1/LifelongLearningJob/default/job1")["status"])
-                .get("knowledgeBase", {})
-                .get("samples", {})
-                .get("numberOfUnseenSample")
-                == 3
-            ),
-            what="status.knowledgeBase following",
-        )
+        wait_for(lambda: status_count(gm, "numberOfUnseenSample") == 3, what="status.knowledgeBase following")
     finally:
         gm.stop()
 
@@ -171,13 +168,7 @@ def test_a_label_reaches_the_datasets_node_across_a_gm_restart(
         )
         assert {e.name for e in batch_upserts(node_a)} == {name}  # never sent as another batch
         wait_for(
-            lambda: (
-                (api(gm, "GET", "/api/v1/LifelongLearningJob/default/job1")["status"])
-                .get("knowledgeBase", {})
-                .get("samples", {})
-                .get("numberOfLabeledUnseenSample")
-                == 1
-            ),
+            lambda: status_count(gm, "numberOfLabeledUnseenSample") == 1,
             what="status.knowledgeBase counting the label",
         )
         summary = api(gm, "GET", kb_path("summary"))
