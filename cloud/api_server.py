@@ -21,13 +21,15 @@ unless told ``--api-allow-anonymous`` (docs/security.md, "HTTP APIs"). JSON in a
                                          and ``waiting``: the nodes it waits for
 ``GET /api/v1/Worker/{ns}/{name}/log``   part of a worker's log from its node (``cloud/logs.py``;
                                          ``?tail=N``, ``offset=K``, ``limit=B``, ``timeout=S``)
+``GET|POST /api/v1/namespaces/{ns}/``    a job's unseen samples in the knowledge base, their
+``lifelonglearningjobs/{name}/kb/...``   labels and its summary (``cloud/kb_routes.py``)
 =======================================  =================================================
 
 Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation, a body that is
 not JSON, a ``Content-Length`` that is not a number >= 0), 401, 403, 404, 405, 409, 411 (a POST
 without a length), 413 (a body over ``max_body``, refused from its ``Content-Length`` before it
 is read), and for worker logs 429 (too many waiting), 502 (the node cannot give it), 504 (no
-answer in time).
+answer in time), and for the knowledge-base routes 503 (no knowledge base, or it cannot be reached).
 Validation happens here, before anything is stored: the API models, the job's Dataset must exist,
 and every template names a node. A node need not be known yet (as Kubernetes accepts a Pod for a
 node that does not exist): the object is stored, what the node should hold waits in the delivery
@@ -58,6 +60,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from lifelong.cloud.gmstate import GMState
+from lifelong.cloud.kb_routes import KBApi
 from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.edge_process import workers_of
@@ -194,6 +197,8 @@ class GMApi:
         """Set by the service when workers' logs can be fetched (standalone mode)."""
         self.forget_node = forget_node
         """Forgets a node everywhere (the service's; default: only the bookkeeping)."""
+        self.kb = KBApi(store, None)
+        """The knowledge-base routes (the service gives them its knowledge base, if it has one)."""
         self._apply_lock = threading.Lock()
 
     def apply(self, obj: Any) -> dict[str, Any]:
@@ -472,6 +477,8 @@ class GMApiApp:
             value = api.apply(self._body(environ))
         elif method == "GET" and len(parts) == 6 and parts[2] == "Worker" and parts[5] == "log":
             value = api.worker_log(parts[3], parts[4], query)
+        elif len(parts) == 8 and parts[2] == "namespaces" and parts[4:7:2] == ["lifelonglearningjobs", "kb"]:
+            value = self._kb(method, parts, query, environ)
         elif method == "GET" and len(parts) == 6 and parts[2] == "describe":
             value = api.describe(_kind(parts[3]), parts[4], parts[5])
         elif method == "GET" and len(parts) == 3:
@@ -484,6 +491,20 @@ class GMApiApp:
         else:
             raise NotFound(f"no such path {method} {path}")
         return HTTPStatus.OK, json.dumps(value, separators=(",", ":")).encode(), "application/json", []
+
+    def _kb(self, method: str, parts: list[str], query: dict[str, list[str]], environ: Any) -> Any:
+        """``/api/v1/namespaces/{ns}/lifelonglearningjobs/{name}/kb/{what}`` (``cloud/kb_routes.py``)."""
+        ns, name, what = parts[3], parts[5], parts[7]
+        kb = self.api.kb
+        if method == "GET" and what == "samples":
+            return kb.samples(ns, name, query)
+        if method == "POST" and what == "labels":
+            return kb.label(ns, name, self._body(environ))
+        if method == "GET" and what == "summary":
+            return kb.summary(ns, name)
+        raise NotFound(
+            f"no such path {method} .../kb/{what} (GET kb/samples, POST kb/labels, GET kb/summary)"
+        )
 
 
 def _error_body(message: str, reason: str) -> bytes:

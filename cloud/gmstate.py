@@ -333,7 +333,12 @@ class GMState:
 
     # -- downstream ------------------------------------------------------------------------
     def down_rows(
-        self, node: str | None = None, key: tuple[str, str, str] | None = None, *, unacked: bool = False
+        self,
+        node: str | None = None,
+        key: tuple[str, str, str] | None = None,
+        *,
+        unacked: bool = False,
+        kind: str | None = None,
     ) -> list[DownRow]:
         sql = "SELECT node, kind, ns, name, op, rv, object, acked_rv, last_sent, attempts FROM downstream"
         where: list[str] = ["(acked_rv IS NULL OR acked_rv != rv)"] if unacked else []
@@ -344,6 +349,9 @@ class GMState:
         if key is not None:
             where.append("kind=? AND ns=? AND name=?")
             args.extend(key)
+        if kind is not None:
+            where.append("kind=?")
+            args.append(kind)
         if where:
             sql += " WHERE " + " AND ".join(where)
         return [_down(r) for r in self.db.fetchall(sql + " ORDER BY node, kind, ns, name", args)]

@@ -51,7 +51,10 @@ write (which forgets applied seqs of other epochs) keeps the new epoch's records
 Applying a report: skip it if
 (node, epoch, seq) was applied before, else let the kind's controller apply it durably, record
 (node, epoch, seq), and only then acknowledge it. A report that can never apply
-(``ReportRejected``) is counted and acknowledged; a store failure is not acknowledged (resent).
+(``ReportRejected``) is counted and acknowledged; a store failure is not acknowledged (resent),
+and neither is a report its controller defers (``ReportDeferred``: the knowledge base cannot be
+reached, or this GM has none), which is counted by reason in
+``lifelong_gm_upstream_deferred_total`` and logged once a minute per reason.
 
 Acknowledgements are coalesced per node: the first seq applied for a node queues one flush
 task on the executor (key ``("ack", node)``); every seq applied before that task runs joins
@@ -73,7 +76,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lifelong.cloud.controllers.base import Controller, Outcome, ReportRejected
+from lifelong.cloud.controllers.base import Controller, Outcome, ReportDeferred, ReportRejected
 from lifelong.cloud.controllers.registry import Registry
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
@@ -377,6 +380,9 @@ class Intake:
         except ReportRejected as exc:
             self._reject(exc.reason, f"{node}/{env.kind}/{env.ns}/{env.name} seq {seq}", str(exc), node)
             outcome = None
+        except ReportDeferred as exc:
+            self._defer(exc, f"{node}/{env.kind}/{env.ns}/{env.name} seq {seq}")
+            return
         except Exception:
             log.exception("applying report %s of node %s failed; not acknowledged", seq, node)
             return
@@ -387,6 +393,17 @@ class Intake:
         elif outcome is Outcome.DUPLICATE:
             self.metrics.upstream_duplicate.labels(kind=env.kind).inc()
         self._queue_ack(node, epoch, seq)
+
+    def _defer(self, exc: ReportDeferred, where: str) -> None:
+        """A report left unacknowledged, to be resent by the LC (``ReportDeferred``): counted by
+        reason; logged at WARNING once per reason per ``SPELL_SECONDS`` (with how many were
+        deferred since), whatever the nodes, as the cause is the GM's, not theirs."""
+        self.metrics.upstream_deferred.labels(reason=exc.reason).inc()
+        first, since = self._spell(f"deferred {exc.reason}", 1)
+        level = logging.WARNING if first else logging.DEBUG
+        if log.isEnabledFor(level):
+            more = f" ({since} more deferred since the last such line)" if since else ""
+            log.log(level, "report %s not applied, left for the LC to resend: %s%s", where[:300], exc, more)
 
     def _waiting_ack(self, node: str, epoch: str, seq: int) -> bool:
         with self._ack_lock:

@@ -63,6 +63,33 @@ class GMMetrics:
         self.upstream_rejected = Counter(
             "lifelong_gm_upstream_rejected", "Upstream messages rejected, by reason", ["reason"], registry=r
         )
+        self.upstream_deferred = Counter(
+            "lifelong_gm_upstream_deferred",
+            "Upstream reports left unacknowledged to be resent later (kb_off: no knowledge base; "
+            "kb_unavailable: it cannot be reached), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.kb_batches = Counter(
+            "lifelong_gm_kb_batches",
+            "LabelledSamples batches of labelled samples: sent towards a Dataset's node (sent) and "
+            "reported appended there (delivered)",
+            ["event"],
+            registry=r,
+        )
+        self.kb_undeliverable = Counter(
+            "lifelong_gm_kb_undeliverable",
+            "Labelled samples that wait because their job, its Dataset or the Dataset's node is "
+            "missing (counted at each delivery pass), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.kb_failures = Counter(
+            "lifelong_gm_kb_failures",
+            "Calls to the knowledge base that failed (it cannot be reached), by operation",
+            ["op"],
+            registry=r,
+        )
         self.downstream_sent = Counter(
             "lifelong_gm_downstream_sent", "Downstream messages published, by operation", ["op"], registry=r
         )

@@ -6,7 +6,13 @@ Threads, one job each: the bus client's network thread (the intake's checks, the
 no database work, no lock a worker holds), the store watch thread (hands every event to the
 keyed executor; one event that cannot be handed off is logged, counted and skipped), the
 executor's workers (controllers, intake and delivery work, in order per object or node), a
-resend ticker (unacknowledged downstream changes, with backoff), and the HTTP server.
+resend ticker (unacknowledged downstream changes, with backoff), the labelled samples' delivery
+(with a knowledge base: ``cloud/controllers/knowledgebase/labelled.py``), and the HTTP server.
+
+The knowledge base (``kb``, a ``lifelong.cloud.kb.base.KnowledgeBase``) is given by the caller;
+without one the unseen-sample loop is off: ``UnseenSamples`` reports wait in the LCs' outboxes
+(deferred, counted) and the API's ``kb`` routes answer 503 (docs/operations.md, "Unseen samples
+and their labels").
 
 Store events carry the object's model (the store's watch parses each object once). An object the
 models refuse is logged with its key and the reason and counted (``lifelong_gm_store_refused``)
@@ -82,6 +88,9 @@ from lifelong.cloud.api_server import (
 )
 from lifelong.cloud.controllers.base import ReportRejected
 from lifelong.cloud.controllers.dataset.controller import DatasetController
+from lifelong.cloud.controllers.knowledgebase.labelled import LabelledDelivery, LabelledSamplesController
+from lifelong.cloud.controllers.knowledgebase.status import KBStatusKeeper
+from lifelong.cloud.controllers.knowledgebase.unseen import UnseenSamplesController
 from lifelong.cloud.controllers.lifelonglearning.controller import LifelongLearningController, Validator
 from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER, DEFAULT_LC_SERVER
 from lifelong.cloud.controllers.registry import Registry
@@ -89,6 +98,8 @@ from lifelong.cloud.controllers.worker.controller import WorkerController
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.intake import Intake
+from lifelong.cloud.kb.base import KnowledgeBase
+from lifelong.cloud.kb_routes import KBApi
 from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default_identity
 from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
@@ -171,6 +182,8 @@ class GMSettings:
     retry_period: float = 2.0
     kube_watch_timeout: int = 30
     """Seconds one Kubernetes watch request (store, Pods) stays open before it is resumed."""
+    kb_deliver_interval: float = 10.0
+    """Seconds between passes of the labelled samples' delivery (a label starts one at once)."""
 
     @property
     def kubernetes(self) -> bool:
@@ -339,8 +352,13 @@ class GMService:
     recorder); the service does not wire its ``on_connect``.
     """
 
-    def __init__(self, settings: GMSettings, *, bus: GMBus | None = None) -> None:
+    def __init__(
+        self, settings: GMSettings, *, bus: GMBus | None = None, kb: KnowledgeBase | None = None
+    ) -> None:
         self.settings = settings
+        self.kb = kb
+        """The knowledge base (None: the unseen-sample loop is off; see ``_wire_kb``). The
+        caller made it and closes it after ``stop()``."""
         BrokerAddress.parse(settings.broker)  # ConfigError before anything is opened
         lease_settings = (
             settings.leader_election_settings() if settings.kubernetes and settings.leader_election else None
@@ -435,6 +453,7 @@ class GMService:
             self.registry.register(
                 WorkerController(self.store, self.delivery, self.metrics, self.jobs.apply_worker_phase)
             )
+        self._wire_kb()
         self.intake = Intake(
             self.state,
             self.topics,
@@ -467,6 +486,7 @@ class GMService:
             else:
                 api = GMApi(self.store, self.state, self.metrics, forget_node=self.forget_node)
                 api.logs = self.logs
+                api.kb = KBApi(self.store, self.kb, on_labelled=self._on_labelled)
             try:
                 tokens, tls = _api_security(settings)
                 self.api = ApiServer(api, settings.api_host, settings.api_port, tokens=tokens, tls=tls)
@@ -495,6 +515,47 @@ class GMService:
             )
 
     # -- wiring ----------------------------------------------------------------------------
+    def _wire_kb(self) -> None:
+        """The knowledge base's part (``cloud/controllers/knowledgebase``): the ``UnseenSamples``
+        and ``LabelledSamples`` controllers are registered either way, so that without a KB
+        their reports are deferred (left in the LCs' outboxes, counted) rather than refused;
+        with one, the labelled samples' delivery and the ``status.knowledgeBase`` keeper run."""
+        kb = self.kb
+        self.kb_status: KBStatusKeeper | None = None
+        self.labelled: LabelledDelivery | None = None
+        if kb is not None:
+            self.kb_status = KBStatusKeeper(self.store, kb, self.executor, self.metrics)
+            self.labelled = LabelledDelivery(
+                self.store,
+                self.state,
+                self.delivery,
+                kb,
+                self.metrics,
+                status=self.kb_status,
+                max_payload=self.settings.max_payload,
+                interval=self.settings.kb_deliver_interval,
+            )
+            self.jobs.on_train_completed = self.kb_status.request
+        else:
+            log.warning(
+                "no knowledge base: unseen samples the edges report wait in their outboxes "
+                '(counted in lifelong_gm_upstream_deferred_total{reason="kb_off"}), and '
+                "lifelong kb samples/label answer 503"
+            )
+        self.registry.register(UnseenSamplesController(self.store, kb, self.metrics, status=self.kb_status))
+        self.registry.register(
+            LabelledSamplesController(
+                self.state, self.delivery, kb, self.metrics, delivery=self.labelled, status=self.kb_status
+            )
+        )
+
+    def _on_labelled(self, ns: str, name: str) -> None:
+        """Samples of job ``ns/name`` were labelled through the API: deliver them, refresh its status."""
+        if self.labelled is not None:
+            self.labelled.poke()
+        if self.kb_status is not None:
+            self.kb_status.request(ns, name)
+
     def _presence(self, state: str) -> bytes:
         env = Envelope.new(
             node=GM_NODE, kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": state, "agent": AGENT}
@@ -687,7 +748,10 @@ class GMService:
 
     def start_controllers(self) -> None:
         """Everything but the bus connection: the store watch, the resend ticker, the API."""
-        for name, target in (("gm-watch", self._watch), ("gm-resend", self._resend)):
+        loops: list[tuple[str, Callable[[], None]]] = [("gm-watch", self._watch), ("gm-resend", self._resend)]
+        if self.labelled is not None:
+            loops.append(("gm-kb-deliver", functools.partial(self.labelled.run, self._stop)))
+        for name, target in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -714,6 +778,8 @@ class GMService:
             self.lost_leadership.set()
             self._acting = False
             self._stop.set()
+            if self.labelled is not None:
+                self.labelled.poke()
             self._close_runtime()
             # A clean DISCONNECT (the broker drops the will) and no offline presence: the
             # successor may already have said online.
@@ -738,6 +804,8 @@ class GMService:
         if self.api is not None and self._api_started:
             self.api.stop()
         self._stop.set()
+        if self.labelled is not None:
+            self.labelled.poke()  # wakes its loop, which sees the stop
         if self.lost_leadership.is_set():
             self.bus.close()
         else:

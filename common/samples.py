@@ -46,3 +46,15 @@ def check_row(value: dict[str, Any]) -> dict[str, Any]:
     if len(value) > MAX_ROW_FIELDS:
         raise ValueError(f"has {len(value)} columns, over {MAX_ROW_FIELDS}")
     return value
+
+
+def label_from_text(text: str) -> str | int:
+    """A label (or predicted class) typed as text, on a command line or in a query string: a
+    whole number is the number, a value in double quotes the string inside them, anything else
+    the string as it is (``3`` -> 3, ``"3"`` -> "3", ``cat`` -> "cat")."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
+    digits = text[1:] if text[:1] == "-" else text
+    if digits.isascii() and digits.isdigit():
+        return int(text)
+    return text

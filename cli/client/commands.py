@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from lifelong.client import config, logs
+from lifelong.client import config, kb, logs
 from lifelong.client.api import Client, NotFound, from_args
 from lifelong.client.files import read_resources
 from lifelong.client.format import (
@@ -601,3 +601,4 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_config)
 
     logs.register(sub)  # lifelong logs (cli/client/logs.py)
+    kb.register(sub)  # lifelong kb samples|label|summary (cli/client/kb.py)

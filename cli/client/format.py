@@ -306,6 +306,9 @@ def describe_text(info: dict[str, Any]) -> str:
             lines.append("  <none>")
         lines.append("Last Reports:")
         lines += ["  " + line for line in last_reports(info.get("workerInfo") or {})] or ["  <none>"]
+        kb = status.get("knowledgeBase")
+        lines.append("Knowledge Base:")
+        lines += kb_lines(kb) if isinstance(kb, dict) else ["  <none>"]
     elif obj.get("kind") == "Dataset":
         lines += [
             f"URL:               {spec.get('url')}",
@@ -346,6 +349,36 @@ def describe_text(info: dict[str, Any]) -> str:
     else:
         lines.append("  <none>")
     return "\n".join(lines)
+
+
+def kb_lines(kb: dict[str, Any]) -> list[str]:
+    """A job's ``status.knowledgeBase`` (or ``lifelong kb summary``'s answer) as indented lines:
+    its models with their metric and training samples, its classes, its unseen samples."""
+    models = (kb.get("AIModels") or {}).get("listOfAIModels") or []
+    classes = (kb.get("AIClasses") or {}).get("listOfAIClasses") or []
+    samples = kb.get("samples") or {}
+    lines = [f"  Models:          {(kb.get('AIModels') or {}).get('numberOfAIModels', len(models))}"]
+    if models:
+        rows = [["MODEL", "AVERAGE PRECISION", "TRAIN SAMPLES"]]
+        rows += [
+            [
+                str(m.get("modelID", "")),
+                f"{m.get('averagePrecision', 0.0):.4g}",
+                str(m.get("numberOfTrainSamples", 0)),
+            ]
+            for m in models
+            if isinstance(m, dict)
+        ]
+        lines += ["    " + line for line in table(rows).splitlines()]
+    count = (kb.get("AIClasses") or {}).get("numberOfAIClasses", len(classes))
+    lines.append(
+        f"  Classes:         {count}" + (f" ({', '.join(str(c) for c in classes)})" if classes else "")
+    )
+    lines.append(
+        f"  Unseen Samples:  {samples.get('numberOfUnseenSample', 0)} "
+        f"({samples.get('numberOfLabeledUnseenSample', 0)} labelled)"
+    )
+    return lines
 
 
 def nodes_table(items: Sequence[dict[str, Any]]) -> str:

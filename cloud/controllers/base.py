@@ -39,6 +39,16 @@ class ReportRejected(ProtocolError):
         self.reason = reason
 
 
+class ReportDeferred(ProtocolError):
+    """A report that cannot be applied *now* but will be later (the knowledge base cannot be
+    reached, or this GM has none): counted by ``reason`` and logged, **not** acknowledged, so
+    that the LC keeps it in its outbox and resends it. Nothing of it is stored."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Sender(Protocol):
     """What a controller asks of the downstream delivery (``cloud/delivery.py``'s ``Delivery``)."""
 

@@ -182,6 +182,9 @@ class LifelongLearningController:
         self._datasets: dict[Key, str] = {}  # job -> the Dataset it names (from its events)
         self._jobs_of: dict[tuple[str, str], set[Key]] = {}  # (ns, dataset) -> those jobs
         self._datasets_lock = threading.Lock()
+        self.on_train_completed: Callable[[str, str], None] | None = None
+        """Called with (namespace, name) when a Train stage of the job completed (the service
+        refreshes its ``status.knowledgeBase``: the worker posted its task index to the KB)."""
 
     @property
     def _backoff(self) -> dict[str, Any]:
@@ -533,6 +536,10 @@ class LifelongLearningController:
                 continue
             except NotFound:
                 raise ReportRejected("unknown_resource", f"job {ns}/{name} does not exist") from None
+            if self.on_train_completed is not None and any(
+                c.stage is Stage.TRAIN and c.type is ConditionType.COMPLETED for c in new
+            ):
+                self.on_train_completed(ns, name)
             return Outcome.APPLIED
         raise Conflict(f"job {ns}/{name}: too many conflicting writes")
 
