@@ -270,10 +270,9 @@ def _subparsers(parser: argparse.ArgumentParser) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Add the client commands to ``lifelong kb``, making the group if no module made it before.
-
-    Interim, until the ``kb`` group with ``lifelong kb serve`` is merged: then that module calls
-    ``register_kb_client`` on its group and this function goes."""
+    """Add the client commands to ``lifelong kb``: to the group ``lifelong kb serve`` made
+    (``cloud/kb/commands.py``, registered first), or to a new one in an installation without
+    the GM."""
     group = sub.choices.get("kb")
     kb_sub = _subparsers(group) if group is not None else None
     if kb_sub is None:

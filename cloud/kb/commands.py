@@ -2,8 +2,8 @@
 
 Registered by the ``lifelong`` dispatcher (``cli/__main__.py``) through ``register``, as
 ``lifelong gm`` is. ``register`` makes the ``kb`` group; the client sub-commands (``lifelong kb
-samples``, ``lifelong kb label``, which talk to the GM's API) are added to the same group by the
-dispatcher through ``kb_subparsers()``, because the cloud side never imports the client tools.
+samples``, ``lifelong kb label``, which talk to the GM's API) are added to the same group by
+``cli/client/kb.py``, registered after this module (the cloud side never imports the client).
 Heavy imports stay inside the handler.
 """
 
@@ -18,14 +18,6 @@ from typing import Any
 from lifelong.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-_SUBPARSERS: list[Any] = []
-
-
-def kb_subparsers() -> Any:
-    """The ``kb`` group's sub-parsers (``argparse``'s subparsers action) of the parser built
-    last, for the dispatcher to add the client sub-commands to; None before ``register``."""
-    return _SUBPARSERS[-1] if _SUBPARSERS else None
 
 
 def cmd_kb_serve(args: argparse.Namespace) -> int:
@@ -71,7 +63,6 @@ def register(sub: Any) -> None:
     kb = sub.add_parser("kb", help="the knowledge base: serve it, list and label unseen samples")
     kb.set_defaults(handler=_kb_help, kb_parser=kb)
     group = kb.add_subparsers(dest="kb_command", metavar="KB_COMMAND")
-    _SUBPARSERS.append(group)
     p = group.add_parser(
         "serve",
         help="run the knowledge-base service (Sedna's KB routes and the native JSON API)",

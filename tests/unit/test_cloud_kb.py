@@ -170,8 +170,9 @@ class GM:
 
 
 @pytest.fixture
-def kb(tmp_path: Path) -> SwitchableKB:
-    return SwitchableKB(make_kb(tmp_path / "kb"))
+def kb(tmp_path: Path) -> Iterator[SwitchableKB]:
+    with make_kb(tmp_path / "kb") as base:
+        yield SwitchableKB(base)
 
 
 @pytest.fixture

@@ -61,15 +61,15 @@ def start(tmp_path: Path, kb: KnowledgeBase | None, token_file: str | None = Non
 
 
 @pytest.fixture
-def kb(tmp_path: Path) -> KnowledgeBase:
-    base = make_kb(tmp_path / "kb")
+def kb(tmp_path: Path) -> Iterator[KnowledgeBase]:
     rows = [("s1", "cat", 0.4), ("s2", "cat", 0.3), ("s3", 3, 0.2), ("s4", "dog", None)]
-    base.add_unseen(
-        "default/job1",
-        "node-a",
-        [UnseenSample(id=i, row={"x": n}, predicted=p, confidence=c) for n, (i, p, c) in enumerate(rows)],
-    )
-    return base
+    with make_kb(tmp_path / "kb") as base:
+        base.add_unseen(
+            "default/job1",
+            "node-a",
+            [UnseenSample(id=i, row={"x": n}, predicted=p, confidence=c) for n, (i, p, c) in enumerate(rows)],
+        )
+        yield base
 
 
 @pytest.fixture
