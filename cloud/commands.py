@@ -40,6 +40,9 @@ GM_ENV: dict[str, str] = {
     "LIFELONG_GM_API_TLS_CERT": "--api-tls-cert",
     "LIFELONG_GM_API_TLS_KEY": "--api-tls-key",
     "LIFELONG_GM_LEASE_NAME": "--lease-name",
+    "LIFELONG_GM_KB_DIR": "--kb-dir",
+    "LIFELONG_GM_KB_URL": "--kb-url",
+    "LIFELONG_GM_KB_TOKEN_FILE": "--kb-token-file",
 }
 
 GM_EPILOG = (
@@ -72,12 +75,37 @@ def _env(flag: str, default: str | None) -> str | None:
     return default
 
 
+def _knowledge_base(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """The GM's knowledge base (None: none), the ``KBServer`` it runs (None: none) and the
+    ``KB_SERVER`` its workers get: ``--kb-dir`` runs the KB in this process, serving its API on
+    ``--kb-host:--kb-port`` with the GM API's tokens; ``--kb-url`` uses one elsewhere (the token
+    of ``--kb-token-file``); ``--kb-server`` overrides what workers are told."""
+    from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER
+
+    if args.kb_dir and args.kb_url:
+        raise ConfigError(
+            "give --kb-dir (run the knowledge base here) or --kb-url (use one elsewhere), not both"
+        )
+    if args.kb_dir:
+        from lifelong.cloud.kb.server import KBServer
+
+        server = KBServer(args.kb_dir, args.kb_host, args.kb_port, token_file=args.token_file)
+        return server.kb, server, args.kb_server or f"http://{args.kb_host}:{args.kb_port}"
+    if args.kb_url:
+        from lifelong.cloud.kb.client import RemoteKnowledgeBase
+
+        token = read_secret_file(args.kb_token_file) if args.kb_token_file else None
+        return RemoteKnowledgeBase(args.kb_url, token=token), None, args.kb_server or args.kb_url
+    return None, None, args.kb_server or DEFAULT_KB_SERVER
+
+
 def cmd_gm(args: argparse.Namespace) -> int:
     from lifelong.cloud.service import GMService, GMSettings
 
     if not args.broker:
         raise ConfigError("lifelong gm needs --broker mqtt://HOST:PORT (or LIFELONG_GM_BROKER)")
     password = read_secret_file(args.password_file) if args.password_file else None
+    kb, kb_server, kb_url = _knowledge_base(args)
     settings = GMSettings(
         broker=args.broker,
         store=args.store,
@@ -104,7 +132,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
         backoff_cap=args.job_backoff_cap,
         retry_limit=args.job_retry_limit,
         lc_server=args.lc_server,
-        kb_server=args.kb_server,
+        kb_server=kb_url,
         leader_election=not args.no_leader_election,
         lease_name=args.lease_name,
     )
@@ -116,14 +144,21 @@ def cmd_gm(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    service = GMService(settings)
+    service = GMService(settings, kb=kb)
     try:
+        if kb_server is not None:
+            kb_server.start()
+            log.info("the knowledge base serves on %s (its data in %s)", kb_url, args.kb_dir)
         service.start()
         while not stop.wait(0.5):
             if service.lost_leadership.is_set():
                 break
     finally:
         service.stop()
+        if kb_server is not None:
+            kb_server.stop()
+        elif kb is not None:
+            kb.close()
     if service.lost_leadership.is_set():
         log.error("exiting with status 1: this GM lost the lease (Kubernetes restarts it as a follower)")
         return 1
@@ -238,5 +273,29 @@ def register(sub: Any) -> None:
         f"{MAX_RETRY_LIMIT} (default {DEFAULT_RETRY_LIMIT})",
     )
     p.add_argument("--lc-server", default=DEFAULT_LC_SERVER, help="LC_SERVER given to workers")
-    p.add_argument("--kb-server", default=DEFAULT_KB_SERVER, help="KB_SERVER given to workers")
+    p.add_argument(
+        "--kb-server",
+        default=None,
+        help="KB_SERVER given to workers (default: the knowledge base of --kb-dir or --kb-url, "
+        f"else {DEFAULT_KB_SERVER})",
+    )
+    p.add_argument(
+        "--kb-dir",
+        default=_env("--kb-dir", None),
+        help="run the knowledge base in this process, its data in this directory (docs/knowledge-base.md)",
+    )
+    p.add_argument(
+        "--kb-host", default="127.0.0.1", help="--kb-dir: address of the KB's API (default 127.0.0.1)"
+    )
+    p.add_argument("--kb-port", type=int, default=9020, help="--kb-dir: port of the KB's API (default 9020)")
+    p.add_argument(
+        "--kb-url",
+        default=_env("--kb-url", None),
+        help="use the knowledge base served there (lifelong kb serve), e.g. http://kb:9020",
+    )
+    p.add_argument(
+        "--kb-token-file",
+        default=_env("--kb-token-file", None),
+        help="--kb-url: a file holding the bearer token the GM sends to the knowledge base",
+    )
     p.set_defaults(handler=cmd_gm)
