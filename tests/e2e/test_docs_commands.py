@@ -314,7 +314,10 @@ def test_kubernetes_commands_in_the_docs_run_as_written(tmp_path: Path) -> None:
         "lifelong-mosquitto-passwd": ("lifelong", ["passwd"]),
         "lifelong-gm-mqtt": ("lifelong", ["password"]),
         "lifelong-mosquitto-tls": ("lifelong", ["tls.crt", "tls.key"]),
+        "lifelong-kb-tokens": ("lifelong", ["gm-token", "tokens.csv"]),
     }
+    token = (work / "gm-kb-token").read_text().strip()
+    assert (work / "kb-tokens.csv").read_text() == f"{token},write,gm\n"  # the KB knows the GM's token
     (applied,) = [out for line, out in outputs.items() if line.startswith("kubectl apply")]
     items = json.loads(applied)["items"]
     services = {i["metadata"]["name"]: i["spec"] for i in items if i["kind"] == "Service"}
