@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
 from lifelong.common.errors import ConfigError
 from lifelong.common.secretfile import read_secret_file
+from lifelong.common.signals import stop_event
 from lifelong.common.statemachine import DEFAULT_RETRY_LIMIT, MAX_RETRY_LIMIT
 
 log = logging.getLogger(__name__)
@@ -136,14 +135,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
         leader_election=not args.no_leader_election,
         lease_name=args.lease_name,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("got signal %d; shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event()
     service = GMService(settings, kb=kb)
     try:
         if kb_server is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lifelong.common.signals import stop_event
     from lifelong.edge import config
     from lifelong.edge.service import LocalController
 
     settings = config.load(vars(args), config_file=Path(args.config) if args.config else None)
     lc = LocalController(settings)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("signal %s: shutting down", signal.Signals(signum).name)
-        lc.wake.set()
-        stopping.set()
-
-    import threading
-
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopping = stop_event(also=lc.wake.set)
     lc.start()
     try:
         while not stopping.wait(1.0):

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from typing import Any
 
 from lifelong.common.errors import ConfigError
+from lifelong.common.signals import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +34,7 @@ def cmd_kb_serve(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         tls=tls,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("got signal %d; shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event()
     server.start()
     try:
         while not stop.wait(0.5):
