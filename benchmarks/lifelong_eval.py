@@ -488,11 +488,12 @@ def evaluate(
     out_dir: Path,
     workdir: Path,
     parallel: int = 2,
+    broker: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run everything; write the JSON and the plots under ``out_dir``; the results."""
     env = {"HIDDEN": "32", "MAX_ITER": "80" if fast else "300"}
-    broker = available_brokers()[0]
+    broker = broker or available_brokers()[0]
     session = Session(workdir, broker)
     started = time.monotonic()
     session.start()
@@ -555,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=2, help="runs of the system at once (one job each; default 2)"
     )
     parser.add_argument(
+        "--broker", choices=["mosquitto", "amqtt"], default=None, help="default: mosquitto when installed"
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="the processes' files (default: a temp dir)"
     )
     args = parser.parse_args(argv)
@@ -573,7 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         try:
             evaluate(
-                datasets, seeds=seeds, fast=args.fast, out_dir=args.out, workdir=workdir, parallel=args.jobs
+                datasets,
+                seeds=seeds,
+                fast=args.fast,
+                out_dir=args.out,
+                workdir=workdir,
+                parallel=args.jobs,
+                broker=args.broker,
             )
         except EvalError as exc:
             print(f"eval failed: {exc}", file=sys.stderr)
