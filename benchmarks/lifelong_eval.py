@@ -34,7 +34,7 @@ import os
 import statistics
 import sys
 import time
-import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +43,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.infra import Broker, Proc, available_brokers, free_port, wait_for
+from benchmarks.infra import GM, LC, Broker, available_brokers, free_port, wait_for
 from benchmarks.lifelong_baselines import BASELINES, RUNNERS, RoundData, transfer_ratio
 from benchmarks.lifelong_data import EXAMPLE, SPECS, RunData, feature_key, make_run, read_csv, write_run
 from lifelong.learning.metrics import format_matrix, samples_transfer_ratio, summarize
@@ -64,70 +64,28 @@ class EvalError(RuntimeError):
 
 # -- the processes ----------------------------------------------------------------------------------
 class Session:
-    """A broker, ``lifelong gm --kb-dir`` and ``lifelong lc`` for the whole evaluation."""
+    """A broker, ``lifelong gm --kb-dir`` and ``lifelong lc`` for the whole evaluation (the
+    processes of ``benchmarks/infra.py``, with the KB and shorter resend and poll periods)."""
 
     def __init__(self, workdir: Path, broker_kind: str) -> None:
         self.workdir = workdir
         self.broker = Broker(broker_kind, workdir)
         self.kb_port = free_port()
-        self.api_port = free_port()
-        self.gm: Proc | None = None
-        self.lc: Proc | None = None
+        self.gm: GM | None = None
+        self.lc: LC | None = None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.broker.start()
-        url = self.broker.url
-        self.gm = Proc(
-            "gm",
-            [
-                "gm",
-                "--broker",
-                url,
-                "--store",
-                f"sqlite:{self.workdir / 'gm' / 'store.db'}",
-                "--api-port",
-                str(self.api_port),
-                "--prefix",
-                "lifelong/v1",
-                "--kb-dir",
-                str(self.workdir / "kb"),
-                "--kb-port",
-                str(self.kb_port),
-                "--resend-base",
-                "0.5",
-                "--resend-cap",
-                "2",
-                "--job-backoff-base",
-                "1",
-            ],
-            self.workdir,
-        )
+        self.gm = GM(self.workdir, self.broker.url)
+        self.gm.args += ["--kb-dir", str(self.workdir / "kb"), "--kb-port", str(self.kb_port)]
+        self.gm.args += ["--resend-base", "0.5", "--resend-cap", "2", "--job-backoff-base", "1"]
         self.gm.start()
-        wait_for(self._healthy, timeout=60, what="the GM API", interval=0.1)
-        self.lc = Proc(
-            "lc",
-            [
-                "lc",
-                "--node",
-                NODE,
-                "--broker",
-                url,
-                "--prefix",
-                "lifelong/v1",
-                "--state-dir",
-                str(self.workdir / "lc"),
-                "--worker-api-port",
-                str(free_port()),
-                "--metrics-port",
-                "0",
-                "--poll-seconds",
-                "0.2",
-            ],
-            self.workdir,
-        )
+        self.gm.wait_ready()
+        self.lc = LC(self.workdir, NODE, self.broker.url)
+        self.lc.args += ["--poll-seconds", "0.2"]
         self.lc.start()
-        wait_for(self._online, timeout=60, what=f"{NODE} online at the GM", interval=0.1)
+        self.gm.wait_online(NODE, timeout=60)
 
     def stop(self) -> None:
         for proc in (self.lc, self.gm):
@@ -141,30 +99,11 @@ class Session:
                 proc.check()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        import urllib.request
+        assert self.gm is not None, "the session is not started"
+        return self.gm.api(method, path, body)
 
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw[:1] in (b"{", b"[") else raw
-
-    def _healthy(self) -> bool:
-        self.check()
-        try:
-            return bool(self.api("GET", "/healthz") == b"ok\n")
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def _online(self) -> bool:
-        self.check()
-        items = self.api("GET", "/api/v1/nodes")["items"]
-        return any(n["node"] == NODE and n["online"] and n["lastHello"] > 0 for n in items)
-
-    def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.workdir / f"{name}.log"
+    def lc_log(self, chars: int = 3000) -> str:
+        path = self.workdir / f"lc-{NODE}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
@@ -231,7 +170,7 @@ def _failed(session: Session, name: str) -> None:
         if cond.get("type") == "Failed":
             raise EvalError(
                 f"job {name}: {cond.get('stage')} failed ({cond.get('message') or cond.get('reason')})\n"
-                f"LC log:\n{session.log_tail('lc')}"
+                f"LC log:\n{session.lc_log()}"
             )
 
 
@@ -299,8 +238,6 @@ def run_system(session: Session, run: RunData, folder: Path, env: dict[str, str]
 
 
 def _kb_tasks(session: Session, name: str) -> list[dict[str, Any]]:
-    import urllib.request
-
     url = f"http://127.0.0.1:{session.kb_port}/knowledgebase/v1/tasks/default/{name}"
     with urllib.request.urlopen(url, timeout=10) as resp:
         groups: list[dict[str, Any]] = json.loads(resp.read()).get("taskGroups") or []
@@ -427,15 +364,23 @@ def plots(agg: dict[str, Any], stem: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig: Any, what: str) -> Path:
+        fig.tight_layout()
+        path = stem.with_name(f"{stem.name}-{what}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     made: list[Path] = []
     for dataset, data in agg.items():
         tasks = data["tasks"]
         fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), sharey=True)
         for j, (ax, task) in enumerate(zip(axes, tasks, strict=True)):
-            for system in SYSTEMS:
+            for i, system in enumerate(SYSTEMS):
                 mean = [row[j] for row in data["systems"][system]["matrix_mean"]]
                 std = [row[j] for row in data["systems"][system]["matrix_std"]]
-                ax.errorbar([1, 2], mean, yerr=std, marker="o", capsize=3, label=system)
+                shift = (i - (len(SYSTEMS) - 1) / 2) * 0.03  # lines that coincide stay visible
+                ax.errorbar([1 + shift, 2 + shift], mean, yerr=std, marker="o", capsize=3, label=system)
             ax.set_title(f"{task}" + (" (new in round 2)" if j == len(tasks) - 1 else ""))
             ax.set_xticks([1, 2])
             ax.set_xlabel("round")
@@ -443,11 +388,7 @@ def plots(agg: dict[str, Any], stem: Path) -> list[Path]:
         axes[0].set_ylabel("accuracy on the task's test set")
         axes[-1].legend(fontsize=7, loc="lower right")
         fig.suptitle(f"{dataset}: accuracy per task per round (mean ± std over {len(data['seeds'])} seeds)")
-        fig.tight_layout()
-        path = stem.with_name(f"{stem.name}-{dataset}-accuracy.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        made.append(save(fig, f"{dataset}-accuracy"))
 
         shown = ("average_accuracy", "bwt", "fwt", "forgetting")
         fig, ax = plt.subplots(figsize=(9, 3.6))
@@ -462,11 +403,7 @@ def plots(agg: dict[str, Any], stem: Path) -> list[Path]:
         ax.set_xticks(range(len(shown)), ["average accuracy", "BWT", "FWT", "forgetting"])
         ax.legend(fontsize=7, ncols=3)
         ax.set_title(f"{dataset}: metrics (mean ± std over {len(data['seeds'])} seeds)")
-        fig.tight_layout()
-        path = stem.with_name(f"{stem.name}-{dataset}-metrics.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        made.append(save(fig, f"{dataset}-metrics"))
     return made
 
 
@@ -561,7 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="the processes' files (default: a temp dir)"
     )
+    parser.add_argument(
+        "--plots-from", type=Path, default=None, help="only redraw the plots of a results JSON file"
+    )
     args = parser.parse_args(argv)
+    if args.plots_from is not None:
+        doc = json.loads(args.plots_from.read_text())
+        for path in plots(doc["summary"], args.plots_from.with_suffix("")):
+            print(path)
+        return 0
     # The estimator stops at MAX_ITER on purpose (the workers' setting); say nothing about it.
     warnings.filterwarnings("ignore", message=".*Maximum iterations.*")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

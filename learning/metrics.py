@@ -17,9 +17,9 @@ The metrics, with T the last round:
   ``task_avg_acc``).
 - ``bwt`` (backward transfer): for each task learned before T, its score at T minus its score
   just after it was learned, averaged over those tasks. Negative means later rounds made the
-  system worse on earlier tasks (forgetting); positive means they helped. This is the form of
-  Lopez-Paz and Ranzato (GEM, 2017); Ianvs averages the round-to-round change of every cell
-  over all rounds and tasks instead, which also counts a task's own learning as "backward".
+  system worse on earlier tasks (forgetting); positive means they helped. Ianvs averages the
+  round-to-round change of every cell over all rounds and tasks instead, which also counts a
+  task's own learning as "backward".
 - ``fwt`` (forward transfer): for each task first learned after round 0 (when there is knowledge
   to transfer from), its score right after it was learned minus a baseline score for that task,
   averaged. The baseline is the score of the same task learned without transfer (the eval uses
@@ -28,8 +28,7 @@ The metrics, with T the last round:
   is learned with the first round's; with tasks that are new domains that measures chance, not
   transfer, so this module measures at the round of learning against a no-transfer baseline.
 - ``forgetting`` (forgetting rate): for each task learned before T, the largest drop from any
-  earlier round's score to its score at T (never below 0), averaged (Chaudhry et al. 2018;
-  Ianvs' ``forget_rate``).
+  earlier round's score to its score at T (never below 0), averaged (Ianvs' ``forget_rate``).
 - ``samples_transfer_ratio``: the share of inferred samples sent to the cloud as unseen (Ianvs
   divides by ``inferred + 1`` to dodge zero; here no samples gives 0.0).
 
@@ -92,6 +91,18 @@ def _firsts(r: Matrix, first: Sequence[int | None] | None) -> list[int | None]:
     return list(first)
 
 
+def _learned_before_last(r: Matrix, first: Sequence[int | None] | None) -> list[tuple[int, int, float]]:
+    """(task, the round it was learned, its last score) of each task learned before the last
+    round that has a last score."""
+    last = len(r) - 1
+    out = []
+    for j, f in enumerate(_firsts(r, first)):
+        now = r[last][j]
+        if f is not None and f < last and now is not None:
+            out.append((j, f, now))
+    return out
+
+
 def average_accuracy(r: Matrix, round_index: int = -1) -> float | None:
     """The mean score over the tasks that have one in round ``round_index`` (the last by default)."""
     _check(r)
@@ -100,15 +111,7 @@ def average_accuracy(r: Matrix, round_index: int = -1) -> float | None:
 
 def bwt(r: Matrix, first: Sequence[int | None] | None = None) -> float | None:
     """Backward transfer: mean over tasks learned before the last round of R[T][j] - R[first_j][j]."""
-    firsts = _firsts(r, first)
-    last = len(r) - 1
-    diffs: list[float] = []
-    for j, f in enumerate(firsts):
-        if f is None or f >= last:
-            continue
-        now, then = r[last][j], r[f][j]
-        if now is not None and then is not None:
-            diffs.append(now - then)
+    diffs = [now - then for j, f, now in _learned_before_last(r, first) if (then := r[f][j]) is not None]
     return _mean(diffs)
 
 
@@ -131,16 +134,9 @@ def fwt(
 
 def forgetting(r: Matrix, first: Sequence[int | None] | None = None) -> float | None:
     """Forgetting rate: mean over tasks learned before the last round of max(0, max_k<T R[k][j] - R[T][j])."""
-    firsts = _firsts(r, first)
-    last = len(r) - 1
-    drops: list[float] = []
-    for j, f in enumerate(firsts):
-        if f is None or f >= last:
-            continue
-        now = r[last][j]
-        if now is None:
-            continue
-        earlier = [s for row in r[f:last] if (s := row[j]) is not None]
+    drops = []
+    for j, f, now in _learned_before_last(r, first):
+        earlier = [s for row in r[f:-1] if (s := row[j]) is not None]
         drops.append(max(0.0, max(earlier, default=now) - now))
     return _mean(drops)
 
