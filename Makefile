@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # three share two cores well: 960 tests took 5:47 with 3 and 9:42 in one process here.
 TEST_JOBS ?= 3
 
-.PHONY: help venv test check lint typecheck imports crds demo bench faults clean
+.PHONY: help venv test check lint typecheck imports crds demo bench eval faults clean
 
 help:
 	@echo "make demo   - run the lifelong-learning demo on the embedded broker"
@@ -16,6 +16,7 @@ help:
 	@echo "make check  - ruff, mypy and the import-layer contracts"
 	@echo "make crds   - regenerate deploy/crds from the API models"
 	@echo "make bench  - benchmarks against raw paho-mqtt (QUICK=1 for the short run)"
+	@echo "make eval   - lifelong-learning metrics against Sedna's defaults and baselines (FAST=1: small)"
 	@echo "make faults - the fault suite with full repetition counts"
 
 $(BIN)/python:
@@ -23,7 +24,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,kubernetes,examples,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,kubernetes,examples,bench,eval]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -62,6 +63,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
+
+# The real system (broker, GM with its KB, LC, the library's workers) and the baselines on the same
+# data; results and plots in benchmarks/results/, explained in docs/lifelong-learning.md.
+eval: $(STAMP)
+	$(BIN)/python -m benchmarks.lifelong_eval $(if $(FAST),--fast,) $(EVAL_ARGS)
 
 faults: $(STAMP)  ## the fault suite with the full counts; prints the table of docs/reliability.md
 	mkdir -p .build && rm -f .build/faults.jsonl
