@@ -37,7 +37,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lifelong.demo_lifelong import LifelongDemo
 
 NODE = "edge-demo"
 NAMESPACE = "default"
@@ -69,11 +72,11 @@ def port_open(port: int) -> bool:
         return False
 
 
-def examples_dir() -> Path | None:
-    """``examples/demo`` of the source tree this package was installed from (editable)."""
+def examples_dir(name: str = "demo") -> Path | None:
+    """``examples/NAME`` of the source tree this package was installed from (editable)."""
     here = Path(__file__).resolve().parent
     for root in (here.parent, Path.cwd()):
-        candidate = root / "examples" / "demo"
+        candidate = root / "examples" / name
         if (candidate / "lifelonglearningjob.yaml").is_file():
             return candidate
     return None
@@ -549,6 +552,9 @@ class Demo:
             print(f"  work directory: {self.workdir} (logs in {self.workdir / 'logs'})", flush=True)
         print(flush=True)
 
+    def finished(self) -> bool:
+        return sum(1 for r in self.results.values() if r.done) >= self.rounds
+
     def stop(self) -> None:
         for child in self.children:
             child.stop()
@@ -561,15 +567,24 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+SCENARIOS = {"lifelong": "lifelong", "digits": "demo"}
+"""Each scenario and the folder of ``examples/`` it runs."""
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lifelong.__main__ import UserError
 
-    if args.rounds < 1:
+    scenario = args.scenario
+    if scenario == "digits" and args.rounds is not None and args.rounds < 1:
         raise UserError("--rounds must be at least 1")
-    examples = Path(args.examples) if args.examples else examples_dir()
+    if scenario == "lifelong" and args.rounds is not None:
+        raise UserError("--rounds is for --scenario digits (the lifelong scenario runs its 2 rounds)")
+    rounds = 2 if args.rounds is None else args.rounds
+    folder = SCENARIOS[scenario]
+    examples = Path(args.examples) if args.examples else examples_dir(folder)
     if examples is None or not (examples / "lifelonglearningjob.yaml").is_file():
         raise UserError(
-            "cannot find examples/demo (run from the lifelong source tree, or pass --examples DIR)"
+            f"cannot find examples/{folder} (run from the lifelong source tree, or pass --examples DIR)"
         )
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="lifelong-demo-")) if temporary else Path(args.workdir)
@@ -578,18 +593,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise UserError(f"--workdir {workdir} is not empty (the demo starts from scratch)")
         workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
-    demo = Demo(
-        workdir,
-        args.rounds,
-        args.keep_running,
-        args.timeout,
-        examples.resolve(),
-        show_workdir=args.keep_running or not temporary,
-    )
-    print(
-        f"lifelong demo: {args.rounds} rounds of train -> eval -> deploy; work directory {workdir}",
-        flush=True,
-    )
+    show_workdir = args.keep_running or not temporary
+    demo: Demo | LifelongDemo
+    if scenario == "digits":
+        demo = Demo(workdir, rounds, args.keep_running, args.timeout, examples.resolve(), show_workdir)
+        print(
+            f"lifelong demo --scenario digits: {rounds} rounds of train -> eval -> deploy; "
+            f"work directory {workdir}",
+            flush=True,
+        )
+    else:
+        from lifelong.demo_lifelong import LifelongDemo
+
+        demo = LifelongDemo(workdir, args.timeout, examples.resolve(), show_workdir, args.keep_running)
+        print(
+            "lifelong demo: a job learns one model per known task, meets a task no model has seen, "
+            f"gets it labelled and learns it from the closest known task; work directory {workdir}",
+            flush=True,
+        )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored
     status = 1
@@ -601,8 +622,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         status = 1
     except KeyboardInterrupt:
-        done = sum(1 for r in demo.results.values() if r.done)
-        status = 0 if args.keep_running and done >= args.rounds else 130
+        status = 0 if args.keep_running and demo.finished() else 130
         print("\ninterrupted; stopping the demo's processes", file=sys.stderr, flush=True)
     finally:
         # a second Ctrl-C or SIGTERM must not cut the clean-up short
@@ -623,25 +643,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the lifelong-learning loop on this machine (broker + GM + LC + sample job)",
+        help="run lifelong learning on this machine (broker + GM with its knowledge base + LC + a job)",
         description=(
-            "Start the embedded broker, a GM and an LC, apply examples/demo's Dataset and "
-            "LifelongLearningJob, feed handwritten digits (scikit-learn's bundled set) with a "
-            "shift between phases, and show each round's train -> eval -> deploy until --rounds "
-            "rounds are done; then print a summary and stop everything."
+            "Start the embedded broker, a GM (with the knowledge base in its process) and an LC, "
+            "apply a Dataset and a LifelongLearningJob whose real workers learn from scikit-learn's "
+            "bundled handwritten digits, and show the job live until it is done; then print a "
+            "summary and stop everything. Scenarios: 'lifelong' (the default; examples/lifelong): "
+            "round 1 learns one model per known camera and stores them in the knowledge base, the "
+            "edge's inference meets a camera no model has seen and ships its samples to the "
+            "knowledge base, the demo labels them from the data set's own labels (lifelong kb "
+            "label), round 2 learns the new camera starting from the closest known one; it ends "
+            "with the accuracy per task per round and the lifelong-learning metrics. 'digits' "
+            "(examples/demo): one classifier retrained on digits that shift between phases, "
+            "--rounds rounds of train -> eval -> deploy with an inference service."
         ),
     )
-    p.add_argument("--rounds", type=int, default=2, help="rounds to run before the summary (default 2)")
+    p.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="lifelong",
+        help="lifelong (default): an unseen task found at the edge, labelled and learned with "
+        "knowledge transferred from the closest known task; digits: one model retrained on "
+        "shifting digits",
+    )
+    p.add_argument(
+        "--rounds", type=int, help="--scenario digits: rounds to run before the summary (default 2)"
+    )
     p.add_argument(
         "--keep-running",
         action="store_true",
-        help="after the summary keep feeding and retraining until Ctrl-C",
+        help="after the summary keep everything running until Ctrl-C (digits: keep feeding and retraining)",
     )
     p.add_argument(
         "--workdir",
         help="an empty or new directory for state and logs (default: a temporary one, removed on success)",
     )
-    p.add_argument("--examples", help="the demo's folder (default: examples/demo of the source tree)")
+    p.add_argument(
+        "--examples",
+        help="the scenario's folder (default: examples/lifelong or examples/demo of the source tree)",
+    )
     p.add_argument(
         "--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)"
     )
