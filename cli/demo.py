@@ -572,7 +572,9 @@ SCENARIOS = {"lifelong": "lifelong", "digits": "demo"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lifelong.__main__ import UserError
+    # a LifelongError, not lifelong.__main__.UserError: under `python -m lifelong` that module
+    # runs as __main__, and a UserError imported from lifelong.__main__ would be another class
+    from lifelong.common.errors import ConfigError as UserError
 
     scenario = args.scenario
     if scenario == "digits" and args.rounds is not None and args.rounds < 1:
