@@ -24,11 +24,13 @@ the clean-up. What it does, in order:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
 import time
 import urllib.error
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,13 @@ JOB = "lifelong-digits"  # the names of examples/lifelong's manifests
 DATASET = "lifelong-digits"
 ROUNDS = 2
 UNSEEN_DOMAIN = "cam_c"
+
+
+def _signed(value: float | None, sign: bool = True) -> str:
+    """A metric right-aligned in 6 characters, with its sign when ``sign``."""
+    if value is None:
+        return "     -"
+    return f"{value:+6.3f}" if sign else f"{value:6.3f}"
 
 
 def _count(value: Any) -> str:
@@ -63,6 +72,7 @@ class LifelongDemo:
     summary_printed: bool = False
     models: dict[str, str] = field(default_factory=dict)
     labelled: int = 0
+    inferred_per_round: int = 0
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
@@ -173,6 +183,7 @@ class LifelongDemo:
         self.truth = self._truth()
         counts = self._domains(self.data / "train.csv")
         infer = self._domains(self.data / "infer.csv")
+        self.inferred_per_round = sum(infer.values())
         self.say(
             "data: scikit-learn's handwritten digits seen by cameras (task attribute `domain`): "
             + ", ".join(f"{d} {n} labelled" for d, n in counts.items())
@@ -432,37 +443,120 @@ class LifelongDemo:
 
     # -- the end ------------------------------------------------------------------------------
     def summary(self, metrics: dict[str, Any]) -> None:
+        """The table of accuracy per task per round and the lifelong-learning metrics."""
+        from lifelong.learning import metrics as ll
+
         tasks, rounds, matrix = accuracy_matrix(metrics)
         unseen = unseen_cells(metrics)
+        # a task's first round is the first in which its test samples were not unseen
+        first = [next((k for k, rnd in enumerate(rounds) if (rnd, t) not in unseen), None) for t in tasks]
+        groups = {str(g.get("entry")): g for g in self.kb_tasks().get("taskGroups") or []}
+        baseline = self.baseline(tasks, groups)
+        samples = self.kb_samples()
+        inferred = self.deployed_rounds * self.inferred_per_round
         print(flush=True)
         print(
             f"Summary: {len(rounds)} rounds in {time.monotonic() - self.started:.0f}s; accuracy per task "
-            "per round on the fixed test set (KB metrics)",
+            "per round on the fixed test set (the KB's metrics, posted by the Eval worker)",
             flush=True,
         )
-        rows = [["ROUND", *tasks]]
-        for rnd, scores in zip(rounds, matrix, strict=True):
-            cells = []
-            for task, value in zip(tasks, scores, strict=True):
-                mark = "*" if (rnd, task) in unseen else ""
-                cells.append(_fmt(value) + mark)
-            rows.append([str(rnd), *cells])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip(), flush=True)
-        print("  * a task no model had learned yet: the closest known model served it", flush=True)
-        samples = self.kb_samples()
-        later = len(samples) - self.labelled
-        domains = sorted({str((s.get("attrs") or {}).get("domain")) for s in samples})
+        table = ll.format_matrix(matrix, tasks, [f"round {r}" for r in rounds])
+        print("\n".join("  " + line for line in table.splitlines()), flush=True)
+        for rnd, task in sorted(unseen):
+            print(
+                f"  round {rnd} {task}: not learned yet, its samples were unseen and the closest known "
+                "model served them",
+                flush=True,
+            )
+        bwt, fwt = ll.bwt(matrix, first), ll.fwt(matrix, baseline, first)
+        forgetting = ll.forgetting(matrix, first)
+        print(flush=True)
+        print("Lifelong-learning metrics (lifelong.learning.metrics):", flush=True)
         print(
-            f"  unseen samples in the KB: {len(samples)} ({', '.join(domains)}); {self.labelled} found by "
-            f"round 1's inference and labelled; {later} found after that",
+            f"  average accuracy  {_signed(ll.average_accuracy(matrix), False)}  over the tasks, last round"
+        )
+        print(
+            f"  BWT               {_signed(bwt)}  backward transfer: each task's accuracy at the last round "
+            "minus right after it was learned (negative: forgetting)"
+        )
+        print(f"  forgetting        {_signed(forgetting, False)}  the largest drop of each earlier task")
+        for j, task in enumerate(tasks):
+            group = groups.get(task) or {}
+            transfer = group.get("transfer") or {}
+            k = first[j]
+            if baseline[j] is not None and k is not None:
+                print(
+                    f"  {task}: learned in round {rounds[k]} from {transfer.get('from')}'s model: "
+                    f"{_fmt(matrix[k][j])}; the same {group.get('sampleNum')} samples without "
+                    f"transfer (a model trained from scratch in the demo's process): {_fmt(baseline[j])}"
+                )
+        print(
+            f"  FWT               {_signed(fwt)}  forward transfer: a new task's accuracy when learned "
+            "minus without transfer"
+        )
+        ratio = ll.samples_transfer_ratio(inferred, len(samples))
+        print(
+            f"  samples transfer  {_signed(ratio, False)}  {len(samples)} of the {inferred} samples the edge "
+            f"inferred ({self.inferred_per_round} a round) went to the KB as unseen"
+        )
+        later = len(samples) - self.labelled
+        print(
+            f"  unseen samples: {self.labelled} found by round 1's inference and labelled; {later} found "
+            "after that",
             flush=True,
         )
         if self.show_workdir:
             print(f"  work directory: {self.workdir} (logs in {self.workdir / 'logs'})", flush=True)
         print(flush=True)
         self.summary_printed = True
+
+    def baseline(self, tasks: list[str], groups: dict[str, Any]) -> list[float | None]:
+        """For each task learned with transfer: the accuracy on its test samples of a model of the
+        example's estimator trained from scratch on the samples its model learned (read from the
+        KB's files); None for the others."""
+        import importlib.util
+
+        import numpy as np
+
+        spec = importlib.util.spec_from_file_location("demo_interface", self.examples / "interface.py")
+        if spec is None or spec.loader is None:
+            raise DemoFailed(f"cannot load {self.examples / 'interface.py'}")
+        interface = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(interface)
+        test = self._test_rows()
+        out: list[float | None] = []
+        for task in tasks:
+            group = groups.get(task) or {}
+            url = str((group.get("model") or {}).get("url") or "")
+            if not (group.get("transfer") or {}).get("from") or not url.endswith(".pkl") or task not in test:
+                out.append(None)
+                continue
+            try:
+                raw = http("GET", url[: -len(".pkl")] + ".samples.npz", timeout=30)
+            except (urllib.error.URLError, OSError) as exc:
+                raise DemoFailed(f"cannot read the samples of {task} from the KB: {exc}") from None
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                x, y = np.asarray(npz["x"], dtype=float), np.asarray(json.loads(str(npz["y"])))
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore"
+                )  # e.g. scikit-learn's ConvergenceWarning, as in the workers' logs
+                model = interface.estimator().fit(x, y)
+            tx, ty = test[task]
+            out.append(round(float(model.score(tx, ty)), 4))
+        return out
+
+    def _test_rows(self) -> dict[str, tuple[Any, Any]]:
+        """test.csv's samples by task entry: (features, labels)."""
+        import numpy as np
+
+        by_task: dict[str, tuple[list[list[float]], list[int]]] = {}
+        with (self.data / "test.csv").open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                xs, ys = by_task.setdefault(row["domain"].replace("_", "-"), ([], []))
+                xs.append([float(row[f"f{i}"]) for i in range(64)])
+                ys.append(int(row["label"]))
+        return {t: (np.asarray(xs), np.asarray(ys)) for t, (xs, ys) in by_task.items()}
 
     def stop(self) -> None:
         for child in self.children:

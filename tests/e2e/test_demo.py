@@ -127,18 +127,34 @@ def test_the_default_demo_finds_labels_and_learns_an_unseen_task(tmp_path: Path)
 
         # The table: one row per round, one column per task, the KB's test accuracies.
         scores = get(base % "metrics")["scores"]
+        r = {rnd: {t: scores[rnd][t]["eval"]["test_accuracy"] for t in groups} for rnd in ("1", "2")}
         lines = out.lines
         start = next(i for i, line in enumerate(lines) if line.startswith("Summary: 2 rounds"))
-        assert lines[start + 1].split() == ["ROUND", "cam-a", "cam-b", "cam-c"], text
+        assert lines[start + 1].split() == ["cam-a", "cam-b", "cam-c", "average"], text
         for offset, rnd in ((2, "1"), (3, "2")):
             cells = lines[start + offset].split()
-            assert cells[0] == rnd, text
-            for task, cell in zip(["cam-a", "cam-b", "cam-c"], cells[1:], strict=True):
-                expected = scores[rnd][task]["eval"]["test_accuracy"]
-                unseen = rnd == "1" and task == "cam-c"  # not learned yet in round 1
-                assert cell == f"{expected:.3f}" + ("*" if unseen else ""), (rnd, task, text)
+            assert cells[:2] == ["round", rnd], text
+            assert cells[2:5] == [f"{r[rnd][t]:.3f}" for t in ("cam-a", "cam-b", "cam-c")], (rnd, text)
+        assert "round 1 cam-c: not learned yet, its samples were unseen" in text, text
         # learning cam_c made it better than the closest known model served it before
-        assert scores["2"]["cam-c"]["eval"]["test_accuracy"] > scores["1"]["cam-c"]["eval"]["test_accuracy"]
+        assert r["2"]["cam-c"] > r["1"]["cam-c"], r
+
+        # The metrics, from the same matrix: average accuracy and BWT over cam-a and cam-b, FWT
+        # against the baseline the demo printed.
+        def metric(name: str) -> float:
+            found = re.search(rf"^  {name} +([-+]?\d\.\d{{3}})", text, re.M)
+            assert found, (name, text)
+            return float(found.group(1))
+
+        assert metric("average accuracy") == pytest.approx(sum(r["2"].values()) / 3, abs=6e-4)
+        bwt = sum(r["2"][t] - r["1"][t] for t in ("cam-a", "cam-b")) / 2
+        assert metric("BWT") == pytest.approx(bwt, abs=6e-4)
+        base_line = re.search(
+            r"cam-c: learned in round 2 from cam-b's model: [\d.]+; .*: ([\d.]+)$", text, re.M
+        )
+        assert base_line, text
+        assert metric("FWT") == pytest.approx(r["2"]["cam-c"] - float(base_line.group(1)), abs=1.1e-3)
+        assert metric("samples transfer") == pytest.approx(100 / 280, abs=6e-4)
 
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
