@@ -153,6 +153,86 @@ def wait_until(predicate: Any, timeout: float, what: str, children: list[Child])
         time.sleep(0.1)
 
 
+class Core:
+    """The demo's broker, GM and LC (one edge node ``node``): child processes on free ports, logs
+    in ``workdir/logs``; ``gm_extra`` adds options to the GM's command line."""
+
+    def __init__(self, workdir: Path, node: str, gm_extra: list[str] | None = None) -> None:
+        self.node = node
+        logs = workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (workdir / "gm").mkdir(exist_ok=True)
+        self.broker_port, api_port, self.worker_port = free_port(), free_port(), free_port()
+        self.broker_url = f"mqtt://127.0.0.1:{self.broker_port}"
+        self.server = f"http://127.0.0.1:{api_port}"
+        base = [sys.executable, "-m", "lifelong"]
+        self.broker = Child("broker", [*base, "broker", "--port", str(self.broker_port)], logs / "broker.log")
+        gm = [*base, "gm", "--broker", self.broker_url, "--store", f"sqlite:{workdir / 'gm' / 'store.db'}"]
+        gm += ["--api-port", str(api_port), "--job-backoff-base", "2"]
+        gm += ["--resend-base", "0.5", "--resend-cap", "5", *(gm_extra or [])]
+        self.gm = Child("gm", gm, logs / "gm.log")
+        lc = [*base, "lc", "--node", node, "--broker", self.broker_url, "--state-dir", str(workdir / "lc")]
+        lc += ["--worker-api-port", str(self.worker_port), "--metrics-port", "0", "--poll-seconds", "0.3"]
+        lc += ["--ack-timeout-seconds", "5", "--stop-workers-on-exit", "--worker-stop-grace-seconds", "3"]
+        self.lc = Child("lc", lc, logs / "lc.log")
+        self.children = [self.lc, self.gm, self.broker]  # stopped in this order
+
+    def start(self, say: Any, watched: list[Child], gm_ready: Any = None) -> None:
+        """Start the broker, the GM and the LC, each once the one before answers; ``watched``
+        are checked for an early exit while waiting; ``gm_ready`` (a predicate) also waits for
+        something of the GM's (e.g. its knowledge base's API)."""
+        self.broker.start()
+        wait_until(lambda: port_open(self.broker_port), 30, "the broker", watched)
+        say(f"broker   {self.broker_url}  (embedded amqtt, pid {self.broker.proc and self.broker.proc.pid})")
+        self.gm.start()
+        wait_until(self._gm_healthy, 60, "the GM's API", watched)
+        if gm_ready is not None:
+            wait_until(gm_ready, 60, "the GM's knowledge base", watched)
+        say(f"gm       {self.server}  (SQLite store, pid {self.gm.proc and self.gm.proc.pid})")
+        self.lc.start()
+        wait_until(self._node_online, 60, f"node {self.node} to say hello to the GM", watched)
+        pid = self.lc.proc and self.lc.proc.pid
+        say(f"lc       node {self.node}, worker API :{self.worker_port}  (pid {pid})")
+
+    def _gm_healthy(self) -> bool:
+        try:
+            return bool(http("GET", self.server + "/healthz") == b"ok\n")
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _node_online(self) -> bool:
+        try:
+            items = http("GET", self.server + "/api/v1/nodes")["items"]
+        except (urllib.error.URLError, OSError):
+            return False
+        return any(n["node"] == self.node and n["online"] for n in items)
+
+
+def apply_example(workdir: Path, examples: Path, server: str, node: str, say: Any) -> None:
+    """Fill in the placeholders of ``examples``' Dataset and LifelongLearningJob (written to
+    ``workdir/manifests``) and apply them through the GM's API, as ``lifelong apply`` does."""
+    from lifelong.client.api import Client
+    from lifelong.client.files import read_resources
+
+    values = {
+        "{{WORKDIR}}": str(workdir),
+        "{{NODE}}": node,
+        "{{PYTHON}}": sys.executable,
+        "{{EXAMPLES}}": str(examples),
+    }
+    rendered = workdir / "manifests"
+    rendered.mkdir(exist_ok=True)
+    client = Client(server)
+    for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
+        text = (examples / name).read_text()
+        for key, value in values.items():
+            text = text.replace(key, value)
+        (rendered / name).write_text(text)
+        for res in read_resources([str(rendered / name)]):
+            result = client.apply(res)
+            say(f"applied {res['kind']} {res['metadata']['name']}: {result['result']}")
+
+
 # -- the data -------------------------------------------------------------------------------
 
 
@@ -251,66 +331,13 @@ class Demo:
 
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
-        py = sys.executable
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.broker_port = free_port()
-        self.api_port = free_port()
-        self.worker_port = free_port()
+        self.core = Core(self.workdir, NODE)
+        self.broker_url, self.server = self.core.broker_url, self.core.server
         self.infer_port = free_port()
-        self.broker_url = f"mqtt://127.0.0.1:{self.broker_port}"
-        self.server = f"http://127.0.0.1:{self.api_port}"
-        base = [py, "-m", "lifelong"]
-        broker = Child("broker", [*base, "broker", "--port", str(self.broker_port)], logs / "broker.log")
-        gm = Child(
-            "gm",
-            [
-                *base,
-                "gm",
-                "--broker",
-                self.broker_url,
-                "--store",
-                f"sqlite:{self.workdir / 'gm' / 'store.db'}",
-                "--api-port",
-                str(self.api_port),
-                "--job-backoff-base",
-                "2",
-                "--resend-base",
-                "0.5",
-                "--resend-cap",
-                "5",
-            ],
-            logs / "gm.log",
-        )
-        lc = Child(
-            "lc",
-            [
-                *base,
-                "lc",
-                "--node",
-                NODE,
-                "--broker",
-                self.broker_url,
-                "--state-dir",
-                str(self.workdir / "lc"),
-                "--worker-api-port",
-                str(self.worker_port),
-                "--metrics-port",
-                "0",
-                "--poll-seconds",
-                "0.3",
-                "--ack-timeout-seconds",
-                "5",
-                "--stop-workers-on-exit",
-                "--worker-stop-grace-seconds",
-                "3",
-            ],
-            logs / "lc.log",
-        )
         infer = Child(
             "inference service",
             [
-                py,
+                sys.executable,
                 str(self.examples / "infer.py"),
                 "serve",
                 "--port",
@@ -318,61 +345,19 @@ class Demo:
                 "--deploy-dir",
                 str(self.workdir / "output" / "deploy"),
             ],
-            logs / "infer.log",
+            self.workdir / "logs" / "infer.log",
         )
-        (self.workdir / "gm").mkdir(exist_ok=True)
-        self.children = [infer, lc, gm, broker]  # stopped in this order
-        broker.start()
-        wait_until(lambda: port_open(self.broker_port), 30, "the broker", self.children)
-        self.say(f"broker   {self.broker_url}  (embedded amqtt, pid {broker.proc and broker.proc.pid})")
-        gm.start()
-        wait_until(self._gm_healthy, 60, "the GM's API", self.children)
-        self.say(f"gm       {self.server}  (SQLite store, pid {gm.proc and gm.proc.pid})")
-        lc.start()
-        wait_until(self._node_online, 60, f"node {NODE} to say hello to the GM", self.children)
-        self.say(f"lc       node {NODE}, worker API :{self.worker_port}  (pid {lc.proc and lc.proc.pid})")
+        self.children = [infer, *self.core.children]  # stopped in this order
+        self.core.start(self.say, self.children)
         infer.start()
         wait_until(lambda: port_open(self.infer_port), 60, "the inference service", self.children)
         self.say(f"infer    http://127.0.0.1:{self.infer_port}/predict  (examples/demo/infer.py serve)")
 
-    def _gm_healthy(self) -> bool:
-        try:
-            return bool(http("GET", self.server + "/healthz") == b"ok\n")
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def _node_online(self) -> bool:
-        try:
-            items = http("GET", self.server + "/api/v1/nodes")["items"]
-        except (urllib.error.URLError, OSError):
-            return False
-        return any(n["node"] == NODE and n["online"] for n in items)
-
     def apply(self) -> None:
-        from lifelong.client.api import Client
-        from lifelong.client.files import read_resources
-
-        values = {
-            "{{WORKDIR}}": str(self.workdir),
-            "{{NODE}}": NODE,
-            "{{PYTHON}}": sys.executable,
-            "{{EXAMPLES}}": str(self.examples),
-        }
-        rendered = self.workdir / "manifests"
-        rendered.mkdir(exist_ok=True)
-        for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
-            text = (self.examples / name).read_text()
-            for key, value in values.items():
-                text = text.replace(key, value)
-            (rendered / name).write_text(text)
-        client = Client(self.server)
         data = self.workdir / "data" / "digits.csv"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text(Digits.header() + "\n")
-        for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
-            for res in read_resources([str(rendered / name)]):
-                result = client.apply(res)
-                self.say(f"applied {res['kind']} {res['metadata']['name']}: {result['result']}")
+        apply_example(self.workdir, self.examples, self.server, NODE, self.say)
         self.data = data
 
     # -- watching ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ the clean-up. What it does, in order:
 
 1. starts ``lifelong broker`` (embedded amqtt), ``lifelong gm --kb-dir`` (SQLite store, the
    knowledge base in the GM's process, docs/knowledge-base.md) and ``lifelong lc`` (one edge
-   node) as child processes on free ports (``Child`` of ``cli/demo.py``);
+   node) as child processes on free ports (``Core`` of ``cli/demo.py``);
 2. writes the data of ``examples/lifelong`` (``digits_domains.py``: scikit-learn's digits seen by
    the cameras ``cam_a`` and ``cam_b``, and ``cam_c`` that no model has seen) and applies its
    Dataset and LifelongLearningJob through the GM's API; the job's workers use the library
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from lifelong.demo import Child, DemoFailed, _fmt, free_port, http, port_open, wait_until
+from lifelong.demo import Child, Core, DemoFailed, _fmt, apply_example, free_port, http, port_open
 
 NODE = "edge-demo"
 NAMESPACE = "default"
@@ -82,95 +82,16 @@ class LifelongDemo:
 
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
-        py = sys.executable
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        broker_port, self.api_port, kb_port, worker_port = (free_port() for _ in range(4))
-        self.broker_url = f"mqtt://127.0.0.1:{broker_port}"
-        self.server = f"http://127.0.0.1:{self.api_port}"
+        kb_port = free_port()
+        core = Core(self.workdir, NODE, ["--kb-dir", str(self.workdir / "kb"), "--kb-port", str(kb_port)])
+        self.broker_url, self.server = core.broker_url, core.server
         self.kb = f"http://127.0.0.1:{kb_port}/knowledgebase/v1"
-        base = [py, "-m", "lifelong"]
-        (self.workdir / "gm").mkdir(exist_ok=True)
-        broker = Child("broker", [*base, "broker", "--port", str(broker_port)], logs / "broker.log")
-        gm = Child(
-            "gm",
-            [
-                *base,
-                "gm",
-                "--broker",
-                self.broker_url,
-                "--store",
-                f"sqlite:{self.workdir / 'gm' / 'store.db'}",
-                "--api-port",
-                str(self.api_port),
-                "--kb-dir",
-                str(self.workdir / "kb"),
-                "--kb-port",
-                str(kb_port),
-                "--job-backoff-base",
-                "2",
-                "--resend-base",
-                "0.5",
-                "--resend-cap",
-                "5",
-            ],
-            logs / "gm.log",
-        )
-        lc = Child(
-            "lc",
-            [
-                *base,
-                "lc",
-                "--node",
-                NODE,
-                "--broker",
-                self.broker_url,
-                "--state-dir",
-                str(self.workdir / "lc"),
-                "--worker-api-port",
-                str(worker_port),
-                "--metrics-port",
-                "0",
-                "--poll-seconds",
-                "0.3",
-                "--ack-timeout-seconds",
-                "5",
-                "--stop-workers-on-exit",
-                "--worker-stop-grace-seconds",
-                "3",
-            ],
-            logs / "lc.log",
-        )
-        self.children = [lc, gm, broker]  # stopped in this order
-        broker.start()
-        wait_until(lambda: port_open(broker_port), 30, "the broker", self.children)
-        self.say(f"broker   {self.broker_url}  (embedded amqtt)")
-        gm.start()
-        wait_until(self._gm_healthy, 60, "the GM's API", self.children)
-        wait_until(lambda: port_open(kb_port), 30, "the knowledge base's API", self.children)
-        self.say(f"gm       {self.server}  (SQLite store); knowledge base {self.kb} (in the GM)")
-        lc.start()
-        wait_until(self._node_online, 60, f"node {NODE} to say hello to the GM", self.children)
-        self.say(f"lc       node {NODE}  (runs the job's workers as local processes)")
-
-    def _gm_healthy(self) -> bool:
-        try:
-            return bool(http("GET", self.server + "/healthz") == b"ok\n")
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def _node_online(self) -> bool:
-        try:
-            items = http("GET", self.server + "/api/v1/nodes")["items"]
-        except (urllib.error.URLError, OSError):
-            return False
-        return any(n["node"] == NODE and n["online"] for n in items)
+        self.children = core.children
+        core.start(self.say, self.children, gm_ready=lambda: port_open(kb_port))
+        self.say(f"kb       {self.kb}  (the knowledge base, in the GM's process: lifelong gm --kb-dir)")
 
     def apply(self) -> None:
         """Write the example's data and apply its Dataset and job (placeholders filled in)."""
-        from lifelong.client.api import Client
-        from lifelong.client.files import read_resources
-
         self.data = self.workdir / "data"
         out = subprocess.run(
             [sys.executable, str(self.examples / "digits_domains.py"), str(self.data)],
@@ -191,23 +112,7 @@ class LifelongDemo:
             + ", ".join(f"{n} of {d}" for d, n in infer.items())
             + f" ({UNSEEN_DOMAIN}: inverted and dimmed, a camera no model has seen)"
         )
-        values = {
-            "{{WORKDIR}}": str(self.workdir),
-            "{{NODE}}": NODE,
-            "{{PYTHON}}": sys.executable,
-            "{{EXAMPLES}}": str(self.examples),
-        }
-        rendered = self.workdir / "manifests"
-        rendered.mkdir(exist_ok=True)
-        client = Client(self.server)
-        for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
-            text = (self.examples / name).read_text()
-            for key, value in values.items():
-                text = text.replace(key, value)
-            (rendered / name).write_text(text)
-            for res in read_resources([str(rendered / name)]):
-                result = client.apply(res)
-                self.say(f"applied {res['kind']} {res['metadata']['name']}: {result['result']}")
+        apply_example(self.workdir, self.examples, self.server, NODE, self.say)
 
     @staticmethod
     def _domains(path: Path) -> dict[str, int]:
