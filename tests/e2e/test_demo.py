@@ -92,7 +92,7 @@ def test_the_default_demo_finds_labels_and_learns_an_unseen_task(tmp_path: Path)
         assert proc.poll() is None, out.text
         text = out.text
         gm = re.search(r"gm +(http://127\.0\.0\.1:\d+)", text)
-        kb = re.search(r"knowledge base (http://127\.0\.0\.1:\d+/knowledgebase/v1)", text)
+        kb = re.search(r"kb +(http://127\.0\.0\.1:\d+/knowledgebase/v1)", text)
         assert gm and kb, text
         base = f"{kb.group(1)}/%s/default/{JOB}"
 
