@@ -37,7 +37,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lifelong.demo_lifelong import LifelongDemo
 
 NODE = "edge-demo"
 NAMESPACE = "default"
@@ -69,11 +72,11 @@ def port_open(port: int) -> bool:
         return False
 
 
-def examples_dir() -> Path | None:
-    """``examples/demo`` of the source tree this package was installed from (editable)."""
+def examples_dir(name: str = "demo") -> Path | None:
+    """``examples/NAME`` of the source tree this package was installed from (editable)."""
     here = Path(__file__).resolve().parent
     for root in (here.parent, Path.cwd()):
-        candidate = root / "examples" / "demo"
+        candidate = root / "examples" / name
         if (candidate / "lifelonglearningjob.yaml").is_file():
             return candidate
     return None
@@ -148,6 +151,86 @@ def wait_until(predicate: Any, timeout: float, what: str, children: list[Child])
         if time.monotonic() > deadline:
             raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.1)
+
+
+class Core:
+    """The demo's broker, GM and LC (one edge node ``node``): child processes on free ports, logs
+    in ``workdir/logs``; ``gm_extra`` adds options to the GM's command line."""
+
+    def __init__(self, workdir: Path, node: str, gm_extra: list[str] | None = None) -> None:
+        self.node = node
+        logs = workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (workdir / "gm").mkdir(exist_ok=True)
+        self.broker_port, api_port, self.worker_port = free_port(), free_port(), free_port()
+        self.broker_url = f"mqtt://127.0.0.1:{self.broker_port}"
+        self.server = f"http://127.0.0.1:{api_port}"
+        base = [sys.executable, "-m", "lifelong"]
+        self.broker = Child("broker", [*base, "broker", "--port", str(self.broker_port)], logs / "broker.log")
+        gm = [*base, "gm", "--broker", self.broker_url, "--store", f"sqlite:{workdir / 'gm' / 'store.db'}"]
+        gm += ["--api-port", str(api_port), "--job-backoff-base", "2"]
+        gm += ["--resend-base", "0.5", "--resend-cap", "5", *(gm_extra or [])]
+        self.gm = Child("gm", gm, logs / "gm.log")
+        lc = [*base, "lc", "--node", node, "--broker", self.broker_url, "--state-dir", str(workdir / "lc")]
+        lc += ["--worker-api-port", str(self.worker_port), "--metrics-port", "0", "--poll-seconds", "0.3"]
+        lc += ["--ack-timeout-seconds", "5", "--stop-workers-on-exit", "--worker-stop-grace-seconds", "3"]
+        self.lc = Child("lc", lc, logs / "lc.log")
+        self.children = [self.lc, self.gm, self.broker]  # stopped in this order
+
+    def start(self, say: Any, watched: list[Child], gm_ready: Any = None) -> None:
+        """Start the broker, the GM and the LC, each once the one before answers; ``watched``
+        are checked for an early exit while waiting; ``gm_ready`` (a predicate) also waits for
+        something of the GM's (e.g. its knowledge base's API)."""
+        self.broker.start()
+        wait_until(lambda: port_open(self.broker_port), 30, "the broker", watched)
+        say(f"broker   {self.broker_url}  (embedded amqtt, pid {self.broker.proc and self.broker.proc.pid})")
+        self.gm.start()
+        wait_until(self._gm_healthy, 60, "the GM's API", watched)
+        if gm_ready is not None:
+            wait_until(gm_ready, 60, "the GM's knowledge base", watched)
+        say(f"gm       {self.server}  (SQLite store, pid {self.gm.proc and self.gm.proc.pid})")
+        self.lc.start()
+        wait_until(self._node_online, 60, f"node {self.node} to say hello to the GM", watched)
+        pid = self.lc.proc and self.lc.proc.pid
+        say(f"lc       node {self.node}, worker API :{self.worker_port}  (pid {pid})")
+
+    def _gm_healthy(self) -> bool:
+        try:
+            return bool(http("GET", self.server + "/healthz") == b"ok\n")
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _node_online(self) -> bool:
+        try:
+            items = http("GET", self.server + "/api/v1/nodes")["items"]
+        except (urllib.error.URLError, OSError):
+            return False
+        return any(n["node"] == self.node and n["online"] for n in items)
+
+
+def apply_example(workdir: Path, examples: Path, server: str, node: str, say: Any) -> None:
+    """Fill in the placeholders of ``examples``' Dataset and LifelongLearningJob (written to
+    ``workdir/manifests``) and apply them through the GM's API, as ``lifelong apply`` does."""
+    from lifelong.client.api import Client
+    from lifelong.client.files import read_resources
+
+    values = {
+        "{{WORKDIR}}": str(workdir),
+        "{{NODE}}": node,
+        "{{PYTHON}}": sys.executable,
+        "{{EXAMPLES}}": str(examples),
+    }
+    rendered = workdir / "manifests"
+    rendered.mkdir(exist_ok=True)
+    client = Client(server)
+    for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
+        text = (examples / name).read_text()
+        for key, value in values.items():
+            text = text.replace(key, value)
+        (rendered / name).write_text(text)
+        for res in read_resources([str(rendered / name)]):
+            result = client.apply(res)
+            say(f"applied {res['kind']} {res['metadata']['name']}: {result['result']}")
 
 
 # -- the data -------------------------------------------------------------------------------
@@ -248,66 +331,13 @@ class Demo:
 
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
-        py = sys.executable
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.broker_port = free_port()
-        self.api_port = free_port()
-        self.worker_port = free_port()
+        self.core = Core(self.workdir, NODE)
+        self.broker_url, self.server = self.core.broker_url, self.core.server
         self.infer_port = free_port()
-        self.broker_url = f"mqtt://127.0.0.1:{self.broker_port}"
-        self.server = f"http://127.0.0.1:{self.api_port}"
-        base = [py, "-m", "lifelong"]
-        broker = Child("broker", [*base, "broker", "--port", str(self.broker_port)], logs / "broker.log")
-        gm = Child(
-            "gm",
-            [
-                *base,
-                "gm",
-                "--broker",
-                self.broker_url,
-                "--store",
-                f"sqlite:{self.workdir / 'gm' / 'store.db'}",
-                "--api-port",
-                str(self.api_port),
-                "--job-backoff-base",
-                "2",
-                "--resend-base",
-                "0.5",
-                "--resend-cap",
-                "5",
-            ],
-            logs / "gm.log",
-        )
-        lc = Child(
-            "lc",
-            [
-                *base,
-                "lc",
-                "--node",
-                NODE,
-                "--broker",
-                self.broker_url,
-                "--state-dir",
-                str(self.workdir / "lc"),
-                "--worker-api-port",
-                str(self.worker_port),
-                "--metrics-port",
-                "0",
-                "--poll-seconds",
-                "0.3",
-                "--ack-timeout-seconds",
-                "5",
-                "--stop-workers-on-exit",
-                "--worker-stop-grace-seconds",
-                "3",
-            ],
-            logs / "lc.log",
-        )
         infer = Child(
             "inference service",
             [
-                py,
+                sys.executable,
                 str(self.examples / "infer.py"),
                 "serve",
                 "--port",
@@ -315,61 +345,19 @@ class Demo:
                 "--deploy-dir",
                 str(self.workdir / "output" / "deploy"),
             ],
-            logs / "infer.log",
+            self.workdir / "logs" / "infer.log",
         )
-        (self.workdir / "gm").mkdir(exist_ok=True)
-        self.children = [infer, lc, gm, broker]  # stopped in this order
-        broker.start()
-        wait_until(lambda: port_open(self.broker_port), 30, "the broker", self.children)
-        self.say(f"broker   {self.broker_url}  (embedded amqtt, pid {broker.proc and broker.proc.pid})")
-        gm.start()
-        wait_until(self._gm_healthy, 60, "the GM's API", self.children)
-        self.say(f"gm       {self.server}  (SQLite store, pid {gm.proc and gm.proc.pid})")
-        lc.start()
-        wait_until(self._node_online, 60, f"node {NODE} to say hello to the GM", self.children)
-        self.say(f"lc       node {NODE}, worker API :{self.worker_port}  (pid {lc.proc and lc.proc.pid})")
+        self.children = [infer, *self.core.children]  # stopped in this order
+        self.core.start(self.say, self.children)
         infer.start()
         wait_until(lambda: port_open(self.infer_port), 60, "the inference service", self.children)
         self.say(f"infer    http://127.0.0.1:{self.infer_port}/predict  (examples/demo/infer.py serve)")
 
-    def _gm_healthy(self) -> bool:
-        try:
-            return bool(http("GET", self.server + "/healthz") == b"ok\n")
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def _node_online(self) -> bool:
-        try:
-            items = http("GET", self.server + "/api/v1/nodes")["items"]
-        except (urllib.error.URLError, OSError):
-            return False
-        return any(n["node"] == NODE and n["online"] for n in items)
-
     def apply(self) -> None:
-        from lifelong.client.api import Client
-        from lifelong.client.files import read_resources
-
-        values = {
-            "{{WORKDIR}}": str(self.workdir),
-            "{{NODE}}": NODE,
-            "{{PYTHON}}": sys.executable,
-            "{{EXAMPLES}}": str(self.examples),
-        }
-        rendered = self.workdir / "manifests"
-        rendered.mkdir(exist_ok=True)
-        for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
-            text = (self.examples / name).read_text()
-            for key, value in values.items():
-                text = text.replace(key, value)
-            (rendered / name).write_text(text)
-        client = Client(self.server)
         data = self.workdir / "data" / "digits.csv"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text(Digits.header() + "\n")
-        for name in ("dataset.yaml", "lifelonglearningjob.yaml"):
-            for res in read_resources([str(rendered / name)]):
-                result = client.apply(res)
-                self.say(f"applied {res['kind']} {res['metadata']['name']}: {result['result']}")
+        apply_example(self.workdir, self.examples, self.server, NODE, self.say)
         self.data = data
 
     # -- watching ----------------------------------------------------------------------------
@@ -549,6 +537,9 @@ class Demo:
             print(f"  work directory: {self.workdir} (logs in {self.workdir / 'logs'})", flush=True)
         print(flush=True)
 
+    def finished(self) -> bool:
+        return sum(1 for r in self.results.values() if r.done) >= self.rounds
+
     def stop(self) -> None:
         for child in self.children:
             child.stop()
@@ -561,15 +552,26 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from lifelong.__main__ import UserError
+SCENARIOS = {"lifelong": "lifelong", "digits": "demo"}
+"""Each scenario and the folder of ``examples/`` it runs."""
 
-    if args.rounds < 1:
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    # a LifelongError, not lifelong.__main__.UserError: under `python -m lifelong` that module
+    # runs as __main__, and a UserError imported from lifelong.__main__ would be another class
+    from lifelong.common.errors import ConfigError as UserError
+
+    scenario = args.scenario
+    if scenario == "digits" and args.rounds is not None and args.rounds < 1:
         raise UserError("--rounds must be at least 1")
-    examples = Path(args.examples) if args.examples else examples_dir()
+    if scenario == "lifelong" and args.rounds is not None:
+        raise UserError("--rounds is for --scenario digits (the lifelong scenario runs its 2 rounds)")
+    rounds = 2 if args.rounds is None else args.rounds
+    folder = SCENARIOS[scenario]
+    examples = Path(args.examples) if args.examples else examples_dir(folder)
     if examples is None or not (examples / "lifelonglearningjob.yaml").is_file():
         raise UserError(
-            "cannot find examples/demo (run from the lifelong source tree, or pass --examples DIR)"
+            f"cannot find examples/{folder} (run from the lifelong source tree, or pass --examples DIR)"
         )
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="lifelong-demo-")) if temporary else Path(args.workdir)
@@ -578,18 +580,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise UserError(f"--workdir {workdir} is not empty (the demo starts from scratch)")
         workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
-    demo = Demo(
-        workdir,
-        args.rounds,
-        args.keep_running,
-        args.timeout,
-        examples.resolve(),
-        show_workdir=args.keep_running or not temporary,
-    )
-    print(
-        f"lifelong demo: {args.rounds} rounds of train -> eval -> deploy; work directory {workdir}",
-        flush=True,
-    )
+    show_workdir = args.keep_running or not temporary
+    demo: Demo | LifelongDemo
+    if scenario == "digits":
+        demo = Demo(workdir, rounds, args.keep_running, args.timeout, examples.resolve(), show_workdir)
+        print(
+            f"lifelong demo --scenario digits: {rounds} rounds of train -> eval -> deploy; "
+            f"work directory {workdir}",
+            flush=True,
+        )
+    else:
+        from lifelong.demo_lifelong import LifelongDemo
+
+        demo = LifelongDemo(workdir, args.timeout, examples.resolve(), show_workdir, args.keep_running)
+        print(
+            "lifelong demo: a job learns one model per known task, meets a task no model has seen, "
+            f"gets it labelled and learns it from the closest known task; work directory {workdir}",
+            flush=True,
+        )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored
     status = 1
@@ -601,8 +609,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         status = 1
     except KeyboardInterrupt:
-        done = sum(1 for r in demo.results.values() if r.done)
-        status = 0 if args.keep_running and done >= args.rounds else 130
+        status = 0 if args.keep_running and demo.finished() else 130
         print("\ninterrupted; stopping the demo's processes", file=sys.stderr, flush=True)
     finally:
         # a second Ctrl-C or SIGTERM must not cut the clean-up short
@@ -623,25 +630,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the lifelong-learning loop on this machine (broker + GM + LC + sample job)",
+        help="run lifelong learning on this machine (broker + GM with its knowledge base + LC + a job)",
         description=(
-            "Start the embedded broker, a GM and an LC, apply examples/demo's Dataset and "
-            "LifelongLearningJob, feed handwritten digits (scikit-learn's bundled set) with a "
-            "shift between phases, and show each round's train -> eval -> deploy until --rounds "
-            "rounds are done; then print a summary and stop everything."
+            "Start the embedded broker, a GM (with the knowledge base in its process) and an LC, "
+            "apply a Dataset and a LifelongLearningJob whose real workers learn from scikit-learn's "
+            "bundled handwritten digits, and show the job live until it is done; then print a "
+            "summary and stop everything. Scenarios: 'lifelong' (the default; examples/lifelong): "
+            "round 1 learns one model per known camera and stores them in the knowledge base, the "
+            "edge's inference meets a camera no model has seen and ships its samples to the "
+            "knowledge base, the demo labels them from the data set's own labels (lifelong kb "
+            "label), round 2 learns the new camera starting from the closest known one; it ends "
+            "with the accuracy per task per round and the lifelong-learning metrics. 'digits' "
+            "(examples/demo): one classifier retrained on digits that shift between phases, "
+            "--rounds rounds of train -> eval -> deploy with an inference service."
         ),
     )
-    p.add_argument("--rounds", type=int, default=2, help="rounds to run before the summary (default 2)")
+    p.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="lifelong",
+        help="lifelong (default): an unseen task found at the edge, labelled and learned with "
+        "knowledge transferred from the closest known task; digits: one model retrained on "
+        "shifting digits",
+    )
+    p.add_argument(
+        "--rounds", type=int, help="--scenario digits: rounds to run before the summary (default 2)"
+    )
     p.add_argument(
         "--keep-running",
         action="store_true",
-        help="after the summary keep feeding and retraining until Ctrl-C",
+        help="after the summary keep everything running until Ctrl-C (digits: keep feeding and retraining)",
     )
     p.add_argument(
         "--workdir",
         help="an empty or new directory for state and logs (default: a temporary one, removed on success)",
     )
-    p.add_argument("--examples", help="the demo's folder (default: examples/demo of the source tree)")
+    p.add_argument(
+        "--examples",
+        help="the scenario's folder (default: examples/lifelong or examples/demo of the source tree)",
+    )
     p.add_argument(
         "--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)"
     )

@@ -70,12 +70,16 @@ def write_csv(path: Path, lines: list[list[str]]) -> Path:
 
 def write_example(folder: Path) -> dict[str, Path]:
     """The example's files: ``train.csv`` (cam_a and cam_b, labelled, for the Dataset),
-    ``infer.csv`` (cam_a, cam_b and cam_c without labels, what the inference worker meets) and
-    ``cam_c_labels.csv`` (the same cam_c samples with their labels, what labelling gives)."""
+    ``infer.csv`` (cam_a, cam_b and cam_c without labels, what the inference worker meets),
+    ``cam_c_labels.csv`` (the same cam_c samples with their labels, what labelling gives) and
+    ``test.csv`` (other digits of all three cameras, labelled: a fixed test set per task that the
+    Eval worker scores every round when ``TASK_TEST_DATASET_URL`` names it)."""
     x, y = digits()
     a, b, c, rest = split(len(y), 4)
     train = rows("cam_a", x[a], y[a]) + rows("cam_b", x[b], y[b])
     held = rest[:60]
+    ta, tb, tc = np.array_split(rest[60:], 3)
+    test = rows("cam_a", x[ta], y[ta]) + rows("cam_b", x[tb], y[tb]) + rows("cam_c", x[tc], y[tc], seed=2)
     infer = (
         rows("cam_a", x[held[:20]], None)
         + rows("cam_b", x[held[20:40]], None)
@@ -85,6 +89,7 @@ def write_example(folder: Path) -> dict[str, Path]:
         "train": write_csv(folder / "train.csv", train),
         "infer": write_csv(folder / "infer.csv", infer),
         "cam_c_labels": write_csv(folder / "cam_c_labels.csv", rows("cam_c", x[c[:100]], y[c[:100]], seed=1)),
+        "test": write_csv(folder / "test.csv", test),
     }
 
 
