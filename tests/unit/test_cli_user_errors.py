@@ -132,9 +132,15 @@ def test_gm_missing_password_file_is_exit_2(capsys: pytest.CaptureFixture[str], 
 
 
 def test_demo_rounds_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "demo", "--rounds", "0")
+    code, _, err = run(capsys, "demo", "--scenario", "digits", "--rounds", "0")
     assert code == 2
     assert one_clear_line(err) == "error: --rounds must be at least 1"
+
+
+def test_demo_rounds_belong_to_the_digits_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "demo", "--rounds", "3")
+    assert code == 2
+    assert one_clear_line(err).startswith("error: --rounds is for --scenario digits")
 
 
 def test_demo_refuses_a_non_empty_workdir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -146,5 +152,8 @@ def test_demo_refuses_a_non_empty_workdir(capsys: pytest.CaptureFixture[str], tm
 
 def test_demo_without_its_examples_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "demo", "--examples", str(tmp_path))
+    assert code == 2
+    assert "cannot find examples/lifelong" in one_clear_line(err)
+    code, _, err = run(capsys, "demo", "--scenario", "digits", "--examples", str(tmp_path))
     assert code == 2
     assert "cannot find examples/demo" in one_clear_line(err)
