@@ -1,13 +1,13 @@
-"""The GM in Kubernetes mode against a FAKE Kubernetes API server (tests/harness/fake_k8s.py).
+"""The GM in Kubernetes mode against a REAL kube-apiserver with etcd and kube-controller-manager
+(the ``k8s`` fixture, tests/harness/k8s_cluster.py) and a real MQTT broker (``broker``).
 
-The API server here is a fake: an in-process HTTP server that stores objects, enforces
-resourceVersion preconditions, serves the status subresource, watches and Leases as the real
-one does for these requests. It is not Kubernetes, so these tests show that the GM's wiring
-is right (KubernetesStore + KubernetesPodsRuntime + the Lease election, validation, the
-probes-only API), not that a real cluster behaves like the fake. The MQTT broker is real (the
-``broker`` fixture). The GMs run in-process with ``lifelong gm``'s settings, through a
-kubeconfig file that points at the fake. Short lease timings keep the tests quick; every wait
-is on a condition with a deadline.
+The GMs authenticate as the ServiceAccount of deploy/k8s/gm-rbac.yaml, with its ClusterRole,
+Role and bindings applied for the test's namespace (a token from the TokenRequest API), never
+as admin: a permission the GM needs and the shipped RBAC lacks fails these tests. The user's
+side (creating jobs, taking a Lease as another replica would) is the cluster admin, as kubectl.
+Most GMs run in-process with ``lifelong gm``'s settings and short lease timings; the failover
+test runs two ``lifelong gm`` processes with the Deployment's defaults and SIGKILLs the leader.
+Every wait is on a condition with a deadline.
 
 The last tests need no API server: ``lifelong gm`` reads its options from the ``LIFELONG_GM_*``
 variables the Deployment sets (flags win), and deploy/k8s/gm-deployment.yaml uses only
@@ -16,8 +16,8 @@ options the real command line has.
 
 from __future__ import annotations
 
-import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -29,12 +29,15 @@ from typing import Any
 import pytest
 import yaml
 from harness.brokers import Broker
-from harness.fake_k8s import FakeKubernetesApiServer
-from harness.waiting import wait_for
+from harness.k8s_cluster import Cluster
+from harness.processes import Process
+from harness.waiting import free_port, wait_for
+from kubernetes import client
 
 from lifelong.__main__ import build_parser
 from lifelong.cloud.commands import GM_ENV
 from lifelong.cloud.controllers.base import ReportRejected
+from lifelong.cloud.leader import LeaderElectionSettings
 from lifelong.cloud.runtimes.base import WorkerPhase
 from lifelong.cloud.service import GMService, GMSettings
 from lifelong.cloud.stores.base import WatchEvent
@@ -45,43 +48,28 @@ from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.stages import Stage
 from lifelong.common.topics import Topics
 
-JOBS = "sedna.io/v1alpha1/lifelonglearningjobs"
-NODES = "v1/nodes"
-LEASES = "coordination.k8s.io/v1/leases"
-LEASE_NS = "lifelong"
+GROUP, VERSION = "sedna.io", "v1alpha1"
 LEASE_NAME = "lifelong-gm"
-NS = "default"
 KIND = "LifelongLearningJob"
 DEPLOYMENT = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "gm-deployment.yaml"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKubernetesApiServer]:
-    with FakeKubernetesApiServer() as server:
-        server.put(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edge-1"}})
-        yield server
+def ns(k8s: Cluster, k8s_ns: str) -> str:
+    k8s.ensure_node("edge-1")
+    return k8s_ns
 
 
 @pytest.fixture
-def kubeconfig(fake: FakeKubernetesApiServer, tmp_path: Path) -> Path:
-    """A kubeconfig file naming the fake (no credentials: the fake checks none)."""
-    path = tmp_path / "kubeconfig"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "current-context": "fake",
-    }
-    path.write_text(json.dumps(config))
-    return path
+def kubeconfig(k8s: Cluster, ns: str, tmp_path: Path) -> Path:
+    """The GM's ServiceAccount's kubeconfig (deploy/k8s/gm-rbac.yaml applied for ``ns``)."""
+    return k8s.gm_kubeconfig(ns, tmp_path / "gm.kubeconfig")
 
 
 @pytest.fixture
-def user(fake: FakeKubernetesApiServer) -> Iterator[KubernetesStore]:
-    """What a user does with kubectl: create and change resources through the API."""
-    store = KubernetesStore(api_client=fake.api_client())
+def user(k8s: Cluster, ns: str) -> Iterator[KubernetesStore]:
+    """What a user does with kubectl: create and change resources through the API (as admin)."""
+    store = KubernetesStore(api_client=k8s.api_client(), namespace=ns)
     try:
         yield store
     finally:
@@ -89,13 +77,14 @@ def user(fake: FakeKubernetesApiServer) -> Iterator[KubernetesStore]:
 
 
 class GMs:
-    """GM services in Kubernetes mode on the fake and the broker; all stopped at the end."""
+    """GM services in Kubernetes mode on the cluster and the broker; all stopped at the end."""
 
-    def __init__(self, broker: Broker, kubeconfig: Path, tmp: Path, prefix: str) -> None:
+    def __init__(self, broker: Broker, kubeconfig: Path, tmp: Path, prefix: str, namespace: str) -> None:
         self.broker = broker
         self.kubeconfig = kubeconfig
         self.tmp = tmp
         self.prefix = prefix
+        self.namespace = namespace
         self.started: list[GMService] = []
 
     def start(self, identity: str, **overrides: Any) -> GMService:
@@ -107,7 +96,7 @@ class GMs:
             "api_port": 0,
             "prefix": self.prefix,
             "identity": identity,
-            "lease_namespace": LEASE_NS,
+            "lease_namespace": self.namespace,
             "lease_duration": 2.0,
             "renew_deadline": 1.5,
             "retry_period": 0.1,
@@ -128,8 +117,8 @@ class GMs:
 
 
 @pytest.fixture
-def gms(broker: Broker, kubeconfig: Path, tmp_path: Path, prefix: str) -> Iterator[GMs]:
-    group = GMs(broker, kubeconfig, tmp_path, prefix)
+def gms(broker: Broker, kubeconfig: Path, tmp_path: Path, prefix: str, ns: str) -> Iterator[GMs]:
+    group = GMs(broker, kubeconfig, tmp_path, prefix, ns)
     try:
         yield group
     finally:
@@ -140,7 +129,7 @@ def dataset(name: str = "ds", node: str = "edge-1") -> dict[str, Any]:
     return {
         "apiVersion": "sedna.io/v1alpha1",
         "kind": "Dataset",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name},
         "spec": {"url": "/data/train.txt", "format": "txt", "nodeName": node},
     }
 
@@ -149,7 +138,7 @@ def job(name: str, dataset_name: str = "ds", node: str = "edge-1", **labels: str
     def template() -> dict[str, Any]:
         return {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "busybox"}]}}
 
-    meta: dict[str, Any] = {"name": name, "namespace": NS}
+    meta: dict[str, Any] = {"name": name}
     if labels:
         meta["labels"] = labels
     return {
@@ -169,24 +158,24 @@ def job(name: str, dataset_name: str = "ds", node: str = "edge-1", **labels: str
     }
 
 
-def conditions(fake: FakeKubernetesApiServer, name: str) -> list[dict[str, Any]]:
-    obj = fake.get(JOBS, NS, name)
-    assert obj is not None, f"job {name} is gone"
-    return list((obj.get("status") or {}).get("conditions") or [])
+def read_job(k8s: Cluster, ns: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = k8s.custom().get_namespaced_custom_object(
+        GROUP, VERSION, ns, "lifelonglearningjobs", name
+    )
+    return obj
 
 
-def stage_types(fake: FakeKubernetesApiServer, name: str) -> list[tuple[str, str]]:
-    return [(c["stage"], c["type"]) for c in conditions(fake, name)]
+def conditions(k8s: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    return list((read_job(k8s, ns, name).get("status") or {}).get("conditions") or [])
 
 
-def status_writes(fake: FakeKubernetesApiServer, name: str) -> int:
-    path = f"/namespaces/{NS}/lifelonglearningjobs/{name}/status"
-    return sum(1 for method, p in list(fake.requests) if method == "PUT" and p.split("?")[0].endswith(path))
+def stage_types(k8s: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+    return [(c["stage"], c["type"]) for c in conditions(k8s, ns, name)]
 
 
-def lease_holder(fake: FakeKubernetesApiServer) -> str | None:
-    lease = fake.get(LEASES, LEASE_NS, LEASE_NAME)
-    return None if lease is None else (lease.get("spec") or {}).get("holderIdentity")
+def lease_holder(k8s: Cluster, ns: str) -> str | None:
+    lease = client.CoordinationV1Api(k8s.admin()).read_namespaced_lease(LEASE_NAME, ns)
+    return lease.spec.holder_identity or None
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -228,25 +217,30 @@ def count_status_writes(gm: GMService) -> list[str]:
 # -- tests ------------------------------------------------------------------------------------
 
 
-def test_k8s_gm_leader_drives_a_job_through_the_status_subresource_fake_api(
-    fake: FakeKubernetesApiServer, gms: GMs, user: KubernetesStore
+def test_k8s_gm_leader_drives_a_job_through_the_status_subresource_apiserver(
+    k8s: Cluster, ns: str, gms: GMs, user: KubernetesStore
 ) -> None:
     user.apply(dataset())
     user.apply(job("j1"))
     gm = gms.start("gm-a")
 
     wait_for(lambda: gm.acting, timeout=15, what="the only GM to lead")
-    assert lease_holder(fake) == "gm-a"
+    assert lease_holder(k8s, ns) == "gm-a"
     wait_for(lambda: gm.bus.connected, timeout=15, what="the leader's bus")
-    wait_for(lambda: stage_types(fake, "j1") == [("Train", "Waiting")], timeout=15, what="j1 Train/Waiting")
-    assert status_writes(fake, "j1") >= 1  # through the status subresource
-    stored = fake.get(JOBS, NS, "j1")
-    assert stored is not None and stored["spec"] == job("j1")["spec"]  # the spec is untouched
+    wait_for(
+        lambda: stage_types(k8s, ns, "j1") == [("Train", "Waiting")], timeout=15, what="j1 Train/Waiting"
+    )
+    # The CRD has a status subresource: the API server keeps any status sent with the main
+    # resource out, so a status here was written through /status; the spec is untouched.
+    stored = read_job(k8s, ns, "j1")
+    assert stored["spec"] == job("j1")["spec"]
     assert (stored.get("status") or {}).get("startTime")
 
     # A job created while the GM runs arrives through the watch.
     user.apply(job("j2"))
-    wait_for(lambda: stage_types(fake, "j2") == [("Train", "Waiting")], timeout=15, what="j2 Train/Waiting")
+    wait_for(
+        lambda: stage_types(k8s, ns, "j2") == [("Train", "Waiting")], timeout=15, what="j2 Train/Waiting"
+    )
 
     # The HTTP API serves the probes and metrics; resources are kubectl's.
     assert gm.api_port is not None
@@ -255,74 +249,95 @@ def test_k8s_gm_leader_drives_a_job_through_the_status_subresource_fake_api(
     assert code == 200 and "lifelong" in text
     code, text = http_get(gm.api_port, f"/api/v1/{KIND}")
     assert code == 400 and "kubectl" in text
-    code, text = http_get(gm.api_port, f"/api/v1/{KIND}/{NS}/j1")
+    code, text = http_get(gm.api_port, f"/api/v1/{KIND}/{ns}/j1")
     assert code == 400 and "kubectl" in text
 
 
-def test_k8s_gm_job_with_a_missing_dataset_fails_once_until_its_spec_changes_fake_api(
-    fake: FakeKubernetesApiServer, gms: GMs, user: KubernetesStore
+def test_k8s_gm_job_with_a_missing_dataset_fails_once_until_its_spec_changes_apiserver(
+    k8s: Cluster, ns: str, gms: GMs, user: KubernetesStore, tmp_path: Path
 ) -> None:
     user.apply(job("bad", dataset_name="nope"))
-    gm = gms.start("gm-a")
-    seen = handled_events(gm)
+    with k8s.second_apiserver() as server:
+        # This GM's API server is stopped and started again below: its watch resumes with a relist.
+        # One replica without a Lease (a leader that cannot renew its Lease would stop acting).
+        gms.kubeconfig = k8s.gm_kubeconfig(ns, tmp_path / "gm-second.kubeconfig", server=server.url)
+        gm = gms.start("gm-a", leader_election=False)
+        seen = handled_events(gm)
+        writes = count_status_writes(gm)
+        key = f"{KIND} {ns}/bad"
 
-    wait_for(lambda: len(conditions(fake, "bad")) >= 1, timeout=15, what="a condition on the bad job")
-    [failed] = conditions(fake, "bad")
-    assert (failed["stage"], failed["type"], failed["reason"]) == ("Train", "Failed", "DatasetNotFound")
-    assert "spec.dataset.name" in failed["message"] and "nope" in failed["message"]
-    writes_after_failure = status_writes(fake, "bad")
+        wait_for(lambda: len(conditions(k8s, ns, "bad")) >= 1, timeout=15, what="a condition on the bad job")
+        [failed] = conditions(k8s, ns, "bad")
+        assert (failed["stage"], failed["type"], failed["reason"]) == ("Train", "Failed", "DatasetNotFound")
+        assert "spec.dataset.name" in failed["message"] and "nope" in failed["message"]
+        writes_after_failure = writes.count(key)
 
-    # A worker phase (or an LC report) sent before the spec went bad does not move it on.
-    running = WorkerPhase(NS, "bad", Stage.TRAIN, 1, "bad-train-1", "Running")
-    with pytest.raises(ReportRejected, match="failed validation"):
-        gm.jobs.apply_worker_phase(running)
+        # A worker phase (or an LC report) sent before the spec went bad does not move it on.
+        running = WorkerPhase(ns, "bad", Stage.TRAIN, 1, "bad-train-1", "Running")
+        with pytest.raises(ReportRejected, match="failed validation"):
+            gm.jobs.apply_worker_phase(running)
 
-    # Resyncs: a metadata-only change (same spec generation) and an expired watch (a relist).
-    touched = user.apply(job("bad", dataset_name="nope", touched="yes"))
-    rv = touched["metadata"]["resourceVersion"]
-    wait_for(lambda: ("MODIFIED", rv) in seen, timeout=15, what="the GM to handle the label change")
-    fake.expire_watches()
-    user.apply(job("other", dataset_name="nope-either"))  # an event after the relist, to wait on
-    wait_for(lambda: len(conditions(fake, "other")) == 1, timeout=15, what="the other job's Failed")
-    assert conditions(fake, "bad") == [failed]
-    assert status_writes(fake, "bad") == writes_after_failure
+        # Resyncs: a metadata-only change (same spec generation), then the GM's API server goes
+        # away and comes back after etcd's compaction (410 Gone, a relist).
+        touched = user.apply(job("bad", dataset_name="nope", touched="yes"))
+        rv = touched["metadata"]["resourceVersion"]
+        wait_for(lambda: ("MODIFIED", rv) in seen, timeout=15, what="the GM to handle the label change")
+        server.stop()
+        user.apply(job("other", dataset_name="nope-either"))  # an event the relist delivers
+        k8s.compact()
+        server.start()
+        wait_for(lambda: len(conditions(k8s, ns, "other")) == 1, timeout=60, what="the other job's Failed")
+        assert conditions(k8s, ns, "bad") == [failed]
+        assert writes.count(key) == writes_after_failure
 
-    # The user fixes the spec (a new generation): validated again, and now it runs.
-    user.apply(dataset("ds"))
-    fixed = job("bad", dataset_name="ds", touched="yes")
-    user.apply(fixed)
-    wait_for(
-        lambda: stage_types(fake, "bad") == [("Train", "Failed"), ("Train", "Waiting")],
-        timeout=15,
-        what="the fixed job back in Train/Waiting",
-    )
+        # The user fixes the spec (a new generation): validated again, and now it runs.
+        user.apply(dataset("ds"))
+        user.apply(job("bad", dataset_name="ds", touched="yes"))
+        wait_for(
+            lambda: stage_types(k8s, ns, "bad") == [("Train", "Failed"), ("Train", "Waiting")],
+            timeout=15,
+            what="the fixed job back in Train/Waiting",
+        )
 
-    # Still invalid after a spec change: one new Failed for the new generation, with its reason.
-    user.apply(job("other", dataset_name="still-nope"))
-    wait_for(lambda: len(conditions(fake, "other")) == 2, timeout=15, what="a Failed for the new spec")
-    last = conditions(fake, "other")[-1]
-    assert (last["type"], last["reason"]) == ("Failed", "DatasetNotFound")
-    assert "still-nope" in last["message"]
+        # Still invalid after a spec change: one new Failed for the new generation, with its reason.
+        user.apply(job("other", dataset_name="still-nope"))
+        wait_for(lambda: len(conditions(k8s, ns, "other")) == 2, timeout=15, what="a Failed for the new spec")
+        last = conditions(k8s, ns, "other")[-1]
+        assert (last["type"], last["reason"]) == ("Failed", "DatasetNotFound")
+        assert "still-nope" in last["message"]
 
-    # A node that is no Node object is no failure: the job waits for it (Train/Waiting).
-    user.apply(job("waits", dataset_name="ds", node="no-such-node"))
-    wait_for(lambda: stage_types(fake, "waits") == [("Train", "Waiting")], timeout=15, what="the waiting job")
+        # A node that is no Node object is no failure: the job waits for it (Train/Waiting).
+        user.apply(job("waits", dataset_name="ds", node="no-such-node"))
+        wait_for(
+            lambda: stage_types(k8s, ns, "waits") == [("Train", "Waiting")],
+            timeout=15,
+            what="the waiting job",
+        )
+        gms.stop_all()  # before its API server goes
+        gms.started.clear()
 
 
-def test_k8s_gm_refuses_a_job_the_models_refuse_counts_it_and_drives_the_others_fake_api(
-    fake: FakeKubernetesApiServer, gms: GMs, user: KubernetesStore
+def test_k8s_gm_refuses_a_job_the_models_refuse_counts_it_and_drives_the_others_apiserver(
+    k8s: Cluster, ns: str, gms: GMs, user: KubernetesStore
 ) -> None:
     user.apply(dataset())
-    # A name the CRD (and Kubernetes) accept but the models refuse: its workers' names would be
-    # too long. Written straight to the API server, as kubectl or an older GM could have.
-    long_name = "j" * 240
-    fake.put(JOBS, job(long_name))
+    # A name the models refuse (its workers' names would be too long) that an older CRD, without
+    # the shipped CRD's limit of 63 characters, let the API server take.
+    refused_name = "j" * 240
+    with k8s.older_job_crd(ns):
+        k8s.custom().create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            "lifelonglearningjobs",
+            {**job(refused_name), "metadata": {"name": refused_name}},
+        )
     user.apply(job("good"))
     gm = gms.start("gm-a")
 
-    wait_for(lambda: stage_types(fake, "good") == [("Train", "Waiting")], timeout=15, what="the good job")
-    wait_for(lambda: len(conditions(fake, long_name)) == 1, timeout=15, what="the refused job's Failed")
-    [failed] = conditions(fake, long_name)
+    wait_for(lambda: stage_types(k8s, ns, "good") == [("Train", "Waiting")], timeout=15, what="the good job")
+    wait_for(lambda: len(conditions(k8s, ns, refused_name)) == 1, timeout=15, what="the refused job's Failed")
+    [failed] = conditions(k8s, ns, refused_name)
     assert (failed["stage"], failed["type"], failed["reason"]) == ("Train", "Failed", "Invalid")
     assert "metadata.name: is 240 characters" in failed["message"]
 
@@ -332,13 +347,13 @@ def test_k8s_gm_refuses_a_job_the_models_refuse_counts_it_and_drives_the_others_
     wait_for(lambda: refused() == 1, timeout=15, what="the refused job counted")
     # Its own status write (a new version) is neither counted again nor answered with a second Failed.
     user.apply(job("later"))
-    wait_for(lambda: stage_types(fake, "later") == [("Train", "Waiting")], timeout=15, what="a later job")
+    wait_for(lambda: stage_types(k8s, ns, "later") == [("Train", "Waiting")], timeout=15, what="a later job")
     assert refused() == 1
-    assert len(conditions(fake, long_name)) == 1
+    assert len(conditions(k8s, ns, refused_name)) == 1
 
 
-def test_k8s_gm_only_the_leader_acts_fake_api(
-    fake: FakeKubernetesApiServer, gms: GMs, user: KubernetesStore
+def test_k8s_gm_only_the_leader_acts_apiserver(
+    k8s: Cluster, ns: str, gms: GMs, user: KubernetesStore
 ) -> None:
     user.apply(dataset())
     a = gms.start("gm-a")
@@ -348,11 +363,13 @@ def test_k8s_gm_only_the_leader_acts_fake_api(
     b_events = handled_events(b)
 
     user.apply(job("j1"))
-    wait_for(lambda: stage_types(fake, "j1") == [("Train", "Waiting")], timeout=15, what="j1 Train/Waiting")
+    wait_for(
+        lambda: stage_types(k8s, ns, "j1") == [("Train", "Waiting")], timeout=15, what="j1 Train/Waiting"
+    )
     wait_for(
         lambda: b.elector is not None and b.elector.observed_holder == "gm-a", what="gm-b to read the Lease"
     )
-    assert lease_holder(fake) == "gm-a"
+    assert lease_holder(k8s, ns) == "gm-a"
     assert a.acting and not b.acting
     assert b_writes == [] and b_events == []
     assert not b.bus.connected  # a follower does not even connect to the broker
@@ -361,36 +378,84 @@ def test_k8s_gm_only_the_leader_acts_fake_api(
     # The leader stops (SIGTERM): it releases the Lease and the follower takes over at once.
     a.stop()
     wait_for(lambda: b.acting, timeout=15, what="gm-b to take over")
-    assert lease_holder(fake) == "gm-b"
+    assert lease_holder(k8s, ns) == "gm-b"
     wait_for(lambda: b.bus.connected, timeout=15, what="the new leader's bus")
     user.apply(job("j2"))
-    wait_for(lambda: stage_types(fake, "j2") == [("Train", "Waiting")], timeout=15, what="j2 by gm-b")
-    assert f"{KIND} {NS}/j2" in b_writes
-    assert stage_types(fake, "j1") == [("Train", "Waiting")]  # the takeover duplicated nothing
+    wait_for(lambda: stage_types(k8s, ns, "j2") == [("Train", "Waiting")], timeout=15, what="j2 by gm-b")
+    assert f"{KIND} {ns}/j2" in b_writes
+    assert stage_types(k8s, ns, "j1") == [("Train", "Waiting")]  # the takeover duplicated nothing
 
 
-def test_k8s_gm_leader_that_loses_the_lease_stops_acting_fake_api(
-    fake: FakeKubernetesApiServer, gms: GMs
+def test_k8s_gm_killed_leader_is_replaced_within_the_lease_time_apiserver(
+    k8s: Cluster, gms: GMs, user: KubernetesStore
 ) -> None:
+    """Two ``lifelong gm`` processes as the Deployment runs them (POD_NAME, POD_NAMESPACE, the
+    default lease timings); the leader is SIGKILLed, so it cannot release the Lease: the other
+    takes over once the lease expired, within the lease duration of the kill (plus a retry
+    period and the time to act), and handles no job a second time."""
+    lease = LeaderElectionSettings()  # lifelong gm's defaults (15 s, renew 10 s, retry 2 s)
+    ns, tmp_path = gms.namespace, gms.tmp
+
+    def gm_process(name: str) -> Process:
+        args = ["gm", "--broker", gms.broker.url, "--store", "kubernetes"]
+        args += ["--kubeconfig", str(gms.kubeconfig), "--api-port", str(free_port()), "--prefix", gms.prefix]
+        args += ["--state", str(tmp_path / f"{name}.gmstate")]
+        args += ["--resend-base", "0.5", "--resend-cap", "2", "--job-backoff-base", "1"]
+        return Process(name, args, tmp_path / name, env={"POD_NAME": name, "POD_NAMESPACE": ns})
+
+    user.apply(dataset())
+    user.apply(job("j1"))
+    a, b = gm_process("gm-a"), gm_process("gm-b")
+    a.start()
+    try:
+        wait_for(lambda: stage_types(k8s, ns, "j1") == [("Train", "Waiting")], timeout=60, what="gm-a to act")
+        assert lease_holder(k8s, ns) == "gm-a"
+        b.start()
+        user.apply(job("j2"))
+        wait_for(lambda: stage_types(k8s, ns, "j2") == [("Train", "Waiting")], timeout=30, what="j2 by gm-a")
+        a.kill()  # SIGKILL: no release of the Lease
+        killed = time.monotonic()
+        wait_for(
+            lambda: lease_holder(k8s, ns) == "gm-b",
+            timeout=lease.lease_duration + 2 * lease.retry_period + 10,
+            interval=0.1,
+            what="gm-b to take the Lease",
+        )
+        took_over = time.monotonic() - killed
+        assert took_over <= lease.lease_duration + 2 * lease.retry_period + 3, took_over
+        user.apply(job("j3"))
+        wait_for(lambda: stage_types(k8s, ns, "j3") == [("Train", "Waiting")], timeout=30, what="j3 by gm-b")
+        # Nothing handled twice: the jobs gm-a handled have their one condition, not a second.
+        assert stage_types(k8s, ns, "j1") == [("Train", "Waiting")]
+        assert stage_types(k8s, ns, "j2") == [("Train", "Waiting")]
+        b.check_alive()
+    finally:
+        for proc in (a, b):
+            if proc.alive():
+                proc.terminate()
+
+
+def test_k8s_gm_leader_that_loses_the_lease_stops_acting_apiserver(k8s: Cluster, ns: str, gms: GMs) -> None:
     gm = gms.start("gm-a")
     wait_for(lambda: gm.acting and gm.bus.connected, timeout=15, what="gm-a to lead and connect")
 
     # Another replica takes the Lease (as after a partition): gm-a cannot renew it.
-    lease = fake.get(LEASES, LEASE_NS, LEASE_NAME)
-    assert lease is not None
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    lease["spec"].update({"holderIdentity": "gm-elsewhere", "renewTime": now, "leaseDurationSeconds": 60})
-    fake.put(LEASES, lease)
+    client.CoordinationV1Api(k8s.admin()).patch_namespaced_lease(
+        LEASE_NAME,
+        ns,
+        {"spec": {"holderIdentity": "gm-elsewhere", "renewTime": now, "leaseDurationSeconds": 60}},
+    )
 
     wait_for(gm.lost_leadership.is_set, timeout=15, what="gm-a to notice it lost the lease")
     assert not gm.acting
     wait_for(lambda: not gm.bus.connected, what="gm-a's bus to disconnect")
     wait_for(lambda: not gm.running_threads, timeout=15, what="the watch and resend to end")
-    assert lease_holder(fake) == "gm-elsewhere"
+    assert lease_holder(k8s, ns) == "gm-elsewhere"
 
 
-def test_k8s_gm_leader_says_online_again_after_a_stale_offline_presence_fake_api(
-    fake: FakeKubernetesApiServer, gms: GMs, broker: Broker, prefix: str
+def test_k8s_gm_leader_says_online_again_after_a_stale_offline_presence_apiserver(
+    gms: GMs, broker: Broker, prefix: str
 ) -> None:
     """A previous leader's will (or its offline on shutdown) lands after the new leader said
     online: the leader says online again, so the retained presence ends up right."""
