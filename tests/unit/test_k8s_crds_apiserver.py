@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import k8s_objects as objects
 from harness.k8s_cluster import Cluster
 from kubernetes.client.exceptions import ApiException
 
@@ -31,25 +32,9 @@ SEDNA_EXAMPLES = [
 
 
 def job(name: str, *, train_prob: float = 0.8, check_period: int = 60, operator: str = ">") -> dict[str, Any]:
-    template = {"spec": {"nodeName": "edge-1", "containers": [{"name": "w", "image": "busybox"}]}}
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "LifelongLearningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "dataset": {"name": "ds", "trainProb": train_prob},
-            "trainSpec": {
-                "template": template,
-                "trigger": {
-                    "checkPeriodSeconds": check_period,
-                    "condition": {"operator": operator, "threshold": 5, "metric": "num_of_samples"},
-                },
-            },
-            "evalSpec": {"template": template},
-            "deploySpec": {"template": template},
-            "outputDir": "/out",
-        },
-    }
+    condition = {"operator": operator, "threshold": 5, "metric": "num_of_samples"}
+    trigger = {"checkPeriodSeconds": check_period, "condition": condition}
+    return objects.job(name, train_prob=train_prob, trigger=trigger)
 
 
 def test_k8s_openapi_validation_refuses_a_bad_job_at_apply_time_apiserver(k8s: Cluster, k8s_ns: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness import k8s_objects as objects
 from harness.brokers import Broker
 from harness.k8s_cluster import Cluster
 from harness.processes import Process
@@ -125,37 +126,11 @@ def gms(broker: Broker, kubeconfig: Path, tmp_path: Path, prefix: str, ns: str) 
         group.stop_all()
 
 
-def dataset(name: str = "ds", node: str = "edge-1") -> dict[str, Any]:
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "Dataset",
-        "metadata": {"name": name},
-        "spec": {"url": "/data/train.txt", "format": "txt", "nodeName": node},
-    }
+dataset = objects.dataset
 
 
 def job(name: str, dataset_name: str = "ds", node: str = "edge-1", **labels: str) -> dict[str, Any]:
-    def template() -> dict[str, Any]:
-        return {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "busybox"}]}}
-
-    meta: dict[str, Any] = {"name": name}
-    if labels:
-        meta["labels"] = labels
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": KIND,
-        "metadata": meta,
-        "spec": {
-            "dataset": {"name": dataset_name, "trainProb": 0.8},
-            "trainSpec": {  # the CRD requires a trigger
-                "template": template(),
-                "trigger": {"condition": {"operator": ">", "threshold": 5, "metric": "num_of_samples"}},
-            },
-            "evalSpec": {"template": template()},
-            "deploySpec": {"template": template()},
-            "outputDir": "/out",
-        },
-    }
+    return objects.job(name, dataset_name, (node, node, node), labels=labels)
 
 
 def read_job(k8s: Cluster, ns: str, name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import k8s_objects as objects
 from harness.k8s_cluster import Cluster
 from harness.waiting import wait_for
 from kubernetes import client
@@ -134,22 +135,7 @@ JOBS = ("sedna.io", "v1alpha1")
 
 def owner_job(k8s: Cluster, namespace: str, name: str = "atcii") -> dict[str, Any]:
     """The LifelongLearningJob the Pods belong to, created as the cluster admin."""
-    template = {"spec": {"nodeName": "edge-1", "containers": [{"name": "w", "image": "busybox"}]}}
-    body = {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "LifelongLearningJob",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "dataset": {"name": "ds", "trainProb": 0.8},
-            "trainSpec": {
-                "template": template,
-                "trigger": {"condition": {"operator": ">", "threshold": 5, "metric": "num_of_samples"}},
-            },
-            "evalSpec": {"template": template},
-            "deploySpec": {"template": template},
-            "outputDir": "/out",
-        },
-    }
+    body = objects.job(name)
     created: dict[str, Any] = k8s.custom().create_namespaced_custom_object(
         *JOBS, namespace, "lifelonglearningjobs", body
     )

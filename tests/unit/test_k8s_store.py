@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import k8s_objects as objects
 from harness.k8s_cluster import NOBODY_TOKEN, Cluster
 from harness.waiting import wait_for
 
@@ -88,33 +89,10 @@ class Interloper:
 
 
 def dataset(name: str, url: str = "/data/a.txt", node: str = "edge-1") -> dict[str, Any]:
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "Dataset",
-        "metadata": {"name": name},
-        "spec": {"url": url, "format": "txt", "nodeName": node},
-    }
+    return objects.dataset(name, node, url)
 
 
-TRIGGER = {"condition": {"operator": ">", "threshold": 5, "metric": "num_of_samples"}}
-
-
-def job(name: str, dataset_name: str = "ds", nodes: tuple[str, str, str] = ("edge-1",) * 3) -> dict[str, Any]:
-    def template(node: str) -> dict[str, Any]:
-        return {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "busybox"}]}}
-
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "LifelongLearningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "dataset": {"name": dataset_name, "trainProb": 0.8},
-            "trainSpec": {"template": template(nodes[0]), "trigger": TRIGGER},  # the CRD requires one
-            "evalSpec": {"template": template(nodes[1])},
-            "deploySpec": {"template": template(nodes[2])},
-            "outputDir": "/out",
-        },
-    }
+job = objects.job
 
 
 def model(obj: dict[str, Any], namespace: str) -> LifelongLearningJob:
