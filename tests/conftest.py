@@ -9,8 +9,9 @@ the run instead of quietly testing one broker only.
 ``k8s`` is etcd, kube-apiserver and kube-controller-manager (``harness/k8s_cluster.py``), started
 once per pytest process (so once per xdist worker that runs such a test, each its own: nothing
 is shared between processes, so no worker stops a server another still uses, and each worker's
-reaper stops its own). Without the binaries and without Go to build them, the tests that use it
-skip saying why; with ``LIFELONG_REQUIRE_K8S=1`` (set by CI) they fail instead.
+reaper stops its own; a start takes about 6 s). Without the binaries (no Go toolchain, or not
+built yet: ``make test`` builds them first) the tests that use it skip saying why; with
+``LIFELONG_REQUIRE_K8S=1`` (set by CI) they fail instead.
 """
 
 from __future__ import annotations
