@@ -30,7 +30,16 @@ $(STAMP): $(BIN)/python
 
 venv: $(STAMP)
 
+# The Kubernetes-mode tests run against a real etcd and kube-apiserver built from tests/k8s by
+# tests/k8s/build.sh, once per go.sum into a cache outside the repository (a cold build takes
+# 8-13 minutes on 2 cores; then seconds). Without Go they are skipped, and this says so.
 test: $(STAMP)
+	@if [ -z "$$LIFELONG_K8S_BIN_DIR" ] && command -v go >/dev/null 2>&1; then \
+	  LIFELONG_K8S_BIN_DIR="$$(bash tests/k8s/build.sh | tail -n 1)" || exit 1; \
+	  export LIFELONG_K8S_BIN_DIR; \
+	elif [ -z "$$LIFELONG_K8S_BIN_DIR" ]; then \
+	  echo "make test: no Go toolchain, so the Kubernetes-mode tests (a real kube-apiserver and etcd, tests/k8s) are skipped"; \
+	fi; \
 	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 lint: $(STAMP)

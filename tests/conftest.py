@@ -1,9 +1,17 @@
-"""Shared fixtures: real brokers for every test that needs one.
+"""Shared fixtures: real brokers for every test that needs one, and a real Kubernetes control
+plane (``k8s``) for the Kubernetes-mode tests.
 
 ``broker`` is parametrised over every broker this machine can run: Debian's mosquitto
 binary (or testcontainers' eclipse-mosquitto where Docker works), and the embedded amqtt
 broker always. With ``LIFELONG_REQUIRE_MOSQUITTO=1`` (set by CI) a missing mosquitto fails
 the run instead of quietly testing one broker only.
+
+``k8s`` is etcd, kube-apiserver and kube-controller-manager (``harness/k8s_cluster.py``), started
+once per pytest process (so once per xdist worker that runs such a test, each its own: nothing
+is shared between processes, so no worker stops a server another still uses, and each worker's
+reaper stops its own; a start takes about 6 s). Without the binaries (no Go toolchain, or not
+built yet: ``make test`` builds them first) the tests that use it skip saying why; with
+``LIFELONG_REQUIRE_K8S=1`` (set by CI) they fail instead.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 import pytest
 from harness import reaper
 from harness.brokers import Broker, Users, available_kinds, make_broker
+from harness.k8s_cluster import Cluster, Unavailable, binaries
 
 ALL_KINDS = ("mosquitto", "amqtt")
 
@@ -25,6 +34,33 @@ def _no_process_outlives_the_session() -> Iterator[None]:
     """Kill what a failed set-up left running (``harness/reaper.py``)."""
     yield
     reaper.reap()
+
+
+@pytest.fixture(scope="session")
+def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A running Kubernetes control plane with the project's CRDs Established (one per process)."""
+    try:
+        bin_dir = binaries()
+    except Unavailable as exc:
+        if os.environ.get("LIFELONG_REQUIRE_K8S") == "1":
+            pytest.fail(f"LIFELONG_REQUIRE_K8S=1 but {exc}")
+        pytest.skip(f"no Kubernetes control plane: {exc}")
+    cluster = Cluster(bin_dir, tmp_path_factory.mktemp("k8s"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def k8s_ns(k8s: Cluster) -> Iterator[str]:
+    """A fresh namespace on the ``k8s`` cluster; it and what is in it are deleted after the test."""
+    name = k8s.namespace()
+    try:
+        yield name
+    finally:
+        k8s.delete_namespace(name)
 
 
 def _broker_params() -> list[object]:

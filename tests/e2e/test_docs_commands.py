@@ -10,10 +10,11 @@ file runs each marked kind:
   scratch copy of the YAML block marked ``<!-- client config file: ... -->`` (``lifelong config``
   speaks to no GM); each line's output is checked;
 * ``<!-- commands: kubernetes -->``: line by line by ``sh`` in a scratch folder (holding a link
-  to ``deploy/``); ``kubectl`` lines get ``--dry-run=client`` and a FAKE API server
-  (tests/harness/fake_k8s.py, discovery only, nothing stored; ``apply`` also
-  ``--validate=false``, the fake serves no schema), so they check what kubectl builds, not what
-  a cluster admits;
+  to ``deploy/``); ``kubectl`` lines run as written against a REAL kube-apiserver with etcd (the
+  ``k8s`` fixture, tests/harness/k8s_cluster.py; only ``--kubeconfig`` and ``-o json`` are
+  added), so the namespace, the Secrets and everything ``apply -k`` sends are admitted and
+  stored by the server (no kubelet or scheduler runs: nothing starts); the namespace is deleted
+  after;
 * ``<!-- commands: edge-install -->``: as one ``sh -e`` script in a copy of the repository with
   ``/opt/lifelong`` moved to a scratch folder (a real ``pip install`` from the package index),
   then ``systemd-analyze verify`` on the shipped unit pointed at that folder;
@@ -42,9 +43,10 @@ import pytest
 import yaml
 from harness.brokers import Broker, make_broker
 from harness.deploy import copy_build_context, run_shell
-from harness.fake_k8s import FakeKubernetesApiServer
+from harness.k8s_cluster import SHIPPED_NAMESPACE, Cluster
 from harness.processes import GMProcess
 from harness.waiting import wait_for
+from kubernetes import client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lifelong.common.codec import encode
@@ -267,7 +269,7 @@ def test_every_command_block_in_operations_is_run_or_says_why_not() -> None:
     assert {m for m, _ in blocks} >= set(KINDS)
 
 
-def test_kubernetes_commands_in_the_docs_run_as_written(tmp_path: Path) -> None:
+def test_kubernetes_commands_in_the_docs_run_as_written(k8s: Cluster, tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (Debian: apt-get install kubernetes-client)")
@@ -278,16 +280,11 @@ def test_kubernetes_commands_in_the_docs_run_as_written(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "deploy").symlink_to(ROOT / "deploy")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
     outputs: dict[str, str] = {}
-    with FakeKubernetesApiServer() as server:
+    try:
         for line in block.strip().splitlines():
             if line.startswith("kubectl "):
-                argv = [kubectl, "--kubeconfig", str(kubeconfig), "--server", server.url]
-                argv += [*shlex.split(line)[1:], "--dry-run=client", "-o", "json"]
-                if " apply " in f" {line} ":
-                    argv.append("--validate=false")
+                argv = [kubectl, "--kubeconfig", str(k8s.kubeconfig), *shlex.split(line)[1:], "-o", "json"]
                 done = subprocess.run(
                     argv, cwd=work, capture_output=True, text=True, timeout=120, check=False
                 )
@@ -295,7 +292,11 @@ def test_kubernetes_commands_in_the_docs_run_as_written(tmp_path: Path) -> None:
                 done = run_shell(line, cwd=work, timeout=120)
             assert done.returncode == 0, f"{line}: {done.stderr}"
             outputs[line] = done.stdout
-        assert not any(m in ("POST", "PUT", "PATCH", "DELETE") for m, _ in server.requests)
+        # Stored, as a cluster would run them: the GM's Deployment with its ServiceAccount.
+        stored = client.AppsV1Api(k8s.admin()).read_namespaced_deployment("lifelong-gm", SHIPPED_NAMESPACE)
+        assert stored.spec.template.spec.service_account_name == "lifelong-gm"
+    finally:
+        k8s.delete_namespace(SHIPPED_NAMESPACE, wait=True)
 
     # The users and the certificate are what the broker and the edges need.
     users = [row.split(":")[0] for row in (work / "passwd").read_text().splitlines()]

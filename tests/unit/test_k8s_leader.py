@@ -1,43 +1,52 @@
-"""Leader election over a Lease, against a FAKE Kubernetes API server (tests/harness/fake_k8s.py).
-
-The fake stores the Lease and enforces resourceVersion preconditions as the real server
-does; it is not Kubernetes. Durations are short so the tests are quick; the tests wait on
-conditions with deadlines, never for fixed times.
+"""Leader election over a Lease, against a REAL kube-apiserver with etcd (the ``k8s`` fixture,
+tests/harness/k8s_cluster.py). Every elector authenticates as the GM's ServiceAccount with the
+RBAC of deploy/k8s/gm-rbac.yaml (create Leases; get and update only the Lease ``lifelong-gm``),
+so the elector's requests are the ones the shipped Role allows. Durations are short so the tests
+are quick; the tests wait on conditions with deadlines, never for fixed times.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from harness.fake_k8s import FakeKubernetesApiServer
+from harness.k8s_cluster import Cluster
 from harness.waiting import wait_for
 from kubernetes import client
 
 from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector
 
-LEASES = "coordination.k8s.io/v1/leases"
-FAST = LeaderElectionSettings(
-    lease_name="gm",
-    namespace="lifelong",
-    lease_duration=2.0,
-    renew_deadline=1.5,
-    retry_period=0.1,
-    request_timeout=1.0,
-)
+LEASE = "lifelong-gm"  # the name gm-rbac.yaml's Role lets the GM get and update
+
+
+def fast(namespace: str) -> LeaderElectionSettings:
+    return LeaderElectionSettings(
+        lease_name=LEASE,
+        namespace=namespace,
+        lease_duration=2.0,
+        renew_deadline=1.5,
+        retry_period=0.1,
+        request_timeout=1.0,
+    )
 
 
 class Tracker:
     """Who leads now, and the most replicas that ever led at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, k8s: Cluster, namespace: str, kubeconfig: Path) -> None:
+        self.k8s = k8s
+        self.namespace = namespace
+        self.token = k8s.sa_token(kubeconfig)
         self.lock = threading.Lock()
         self.leaders: set[str] = set()
         self.max_leaders = 0
         self.history: list[tuple[str, str]] = []
+        self.clients: list[Any] = []
 
-    def elector(self, fake: FakeKubernetesApiServer, name: str) -> LeaderElector:
+    def elector(self, name: str, url: str | None = None) -> LeaderElector:
         def started() -> None:
             with self.lock:
                 self.leaders.add(name)
@@ -49,10 +58,12 @@ class Tracker:
                 self.leaders.discard(name)
                 self.history.append(("stopped", name))
 
+        api = self.k8s.api_client(url, token=self.token)
+        self.clients.append(api)
         return LeaderElector(
-            client.CoordinationV1Api(fake.api_client()),
+            client.CoordinationV1Api(api),
             identity=name,
-            settings=FAST,
+            settings=fast(self.namespace),
             on_started_leading=started,
             on_stopped_leading=stopped,
         )
@@ -61,41 +72,50 @@ class Tracker:
         with self.lock:
             return set(self.leaders)
 
+    def close(self) -> None:
+        for api in self.clients:
+            api.close()
+
 
 @pytest.fixture
-def fake() -> Iterator[FakeKubernetesApiServer]:
-    with FakeKubernetesApiServer() as server:
-        yield server
+def tracker(k8s: Cluster, k8s_ns: str, tmp_path: Path) -> Iterator[Tracker]:
+    t = Tracker(k8s, k8s_ns, k8s.gm_kubeconfig(k8s_ns, tmp_path / "gm.kubeconfig"))
+    try:
+        yield t
+    finally:
+        t.close()
 
 
-def holder(fake: FakeKubernetesApiServer) -> str | None:
-    lease = fake.get(LEASES, "lifelong", "gm")
-    return lease["spec"].get("holderIdentity") if lease else None
+def lease(k8s: Cluster, namespace: str) -> Any:
+    return client.CoordinationV1Api(k8s.admin()).read_namespaced_lease(LEASE, namespace)
 
 
-def renewals_of(fake: FakeKubernetesApiServer, n: int) -> None:
-    """Wait until the Lease has been written ``n`` more times (the leader renewing)."""
-    lease = fake.get(LEASES, "lifelong", "gm")
-    assert lease is not None
-    start = int(lease["metadata"]["resourceVersion"])
+def holder(k8s: Cluster, namespace: str) -> str | None:
+    return lease(k8s, namespace).spec.holder_identity or None
+
+
+def renewals_of(k8s: Cluster, namespace: str, n: int) -> None:
+    """Wait until the leader has renewed the Lease ``n`` more times (its renewTime moved on)."""
+    times = {lease(k8s, namespace).spec.renew_time}
 
     def renewed() -> bool:
-        now = fake.get(LEASES, "lifelong", "gm")
-        return now is not None and int(now["metadata"]["resourceVersion"]) >= start + n
+        times.add(lease(k8s, namespace).spec.renew_time)
+        return len(times) > n
 
-    wait_for(renewed, timeout=10, what=f"{n} lease renewals")
+    wait_for(renewed, timeout=10, interval=0.01, what=f"{n} lease renewals")
 
 
-def test_k8s_leader_only_one_leads_and_other_takes_over_fake_api(fake: FakeKubernetesApiServer) -> None:
-    tracker = Tracker()
-    a, b = tracker.elector(fake, "gm-a"), tracker.elector(fake, "gm-b")
+def test_k8s_leader_only_one_leads_and_other_takes_over_apiserver(
+    tracker: Tracker, k8s: Cluster, k8s_ns: str
+) -> None:
+    a, b = tracker.elector("gm-a"), tracker.elector("gm-b")
     a.start()
     b.start()
     try:
         wait_for(lambda: len(tracker.current()) == 1, what="a leader")
         first = next(iter(tracker.current()))
-        assert holder(fake) == first
-        renewals_of(fake, 5)  # several lease durations' worth of renewals: still one leader
+        assert holder(k8s, k8s_ns) == first
+        renewals_of(k8s, k8s_ns, 5)  # several renewals, over a lease duration: still one leader
         assert tracker.current() == {first} and tracker.max_leaders == 1
         leader, follower = (a, b) if first == "gm-a" else (b, a)
         assert leader.is_leader and not follower.is_leader
@@ -103,47 +123,47 @@ def test_k8s_leader_only_one_leads_and_other_takes_over_fake_api(fake: FakeKuber
         # The leader dies without releasing: the other takes over once the lease expired.
         leader.stop(release=False)
         wait_for(lambda: tracker.current() == {follower.identity}, timeout=10, what="the takeover")
-        assert holder(fake) == follower.identity
+        assert holder(k8s, k8s_ns) == follower.identity
         assert tracker.max_leaders == 1
-        lease = fake.get(LEASES, "lifelong", "gm")
-        assert lease is not None and lease["spec"]["leaseTransitions"] == 1
+        assert lease(k8s, k8s_ns).spec.lease_transitions == 1
     finally:
         a.stop()
         b.stop()
 
 
-def test_k8s_leader_release_hands_over_fast_fake_api(fake: FakeKubernetesApiServer) -> None:
-    tracker = Tracker()
-    a = tracker.elector(fake, "gm-a")
+def test_k8s_leader_release_hands_over_fast_apiserver(tracker: Tracker, k8s: Cluster, k8s_ns: str) -> None:
+    a = tracker.elector("gm-a")
     a.start()
     assert a.wait_for_leadership(timeout=5)
-    b = tracker.elector(fake, "gm-b")
+    b = tracker.elector("gm-b")
     b.start()
     try:
-        renewals_of(fake, 3)
+        renewals_of(k8s, k8s_ns, 3)
         assert not b.is_leader
         a.stop()  # releases the lease: empty holder
         assert tracker.history[-1] == ("stopped", "gm-a")
-        assert b.wait_for_leadership(timeout=FAST.lease_duration)  # no need to wait out the lease
+        assert b.wait_for_leadership(timeout=fast(k8s_ns).lease_duration)  # no need to wait out the lease
         assert tracker.max_leaders == 1
     finally:
         a.stop()
         b.stop()
 
 
-def test_k8s_leader_stops_leading_when_renewals_fail_fake_api(fake: FakeKubernetesApiServer) -> None:
-    tracker = Tracker()
-    a = tracker.elector(fake, "gm-a")
-    a.start()
-    try:
-        assert a.wait_for_leadership(timeout=5)
-        fake.fail_next("PUT", "/leases/gm", 500, times=10_000)
-        wait_for(lambda: ("stopped", "gm-a") in tracker.history, timeout=10, what="leadership lost")
-        assert not a.is_leader
-        fake.clear_faults()  # the API server is healthy again: it leads again
-        assert a.wait_for_leadership(timeout=10)
-    finally:
-        a.stop()
+def test_k8s_leader_stops_leading_when_renewals_fail_apiserver(tracker: Tracker, k8s: Cluster) -> None:
+    """The leader's API server goes away: it cannot renew and stops leading within the renew
+    deadline; when its API server is back, it leads again."""
+    with k8s.second_apiserver() as server:
+        a = tracker.elector("gm-a", url=server.url)
+        a.start()
+        try:
+            assert a.wait_for_leadership(timeout=10)
+            server.stop()
+            wait_for(lambda: ("stopped", "gm-a") in tracker.history, timeout=10, what="leadership lost")
+            assert not a.is_leader
+            server.start()  # the API server is back: it leads again
+            assert a.wait_for_leadership(timeout=20)
+        finally:
+            a.stop()
 
 
 def test_k8s_leader_settings_are_checked() -> None:

@@ -3,11 +3,9 @@ and kustomize renders them; so does the overlay deploy/k8s-edge-tls (the broker 
 edge nodes outside the cluster over TLS).
 
 Rendering uses the ``kubectl`` binary (Debian's ``kubernetes-client``) and is skipped, with
-the reason, where it is missing. ``kubectl apply --dry-run=client`` needs an API server for
-discovery even in client mode; it is given a FAKE one (tests/harness/fake_k8s.py, discovery
-only, nothing is stored) and runs with ``--validate=false`` because the fake serves no
-OpenAPI schema. So this checks that kustomize and kubectl accept and map every object, not
-that a real cluster would admit them.
+the reason, where it is missing. ``kubectl apply --server-side --dry-run=server -k deploy/k8s``
+runs against a REAL kube-apiserver (the ``k8s`` fixture, tests/harness/k8s_cluster.py): the
+server validates every object against its OpenAPI schema and admission, and stores nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +13,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from harness.fake_k8s import FakeKubernetesApiServer
+from harness.k8s_cluster import SHIPPED_NAMESPACE, Cluster
+from kubernetes import client
 
 from lifelong.cloud.leader import LeaderElectionSettings
 
@@ -245,37 +243,30 @@ def test_k8s_kustomize_renders() -> None:
     assert gm["spec"]["template"]["spec"]["containers"][0]["image"] == "lifelong:0.1.0"
 
 
-@pytest.fixture
-def discovery_server() -> Iterator[FakeKubernetesApiServer]:
-    with FakeKubernetesApiServer() as server:
-        yield server
-
-
-def test_k8s_kubectl_apply_dry_run_renders_fake_api(
-    discovery_server: FakeKubernetesApiServer, tmp_path: Path
-) -> None:
-    """``kubectl apply -k deploy/k8s --dry-run=client -o yaml``, discovery from a FAKE API server."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
-    cmd = [
-        kubectl(),
-        "--kubeconfig",
-        str(kubeconfig),
-        "--server",
-        discovery_server.url,
-        "apply",
-        "-k",
-        str(K8S),
-        "--dry-run=client",
-        "--validate=false",
-        "-o",
-        "yaml",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    rendered = yaml.load(out.stdout, Loader=_Yaml12Loader)
-    assert len(rendered["items"]) == 16
-    assert not any(m in ("POST", "PUT", "PATCH", "DELETE") for m, _ in discovery_server.requests)
+def test_k8s_kubectl_server_side_dry_run_apply_apiserver(k8s: Cluster, tmp_path: Path) -> None:
+    """``kubectl apply --server-side --dry-run=server -k deploy/k8s`` as the cluster admin: a real
+    API server admits every object (schemas, RBAC objects, the Deployments) and stores none."""
+    kubectl_path = kubectl()
+    # A server-side dry run creates no Namespace, so the namespaced objects need it to exist.
+    k8s.ensure_namespace(SHIPPED_NAMESPACE)
+    try:
+        cmd = [kubectl_path, "--kubeconfig", str(k8s.kubeconfig), "apply", "--server-side"]
+        cmd += ["--dry-run=server", "-k", str(K8S), "-o", "yaml"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        rendered = yaml.load(out.stdout, Loader=_Yaml12Loader)
+        assert len(rendered["items"]) == 16
+        gm = next(
+            i
+            for i in rendered["items"]
+            if i["kind"] == "Deployment" and i["metadata"]["name"] == "lifelong-gm"
+        )
+        assert gm["metadata"]["namespace"] == SHIPPED_NAMESPACE
+        assert gm["metadata"].get("uid")  # the server's answer, with its defaults, not the input
+        apps = client.AppsV1Api(k8s.admin())
+        assert apps.list_namespaced_deployment(SHIPPED_NAMESPACE).items == []  # a dry run stores nothing
+    finally:
+        k8s.delete_namespace(SHIPPED_NAMESPACE, wait=True)
 
 
 def test_k8s_edge_tls_overlay_exposes_only_the_tls_listener() -> None:

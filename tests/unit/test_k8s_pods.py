@@ -1,17 +1,23 @@
-"""The Pods worker runtime against a FAKE Kubernetes API server (tests/harness/fake_k8s.py).
+"""The Pods worker runtime against a REAL kube-apiserver with etcd and kube-controller-manager's
+garbage collector (the ``k8s`` fixture, tests/harness/k8s_cluster.py), as the GM's
+ServiceAccount with the RBAC of deploy/k8s/gm-rbac.yaml.
 
-The fake is not Kubernetes: no kubelet runs the Pods. Tests play the kubelet by writing
-a Pod's status into the fake (``fake.put``) and check the phases the runtime reports.
+No kubelet runs, so no Pod ever runs: the tests do what a kubelet would and say so
+(``Cluster.kubelet`` writes a Pod's phase and exit code through the status subresource;
+``Cluster.kubelet_finishes_deletion`` removes a Pod marked for deletion). The Pods' owner is a
+real LifelongLearningJob (created first; the garbage collector deletes Pods whose owner is gone).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.fake_k8s import FakeKubernetesApiServer
+from harness import k8s_objects as objects
+from harness.k8s_cluster import Cluster
 from harness.waiting import wait_for
 from kubernetes import client
 
@@ -124,77 +130,130 @@ def test_k8s_phase_of_pod_reads_exit_codes() -> None:
     assert phase_of_pod({"metadata": {"name": "other", "labels": {}}}) is None
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeKubernetesApiServer]:
-    with FakeKubernetesApiServer() as server:
-        yield server
+JOBS = ("sedna.io", "v1alpha1")
 
 
-@pytest.fixture
-def runtime(fake: FakeKubernetesApiServer) -> Iterator[KubernetesPodsRuntime]:
-    api = fake.api_client()
-    rt = KubernetesPodsRuntime(
-        client.CoreV1Api(api),
-        settings=PodsRuntimeSettings(watch_timeout=2, request_timeout=5.0, error_backoff_max=0.2),
+def owner_job(k8s: Cluster, namespace: str, name: str = "atcii") -> dict[str, Any]:
+    """The LifelongLearningJob the Pods belong to, created as the cluster admin."""
+    body = objects.job(name)
+    created: dict[str, Any] = k8s.custom().create_namespaced_custom_object(
+        *JOBS, namespace, "lifelonglearningjobs", body
     )
+    return created
+
+
+def real_worker(namespace: str, uid: str, stage: Stage = Stage.TRAIN) -> WorkerSpec:
+    return WorkerSpec(
+        job_namespace=namespace,
+        job_name="atcii",
+        job_uid=uid,
+        stage=stage,
+        round=1,
+        template=template(),
+        env={**ENV, "NAMESPACE": namespace},
+    )
+
+
+def contains(actual: Any, expected: Any, path: str = "") -> None:
+    """``expected`` is in ``actual``: every field given is there and equal (the API server adds
+    its defaults: dnsPolicy, imagePullPolicy, the ServiceAccount token volume...)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{path}: {actual!r} is no object"
+        for key, value in expected.items():
+            assert key in actual, f"{path}.{key} is missing"
+            contains(actual[key], value, f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), f"{path}: {actual!r}"
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            contains(a, e, f"{path}[{i}]")
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+def make_runtime(
+    k8s: Cluster, kubeconfig: Path, namespace: str, url: str | None = None
+) -> KubernetesPodsRuntime:
+    api = k8s.api_client(url, token=k8s.sa_token(kubeconfig))
+    return KubernetesPodsRuntime(
+        client.CoreV1Api(api),
+        settings=PodsRuntimeSettings(
+            namespace=namespace, watch_timeout=2, request_timeout=5.0, error_backoff_max=0.5
+        ),
+    )
+
+
+@pytest.fixture
+def gm_kubeconfig(k8s: Cluster, k8s_ns: str, tmp_path: Path) -> Path:
+    return k8s.gm_kubeconfig(k8s_ns, tmp_path / "gm.kubeconfig")
+
+
+@pytest.fixture
+def runtime(k8s: Cluster, k8s_ns: str, gm_kubeconfig: Path) -> Iterator[KubernetesPodsRuntime]:
+    rt = make_runtime(k8s, gm_kubeconfig, k8s_ns)
     try:
         yield rt
     finally:
         rt.close()
-        api.close()
+        rt._core.api_client.close()
 
 
-def kubelet(fake: FakeKubernetesApiServer, name: str, phase: str, exit_code: int | None = None) -> None:
-    """Play the kubelet: write the Pod's status."""
-    pod = fake.get(PODS, "default", name)
-    assert pod is not None
-    status: dict[str, Any] = {"phase": phase}
-    if exit_code is not None:
-        status["containerStatuses"] = [
-            {
-                "name": "train",
-                "ready": False,
-                "restartCount": 0,
-                "image": "i",
-                "imageID": "",
-                "state": {"terminated": {"exitCode": exit_code}},
-            }
-        ]
-    pod["status"] = status
-    fake.put(PODS, pod)
+def pods(k8s: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    listed = k8s.core().list_namespaced_pod(namespace)
+    return {p.metadata.name: k8s.admin().sanitize_for_serialization(p) for p in listed.items}
 
 
-def test_k8s_pods_created_from_templates_fake_api(
-    runtime: KubernetesPodsRuntime, fake: FakeKubernetesApiServer
+def test_k8s_pods_created_from_templates_apiserver(
+    runtime: KubernetesPodsRuntime, k8s: Cluster, k8s_ns: str
 ) -> None:
-    spec = worker()
+    uid = owner_job(k8s, k8s_ns)["metadata"]["uid"]
+    spec = real_worker(k8s_ns, uid)
     runtime.ensure_worker(spec)
     runtime.ensure_worker(spec)  # idempotent: 409 AlreadyExists is fine
-    pods = fake.list(PODS)
-    assert [p["metadata"]["name"] for p in pods] == ["atcii-train-1"]
-    created = pods[0]
+    assert list(pods(k8s, k8s_ns)) == ["atcii-train-1"]
+    created = pods(k8s, k8s_ns)["atcii-train-1"]
     expected = build_pod(spec)
     assert created["metadata"]["labels"] == expected["metadata"]["labels"]
     assert created["metadata"]["ownerReferences"] == expected["metadata"]["ownerReferences"]
-    assert created["spec"] == expected["spec"]
+    contains(created["spec"], expected["spec"])  # admitted as built, defaults added
+    assert created["status"]["phase"] == "Pending"  # no kubelet: it never runs by itself
 
-    runtime.ensure_worker(worker(Stage.EVAL))
-    fake.put(
-        PODS,
+    runtime.ensure_worker(real_worker(k8s_ns, uid, Stage.EVAL))
+    k8s.core().create_namespaced_pod(
+        k8s_ns,
         {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "unrelated", "labels": {"a": "b"}},
-            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "spec": {"nodeName": "edge-1", "containers": [{"name": "c", "image": "i"}]},
         },
     )
-    runtime.delete_workers("default", "atcii")
-    assert [p["metadata"]["name"] for p in fake.list(PODS)] == ["unrelated"]
+    runtime.delete_workers(k8s_ns, "atcii")
+    # The API server marks a Pod bound to a node for deletion; its kubelet (played here) ends it.
+    marked = {n for n, p in pods(k8s, k8s_ns).items() if p["metadata"].get("deletionTimestamp")}
+    assert marked == {"atcii-train-1", "atcii-eval-1"}
+    assert k8s.kubelet_finishes_deletion(k8s_ns) == ["atcii-eval-1", "atcii-train-1"]
+    assert list(pods(k8s, k8s_ns)) == ["unrelated"]
 
 
-def test_k8s_pod_phases_reported_fake_api(
-    runtime: KubernetesPodsRuntime, fake: FakeKubernetesApiServer
+def test_k8s_pods_of_a_deleted_job_are_garbage_collected_apiserver(
+    runtime: KubernetesPodsRuntime, k8s: Cluster, k8s_ns: str
 ) -> None:
+    """The Pods' ownerReferences are right: kube-controller-manager's garbage collector deletes
+    them when their LifelongLearningJob is deleted (nothing of the GM's takes part)."""
+    uid = owner_job(k8s, k8s_ns)["metadata"]["uid"]
+    runtime.ensure_worker(real_worker(k8s_ns, uid))
+    runtime.ensure_worker(real_worker(k8s_ns, uid, Stage.EVAL))
+    k8s.custom().delete_namespaced_custom_object(*JOBS, k8s_ns, "lifelonglearningjobs", "atcii")
+
+    def collected() -> bool:
+        left = pods(k8s, k8s_ns)
+        k8s.kubelet_finishes_deletion(k8s_ns)  # the kubelet's part of a deletion
+        return not left
+
+    wait_for(collected, timeout=60, interval=0.2, what="the garbage collector to delete the job's Pods")
+
+
+def test_k8s_pod_phases_reported_apiserver(k8s: Cluster, k8s_ns: str, gm_kubeconfig: Path) -> None:
     seen: list[WorkerPhase] = []
     lock = threading.Lock()
 
@@ -206,21 +265,33 @@ def test_k8s_pod_phases_reported_fake_api(
         with lock:
             return [(p.worker, p.phase, p.exit_code) for p in seen]
 
-    runtime.ensure_worker(worker())  # exists before the watch starts: reported from the list
-    runtime.set_phase_handler(on_phase)
-    wait_for(lambda: phases() == [("atcii-train-1", "Pending", None)], what="Pending from the list")
+    uid = owner_job(k8s, k8s_ns)["metadata"]["uid"]
+    with k8s.second_apiserver() as server:
+        runtime = make_runtime(k8s, gm_kubeconfig, k8s_ns, url=server.url)
+        try:
+            runtime.ensure_worker(real_worker(k8s_ns, uid))  # exists before the watch: from the list
+            runtime.set_phase_handler(on_phase)
+            wait_for(lambda: phases() == [("atcii-train-1", "Pending", None)], what="Pending from the list")
 
-    kubelet(fake, "atcii-train-1", "Running")
-    kubelet(fake, "atcii-train-1", "Running")  # no change of phase: not reported again
-    kubelet(fake, "atcii-train-1", "Succeeded", 0)
-    wait_for(lambda: len(phases()) == 3, what="Running and Succeeded")
-    assert phases()[1:] == [("atcii-train-1", "Running", None), ("atcii-train-1", "Succeeded", 0)]
-    assert seen[-1].stage == Stage.TRAIN and seen[-1].round == 1 and seen[-1].job_name == "atcii"
+            k8s.kubelet(k8s_ns, "atcii-train-1", "Running")
+            k8s.kubelet(k8s_ns, "atcii-train-1", "Running")  # no change of phase: not reported again
+            k8s.kubelet(k8s_ns, "atcii-train-1", "Succeeded", 0)
+            wait_for(lambda: len(phases()) == 3, what="Running and Succeeded")
+            assert phases()[1:] == [("atcii-train-1", "Running", None), ("atcii-train-1", "Succeeded", 0)]
+            assert seen[-1].stage == Stage.TRAIN and seen[-1].round == 1 and seen[-1].job_name == "atcii"
 
-    runtime.ensure_worker(worker(Stage.EVAL))
-    wait_for(lambda: ("atcii-eval-1", "Pending", None) in phases(), what="the eval pod")
-    fake.compact()
-    fake.expire_watches()  # the runtime relists and goes on
-    kubelet(fake, "atcii-eval-1", "Failed", 2)
-    wait_for(lambda: ("atcii-eval-1", "Failed", 2) in phases(), what="Failed after the 410")
-    assert phases().count(("atcii-train-1", "Succeeded", 0)) == 1  # the relist did not repeat it
+            runtime.ensure_worker(real_worker(k8s_ns, uid, Stage.EVAL))
+            wait_for(lambda: ("atcii-eval-1", "Pending", None) in phases(), what="the eval pod")
+            # The runtime's API server goes away; the Pod fails meanwhile; etcd is compacted. The
+            # restarted server cannot serve the old resourceVersion (410 Gone): the runtime relists.
+            server.stop()
+            k8s.kubelet(k8s_ns, "atcii-eval-1", "Failed", 2)
+            k8s.compact()
+            server.start()
+            wait_for(
+                lambda: ("atcii-eval-1", "Failed", 2) in phases(), timeout=60, what="Failed after the 410"
+            )
+            assert phases().count(("atcii-train-1", "Succeeded", 0)) == 1  # the relist did not repeat it
+        finally:
+            runtime.close()
+            runtime._core.api_client.close()
