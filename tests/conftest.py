@@ -6,6 +6,14 @@ binary (or testcontainers' eclipse-mosquitto where Docker works), and the embedd
 broker always. With ``LIFELONG_REQUIRE_MOSQUITTO=1`` (set by CI) a missing mosquitto fails
 the run instead of quietly testing one broker only.
 
+``broker`` also runs on ``rabbitmq``, a two-node RabbitMQ cluster (``harness/rabbitmq.py``), for
+the tests marked ``clustered`` (the bus-level ones that only connect: a test that stops,
+restarts or freezes its broker runs on mosquitto and amqtt only). The cluster starts once per
+pytest process (about 15 s) and is shared; tests keep apart by their prefix, and every queue is
+deleted after each test. The GM side connects to ``broker.url`` (node 1), the LC side to
+``broker.edge_url`` (node 2; the same broker on the others). Without ``rabbitmq-server`` these
+tests skip saying why; with ``LIFELONG_REQUIRE_RABBITMQ=1`` (set by CI) they fail instead.
+
 ``k8s`` is etcd, kube-apiserver and kube-controller-manager (``harness/k8s_cluster.py``), started
 once per pytest process (so once per xdist worker that runs such a test, each its own: nothing
 is shared between processes, so no worker stops a server another still uses, and each worker's
@@ -25,6 +33,8 @@ import pytest
 from harness import reaper
 from harness.brokers import Broker, Users, available_kinds, make_broker
 from harness.k8s_cluster import Cluster, Unavailable, binaries
+from harness.rabbitmq import RabbitCluster
+from harness.rabbitmq import Unavailable as RabbitUnavailable
 
 ALL_KINDS = ("mosquitto", "amqtt")
 
@@ -89,15 +99,58 @@ def _require(kind: str) -> str:
     return kind
 
 
-@pytest.fixture(params=_broker_params())
-def broker_kind(request: pytest.FixtureRequest) -> str:
-    """The name of one available broker kind (parametrised)."""
-    return _require(str(request.param))
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clustered: also run on the two-node RabbitMQ cluster (broker kind rabbitmq)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``broker_kind``: every available broker, and ``rabbitmq`` for ``clustered`` tests."""
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    params = _broker_params()
+    if metafunc.definition.get_closest_marker("clustered") is not None:
+        params.append(pytest.param("rabbitmq", id="rabbitmq"))
+    metafunc.parametrize("broker_kind", params, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Two clustered RabbitMQ nodes with the users of ``NODE_USERS`` (one per process)."""
+    try:
+        cluster = RabbitCluster(tmp_path_factory.mktemp("rabbitmq"), users=dict(NODE_USERS))
+    except RabbitUnavailable as exc:
+        if os.environ.get("LIFELONG_REQUIRE_RABBITMQ") == "1":
+            pytest.fail(f"LIFELONG_REQUIRE_RABBITMQ=1 but {exc}")
+        pytest.skip(f"no RabbitMQ cluster: {exc}")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
-def broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The name of one available broker kind (parametrised by ``pytest_generate_tests``)."""
+    return _require(str(request.param))
+
+
+def _shared_cluster(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
+    try:
+        yield cluster  # type: ignore[misc]
+    finally:
+        cluster.purge()
+
+
+@pytest.fixture
+def broker(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A running anonymous broker on its own port; stopped after the test."""
+    if broker_kind == "rabbitmq":
+        yield from _shared_cluster(request)
+        return
     b = make_broker(broker_kind, tmp_path)
     b.start()
     try:
@@ -110,8 +163,11 @@ NODE_USERS = {"gm": "gm-secret", "node-a": "a-secret", "node-b": "b-secret"}
 
 
 @pytest.fixture
-def acl_broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+def acl_broker(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A broker with per-node passwords and the shipped topic ACL (users in ``NODE_USERS``)."""
+    if broker_kind == "rabbitmq":
+        yield from _shared_cluster(request)  # its topic permissions are the shipped ACL's
+        return
     if broker_kind == "mosquitto-container":
         pytest.skip("the container broker runs without ACLs")
     b = make_broker(broker_kind, tmp_path, acl=True, users=Users(dict(NODE_USERS)))
