@@ -286,3 +286,15 @@ class RabbitCluster:
 
     def __repr__(self) -> str:
         return f"<rabbitmq cluster {self.url} + {self.edge_url}>"
+
+
+def lc_password_args(broker: object, node: str, workdir: Path) -> list[str]:
+    """``lifelong lc`` arguments for ``broker``: none for the anonymous brokers, the node's
+    ``--password-file`` on the cluster (its users exist there, and RabbitMQ refuses a known user
+    name without its password, which the LC always sends: its user name is the node name)."""
+    if not isinstance(broker, RabbitCluster):
+        return []
+    path = workdir / f"password-{node}"
+    path.write_text(broker.users[node])
+    path.chmod(0o600)
+    return ["--password-file", str(path)]
