@@ -1,0 +1,130 @@
+"""What a clustered broker does with retained messages, and the protocol correct in spite of it.
+
+Runs on the two-node RabbitMQ cluster only (``rabbit_cluster``, ``harness/rabbitmq.py``): that is
+what is under test. RabbitMQ 3.10's MQTT plugin keeps retained messages per node and sends them
+only to subscriptions without wildcards; these tests pin both facts down, so that a RabbitMQ that
+changed either would be noticed, and show that the LC does not stall on a stale retained GM
+``offline`` left on its node (docs/protocol.md, "What the protocol needs of the broker").
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from harness.lc_gm import FakeGM, LCProcess
+from harness.rabbitmq import RabbitCluster, lc_password_args
+from harness.waiting import wait_for
+from paho.mqtt.enums import CallbackAPIVersion
+
+from lifelong.common.codec import encode
+from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.topics import Topics
+
+
+class Client:
+    """A plain anonymous paho client on one port that records (topic, payload, retained)."""
+
+    def __init__(self, port: int) -> None:
+        self.got: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.got.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def messages(self) -> list[tuple[str, bytes, bool]]:
+        with self.lock:
+            return list(self.got)
+
+    def subscribe(self, *filters: str) -> None:
+        self.subscribed.clear()
+        self.c.subscribe([(f, 1) for f in filters])
+        assert self.subscribed.wait(10), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture
+def cluster(rabbit_cluster: RabbitCluster) -> Iterator[RabbitCluster]:
+    yield rabbit_cluster
+    rabbit_cluster.purge()
+
+
+def test_retained_messages_stay_on_their_node_and_skip_wildcards(cluster: RabbitCluster, prefix: str) -> None:
+    topic = f"{prefix}/node/node-a/presence"
+    pub = Client(cluster.edge_port)
+    readers: list[Client] = []
+    try:
+        pub.publish(topic, b"online", retain=True)
+        exact_here, exact_there, wild_here = (
+            Client(cluster.edge_port),
+            Client(cluster.port),
+            Client(cluster.edge_port),
+        )
+        readers += [exact_here, exact_there, wild_here]
+        exact_here.subscribe(topic)
+        wait_for(
+            lambda: exact_here.messages() == [(topic, b"online", True)], what="the retained copy on its node"
+        )
+        exact_there.subscribe(topic)
+        wild_here.subscribe(f"{prefix}/node/+/presence", f"{prefix}/#")
+        # A live message published after both subscriptions arrives: anything retained would have
+        # come first (a broker sends retained copies before later messages on the subscription).
+        pub.publish(topic, b"marker")
+        for reader in (exact_there, wild_here):
+            wait_for(lambda r=reader: (topic, b"marker", False) in r.messages(), what="the live marker")
+        assert exact_there.messages() == [(topic, b"marker", False)]  # other node: no retained copy
+        # wildcards: no retained copy (and the overlapping filters share one queue: one copy)
+        assert wild_here.messages() == [(topic, b"marker", False)]
+    finally:
+        for c in (pub, *readers):
+            c.close()
+
+
+def test_a_stale_retained_gm_offline_on_the_lcs_node_does_not_stop_its_hellos(
+    cluster: RabbitCluster, prefix: str, tmp_path: Path
+) -> None:
+    """A GM that was connected to node 2 died: its will left a retained ``offline`` there. Its
+    successor runs on node 1 (here the test's FakeGM, which does not answer the first hello, as
+    if it or its ``sync`` were lost). The LC on node 2 gets the stale ``offline`` when it
+    subscribes, and must still say hello again."""
+    topics = Topics(prefix)
+    dead_gm = Client(cluster.edge_port)
+    offline = Envelope.new(
+        node="gm", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline", "agent": "lifelong-gm/old"}
+    )
+    dead_gm.publish(topics.gm_presence(), encode(offline), retain=True)
+    dead_gm.close()
+    gm = FakeGM(cluster.host, cluster.port, prefix, "node-a")
+    lc = LCProcess(
+        node="node-a",
+        broker_url=cluster.edge_url,
+        prefix=prefix,
+        state_dir=tmp_path / "state",
+        extra=lc_password_args(cluster, "node-a", tmp_path),
+    )
+    lc.start()
+    try:
+        lc.wait_started(gm, 0)
+        # the first retry comes after 10 s (HELLO_RETRY, edge/session.py)
+        wait_for(lambda: gm.hello_count() >= 2, timeout=25, what=f"a second hello:\n{lc.log_tail()}")
+    finally:
+        lc.kill()
+        gm.close()
