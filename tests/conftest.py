@@ -139,6 +139,7 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 def _shared_cluster(request: pytest.FixtureRequest) -> Iterator[Broker]:
     cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
+    cluster.prefix = f"t{uuid.uuid4().hex[:10]}/v1"  # for the tests that use broker.prefix
     try:
         yield cluster  # type: ignore[misc]
     finally:

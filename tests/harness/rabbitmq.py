@@ -85,6 +85,7 @@ class RabbitCluster:
         self.host = HOST
         self.users = dict(users or {})
         self.gm_user = gm_user
+        self.prefix = "lifelong/v1"  # the topic prefix of the test using the cluster (conftest sets it)
         tag = secrets.token_hex(3)
         self.nodenames = [f"lifelong{tag}n1@localhost", f"lifelong{tag}n2@localhost"]
         self.epmd_port = free_port()
