@@ -30,13 +30,18 @@ from lifelong.common.topics import Topics
 class Client:
     """A plain anonymous paho client on one port that records (topic, payload, retained)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, user: tuple[str, str] | None = None) -> None:
         self.got: list[tuple[str, bytes, bool]] = []
+        self.codes: list[int] = []
+        self.disconnects = 0
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
         self.c.on_message = self._on_message
-        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_disconnect = self._on_disconnect
+        if user is not None:
+            self.c.username_pw_set(*user)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
 
@@ -44,14 +49,26 @@ class Client:
         with self.lock:
             self.got.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any = None) -> None:
+        self.codes = [c.value for c in codes]
+        self.subscribed.set()
+
+    def _on_disconnect(self, *args: Any) -> None:
+        self.disconnects += 1
+
+    def subscribe_codes(self, *filters: str) -> list[int]:
+        """SUBSCRIBE and return the SUBACK's return codes (128: refused)."""
+        self.subscribed.clear()
+        self.c.subscribe([(f, 1) for f in filters])
+        assert self.subscribed.wait(10), "no SUBACK"
+        return self.codes
+
     def messages(self) -> list[tuple[str, bytes, bool]]:
         with self.lock:
             return list(self.got)
 
     def subscribe(self, *filters: str) -> None:
-        self.subscribed.clear()
-        self.c.subscribe([(f, 1) for f in filters])
-        assert self.subscribed.wait(10), "no SUBACK"
+        assert all(c < 128 for c in self.subscribe_codes(*filters)), f"refused: {filters}"
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
@@ -128,3 +145,27 @@ def test_a_stale_retained_gm_offline_on_the_lcs_node_does_not_stop_its_hellos(
     finally:
         lc.kill()
         gm.close()
+
+
+def test_topic_permissions_keep_a_node_off_its_down_topics_and_other_nodes(
+    cluster: RabbitCluster, prefix: str
+) -> None:
+    """The shipped ACL as topic permissions: node-a may not read node-b's down topics (RabbitMQ
+    3.10 answers such a SUBSCRIBE by closing the connection, not with a refusing SUBACK), and its
+    publish on its own down topic (only the GM commands a node) never reaches a subscriber."""
+    topics = Topics(prefix)
+    gm = Client(cluster.port, ("gm", cluster.users["gm"]))
+    node_a = Client(cluster.edge_port, ("node-a", cluster.users["node-a"]))
+    forger = Client(cluster.edge_port, ("node-a", cluster.users["node-a"]))
+    try:
+        gm.subscribe(f"{prefix}/node/node-a/down/#")
+        node_a.subscribe(topics.down_ctl("node-a"))  # its own: granted
+        node_a.c.subscribe(topics.down_ctl("node-b"), 1)
+        wait_for(lambda: node_a.disconnects > 0, what="node-a dropped for reading node-b's topic")
+        forger.c.publish(topics.down_ctl("node-a"), b"forged", qos=1)
+        gm.publish(topics.down_ctl("node-a"), b"marker")  # the GM may write there
+        wait_for(lambda: (topics.down_ctl("node-a"), b"marker", False) in gm.messages(), what="the marker")
+        assert b"forged" not in [p for _, p, _ in gm.messages()]
+    finally:
+        for c in (gm, node_a, forger):
+            c.close()
