@@ -343,7 +343,8 @@ class Session:
 
         Each GM connect publishes a presence with a new message id. The retained copy that
         arrives with our own (re)subscription is one we already answered with the hello sent
-        on connect, so the first presence seen, when retained, is only remembered.
+        on connect, so the first presence seen, when retained, is only remembered. Only a live
+        ``offline`` pauses the hello retries.
         """
         if not payload:
             return  # a cleared retained message
@@ -357,7 +358,12 @@ class Session:
             return
         first, new = self._gm_presence_id is None, env.id != self._gm_presence_id
         self._gm_presence_id = env.id
-        self._gm_state = presence.state
+        if not retained:
+            # Only a live presence says the GM is gone now. A retained copy may be stale: a
+            # clustered broker keeps one per node, so a GM's will left on another node than the
+            # one its successor uses stays there (docs/protocol.md, "What the protocol needs of
+            # the broker"); waiting on it would stop the hello retries for good.
+            self._gm_state = presence.state
         if presence.state != "online" or not new or (first and retained):
             return
         if not self.connected.is_set():

@@ -6,6 +6,15 @@ binary (or testcontainers' eclipse-mosquitto where Docker works), and the embedd
 broker always. With ``LIFELONG_REQUIRE_MOSQUITTO=1`` (set by CI) a missing mosquitto fails
 the run instead of quietly testing one broker only.
 
+``broker`` also runs on ``rabbitmq``, a two-node RabbitMQ cluster (``harness/rabbitmq.py``), for
+the tests marked ``clustered`` (the bus-level ones that only connect: a test that stops,
+restarts or freezes its broker runs on mosquitto and amqtt only). The cluster starts once per
+pytest process (about 15 s) and is shared; tests keep apart by their prefix, and every queue is
+deleted after each test. The GM side connects to ``broker.url`` (node 1), the LC side to
+``broker.edge_url`` (node 2; the same broker on the others). Without ``rabbitmq-server`` the
+rabbitmq runs are left out and one line at the end of the run says why; with
+``LIFELONG_REQUIRE_RABBITMQ=1`` (set by CI) they fail instead.
+
 ``k8s`` is etcd, kube-apiserver and kube-controller-manager (``harness/k8s_cluster.py``), started
 once per pytest process (so once per xdist worker that runs such a test, each its own: nothing
 is shared between processes, so no worker stops a server another still uses, and each worker's
@@ -16,17 +25,30 @@ built yet: ``make test`` builds them first) the tests that use it skip saying wh
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn, Protocol, TypeVar
 
 import pytest
 from harness import reaper
 from harness.brokers import Broker, Users, available_kinds, make_broker
 from harness.k8s_cluster import Cluster, Unavailable, binaries
+from harness.rabbitmq import RabbitCluster
+from harness.rabbitmq import Unavailable as RabbitUnavailable
+from harness.rabbitmq import binaries as rabbit_binaries
 
 ALL_KINDS = ("mosquitto", "amqtt")
+
+
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Startable)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,21 +58,30 @@ def _no_process_outlives_the_session() -> Iterator[None]:
     reaper.reap()
 
 
+def _missing(require: str, what: str, exc: Exception) -> NoReturn:
+    """Fail when ``require`` is set to 1 (CI), else skip, saying why."""
+    if os.environ.get(require) == "1":
+        pytest.fail(f"{require}=1 but {exc}")
+    pytest.skip(f"{what}: {exc}")
+
+
+def _running(cluster: C) -> Iterator[C]:
+    """Start ``cluster``, yield it, stop it (also when the start failed half-way)."""
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A running Kubernetes control plane with the project's CRDs Established (one per process)."""
     try:
         bin_dir = binaries()
     except Unavailable as exc:
-        if os.environ.get("LIFELONG_REQUIRE_K8S") == "1":
-            pytest.fail(f"LIFELONG_REQUIRE_K8S=1 but {exc}")
-        pytest.skip(f"no Kubernetes control plane: {exc}")
-    cluster = Cluster(bin_dir, tmp_path_factory.mktemp("k8s"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+        _missing("LIFELONG_REQUIRE_K8S", "no Kubernetes control plane", exc)
+    yield from _running(Cluster(bin_dir, tmp_path_factory.mktemp("k8s")))
 
 
 @pytest.fixture
@@ -89,15 +120,74 @@ def _require(kind: str) -> str:
     return kind
 
 
-@pytest.fixture(params=_broker_params())
-def broker_kind(request: pytest.FixtureRequest) -> str:
-    """The name of one available broker kind (parametrised)."""
-    return _require(str(request.param))
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clustered: also run on the two-node RabbitMQ cluster (broker kind rabbitmq)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``broker_kind``: every available broker, and ``rabbitmq`` for ``clustered`` tests."""
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    params = _broker_params()
+    if metafunc.definition.get_closest_marker("clustered") is not None and (
+        _rabbitmq_missing() is None or os.environ.get("LIFELONG_REQUIRE_RABBITMQ") == "1"
+    ):
+        params.append(pytest.param("rabbitmq", id="rabbitmq"))
+    metafunc.parametrize("broker_kind", params, indirect=True)
+
+
+@functools.cache
+def _rabbitmq_missing() -> str | None:
+    """Why this machine cannot run the RabbitMQ cluster, or None if it can."""
+    try:
+        rabbit_binaries()
+    except RabbitUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Without rabbitmq-server the clustered tests run on the other brokers only: say so, once."""
+    why = _rabbitmq_missing()
+    if why is not None and os.environ.get("LIFELONG_REQUIRE_RABBITMQ") != "1":
+        terminalreporter.write_line(
+            f"skipped the clustered tests' rabbitmq runs (no RabbitMQ cluster): {why}"
+        )
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Two clustered RabbitMQ nodes with the users of ``NODE_USERS`` (one per process)."""
+    try:
+        cluster = RabbitCluster(tmp_path_factory.mktemp("rabbitmq"), users=dict(NODE_USERS))
+    except RabbitUnavailable as exc:
+        _missing("LIFELONG_REQUIRE_RABBITMQ", "no RabbitMQ cluster", exc)
+    yield from _running(cluster)
 
 
 @pytest.fixture
-def broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The name of one available broker kind (parametrised by ``pytest_generate_tests``)."""
+    return _require(str(request.param))
+
+
+def _shared_cluster(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
+    cluster.prefix = f"t{uuid.uuid4().hex[:10]}/v1"  # for the tests that use broker.prefix
+    try:
+        yield cluster  # type: ignore[misc]
+    finally:
+        cluster.purge()
+
+
+@pytest.fixture
+def broker(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A running anonymous broker on its own port; stopped after the test."""
+    if broker_kind == "rabbitmq":
+        yield from _shared_cluster(request)
+        return
     b = make_broker(broker_kind, tmp_path)
     b.start()
     try:
@@ -110,8 +200,11 @@ NODE_USERS = {"gm": "gm-secret", "node-a": "a-secret", "node-b": "b-secret"}
 
 
 @pytest.fixture
-def acl_broker(broker_kind: str, tmp_path: Path) -> Iterator[Broker]:
+def acl_broker(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A broker with per-node passwords and the shipped topic ACL (users in ``NODE_USERS``)."""
+    if broker_kind == "rabbitmq":
+        yield from _shared_cluster(request)  # its topic permissions are the shipped ACL's
+        return
     if broker_kind == "mosquitto-container":
         pytest.skip("the container broker runs without ACLs")
     b = make_broker(broker_kind, tmp_path, acl=True, users=Users(dict(NODE_USERS)))

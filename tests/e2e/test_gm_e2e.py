@@ -1,7 +1,9 @@
 """End to end with real processes: a broker, ``lifelong gm`` (standalone) and ``lifelong lc``.
 
 Real worker processes (small Python scripts written by the test) train, evaluate and deploy a
-"model" (a JSON file) on a text dataset. Covered, on mosquitto and on the embedded broker:
+"model" (a JSON file) on a text dataset. Covered, on mosquitto and on the embedded broker (the
+full round and the GM killed mid-job also on the two-node RabbitMQ cluster, the GM on one node
+and the LC on the other):
 
 * a job goes Train Waiting -> Ready -> Starting -> Running -> Completed -> Eval ... -> Deploy
   Completed -> Train Waiting of round 2, driven through the kubectl-like CLI;
@@ -25,6 +27,7 @@ import yaml
 from harness.brokers import Broker
 from harness.lc_objects import StateReader
 from harness.processes import FULL_ROUND, GMProcess, LCProcess
+from harness.rabbitmq import lc_password_args
 from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +84,14 @@ class Setup:
         self.gm = GMProcess(tmp, broker_url=broker.url, prefix=broker.prefix)
         # A report sent while the GM is down is resent when the GM's presence turns online
         # again (the LC says hello anew), not after the 30 s ack timeout: the default stays.
-        self.lc = LCProcess(tmp, node=NODE, broker_url=broker.url, prefix=broker.prefix)
+        # on the RabbitMQ cluster the LC is on the other node than the GM, with its password
+        self.lc = LCProcess(
+            tmp,
+            node=NODE,
+            broker_url=broker.edge_url,
+            prefix=broker.prefix,
+            extra=lc_password_args(broker, NODE, tmp),
+        )
 
     def template(self, stage: str, gated: bool) -> dict[str, Any]:
         env = [{"name": "DEPLOY_DIR", "value": str(self.out / "deploy")}]
@@ -167,6 +177,7 @@ def setup(tmp_path: Path, broker: Broker) -> Iterator[Setup]:
     s.stop()
 
 
+@pytest.mark.clustered
 def test_a_job_runs_a_full_round_with_real_workers(setup: Setup) -> None:
     setup.apply()
     setup.wait_conditions(FULL_ROUND)
@@ -187,6 +198,7 @@ def test_a_job_runs_a_full_round_with_real_workers(setup: Setup) -> None:
     assert "GM stopped" in setup.gm.log_tail()
 
 
+@pytest.mark.clustered
 def test_gm_killed_mid_job_converges_without_duplicate_conditions(setup: Setup) -> None:
     setup.apply(gated=True)
     setup.wait_conditions(FULL_ROUND[:4])  # Train/Running: the worker waits at the gate

@@ -81,6 +81,16 @@ class Broker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def edge_port(self) -> int:
+        """Where the LC side of a test connects: this broker (another node of a cluster,
+        harness/rabbitmq.py)."""
+        return self.port
+
+    @property
+    def edge_url(self) -> str:
+        return f"mqtt://{self.host}:{self.edge_port}"
+
     def command(self) -> list[str]:
         raise NotImplementedError
 

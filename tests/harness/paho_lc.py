@@ -42,7 +42,7 @@ class PahoLC:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 1)
-        self.client.connect(broker.host, broker.port)
+        self.client.connect(broker.host, broker.edge_port)  # another node than the GM's on a cluster
         self.client.loop_start()
         assert self.subscribed.wait(10), "paho LC could not subscribe"
 

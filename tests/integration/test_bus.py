@@ -1,4 +1,6 @@
-"""``BusClient`` against real brokers (the ``broker`` fixture: mosquitto and the embedded amqtt).
+"""``BusClient`` against real brokers (the ``broker`` fixture: mosquitto and the embedded amqtt;
+the ``clustered`` ones also on the two-node RabbitMQ cluster, with every other client on the
+other node).
 
 No mocked MQTT anywhere. Every test gets its own broker port and a unique topic prefix, and
 waits on conditions with deadlines (``wait_for``, ``Event.wait``), never for a fixed time.
@@ -86,7 +88,9 @@ def clients(broker: Broker) -> Iterator[Callable[..., BusClient]]:
     made: list[BusClient] = []
 
     def make(client_id: str, *, start: bool = True, **kwargs: object) -> BusClient:
-        options: dict[str, object] = {"address": broker.url, "reconnect": FAST, **kwargs}
+        # every other client on the cluster's other node (the same broker elsewhere)
+        address = broker.url if len(made) % 2 == 0 else broker.edge_url
+        options: dict[str, object] = {"address": address, "reconnect": FAST, **kwargs}
         client = BusClient(client_id=f"{client_id}-{len(made)}", **options)  # type: ignore[arg-type]
         made.append(client)
         if start:
@@ -104,6 +108,7 @@ def connected(client: BusClient) -> BusClient:
 
 
 # -- messages -------------------------------------------------------------------------------------
+@pytest.mark.clustered
 @pytest.mark.parametrize("codec", [Codec.MSGPACK, Codec.JSON])
 def test_envelopes_round_trip_through_both_codecs(
     clients: Callable[..., BusClient], prefix: str, codec: Codec
@@ -132,6 +137,7 @@ def test_envelopes_round_trip_through_both_codecs(
     assert inbox.threads == {f"bus-{gm.client_id}"}  # handlers run on the network thread
 
 
+@pytest.mark.clustered
 def test_qos1_ticket_completes_on_puback(clients: Callable[..., BusClient], prefix: str) -> None:
     client = connected(clients("pub"))
     called = threading.Event()
@@ -155,6 +161,7 @@ def test_qos1_ticket_completes_on_puback(clients: Callable[..., BusClient], pref
     assert callback_threads[0] in {f"bus-{client.client_id}", threading.current_thread().name}
 
 
+@pytest.mark.clustered
 def test_many_threads_publish_concurrently(clients: Callable[..., BusClient], prefix: str) -> None:
     inbox = Inbox()
     sub = clients("sub")
@@ -185,6 +192,7 @@ def test_many_threads_publish_concurrently(clients: Callable[..., BusClient], pr
     assert pub.stats.acked == 400
 
 
+@pytest.mark.clustered
 def test_handler_may_publish_and_may_fail(clients: Callable[..., BusClient], prefix: str) -> None:
     """Handlers run on the network thread: publishing from one works, raising is contained."""
     replies = Inbox()
@@ -391,6 +399,7 @@ def test_close_settles_unconfirmed_tickets(broker: Broker, clients: Callable[...
 
 
 # -- authentication and ACL (the shared acl_broker fixture: node users and the shipped ACL) --------
+@pytest.mark.clustered
 def test_wrong_password_is_retried_and_reported_without_the_password(
     acl_broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,7 +3,10 @@
 The LC side is plain paho-mqtt plus the codec and speaks only docs/protocol.md: hello, reports,
 acks of downstream messages. Covered: hello -> upserts + sync; unacknowledged changes resent
 until acked; reports acked only once applied; bad envelopes (node != topic node, garbage,
-oversize) counted while the GM keeps working; retained GM presence and its will.
+oversize) counted while the GM keeps working; retained GM presence and its will. The
+``clustered`` ones also run on the two-node RabbitMQ cluster, the GM on one node and the LC on
+the other (the retained-presence and broker-restart tests need one broker: see
+tests/integration/test_rabbitmq_cluster.py for what a cluster does with retained messages).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def test_gm_presence_is_retained_online_and_offline_after_a_clean_stop(
         late.close()
 
 
+@pytest.mark.clustered
 def test_gm_will_says_offline_when_its_connection_dies(
     broker: Broker, prefix: str, tmp_path: Path, lc: PahoLC
 ) -> None:
@@ -74,6 +78,7 @@ def test_gm_will_says_offline_when_its_connection_dies(
         gm.stop()
 
 
+@pytest.mark.clustered
 def test_hello_gets_upserts_and_a_sync(gm: GMService, lc: PahoLC) -> None:
     lc.hello()
     wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
@@ -92,6 +97,7 @@ def test_hello_gets_upserts_and_a_sync(gm: GMService, lc: PahoLC) -> None:
     assert api(gm, "GET", "/healthz") == b"ok\n"
 
 
+@pytest.mark.clustered
 def test_unacked_changes_are_resent_until_acked(gm: GMService, lc: PahoLC) -> None:
     lc.hello()
     wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
@@ -117,6 +123,7 @@ def _true_within(predicate: Any, seconds: float) -> bool:
     return True
 
 
+@pytest.mark.clustered
 def test_reports_are_applied_once_and_acked(gm: GMService, lc: PahoLC) -> None:
     lc.hello()
     wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
@@ -132,6 +139,7 @@ def test_reports_are_applied_once_and_acked(gm: GMService, lc: PahoLC) -> None:
     assert b'lifelong_gm_upstream_duplicate_total{kind="Dataset"} 1.0' in metrics
 
 
+@pytest.mark.clustered
 def test_bad_envelopes_are_counted_and_the_gm_survives(gm: GMService, lc: PahoLC) -> None:
     lc.hello()
     wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
@@ -155,6 +163,7 @@ def test_bad_envelopes_are_counted_and_the_gm_survives(gm: GMService, lc: PahoLC
     assert api(gm, "GET", "/api/v1/Dataset/default/ds1")["status"]["numberOfSamples"] == 3
 
 
+@pytest.mark.clustered
 def test_unacked_report_is_applied_after_a_gm_restart(
     broker: Broker, prefix: str, tmp_path: Path, lc: PahoLC
 ) -> None:
@@ -203,6 +212,7 @@ def test_a_broker_restart_without_persistence_converges(gm: GMService, lc: PahoL
     assert {(Op.UPSERT, "Dataset"), (Op.UPSERT, "LifelongLearningJob")} <= after
 
 
+@pytest.mark.clustered
 def test_an_object_the_lc_refuses_is_acked_counted_and_not_resent(gm: GMService, lc: PahoLC) -> None:
     lc.hello()
     wait_for(lambda: lc.envelopes(Op.SYNC), what="the first sync")
@@ -222,6 +232,7 @@ def test_an_object_the_lc_refuses_is_acked_counted_and_not_resent(gm: GMService,
     assert not _true_within(lambda: len(lc.envelopes(Op.UPSERT, "Dataset")) > count, 1.5)
 
 
+@pytest.mark.clustered
 def test_a_report_the_models_refuse_is_acked_and_counted_and_a_good_one_still_applies(
     gm: GMService, lc: PahoLC
 ) -> None:

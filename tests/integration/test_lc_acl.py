@@ -1,11 +1,14 @@
 """The LC under the shipped broker ACL with per-node passwords: it connects as its node name,
 reads its own downstream and publishes reports, hello and presence only under its own
-``node/{node}/`` subtree (anything else would be dropped or refused by the broker)."""
+``node/{node}/`` subtree (anything else would be dropped or refused by the broker). Also on the
+two-node RabbitMQ cluster, whose topic permissions are the shipped ACL's (harness/rabbitmq.py),
+the GM on one node and the LC on the other."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import NODE_USERS
 from harness.brokers import Broker
 from harness.lc_gm import FakeGM, LCProcess
@@ -15,13 +18,14 @@ from harness.waiting import wait_for
 PREFIX = "lifelong/v1"  # the prefix the shipped ACL is written for
 
 
+@pytest.mark.clustered
 def test_lc_works_under_the_shipped_acl(acl_broker: Broker, tmp_path: Path) -> None:
     gm = FakeGM(acl_broker.host, acl_broker.port, PREFIX, "node-a", username="gm", password=NODE_USERS["gm"])
     secret = tmp_path / "password"
     secret.write_text(NODE_USERS["node-a"] + "\n")
     lc = LCProcess(
         node="node-a",
-        broker_url=acl_broker.url,
+        broker_url=acl_broker.edge_url,
         prefix=PREFIX,
         state_dir=tmp_path / "state",
         extra=["--password-file", str(secret)],

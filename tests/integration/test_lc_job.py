@@ -2,7 +2,8 @@
 the codec, docs/protocol.md only): a job is received and acted on, a stale resourceVersion is
 ignored but acknowledged, a delete stops everything for the job, a worker report posted
 before its job arrives is delivered once the job arrives, and an invalid object published raw on
-the node's down topic is refused and counted while a good one on the same node converges."""
+the node's down topic is refused and counted while a good one on the same node converges. Every test
+also runs on the two-node RabbitMQ cluster, the GM on one node and the LC on the other."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from harness.brokers import Broker
 from harness.lc_gm import FakeGM, LCProcess
 from harness.lc_objects import NS, StateReader, cond, dataset, job, worker
+from harness.rabbitmq import lc_password_args
 from harness.waiting import wait_for
 
 from lifelong.edge.workers import proc_start_time
@@ -33,7 +35,14 @@ def gm(broker: Broker, prefix: str) -> Iterator[FakeGM]:
 
 @pytest.fixture
 def lc(broker: Broker, prefix: str, tmp_path: Path, gm: FakeGM) -> Iterator[LCProcess]:
-    p = LCProcess(node=NODE, broker_url=broker.url, prefix=prefix, state_dir=tmp_path / "state", metrics=True)
+    p = LCProcess(
+        node=NODE,
+        broker_url=broker.edge_url,
+        prefix=prefix,
+        state_dir=tmp_path / "state",
+        metrics=True,
+        extra=lc_password_args(broker, NODE, tmp_path),
+    )
     p.start()
     try:
         p.wait_started(gm, 0)
@@ -54,6 +63,7 @@ def _post_info(port: int, worker_name: str, body: dict[str, object]) -> int:
         return int(resp.status)
 
 
+@pytest.mark.clustered
 def test_job_acted_on_stale_ignored_delete_stops_everything(
     gm: FakeGM, lc: LCProcess, tmp_path: Path
 ) -> None:
@@ -127,6 +137,7 @@ def test_job_acted_on_stale_ignored_delete_stops_everything(
     wait_for(group_gone, what="the worker's process group to be gone (reaped)")
 
 
+@pytest.mark.clustered
 def test_worker_info_before_job_is_kept_then_delivered(gm: FakeGM, lc: LCProcess, tmp_path: Path) -> None:
     body = {"name": "j2-train-1", "namespace": NS, "ownerName": "j2", "kind": "train", "status": "completed"}
     assert (
@@ -142,6 +153,7 @@ def test_worker_info_before_job_is_kept_then_delivered(gm: FakeGM, lc: LCProcess
     assert infos[0].body["info"] == body
 
 
+@pytest.mark.clustered
 def test_sigterm_shuts_down_cleanly(gm: FakeGM, lc: LCProcess) -> None:
     assert lc.terminate() == 0
     offline = wait_for(
@@ -151,6 +163,7 @@ def test_sigterm_shuts_down_cleanly(gm: FakeGM, lc: LCProcess) -> None:
     assert offline[-1].node == NODE
 
 
+@pytest.mark.clustered
 def test_sync_drops_what_the_gm_no_longer_names(gm: FakeGM, lc: LCProcess, tmp_path: Path) -> None:
     state = StateReader(lc.state_dir)
     ds_rv = gm.upsert(dataset("ds3", NODE, tmp_path / "none.txt"))
@@ -161,6 +174,7 @@ def test_sync_drops_what_the_gm_no_longer_names(gm: FakeGM, lc: LCProcess, tmp_p
     assert state.resource_rv("Dataset", "ds3") == ds_rv
 
 
+@pytest.mark.clustered
 def test_an_invalid_object_on_the_down_topic_is_refused_and_counted_and_a_good_one_converges(
     gm: FakeGM, lc: LCProcess, tmp_path: Path
 ) -> None:

@@ -128,6 +128,22 @@ def test_no_retry_while_the_gm_is_known_to_be_offline(store: Store) -> None:
     assert wire.hellos() == 3
 
 
+def test_a_retained_offline_does_not_stop_the_retries(store: Store) -> None:
+    """A clustered broker keeps retained messages per node: the GM's ``offline`` the LC's node
+    hands out may be a dead GM's while its successor, on another node, is up. Only a live
+    ``offline`` says the GM is gone now."""
+    clock, wire = Clock(), Wire()
+    s = make(store, wire, hello_retry=10.0, clock=clock)
+    connect(s)
+    s.handle_gm_presence(
+        TOPICS.gm_presence(), gm_says(Op.PRESENCE, {"state": "offline", "agent": "gm"}), True
+    )
+    s.run_pending()
+    clock.now += 10.1
+    s.run_pending()
+    assert wire.hellos() == 2
+
+
 def test_the_session_thread_wakes_for_a_retry_by_itself(store: Store) -> None:
     wire = Wire()
     s = make(store, wire, hello_retry=0.05, hello_retry_cap=0.1)
