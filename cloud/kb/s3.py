@@ -17,7 +17,9 @@ directory refuses that.
 Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, ``~/.aws/credentials``, a role), never from the command line; an endpoint URL
 holding a user or password is refused. Nothing here logs or repeats a credential: errors name the
-bucket, the key and S3's error code only (docs/knowledge-base.md, "Storage").
+bucket, the key and S3's error code only, and boto3's own loggers are held at INFO even under
+``--log-level DEBUG``, since their DEBUG lines print signed request headers
+(docs/knowledge-base.md, "Storage").
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ class S3Files:
         except ImportError:
             raise ConfigError("an s3:// file store needs boto3: pip install 'lifelong[s3]'") from None
         _check_endpoint(endpoint)
+        for name in ("boto3", "botocore", "s3transfer"):  # their DEBUG lines carry credentials
+            logger = logging.getLogger(name)
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint = endpoint
@@ -218,26 +223,22 @@ class S3Files:
     def open(self, path: str) -> BinaryIO:
         return self.open_sized(path)[0]
 
-    def open_sized(self, path: str) -> tuple[BinaryIO, int]:
-        key = self._key(path)
+    def _object(self, action: str, path: str, call: Any) -> Any:
+        """``call(Bucket=, Key=)`` for ``path``'s object: ``FileMissing`` if there is none."""
         try:
-            got = self._client.get_object(Bucket=self.bucket, Key=key)
+            return call(Bucket=self.bucket, Key=self._key(path))
         except self._errors as exc:
             if _code(exc) in _MISSING:
                 raise FileMissing(f"no file {path}") from None
-            raise self._unavailable("read", path, exc) from None
+            raise self._unavailable(action, path, exc) from None
+
+    def open_sized(self, path: str) -> tuple[BinaryIO, int]:
+        got = self._object("read", path, self._client.get_object)
         reader = io.BufferedReader(_Body(got["Body"]), buffer_size=CHUNK)
         return reader, int(got["ContentLength"])
 
     def size(self, path: str) -> int:
-        key = self._key(path)
-        try:
-            head = self._client.head_object(Bucket=self.bucket, Key=key)
-        except self._errors as exc:
-            if _code(exc) in _MISSING:
-                raise FileMissing(f"no file {path}") from None
-            raise self._unavailable("look up", path, exc) from None
-        return int(head["ContentLength"])
+        return int(self._object("look up", path, self._client.head_object)["ContentLength"])
 
     def exists(self, path: str) -> bool:
         try:
