@@ -40,6 +40,8 @@ GM_ENV: dict[str, str] = {
     "LIFELONG_GM_API_TLS_KEY": "--api-tls-key",
     "LIFELONG_GM_LEASE_NAME": "--lease-name",
     "LIFELONG_GM_KB_DIR": "--kb-dir",
+    "LIFELONG_GM_KB_FILES": "--kb-files",
+    "LIFELONG_GM_KB_S3_ENDPOINT": "--kb-s3-endpoint",
     "LIFELONG_GM_KB_URL": "--kb-url",
     "LIFELONG_GM_KB_TOKEN_FILE": "--kb-token-file",
 }
@@ -85,10 +87,14 @@ def _knowledge_base(args: argparse.Namespace) -> tuple[Any, Any, str]:
         raise ConfigError(
             "give --kb-dir (run the knowledge base here) or --kb-url (use one elsewhere), not both"
         )
+    if (args.kb_files or args.kb_s3_endpoint) and not args.kb_dir:
+        raise ConfigError("--kb-files and --kb-s3-endpoint go with --kb-dir")
     if args.kb_dir:
+        from lifelong.cloud.kb.commands import kb_files
         from lifelong.cloud.kb.server import KBServer
 
-        server = KBServer(args.kb_dir, args.kb_host, args.kb_port, token_file=args.token_file)
+        files = kb_files(args.kb_files, args.kb_s3_endpoint)
+        server = KBServer(args.kb_dir, args.kb_host, args.kb_port, token_file=args.token_file, files=files)
         return server.kb, server, args.kb_server or f"http://{args.kb_host}:{args.kb_port}"
     if args.kb_url:
         from lifelong.cloud.kb.client import RemoteKnowledgeBase
@@ -160,6 +166,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     from lifelong.cloud.api_server import DEFAULT_API_HOST, DEFAULT_API_PORT
     from lifelong.cloud.controllers.lifelonglearning.workerenv import DEFAULT_KB_SERVER, DEFAULT_LC_SERVER
+    from lifelong.cloud.kb.commands import add_files_flags
     from lifelong.common.topics import DEFAULT_PREFIX
 
     p = sub.add_parser(
@@ -275,6 +282,9 @@ def register(sub: Any) -> None:
         "--kb-dir",
         default=_env("--kb-dir", None),
         help="run the knowledge base in this process, its data in this directory (docs/knowledge-base.md)",
+    )
+    add_files_flags(
+        p, "--kb-files", "--kb-s3-endpoint", (_env("--kb-files", None), _env("--kb-s3-endpoint", None))
     )
     p.add_argument(
         "--kb-host", default="127.0.0.1", help="--kb-dir: address of the KB's API (default 127.0.0.1)"

@@ -88,6 +88,7 @@ _REASONS = {
     405: "method",
     411: "length_required",
     413: "too_large",
+    503: "unavailable",
 }
 
 

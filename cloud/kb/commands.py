@@ -19,6 +19,19 @@ from lifelong.common.signals import stop_event
 log = logging.getLogger(__name__)
 
 
+def kb_files(files: str | None, s3_endpoint: str | None) -> Any:
+    """The ``FileStore`` of ``--files`` and ``--s3-endpoint`` (None: the data directory's own)."""
+    if files is None:
+        if s3_endpoint is not None:
+            raise ConfigError("--s3-endpoint goes with --files s3://BUCKET/PREFIX")
+        return None
+    from lifelong.cloud.kb.files import open_files
+
+    store = open_files(files, s3_endpoint)
+    log.info("knowledge-base files in %s", files)
+    return store
+
+
 def cmd_kb_serve(args: argparse.Namespace) -> int:
     from lifelong.cloud.kb.server import KBServer
 
@@ -29,6 +42,7 @@ def cmd_kb_serve(args: argparse.Namespace) -> int:
         args.data_dir,
         args.host,
         args.port,
+        files=kb_files(args.files, args.s3_endpoint),
         token_file=args.token_file,
         allow_anonymous=args.allow_anonymous,
         allow_pickle=args.allow_pickle,
@@ -42,6 +56,30 @@ def cmd_kb_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def add_files_flags(
+    p: argparse.ArgumentParser,
+    files: str,
+    endpoint: str,
+    defaults: tuple[str | None, str | None] = (None, None),
+) -> None:
+    """The flags of where the KB keeps its files (``lifelong kb serve``, ``lifelong gm``)."""
+    p.add_argument(
+        files,
+        default=defaults[0],
+        metavar="DIR_OR_S3_URL",
+        help="where the KB keeps model and sample files: a directory, or s3://BUCKET/PREFIX for an "
+        "S3-compatible bucket (needs the s3 extra; credentials from AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials; default: the data directory's files/)",
+    )
+    p.add_argument(
+        endpoint,
+        default=defaults[1],
+        metavar="URL",
+        help="the S3-compatible server of an s3:// file store, e.g. http://127.0.0.1:8333 "
+        "(default: AWS, or AWS_ENDPOINT_URL_S3)",
+    )
 
 
 def _kb_help(args: argparse.Namespace) -> int:
@@ -59,7 +97,7 @@ def register(sub: Any) -> None:
         "serve",
         help="run the knowledge-base service (Sedna's KB routes and the native JSON API)",
         description="Serve the knowledge base: Sedna's /knowledgebase routes and /knowledgebase/v1 "
-        "(docs/knowledge-base.md). Tables in DATA_DIR/kb.db, files in DATA_DIR/files.",
+        "(docs/knowledge-base.md). Tables in DATA_DIR/kb.db, files in DATA_DIR/files unless --files.",
     )
     p.add_argument(
         "--host", default=DEFAULT_KB_HOST, help=f"address to listen on (default {DEFAULT_KB_HOST})"
@@ -70,6 +108,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--data-dir", default="lifelong-kb", help="where the KB keeps its data (default ./lifelong-kb)"
     )
+    add_files_flags(p, "--files", "--s3-endpoint")
     p.add_argument(
         "--token-file",
         help="bearer tokens, lines TOKEN,ROLE,NAME (ROLE read or write); without it the KB takes no "

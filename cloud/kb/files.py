@@ -14,8 +14,9 @@ refused with ``TooLarge`` and leaves nothing behind.
 then renamed over the target, so a reader sees the old file or the new one, never half of one,
 and a crash leaves at most a temporary file (``.tmp-*``, removed at the next start).
 
-An S3-compatible backend would implement ``FileStore`` the same way (a key per path); it is not
-built yet (docs/knowledge-base.md, "Storage").
+``S3Files`` (``lifelong.cloud.kb.s3``, the ``s3`` extra) keeps them in an S3-compatible bucket,
+a key per path, with the same semantics; ``open_files`` picks the store of ``lifelong kb serve
+--files`` (docs/knowledge-base.md, "Storage").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from lifelong.common.errors import LifelongError
+from lifelong.common.errors import ConfigError, LifelongError
 
 MAX_PATH = 512
 MAX_DEPTH = 16
@@ -47,6 +48,10 @@ class TooLarge(LifelongError):
 
 class FileMissing(LifelongError):
     """No file at that path."""
+
+
+class FilesUnavailable(LifelongError):
+    """The store could not be reached or failed (a remote store); nothing was changed."""
 
 
 def check_path(path: str) -> str:
@@ -81,6 +86,11 @@ class FileStore(Protocol):
 
     def open(self, path: str) -> BinaryIO:
         """The file for reading (the caller closes it); ``FileMissing`` if there is none."""
+        ...
+
+    def open_sized(self, path: str) -> tuple[BinaryIO, int]:
+        """The file for reading and its size, both of the same version of it (a file replaced
+        meanwhile does not mix them); ``FileMissing`` if there is none."""
         ...
 
     def size(self, path: str) -> int:
@@ -140,6 +150,10 @@ class LocalFiles:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise FileMissing(f"no file {path}") from None
 
+    def open_sized(self, path: str) -> tuple[BinaryIO, int]:
+        handle = self.open(path)
+        return handle, os.fstat(handle.fileno()).st_size
+
     def size(self, path: str) -> int:
         full = self._path(path)
         if not full.is_file():
@@ -156,6 +170,19 @@ class LocalFiles:
         full.unlink()
         _sync_dir(full.parent)
         return True
+
+
+def open_files(spec: str | Path, s3_endpoint: str | None = None) -> FileStore:
+    """The store of ``--files``: ``s3://BUCKET/PREFIX`` is ``S3Files`` (at ``s3_endpoint``), anything
+    else a local directory. ``ConfigError`` if it cannot be used (boto3 missing, bucket unreachable)."""
+    text = str(spec)
+    if text.startswith("s3://"):
+        from lifelong.cloud.kb.s3 import open_s3
+
+        return open_s3(text, s3_endpoint)
+    if s3_endpoint is not None:
+        raise ConfigError("--s3-endpoint goes with --files s3://BUCKET/PREFIX")
+    return LocalFiles(text)
 
 
 def _chunks(data: BinaryIO | bytes) -> Iterator[bytes]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lifelong.cloud.api_server import Tokens, load_tokens, loopback
 from lifelong.cloud.kb.app import MAX_JSON, KBApp
+from lifelong.cloud.kb.files import FileStore
 from lifelong.cloud.kb.service import LocalKnowledgeBase
 from lifelong.common.errors import ConfigError
 from lifelong.common.httpserver import HTTPLimits, TLSWSGIServer
@@ -32,7 +33,8 @@ DEFAULT_LIMITS = HTTPLimits(
 
 
 class KBServer:
-    """The KB of ``kb`` (or of ``data_dir``) served on ``host:port`` (port 0: a free one)."""
+    """The KB of ``kb`` (or of a data directory, its files in ``files`` if given, else in the
+    directory's ``files/``) served on ``host:port`` (port 0: a free one)."""
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class KBServer:
         allow_pickle: bool = False,
         tls: tuple[str, str] | None = None,
         limits: HTTPLimits = DEFAULT_LIMITS,
+        files: FileStore | None = None,
     ) -> None:
         if token_file is not None:
             tokens = load_tokens(token_file)
@@ -58,7 +61,7 @@ class KBServer:
         self.kb = (
             kb
             if isinstance(kb, LocalKnowledgeBase)
-            else LocalKnowledgeBase.open(kb, allow_pickle=allow_pickle)
+            else LocalKnowledgeBase.open(kb, allow_pickle=allow_pickle, files=files)
         )
         if allow_pickle:
             self.kb.allow_pickle = True

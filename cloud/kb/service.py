@@ -8,7 +8,8 @@ here; the app only parses HTTP and maps errors to statuses.
 Input is checked here, whoever calls: a job is ``namespace/name`` (two DNS-1123 names), a task
 index is ``lifelong.common.kb.TaskIndex``, samples are ``UnseenSample``, labels are ``Label``.
 What is refused raises ``KBRefused`` (or a subclass whose ``http_status`` says 403, 404 or 413)
-with a message naming what is wrong; nothing is changed then.
+with a message naming what is wrong; nothing is changed then. A file store that cannot be reached
+(an S3 bucket, ``lifelong.cloud.kb.s3``) raises ``KBFilesDown`` (503).
 
 Sedna's ``/update`` body is a pickle: loading one runs whatever code its author put in it, so
 ``sedna_update`` refuses it unless the KB was made with ``allow_pickle`` (docs/knowledge-base.md,
@@ -29,7 +30,15 @@ import pydantic
 from pydantic import Field, StrictFloat, StrictStr, TypeAdapter
 
 from lifelong.cloud.kb.base import KBRefused, SampleState, StoredSample
-from lifelong.cloud.kb.files import BadPath, FileMissing, FileStore, LocalFiles, TooLarge, check_path
+from lifelong.cloud.kb.files import (
+    BadPath,
+    FileMissing,
+    FileStore,
+    FilesUnavailable,
+    LocalFiles,
+    TooLarge,
+    check_path,
+)
 from lifelong.cloud.kb.store import KBStore, SampleRow, StoreFull, UnknownSamples
 from lifelong.common.api.lifelonglearningjob import KnowledgeBase as KBStatus
 from lifelong.common.api.loader import format_path
@@ -75,6 +84,12 @@ class KBTooLarge(KBRefused):
     """Over a bound: a file over its size, a job over its samples."""
 
     http_status = 413
+
+
+class KBFilesDown(KBRefused):
+    """The file store cannot be reached or failed; nothing was changed, try again later."""
+
+    http_status = 503
 
 
 def check_job(job: object, field: str = "job") -> str:
@@ -178,12 +193,15 @@ class LocalKnowledgeBase:
         self.max_file = max_file
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, allow_pickle: bool = False) -> LocalKnowledgeBase:
-        """The KB of ``data_dir``: ``kb.db`` (the tables) and ``files/`` (models, samples)."""
+    def open(
+        cls, data_dir: str | Path, *, allow_pickle: bool = False, files: FileStore | None = None
+    ) -> LocalKnowledgeBase:
+        """The KB of ``data_dir``: ``kb.db`` (the tables) and its files in ``files`` (default: the
+        directory ``files/`` of ``data_dir``)."""
         root = Path(data_dir)
         root.mkdir(parents=True, exist_ok=True)
         store = KBStore(Database(root / "kb.db"))
-        return cls(store, LocalFiles(root / "files"), allow_pickle=allow_pickle)
+        return cls(store, files or LocalFiles(root / "files"), allow_pickle=allow_pickle)
 
     def close(self) -> None:
         self.store.close()
@@ -382,16 +400,20 @@ class LocalKnowledgeBase:
             raise KBRefused(str(exc)) from None
         except TooLarge as exc:
             raise KBTooLarge(str(exc)) from None
+        except FilesUnavailable as exc:
+            raise KBFilesDown(str(exc)) from None
         return {"path": path, "url": f"/knowledgebase/v1/files/{path}", "size": size}
 
     def open_file(self, path: str) -> tuple[BinaryIO, int]:
         """The file and its size (the caller closes it)."""
         try:
-            return self.files.open(path), self.files.size(path)
+            return self.files.open_sized(path)
         except BadPath as exc:
             raise KBRefused(str(exc)) from None
         except FileMissing as exc:
             raise KBNotFound(str(exc)) from None
+        except FilesUnavailable as exc:
+            raise KBFilesDown(str(exc)) from None
 
     # -- Sedna's routes --------------------------------------------------------------------
     def sedna_upload(self, filename: str, data: BinaryIO | bytes) -> str:
@@ -412,7 +434,7 @@ class LocalKnowledgeBase:
                 f"task: cannot load the pickled task index ({type(exc).__name__}: {exc})"
             ) from None
         index = from_sedna(loaded, job)
-        self.files.put(SEDNA_INDEX_FILE, data, self.max_file)
+        self.put_file(SEDNA_INDEX_FILE, data)
         version = self.store.add_index(job, index)
         log.info("Sedna task index recorded for %s as version %d", job, version)
         return f"/file/download?files={SEDNA_INDEX_FILE}&name={SEDNA_INDEX_FILE}"
