@@ -111,39 +111,40 @@ def cmd_gm(args: argparse.Namespace) -> int:
         raise ConfigError("lifelong gm needs --broker mqtt://HOST:PORT (or LIFELONG_GM_BROKER)")
     password = read_secret_file(args.password_file) if args.password_file else None
     kb, kb_server, kb_url = _knowledge_base(args)
-    settings = GMSettings(
-        broker=args.broker,
-        store=args.store,
-        state_path=args.state,
-        kubeconfig=args.kubeconfig,
-        api_host=args.api_host,
-        api_port=args.api_port,
-        token_file=args.token_file,
-        api_tls_cert=args.api_tls_cert,
-        api_tls_key=args.api_tls_key,
-        api_allow_anonymous=args.api_allow_anonymous,
-        prefix=args.prefix,
-        codec=args.codec,
-        client_id=args.client_id,
-        username=args.username,
-        password=password,
-        tls_ca_file=args.tls_ca_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        workers=args.workers,
-        resend_base=args.resend_base,
-        resend_cap=args.resend_cap,
-        backoff_base=args.job_backoff_base,
-        backoff_cap=args.job_backoff_cap,
-        retry_limit=args.job_retry_limit,
-        lc_server=args.lc_server,
-        kb_server=kb_url,
-        leader_election=not args.no_leader_election,
-        lease_name=args.lease_name,
-    )
-    stop = stop_event()
-    service = GMService(settings, kb=kb)
+    service: GMService | None = None
     try:
+        settings = GMSettings(
+            broker=args.broker,
+            store=args.store,
+            state_path=args.state,
+            kubeconfig=args.kubeconfig,
+            api_host=args.api_host,
+            api_port=args.api_port,
+            token_file=args.token_file,
+            api_tls_cert=args.api_tls_cert,
+            api_tls_key=args.api_tls_key,
+            api_allow_anonymous=args.api_allow_anonymous,
+            prefix=args.prefix,
+            codec=args.codec,
+            client_id=args.client_id,
+            username=args.username,
+            password=password,
+            tls_ca_file=args.tls_ca_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            workers=args.workers,
+            resend_base=args.resend_base,
+            resend_cap=args.resend_cap,
+            backoff_base=args.job_backoff_base,
+            backoff_cap=args.job_backoff_cap,
+            retry_limit=args.job_retry_limit,
+            lc_server=args.lc_server,
+            kb_server=kb_url,
+            leader_election=not args.no_leader_election,
+            lease_name=args.lease_name,
+        )
+        stop = stop_event()
+        service = GMService(settings, kb=kb)
         if kb_server is not None:
             kb_server.start()
             log.info("the knowledge base serves on %s (its data in %s)", kb_url, args.kb_dir)
@@ -152,12 +153,13 @@ def cmd_gm(args: argparse.Namespace) -> int:
             if service.lost_leadership.is_set():
                 break
     finally:
-        service.stop()
+        if service is not None:
+            service.stop()
         if kb_server is not None:
             kb_server.stop()
         elif kb is not None:
             kb.close()
-    if service.lost_leadership.is_set():
+    if service is not None and service.lost_leadership.is_set():
         log.error("exiting with status 1: this GM lost the lease (Kubernetes restarts it as a follower)")
         return 1
     return 0

@@ -202,5 +202,6 @@ class TLSWSGIServer(_ServedInThread):
         self._server.serve()  # returns once _stop has called stop()
 
     def _stop(self, timeout: float) -> None:
-        self._server.stop()
-        self._thread.join(timeout)
+        self._server.stop()  # also ends the request threads that prepare() started
+        if self._thread.is_alive():
+            self._thread.join(timeout)

@@ -100,8 +100,8 @@ class KBServer:
         log.info("knowledge base serving on %s", self.url)
 
     def stop(self) -> None:
-        """Stop serving and close the KB's database if this server opened it."""
-        if self._started:
-            self._server.close()
+        """Stop serving and close the KB's database if this server opened it. Also when it never
+        started: the server binds its port and starts its request threads when it is made."""
+        self._server.close()
         if self._owned:
             self.kb.close()
