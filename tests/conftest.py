@@ -127,9 +127,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise ``broker_kind``: every available broker, and ``rabbitmq`` for ``clustered`` tests."""
+    """Parametrise ``broker_kind``: every available broker, and ``rabbitmq`` for ``clustered`` tests.
+    A test that names its brokers itself (``@pytest.mark.parametrize("broker_kind", [...])``) keeps
+    them."""
     if "broker_kind" not in metafunc.fixturenames:
         return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else ""
+        if "broker_kind" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return
     params = _broker_params()
     if metafunc.definition.get_closest_marker("clustered") is not None and (
         _rabbitmq_missing() is None or os.environ.get("LIFELONG_REQUIRE_RABBITMQ") == "1"
