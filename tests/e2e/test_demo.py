@@ -12,6 +12,7 @@ round. ``--scenario digits`` (the shifting-digits loop) still runs; Ctrl-C stops
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,23 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def stop_demo(proc: subprocess.Popen[str], workdir: Path) -> None:
+    """After a failed check (the demo still runs), stop it as a user would (Ctrl-C: it stops
+    its children), and kill what is left of it: a SIGKILL of the demo alone would leave its
+    broker, GM and LC running."""
+    if proc.poll() is not None:
+        return  # it ended by itself: whether it left anything running is for the test to check
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for pid in processes_mentioning(str(workdir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def demo_env() -> dict[str, str]:
@@ -160,9 +178,7 @@ def test_the_default_demo_finds_labels_and_learns_an_unseen_task(tmp_path: Path)
         proc.wait(60)
         out.thread.join(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_demo(proc, workdir)
     assert proc.returncode == 0, out.text
     wait_for(lambda: not processes_mentioning(str(workdir)), timeout=15, what="no process of the demo left")
 
@@ -231,9 +247,7 @@ def test_the_demo_interrupted_stops_every_child(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_demo(proc, workdir)
     assert proc.returncode == 130, stdout
     assert "interrupted; stopping the demo's processes" in stdout
     wait_for(lambda: not processes_mentioning(str(workdir)), timeout=15, what="no process of the demo left")
