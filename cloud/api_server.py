@@ -323,6 +323,16 @@ class Tokens:
                 found = token
         return found
 
+    def refusal(self, method: str, authorization: str | None) -> tuple[HTTPStatus, str] | None:
+        """Why a request may not go on (401: no known token; 403: a read token that does not
+        ``GET``), or None; the GM API and the KB's app answer with it alike."""
+        token = self.find(authorization)
+        if token is None:
+            return HTTPStatus.UNAUTHORIZED, "a known bearer token is needed (Authorization: Bearer)"
+        if token.role != "write" and method != "GET":
+            return HTTPStatus.FORBIDDEN, f"token {token.name!r} may only read (role {token.role})"
+        return None
+
 
 def load_tokens(path: str) -> Tokens:
     """The tokens of ``path``; a ``ConfigError`` naming the file and line (never a token) for a
@@ -404,17 +414,10 @@ class GMApiApp:
     def _authorize(self, method: str, path: str, environ: dict[str, Any]) -> None:
         if self.tokens is None or path in OPEN_PATHS:
             return
-        token = self.tokens.find(environ.get("HTTP_AUTHORIZATION"))
-        if token is None:
-            raise _HTTPError(
-                HTTPStatus.UNAUTHORIZED,
-                "Unauthorized",
-                "a known bearer token is needed (Authorization: Bearer)",
-            )
-        if token.role != "write" and method != "GET":
-            raise _HTTPError(
-                HTTPStatus.FORBIDDEN, "Forbidden", f"token {token.name!r} may only read (role {token.role})"
-            )
+        refused = self.tokens.refusal(method, environ.get("HTTP_AUTHORIZATION"))
+        if refused is not None:
+            status, message = refused
+            raise _HTTPError(status, status.phrase.replace(" ", ""), message)
 
     def _body(self, environ: dict[str, Any]) -> Any:
         """The JSON body, refused from its ``Content-Length`` before a byte of it is read."""

@@ -193,17 +193,10 @@ class KBApp:
     def _authorize(self, method: str, path: str, environ: dict[str, Any]) -> None:
         if self.tokens is None or path in OPEN_PATHS:
             return
-        token = self.tokens.find(environ.get("HTTP_AUTHORIZATION"))
-        if token is None:
-            raise HTTPError(
-                HTTPStatus.UNAUTHORIZED,
-                "unauthorized",
-                "a known bearer token is needed (Authorization: Bearer)",
-            )
-        if method != "GET" and token.role != "write":
-            raise HTTPError(
-                HTTPStatus.FORBIDDEN, "forbidden", f"token {token.name!r} may only read (role {token.role})"
-            )
+        refused = self.tokens.refusal(method, environ.get("HTTP_AUTHORIZATION"))
+        if refused is not None:
+            status, message = refused
+            raise HTTPError(status, status.phrase.lower(), message)
 
     @staticmethod
     def _length(environ: dict[str, Any], limit: int) -> int | None:
