@@ -38,12 +38,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from lifelong.common.logonce import LogOnce
+
+if TYPE_CHECKING:
+    # prometheus-client is imported when the metrics server starts (``make_registry``), not
+    # with this module: an LC without metrics (``metrics_port`` 0) never loads it, nor its
+    # HTTP server's modules (docs/performance.md, the LC's idle footprint).
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 @dataclass
@@ -100,7 +104,7 @@ class ItemFailures:
 
 
 def _labelled(
-    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    family: type[CounterMetricFamily | GaugeMetricFamily],
     name: str,
     doc: str,
     label: str,
@@ -113,11 +117,15 @@ def _labelled(
     return metric
 
 
-class _LCCollector(Collector):
+class _LCCollector:
+    """The LC's one collector (prometheus-client's ``Collector`` protocol: ``collect``)."""
+
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         s = self._snapshot()
         yield GaugeMetricFamily("lifelong_lc_outbox_depth", "Reports waiting for an ack", value=s.depth)
         yield GaugeMetricFamily(
@@ -203,6 +211,8 @@ class _LCCollector(Collector):
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_LCCollector(snapshot))
     return registry
@@ -210,6 +220,8 @@ def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
 
 def serve(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
     """Serve ``/metrics``; returns a function that stops the server."""
+    from prometheus_client import start_http_server
+
     server, thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:
