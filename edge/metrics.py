@@ -10,7 +10,12 @@ counters (outbox, session, workers) through one collector registered in a per-pr
     lifelong_lc_reports_total{result}           appended, sent, resent, acked, coalesced,
                                                 dropped (coalescible refused), refused (full)
     lifelong_lc_reconnects_total                connections after the first
-    lifelong_lc_downstream_total{result}        applied, stale, invalid
+    lifelong_lc_downstream_total{result}        applied, stale, invalid, failed (could not be
+                                                stored: rolled back alone, not acknowledged)
+    lifelong_lc_downstream_commits_total        transactions of downstream messages: one per
+                                                burst (all that was queued, up to 1,000),
+                                                acknowledged with one ``ack`` after its commit
+    lifelong_lc_downstream_queued               messages received, not yet applied
     lifelong_lc_rejected_total{reason}          messages and list items refused, by reason:
                                                 invalid (a body or object the models refuse),
                                                 decode, too_large, version, topic, identity, op
@@ -58,6 +63,8 @@ class Snapshot:
     reports: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     downstream: dict[str, int] = field(default_factory=dict)
+    downstream_commits: int = 0
+    downstream_queued: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)
     datasets: dict[str, int] = field(default_factory=dict)
@@ -145,6 +152,16 @@ class _LCCollector:
             "Downstream messages by outcome",
             "result",
             s.downstream,
+        )
+        yield CounterMetricFamily(
+            "lifelong_lc_downstream_commits",
+            "Transactions of downstream messages (one per burst, acknowledged with one ack)",
+            value=s.downstream_commits,
+        )
+        yield GaugeMetricFamily(
+            "lifelong_lc_downstream_queued",
+            "Downstream messages received, not yet applied",
+            value=s.downstream_queued,
         )
         yield _labelled(
             CounterMetricFamily,
