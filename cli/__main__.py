@@ -37,6 +37,16 @@ COMMAND_MODULES = (
     "lifelong.demo",
 )
 
+# The long-running commands and the one module that registers each: ``lifelong lc`` builds its
+# parser from ``lifelong.edge.commands`` alone, so the LC's process never imports the GM, the
+# broker or the client (about 10 MiB of its idle RSS; docs/performance.md). Any other command,
+# and ``lifelong --help``, builds the whole parser.
+COMMAND_OWNERS = {
+    "broker": "lifelong.broker.commands",
+    "gm": "lifelong.cloud.commands",
+    "lc": "lifelong.edge.commands",
+}
+
 
 EXIT_BROKEN_PIPE = 128 + 13
 """Status when stdout's reader went away: 128 + SIGPIPE, as a shell shows for a process it killed."""
@@ -46,7 +56,10 @@ class UserError(Exception):
     """A mistake of the user's: printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command; with ``argv`` naming one of ``COMMAND_OWNERS``, only
+    that sub-command's (the same parser for those arguments, without importing the others)."""
+    owner = COMMAND_OWNERS.get(_command_of(argv)) if argv is not None else None
     parser = argparse.ArgumentParser(
         prog="lifelong",
         description="Edge-cloud lifelong learning over MQTT (Sedna-compatible).",
@@ -59,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default: INFO)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in (owner,) if owner else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -70,8 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str:
+    """The sub-command ``argv`` names: its first word that is not an option (nor the value of
+    ``--log-level``); "" if none."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

@@ -10,7 +10,12 @@ counters (outbox, session, workers) through one collector registered in a per-pr
     lifelong_lc_reports_total{result}           appended, sent, resent, acked, coalesced,
                                                 dropped (coalescible refused), refused (full)
     lifelong_lc_reconnects_total                connections after the first
-    lifelong_lc_downstream_total{result}        applied, stale, invalid
+    lifelong_lc_downstream_total{result}        applied, stale, invalid, failed (could not be
+                                                stored: rolled back alone, not acknowledged)
+    lifelong_lc_downstream_commits_total        transactions of downstream messages: one per
+                                                burst (all that was queued, up to 1,000),
+                                                acknowledged with one ``ack`` after its commit
+    lifelong_lc_downstream_queued               messages received, not yet applied
     lifelong_lc_rejected_total{reason}          messages and list items refused, by reason:
                                                 invalid (a body or object the models refuse),
                                                 decode, too_large, version, topic, identity, op
@@ -38,12 +43,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from lifelong.common.logonce import LogOnce
+
+if TYPE_CHECKING:
+    # prometheus-client is imported when the metrics server starts (``make_registry``), not
+    # with this module: an LC without metrics (``metrics_port`` 0) never loads it, nor its
+    # HTTP server's modules (docs/performance.md, the LC's idle footprint).
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 @dataclass
@@ -54,6 +63,8 @@ class Snapshot:
     reports: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     downstream: dict[str, int] = field(default_factory=dict)
+    downstream_commits: int = 0
+    downstream_queued: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)
     datasets: dict[str, int] = field(default_factory=dict)
@@ -100,7 +111,7 @@ class ItemFailures:
 
 
 def _labelled(
-    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    family: type[CounterMetricFamily | GaugeMetricFamily],
     name: str,
     doc: str,
     label: str,
@@ -113,11 +124,15 @@ def _labelled(
     return metric
 
 
-class _LCCollector(Collector):
+class _LCCollector:
+    """The LC's one collector (prometheus-client's ``Collector`` protocol: ``collect``)."""
+
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         s = self._snapshot()
         yield GaugeMetricFamily("lifelong_lc_outbox_depth", "Reports waiting for an ack", value=s.depth)
         yield GaugeMetricFamily(
@@ -137,6 +152,16 @@ class _LCCollector(Collector):
             "Downstream messages by outcome",
             "result",
             s.downstream,
+        )
+        yield CounterMetricFamily(
+            "lifelong_lc_downstream_commits",
+            "Transactions of downstream messages (one per burst, acknowledged with one ack)",
+            value=s.downstream_commits,
+        )
+        yield GaugeMetricFamily(
+            "lifelong_lc_downstream_queued",
+            "Downstream messages received, not yet applied",
+            value=s.downstream_queued,
         )
         yield _labelled(
             CounterMetricFamily,
@@ -203,6 +228,8 @@ class _LCCollector(Collector):
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_LCCollector(snapshot))
     return registry
@@ -210,6 +237,8 @@ def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
 
 def serve(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
     """Serve ``/metrics``; returns a function that stops the server."""
+    from prometheus_client import start_http_server
+
     server, thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:

@@ -363,6 +363,8 @@ class LocalController:
             },
             reconnects=max(0, self.session.connects - 1),
             downstream=dict(self.session.downstream),
+            downstream_commits=self.session.commits,
+            downstream_queued=self.session.queued(),
             rejected=dict(self.session.rejected),
             workers=self.workers.phases(),
             datasets=self._dataset_statuses(),

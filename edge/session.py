@@ -35,6 +35,7 @@ the store to the constructor.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import sqlite3
@@ -80,6 +81,8 @@ LOG_RETRY_FLOOR = 1024
 """A log answer over the payload limit is read again with fewer bytes, down to this many."""
 LOGGED_ITEMS = 10
 """Refused items of one list body logged one by one; the rest are summed up in one line."""
+BURST_MAX = 1000
+"""The most messages the session applies in one transaction (and acknowledges in one ``ack``)."""
 Key = tuple[str, str, str]
 
 
@@ -120,6 +123,10 @@ class Session:
         self.log_requests = 0  # log requests answered
         self._log_requests: list[Envelope] = []  # of the batch being applied
         self.boot = uuid.uuid4().hex
+        # Envelope ids: this boot's random id and a counter (unique as uuid4 is, without a
+        # getrandom call per message: that was a quarter of the publisher's time in py-spy).
+        self._ids = itertools.count(1)
+        self.commits = 0  # transactions the session committed (one per burst of messages)
         self.connected = threading.Event()
         self.connects = 0
         self.hellos = 0
@@ -134,7 +141,7 @@ class Session:
         self._hello_due: float | None = None  # when to say hello again if no sync arrives
         self._gm_presence_id: str | None = None  # id of the last GM presence seen
         self._gm_state: str | None = None  # its state: online, offline, or None (none seen)
-        self.downstream = {"applied": 0, "stale": 0, "invalid": 0}
+        self.downstream = {"applied": 0, "stale": 0, "invalid": 0}  # and "failed" once one failed
         self.rejected: dict[str, int] = {}  # refused messages and list items, by reason
         self._acks: dict[str, list[int]] = {}
         self._storage_error: str | None = None  # the last batch's database error, until one commits
@@ -143,8 +150,12 @@ class Session:
         self._threads: list[threading.Thread] = []
 
     # -- wire helpers ---------------------------------------------------------------------------
+    def next_id(self) -> str:
+        """A new envelope id: unique per message (this boot's id and a counter)."""
+        return f"{self.boot}{next(self._ids):x}"
+
     def _envelope(self, kind: str, op: Op, body: dict[str, Any] | None, **kw: Any) -> bytes:
-        env = Envelope.new(node=self.node, kind=kind, op=op, body=body, **kw)
+        env = Envelope.new(node=self.node, kind=kind, op=op, body=body, id=self.next_id(), **kw)
         return encode(env, self.codec, max_payload=self.max_payload)
 
     def presence_payload(self, state: Literal["online", "offline"]) -> bytes:
@@ -191,6 +202,10 @@ class Session:
     def handle_gm_presence(self, topic: str, payload: bytes, retained: bool = False) -> None:
         self._queue.put(("gm", payload, retained))
 
+    def queued(self) -> int:
+        """Messages the network thread handed off that the session has not applied yet."""
+        return self._queue.qsize()
+
     # -- threads --------------------------------------------------------------------------------
     def start(self) -> None:
         for target, name in ((self._session_loop, "lc-session"), (self._publisher_loop, "lc-publisher")):
@@ -225,10 +240,10 @@ class Session:
         self._process(item)
 
     def _process(self, item: tuple[str, Any, Any]) -> None:
-        """One batch: ``item`` and whatever else is queued (up to 1,000), in one transaction;
-        then the batch's log requests are answered (whether or not it committed)."""
+        """One burst: ``item`` and whatever else is queued (up to ``BURST_MAX``), in one
+        transaction; then the burst's log requests are answered (whether or not it committed)."""
         batch = [item]
-        while len(batch) < 1000:
+        while len(batch) < BURST_MAX:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
@@ -252,17 +267,25 @@ class Session:
             # applied; docs/reliability.md).
             with self.store.tx(lazy=all(self._is_gm_ack(what, a, b) for what, a, b in batch)):
                 for what, a, b in batch:
+                    done: list[Applied] = []  # what this item acknowledges, once it is in
                     try:
-                        if what == "connect":
-                            self._on_connected(bool(a))
-                        elif what == "down":
-                            changed |= self._on_down(str(a), b, applied)
-                        elif what == "gm":
-                            self._on_gm_presence(a, bool(b))
+                        # A savepoint per item: one that fails rolls back alone, unacknowledged
+                        # (the GM resends it), and the rest of the burst goes on.
+                        with self.store.tx():
+                            if what == "connect":
+                                self._on_connected(bool(a))
+                            elif what == "down":
+                                changed |= self._on_down(str(a), b, done)
+                            elif what == "gm":
+                                self._on_gm_presence(a, bool(b))
                     except sqlite3.OperationalError:
                         raise  # the whole batch waits for the database (below)
                     except Exception:
-                        log.exception("session: handling %s failed", what)
+                        if what == "down":
+                            self.downstream["failed"] = self.downstream.get("failed", 0) + 1
+                        log.exception("session: handling %s %s failed (not acknowledged)", what, a)
+                    else:
+                        applied.extend(done)
                 for epoch, seqs in self._acks.items():
                     try:
                         self.outbox.ack(epoch, seqs)
@@ -286,6 +309,7 @@ class Session:
         except Exception:
             log.exception("session: committing a batch of %d messages failed", len(batch))
             return  # nothing acknowledged: the GM resends
+        self.commits += 1
         if self._storage_error is not None and (applied or self._acks):
             log.warning("local database %s is writable again", self.store.path)
             self._storage_error = None
@@ -615,6 +639,7 @@ class Session:
                 return
             for entry in due:
                 env = Envelope.new(
+                    id=self.next_id(),
                     node=self.node,
                     kind=entry.kind,
                     ns=entry.ns,
