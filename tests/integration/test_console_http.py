@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from harness.gm_inproc import DATASET, NoBus
-from harness.kb import make_kb
+from harness.kb import make_kb, task_index
 
 from lifelong.cloud.kb.service import LocalKnowledgeBase
 from lifelong.cloud.service import GMService, GMSettings
@@ -49,27 +49,7 @@ JOB = {
         "outputDir": "/out",
     },
 }
-INDEX: dict[str, Any] = {
-    "job": f"{NS}/{NAME}",
-    "round": 2,
-    "seen_task": {
-        "task_groups": [
-            {
-                "entry": "summer",
-                "tasks": [{"entry": "summer-a", "attrs": {"season": "summer"}, "samples": 40}],
-                "samples": 40,
-                "model": {"url": "models/summer.pkl", "metrics": {"accuracy": 0.91}, "classes": [0, 1]},
-            },
-            {
-                "entry": "winter",
-                "tasks": [{"entry": "winter-a", "attrs": {"season": "winter"}, "samples": 12}],
-                "samples": 12,
-                "model": {"url": "models/winter.pkl", "metrics": {"accuracy": 0.5}, "classes": [1, 2]},
-                "transfer": {"from": "summer", "ratio": 0.7},
-            },
-        ]
-    },
-}
+INDEX = task_index(f"{NS}/{NAME}", 2)
 DEADLINE = 8.0
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.kb import task_index
 
 from lifelong.cloud.kb.base import KBRefused, KnowledgeBase
 from lifelong.cloud.kb.client import RemoteKnowledgeBase
@@ -15,27 +16,7 @@ from lifelong.cloud.kb.server import KBServer
 from lifelong.cloud.kb.service import LocalKnowledgeBase
 
 JOB = "default/job1"
-INDEX = {
-    "job": JOB,
-    "round": 1,
-    "seen_task": {
-        "task_groups": [
-            {
-                "entry": "summer",
-                "tasks": [{"entry": "summer-a", "attrs": {"season": "summer"}, "samples": 40}],
-                "samples": 40,
-                "model": {"url": "models/summer.pkl", "metrics": {"accuracy": 0.9}, "classes": [0, 1]},
-            },
-            {
-                "entry": "winter",
-                "tasks": [{"entry": "winter-a", "attrs": {"season": "winter"}, "samples": 12}],
-                "samples": 12,
-                "model": {"url": "models/winter.pkl", "metrics": {}},
-                "transfer": {"from": "summer", "ratio": 0.7},
-            },
-        ]
-    },
-}
+INDEX = task_index(JOB)
 
 
 @pytest.fixture(params=["local", "remote"])
@@ -68,7 +49,7 @@ def test_tasks_and_metrics_through_the_protocol(kb: tuple[KnowledgeBase, LocalKn
     tasks = under_test.tasks(JOB)
     assert tasks["version"] == 1
     groups = {g["entry"]: g for g in tasks["taskGroups"]}
-    assert groups["summer"]["model"]["metrics"] == {"accuracy": 0.9}
+    assert groups["summer"]["model"]["metrics"] == {"accuracy": 0.91}
     assert [t["entry"] for t in groups["summer"]["tasks"]] == ["summer-a"]
     assert groups["winter"]["transfer"] == {"from": "summer", "ratio": 0.7}
     metrics = under_test.metrics(JOB)
