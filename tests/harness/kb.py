@@ -47,3 +47,28 @@ def make_kb(path: Path) -> Iterator[LocalKnowledgeBase]:
         yield base
     finally:
         base.close()
+
+
+def task_index(job: str, round_: int = 1) -> dict[str, Any]:
+    """A task index of two task groups, ``summer`` (accuracy 0.91) and ``winter`` (transferred from
+    summer, ratio 0.7), one task each, as a training worker posts it."""
+    groups = [
+        ("summer", 40, {"accuracy": 0.91}, [0, 1], None),
+        ("winter", 12, {"accuracy": 0.5}, [1, 2], {"from": "summer", "ratio": 0.7}),
+    ]
+    return {
+        "job": job,
+        "round": round_,
+        "seen_task": {
+            "task_groups": [
+                {
+                    "entry": name,
+                    "tasks": [{"entry": f"{name}-a", "attrs": {"season": name}, "samples": samples}],
+                    "samples": samples,
+                    "model": {"url": f"models/{name}.pkl", "metrics": metrics, "classes": classes},
+                    **({"transfer": transfer} if transfer else {}),
+                }
+                for name, samples, metrics, classes, transfer in groups
+            ]
+        },
+    }
