@@ -13,18 +13,23 @@ fixture skips saying so, or fails with ``LIFELONG_REQUIRE_BROWSER=1``, as CI set
 Tests wait with ``Browser.wait`` (selenium's ``WebDriverWait`` with a deadline and a message
 naming what was awaited), never with fixed sleeps. ``Browser.screenshot(name)`` saves
 ``NAME.png`` into ``LIFELONG_CONSOLE_SHOTS`` (default: a tmp dir of the test session);
-``make screenshots`` points it at ``docs/console/``.
+``make screenshots`` points it at ``docs/console/``. chromedriver runs in its own process group
+with Chromium under it, registered with ``harness/reaper.py``: a session that ends without
+``quit()`` still leaves no browser behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from harness import reaper
 
 T = TypeVar("T")
 
@@ -97,6 +102,18 @@ class Browser:
         self.driver = driver
         self.shots = shots
         self.timeout = timeout
+        self.base = ""  # the server the test's paths are on (``show`` of the console's tests)
+
+    def keep_on_load(self, name: str, css: str) -> None:
+        """From now on every document records, once loaded, the text of its first ``css`` element
+        (or null) in ``window[name]`` (Chromium's ``Page.addScriptToEvaluateOnNewDocument``): what
+        a page showed when it came, even after its script has changed it."""
+        source = (
+            "document.addEventListener('DOMContentLoaded', function () {"
+            f" var e = document.querySelector({json.dumps(css)});"
+            f" window[{json.dumps(name)}] = e ? e.textContent : null; }});"
+        )
+        self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
 
     # -- waiting --------------------------------------------------------------------------------
     def wait(self, predicate: Callable[[], T], what: str, timeout: float | None = None) -> T:
@@ -192,8 +209,14 @@ def running_browser(workdir: Path, shots: Path) -> Iterator[Browser]:
     for arg in chromium_arguments(workdir / "profile"):
         options.add_argument(arg)
     options.page_load_strategy = "normal"
-    service = Service(executable_path=driver_path, log_output=str(workdir / "chromedriver.log"))
+    service = Service(
+        executable_path=driver_path,
+        log_output=str(workdir / "chromedriver.log"),
+        popen_kw={"start_new_session": True},  # its own group, Chromium in it: the reaper's to kill
+    )
     driver = webdriver.Chrome(service=service, options=options)
+    if service.process is not None:
+        reaper.started(service.process)
     try:
         driver.set_page_load_timeout(30)
         driver.set_window_size(*WINDOW)
