@@ -21,4 +21,8 @@ for name, folder in FOLDERS.items():
     packages.append(name)
     packages += [f"{name}.{sub}" for sub in find_packages(folder)]
 
+# Folders of data files inside a package are listed as packages of their own, so that setuptools
+# ships them (with pyproject's package-data) without warning that they would be ignored.
+packages += ["lifelong.cloud.console.templates", "lifelong.cloud.console.static"]
+
 setup(packages=packages)

@@ -23,6 +23,9 @@ unless told ``--api-allow-anonymous`` (docs/security.md, "HTTP APIs"). JSON in a
                                          ``?tail=N``, ``offset=K``, ``limit=B``, ``timeout=S``)
 ``GET|POST /api/v1/namespaces/{ns}/``    a job's unseen samples in the knowledge base, their
 ``lifelonglearningjobs/{name}/kb/...``   labels and its summary (``cloud/kb_routes.py``)
+``GET|POST /ui/...``                     the web console (``cloud/console``, docs/console.md): HTML
+                                         pages, its own login (a session cookie, or the same
+                                         bearer tokens), server-sent events at ``/ui/events``
 =======================================  =================================================
 
 Errors are ``{"error": "<one line>", "reason": "<class>"}`` with 400 (validation, a body that is
@@ -53,12 +56,15 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from lifelong.cloud.console.app import ConsoleApp
+from lifelong.cloud.console.live import Watcher
+from lifelong.cloud.console.pages import digest
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.kb_routes import KBApi
 from lifelong.cloud.logs import WorkerLogRequests
@@ -391,12 +397,24 @@ METHODS = frozenset({"GET", "POST", "DELETE"})
 class GMApiApp:
     """The GM API as a WSGI application: authentication, then the routes of the module docstring."""
 
-    def __init__(self, api: GMApi, *, tokens: Tokens | None = None, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        api: GMApi,
+        *,
+        tokens: Tokens | None = None,
+        max_body: int = MAX_BODY,
+        console: ConsoleApp | None = None,
+    ) -> None:
         self.api = api
         self.tokens = tokens
         self.max_body = max_body
+        self.console = console
+        """The web console, handed every ``/ui`` request before the API's token check (it does its own)."""
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", ""))
+        if self.console is not None and (path == "/ui" or path.startswith("/ui/")):
+            return self.console(environ, start_response)
         try:
             status, body, content_type, extra = self._handle(environ)
         except _HTTPError as exc:
@@ -530,7 +548,10 @@ def _status_of(exc: Exception) -> HTTPStatus:
 
 class ApiServer:
     """The GM API served on its own thread (``TLSWSGIServer``): HTTPS when ``tls`` gives a
-    certificate and key file, bearer tokens when ``tokens`` is given."""
+    certificate and key file, bearer tokens when ``tokens`` is given. With ``console`` (standalone
+    mode) the web console too, and its watcher thread, started and stopped with the server; the
+    server then has ``limits.threads`` plus the console's stream bound threads, so open event
+    streams never take the threads API requests need."""
 
     def __init__(
         self,
@@ -541,8 +562,18 @@ class ApiServer:
         tokens: Tokens | None = None,
         tls: tuple[str, str] | None = None,
         limits: HTTPLimits = DEFAULT_LIMITS,
+        console: bool = False,
     ) -> None:
-        self.app = GMApiApp(api, tokens=tokens, max_body=limits.max_body)
+        self.watcher: Watcher | None = None
+        app: ConsoleApp | None = None
+        if console:
+            self.watcher = Watcher(
+                lambda with_kb: digest(api, with_kb),
+                on_failure=api.metrics.item_failures.labels(loop="console_watch").inc,
+            )
+            app = ConsoleApp(api, self.watcher, tokens=tokens, secure=tls is not None)
+            limits = replace(limits, threads=limits.threads + self.watcher.max_streams)
+        self.app = GMApiApp(api, tokens=tokens, max_body=limits.max_body, console=app)
         self._server = TLSWSGIServer(self.app, host, port, limits, name="gm-api", tls=tls)
 
     @property
@@ -555,6 +586,10 @@ class ApiServer:
 
     def start(self) -> None:
         self._server.start()
+        if self.watcher is not None:
+            self.watcher.start()
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()  # ends every event stream, so the server's threads stop at once
         self._server.close()

@@ -135,6 +135,13 @@ class GMMetrics:
             "Workers' posted infos forgotten because their job holds more than the bound (oldest first)",
             registry=r,
         )
+        self.console_refused = Counter(
+            "lifelong_gm_console_refused",
+            "Web console requests refused (unknown_token, no_session, read_only, csrf, origin, "
+            "bad_form, too_large, bad_filter, method, streams_full), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.work_collapsed_fn: Callable[[], int] = lambda: 0
         self.hellos = Counter("lifelong_gm_hellos", "Hello messages handled", registry=r)
         self.reconcile_seconds = Histogram(

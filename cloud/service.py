@@ -489,7 +489,14 @@ class GMService:
                 api.kb = KBApi(self.store, self.kb, on_labelled=self._on_labelled)
             try:
                 tokens, tls = _api_security(settings)
-                self.api = ApiServer(api, settings.api_host, settings.api_port, tokens=tokens, tls=tls)
+                self.api = ApiServer(
+                    api,
+                    settings.api_host,
+                    settings.api_port,
+                    tokens=tokens,
+                    tls=tls,
+                    console=not settings.kubernetes,  # the console reads the store (standalone only)
+                )
             except ConfigError:
                 self.executor.shutdown()
                 self.store.close()

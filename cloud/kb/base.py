@@ -2,8 +2,9 @@
 
 Who calls it: the GM's ``UnseenSamples`` controller (stores what the edges found), the labelled
 samples' delivery (sends labelled samples to the Dataset's node, then marks them delivered), the
-job controller (keeps ``status.knowledgeBase``) and the GM API's ``kb`` routes (``lifelong kb
-samples`` and ``lifelong kb label``). Two implementations: the KB service's own (in process) and
+job controller (keeps ``status.knowledgeBase``), the GM API's ``kb`` routes (``lifelong kb
+samples`` and ``lifelong kb label``) and the web console (``cloud/console``: task groups, models,
+metrics per round, transfers). Two implementations: the KB service's own (in process) and
 an HTTP client of its native API (``lifelong gm --kb-url``).
 
 Jobs are named ``namespace/name``. Every method is durable when it returns: a sample stored or a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from lifelong.common.api.lifelonglearningjob import KnowledgeBase as KBStatus
 from lifelong.common.errors import LifelongError
@@ -93,4 +94,18 @@ class KnowledgeBase(Protocol):
 
     def summary(self, job: str) -> KBStatus:
         """``status.knowledgeBase`` of the job: its models, classes and sample counts."""
+        ...
+
+    def tasks(self, job: str) -> dict[str, Any]:
+        """The job's task groups as its latest task index left them: ``{"job", "version",
+        "taskGroups": [{"entry", "deployed", "sampleNum", "taskNum", "tasks": [{"entry", "attrs",
+        "transferRatio", "samples"}], "model": {"url", "format", "metrics", "classes",
+        "indexVersion"} | None, "transfer": {"from", "ratio"} | None}]}`` (the native API's
+        ``GET /tasks/{ns}/{job}``). A job the KB knows nothing of raises ``KBRefused``."""
+        ...
+
+    def metrics(self, job: str) -> dict[str, Any]:
+        """The job's metrics per round: ``{"job", "tasks": [...], "rounds": [...], "scores":
+        {"<round>": {task: {"train"|"eval": {metric: value}}}}}`` (the native API's ``GET
+        /metrics/{ns}/{job}``). A job the KB knows nothing of raises ``KBRefused``."""
         ...
