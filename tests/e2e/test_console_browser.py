@@ -202,11 +202,17 @@ def by(items: list[dict[str, Any]], attr: str) -> dict[str, dict[str, Any]]:
     return {item["attrs"][attr]: item for item in items}
 
 
-def show(browser: Browser, path: str, page: str) -> None:
-    """Open ``path`` and wait for its ``<main data-page=PAGE>`` and the live stream to connect."""
+def show(browser: Browser, path: str, page: str, live: bool = False) -> None:
+    """Open ``path`` and wait for its ``<main data-page=PAGE>``; with ``live``, also for its
+    stream of changes to connect (``#live[data-state=live]``)."""
     browser.open(browser.base + path)
     browser.wait(lambda: browser.has(f'main#content[data-page="{page}"]'), f"the {page} page at {path}")
-    browser.wait(lambda: browser.find("#live").get_attribute("data-state") == "live", "live updates")
+    if live:
+        browser.wait(lambda: is_live(browser), f"live updates on {path}")
+
+
+def is_live(browser: Browser) -> bool:
+    return bool(browser.find("#live").get_attribute("data-state") == "live")
 
 
 def login(browser: Browser, console: Console, token: str, path: str = "/ui/jobs") -> None:
@@ -251,7 +257,9 @@ def assert_matrix(shown: dict[tuple[int, str], float], kb: dict[tuple[int, str],
 
 
 @pytest.fixture(scope="module")
-def page(browser: Browser, console: Console) -> Browser:
+def page(console: Console, browser: Browser) -> Browser:
+    """The browser on the console's GM. The processes start first: each takes a port that
+    ``free_port`` found free, and Chromium's many loopback connections took such ports first."""
     browser.base = console.gm.server
     return browser
 
@@ -343,11 +351,11 @@ def test_the_job_page_shows_the_conditions_by_round_the_workers_and_the_kb_metri
     )
 
     assert workers_shown(page) == workers_of(console)  # finished workers are gone at rest: none
+    assert page.has(f'a[href="/ui/kb/{KEY}"]') and page.has(f'a[href="/ui/unseen/{KEY}"]')
 
     plotted = cells(rows(page, "#metrics-plot circle[data-round]"))
-    assert_matrix(plotted, r_matrix(console.kb("metrics")))
     assert {task for _, task in plotted} == {"cam-a", "cam-b", "cam-c"}, plotted
-    assert page.has(f'a[href="/ui/kb/{KEY}"]') and page.has(f'a[href="/ui/unseen/{KEY}"]')
+    assert_matrix(plotted, r_matrix(console.kb("metrics")))
 
 
 def workers_of(console: Console) -> dict[str, tuple[str, str, str]]:
@@ -404,11 +412,11 @@ def check_kb_page(page: Browser, console: Console) -> dict[str, Any]:
         assert fields["group"] == entry and fields["model"] == group["model"]["url"], (name, fields)
         assert fields["samples"] == str(task["samples"]), (name, fields, task)
         assert float(fields["score"]) == pytest.approx(group["model"]["metrics"]["accuracy"]), (name, fields)
-    assert_matrix(cells(rows(page, "#heatmap rect[data-round]")), r_matrix(console.kb("metrics")))
     transfers = {
         (t["attrs"]["data-task"], t["attrs"]["data-from"]) for t in rows(page, "#transfers tr[data-task]")
     }
     assert transfers == {(e, g["transfer"]["from"]) for e, g in groups.items() if g.get("transfer")}
+    assert_matrix(cells(rows(page, "#heatmap rect[data-round]")), r_matrix(console.kb("metrics")))
     return groups
 
 
@@ -428,14 +436,14 @@ def test_the_unseen_pages_show_the_kbs_samples(page: Browser, console: Console) 
     assert len(rows(page, "form[data-label-one]")) == UNSEEN
     predicted = {str(s["predicted"]) for s in api}
     assert {f["attrs"]["data-label-predicted"] for f in rows(page, "form[data-label-predicted]")} == predicted
-    page.screenshot("unseen")
+    page.screenshot("unseen", tall=False)  # 100 samples: the first ones
 
 
 def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reaches_the_kb(
     page: Browser, console: Console
 ) -> None:
     page.keep_on_load("lifelongFlash", "#flash")  # the flash as each page came (a live swap drops it)
-    show(page, f"/ui/unseen/{KEY}", "unseen")
+    show(page, f"/ui/unseen/{KEY}", "unseen", live=True)
 
     def flash() -> str | None:
         found: str | None = page.script("return window.lifelongFlash || null;")
@@ -472,7 +480,7 @@ def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reache
 
 
 def test_the_job_page_shows_round_2_start_without_a_reload(page: Browser, console: Console) -> None:
-    show(page, f"/ui/jobs/{KEY}", "job")
+    show(page, f"/ui/jobs/{KEY}", "job", live=True)
     page.mark()
     version = page.find("#content").get_attribute("data-version")
     rest = console.samples("unlabelled")
@@ -497,7 +505,7 @@ def test_the_job_page_shows_round_2_start_without_a_reload(page: Browser, consol
 
 
 def test_the_kb_page_shows_round_2_and_the_transfer_without_a_reload(page: Browser, console: Console) -> None:
-    show(page, f"/ui/kb/{KEY}", "kb")
+    show(page, f"/ui/kb/{KEY}", "kb", live=True)
     page.mark()
     page.wait(
         lambda: (
@@ -515,13 +523,13 @@ def test_the_kb_page_shows_round_2_and_the_transfer_without_a_reload(page: Brows
         interval=0.2,
         what=f"round 2 of {JOB}\n{console.lc.log_tail()}",
     )
-    show(page, f"/ui/kb/{KEY}", "kb")
-    groups = check_kb_page(page, console)
-    assert groups["cam-c"]["transfer"]["from"] == "cam-b"
-    page.screenshot("kb")
     show(page, f"/ui/jobs/{KEY}", "job")
     assert max(rnd for rnd, _, _ in timeline(page)) == 2
     page.screenshot("job")
+    show(page, f"/ui/kb/{KEY}", "kb")
+    page.screenshot("kb")
+    groups = check_kb_page(page, console)
+    assert groups["cam-c"]["transfer"]["from"] == "cam-b"
 
 
 def test_the_nodes_page_shows_the_nodes_and_the_lc_going_offline_without_a_reload(
@@ -541,6 +549,7 @@ def test_the_nodes_page_shows_the_nodes_and_the_lc_going_offline_without_a_reloa
     assert not page.has("form[data-delete-node]")  # an online node cannot be deleted
     page.screenshot("nodes")
 
+    show(page, "/ui/nodes", "nodes", live=True)
     page.mark()
     console.lc.kill()
     killed = time.monotonic()
@@ -555,3 +564,19 @@ def test_the_nodes_page_shows_the_nodes_and_the_lc_going_offline_without_a_reloa
     assert page.has(f'form[data-delete-node="{NODE}"]')  # a write session may now forget it
     print(f"{NODE} shown offline {took:.1f}s after it was killed (keepalive {KEEPALIVE}s)")
     assert console.gm.api("GET", "/api/v1/nodes")["items"][0]["online"] is False
+
+
+def test_every_page_opened_one_after_another_goes_live(page: Browser, console: Console) -> None:
+    """A page left behind gives its place among the live streams (at most 8) back: going through
+    all the pages, twice, each one connects."""
+    pages = [
+        ("/ui/jobs", "jobs"),
+        (f"/ui/jobs/{KEY}", "job"),
+        ("/ui/kb", "kb-index"),
+        (f"/ui/kb/{KEY}", "kb"),
+        ("/ui/unseen", "unseen-index"),
+        (f"/ui/unseen/{KEY}", "unseen"),
+        ("/ui/nodes", "nodes"),
+    ]
+    for path, name in pages * 2:
+        show(page, path, name, live=True)

@@ -36,6 +36,7 @@ T = TypeVar("T")
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser")
 CHROMEDRIVER = ("/usr/bin/chromedriver", "chromedriver")
 WINDOW = (1280, 900)
+MAX_SHOT_HEIGHT = 1800  # a screenshot is the page as tall as its content, up to this
 DEAD_PROXY = "127.0.0.1:9"  # the discard port: nothing listens, so nothing leaves through it
 SHOTS_ENV = "LIFELONG_CONSOLE_SHOTS"
 REQUIRE_ENV = "LIFELONG_REQUIRE_BROWSER"
@@ -172,12 +173,17 @@ class Browser:
     def reloaded(self) -> bool:
         return not self.script("return window.__lifelongMark === true;")
 
-    def screenshot(self, name: str) -> Path:
-        """Save the whole page (as tall as its content) as ``NAME.png`` in the shots directory."""
+    def screenshot(self, name: str, tall: bool = True) -> Path:
+        """Save the page as ``NAME.png`` in the shots directory: as tall as its content (up to
+        ``MAX_SHOT_HEIGHT``), or with ``tall=False`` what the window shows."""
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{name}.png"
-        height = int(self.script("return document.documentElement.scrollHeight;") or WINDOW[1])
-        self.driver.set_window_size(WINDOW[0], min(max(height, WINDOW[1]), 4000))
+        if tall:  # the window's height is the page's plus what the browser's frame takes
+            content, frame = self.script(
+                "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight];"
+            )
+            height = min(max(int(content), WINDOW[1]), MAX_SHOT_HEIGHT) + max(int(frame), 0)
+            self.driver.set_window_size(WINDOW[0], height)
         try:
             if not self.driver.save_screenshot(str(path)):
                 raise AssertionError(f"chromium saved no screenshot to {path}")
