@@ -92,14 +92,21 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from _running(Cluster(bin_dir, tmp_path_factory.mktemp("k8s")))
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    """A headless Chromium (one per test module); its screenshots go to ``LIFELONG_CONSOLE_SHOTS``
-    (default: a tmp dir of this module)."""
+@pytest.fixture(scope="session")
+def browser_programs() -> tuple[str, str]:
+    """Chromium and chromedriver (with selenium importable), or skip (fail under
+    ``LIFELONG_REQUIRE_BROWSER=1``) saying what is missing; a test needing the browser asks for
+    this before it starts anything else."""
     try:
-        browser_binaries()
+        return browser_binaries()
     except BrowserUnavailable as exc:
         _missing("LIFELONG_REQUIRE_BROWSER", "no headless Chromium", exc)
+
+
+@pytest.fixture(scope="module")
+def browser(browser_programs: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """A headless Chromium (one per test module); its screenshots go to ``LIFELONG_CONSOLE_SHOTS``
+    (default: a tmp dir of this module)."""
     workdir = tmp_path_factory.mktemp("browser")
     with running_browser(workdir, shots_dir(workdir / "shots")) as b:
         yield b

@@ -124,7 +124,9 @@ def _job_manifests(work: Path, kb_port: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def console(browser_programs: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The processes, with round 1 done and its unseen samples in the KB (nothing starts when
+    there is no browser to test with)."""
     work = tmp_path_factory.mktemp("console")
     broker = make_broker("mosquitto" if mosquitto_binary() else "amqtt", work)
     gm: TokenGM | None = None
@@ -443,7 +445,7 @@ def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reache
     page: Browser, console: Console
 ) -> None:
     page.keep_on_load("lifelongFlash", "#flash")  # the flash as each page came (a live swap drops it)
-    show(page, f"/ui/unseen/{KEY}", "unseen", live=True)
+    show(page, f"/ui/unseen/{KEY}", "unseen")
 
     def flash() -> str | None:
         found: str | None = page.script("return window.lifelongFlash || null;")
