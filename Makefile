@@ -6,18 +6,22 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d
 PYTEST_ARGS ?=
 # Test processes for `make test` (pytest-xdist). Most tests wait on brokers and processes, so
 # three share two cores well: 960 tests took 5:47 with 3 and 9:42 in one process here.
+# --dist loadgroup: the tests marked xdist_group("NAME") run in one process, in order (the web
+# console's browser tests share one set of processes and one browser, module-scoped).
 TEST_JOBS ?= 3
 
-.PHONY: help venv test check lint typecheck imports crds demo bench eval faults clean
+.PHONY: help venv test check lint typecheck imports crds demo bench eval faults screenshots clean
 
 help:
-	@echo "make demo   - run the lifelong-learning demo on the embedded broker"
+	@echo "make demo   - run the lifelong-learning demo on the embedded broker (ARGS=--keep-running:"
+	@echo "              keep it running after the last round, to watch it in the web console)"
 	@echo "make test   - install into $(VENV) and run the test suite"
 	@echo "make check  - ruff, mypy and the import-layer contracts"
 	@echo "make crds   - regenerate deploy/crds from the API models"
 	@echo "make bench  - benchmarks against raw paho-mqtt (QUICK=1 for the short run)"
 	@echo "make eval   - lifelong-learning metrics against Sedna's defaults and baselines (FAST=1: small)"
 	@echo "make faults - the fault suite with full repetition counts"
+	@echo "make screenshots - the web console's browser tests, saving their pictures in docs/console/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +44,7 @@ test: $(STAMP)
 	elif [ -z "$$LIFELONG_K8S_BIN_DIR" ]; then \
 	  echo "make test: no Go toolchain, so the Kubernetes-mode tests (a real kube-apiserver and etcd, tests/k8s) are skipped"; \
 	fi; \
-	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -67,8 +71,9 @@ crds: $(STAMP)  ## also refreshes the copies kustomize needs in deploy/k8s
 	$(BIN)/python -m lifelong.common.api.crdgen deploy/crds
 	sh deploy/k8s/sync.sh
 
+# ARGS: options of `lifelong demo`, e.g. make demo ARGS=--keep-running (the console stays up)
 demo: $(STAMP)
-	$(BIN)/lifelong demo
+	$(BIN)/lifelong demo $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
@@ -84,6 +89,13 @@ faults: $(STAMP)  ## the fault suite with the full counts; prints the table of d
 	LIFELONG_FAULT_RESULTS=$(CURDIR)/.build/faults.jsonl \
 	$(BIN)/python -m pytest -m faults tests/faults --timeout 1800 $(PYTEST_ARGS)
 	cd tests && ../$(BIN)/python -m harness.faults ../.build/faults.jsonl
+
+# The browser tests of the web console (headless Chromium, tests/harness/browser.py) save one
+# picture per page; docs/console.md shows the ones in docs/console/. They must not skip here.
+screenshots: $(STAMP)
+	mkdir -p docs/console
+	LIFELONG_REQUIRE_BROWSER=1 LIFELONG_CONSOLE_SHOTS=$(CURDIR)/docs/console \
+	$(BIN)/python -m pytest -p no:cacheprovider tests/e2e/test_console_browser.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .build build *.egg-info

@@ -165,6 +165,7 @@ class Core:
         self.broker_port, api_port, self.worker_port = free_port(), free_port(), free_port()
         self.broker_url = f"mqtt://127.0.0.1:{self.broker_port}"
         self.server = f"http://127.0.0.1:{api_port}"
+        self.console = f"{self.server}/ui/"  # the GM's web console (docs/console.md)
         base = [sys.executable, "-m", "lifelong"]
         self.broker = Child("broker", [*base, "broker", "--port", str(self.broker_port)], logs / "broker.log")
         gm = [*base, "gm", "--broker", self.broker_url, "--store", f"sqlite:{workdir / 'gm' / 'store.db'}"]
@@ -189,6 +190,7 @@ class Core:
         if gm_ready is not None:
             wait_until(gm_ready, 60, "the GM's knowledge base", watched)
         say(f"gm       {self.server}  (SQLite store, pid {self.gm.proc and self.gm.proc.pid})")
+        say(f"console: {self.console}  (the web console: open it in a browser to watch the job)")
         self.lc.start()
         wait_until(self._node_online, 60, f"node {self.node} to say hello to the GM", watched)
         pid = self.lc.proc and self.lc.proc.pid
@@ -332,7 +334,7 @@ class Demo:
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
         self.core = Core(self.workdir, NODE)
-        self.broker_url, self.server = self.core.broker_url, self.core.server
+        self.broker_url, self.server, self.console = self.core.broker_url, self.core.server, self.core.console
         self.infer_port = free_port()
         infer = Child(
             "inference service",
@@ -447,7 +449,7 @@ class Demo:
                 if not self.keep_running:
                     return 0
                 self.say(
-                    "--keep-running: still feeding and retraining; try "
+                    f"--keep-running: still feeding and retraining; watch it at {self.console}, try "
                     f"`lifelong get ll --server {self.server}` or "
                     f"`lifelong tail --broker {self.broker_url}`; Ctrl-C stops everything"
                 )

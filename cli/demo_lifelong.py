@@ -84,7 +84,7 @@ class LifelongDemo:
     def start(self) -> None:
         kb_port = free_port()
         core = Core(self.workdir, NODE, ["--kb-dir", str(self.workdir / "kb"), "--kb-port", str(kb_port)])
-        self.broker_url, self.server = core.broker_url, core.server
+        self.broker_url, self.server, self.console = core.broker_url, core.server, core.console
         self.kb = f"http://127.0.0.1:{kb_port}/knowledgebase/v1"
         self.children = core.children
         core.start(self.say, self.children, gm_ready=lambda: port_open(kb_port))
@@ -164,7 +164,8 @@ class LifelongDemo:
         self.summary(self.watch())
         if self.keep_running:
             self.say(
-                f"--keep-running: try `lifelong describe ll {JOB} --server {self.server}`, "
+                f"--keep-running: everything keeps running; watch it in the console at {self.console} , try "
+                f"`lifelong describe ll {JOB} --server {self.server}`, "
                 f"`lifelong kb summary {JOB} --server {self.server}` or "
                 f"`lifelong tail --broker {self.broker_url}`; Ctrl-C stops everything"
             )

@@ -21,6 +21,11 @@ is shared between processes, so no worker stops a server another still uses, and
 reaper stops its own; a start takes about 6 s). Without the binaries (no Go toolchain, or not
 built yet: ``make test`` builds them first) the tests that use it skip saying why; with
 ``LIFELONG_REQUIRE_K8S=1`` (set by CI) they fail instead.
+
+``browser`` is a headless Chromium driven by selenium through Debian's chromedriver
+(``harness/browser.py``), one per test module, for the web console's tests. Without chromium,
+chromium-driver or selenium those tests skip saying why; with ``LIFELONG_REQUIRE_BROWSER=1`` (set
+by CI) they fail instead.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from typing import NoReturn, Protocol, TypeVar
 import pytest
 from harness import reaper
 from harness.brokers import Broker, Users, available_kinds, make_broker
+from harness.browser import Browser, running_browser, shots_dir
+from harness.browser import Unavailable as BrowserUnavailable
+from harness.browser import binaries as browser_binaries
 from harness.k8s_cluster import Cluster, Unavailable, binaries
 from harness.rabbitmq import RabbitCluster
 from harness.rabbitmq import Unavailable as RabbitUnavailable
@@ -82,6 +90,26 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     except Unavailable as exc:
         _missing("LIFELONG_REQUIRE_K8S", "no Kubernetes control plane", exc)
     yield from _running(Cluster(bin_dir, tmp_path_factory.mktemp("k8s")))
+
+
+@pytest.fixture(scope="session")
+def browser_programs() -> tuple[str, str]:
+    """Chromium and chromedriver (with selenium importable), or skip (fail under
+    ``LIFELONG_REQUIRE_BROWSER=1``) saying what is missing; a test needing the browser asks for
+    this before it starts anything else."""
+    try:
+        return browser_binaries()
+    except BrowserUnavailable as exc:
+        _missing("LIFELONG_REQUIRE_BROWSER", "no headless Chromium", exc)
+
+
+@pytest.fixture(scope="module")
+def browser(browser_programs: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """A headless Chromium (one per test module); its screenshots go to ``LIFELONG_CONSOLE_SHOTS``
+    (default: a tmp dir of this module)."""
+    workdir = tmp_path_factory.mktemp("browser")
+    with running_browser(workdir, shots_dir(workdir / "shots")) as b:
+        yield b
 
 
 @pytest.fixture

@@ -167,7 +167,7 @@ def worker_log_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
         found = api.worker_log(ns, name, {"tail": ["200"], "timeout": [str(LOG_TIMEOUT)]})
     except Exception as exc:  # the GM serves no logs, the node is offline or cannot give it
         return {"ns": ns, "name": name, "text": None, "message": str(exc)}
-    return {"ns": ns, "name": name, "text": found.get("text", ""), "message": None, "log": found}
+    return {"ns": ns, "name": name, "text": found.get("data", ""), "message": None, "log": found}
 
 
 # -- the knowledge base ---------------------------------------------------------------------------

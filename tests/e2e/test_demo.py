@@ -7,7 +7,8 @@ samples with ``lifelong kb label`` and round 2 learns it. The test runs it with
 ``--keep-running`` (the same run, which then waits for Ctrl-C) so that what the demo printed can
 be checked against the GM's API and the KB's native API while they still run: the unseen task
 found, labelled and learned from the closest known task, the table of accuracy per task per
-round. ``--scenario digits`` (the shifting-digits loop) still runs; Ctrl-C stops every child.
+round, and the web console's address it printed (docs/console.md). ``--scenario digits`` (the
+shifting-digits loop) still runs; Ctrl-C stops every child.
 """
 
 from __future__ import annotations
@@ -113,6 +114,16 @@ def test_the_default_demo_finds_labels_and_learns_an_unseen_task(tmp_path: Path)
         kb = re.search(r"kb +(http://127\.0\.0\.1:\d+/knowledgebase/v1)", text)
         assert gm and kb, text
         base = f"{kb.group(1)}/%s/default/{JOB}"
+
+        # The web console: its address printed once the GM was up, again with --keep-running, and
+        # it answers after the last round (the demo's GM takes no token: no login page).
+        console = re.search(r"console: (http://127\.0\.0\.1:\d+/ui/)", text)
+        assert console and console.group(1) == f"{gm.group(1)}/ui/", text
+        assert re.search(rf"--keep-running:.* {re.escape(console.group(1))} ", text), text
+        with urllib.request.urlopen(console.group(1), timeout=10) as resp:  # 303 to /ui/jobs
+            page = resp.read().decode()
+            assert resp.status == 200 and resp.url == f"{gm.group(1)}/ui/jobs", resp.url
+        assert 'data-page="jobs"' in page and f'data-job="default/{JOB}"' in page, page
 
         # The GM: two rounds went through train, eval and deploy.
         job = get(f"{gm.group(1)}/api/v1/LifelongLearningJob/default/{JOB}")
