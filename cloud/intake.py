@@ -448,6 +448,8 @@ class Intake:
         for r, refusal in rejected:
             self._reject(refusal.reason, f"{r.where} seq {r.env.seq}", str(refusal), r.node)
         debug = log.isEnabledFor(logging.DEBUG)
+        if debug and len(reports) > 1:  # the fault suite checks its kills land among bursts
+            log.debug("applied a burst of %d reports in one transaction", len(reports))
         for r, outcome in done:
             if debug:  # the fault suite counts applications from this line
                 log.debug(
