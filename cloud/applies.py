@@ -117,5 +117,5 @@ class GroupCommit:
             return
         finally:
             self.groups += 1
-        for pending, before, stored, error in answers:
-            pending.before, pending.stored, pending.error = before, stored, error
+        for pending, was, now, error in answers:
+            pending.before, pending.stored, pending.error = was, now, error
