@@ -409,22 +409,22 @@ class BrokerRun:
         t0 = time.monotonic()
         for i in range(k):
             gm.apply(job_obj(f"job-o-{i}", "ds-0", NODE))
-        names = {f"job-o-{i}" for i in range(k)}
+        e2e = self._rate_to_last_ack({f"job-o-{i}" for i in range(k)}, mark, t0, self.cfg.timeout)
+        extra = {"apply_rate_lc_offline": apply_rate, "measured": "first HTTP apply -> last job acked"}
+        self.results["downstream-e2e"] = row(e2e, raw_rate, "jobs/s", higher_is_better=True, extra=extra)
+
+    def _rate_to_last_ack(self, names: set[str], mark: int, t0: float, timeout: float) -> float:
+        """Jobs a second from ``t0`` until the LC has acknowledged every job of ``names``."""
+        spy = self.spy
+        assert spy is not None
         wait_for(
             lambda: names <= set(acked_names(spy, mark, JOB)),
-            timeout=self.cfg.timeout,
+            timeout=timeout,
             what="the LC to ack every job",
             interval=0.05,
         )
         acks = acked_names(spy, mark, JOB)
-        e2e = k / (max(acks[n] for n in names) - t0)
-        self.results["downstream-e2e"] = row(
-            e2e,
-            raw_rate,
-            "jobs/s",
-            higher_is_better=True,
-            extra={"apply_rate_lc_offline": apply_rate, "measured": "first HTTP apply -> last job acked"},
-        )
+        return len(names) / (max(acks[x] for x in names) - t0)
 
     # -- concurrent applies ---------------------------------------------------------------------
     def _apply_concurrently(self, names: list[str]) -> float:
@@ -468,14 +468,7 @@ class BrokerRun:
         mark = spy.mark()
         t0 = time.monotonic()
         took = self._apply_concurrently(names)
-        wait_for(
-            lambda: set(names) <= set(acked_names(spy, mark, JOB)),
-            timeout=self.cfg.timeout * 4,
-            what="the LC to ack every job",
-            interval=0.05,
-        )
-        acks = acked_names(spy, mark, JOB)
-        e2e = n / (max(acks[x] for x in names) - t0)
+        e2e = self._rate_to_last_ack(set(names), mark, t0, self.cfg.timeout * 4)
         self.results["applies"] = row(
             alone,
             None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness.gm_inproc import DATASET, NoBus
+from harness.gm_inproc import DATASET, NoBus, job_manifest
 from harness.waiting import wait_for
 
 from lifelong.cloud.api_server import ApiServer
@@ -42,28 +42,6 @@ def dataset(name: str, url: str = "/data/ds.txt") -> dict[str, Any]:
     return obj
 
 
-def job_without_dataset(name: str) -> dict[str, Any]:
-    template = {"spec": {"nodeName": "node-a", "containers": [{"name": "w", "image": "x"}]}}
-    return {
-        "apiVersion": "sedna.io/v1alpha1",
-        "kind": "LifelongLearningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "dataset": {"name": "no-such-dataset", "trainProb": 0.8},
-            "trainSpec": {
-                "template": template,
-                "trigger": {
-                    "checkPeriodSeconds": 1,
-                    "condition": {"operator": ">", "threshold": 5.0, "metric": "num_of_samples"},
-                },
-            },
-            "evalSpec": {"template": template},
-            "deploySpec": {"template": template},
-            "outputDir": "/out",
-        },
-    }
-
-
 def test_concurrent_applies_share_a_commit_and_each_gets_its_own_answer(svc: GMService) -> None:
     assert isinstance(svc.api, ApiServer) and isinstance(svc.store, SqliteStore)
     group = svc.api.app.api.applies
@@ -75,7 +53,7 @@ def test_concurrent_applies_share_a_commit_and_each_gets_its_own_answer(svc: GMS
         ("same", dataset("same")),  # unchanged
         ("changed", dataset("changed", "/data/other.txt")),  # configured
         *((f"new-{i}", dataset(f"new-{i}")) for i in range(4)),  # created
-        ("invalid", job_without_dataset("bad-job")),  # its own validation error
+        ("invalid", job_manifest("bad-job", "no-such-dataset")),  # its own validation error
     ]  # fewer than the server's request threads (8), so that all are in at once
     groups = group.groups
     clients = [httpx.Client(base_url=base, timeout=30) for _ in requests]
