@@ -24,6 +24,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = [
     ("downstream", "downstream delivery (hello diff -> LC stored)"),
     ("downstream-e2e", "downstream end to end (HTTP apply -> LC stored)"),
+    ("applies", "HTTP applies, 8 concurrent clients (LC offline)"),
+    ("applies-e2e", "HTTP applies, 8 concurrent clients -> LC stored"),
     ("upstream", "upstream (outbox -> GM applied -> acked)"),
     ("latency-apply", "latency apply -> LC stored"),
     ("latency-report", "latency report -> GM stored (acked)"),
@@ -107,6 +109,13 @@ def detail(key: str, r: dict[str, Any]) -> str:
         )
     if key == "downstream-e2e":
         return f"HTTP apply alone (LC offline): {fmt(x.get('apply_rate_lc_offline'))} jobs/s"
+    if key == "applies":
+        return f"{x.get('jobs')} jobs from {x.get('clients')} clients"
+    if key == "applies-e2e":
+        return (
+            f"{x.get('jobs')} jobs from {x.get('clients')} clients; "
+            f"the applies' own rate {fmt(x.get('apply_rate_lc_online'))} jobs/s"
+        )
     if key == "many-nodes":
         return (
             f"{x.get('nodes')} nodes; applies took {fmt(x.get('apply_seconds'))} s; "

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from benchmarks import raw
 from benchmarks.infra import (
     GM,
@@ -56,14 +58,17 @@ class Config:
     idle_seconds: float
     timeout: float  # for each bounded wait of a scenario
     reps: int = 1  # downstream and upstream: runs of each (lifelong and raw); the median is reported
+    concurrent_applies: int = 2000  # the "applies" scenario: jobs applied by APPLY_CLIENTS threads
 
 
 CONFIGS = {
     "full": Config("full", 500, 5000, 200, 1000, 100_000, 10.0, 240.0, reps=3),
-    "quick": Config("quick", 50, 500, 30, 100, 3000, 2.0, 30.0),
-    "tiny": Config("tiny", 5, 20, 5, 5, 50, 0.5, 60.0),
+    "quick": Config("quick", 50, 500, 30, 100, 3000, 2.0, 30.0, concurrent_applies=400),
+    "tiny": Config("tiny", 5, 20, 5, 5, 50, 0.5, 60.0, concurrent_applies=16),
 }
-SCENARIOS = ("latency", "footprint", "downstream", "upstream", "backlog", "many-nodes", "storm")
+SCENARIOS = ("latency", "footprint", "downstream", "applies", "upstream", "backlog", "many-nodes", "storm")
+APPLY_CLIENTS = 8
+"""Threads applying at once in the "applies" scenario, each with its own keep-alive connection."""
 
 
 # -- resources ----------------------------------------------------------------------------------
@@ -211,6 +216,8 @@ class BrokerRun:
                 self.record("footprint", self.footprint)
             if self.want("downstream"):
                 self.record("downstream", self.downstream)
+            if self.want("applies"):
+                self.record("applies", self.applies)
             if self.want("upstream"):
                 reports, reps = self.cfg.upstream_reports, self.cfg.reps
                 self.record("upstream", lambda: self.drain("upstream", reports, reps))
@@ -402,21 +409,88 @@ class BrokerRun:
         t0 = time.monotonic()
         for i in range(k):
             gm.apply(job_obj(f"job-o-{i}", "ds-0", NODE))
-        names = {f"job-o-{i}" for i in range(k)}
+        e2e = self._rate_to_last_ack({f"job-o-{i}" for i in range(k)}, mark, t0, self.cfg.timeout)
+        extra = {"apply_rate_lc_offline": apply_rate, "measured": "first HTTP apply -> last job acked"}
+        self.results["downstream-e2e"] = row(e2e, raw_rate, "jobs/s", higher_is_better=True, extra=extra)
+
+    def _rate_to_last_ack(self, names: set[str], mark: int, t0: float, timeout: float) -> float:
+        """Jobs a second from ``t0`` until the LC has acknowledged every job of ``names``."""
+        spy = self.spy
+        assert spy is not None
         wait_for(
             lambda: names <= set(acked_names(spy, mark, JOB)),
-            timeout=self.cfg.timeout,
+            timeout=timeout,
             what="the LC to ack every job",
             interval=0.05,
         )
         acks = acked_names(spy, mark, JOB)
-        e2e = k / (max(acks[n] for n in names) - t0)
-        self.results["downstream-e2e"] = row(
+        return len(names) / (max(acks[x] for x in names) - t0)
+
+    # -- concurrent applies ---------------------------------------------------------------------
+    def _apply_concurrently(self, names: list[str]) -> float:
+        """Apply a job for each of ``names`` from ``APPLY_CLIENTS`` threads; seconds it took."""
+        gm = self.gm
+        assert gm is not None
+        base = f"http://127.0.0.1:{gm.api_port}"
+        shares = [names[i::APPLY_CLIENTS] for i in range(APPLY_CLIENTS)]
+
+        def client(share: list[str]) -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                for name in share:
+                    answer = c.post("/api/v1/apply", json=job_obj(name, "ds-0", NODE))
+                    answer.raise_for_status()
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(APPLY_CLIENTS) as pool:
+            for future in [pool.submit(client, share) for share in shares]:
+                future.result()
+        return time.monotonic() - t0
+
+    def applies(self) -> None:
+        """Jobs applied over HTTP by ``APPLY_CLIENTS`` concurrent clients: applies/s with the LC
+        offline (the API and the store alone), then first apply -> last job stored by the LC
+        (acknowledged) with it online."""
+        lc, spy = self.lc, self.spy
+        assert lc is not None and spy is not None
+        n = self.cfg.concurrent_applies
+        lc.terminate()
+        alone = n / self._apply_concurrently([f"job-c-off-{i}" for i in range(n)])
+        before = spy.mark()
+        lc.start()
+        names = [f"job-c-on-{i}" for i in range(n)]
+        # every earlier job delivered first, so that only the new ones are measured
+        wait_for(
+            lambda: {f"job-c-off-{i}" for i in range(n)} <= set(acked_names(spy, before, JOB)),
+            timeout=self.cfg.timeout * 4,
+            what="the LC to hold the jobs applied while it was down",
+            interval=0.1,
+        )
+        mark = spy.mark()
+        t0 = time.monotonic()
+        took = self._apply_concurrently(names)
+        e2e = self._rate_to_last_ack(set(names), mark, t0, self.cfg.timeout * 4)
+        self.results["applies"] = row(
+            alone,
+            None,
+            "applies/s",
+            higher_is_better=True,
+            target=">= 1,000 applies/s",
+            met=alone >= 1000,
+            extra={"jobs": n, "clients": APPLY_CLIENTS, "measured": "LC offline: first apply -> last answer"},
+        )
+        self.results["applies-e2e"] = row(
             e2e,
-            raw_rate,
+            None,
             "jobs/s",
             higher_is_better=True,
-            extra={"apply_rate_lc_offline": apply_rate, "measured": "first HTTP apply -> last job acked"},
+            target=">= 800 jobs/s",
+            met=e2e >= 800,
+            extra={
+                "jobs": n,
+                "clients": APPLY_CLIENTS,
+                "apply_rate_lc_online": n / took,
+                "measured": "LC online: first apply -> last job acked by the LC",
+            },
         )
 
     # -- upstream and backlog -------------------------------------------------------------------

@@ -54,7 +54,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -62,6 +61,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from lifelong.cloud.applies import GroupCommit
 from lifelong.cloud.console.app import ConsoleApp
 from lifelong.cloud.console.live import Watcher
 from lifelong.cloud.console.pages import digest
@@ -205,14 +205,13 @@ class GMApi:
         """Forgets a node everywhere (the service's; default: only the bookkeeping)."""
         self.kb = KBApi(store, None)
         """The knowledge-base routes (the service gives them its knowledge base, if it has one)."""
-        self._apply_lock = threading.Lock()
+        self.applies = GroupCommit(store)
+        """Concurrent applies share one store commit (``cloud/applies.py``)."""
 
     def apply(self, obj: Any) -> dict[str, Any]:
-        res = validate(obj, self.store, self.state)
+        res = validate(obj, self.store, self.state)  # this request's own error, before any write
         key = res.key
-        with self._apply_lock:
-            before = self.store.get(*key)
-            stored = self.store.apply(_desired(res))
+        before, stored = self.applies.apply(key, _desired(res))
         if before is None:
             result = "created"
         elif _applied_part(before) == _applied_part(stored):

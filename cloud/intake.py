@@ -56,7 +56,22 @@ and neither is a report its controller defers (``ReportDeferred``: the knowledge
 reached, or this GM has none), which is counted by reason in
 ``lifelong_gm_upstream_deferred_total`` and logged once a minute per reason.
 
-Acknowledgements are coalesced per node: the first seq applied for a node queues one flush
+Reports in bursts (a SQLite store, and a kind whose controller says ``bursts``: its
+``apply_report`` writes only the store and the bookkeeping; the knowledge base's kinds do not):
+each report is still submitted under its object's key, and a worker thread takes the reports
+queued next to each other on it (``KeyedExecutor``'s bursts, at most ``BURST_MAX``) and applies
+them in one transaction of the bookkeeping and one of the store: each report in a savepoint of
+both (a report that raises rolls back alone and is counted as it would be alone: rejected and
+acknowledged, deferred or failed and not), its (node, epoch, seq) recorded in the same
+transaction, the store committed first (its effect), then the bookkeeping (the records). Only
+after both commits are the burst's seqs acknowledged, one ``ack`` per (node, epoch) (at most
+``ACK_BATCH`` seqs each). Idle, a burst is one report, acknowledged as soon as it is stored,
+with no hop to another task. A GM killed before the store's commit loses the burst and
+acknowledged none of it (the LC resends all); killed between the two commits, the reports are
+resent and the controllers find them applied (as below).
+
+Acknowledgements of other reports (the knowledge base's kinds, a Kubernetes store, a refused
+body) are coalesced per node: the first seq applied for a node queues one flush
 task on the executor (key ``("ack", node)``); every seq applied before that task runs joins
 it. The flush records the batch's (node, epoch, seq) in one transaction, then sends one
 ``ack`` (at most ``ACK_BATCH`` seqs per message). Idle, a report is acknowledged as soon as it
@@ -73,26 +88,32 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, cast
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportDeferred, ReportRejected
 from lifelong.cloud.controllers.registry import Registry
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
-from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.cloud.workqueue import KeyedExecutor, Task
 from lifelong.common.codec import decode
 from lifelong.common.envelope import Envelope, Op
 from lifelong.common.errors import InvalidBody, ProtocolError
 from lifelong.common.logonce import LogOnce
 from lifelong.common.messages import Applied, AppliedAck, Hello, ItemRefused, Presence
+from lifelong.common.sqlite import Database
 from lifelong.common.topics import Direction, Topic, Topics
 
 log = logging.getLogger(__name__)
 
 ACK_BATCH = 1000
 """The most seqs one ``ack`` message carries (about 5 bytes each in msgpack)."""
+BURST_MAX = 256
+"""The most reports applied in one transaction: the databases' locks are held for the whole
+burst (a few milliseconds at this size), so that the API and the delivery wait no longer."""
 MAX_NODES = 10_000
 """Nodes the GM keeps (``nodes`` rows, epochs in memory): a hello from one more is refused
 (``too_many_nodes``, not acknowledged). ``lifelong delete node`` makes room."""
@@ -120,6 +141,8 @@ class Intake:
         max_nodes: int = MAX_NODES,
         max_queued_per_node: int = MAX_QUEUED_PER_NODE,
         clock: Callable[[], float] = time.monotonic,
+        store_db: Database | None = None,
+        burst_max: int = BURST_MAX,
     ) -> None:
         self.state = state
         self.topics = topics
@@ -131,6 +154,10 @@ class Intake:
         self.max_nodes = max_nodes
         self.max_queued_per_node = max_queued_per_node
         self.clock = clock
+        self.store_db = store_db
+        """The SQLite store's database: reports of kinds that burst are applied in bursts (None:
+        one by one, as on a Kubernetes store)."""
+        self._burst = _ReportBurst(self, burst_max)
         self._logged = LogOnce()  # (node, reason) rejections logged at WARNING since its hello
         # key -> (when last logged, how many since): names that never said hello, one scope
         self._spells: dict[str, tuple[float, int]] = {}
@@ -295,7 +322,11 @@ class Intake:
             raise ReportRejected(
                 "busy", f"{queued} reports of node {node} wait to be applied; this one is resent later"
             )
-        self.executor.submit(key, lambda: self._apply_queued(node, epoch, env, controller, report))
+        if self.store_db is not None and getattr(controller, "bursts", False):
+            task = _Report(self, node, epoch, env, controller, report)
+            self.executor.submit(key, task, burst=self._burst)
+        else:
+            self.executor.submit(key, lambda: self._apply_queued(node, epoch, env, controller, report))
 
     def _check_node(self, env: Envelope, node: str) -> None:
         if env.node != node:
@@ -356,17 +387,91 @@ class Intake:
         try:
             self._apply(node, epoch, env, controller, report)
         finally:
-            with self._queued_lock:
-                left = self._queued.get(node, 1) - 1
-                if left > 0:
-                    self._queued[node] = left
-                else:
-                    self._queued.pop(node, None)
+            self._dequeued([node])
 
     def queued(self, node: str) -> int:
         """Reports of ``node`` handed to the executor and not applied yet."""
         with self._queued_lock:
             return self._queued.get(node, 0)
+
+    def _store_transaction(self) -> Any:
+        return self.store_db.transaction() if self.store_db is not None else nullcontext()
+
+    @contextmanager
+    def _both(self) -> Iterator[None]:
+        """A transaction of the bookkeeping and, inside it, one of the store (savepoints when
+        already in one): the store's commits (or releases) first."""
+        with self.state.transaction(), self._store_transaction():
+            yield
+
+    def apply_burst(self, reports: list[_Report]) -> None:
+        """Apply ``reports`` (in order) in one transaction; acknowledge them after the commit."""
+        done: list[tuple[_Report, Outcome | None]] = []  # acknowledged after the commit
+        rejected: list[tuple[_Report, ReportRejected]] = []
+        acks: dict[tuple[str, str], list[int]] = {}
+        seen: set[tuple[str, str, int]] = set()
+        try:
+            with self._both():
+                for r in reports:
+                    assert r.env.seq is not None
+                    seq = r.env.seq
+                    if (
+                        (r.node, r.epoch, seq) in seen
+                        or self._waiting_ack(r.node, r.epoch, seq)
+                        or self.state.is_applied(r.node, r.epoch, seq)
+                    ):
+                        outcome: Outcome | None = Outcome.DUPLICATE
+                    else:
+                        try:
+                            with self._both():  # savepoints: this report alone rolls back
+                                outcome = r.controller.apply_report(r.node, r.env, r.report)
+                        except ReportRejected as exc:
+                            rejected.append((r, exc))
+                            outcome = None
+                        except ReportDeferred as exc:
+                            self._defer(exc, f"{r.where} seq {seq}")
+                            continue
+                        except Exception:
+                            log.exception("applying report %s of %s failed; not acknowledged", seq, r.where)
+                            continue
+                    seen.add((r.node, r.epoch, seq))
+                    acks.setdefault((r.node, r.epoch), []).append(seq)
+                    done.append((r, outcome))
+                for (node, epoch), seqs in acks.items():
+                    self.state.mark_applied_many(node, epoch, seqs)
+        except Exception:
+            log.exception("applying a burst of %d reports failed; none acknowledged", len(reports))
+            self.metrics.item_failures.labels(loop="burst").inc()
+            return
+        finally:
+            self._dequeued([r.node for r in reports])
+        for r, refusal in rejected:
+            self._reject(refusal.reason, f"{r.where} seq {r.env.seq}", str(refusal), r.node)
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug and len(reports) > 1:  # the fault suite checks its kills land among bursts
+            log.debug("applied a burst of %d reports in one transaction", len(reports))
+        for r, outcome in done:
+            if debug:  # the fault suite counts applications from this line
+                log.debug(
+                    "report %s/%s/%d %s", r.node, r.epoch, r.env.seq, outcome.value if outcome else "rejected"
+                )
+            if outcome is Outcome.APPLIED:
+                self.metrics.upstream_applied.labels(kind=r.env.kind).inc()
+            elif outcome is Outcome.DUPLICATE:
+                self.metrics.upstream_duplicate.labels(kind=r.env.kind).inc()
+        for (node, epoch), seqs in acks.items():
+            for start in range(0, len(seqs), ACK_BATCH):
+                self.delivery.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
+
+    def _dequeued(self, nodes: list[str]) -> None:
+        """One report of each of ``nodes`` (repeated for several) left the executor."""
+        with self._queued_lock:
+            for node in nodes:
+                left = self._queued.get(node, 1) - 1
+                if left > 0:
+                    self._queued[node] = left
+                else:
+                    self._queued.pop(node, None)
 
     def _apply(self, node: str, epoch: str, env: Envelope, controller: Controller[Any], report: Any) -> None:
         assert env.seq is not None
@@ -449,3 +554,33 @@ class Intake:
         if recorded:
             for start in range(0, len(seqs), ACK_BATCH):
                 self.delivery.ack_upstream(node, epoch, seqs[start : start + ACK_BATCH])
+
+
+@dataclass(slots=True)
+class _Report:
+    """One report waiting in the executor to be applied within a burst (alone: a burst of one)."""
+
+    intake: Intake
+    node: str
+    epoch: str
+    env: Envelope
+    controller: Controller[Any]
+    report: Any
+
+    @property
+    def where(self) -> str:
+        return f"{self.node}/{self.env.kind}/{self.env.ns}/{self.env.name}"
+
+    def __call__(self) -> None:
+        self.intake.apply_burst([self])
+
+
+class _ReportBurst:
+    """The executor's burst of reports (``cloud/workqueue.py``): one transaction per run."""
+
+    def __init__(self, intake: Intake, limit: int) -> None:
+        self.intake = intake
+        self.limit = limit
+
+    def run(self, tasks: list[Task]) -> None:
+        self.intake.apply_burst(cast(list[_Report], tasks))

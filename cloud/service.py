@@ -462,6 +462,8 @@ class GMService:
             executor=self.executor,
             metrics=self.metrics,
             max_payload=settings.max_payload,
+            # reports are applied in bursts, one transaction each, on the standalone store
+            store_db=self.store.db if isinstance(self.store, SqliteStore) else None,
         )
         self.logs: WorkerLogRequests | None = None
         if not settings.kubernetes:

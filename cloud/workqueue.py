@@ -23,6 +23,15 @@ Two kinds of work, chosen by the caller:
   ordered task submitted with ``supersede=True`` (a delete).
 
 Each key hashes to one of N worker threads; a worker runs its queue in FIFO order.
+
+Bursts: an ordered task submitted with a ``burst`` (``submit(key, fn, burst=b)``) may be run
+together with the tasks queued right behind it on the same worker that name the same burst, up
+to ``b.limit`` of them: the worker hands the whole run to ``b.run(tasks)`` in queue order
+(the intake applies such a run of reports in one transaction, ``cloud/intake.py``). Only a
+contiguous run is taken, so the order of every key's work is the same as without bursts; a
+burst never waits for more tasks to come, it takes what is queued when its first task's turn
+comes (alone when idle). ``b.run`` owns the failures of its tasks: one that raises is logged
+and counted once for the run.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import time
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 from lifelong.common.backoff import FailureBackoff, exponential_jitter
 
@@ -49,12 +59,23 @@ RETRY_CAP = 60.0
 """...up to this."""
 
 
+class Burst(Protocol):
+    """Runs a run of ordered tasks together (see the module docstring)."""
+
+    limit: int
+    """The most tasks one run takes."""
+
+    def run(self, tasks: list[Task]) -> None:
+        """Run ``tasks`` (in the order given, which is the order submitted)."""
+
+
 @dataclass(slots=True)
 class _Item:
     key: Hashable
     fn: Task
     level: bool  # a reconcile (may be replaced while waiting, retried on failure)
     started: bool = False
+    burst: Burst | None = None
 
 
 class _Worker:
@@ -105,15 +126,16 @@ class KeyedExecutor:
         return zlib.crc32(repr(key).encode()) % len(self._workers)
 
     # -- queueing --------------------------------------------------------------------------
-    def submit(self, key: Hashable, fn: Task, *, supersede: bool = False) -> None:
+    def submit(self, key: Hashable, fn: Task, *, supersede: bool = False, burst: Burst | None = None) -> None:
         """Queue ``fn`` behind every earlier task of ``key``; it runs once, whatever follows.
 
         ``supersede``: this task makes a pending retry of ``key``'s reconcile pointless (it
-        deletes the object); the retry is dropped."""
+        deletes the object); the retry is dropped. ``burst``: ``fn`` may run within a run of
+        tasks of the same burst queued next to it (``burst.run``), see the module docstring."""
         if supersede:
             self._cancel_retry(key)
             self.retry_backoff.forget(key)
-        self._enqueue(key, fn, level=False)
+        self._enqueue(key, fn, level=False, burst=burst)
 
     def reconcile(self, key: Hashable, fn: Task) -> None:
         """Queue level-triggered work for ``key``, collapsing into a reconcile already waiting."""
@@ -124,7 +146,7 @@ class KeyedExecutor:
         """Submit ``fn`` for ``key`` (ordered) after ``delay`` seconds."""
         self._at(delay, lambda: self.submit(key, fn))
 
-    def _enqueue(self, key: Hashable, fn: Task, *, level: bool) -> None:
+    def _enqueue(self, key: Hashable, fn: Task, *, level: bool, burst: Burst | None = None) -> None:
         if self._stopped.is_set():
             return
         worker = self._workers[self.worker_of(key)]
@@ -135,7 +157,7 @@ class KeyedExecutor:
                 with self._pending_cv:
                     self.collapsed += 1
                 return
-            item = _Item(key, fn, level)
+            item = _Item(key, fn, level, burst=burst)
             worker.tails[key] = item
             with self._pending_cv:
                 self._pending += 1
@@ -192,6 +214,10 @@ class KeyedExecutor:
                 if worker.tails.get(item.key) is item:
                     del worker.tails[item.key]
                 fn = item.fn
+                run = self._take_burst(worker, item) if item.burst is not None else None
+            if run is not None:
+                self._run_burst(item, run)
+                continue
             try:
                 fn()
             except Exception as exc:
@@ -215,6 +241,42 @@ class KeyedExecutor:
                     self._pending -= 1
                     if not self._pending:
                         self._pending_cv.notify_all()
+
+    @staticmethod
+    def _take_burst(worker: _Worker, first: _Item) -> list[_Item]:
+        """``first`` and the tasks of its burst queued right behind it (up to its limit);
+        called with the worker's lock held."""
+        burst = first.burst
+        assert burst is not None
+        run = [first]
+        items = worker.items
+        while items and len(run) < burst.limit:
+            nxt = items[0]
+            if nxt is None or nxt.burst is not burst:
+                break
+            items.popleft()
+            nxt.started = True
+            if worker.tails.get(nxt.key) is nxt:
+                del worker.tails[nxt.key]
+            run.append(nxt)
+        return run
+
+    def _run_burst(self, first: _Item, run: list[_Item]) -> None:
+        assert first.burst is not None
+        try:
+            first.burst.run([item.fn for item in run])
+        except Exception:
+            log.exception("a burst of %d tasks starting with %r failed", len(run), first.key)
+            if self.on_failure is not None:
+                try:
+                    self.on_failure(first.key)
+                except Exception:
+                    log.exception("counting a failed task failed")
+        finally:
+            with self._pending_cv:
+                self._pending -= len(run)
+                if not self._pending:
+                    self._pending_cv.notify_all()
 
     def _at(self, delay: float, fn: Task) -> None:
         with self._timer_cv:

@@ -76,4 +76,9 @@ class Controller(Protocol[R]):
         """The work-queue key a report is applied under (the object whose state it changes)."""
 
     def apply_report(self, node: str, env: Envelope, report: R) -> Outcome:
-        """Apply one upstream report durably; raise ``ReportRejected`` if it never can be."""
+        """Apply one upstream report durably; raise ``ReportRejected`` if it never can be.
+
+        A controller whose class sets ``bursts = True`` promises that this writes only the
+        store and the GM's bookkeeping (``GMState``), never the delivery, the knowledge base or
+        anything that waits for another thread: the intake may then call it inside a burst's
+        transaction of both databases, and roll it back alone (``cloud/intake.py``)."""

@@ -101,6 +101,7 @@ class SqliteStore:
         self._changed = threading.Condition()
         self._commits = 0
         self._closed = False
+        self._issued = 0  # the highest version _next_rv handed out (under the database's lock)
 
     # -- helpers ---------------------------------------------------------------------------
     def _committed(self) -> None:
@@ -113,8 +114,13 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
     def _next_rv(self) -> int:
-        rv = self._current_rv() + 1
-        self.db.execute("UPDATE meta SET value=? WHERE key='rv'", (rv,))
+        # Above every version handed out by this process, even one whose transaction (or
+        # savepoint: a report of a burst, cloud/intake.py) was rolled back: a version names one
+        # content only, which caches keyed by version (``ModelCache``) rely on.
+        with self.db.locked():
+            rv = max(self._current_rv(), self._issued) + 1
+            self._issued = rv
+            self.db.execute("UPDATE meta SET value=? WHERE key='rv'", (rv,))
         return rv
 
     @staticmethod

@@ -89,10 +89,12 @@ def test_gm_sigkilled_while_applying_reports(rig: Rig, broker: Broker) -> None:
     tally = Tally("GM SIGKILL while applying a backlog", broker.kind)
     rng = random.Random()
     epoch = epoch_of(rig.lc.state_dir)
+    bursts = 0
     for run in range(repeat()):
         seqs = queue_reports(rig.lc.state_dir, run * BACKLOG, BACKLOG)  # into the running LC
         _wait_applied(rig, epoch, seqs, int(BACKLOG * rng.uniform(0.05, 0.9)), "GM")
-        rig.gm.kill()
+        rig.gm.kill()  # while it applies bursts of reports, each in one transaction
+        bursts += _bursts(rig)
         t0 = time.monotonic()
         rig.gm.start()
         rig.gm.wait_ready()
@@ -103,6 +105,12 @@ def test_gm_sigkilled_while_applying_reports(rig: Rig, broker: Broker) -> None:
     tally.note = f"backlog {BACKLOG} per run; LC ack timeout 30 s (not waited for)"
     tally.record()
     assert (tally.lost, tally.duplicated) == (0, 0), tally
+    assert bursts, "the GM applied no burst of several reports before a kill: no kill hit the burst path"
+
+
+def _bursts(rig: Rig) -> int:
+    """Bursts of several reports the GM has applied in one transaction, in all its lives."""
+    return rig.gm.log_path.read_text(errors="replace").count("applied a burst of")
 
 
 def _hellos(rig: Rig) -> int:

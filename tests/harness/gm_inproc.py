@@ -13,6 +13,27 @@ DATASET = {
 }
 
 
+def job_manifest(name: str, dataset: str, node: str = "node-a") -> dict[str, Any]:
+    """A LifelongLearningJob on ``dataset`` whose three workers run on ``node``."""
+    template = {"spec": {"nodeName": node, "containers": [{"name": "w", "image": "x"}]}}
+    trigger = {
+        "checkPeriodSeconds": 1,
+        "condition": {"operator": ">", "threshold": 5.0, "metric": "num_of_samples"},
+    }
+    return {
+        "apiVersion": "sedna.io/v1alpha1",
+        "kind": "LifelongLearningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "dataset": {"name": dataset, "trainProb": 0.8},
+            "trainSpec": {"template": template, "trigger": trigger},
+            "evalSpec": {"template": template},
+            "deploySpec": {"template": template},
+            "outputDir": "/out",
+        },
+    }
+
+
 class NoBus:
     """A GM bus that publishes nowhere (the tests look at the API, not the bus)."""
 

@@ -507,45 +507,87 @@ def test_the_same_report_twice_appends_one_condition_and_is_acked_twice(gm: GM) 
     assert gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get() >= 1
 
 
-def test_reports_stored_while_an_ack_waits_its_turn_share_one_ack(gm: GM) -> None:
+JOB1 = ("LifelongLearningJob", "default", "job1")
+
+
+def hold_worker(gm: GM, key: tuple[str, str, str]) -> threading.Event:
+    """Keep the executor thread that runs ``key``'s work busy until the event is set, so that the
+    reports submitted meanwhile queue behind it and are taken as one burst."""
+    release = threading.Event()
+    gm.svc.executor.submit(key, lambda: release.wait(10) and None)
+    return release
+
+
+def info(worker: str, value: int) -> dict[str, Any]:
+    return {"event": "workerInfo", "worker": worker, "info": {"v": value}}
+
+
+def test_reports_queued_together_are_applied_in_one_commit_and_acked_after_it(gm: GM) -> None:
     setup_job(gm)
     gm.idle()
     before = len(gm.bus.envelopes("node-a", Op.ACK))
-    ex, release = gm.svc.executor, threading.Event()
-    ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
-    seqs = [gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1)) for _ in range(20)]
-    if ex.worker_of(("ack", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1")):
-        # applied on another worker: all 20 are stored and wait for the held ack
-        wait_for(lambda: len(gm.svc.intake.awaiting_ack("node-a", "ep1")) == 20, what="20 applied")
-    # (else the reports queue behind the held turn and their flush behind them)
-    release.set()
-    gm.idle()
-    wait_for(lambda: set(seqs) <= set(gm.acked_seqs("node-a")), what="every report acked")
-    assert len(gm.bus.envelopes("node-a", Op.ACK)) - before == 1
-    assert sorted(s for s in gm.acked_seqs("node-a") if s in seqs) == seqs
-    assert all(gm.svc.state.is_applied("node-a", "ep1", s) for s in seqs)  # recorded before the ack
+    release = hold_worker(gm, JOB1)
+    burst_thread = f"gm-{gm.svc.executor.worker_of(JOB1)}"
+    commits: list[tuple[str, int]] = []  # (thread, acks published by then) at each COMMIT
+
+    def traced(sql: str) -> None:
+        if sql == "COMMIT":
+            commits.append((threading.current_thread().name, len(gm.bus.envelopes("node-a", Op.ACK))))
+
+    seqs = [gm.report("node-a", "LifelongLearningJob", "job1", info(f"w{i}", i)) for i in range(20)]
+    assert gm.svc.intake.queued("node-a") == 20
+    gm.svc.state.db.trace(traced)
+    try:
+        release.set()
+        gm.idle()
+    finally:
+        gm.svc.state.db.trace(None)
+    acks = gm.bus.envelopes("node-a", Op.ACK)[before:]
+    assert [(a.body or {}).get("seqs") for a in acks] == [seqs]  # one ack for the burst
+    assert [c for c in commits if c[0] == burst_thread] == [(burst_thread, before)]  # one commit, before it
+    assert all(gm.svc.state.is_applied("node-a", "ep1", s) for s in seqs)
+    assert gm.svc.state.worker_info("default", "job1") == {f"w{i}": {"v": i} for i in range(20)}
 
 
-def test_a_copy_arriving_while_its_seq_waits_in_an_ack_batch_is_a_duplicate(gm: GM) -> None:
+def test_a_bad_report_in_a_burst_rolls_back_alone_and_the_others_apply(
+    gm: GM, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup_job(gm)
+    gm.hello("node-c")  # takes no part in job1
     gm.idle()
-    ex, release = gm.svc.executor, threading.Event()
-    ex.submit(("ack", "node-a"), lambda: release.wait(10) and None)  # hold the acks' turn
-    # (the keys hash to fixed workers: the job's reports are applied while the acks wait)
-    assert ex.worker_of(("ack", "node-a")) != ex.worker_of(("LifelongLearningJob", "default", "job1"))
-    seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
-    wait_for(lambda: seq in gm.svc.intake.awaiting_ack("node-a", "ep1"), what="the report applied")
-    assert not gm.svc.state.is_applied("node-a", "ep1", seq)  # not recorded yet
-    dup = gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get()
-    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=seq)
-    wait_for(
-        lambda: gm.svc.metrics.upstream_duplicate.labels(kind="LifelongLearningJob")._value.get() > dup,
-        what="the copy counted as a duplicate",
-    )
+    state = gm.svc.state
+    real_put = state.put_worker_info
+
+    def put(ns: str, job: str, worker: str, value: Any) -> bool:
+        changed = real_put(ns, job, worker, value)  # written inside the burst, then it fails
+        if worker == "poison":
+            raise RuntimeError("injected failure after the write")
+        return changed
+
+    monkeypatch.setattr(state, "put_worker_info", put)
+    wrong_before = rejected(gm, "wrong_node")
+    before_a = len(gm.acked_seqs("node-a"))
+    release = hold_worker(gm, JOB1)
+    good1 = gm.report("node-a", "LifelongLearningJob", "job1", info("good1", 1))
+    train = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
+    wrong = gm.report("node-c", "LifelongLearningJob", "job1", info("intruder", 0))
+    poison = gm.report("node-a", "LifelongLearningJob", "job1", info("poison", 0))
+    gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1), seq=train)  # a copy
+    good2 = gm.report("node-a", "LifelongLearningJob", "job1", info("good2", 2))
     release.set()
     gm.idle()
-    wait_for(lambda: gm.acked_seqs("node-a").count(seq) == 2, what="both copies acked")
+    assert gm.acked_seqs("node-a")[before_a:] == [good1, train, train, good2]  # not the poisoned one
+    assert wrong in gm.acked_seqs("node-c")  # rejected, counted and acknowledged as ever
+    assert rejected(gm, "wrong_node") == wrong_before + 1
+    assert state.worker_info("default", "job1") == {"good1": {"v": 1}, "good2": {"v": 2}}
+    assert not state.is_applied("node-a", "ep1", poison)
     assert gm.conditions().count(("Train", "Ready")) == 1
+    # the LC resends the poisoned report; once the failure is gone it applies
+    monkeypatch.setattr(state, "put_worker_info", real_put)
+    gm.report("node-a", "LifelongLearningJob", "job1", info("poison", 0), seq=poison)
+    gm.idle()
+    assert poison in gm.acked_seqs("node-a")
+    assert state.worker_info("default", "job1")["poison"] == {"v": 0}
 
 
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:
@@ -1062,7 +1104,8 @@ def test_a_report_right_after_a_hello_is_deduplicated_under_the_new_epoch(gm: GM
     ex.submit(("node", "node-a"), lambda: release.wait(10) and None)  # the hello's write waits
     gm.hello("node-a", epoch="ep2")
     seq = gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
-    wait_for(lambda: seq in gm.svc.intake.awaiting_ack("node-a", "ep2"), what="applied under ep2")
+    # applied, recorded and acknowledged under ep2 in one burst, while the hello's write waits
+    wait_for(lambda: seq in gm.acked_seqs("node-a"), what="applied under ep2")
     node = gm.svc.state.node("node-a")
     assert node is not None and node.epoch == "ep1"  # the hello is not recorded yet
     release.set()

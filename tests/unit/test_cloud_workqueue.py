@@ -191,3 +191,70 @@ def _true_within(predicate: Callable[[], bool], seconds: float) -> bool:
     except DeadlineExceeded:
         return False
     return True
+
+
+class RecordingBurst:
+    """A burst that records each run it is given (as the tasks' labels) and runs its tasks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.runs: list[list[int]] = []
+
+    def run(self, tasks: list[Callable[[], None]]) -> None:
+        self.runs.append([getattr(t, "label", -1) for t in tasks])
+        for t in tasks:
+            t()
+
+
+class Labelled:
+    def __init__(self, label: int, out: list[int]) -> None:
+        self.label = label
+        self.out = out
+
+    def __call__(self) -> None:
+        self.out.append(self.label)
+
+
+def test_a_burst_takes_the_run_of_its_tasks_queued_next_to_each_other_in_order() -> None:
+    ex = KeyedExecutor(1)
+    burst = RecordingBurst(limit=4)
+    release = threading.Event()
+    order: list[int] = []
+    try:
+        ex.submit("a", lambda: release.wait(10) and None)  # everything below queues behind it
+        for i in range(6):
+            ex.submit("a" if i % 2 else "b", Labelled(i, order), burst=burst)
+        ex.submit("c", lambda: order.append(100))  # not of the burst: ends the run
+        ex.submit("a", Labelled(6, order), burst=burst)
+        release.set()
+        assert ex.wait_idle(10)
+        assert order == [0, 1, 2, 3, 4, 5, 100, 6]  # the order of submission, kept
+        assert burst.runs == [[0, 1, 2, 3], [4, 5], [6]]  # at most the limit; never across "c"
+    finally:
+        ex.shutdown()
+
+
+def test_a_failed_burst_is_counted_once_and_the_worker_goes_on() -> None:
+    failed: list[object] = []
+    ex = KeyedExecutor(1, on_failure=failed.append)
+
+    class Failing:
+        limit = 10
+
+        def run(self, tasks: list[Callable[[], None]]) -> None:
+            raise RuntimeError("injected")
+
+    release = threading.Event()
+    after: list[int] = []
+    try:
+        ex.submit("a", lambda: release.wait(10) and None)
+        burst = Failing()
+        for _ in range(3):
+            ex.submit("k", lambda: None, burst=burst)
+        ex.submit("k", lambda: after.append(1))
+        release.set()
+        assert ex.wait_idle(10)  # the pending count dropped by the whole run
+        assert failed == ["k"]
+        assert after == [1]
+    finally:
+        ex.shutdown()

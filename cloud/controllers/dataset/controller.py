@@ -97,6 +97,9 @@ def with_condition(status: dict[str, Any], cond: dict[str, str], now: str) -> di
 
 class DatasetController:
     kind = KIND
+    bursts = True
+    """``apply_report`` writes only the store and the GM's bookkeeping: the intake may apply a
+    burst of reports in one transaction (``cloud/intake.py``)."""
 
     def __init__(
         self,

@@ -145,6 +145,9 @@ def _job(obj: Object) -> LifelongLearningJob:
 
 class LifelongLearningController:
     kind = KIND
+    bursts = True
+    """``apply_report`` writes only the store and the GM's bookkeeping: the intake may apply a
+    burst of reports in one transaction (``cloud/intake.py``)."""
 
     def __init__(
         self,

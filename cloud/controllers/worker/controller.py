@@ -36,6 +36,9 @@ JOB_KIND = "LifelongLearningJob"
 
 class WorkerController:
     kind = KIND
+    bursts = True
+    """``apply_report`` writes only the store and the GM's bookkeeping: the intake may apply a
+    burst of reports in one transaction (``cloud/intake.py``)."""
 
     def __init__(
         self,
