@@ -320,7 +320,8 @@ def fanout_client(port: int) -> mqtt.Client:
     return client
 
 
-def fanout(client: mqtt.Client, sim: Simulator, size: int) -> None:
+def fanout(client: mqtt.Client, names: list[str], size: int) -> None:
+    """One QoS 1 message of ``size`` bytes to each raw node named."""
     payload = random.randbytes(size)
-    for node in sim.nodes:
-        client.publish(f"bench/rawsim/{node.name}", payload, qos=1)
+    for name in names:
+        client.publish(f"bench/rawsim/{name}", payload, qos=1)
