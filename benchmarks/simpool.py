@@ -27,13 +27,16 @@ from benchmarks.infra import cpu_seconds
 
 PER_PROCESS = 1250
 """Nodes per simulator process by default (one process's thread handles them comfortably)."""
+PENDING = 80
+"""Connections begun and not yet answered, over all the processes: under mosquitto's listen
+backlog of 100 (``Simulator.max_pending``)."""
 
 
-def _serve(conn: Connection, port: int, count: int, mode: str, label: str) -> None:
+def _serve(conn: Connection, port: int, count: int, opts: dict[str, Any]) -> None:
     """A child's main loop: build the simulator, then answer the parent's requests."""
     from benchmarks.sim import Simulator  # imported here: the child is a fresh interpreter
 
-    sim = Simulator(port, count, mode=mode, label=label)
+    sim = Simulator(port, count, mode=opts["mode"], label=opts["label"], max_pending=opts["pending"])
     marks: list[int] = []
     queries: dict[str, Callable[..., Any]] = {
         "names": lambda: [n.name for n in sim.nodes],
@@ -98,7 +101,16 @@ class SimPool:
         try:
             for p, share in enumerate(shares):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, port, share, mode, f"{label}{p}"), daemon=True)
+                proc = ctx.Process(
+                    target=_serve,
+                    args=(
+                        child,
+                        port,
+                        share,
+                        {"mode": mode, "label": f"{label}{p}", "pending": max(1, PENDING // procs)},
+                    ),
+                    daemon=True,
+                )
                 proc.start()
                 child.close()
                 self._conns.append(parent)
