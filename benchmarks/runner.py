@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -118,14 +119,28 @@ def detail(key: str, r: dict[str, Any]) -> str:
         )
     if key == "many-nodes":
         return (
-            f"{x.get('nodes')} nodes; applies took {fmt(x.get('apply_seconds'))} s; "
-            f"GM RSS {fmt(x.get('gm_rss_mib'))} MiB (peak {fmt(x.get('gm_rss_peak_mib'))})"
+            f"{x.get('nodes')} nodes; applies took {fmt(x.get('apply_seconds'))} s "
+            f"({x.get('apply_clients', 4)} clients); GM RSS {fmt(x.get('gm_rss_mib'))} MiB "
+            f"(peak {fmt(x.get('gm_rss_peak_mib'))}){_sim(x)}"
         )
     if key == "storm":
         return f"{x.get('nodes')} nodes; {x.get('hello_retries', 0)} hellos sent again for want of a sync"
-    if key in ("many-nodes-hello", "footprint-gm"):
+    if key == "many-nodes-hello":
+        return f"{x.get('nodes')} nodes{_sim(x)}"
+    if key == "footprint-gm":
         return f"{x.get('nodes')} nodes"
     return ""
+
+
+def _sim(x: dict[str, Any]) -> str:
+    """How much of the machine the simulator took (many-nodes)."""
+    if not x.get("sim_processes"):
+        return ""
+    share = x.get("sim_machine_share")
+    return (
+        f"; simulator: {x['sim_processes']} processes, {fmt(x.get('sim_cpu_seconds'))} CPU s"
+        f" ({fmt(100 * share if share is not None else None)} % of the machine)"
+    )
 
 
 def _runs(x: dict[str, Any]) -> str:
@@ -225,10 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and PNGs go")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--nodes", type=int, default=0, help="simulated nodes for many-nodes and storm (both brokers)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     cfg = CONFIGS["tiny" if args.tiny else "quick" if args.quick else "full"]
+    if args.nodes > 0:
+        cfg = dataclasses.replace(cfg, nodes=args.nodes, nodes_embedded=args.nodes)
     kinds = available_brokers() if args.broker == "all" else [args.broker]
     if args.broker == "mosquitto" and mosquitto_binary() is None:
         parser.error("mosquitto is not installed")

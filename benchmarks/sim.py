@@ -87,8 +87,14 @@ class SimNode:
 
 
 class Simulator:
-    def __init__(self, port: int, count: int, *, mode: str = "lifelong", label: str = "sim") -> None:
+    def __init__(
+        self, port: int, count: int, *, mode: str = "lifelong", label: str = "sim", max_pending: int = 200
+    ) -> None:
         self.port = port
+        self.max_pending = max_pending
+        """Connections begun and not yet answered (CONNACK) at most: a broker's listen backlog
+        (mosquitto's is 100) drops SYNs beyond it, and a dropped SYN is retried by the kernel
+        only after 1, 3, 7... s, which stalls this thread's blocking ``connect``."""
         self.mode = mode
         self.topics = Topics(PREFIX)
         self.sel = selectors.DefaultSelector()
@@ -178,14 +184,16 @@ class Simulator:
 
     def _run(self) -> None:
         last_misc = 0.0
-        # Connect at most a few hundred per pass so one pass never blocks for long.
+        # Begin at most max_pending connections at a time (see __init__).
         while not self._stop.is_set():
             now = time.monotonic()
-            started = 0
+            pending = sum(1 for node in self.nodes if node.sock is not None and not node.connected)
             for node in self.nodes:
-                if node.sock is None and node.next_attempt <= now and started < 200:
+                if pending >= self.max_pending:
+                    break
+                if node.sock is None and node.next_attempt <= now:
                     self._connect(node)
-                    started += 1
+                    pending += 1
             for key, _ev in self.sel.select(0.01):
                 node = key.data
                 rc = node.client.loop_read(100)
@@ -320,7 +328,8 @@ def fanout_client(port: int) -> mqtt.Client:
     return client
 
 
-def fanout(client: mqtt.Client, sim: Simulator, size: int) -> None:
+def fanout(client: mqtt.Client, names: list[str], size: int) -> None:
+    """One QoS 1 message of ``size`` bytes to each raw node named."""
     payload = random.randbytes(size)
-    for node in sim.nodes:
-        client.publish(f"bench/rawsim/{node.name}", payload, qos=1)
+    for name in names:
+        client.publish(f"bench/rawsim/{name}", payload, qos=1)
