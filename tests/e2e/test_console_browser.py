@@ -109,17 +109,15 @@ class Console:
         return self.truth[tuple(str(sample["row"][f]) for f in FEATURES)]
 
 
-def _job_manifests(work: Path, kb_port: int) -> list[dict[str, Any]]:
+def _job_manifests(work: Path) -> list[dict[str, Any]]:
     """The example's Dataset and job as test_lifelong_kb_e2e fills them in; the workers also get
-    the write token for the KB (it takes the GM API's tokens). The GM gives Deploy workers no
-    ``KB_SERVER`` (cloud/controllers/lifelonglearning/workerenv.py), and the library sends its
-    token only to that server: the deploy template names it."""
+    the write token for the KB (it takes the GM API's tokens). Every stage's worker, Deploy's too,
+    gets ``KB_SERVER`` from the GM (cloud/controllers/lifelonglearning/workerenv.py), the only
+    server the library sends the token to."""
     docs: list[dict[str, Any]] = list(yaml.safe_load_all(manifests(work)))
     for spec in ("trainSpec", "evalSpec", "deploySpec"):
         container = docs[1]["spec"][spec]["template"]["spec"]["containers"][0]
         container["env"].append({"name": "KB_TOKEN", "value": WRITE_TOKEN})
-        if spec == "deploySpec":
-            container["env"].append({"name": "KB_SERVER", "value": f"http://127.0.0.1:{kb_port}"})
     return docs
 
 
@@ -155,7 +153,7 @@ def console(browser_programs: tuple[str, str], tmp_path_factory: pytest.TempPath
         lc.start()
         lc.wait_online(gm)
         subprocess.run([sys.executable, str(EXAMPLE / "digits_domains.py"), str(work / "data")], check=True)
-        for doc in _job_manifests(work, kb_port):
+        for doc in _job_manifests(work):
             gm.api("POST", "/api/v1/apply", doc)
         setup = Console(gm, lc, broker, work, kb_port)
         with (work / "data" / "cam_c_labels.csv").open() as fh:
