@@ -148,7 +148,8 @@ def job_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
         "conditions": conditions,
         "workers": workers,
         "waiting": described.get("waiting", []),
-        "plot": svg.plot(matrix["values"], matrix["tasks"]),
+        "plot": svg.plot(matrix["values"], matrix["tasks"], matrix["measures"]),
+        "measures": matrix["legend"],
         "kb_message": matrix["message"],
     }
 
@@ -177,42 +178,77 @@ def _kb(api: GMApi) -> KnowledgeBase | None:
     return api.kb.kb
 
 
-def score_of(stages: Mapping[str, Any]) -> float | None:
-    """One number for a (round, task): eval's accuracy, else train's, else eval's or train's first."""
+MEASURES = ("test_accuracy", "accuracy")
+"""The measures a cell of R[round][task] shows, best first: docs/lifelong-learning.md defines
+R[k][j] as the accuracy on task j's test set (the Eval worker's ``test_accuracy``); ``accuracy``
+(on the round's eval pool) where a stage scored no test set."""
+MEASURE_TEXT = {
+    "test_accuracy": "accuracy on the task's test set",
+    "accuracy": "accuracy on the round's evaluation pool",
+}
+
+
+def score_of(stages: Mapping[str, Any]) -> tuple[float, str] | None:
+    """One number for a (round, task) and the measure it is (``"eval test_accuracy"``): the first
+    stage of eval, train that has scores, its ``test_accuracy``, else its ``accuracy``, else its
+    first number."""
     for stage in ("eval", "train"):
         scores = stages.get(stage)
-        if isinstance(scores, Mapping) and isinstance(scores.get("accuracy"), int | float):
-            return float(scores["accuracy"])
-    for stage in ("eval", "train"):
-        scores = stages.get(stage)
-        if isinstance(scores, Mapping):
-            for value in scores.values():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return float(value)
+        if not isinstance(scores, Mapping) or not scores:
+            continue
+        for key in (*MEASURES, *scores):
+            value = scores.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value), f"{stage} {key}"
     return None
 
 
+def measure_text(measure: str) -> str:
+    """``"eval test_accuracy"`` as a reader's words: what the number is."""
+    stage, _, key = measure.partition(" ")
+    return f"{stage}'s {key} ({MEASURE_TEXT[key]})" if key in MEASURE_TEXT else f"{stage}'s {key}"
+
+
+def _rank(measure: str) -> int:
+    """Which measure comes first among those of as many cells: the test set's, then eval's."""
+    stage, _, key = measure.partition(" ")
+    return (MEASURES.index(key) if key in MEASURES else len(MEASURES)) * 2 + (stage != "eval")
+
+
 def kb_matrix(api: GMApi, ns: str, name: str) -> dict[str, Any]:
-    """R[round][task] of the job from the KB's metrics, with a message when there are none."""
+    """R[round][task] of the job from the KB's metrics (``values``), the measure of each cell
+    (``measures``, the same keys), each measure shown and its cells (``legend``), and a message
+    when there are none."""
     kb = _kb(api)
     values: dict[int, dict[str, float]] = {}
+    measures: dict[int, dict[str, str]] = {}
     tasks: list[str] = []
+    out: dict[str, Any] = {"values": values, "measures": measures, "tasks": tasks, "legend": []}
     if kb is None:
-        return {"values": values, "tasks": tasks, "message": "this GM has no knowledge base"}
+        return {**out, "message": "this GM has no knowledge base"}
     try:
         metrics = kb.metrics(f"{ns}/{name}")
     except KBUnavailable as exc:
-        return {"values": values, "tasks": tasks, "message": f"the knowledge base cannot be reached: {exc}"}
+        return {**out, "message": f"the knowledge base cannot be reached: {exc}"}
     except KBRefused:
-        return {"values": values, "tasks": tasks, "message": "no metrics yet"}
+        return {**out, "message": "no metrics yet"}
+    counts: dict[str, int] = {}
     for round_text, by_task in (metrics.get("scores") or {}).items():
         for task, stages in by_task.items():
-            value = score_of(stages)
-            if value is not None:
-                values.setdefault(int(round_text), {})[task] = value
-                if task not in tasks:
-                    tasks.append(task)
-    return {"values": values, "tasks": tasks, "message": None if values else "no metrics yet"}
+            found = score_of(stages)
+            if found is None:
+                continue
+            round_ = int(round_text)
+            values.setdefault(round_, {})[task] = found[0]
+            measures.setdefault(round_, {})[task] = found[1]
+            counts[found[1]] = counts.get(found[1], 0) + 1
+            if task not in tasks:
+                tasks.append(task)
+    out["legend"] = [
+        {"measure": m, "text": measure_text(m), "cells": n}
+        for m, n in sorted(counts.items(), key=lambda item: (-item[1], _rank(item[0]), item[0]))
+    ]
+    return {**out, "message": None if values else "no metrics yet"}
 
 
 def kb_index_page(api: GMApi) -> dict[str, Any]:
@@ -225,7 +261,8 @@ def kb_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
     out.update({"groups": [], "tasks": [], "transfers": [], "message": None, "index_version": None})
     kb = _kb(api)
     matrix = kb_matrix(api, ns, name)
-    out["heatmap"] = svg.heatmap(matrix["values"], matrix["tasks"])
+    out["heatmap"] = svg.heatmap(matrix["values"], matrix["tasks"], matrix["measures"])
+    out["measures"] = matrix["legend"]
     out["matrix_message"] = matrix["message"]
     if kb is None:
         return out

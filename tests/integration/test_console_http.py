@@ -344,6 +344,43 @@ def test_every_page_shows_the_contracts_hooks_with_the_apis_values(gm: GM) -> No
         )
 
 
+def test_the_heat_map_and_the_plot_show_each_tasks_test_set_accuracy_and_say_which_measure(gm: GM) -> None:
+    """R[k][j] is the accuracy on task j's test set (docs/lifelong-learning.md): eval's
+    ``test_accuracy`` before its ``accuracy`` (on the round's eval pool), which a task without a
+    test score still shows, marked and named."""
+    assert gm.kb is not None
+    gm.kb.post_index(INDEX)
+    scores = {"summer": {"accuracy": 0.9, "test_accuracy": 0.7}, "winter": {"accuracy": 0.5}}
+    gm.kb.post_metrics({"job": f"{NS}/{NAME}", "round": 1, "stage": "eval", "scores": scores})
+    gm.kb.post_metrics(
+        {"job": f"{NS}/{NAME}", "round": 1, "stage": "train", "scores": {"summer": {"test_accuracy": 0.1}}}
+    )
+    expected = {
+        ("1", "summer"): ("0.7", "eval test_accuracy"),
+        ("1", "winter"): ("0.5", "eval accuracy"),
+    }
+    with gm.client(READER) as c:
+        kb = page(c, f"/ui/kb/{NS}/{NAME}", "kb")
+        job = page(c, f"/ui/jobs/{NS}/{NAME}", "job")
+    for root, svg_id, caption_id in (
+        (kb, "heatmap", "heatmap-measure"),
+        (job, "metrics-plot", "plot-measure"),
+    ):
+        shown = {
+            (e.attrs["data-round"], e.attrs["data-task"]): (e.attrs["data-value"], e.attrs["data-measure"])
+            for e in root.one("svg", id=svg_id).find_all(data_round=None)
+            if e.tag in ("rect", "circle")
+        }
+        assert shown == expected, (svg_id, shown)
+        caption = root.one("p", id=caption_id)
+        assert caption.attrs["data-measure"] == "eval test_accuracy"  # as many cells: the better first
+        text = " ".join(caption.all_text().split())
+        assert "test_accuracy (accuracy on the task's test set)" in text, text
+        assert "accuracy (accuracy on the round's evaluation pool)" in text, text
+    marked = [t.all_text() for t in kb.one("svg", id="heatmap").find_all("text") if "†" in t.all_text()]
+    assert marked == ["0.500†"], marked
+
+
 def test_a_worker_log_page_says_when_the_node_cannot_give_it(gm: GM) -> None:
     gm.svc.store.apply(
         {
