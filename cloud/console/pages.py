@@ -11,6 +11,7 @@ stops the page; a knowledge base that cannot be reached is said on the page.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,10 @@ from lifelong.cloud.kb.base import KBRefused, KBUnavailable, KnowledgeBase
 from lifelong.cloud.stores.base import NotFound, Refused, parse, read
 from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.api.lifelonglearningjob import worker_node
-from lifelong.common.errors import ValidationError
+from lifelong.common.errors import LifelongError, ValidationError
 from lifelong.common.samples import label_from_text
-from lifelong.common.statemachine import starts_round
+from lifelong.common.stages import Stage
+from lifelong.common.statemachine import REASON_RETRY, starts_round
 
 if TYPE_CHECKING:
     from lifelong.cloud.api_server import GMApi
@@ -141,12 +143,17 @@ def job_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
             }
         )
     workers.sort(key=lambda w: (w["round"] if isinstance(w["round"], int) else -1, w["name"]))
+    past, hidden = past_workers(
+        job, name, _rounds(conditions, job), described.get("workerInfo") or {}, {w["name"] for w in workers}
+    )
     matrix = kb_matrix(api, ns, name)
     return {
         "job": job_row(api, obj, job),
         "timeline": svg.timeline(_rounds(conditions, job)),
         "conditions": conditions,
         "workers": workers,
+        "past": past,
+        "past_hidden": hidden,
         "waiting": described.get("waiting", []),
         "plot": svg.plot(matrix["values"], matrix["tasks"], matrix["measures"]),
         "measures": matrix["legend"],
@@ -154,21 +161,87 @@ def job_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
     }
 
 
+PAST_WORKERS = 60
+"""Rows of the job page's earlier workers (the latest rounds'); the rest are counted."""
+_WORKED = {"Starting", "Running", "Completed", "Failed"}
+"""Condition types that say a stage's worker was started in that round."""
+_PHASE = {"Completed": "Succeeded", "Failed": "Failed"}
+_STAGES = {"Train": 0, "Eval": 1, "Deploy": 2}
+_WORKER_NAME = re.compile(r"(?P<job>.+)-(?P<stage>train|eval|deploy)-(?P<round>\d+)(?:-retry(?P<retry>\d+))?")
+
+
+def past_workers(
+    job: LifelongLearningJob | None,
+    name: str,
+    rounds: list[tuple[int, Any]],
+    worker_info: Mapping[str, Any],
+    current: set[str],
+) -> tuple[list[dict[str, Any]], int]:
+    """The job's earlier workers, whose Worker objects the GM deleted once they finished. What
+    the GM keeps of them (``lifelong describe`` shows it) is the job's conditions, in rounds: a
+    stage started in a round had its worker ``{job}-{stage}-{round}`` (``-retry{n}`` for the
+    n-th retry, as the controller names it), and the attempt's last condition is its end; and
+    the last report each worker posted (``workerInfo``, by worker name). Latest round first, at
+    most ``PAST_WORKERS`` rows, and how many more there are."""
+    found: dict[str, dict[str, Any]] = {}
+    attempt: dict[tuple[int, str], int] = {}
+    for round_, cond in rounds:
+        stage, kind = str(cond.get("stage", "")), str(cond.get("type", ""))
+        if kind == "Ready":
+            retry = cond.get("reason") == REASON_RETRY
+            attempt[(round_, stage)] = attempt.get((round_, stage), 1) + 1 if retry else 1
+        n = attempt.get((round_, stage), 1)
+        worker = f"{name}-{stage.lower()}-{round_}" + (f"-retry{n - 1}" if n > 1 else "")
+        if worker in found:
+            found[worker]["last"] = cond
+        elif kind in _WORKED and round_ > 0:
+            found[worker] = {"name": worker, "stage": stage, "round": round_, "last": cond}
+    for worker in map(str, worker_info):
+        match = _WORKER_NAME.fullmatch(worker)
+        if worker in found:
+            continue
+        if match and match["job"] == name:
+            stage = match["stage"].capitalize()
+            found[worker] = {"name": worker, "stage": stage, "round": int(match["round"]), "last": None}
+        else:
+            found[worker] = {"name": worker, "stage": "", "round": None, "last": None}
+    out = []
+    for w in found.values():
+        last = w.pop("last")
+        if w["name"] in current:
+            continue
+        kind = "" if last is None else str(last.get("type", ""))
+        w["phase"] = _PHASE.get(kind, kind)
+        w["message"] = "" if last is None else f"{kind} {_wire_time(last.get('lastTransitionTime'))}".strip()
+        node = None
+        if job is not None and w["stage"] in _STAGES:
+            node = job.spec.worker_node(Stage(w["stage"]))
+        w["node"] = node or ""
+        w["reported"] = w["name"] in worker_info
+        out.append(w)
+    out.sort(key=lambda w: (-(w["round"] or 0), _STAGES.get(w["stage"], 9), w["name"]))
+    return out[:PAST_WORKERS], max(len(out) - PAST_WORKERS, 0)
+
+
 def worker_log_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
-    worker = api.store.get("Worker", ns, name)
-    if worker is None:
-        raise PageNotFound(f'Worker "{name}" not found in namespace {ns}')
-    node = worker_node((worker.get("spec") or {}).get("template"))
-    info = api.state.node(node) if node else None
-    if api.logs is not None and node and (info is None or not info.online):
-        seen = "unknown to the GM" if info is None else "offline"
-        message = f"node {node} is {seen}: its LC gives the worker's log once it is connected"
-        return {"ns": ns, "name": name, "text": None, "message": message}
+    """The tail of a worker's log through ``GMApi.worker_log`` (which finds the node of a
+    finished worker too, from its job); 404 only when no log can be found (the API's reason).
+    A node the GM sees offline is not asked (the page says so at once, not after the timeout)."""
+    out: dict[str, Any] = {"ns": ns, "name": name, "text": None, "message": None}
+    if api.logs is not None:
+        node = api.logs.worker_node(ns, name)  # NotFound: no such worker, nor a job it belongs to
+        info = api.state.node(node)
+        if info is None or not info.online:
+            seen = "unknown to the GM" if info is None else "offline"
+            message = f"node {node} is {seen}: its LC gives the worker's log once it is connected"
+            return {**out, "message": message}
     try:
         found = api.worker_log(ns, name, {"tail": ["200"], "timeout": [str(LOG_TIMEOUT)]})
-    except Exception as exc:  # the GM serves no logs, the node is offline or cannot give it
-        return {"ns": ns, "name": name, "text": None, "message": str(exc)}
-    return {"ns": ns, "name": name, "text": found.get("data", ""), "message": None, "log": found}
+    except NotFound:
+        raise  # the node has no log of it: 404 with its reason
+    except LifelongError as exc:  # the node did not answer, or cannot give it
+        return {**out, "message": str(exc)}
+    return {**out, "text": found.get("data", ""), "log": found}
 
 
 # -- the knowledge base ---------------------------------------------------------------------------

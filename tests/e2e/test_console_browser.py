@@ -351,6 +351,9 @@ def test_the_job_page_shows_the_conditions_by_round_the_workers_and_the_kb_metri
     )
 
     assert workers_shown(page) == workers_of(console)  # finished workers are gone at rest: none
+    past = past_shown(page)
+    assert past == past_of(console), (past, past_of(console))
+    assert past[f"{JOB}-train-1"] == ("Train", "1", "Succeeded") and past[f"{JOB}-eval-1"][2] == "Succeeded"
     assert page.has(f'a[href="/ui/kb/{KEY}"]') and page.has(f'a[href="/ui/unseen/{KEY}"]')
 
     plotted = cells(rows(page, "#metrics-plot circle[data-round]"))
@@ -371,6 +374,43 @@ def workers_of(console: Console) -> dict[str, tuple[str, str, str]]:
     }
 
 
+PHASES = {"Completed": "Succeeded", "Failed": "Failed"}
+
+
+def past_of(console: Console) -> dict[str, tuple[str, str, str]]:
+    """The job's earlier workers as the API tells of them: name -> (stage, round, phase). A stage
+    that started in a round (Starting, Running, Completed or Failed) had its worker
+    ``{job}-{stage}-{round}`` (``-retry{n}`` for a retry), ended by its last condition; and each
+    worker that posted a report (``workerInfo``); less the Worker objects there are now."""
+    described = console.gm.api("GET", f"/api/v1/describe/LifelongLearningJob/{NS}/{JOB}")
+    conds = described["object"]["status"]["conditions"]
+    out: dict[str, list[str]] = {}
+    tries: dict[tuple[int, str], int] = {}
+    for (rnd, stage, kind), raw in zip(lanes(conds), conds, strict=True):
+        if kind == "Ready":
+            tries[(rnd, stage)] = tries.get((rnd, stage), 1) + 1 if raw.get("reason") == "Retry" else 1
+        n = tries.get((rnd, stage), 1)
+        name = f"{JOB}-{stage.lower()}-{rnd}" + (f"-retry{n - 1}" if n > 1 else "")
+        if name in out:
+            out[name][2] = PHASES.get(kind, kind)
+        elif kind in ("Starting", "Running", "Completed", "Failed") and rnd > 0:
+            out[name] = [stage, str(rnd), PHASES.get(kind, kind)]
+    for name in described.get("workerInfo") or {}:
+        stage, rnd = name[len(JOB) + 1 :].split("-")[:2]
+        out.setdefault(name, [stage.capitalize(), rnd, ""])
+    current = {w["metadata"]["name"] for w in described["workers"]}
+    return {name: (v[0], v[1], v[2]) for name, v in out.items() if name not in current}
+
+
+def past_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
+    shown = by(rows(page, "#past-workers tr[data-worker]"), "data-worker")
+    for name in shown:
+        assert page.has(
+            f'#past-workers tr[data-worker="{name}"] a[data-log][href="/ui/workers/{NS}/{name}/log"]'
+        )
+    return {n: (r["fields"]["stage"], r["fields"]["round"], r["fields"]["phase"]) for n, r in shown.items()}
+
+
 def workers_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
     shown = by(rows(page, "#workers tr[data-worker]"), "data-worker")
     for name in shown:
@@ -380,7 +420,10 @@ def workers_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
 
 def test_a_workers_log_page_shows_the_tail_its_node_gives(page: Browser, console: Console) -> None:
     worker = f"{JOB}-train-1"  # finished: the GM deleted its Worker, its node still has the log
-    show(page, f"/ui/workers/{NS}/{worker}/log", "log")
+    show(page, f"/ui/jobs/{KEY}", "job")
+    page.find(f'#past-workers tr[data-worker="{worker}"] a[data-log]').click()  # listed among the earlier
+    page.wait(lambda: page.has('main#content[data-page="log"]'), f"the log page of {worker}")
+    assert page.path() == f"/ui/workers/{NS}/{worker}/log"
     text = page.find("pre#log").text
     api = console.gm.api("GET", f"/api/v1/Worker/{NS}/{worker}/log?tail=200")
     lines = [line.strip() for line in api["data"].splitlines() if line.strip()]
@@ -525,6 +568,8 @@ def test_the_kb_page_shows_round_2_and_the_transfer_without_a_reload(page: Brows
     )
     show(page, f"/ui/jobs/{KEY}", "job")
     assert max(rnd for rnd, _, _ in timeline(page)) == 2
+    past = past_shown(page)  # both rounds' workers, their logs a click away
+    assert past == past_of(console) and {f"{JOB}-train-2", f"{JOB}-eval-2", f"{JOB}-train-1"} <= set(past)
     page.screenshot("job")
     show(page, f"/ui/kb/{KEY}", "kb")
     page.screenshot("kb")

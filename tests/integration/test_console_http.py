@@ -211,6 +211,11 @@ def no_traceback(text: str) -> None:
 
 
 def _add_condition(gm: GM, stage: str, kind: str, reason: str = "Test") -> None:
+    _add_conditions(gm, [(stage, kind, reason)])
+
+
+def _add_conditions(gm: GM, conditions: list[tuple[str, str, str]]) -> None:
+    """Append (stage, type, reason) conditions to the job's status in one write."""
     store = gm.svc.store
     obj = store.get("LifelongLearningJob", NS, NAME)
     assert obj is not None
@@ -218,7 +223,10 @@ def _add_condition(gm: GM, stage: str, kind: str, reason: str = "Test") -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     status["conditions"] = [
         *(status.get("conditions") or []),
-        {"type": kind, "status": "True", "stage": stage, "lastTransitionTime": now, "reason": reason},
+        *(
+            {"type": kind, "status": "True", "stage": stage, "lastTransitionTime": now, "reason": reason}
+            for stage, kind, reason in conditions
+        ),
     ]
     store.update_status("LifelongLearningJob", NS, NAME, status)
 
@@ -399,7 +407,51 @@ def test_a_worker_log_page_says_when_the_node_cannot_give_it(gm: GM) -> None:
         assert log.one("pre", id="log")
         assert "node-a" in log.one("p", id="log-off").all_text()  # not known to the GM: no log
         missing = c.get(f"/ui/workers/{NS}/nobody/log")
-        assert missing.status_code == 404 and 'Worker "nobody" not found' in html.unescape(missing.text)
+        assert missing.status_code == 404
+        assert 'worker "nobody" not found in namespace default' in html.unescape(missing.text)
+
+
+def test_a_finished_workers_log_page_and_the_earlier_workers_of_the_job_page(gm: GM) -> None:
+    """The GM deletes a Worker once it finished; its log is still on its node (``GMApi.worker_log``
+    finds the node from the job), and the job page lists it among the earlier workers, from the
+    job's conditions and the last reports (what ``lifelong describe`` shows)."""
+    history = [("Train", "Ready", "Test"), ("Train", "Starting", "Test"), ("Train", "Running", "Test")]
+    history += [("Train", "Completed", "Test"), ("Eval", "Waiting", "Test"), ("Eval", "Ready", "Test")]
+    history += [("Eval", "Starting", "Test"), ("Eval", "Running", "Test"), ("Eval", "Failed", "Test")]
+    history += [("Eval", "Ready", "Retry"), ("Eval", "Starting", "Test"), ("Eval", "Completed", "Test")]
+    _add_conditions(gm, history)  # at once: the controller settles only the end (Deploy/Waiting)
+    gm.svc.state.put_worker_info(NS, NAME, f"{NAME}-train-1", {"results": [{"url": "/m/1.pkl"}]})
+    gm.svc.state.put_worker_info(NS, NAME, "upstream-train-worker-x1", {"results": []})
+    expected = {
+        f"{NAME}-train-1": ("Train", "1", "node-a", "Succeeded", "yes"),
+        f"{NAME}-eval-1": ("Eval", "1", "node-a", "Failed", "no"),
+        f"{NAME}-eval-1-retry1": ("Eval", "1", "node-a", "Succeeded", "no"),
+        "upstream-train-worker-x1": ("", "?", "", "", "yes"),
+    }
+    with gm.client(READER) as c:
+
+        def past() -> list[Element]:
+            found = page(c, f"/ui/jobs/{NS}/{NAME}", "job").one("table", id="past-workers")
+            return found.find_all("tr", data_worker=None)
+
+        def shown() -> dict[str, tuple[str, ...]]:
+            fields = ("stage", "round", "node", "phase", "reported")
+            return {r.attrs["data-worker"]: tuple(r.field(f) for f in fields) for r in past()}
+
+        wait_for("the earlier workers on the job page", lambda: shown() == expected)
+        rows = past()
+        assert [r.attrs["data-worker"] for r in rows][:3] == [
+            f"{NAME}-train-1",
+            f"{NAME}-eval-1",
+            f"{NAME}-eval-1-retry1",
+        ]
+        for r in rows:
+            assert r.one("a", data_log=None).attrs["href"] == f"/ui/workers/{NS}/{r.attrs['data-worker']}/log"
+        assert gm.svc.store.get("Worker", NS, f"{NAME}-train-1") is None
+        log = page(c, f"/ui/workers/{NS}/{NAME}-train-1/log", "log")  # no Worker object: no 404
+        assert "node node-a is unknown to the GM" in log.one("p", id="log-off").all_text()
+        gone = c.get(f"/ui/workers/{NS}/otherjob-train-1/log")
+        assert gone.status_code == 404 and "no job it belongs to" in html.unescape(gone.text)
 
 
 def test_without_a_knowledge_base_the_pages_say_so(tmp_path: Path) -> None:
