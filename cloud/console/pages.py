@@ -192,9 +192,11 @@ def past_workers(
             attempt[(round_, stage)] = attempt.get((round_, stage), 1) + 1 if retry else 1
         n = attempt.get((round_, stage), 1)
         worker = f"{name}-{stage.lower()}-{round_}" + (f"-retry{n - 1}" if n > 1 else "")
+        if kind not in _WORKED or round_ == 0:
+            continue  # the stage's Waiting and Ready come before its worker (the next round's too)
         if worker in found:
             found[worker]["last"] = cond
-        elif kind in _WORKED and round_ > 0:
+        else:
             found[worker] = {"name": worker, "stage": stage, "round": round_, "last": cond}
     for worker in map(str, worker_info):
         match = _WORKER_NAME.fullmatch(worker)

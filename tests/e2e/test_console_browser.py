@@ -25,8 +25,10 @@ docs/console/).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -391,10 +393,8 @@ def past_of(console: Console) -> dict[str, tuple[str, str, str]]:
             tries[(rnd, stage)] = tries.get((rnd, stage), 1) + 1 if raw.get("reason") == "Retry" else 1
         n = tries.get((rnd, stage), 1)
         name = f"{JOB}-{stage.lower()}-{rnd}" + (f"-retry{n - 1}" if n > 1 else "")
-        if name in out:
-            out[name][2] = PHASES.get(kind, kind)
-        elif kind in ("Starting", "Running", "Completed", "Failed") and rnd > 0:
-            out[name] = [stage, str(rnd), PHASES.get(kind, kind)]
+        if kind in ("Starting", "Running", "Completed", "Failed") and rnd > 0:
+            out.setdefault(name, [stage, str(rnd), ""])[2] = PHASES.get(kind, kind)
     for name in described.get("workerInfo") or {}:
         stage, rnd = name[len(JOB) + 1 :].split("-")[:2]
         out.setdefault(name, [stage.capitalize(), rnd, ""])
@@ -625,3 +625,55 @@ def test_every_page_opened_one_after_another_goes_live(page: Browser, console: C
     ]
     for path, name in pages * 2:
         show(page, path, name, live=True)
+
+
+def _stream(console: Console) -> socket.socket | None:
+    """A ``/ui/events`` stream held open on a plain socket (a page left open elsewhere); None
+    when the GM refuses it (503: every place taken)."""
+    host, port = urllib.parse.urlsplit(console.gm.server).netloc.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = f"GET /ui/events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {READ_TOKEN}\r\n"
+    sock.sendall(f"{head}\r\n".encode())
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    if answer.startswith(b"HTTP/1.1 200"):
+        return sock
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    return None
+
+
+def test_a_page_refused_its_stream_connects_once_a_place_is_free_and_misses_nothing(
+    page: Browser, console: Console
+) -> None:
+    """Every place among the live streams taken (by streams this test holds): a page opened then
+    is refused (503), says ``lost``, and keeps trying; once the places are free it goes live by
+    itself, without a reload, and shows what changed meanwhile (the offline node deleted)."""
+    page.open("about:blank")  # the console's pages left: their streams end at their keepalives
+    held: list[socket.socket] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [s.close() for s in held])
+        refused_since = [time.monotonic()]
+
+        def full() -> bool:  # refused for 6 s: the pages left behind have given their places back
+            found = _stream(console)
+            if found is not None:
+                held.append(found)
+                refused_since[0] = time.monotonic()
+            return time.monotonic() - refused_since[0] > 6
+
+        wait_for(full, timeout=60, interval=0.2, what="every stream's place held")
+        show(page, "/ui/nodes", "nodes")
+        page.wait(lambda: page.find("#live").get_attribute("data-state") == "lost", "the page refused")
+        page.mark()
+        assert page.has(f'#nodes tr[data-node="{NODE}"][data-online="false"]')
+        console.gm.api("DELETE", f"/api/v1/nodes/{NODE}")  # while the page hears nothing
+        for sock in held:
+            sock.close()
+    page.wait(lambda: is_live(page), "the page live once places are free", timeout=30)
+    page.wait(lambda: not page.has(f'#nodes tr[data-node="{NODE}"]'), "the deleted node gone from the page")
+    assert not page.reloaded(), "the page was reloaded, not updated"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import html
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -419,13 +420,16 @@ def test_a_finished_workers_log_page_and_the_earlier_workers_of_the_job_page(gm:
     history += [("Train", "Completed", "Test"), ("Eval", "Waiting", "Test"), ("Eval", "Ready", "Test")]
     history += [("Eval", "Starting", "Test"), ("Eval", "Running", "Test"), ("Eval", "Failed", "Test")]
     history += [("Eval", "Ready", "Retry"), ("Eval", "Starting", "Test"), ("Eval", "Completed", "Test")]
-    _add_conditions(gm, history)  # at once: the controller settles only the end (Deploy/Waiting)
+    history += [("Deploy", "Waiting", "Test"), ("Deploy", "Ready", "Test"), ("Deploy", "Starting", "Test")]
+    history += [("Deploy", "Completed", "Test"), ("Train", "Waiting", "Test")]  # its end is Deploy's
+    _add_conditions(gm, history)  # at once: the controller sees only the end (Train/Waiting)
     gm.svc.state.put_worker_info(NS, NAME, f"{NAME}-train-1", {"results": [{"url": "/m/1.pkl"}]})
     gm.svc.state.put_worker_info(NS, NAME, "upstream-train-worker-x1", {"results": []})
     expected = {
         f"{NAME}-train-1": ("Train", "1", "node-a", "Succeeded", "yes"),
         f"{NAME}-eval-1": ("Eval", "1", "node-a", "Failed", "no"),
         f"{NAME}-eval-1-retry1": ("Eval", "1", "node-a", "Succeeded", "no"),
+        f"{NAME}-deploy-1": ("Deploy", "1", "node-a", "Succeeded", "no"),
         "upstream-train-worker-x1": ("", "?", "", "", "yes"),
     }
     with gm.client(READER) as c:
@@ -764,6 +768,49 @@ def test_the_streams_are_bounded_and_end_when_the_gm_stops(tmp_path: Path) -> No
         for s in streams:
             s.close()
         svc.stop()
+
+
+def _raw_stream(gm: GM) -> socket.socket:
+    """A ``/ui/events`` stream on a plain socket, its answer's head read (200): a browser tab."""
+    port = int(gm.base.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    head = f"GET /ui/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {WRITER}\r\n"
+    sock.sendall(f"{head}\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    return sock
+
+
+def test_a_stream_whose_browser_left_gives_its_place_back_within_seconds(gm: GM) -> None:
+    """Every place taken by pages the browser left: the next page's stream is refused (503)
+    until the keepalives find them gone, which takes seconds (a comment every 2 s), not the 10 s
+    to 20 s that left a page opened soon after eight others without live updates."""
+    assert gm.svc.api is not None and gm.svc.api.watcher is not None
+    watcher = gm.svc.api.watcher
+    seen = [watcher.version, time.monotonic()]
+
+    def quiet() -> bool:  # no change wakes the streams (their writes would find them gone)
+        if watcher.version != seen[0]:
+            seen[:] = [watcher.version, time.monotonic()]
+        return time.monotonic() - seen[1] > 1.5
+
+    wait_for("the GM's pages unchanged for 1.5 s", quiet)
+    version = watcher.version
+    socks = [_raw_stream(gm) for _ in range(watcher.max_streams)]
+    with gm.client(WRITER) as c:
+        refused = c.get("/ui/events")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    for sock in socks:  # the browser went to another page
+        sock.close()
+    left = time.monotonic()
+    wait_for("every place given back", lambda: watcher.streams == 0, deadline=7.0)
+    print(f"{len(socks)} streams ended {time.monotonic() - left:.1f}s after their browser left")
+    assert watcher.version == version  # ended by their keepalives, not by a change
+    _raw_stream(gm).close()
 
 
 def test_the_watcher_sends_a_change_to_a_browser_behind_by_a_version(gm: GM) -> None:
