@@ -217,6 +217,13 @@ def is_live(browser: Browser) -> bool:
     return bool(browser.find("#live").get_attribute("data-state") == "live")
 
 
+def shot(browser: Browser, name: str, tall: bool = True) -> None:
+    """The page's picture for docs/console.md, once its live updates are connected (the badge
+    green, as a reader's page would show it)."""
+    browser.wait(lambda: is_live(browser), f"live updates before the picture {name}")
+    browser.screenshot(name, tall=tall)
+
+
 def login(browser: Browser, console: Console, token: str, path: str = "/ui/jobs") -> None:
     """Log in through the form, from a fresh start (no session cookie)."""
     browser.open(console.url("/ui/login"))
@@ -310,7 +317,7 @@ def test_the_jobs_page_shows_what_the_api_says(page: Browser, console: Console) 
     assert fields["nodes"].split(",") == [NODE], fields
     assert fields["changed"] == conds[-1]["lastTransitionTime"], fields
     link = page.find(f'#jobs tr[data-job="{KEY}"] a[href="/ui/jobs/{KEY}"]')
-    page.screenshot("jobs")
+    shot(page, "jobs")
     link.click()
     page.wait(lambda: page.has('main#content[data-page="job"]'), "the job's page")
     assert page.path() == f"/ui/jobs/{KEY}"
@@ -429,7 +436,7 @@ def test_a_workers_log_page_shows_the_tail_its_node_gives(page: Browser, console
     lines = [line.strip() for line in api["data"].splitlines() if line.strip()]
     assert lines and "train_accuracy" in lines[-1], api
     assert [line.strip() for line in text.splitlines() if line.strip()] == lines, text[-2000:]
-    page.screenshot("log")
+    shot(page, "log")
 
 
 def test_the_kb_pages_show_the_tasks_and_the_heat_map_of_the_kbs_metrics(
@@ -479,7 +486,7 @@ def test_the_unseen_pages_show_the_kbs_samples(page: Browser, console: Console) 
     assert len(rows(page, "form[data-label-one]")) == UNSEEN
     predicted = {str(s["predicted"]) for s in api}
     assert {f["attrs"]["data-label-predicted"] for f in rows(page, "form[data-label-predicted]")} == predicted
-    page.screenshot("unseen", tall=False)  # 100 samples: the first ones
+    shot(page, "unseen", tall=False)  # 100 samples: the first ones
 
 
 def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reaches_the_kb(
@@ -570,9 +577,9 @@ def test_the_kb_page_shows_round_2_and_the_transfer_without_a_reload(page: Brows
     assert max(rnd for rnd, _, _ in timeline(page)) == 2
     past = past_shown(page)  # both rounds' workers, their logs a click away
     assert past == past_of(console) and {f"{JOB}-train-2", f"{JOB}-eval-2", f"{JOB}-train-1"} <= set(past)
-    page.screenshot("job")
+    shot(page, "job")
     show(page, f"/ui/kb/{KEY}", "kb")
-    page.screenshot("kb")
+    shot(page, "kb")
     groups = check_kb_page(page, console)
     assert groups["cam-c"]["transfer"]["from"] == "cam-b"
 
@@ -592,7 +599,7 @@ def test_the_nodes_page_shows_the_nodes_and_the_lc_going_offline_without_a_reloa
     hello = page.find(f'#nodes tr[data-node="{NODE}"] [data-field="lastHello"]').get_attribute("data-value")
     assert float(hello) == pytest.approx(node["lastHello"], abs=60), (hello, node)  # hellos go on
     assert not page.has("form[data-delete-node]")  # an online node cannot be deleted
-    page.screenshot("nodes")
+    shot(page, "nodes")
 
     show(page, "/ui/nodes", "nodes", live=True)
     page.mark()
