@@ -17,7 +17,9 @@ or starts with ``/ui/``, before the API's own token check; docs/console.md descr
 ==============================================  ===========================================
 
 Any page with ``?fragment=1`` answers only the inner HTML of its ``<main id="content">`` (what
-``console.js`` swaps in on a change). Every page is complete HTML without JavaScript.
+``console.js`` swaps in on a change); every page's ``X-Console-Version`` header is the watcher's
+version it was rendered at (what ``console.js`` puts in ``#content[data-version]``). Every page
+is complete HTML without JavaScript.
 
 Who may do what is ``cloud/console/auth.py``'s. Errors are pages, never tracebacks: 404 naming
 what was not found, 400 naming the field, 401/403 for who may not, 413 for a form over
@@ -342,6 +344,7 @@ class ConsoleApp:
         fragment: bool = False,
         headers: Headers | None = None,
     ) -> Answer:
+        version = self.watcher.version
         page = self.templates.get_template(template).render(
             **context,
             who=who,
@@ -349,7 +352,7 @@ class ConsoleApp:
             can_write=who is not None and who.can_write,
             login=self.tokens is not None,
             fragment=fragment,
-            version=self.watcher.version,
+            version=version,
             nav=NAV,
             path=environ.get("PATH_INFO", ""),
         )
@@ -361,6 +364,7 @@ class ConsoleApp:
             ("Content-Security-Policy", CSP),
             ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "same-origin"),
+            ("X-Console-Version", str(version)),  # what console.js's fetch now shows
             *(headers or []),
         ]
         return status, out, [body]
@@ -406,7 +410,7 @@ class ConsoleApp:
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"too many live pages open (at most {self.watcher.max_streams}); reload later",
                 "streams_full",
-                [("Retry-After", "10")],
+                [("Retry-After", "2")],
             )
         headers = [
             ("Content-Type", "text/event-stream; charset=utf-8"),

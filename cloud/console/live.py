@@ -10,8 +10,9 @@ node's online flag, last hello, outbox depth and unacknowledged count; ``kb``: e
 counts and metrics count, read every ``kb_every`` ticks because the KB may be remote). A part that
 changed bumps ``version`` and wakes every stream (a ``threading.Condition``), which sends
 ``event: change`` with ``{"topics": [...], "version": N}``; an idle stream sends ``: keepalive``
-every ``keepalive`` seconds, which is also when a stream whose browser went away finds out. At
-most ``max_streams`` streams are open at once (the API server has that many more threads than
+every ``keepalive`` seconds (2: a few bytes each), which is also when a stream whose browser went
+away finds out (its write fails), so a page left behind gives its place back within a few
+seconds. At most ``max_streams`` streams are open at once (the API server has that many more threads than
 the API needs, so streams never starve API requests); ``open`` refuses another. A digest that
 fails is logged once, counted (``lifelong_gm_item_failures{loop="console_watch"}``) and tried
 again next tick. ``stop`` ends every stream at once, so the server's threads are free to stop.
@@ -28,7 +29,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.5
-KEEPALIVE = 10.0
+KEEPALIVE = 2.0
+"""Seconds between an idle stream's comments: how soon a stream whose browser left ends."""
 MAX_STREAMS = 8
 KB_EVERY = 4
 RETRY_MS = 2000

@@ -11,6 +11,7 @@ stops the page; a knowledge base that cannot be reached is said on the page.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,10 @@ from lifelong.cloud.kb.base import KBRefused, KBUnavailable, KnowledgeBase
 from lifelong.cloud.stores.base import NotFound, Refused, parse, read
 from lifelong.common.api import Dataset, LifelongLearningJob
 from lifelong.common.api.lifelonglearningjob import worker_node
-from lifelong.common.errors import ValidationError
+from lifelong.common.errors import LifelongError, ValidationError
 from lifelong.common.samples import label_from_text
-from lifelong.common.statemachine import starts_round
+from lifelong.common.stages import Stage
+from lifelong.common.statemachine import REASON_RETRY, starts_round
 
 if TYPE_CHECKING:
     from lifelong.cloud.api_server import GMApi
@@ -141,33 +143,107 @@ def job_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
             }
         )
     workers.sort(key=lambda w: (w["round"] if isinstance(w["round"], int) else -1, w["name"]))
+    past, hidden = past_workers(
+        job, name, _rounds(conditions, job), described.get("workerInfo") or {}, {w["name"] for w in workers}
+    )
     matrix = kb_matrix(api, ns, name)
     return {
         "job": job_row(api, obj, job),
         "timeline": svg.timeline(_rounds(conditions, job)),
         "conditions": conditions,
         "workers": workers,
+        "past": past,
+        "past_hidden": hidden,
         "waiting": described.get("waiting", []),
-        "plot": svg.plot(matrix["values"], matrix["tasks"]),
+        "plot": svg.plot(matrix["values"], matrix["tasks"], matrix["measures"]),
+        "measures": matrix["legend"],
         "kb_message": matrix["message"],
     }
 
 
+PAST_WORKERS = 60
+"""Rows of the job page's earlier workers (the latest rounds'); the rest are counted."""
+_WORKED = {"Starting", "Running", "Completed", "Failed"}
+"""Condition types that say a stage's worker was started in that round."""
+_PHASE = {"Completed": "Succeeded", "Failed": "Failed"}
+_STAGES = {"Train": 0, "Eval": 1, "Deploy": 2}
+_WORKER_NAME = re.compile(r"(?P<job>.+)-(?P<stage>train|eval|deploy)-(?P<round>\d+)(?:-retry(?P<retry>\d+))?")
+
+
+def past_workers(
+    job: LifelongLearningJob | None,
+    name: str,
+    rounds: list[tuple[int, Any]],
+    worker_info: Mapping[str, Any],
+    current: set[str],
+) -> tuple[list[dict[str, Any]], int]:
+    """The job's earlier workers, whose Worker objects the GM deleted once they finished. What
+    the GM keeps of them (``lifelong describe`` shows it) is the job's conditions, in rounds: a
+    stage started in a round had its worker ``{job}-{stage}-{round}`` (``-retry{n}`` for the
+    n-th retry, as the controller names it), and the attempt's last condition is its end; and
+    the last report each worker posted (``workerInfo``, by worker name). Latest round first, at
+    most ``PAST_WORKERS`` rows, and how many more there are."""
+    found: dict[str, dict[str, Any]] = {}
+    attempt: dict[tuple[int, str], int] = {}
+    for round_, cond in rounds:
+        stage, kind = str(cond.get("stage", "")), str(cond.get("type", ""))
+        if kind == "Ready":
+            retry = cond.get("reason") == REASON_RETRY
+            attempt[(round_, stage)] = attempt.get((round_, stage), 1) + 1 if retry else 1
+        n = attempt.get((round_, stage), 1)
+        worker = f"{name}-{stage.lower()}-{round_}" + (f"-retry{n - 1}" if n > 1 else "")
+        if kind not in _WORKED or round_ == 0:
+            continue  # the stage's Waiting and Ready come before its worker (the next round's too)
+        if worker in found:
+            found[worker]["last"] = cond
+        else:
+            found[worker] = {"name": worker, "stage": stage, "round": round_, "last": cond}
+    for worker in map(str, worker_info):
+        match = _WORKER_NAME.fullmatch(worker)
+        if worker in found:
+            continue
+        if match and match["job"] == name:
+            stage = match["stage"].capitalize()
+            found[worker] = {"name": worker, "stage": stage, "round": int(match["round"]), "last": None}
+        else:
+            found[worker] = {"name": worker, "stage": "", "round": None, "last": None}
+    out = []
+    for w in found.values():
+        last = w.pop("last")
+        if w["name"] in current:
+            continue
+        kind = "" if last is None else str(last.get("type", ""))
+        w["phase"] = _PHASE.get(kind, kind)
+        w["message"] = "" if last is None else f"{kind} {_wire_time(last.get('lastTransitionTime'))}".strip()
+        node = None
+        if job is not None and w["stage"] in _STAGES:
+            node = job.spec.worker_node(Stage(w["stage"]))
+        w["node"] = node or ""
+        w["reported"] = w["name"] in worker_info
+        out.append(w)
+    out.sort(key=lambda w: (-(w["round"] or 0), _STAGES.get(w["stage"], 9), w["name"]))
+    return out[:PAST_WORKERS], max(len(out) - PAST_WORKERS, 0)
+
+
 def worker_log_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
-    worker = api.store.get("Worker", ns, name)
-    if worker is None:
-        raise PageNotFound(f'Worker "{name}" not found in namespace {ns}')
-    node = worker_node((worker.get("spec") or {}).get("template"))
-    info = api.state.node(node) if node else None
-    if api.logs is not None and node and (info is None or not info.online):
-        seen = "unknown to the GM" if info is None else "offline"
-        message = f"node {node} is {seen}: its LC gives the worker's log once it is connected"
-        return {"ns": ns, "name": name, "text": None, "message": message}
+    """The tail of a worker's log through ``GMApi.worker_log`` (which finds the node of a
+    finished worker too, from its job); 404 only when no log can be found (the API's reason).
+    A node the GM sees offline is not asked (the page says so at once, not after the timeout)."""
+    out: dict[str, Any] = {"ns": ns, "name": name, "text": None, "message": None}
+    if api.logs is not None:
+        node = api.logs.worker_node(ns, name)  # NotFound: no such worker, nor a job it belongs to
+        info = api.state.node(node)
+        if info is None or not info.online:
+            seen = "unknown to the GM" if info is None else "offline"
+            message = f"node {node} is {seen}: its LC gives the worker's log once it is connected"
+            return {**out, "message": message}
     try:
         found = api.worker_log(ns, name, {"tail": ["200"], "timeout": [str(LOG_TIMEOUT)]})
-    except Exception as exc:  # the GM serves no logs, the node is offline or cannot give it
-        return {"ns": ns, "name": name, "text": None, "message": str(exc)}
-    return {"ns": ns, "name": name, "text": found.get("data", ""), "message": None, "log": found}
+    except NotFound:
+        raise  # the node has no log of it: 404 with its reason
+    except LifelongError as exc:  # the node did not answer, or cannot give it
+        return {**out, "message": str(exc)}
+    return {**out, "text": found.get("data", ""), "log": found}
 
 
 # -- the knowledge base ---------------------------------------------------------------------------
@@ -177,42 +253,77 @@ def _kb(api: GMApi) -> KnowledgeBase | None:
     return api.kb.kb
 
 
-def score_of(stages: Mapping[str, Any]) -> float | None:
-    """One number for a (round, task): eval's accuracy, else train's, else eval's or train's first."""
+MEASURES = ("test_accuracy", "accuracy")
+"""The measures a cell of R[round][task] shows, best first: docs/lifelong-learning.md defines
+R[k][j] as the accuracy on task j's test set (the Eval worker's ``test_accuracy``); ``accuracy``
+(on the round's eval pool) where a stage scored no test set."""
+MEASURE_TEXT = {
+    "test_accuracy": "accuracy on the task's test set",
+    "accuracy": "accuracy on the round's evaluation pool",
+}
+
+
+def score_of(stages: Mapping[str, Any]) -> tuple[float, str] | None:
+    """One number for a (round, task) and the measure it is (``"eval test_accuracy"``): the first
+    stage of eval, train that has scores, its ``test_accuracy``, else its ``accuracy``, else its
+    first number."""
     for stage in ("eval", "train"):
         scores = stages.get(stage)
-        if isinstance(scores, Mapping) and isinstance(scores.get("accuracy"), int | float):
-            return float(scores["accuracy"])
-    for stage in ("eval", "train"):
-        scores = stages.get(stage)
-        if isinstance(scores, Mapping):
-            for value in scores.values():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return float(value)
+        if not isinstance(scores, Mapping) or not scores:
+            continue
+        for key in (*MEASURES, *scores):
+            value = scores.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value), f"{stage} {key}"
     return None
 
 
+def measure_text(measure: str) -> str:
+    """``"eval test_accuracy"`` as a reader's words: what the number is."""
+    stage, _, key = measure.partition(" ")
+    return f"{stage}'s {key} ({MEASURE_TEXT[key]})" if key in MEASURE_TEXT else f"{stage}'s {key}"
+
+
+def _rank(measure: str) -> int:
+    """Which measure comes first among those of as many cells: the test set's, then eval's."""
+    stage, _, key = measure.partition(" ")
+    return (MEASURES.index(key) if key in MEASURES else len(MEASURES)) * 2 + (stage != "eval")
+
+
 def kb_matrix(api: GMApi, ns: str, name: str) -> dict[str, Any]:
-    """R[round][task] of the job from the KB's metrics, with a message when there are none."""
+    """R[round][task] of the job from the KB's metrics (``values``), the measure of each cell
+    (``measures``, the same keys), each measure shown and its cells (``legend``), and a message
+    when there are none."""
     kb = _kb(api)
     values: dict[int, dict[str, float]] = {}
+    measures: dict[int, dict[str, str]] = {}
     tasks: list[str] = []
+    out: dict[str, Any] = {"values": values, "measures": measures, "tasks": tasks, "legend": []}
     if kb is None:
-        return {"values": values, "tasks": tasks, "message": "this GM has no knowledge base"}
+        return {**out, "message": "this GM has no knowledge base"}
     try:
         metrics = kb.metrics(f"{ns}/{name}")
     except KBUnavailable as exc:
-        return {"values": values, "tasks": tasks, "message": f"the knowledge base cannot be reached: {exc}"}
+        return {**out, "message": f"the knowledge base cannot be reached: {exc}"}
     except KBRefused:
-        return {"values": values, "tasks": tasks, "message": "no metrics yet"}
+        return {**out, "message": "no metrics yet"}
+    counts: dict[str, int] = {}
     for round_text, by_task in (metrics.get("scores") or {}).items():
         for task, stages in by_task.items():
-            value = score_of(stages)
-            if value is not None:
-                values.setdefault(int(round_text), {})[task] = value
-                if task not in tasks:
-                    tasks.append(task)
-    return {"values": values, "tasks": tasks, "message": None if values else "no metrics yet"}
+            found = score_of(stages)
+            if found is None:
+                continue
+            round_ = int(round_text)
+            values.setdefault(round_, {})[task] = found[0]
+            measures.setdefault(round_, {})[task] = found[1]
+            counts[found[1]] = counts.get(found[1], 0) + 1
+            if task not in tasks:
+                tasks.append(task)
+    out["legend"] = [
+        {"measure": m, "text": measure_text(m), "cells": n}
+        for m, n in sorted(counts.items(), key=lambda item: (-item[1], _rank(item[0]), item[0]))
+    ]
+    return {**out, "message": None if values else "no metrics yet"}
 
 
 def kb_index_page(api: GMApi) -> dict[str, Any]:
@@ -225,7 +336,8 @@ def kb_page(api: GMApi, ns: str, name: str) -> dict[str, Any]:
     out.update({"groups": [], "tasks": [], "transfers": [], "message": None, "index_version": None})
     kb = _kb(api)
     matrix = kb_matrix(api, ns, name)
-    out["heatmap"] = svg.heatmap(matrix["values"], matrix["tasks"])
+    out["heatmap"] = svg.heatmap(matrix["values"], matrix["tasks"], matrix["measures"])
+    out["measures"] = matrix["legend"]
     out["matrix_message"] = matrix["message"]
     if kb is None:
         return out

@@ -14,6 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+Matrix = Mapping[int, Mapping[str, float]]
+"""``values[round][task]``: R[round][task]."""
+Measures = Mapping[int, Mapping[str, str]] | None
+"""``measures[round][task]``: what each value of a ``Matrix`` is (``"eval test_accuracy"``)."""
+
 LANE, BOX, GAP, LEFT, TOP = 26, 18, 3, 70, 8
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 TYPE_COLOURS = {
@@ -76,8 +81,13 @@ def _colour(task_index: int) -> str:
     return PALETTE[task_index % len(PALETTE)]
 
 
-def plot(values: Mapping[int, Mapping[str, float]], tasks: Sequence[str]) -> dict[str, Any]:
-    """Points and lines of ``values[round][task]``: x by round, y by value (0..1, or 0..max)."""
+def _measure(measures: Measures, round_: int, task: str) -> str:
+    return (measures or {}).get(round_, {}).get(task, "")
+
+
+def plot(values: Matrix, tasks: Sequence[str], measures: Measures = None) -> dict[str, Any]:
+    """Points and lines of ``values[round][task]``: x by round, y by value (0..1, or 0..max);
+    ``measures[round][task]`` names what each value is."""
     width, height, left, right, top, bottom = 560, 240, 44, 140, 10, 28
     rounds = sorted(values)
     top_value = max([1.0, *(v for r in rounds for v in values[r].values())])
@@ -92,7 +102,13 @@ def plot(values: Mapping[int, Mapping[str, float]], tasks: Sequence[str]) -> dic
     series = []
     for t, task in enumerate(tasks):
         points = [
-            {"x": x_of(i), "y": y_of(values[r][task]), "round": r, "value": values[r][task]}
+            {
+                "x": x_of(i),
+                "y": y_of(values[r][task]),
+                "round": r,
+                "value": values[r][task],
+                "measure": _measure(measures, r, task),
+            }
             for i, r in enumerate(rounds)
             if task in values[r]
         ]
@@ -117,8 +133,9 @@ def plot(values: Mapping[int, Mapping[str, float]], tasks: Sequence[str]) -> dic
     }
 
 
-def heatmap(values: Mapping[int, Mapping[str, float]], tasks: Sequence[str]) -> dict[str, Any]:
-    """Cells of ``values[round][task]`` (rows: rounds, columns: tasks), darker for higher."""
+def heatmap(values: Matrix, tasks: Sequence[str], measures: Measures = None) -> dict[str, Any]:
+    """Cells of ``values[round][task]`` (rows: rounds, columns: tasks), darker for higher;
+    ``measures[round][task]`` names what each value is."""
     cell_w, cell_h, left, top = 76, 24, 70, 60
     rounds = sorted(values)
     all_values = [v for r in rounds for v in values[r].values()]
@@ -142,6 +159,7 @@ def heatmap(values: Mapping[int, Mapping[str, float]], tasks: Sequence[str]) -> 
                     "round": r,
                     "task": task,
                     "value": v,
+                    "measure": _measure(measures, r, task),
                     "fill": f"hsl(210, 70%, {light}%)",
                     "text": "#ffffff" if light < 60 else "#000000",
                 }

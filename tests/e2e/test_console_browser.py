@@ -25,8 +25,10 @@ docs/console/).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -109,17 +111,15 @@ class Console:
         return self.truth[tuple(str(sample["row"][f]) for f in FEATURES)]
 
 
-def _job_manifests(work: Path, kb_port: int) -> list[dict[str, Any]]:
+def _job_manifests(work: Path) -> list[dict[str, Any]]:
     """The example's Dataset and job as test_lifelong_kb_e2e fills them in; the workers also get
-    the write token for the KB (it takes the GM API's tokens). The GM gives Deploy workers no
-    ``KB_SERVER`` (cloud/controllers/lifelonglearning/workerenv.py), and the library sends its
-    token only to that server: the deploy template names it."""
+    the write token for the KB (it takes the GM API's tokens). Every stage's worker, Deploy's too,
+    gets ``KB_SERVER`` from the GM (cloud/controllers/lifelonglearning/workerenv.py), the only
+    server the library sends the token to."""
     docs: list[dict[str, Any]] = list(yaml.safe_load_all(manifests(work)))
     for spec in ("trainSpec", "evalSpec", "deploySpec"):
         container = docs[1]["spec"][spec]["template"]["spec"]["containers"][0]
         container["env"].append({"name": "KB_TOKEN", "value": WRITE_TOKEN})
-        if spec == "deploySpec":
-            container["env"].append({"name": "KB_SERVER", "value": f"http://127.0.0.1:{kb_port}"})
     return docs
 
 
@@ -155,7 +155,7 @@ def console(browser_programs: tuple[str, str], tmp_path_factory: pytest.TempPath
         lc.start()
         lc.wait_online(gm)
         subprocess.run([sys.executable, str(EXAMPLE / "digits_domains.py"), str(work / "data")], check=True)
-        for doc in _job_manifests(work, kb_port):
+        for doc in _job_manifests(work):
             gm.api("POST", "/api/v1/apply", doc)
         setup = Console(gm, lc, broker, work, kb_port)
         with (work / "data" / "cam_c_labels.csv").open() as fh:
@@ -215,6 +215,13 @@ def show(browser: Browser, path: str, page: str, live: bool = False) -> None:
 
 def is_live(browser: Browser) -> bool:
     return bool(browser.find("#live").get_attribute("data-state") == "live")
+
+
+def shot(browser: Browser, name: str, tall: bool = True) -> None:
+    """The page's picture for docs/console.md, once its live updates are connected (the badge
+    green, as a reader's page would show it)."""
+    browser.wait(lambda: is_live(browser), f"live updates before the picture {name}")
+    browser.screenshot(name, tall=tall)
 
 
 def login(browser: Browser, console: Console, token: str, path: str = "/ui/jobs") -> None:
@@ -310,7 +317,7 @@ def test_the_jobs_page_shows_what_the_api_says(page: Browser, console: Console) 
     assert fields["nodes"].split(",") == [NODE], fields
     assert fields["changed"] == conds[-1]["lastTransitionTime"], fields
     link = page.find(f'#jobs tr[data-job="{KEY}"] a[href="/ui/jobs/{KEY}"]')
-    page.screenshot("jobs")
+    shot(page, "jobs")
     link.click()
     page.wait(lambda: page.has('main#content[data-page="job"]'), "the job's page")
     assert page.path() == f"/ui/jobs/{KEY}"
@@ -353,6 +360,9 @@ def test_the_job_page_shows_the_conditions_by_round_the_workers_and_the_kb_metri
     )
 
     assert workers_shown(page) == workers_of(console)  # finished workers are gone at rest: none
+    past = past_shown(page)
+    assert past == past_of(console), (past, past_of(console))
+    assert past[f"{JOB}-train-1"] == ("Train", "1", "Succeeded") and past[f"{JOB}-eval-1"][2] == "Succeeded"
     assert page.has(f'a[href="/ui/kb/{KEY}"]') and page.has(f'a[href="/ui/unseen/{KEY}"]')
 
     plotted = cells(rows(page, "#metrics-plot circle[data-round]"))
@@ -373,6 +383,41 @@ def workers_of(console: Console) -> dict[str, tuple[str, str, str]]:
     }
 
 
+PHASES = {"Completed": "Succeeded", "Failed": "Failed"}
+
+
+def past_of(console: Console) -> dict[str, tuple[str, str, str]]:
+    """The job's earlier workers as the API tells of them: name -> (stage, round, phase). A stage
+    that started in a round (Starting, Running, Completed or Failed) had its worker
+    ``{job}-{stage}-{round}`` (``-retry{n}`` for a retry), ended by its last condition; and each
+    worker that posted a report (``workerInfo``); less the Worker objects there are now."""
+    described = console.gm.api("GET", f"/api/v1/describe/LifelongLearningJob/{NS}/{JOB}")
+    conds = described["object"]["status"]["conditions"]
+    out: dict[str, list[str]] = {}
+    tries: dict[tuple[int, str], int] = {}
+    for (rnd, stage, kind), raw in zip(lanes(conds), conds, strict=True):
+        if kind == "Ready":
+            tries[(rnd, stage)] = tries.get((rnd, stage), 1) + 1 if raw.get("reason") == "Retry" else 1
+        n = tries.get((rnd, stage), 1)
+        name = f"{JOB}-{stage.lower()}-{rnd}" + (f"-retry{n - 1}" if n > 1 else "")
+        if kind in ("Starting", "Running", "Completed", "Failed") and rnd > 0:
+            out.setdefault(name, [stage, str(rnd), ""])[2] = PHASES.get(kind, kind)
+    for name in described.get("workerInfo") or {}:
+        stage, rnd = name[len(JOB) + 1 :].split("-")[:2]
+        out.setdefault(name, [stage.capitalize(), rnd, ""])
+    current = {w["metadata"]["name"] for w in described["workers"]}
+    return {name: (v[0], v[1], v[2]) for name, v in out.items() if name not in current}
+
+
+def past_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
+    shown = by(rows(page, "#past-workers tr[data-worker]"), "data-worker")
+    for name in shown:
+        assert page.has(
+            f'#past-workers tr[data-worker="{name}"] a[data-log][href="/ui/workers/{NS}/{name}/log"]'
+        )
+    return {n: (r["fields"]["stage"], r["fields"]["round"], r["fields"]["phase"]) for n, r in shown.items()}
+
+
 def workers_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
     shown = by(rows(page, "#workers tr[data-worker]"), "data-worker")
     for name in shown:
@@ -382,13 +427,16 @@ def workers_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
 
 def test_a_workers_log_page_shows_the_tail_its_node_gives(page: Browser, console: Console) -> None:
     worker = f"{JOB}-train-1"  # finished: the GM deleted its Worker, its node still has the log
-    show(page, f"/ui/workers/{NS}/{worker}/log", "log")
+    show(page, f"/ui/jobs/{KEY}", "job")
+    page.find(f'#past-workers tr[data-worker="{worker}"] a[data-log]').click()  # listed among the earlier
+    page.wait(lambda: page.has('main#content[data-page="log"]'), f"the log page of {worker}")
+    assert page.path() == f"/ui/workers/{NS}/{worker}/log"
     text = page.find("pre#log").text
     api = console.gm.api("GET", f"/api/v1/Worker/{NS}/{worker}/log?tail=200")
     lines = [line.strip() for line in api["data"].splitlines() if line.strip()]
     assert lines and "train_accuracy" in lines[-1], api
     assert [line.strip() for line in text.splitlines() if line.strip()] == lines, text[-2000:]
-    page.screenshot("log")
+    shot(page, "log")
 
 
 def test_the_kb_pages_show_the_tasks_and_the_heat_map_of_the_kbs_metrics(
@@ -438,7 +486,7 @@ def test_the_unseen_pages_show_the_kbs_samples(page: Browser, console: Console) 
     assert len(rows(page, "form[data-label-one]")) == UNSEEN
     predicted = {str(s["predicted"]) for s in api}
     assert {f["attrs"]["data-label-predicted"] for f in rows(page, "form[data-label-predicted]")} == predicted
-    page.screenshot("unseen", tall=False)  # 100 samples: the first ones
+    shot(page, "unseen", tall=False)  # 100 samples: the first ones
 
 
 def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reaches_the_kb(
@@ -527,9 +575,11 @@ def test_the_kb_page_shows_round_2_and_the_transfer_without_a_reload(page: Brows
     )
     show(page, f"/ui/jobs/{KEY}", "job")
     assert max(rnd for rnd, _, _ in timeline(page)) == 2
-    page.screenshot("job")
+    past = past_shown(page)  # both rounds' workers, their logs a click away
+    assert past == past_of(console) and {f"{JOB}-train-2", f"{JOB}-eval-2", f"{JOB}-train-1"} <= set(past)
+    shot(page, "job")
     show(page, f"/ui/kb/{KEY}", "kb")
-    page.screenshot("kb")
+    shot(page, "kb")
     groups = check_kb_page(page, console)
     assert groups["cam-c"]["transfer"]["from"] == "cam-b"
 
@@ -549,7 +599,7 @@ def test_the_nodes_page_shows_the_nodes_and_the_lc_going_offline_without_a_reloa
     hello = page.find(f'#nodes tr[data-node="{NODE}"] [data-field="lastHello"]').get_attribute("data-value")
     assert float(hello) == pytest.approx(node["lastHello"], abs=60), (hello, node)  # hellos go on
     assert not page.has("form[data-delete-node]")  # an online node cannot be deleted
-    page.screenshot("nodes")
+    shot(page, "nodes")
 
     show(page, "/ui/nodes", "nodes", live=True)
     page.mark()
@@ -582,3 +632,55 @@ def test_every_page_opened_one_after_another_goes_live(page: Browser, console: C
     ]
     for path, name in pages * 2:
         show(page, path, name, live=True)
+
+
+def _stream(console: Console) -> socket.socket | None:
+    """A ``/ui/events`` stream held open on a plain socket (a page left open elsewhere); None
+    when the GM refuses it (503: every place taken)."""
+    host, port = urllib.parse.urlsplit(console.gm.server).netloc.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = f"GET /ui/events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {READ_TOKEN}\r\n"
+    sock.sendall(f"{head}\r\n".encode())
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    if answer.startswith(b"HTTP/1.1 200"):
+        return sock
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    return None
+
+
+def test_a_page_refused_its_stream_connects_once_a_place_is_free_and_misses_nothing(
+    page: Browser, console: Console
+) -> None:
+    """Every place among the live streams taken (by streams this test holds): a page opened then
+    is refused (503), says ``lost``, and keeps trying; once the places are free it goes live by
+    itself, without a reload, and shows what changed meanwhile (the offline node deleted)."""
+    page.open("about:blank")  # the console's pages left: their streams end at their keepalives
+    held: list[socket.socket] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [s.close() for s in held])
+        refused_since = [time.monotonic()]
+
+        def full() -> bool:  # refused for 6 s: the pages left behind have given their places back
+            found = _stream(console)
+            if found is not None:
+                held.append(found)
+                refused_since[0] = time.monotonic()
+            return time.monotonic() - refused_since[0] > 6
+
+        wait_for(full, timeout=60, interval=0.2, what="every stream's place held")
+        show(page, "/ui/nodes", "nodes")
+        page.wait(lambda: page.find("#live").get_attribute("data-state") == "lost", "the page refused")
+        page.mark()
+        assert page.has(f'#nodes tr[data-node="{NODE}"][data-online="false"]')
+        console.gm.api("DELETE", f"/api/v1/nodes/{NODE}")  # while the page hears nothing
+        for sock in held:
+            sock.close()
+    page.wait(lambda: is_live(page), "the page live once places are free", timeout=30)
+    page.wait(lambda: not page.has(f'#nodes tr[data-node="{NODE}"]'), "the deleted node gone from the page")
+    assert not page.reloaded(), "the page was reloaded, not updated"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import html
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +212,11 @@ def no_traceback(text: str) -> None:
 
 
 def _add_condition(gm: GM, stage: str, kind: str, reason: str = "Test") -> None:
+    _add_conditions(gm, [(stage, kind, reason)])
+
+
+def _add_conditions(gm: GM, conditions: list[tuple[str, str, str]]) -> None:
+    """Append (stage, type, reason) conditions to the job's status in one write."""
     store = gm.svc.store
     obj = store.get("LifelongLearningJob", NS, NAME)
     assert obj is not None
@@ -218,7 +224,10 @@ def _add_condition(gm: GM, stage: str, kind: str, reason: str = "Test") -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     status["conditions"] = [
         *(status.get("conditions") or []),
-        {"type": kind, "status": "True", "stage": stage, "lastTransitionTime": now, "reason": reason},
+        *(
+            {"type": kind, "status": "True", "stage": stage, "lastTransitionTime": now, "reason": reason}
+            for stage, kind, reason in conditions
+        ),
     ]
     store.update_status("LifelongLearningJob", NS, NAME, status)
 
@@ -344,6 +353,43 @@ def test_every_page_shows_the_contracts_hooks_with_the_apis_values(gm: GM) -> No
         )
 
 
+def test_the_heat_map_and_the_plot_show_each_tasks_test_set_accuracy_and_say_which_measure(gm: GM) -> None:
+    """R[k][j] is the accuracy on task j's test set (docs/lifelong-learning.md): eval's
+    ``test_accuracy`` before its ``accuracy`` (on the round's eval pool), which a task without a
+    test score still shows, marked and named."""
+    assert gm.kb is not None
+    gm.kb.post_index(INDEX)
+    scores = {"summer": {"accuracy": 0.9, "test_accuracy": 0.7}, "winter": {"accuracy": 0.5}}
+    gm.kb.post_metrics({"job": f"{NS}/{NAME}", "round": 1, "stage": "eval", "scores": scores})
+    gm.kb.post_metrics(
+        {"job": f"{NS}/{NAME}", "round": 1, "stage": "train", "scores": {"summer": {"test_accuracy": 0.1}}}
+    )
+    expected = {
+        ("1", "summer"): ("0.7", "eval test_accuracy"),
+        ("1", "winter"): ("0.5", "eval accuracy"),
+    }
+    with gm.client(READER) as c:
+        kb = page(c, f"/ui/kb/{NS}/{NAME}", "kb")
+        job = page(c, f"/ui/jobs/{NS}/{NAME}", "job")
+    for root, svg_id, caption_id in (
+        (kb, "heatmap", "heatmap-measure"),
+        (job, "metrics-plot", "plot-measure"),
+    ):
+        shown = {
+            (e.attrs["data-round"], e.attrs["data-task"]): (e.attrs["data-value"], e.attrs["data-measure"])
+            for e in root.one("svg", id=svg_id).find_all(data_round=None)
+            if e.tag in ("rect", "circle")
+        }
+        assert shown == expected, (svg_id, shown)
+        caption = root.one("p", id=caption_id)
+        assert caption.attrs["data-measure"] == "eval test_accuracy"  # as many cells: the better first
+        text = " ".join(caption.all_text().split())
+        assert "test_accuracy (accuracy on the task's test set)" in text, text
+        assert "accuracy (accuracy on the round's evaluation pool)" in text, text
+    marked = [t.all_text() for t in kb.one("svg", id="heatmap").find_all("text") if "†" in t.all_text()]
+    assert marked == ["0.500†"], marked
+
+
 def test_a_worker_log_page_says_when_the_node_cannot_give_it(gm: GM) -> None:
     gm.svc.store.apply(
         {
@@ -362,7 +408,54 @@ def test_a_worker_log_page_says_when_the_node_cannot_give_it(gm: GM) -> None:
         assert log.one("pre", id="log")
         assert "node-a" in log.one("p", id="log-off").all_text()  # not known to the GM: no log
         missing = c.get(f"/ui/workers/{NS}/nobody/log")
-        assert missing.status_code == 404 and 'Worker "nobody" not found' in html.unescape(missing.text)
+        assert missing.status_code == 404
+        assert 'worker "nobody" not found in namespace default' in html.unescape(missing.text)
+
+
+def test_a_finished_workers_log_page_and_the_earlier_workers_of_the_job_page(gm: GM) -> None:
+    """The GM deletes a Worker once it finished; its log is still on its node (``GMApi.worker_log``
+    finds the node from the job), and the job page lists it among the earlier workers, from the
+    job's conditions and the last reports (what ``lifelong describe`` shows)."""
+    history = [("Train", "Ready", "Test"), ("Train", "Starting", "Test"), ("Train", "Running", "Test")]
+    history += [("Train", "Completed", "Test"), ("Eval", "Waiting", "Test"), ("Eval", "Ready", "Test")]
+    history += [("Eval", "Starting", "Test"), ("Eval", "Running", "Test"), ("Eval", "Failed", "Test")]
+    history += [("Eval", "Ready", "Retry"), ("Eval", "Starting", "Test"), ("Eval", "Completed", "Test")]
+    history += [("Deploy", "Waiting", "Test"), ("Deploy", "Ready", "Test"), ("Deploy", "Starting", "Test")]
+    history += [("Deploy", "Completed", "Test"), ("Train", "Waiting", "Test")]  # its end is Deploy's
+    _add_conditions(gm, history)  # at once: the controller sees only the end (Train/Waiting)
+    gm.svc.state.put_worker_info(NS, NAME, f"{NAME}-train-1", {"results": [{"url": "/m/1.pkl"}]})
+    gm.svc.state.put_worker_info(NS, NAME, "upstream-train-worker-x1", {"results": []})
+    expected = {
+        f"{NAME}-train-1": ("Train", "1", "node-a", "Succeeded", "yes"),
+        f"{NAME}-eval-1": ("Eval", "1", "node-a", "Failed", "no"),
+        f"{NAME}-eval-1-retry1": ("Eval", "1", "node-a", "Succeeded", "no"),
+        f"{NAME}-deploy-1": ("Deploy", "1", "node-a", "Succeeded", "no"),
+        "upstream-train-worker-x1": ("", "?", "", "", "yes"),
+    }
+    with gm.client(READER) as c:
+
+        def past() -> list[Element]:
+            found = page(c, f"/ui/jobs/{NS}/{NAME}", "job").one("table", id="past-workers")
+            return found.find_all("tr", data_worker=None)
+
+        def shown() -> dict[str, tuple[str, ...]]:
+            fields = ("stage", "round", "node", "phase", "reported")
+            return {r.attrs["data-worker"]: tuple(r.field(f) for f in fields) for r in past()}
+
+        wait_for("the earlier workers on the job page", lambda: shown() == expected)
+        rows = past()
+        assert [r.attrs["data-worker"] for r in rows][:3] == [
+            f"{NAME}-train-1",
+            f"{NAME}-eval-1",
+            f"{NAME}-eval-1-retry1",
+        ]
+        for r in rows:
+            assert r.one("a", data_log=None).attrs["href"] == f"/ui/workers/{NS}/{r.attrs['data-worker']}/log"
+        assert gm.svc.store.get("Worker", NS, f"{NAME}-train-1") is None
+        log = page(c, f"/ui/workers/{NS}/{NAME}-train-1/log", "log")  # no Worker object: no 404
+        assert "node node-a is unknown to the GM" in log.one("p", id="log-off").all_text()
+        gone = c.get(f"/ui/workers/{NS}/otherjob-train-1/log")
+        assert gone.status_code == 404 and "no job it belongs to" in html.unescape(gone.text)
 
 
 def test_without_a_knowledge_base_the_pages_say_so(tmp_path: Path) -> None:
@@ -675,6 +768,49 @@ def test_the_streams_are_bounded_and_end_when_the_gm_stops(tmp_path: Path) -> No
         for s in streams:
             s.close()
         svc.stop()
+
+
+def _raw_stream(gm: GM) -> socket.socket:
+    """A ``/ui/events`` stream on a plain socket, its answer's head read (200): a browser tab."""
+    port = int(gm.base.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    head = f"GET /ui/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {WRITER}\r\n"
+    sock.sendall(f"{head}\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    return sock
+
+
+def test_a_stream_whose_browser_left_gives_its_place_back_within_seconds(gm: GM) -> None:
+    """Every place taken by pages the browser left: the next page's stream is refused (503)
+    until the keepalives find them gone, which takes seconds (a comment every 2 s), not the 10 s
+    to 20 s that left a page opened soon after eight others without live updates."""
+    assert gm.svc.api is not None and gm.svc.api.watcher is not None
+    watcher = gm.svc.api.watcher
+    seen = [watcher.version, time.monotonic()]
+
+    def quiet() -> bool:  # no change wakes the streams (their writes would find them gone)
+        if watcher.version != seen[0]:
+            seen[:] = [watcher.version, time.monotonic()]
+        return time.monotonic() - seen[1] > 1.5
+
+    wait_for("the GM's pages unchanged for 1.5 s", quiet)
+    version = watcher.version
+    socks = [_raw_stream(gm) for _ in range(watcher.max_streams)]
+    with gm.client(WRITER) as c:
+        refused = c.get("/ui/events")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    for sock in socks:  # the browser went to another page
+        sock.close()
+    left = time.monotonic()
+    wait_for("every place given back", lambda: watcher.streams == 0, deadline=7.0)
+    print(f"{len(socks)} streams ended {time.monotonic() - left:.1f}s after their browser left")
+    assert watcher.version == version  # ended by their keepalives, not by a change
+    _raw_stream(gm).close()
 
 
 def test_the_watcher_sends_a_change_to_a_browser_behind_by_a_version(gm: GM) -> None:

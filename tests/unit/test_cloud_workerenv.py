@@ -135,14 +135,15 @@ def test_eval_env_takes_the_train_output_when_ready_names_no_models() -> None:
     assert env["MODEL_URLS"] == "/m/1.pkl"
 
 
-def test_deploy_env_is_upstreams_inference_set() -> None:
+def test_deploy_env_is_upstreams_inference_set_and_the_kb_server() -> None:
     ready = [*ROUND, c(D, R, {"model": {"url": "/out/deploy/m.pkl"}})]
-    env = worker_env(JOB, D, 1, ready, None, lc_server="http://lc:9100")
+    env = worker_env(JOB, D, 1, ready, None, lc_server="http://lc:9100", kb_server="http://kb")
     assert env == {
         "NAMESPACE": "ns",
         "JOB_NAME": "j",
         "WORKER_NAME": "j-deploy-1",
         "LC_SERVER": "http://lc:9100",
+        "KB_SERVER": "http://kb",  # lifelong's addition: the library reads the task index there
         "MODEL_URLS": "/out/deploy/m.pkl",
         "OUTPUT_URL": "/out/",  # upstream gives the job's outputDir as written
     }
@@ -170,6 +171,16 @@ def test_defaults_are_upstreams() -> None:
     env = worker_env(JOB, E, 1, ROUND, DATASET)
     assert env["LC_SERVER"] == DEFAULT_LC_SERVER == "http://127.0.0.1:9100"
     assert env["KB_SERVER"] == DEFAULT_KB_SERVER == "http://localhost:9020"
+
+
+def test_every_stage_gets_the_same_kb_server() -> None:
+    """The library sends ``KB_TOKEN`` only to ``KB_SERVER``: a Deploy worker without it could not
+    read the task index of a KB that takes tokens."""
+    history = [*ROUND, c(D, R, {"model": {"url": "/out/deploy/m.pkl"}})]
+    for stage in (T, E, D):
+        env = worker_env(JOB, stage, 1, history, DATASET, kb_server="https://kb.example:9020")
+        assert env["KB_SERVER"] == "https://kb.example:9020", (stage, env)
+    assert worker_env(JOB, D, 1, [], None)["KB_SERVER"] == DEFAULT_KB_SERVER
 
 
 def test_model_urls_shapes() -> None:

@@ -6,15 +6,17 @@ Names and values follow upstream Sedna's lifelong-learning GM (its ``createPod``
 table; in short:
 
 =================  =====================================================================
-all stages         ``NAMESPACE``, ``JOB_NAME``, ``WORKER_NAME``, ``LC_SERVER``
+all stages         ``NAMESPACE``, ``JOB_NAME``, ``WORKER_NAME``, ``LC_SERVER``, ``KB_SERVER``
+                   (lifelong adds it for Deploy, which upstream gives none: the library reads
+                   the task index from it and sends ``KB_TOKEN`` to that server only)
 Train              ``HAS_COMPLETED_INITIAL_TRAINING`` (``true`` once any Train/Completed is in
                    the history), ``CLOUD_KB_INDEX`` (only then: the first model URL of the
-                   latest Train/Completed that names one, else empty), ``KB_SERVER``,
+                   latest Train/Completed that names one, else empty),
                    ``OUTPUT_URL`` (``{outputDir}/train/{round}``), ``TRAIN_DATASET_URL``
                    (the Ready report's ``trainDataURL``), ``ORIGINAL_DATASET_URL`` (the
                    Dataset's ``spec.url``); lifelong adds ``TEST_DATASET_URL`` (the round's
                    ``evalDataURL``), which upstream gives Eval only
-Eval               ``KB_SERVER``, ``MODEL_URLS`` (comma-separated, the Ready report's
+Eval               ``MODEL_URLS`` (comma-separated, the Ready report's
                    ``models``, else the round's Train output), ``OUTPUT_URL``
                    (``{outputDir}/eval/{round}``), ``TEST_DATASET_URL`` (the round's
                    ``evalDataURL``), ``ORIGINAL_DATASET_URL``
@@ -143,6 +145,7 @@ def worker_env(
         "JOB_NAME": name,
         "WORKER_NAME": f"{name}-{stage.value.lower()}-{round_}",
         "LC_SERVER": lc_server,
+        "KB_SERVER": kb_server,
     }
     this_round = _round_slice(conditions)
     train_ready = _data(_last(this_round, Stage.TRAIN, ConditionType.READY))
@@ -159,7 +162,6 @@ def worker_env(
         )
         env["MODEL_URLS"] = ",".join(urls)
         return env
-    env["KB_SERVER"] = kb_server
     env["OUTPUT_URL"] = _text(inputs.get("outputDir")) or f"{output_dir}/{stage.value.lower()}/{round_}"
     original = _text(inputs.get("dataIndexURL"), dataset.spec.url if dataset is not None else "")
     if original:
