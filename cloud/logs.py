@@ -45,7 +45,9 @@ DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
 MAX_PENDING = 64
 """Log requests that may wait for their answers at once; more are refused (429)."""
-_WORKER_NAME = re.compile(r"(?P<job>.+)-(?P<stage>train|eval|deploy)-(?P<round>\d+)")
+_WORKER_NAME = re.compile(r"(?P<job>.+)-(?P<stage>train|eval|deploy)-(?P<round>\d+)(?:-retry\d+)?")
+"""A worker's name: ``{job}-{stage}-{round}``, and ``-retry{n}`` after it for a retry
+(``cloud/runtimes/base.py``), so a finished retry's node is found from its job too."""
 
 
 class LogTimeout(LifelongError):
@@ -137,7 +139,7 @@ class WorkerLogRequests:
                     return node
         raise NotFound(
             f'worker "{name}" not found in namespace {ns}: no Worker object of that name, and no '
-            "job it belongs to (worker names are JOB-train|eval|deploy-ROUND)"
+            "job it belongs to (worker names are JOB-train|eval|deploy-ROUND, then -retryN for a retry)"
         )
 
     # -- the HTTP API's side --------------------------------------------------------------------

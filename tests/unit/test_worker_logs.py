@@ -306,6 +306,17 @@ def test_the_gm_asks_the_node_of_the_stage_and_returns_its_answer(gm_store: Sqli
     assert LogRequest.parse(env.body) == LogRequest(ns="default", worker="job1-eval-3", tail_lines=5)
 
 
+def test_a_finished_retry_is_found_on_the_node_of_its_stage(gm_store: SqliteStore) -> None:
+    """A retried worker (``JOB-STAGE-ROUND-retryN``) whose Worker object is gone: its node
+    comes from the job's stage, as for a first attempt."""
+    edge, rejected = Edge(), list[str]()
+    logs = gm(gm_store, edge, rejected)
+    edge.answer_as = "node-d"
+    got = logs.fetch("default", "job1-deploy-2-retry1", tail=5, timeout=5)
+    assert got["node"] == "node-d" and got["data"] == "hi\n"
+    assert edge.requests[0][0] == TOPICS.down_ctl("node-d")
+
+
 def test_an_answer_from_another_node_is_rejected_and_the_request_times_out(gm_store: SqliteStore) -> None:
     edge, rejected = Edge(), list[str]()
     logs = gm(gm_store, edge, rejected)
