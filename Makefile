@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d
 PYTEST_ARGS ?=
 # Test processes for `make test` (pytest-xdist). Most tests wait on brokers and processes, so
 # three share two cores well: 960 tests took 5:47 with 3 and 9:42 in one process here.
+# --dist loadgroup: the tests of the Kubernetes control plane, and those of the RabbitMQ
+# cluster, each run on one worker, which starts that server once for the run; the slow tests
+# are handed out first (tests/conftest.py, docs/design.md "Testing").
 TEST_JOBS ?= 3
 
 .PHONY: help venv test check lint typecheck imports crds demo bench eval faults clean
@@ -40,7 +43,7 @@ test: $(STAMP)
 	elif [ -z "$$LIFELONG_K8S_BIN_DIR" ]; then \
 	  echo "make test: no Go toolchain, so the Kubernetes-mode tests (a real kube-apiserver and etcd, tests/k8s) are skipped"; \
 	fi; \
-	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
