@@ -173,9 +173,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=_rank)
     yield
     if worker and config.getvalue("loadgroup"):
-        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
-        if lost:
-            raise pytest.UsageError(f"--dist loadgroup did not group {len(lost)} tests, e.g. {lost[0]}")
+        for item in items:
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+                item.fixturenames.insert(0, "_ungrouped")  # fails it before its servers start
+
+
+@pytest.fixture
+def _ungrouped() -> NoReturn:
+    """Fails a test that ``--dist loadgroup`` should have grouped but did not (see above)."""
+    pytest.fail(
+        "--dist loadgroup did not group this test, so every worker would start its own servers: "
+        "pytest-xdist does not work with this pytest (pytest-dev/pytest-xdist#1386)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
