@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d
 PYTEST_ARGS ?=
 # Test processes for `make test` (pytest-xdist). Most tests wait on brokers and processes, so
 # three share two cores well: 960 tests took 5:47 with 3 and 9:42 in one process here.
-# --dist loadgroup: the tests marked xdist_group("NAME") run in one process, in order (the web
-# console's browser tests share one set of processes and one browser, module-scoped).
+# --dist loadgroup: the tests marked xdist_group("NAME") run in one process, in order: those of the
+# Kubernetes control plane, those of the RabbitMQ cluster (each server starts once for the run),
+# and the web console's browser tests (one set of processes and one browser, module-scoped); the
+# slow tests are handed out first (tests/conftest.py, docs/design.md "Testing").
 TEST_JOBS ?= 3
 
 .PHONY: help venv test check lint typecheck imports crds demo bench eval faults screenshots clean

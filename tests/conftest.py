@@ -10,17 +10,21 @@ the run instead of quietly testing one broker only.
 the tests marked ``clustered`` (the bus-level ones that only connect: a test that stops,
 restarts or freezes its broker runs on mosquitto and amqtt only). The cluster starts once per
 pytest process (about 15 s) and is shared; tests keep apart by their prefix, and every queue is
-deleted after each test. The GM side connects to ``broker.url`` (node 1), the LC side to
-``broker.edge_url`` (node 2; the same broker on the others). Without ``rabbitmq-server`` the
-rabbitmq runs are left out and one line at the end of the run says why; with
-``LIFELONG_REQUIRE_RABBITMQ=1`` (set by CI) they fail instead.
+deleted after each test. Under xdist all its tests are one group (``--dist loadgroup``, which
+``make test`` passes), so one worker runs them all and a run starts the cluster once.
+The GM side connects to ``broker.url`` (node 1), the LC side to ``broker.edge_url`` (node 2;
+the same broker on the others). Without ``rabbitmq-server`` the rabbitmq runs are left out and
+one line at the end of the run says why; with ``LIFELONG_REQUIRE_RABBITMQ=1`` (set by CI) they
+fail instead.
 
 ``k8s`` is etcd, kube-apiserver and kube-controller-manager (``harness/k8s_cluster.py``), started
-once per pytest process (so once per xdist worker that runs such a test, each its own: nothing
-is shared between processes, so no worker stops a server another still uses, and each worker's
-reaper stops its own; a start takes about 6 s). Without the binaries (no Go toolchain, or not
-built yet: ``make test`` builds them first) the tests that use it skip saying why; with
-``LIFELONG_REQUIRE_K8S=1`` (set by CI) they fail instead.
+once per pytest process (a start takes 6-16 s). Under xdist the tests that use it are one group,
+like the RabbitMQ ones, so one worker runs them one after another on one control plane, exactly
+as a single process would: nothing is shared between processes, so no worker stops a server
+another still uses, no test sees another's cluster-wide changes (a CRD replaced, the namespace
+``lifelong``), and each worker's reaper stops its own. The slow tests are handed out first.
+Without the binaries (no Go toolchain, or not built yet: ``make test`` builds them first) the
+tests that use it skip saying why; with ``LIFELONG_REQUIRE_K8S=1`` (set by CI) they fail instead.
 
 ``browser`` is a headless Chromium driven by selenium through Debian's chromedriver
 (``harness/browser.py``), one per test module, for the web console's tests. Without chromium,
@@ -151,6 +155,63 @@ def _require(kind: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "clustered: also run on the two-node RabbitMQ cluster (broker kind rabbitmq)"
+    )
+
+
+#: The session-scoped servers a test may need, by the fixture that starts them, and the xdist
+#: group (``--dist loadgroup``, ``make test``) that keeps their tests on one worker, so that a
+#: run starts each once instead of once per worker (docs/design.md, "Testing").
+SHARED_SERVERS = {"k8s": "k8s", "rabbit_cluster": "rabbitmq"}
+
+
+def _group(item: pytest.Item) -> str | None:
+    fixtures = getattr(item, "fixturenames", ())
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("broker_kind") == "rabbitmq":
+        return SHARED_SERVERS["rabbit_cluster"]
+    for fixture, group in SHARED_SERVERS.items():
+        if fixture in fixtures:
+            return group
+    return None
+
+
+def _rank(item: pytest.Item) -> int:
+    """The order tests are handed out under xdist: ``slow`` first, then ``e2e``, then the rest,
+    so the longest ones do not start last and leave one worker running alone at the end."""
+    if item.get_closest_marker("slow") is not None:
+        return 0
+    if item.get_closest_marker("e2e") is not None:
+        return 1
+    return 2
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Under xdist: the tests of one shared server in one group, the slow tests first (a stable
+    sort, the same on every worker, so their collections agree). Before every other plugin's
+    hook, xdist's included, which reads the groups; after them, check that the groups took: if
+    they did not, each worker would start its own servers again, slowly and silently (pytest 9.2
+    with pytest-xdist 3.8 did exactly that, pytest-dev/pytest-xdist#1386)."""
+    worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    if worker:
+        for item in items:
+            group = _group(item)
+            if group is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
+        items.sort(key=_rank)
+    yield
+    if worker and config.getvalue("loadgroup"):
+        for item in items:
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+                item.fixturenames.insert(0, "_ungrouped")  # fails it before its servers start
+
+
+@pytest.fixture
+def _ungrouped() -> NoReturn:
+    """Fails a test that ``--dist loadgroup`` should have grouped but did not (see above)."""
+    pytest.fail(
+        "--dist loadgroup did not group this test, so every worker would start its own servers: "
+        "pytest-xdist does not work with this pytest (pytest-dev/pytest-xdist#1386)"
     )
 
 

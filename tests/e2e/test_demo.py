@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from harness.waiting import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 JOB = "lifelong-digits"
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEMS = {"this_system", "per_task_scratch", "global", "global_finetune", "sedna_default"}
 METRICS = {"average_accuracy", "bwt", "fwt", "forgetting", "samples_transfer_ratio"}
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def test_eval_runs_the_system_and_the_baselines_on_both_data_sets(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from harness.brokers import Broker
 from harness.processes import FULL_ROUND, GMProcess, LCProcess
 from harness.waiting import free_port, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 NODE = "node-a"
 JOB = "lifelong-digits"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -32,10 +34,34 @@ def wait_for(
         time.sleep(interval)
 
 
+#: Ports handed out, from below Linux's ephemeral range (``ip_local_port_range``, 32768-60999 by
+#: default), split between xdist workers. A port the kernel picks (``bind(0)``) comes from the
+#: ephemeral range, which every outgoing connection also draws its local port from: between
+#: the pick and the server's own bind, a client of another test could take it ("Address already
+#: in use"; 1 test in the run before, 5 in the one after, on the shared machine).
+_PORTS = range(10000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on now, not handed out before by this process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) % count if worker.isdigit() else 0
+    size = len(_PORTS) // count
+    mine = range(_PORTS.start + index * size, _PORTS.start + (index + 1) * size)
+    for _ in range(200):
+        port = random.choice(mine)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {mine.start}-{mine.stop - 1} after 200 tries")
 
 
 def port_open(host: str, port: int) -> bool:

@@ -35,6 +35,7 @@ def run(script: str, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_example_workers_train_evaluate_deploy_and_post_unseen_samples(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(EXAMPLES / "digits_domains.py"), str(tmp_path / "data")], check=True)
     lc = Recorder()
