@@ -95,6 +95,12 @@ def _start(tmp_path: Path, kb: LocalKnowledgeBase | None, tokens: bool = True) -
     assert svc.api is not None
     svc.api.app.api.apply(DATASET)
     svc.api.app.api.apply(JOB)
+    # The job controller writes the job's first condition (Train/Waiting, round 0) on its own
+    # thread; tests that append conditions start after it, as they would after a real apply.
+    wait_for(
+        "the job controller's first condition",
+        lambda: (svc.store.get("LifelongLearningJob", NS, NAME) or {}).get("status", {}).get("conditions"),
+    )
     return svc
 
 
