@@ -590,6 +590,67 @@ def test_a_bad_report_in_a_burst_rolls_back_alone_and_the_others_apply(
     assert state.worker_info("default", "job1")["poison"] == {"v": 0}
 
 
+def test_hellos_and_presence_queued_together_are_one_commit_per_worker_and_synced_after_it(
+    gm: GM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of hellos from many nodes (and a presence change among them) is recorded in one
+    transaction of the bookkeeping; each node's diff and sync leave after that commit; a hello
+    that fails to record rolls back alone (logged and counted) and the others go on."""
+    setup_job(gm)  # node-a and node-b hold job1's rows
+    gm.idle()
+    nodes = ["node-a", "node-b", *[f"n{i:02d}" for i in range(30)], "poison"]
+    state = gm.svc.state
+    real_hello = state.hello
+
+    def hello(node: str, **kw: Any) -> Any:
+        before = real_hello(node, **kw)  # written inside the burst, then it fails
+        if node == "poison":
+            raise RuntimeError("injected failure after the write")
+        return before
+
+    monkeypatch.setattr(state, "hello", hello)
+    executor = gm.svc.executor
+    releases = [
+        hold_worker(gm, ("node", n)) for n in {executor.worker_of(("node", n)): n for n in nodes}.values()
+    ]
+    workers = {f"gm-{executor.worker_of(('node', n))}" for n in nodes}
+    failures = gm.svc.metrics.item_failures.labels(loop="executor")._value.get()
+    gm.bus.clear()
+    commits: list[tuple[str, set[str]]] = []  # (thread, nodes synced by then) at each COMMIT
+
+    def traced(sql: str) -> None:
+        if sql == "COMMIT":
+            synced = {e.node for e in gm.bus.envelopes(op=Op.SYNC)}
+            commits.append((threading.current_thread().name, synced))
+
+    for n in nodes:
+        gm.hello(n, epoch="ep2")
+    offline = Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"})
+    gm.deliver(TOPICS.node_presence("node-b"), offline)  # queued behind node-b's hello, in its run
+    state.db.trace(traced)
+    try:
+        for r in releases:
+            r.set()
+        gm.idle()
+    finally:
+        state.db.trace(None)
+    burst_commits = [c for c in commits if c[0] in workers]
+    assert sorted(c[0] for c in burst_commits) == sorted(workers)  # one commit per worker's run
+    for thread, synced_then in burst_commits:  # no node of the run was synced before its commit
+        assert not {n for n in nodes if f"gm-{executor.worker_of(('node', n))}" == thread} & synced_then
+    synced = {e.node for e in gm.bus.envelopes(op=Op.SYNC)}
+    assert synced == set(nodes) - {"poison"}
+    sync_a = gm.bus.envelopes("node-a", Op.SYNC)[-1]
+    assert "job1" in [r["name"] for r in (sync_a.body or {})["resources"]]
+    assert gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")  # its diff, sent
+    info_poison = state.node("poison")
+    assert info_poison is None or info_poison.last_hello == 0  # its record rolled back alone
+    assert state.node("n00") is not None and state.node("n00").epoch == "ep2"  # type: ignore[union-attr]
+    node_b = state.node("node-b")
+    assert node_b is not None and node_b.epoch == "ep2" and not node_b.online  # in order: hello, offline
+    assert gm.svc.metrics.item_failures.labels(loop="executor")._value.get() == failures + 1
+
+
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:
     setup_job(gm)
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
