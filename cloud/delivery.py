@@ -64,6 +64,7 @@ such as Dataset ignore status-only changes), so a node is not sent its own datas
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -189,10 +190,33 @@ class Delivery:
         self._objects = KeyedLocks()
         self._refusals_lock = threading.Lock()
         self._refusals_logged: dict[tuple[str, Key, str], None] = {}  # insertion-ordered set
+        self._local = threading.local()  # .deferred: this thread's held-back want/gone calls
+
+    @contextmanager
+    def deferring(self) -> Iterator[list[Callable[[], None]]]:
+        """Inside the block, this thread's ``want`` and ``gone`` calls are not run but appended
+        to the list it yields, in order, for the caller to run once the store transaction that
+        wrote their objects has committed (the job controller's reconciles in a burst,
+        ``cloud/service.py``): nothing is sent at a version that is not durable yet."""
+        pending: list[Callable[[], None]] = []
+        self._local.deferred = pending
+        try:
+            yield pending
+        finally:
+            self._local.deferred = None
+
+    def _deferred(self) -> list[Callable[[], None]] | None:
+        deferred: list[Callable[[], None]] | None = getattr(self._local, "deferred", None)
+        return deferred
 
     # -- controllers -----------------------------------------------------------------------
     def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
         """``nodes`` should hold ``obj`` (at its version); any other node that held it gets a delete."""
+        deferred = self._deferred()
+        if deferred is not None:
+            later = functools.partial(self.want, key, list(nodes), obj, include_status=include_status)
+            deferred.append(later)
+            return
         rv = str(obj.get("metadata", {}).get("resourceVersion", ""))
         wanted = set(nodes)
         content = _content(obj, include_status)
@@ -209,6 +233,10 @@ class Delivery:
 
     def gone(self, key: Key, rv: str) -> None:
         """The object was deleted (at version ``rv``): every node that held it gets a delete."""
+        deferred = self._deferred()
+        if deferred is not None:
+            deferred.append(functools.partial(self.gone, key, rv))
+            return
         with self._objects.hold(key):
             for row in self.state.down_rows(key=key):
                 if row.op == "upsert":

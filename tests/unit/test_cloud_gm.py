@@ -651,6 +651,66 @@ def test_hellos_and_presence_queued_together_are_one_commit_per_worker_and_synce
     assert gm.svc.metrics.item_failures.labels(loop="executor")._value.get() == failures + 1
 
 
+def test_new_jobs_reconciled_together_write_their_first_conditions_in_one_commit_per_worker(
+    gm: GM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job controller's first-condition writes of jobs queued next to each other are one
+    store commit per executor worker's run; each job is sent to its nodes only after that
+    commit; a reconcile that fails rolls back alone and is retried."""
+    setup_job(gm)
+    gm.idle()
+    controller = gm.svc.registry.get("LifelongLearningJob")
+    real_write = controller._write_conditions  # type: ignore[union-attr]
+    failing = {"poison"}
+
+    def write(key: Any, *args: Any) -> Any:
+        written = real_write(key, *args)  # written inside the run, then it fails
+        if key[2] in failing:
+            raise RuntimeError("injected failure after the write")
+        return written
+
+    monkeypatch.setattr(controller, "_write_conditions", write)
+    names = [f"j{i:02d}" for i in range(24)] + ["poison"]
+    keys = [("LifelongLearningJob", "default", n) for n in names]
+    executor = gm.svc.executor
+    releases = [hold_worker(gm, k) for k in {executor.worker_of(k): k for k in keys}.values()]
+    workers = {f"gm-{executor.worker_of(k)}" for k in keys}
+    failures = gm.svc.metrics.item_failures.labels(loop="executor")._value.get()
+    for n in names:
+        gm.api.apply(job(n))
+    wait_for(lambda: executor.pending() >= len(releases) + len(names), what="every reconcile queued")
+    commits: list[tuple[str, set[str]]] = []  # (thread, jobs sent by then) at each store COMMIT
+
+    def traced(sql: str) -> None:
+        if sql == "COMMIT":
+            sent = {e.name for e in gm.bus.envelopes(op=Op.UPSERT, kind="LifelongLearningJob")}
+            commits.append((threading.current_thread().name, sent))
+
+    gm.svc.store.db.trace(traced)  # type: ignore[attr-defined]
+    try:
+        for r in releases:
+            r.set()
+        wait_for(lambda: all(gm.conditions(n) for n in names[:-1]), what="first conditions")
+        wait_for(
+            lambda: gm.svc.metrics.item_failures.labels(loop="executor")._value.get() > failures,
+            what="the poisoned reconcile counted",
+        )
+    finally:
+        gm.svc.store.db.trace(None)  # type: ignore[attr-defined]
+    runs = [c for c in commits if c[0] in workers]
+    assert sorted(c[0] for c in runs[: len(workers)]) == sorted(workers)  # one commit per worker's run
+    assert len(runs) < len(names) // 2
+    for thread, sent_then in runs[: len(workers)]:  # no job of the run was sent before its commit
+        assert not {n for n, k in zip(names, keys) if f"gm-{executor.worker_of(k)}" == thread} & sent_then
+    assert all(gm.conditions(n) == [("Train", "Waiting")] for n in names[:-1])
+    sent = {e.name for e in gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")}
+    assert set(names[:-1]) <= sent
+    assert gm.conditions("poison") == []  # rolled back alone, not sent
+    assert "poison" not in sent
+    failing.clear()  # the executor retries it after its backoff
+    wait_for(lambda: gm.conditions("poison") == [("Train", "Waiting")], what="poison retried")
+
+
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:
     setup_job(gm)
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))
