@@ -8,11 +8,11 @@ for all of them, once (docs/architecture.md, "Storage"):
 * the file: WAL journal, ``synchronous`` FULL or NORMAL as its owner chooses, a busy timeout;
 * one connection for writes guarded by one re-entrant lock, so a :class:`Database` may be
   shared by threads; a statement outside a transaction commits on its own;
-* reads (``fetchall``/``fetchone``) outside a transaction on connections of their own (a small
-  pool, file databases only): WAL lets them read the last commit while a writer holds its
-  transaction or waits for its fsync, so they do not wait for it; a thread that holds the lock
-  (inside a transaction, or ``locked()``) reads on the writer's connection and sees its own
-  changes;
+* with ``readers=True`` (the GM's databases), reads (``fetchall``/``fetchone``) outside a
+  transaction on connections of their own (a small pool, file databases only): WAL lets them
+  read the last commit while a writer holds its transaction or waits for its fsync, so they
+  do not wait for it; a thread that holds the lock (inside a transaction, or ``locked()``)
+  reads on the writer's connection and sees its own changes;
 * :meth:`Database.transaction`, which nests: the outermost is ``BEGIN IMMEDIATE`` ... ``COMMIT``,
   an inner one a SAVEPOINT, so a repository method that groups its own statements can also be
   called inside a caller's bigger transaction;
@@ -80,10 +80,10 @@ class Database:
 
     Thread-safe: every write runs under the lock, and a transaction holds it from its
     ``BEGIN`` to its ``COMMIT``, so another thread's writes wait for it and no thread sees it
-    half done. ``fetchall``/``fetchone`` on a thread that does not hold the lock read on a
-    reader connection (file databases): the last committed state, without waiting for a writer
+    half done. With ``readers``, ``fetchall``/``fetchone`` on a thread that does not hold the
+    lock read on a reader connection (file databases): the last committed state, without waiting for a writer
     (each read is one statement, a snapshot of its own); on the thread holding the lock, or in
-    memory, they read on the writer's connection.
+    memory, or without ``readers``, they read on the writer's connection.
 
     Transactions nest (:meth:`transaction`), which is what lets a batch of changes commit at
     once: ``with db.transaction(): for m in batch: repo.apply(m)`` is one ``COMMIT`` (one
@@ -104,10 +104,13 @@ class Database:
         synchronous: Literal["full", "normal"] = "full",
         busy_timeout: float = 30.0,
         recover_corrupt: bool = False,
+        readers: bool = False,
     ) -> None:
         self.path = Path(path)
         """The file (``Path(":memory:")`` for a database in memory)."""
         self.memory = str(path) == MEMORY
+        self.readers = readers and not self.memory
+        """Reads outside a transaction go to reader connections (see the class docstring)."""
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.moved_aside: Path | None = None
@@ -149,11 +152,12 @@ class Database:
         *,
         synchronous: Literal["full", "normal"] = "full",
         recover_corrupt: bool = False,
+        readers: bool = False,
     ) -> Database:
         """``source`` itself if it is an open database (a test's seam), else the file opened."""
         if isinstance(source, Database):
             return source
-        return cls(source, synchronous=synchronous, recover_corrupt=recover_corrupt)
+        return cls(source, synchronous=synchronous, recover_corrupt=recover_corrupt, readers=readers)
 
     def _open(self, *, check: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -374,7 +378,7 @@ class Database:
         """A reader connection for this thread's read, or None to read on the writer's (in
         memory, or this thread holds the lock: inside a transaction it must see its own changes,
         and under ``locked()`` the caller keeps memory and tables consistent)."""
-        if self.memory or self._lock._is_owned():  # type: ignore[attr-defined]
+        if not self.readers or self._lock._is_owned():  # type: ignore[attr-defined]
             return None
         with self._readers_lock:
             if self._closed:

@@ -701,7 +701,10 @@ def test_new_jobs_reconciled_together_write_their_first_conditions_in_one_commit
     assert sorted(c[0] for c in runs[: len(workers)]) == sorted(workers)  # one commit per worker's run
     assert len(runs) < len(names) // 2
     for thread, sent_then in runs[: len(workers)]:  # no job of the run was sent before its commit
-        assert not {n for n, k in zip(names, keys) if f"gm-{executor.worker_of(k)}" == thread} & sent_then
+        assert (
+            not {n for n, k in zip(names, keys, strict=True) if f"gm-{executor.worker_of(k)}" == thread}
+            & sent_then
+        )
     assert all(gm.conditions(n) == [("Train", "Waiting")] for n in names[:-1])
     sent = {e.name for e in gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")}
     assert set(names[:-1]) <= sent

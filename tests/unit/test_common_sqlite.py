@@ -327,7 +327,7 @@ def test_a_read_is_not_blocked_by_a_writer_holding_its_transaction(tmp_path: Pat
     """Another thread's read outside a transaction answers at once with the last commit while a
     writer holds its transaction open (WAL: a reader connection of its own); the writer's own
     reads inside its transaction see its changes; after the commit every thread sees them."""
-    db = Database(tmp_path / "r.db")
+    db = Database(tmp_path / "r.db", readers=True)
     try:
         db.execute_all(["CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)"])
         db.execute("INSERT INTO t VALUES ('a', 1)")
