@@ -91,7 +91,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportDeferred, ReportRejected
 from lifelong.cloud.controllers.registry import Registry
@@ -157,8 +157,8 @@ class Intake:
         self.store_db = store_db
         """The SQLite store's database: reports of kinds that burst are applied in bursts (None:
         one by one, as on a Kubernetes store)."""
-        self._burst = _ReportBurst(self, burst_max)
-        self._node_burst = _NodeBurst(self, burst_max)
+        self._burst = _Burst(self.apply_burst, burst_max)
+        self._node_burst = _Burst(self.apply_node_burst, burst_max)
         self._logged = LogOnce()  # (node, reason) rejections logged at WARNING since its hello
         # key -> (when last logged, how many since): names that never said hello, one scope
         self._spells: dict[str, tuple[float, int]] = {}
@@ -642,23 +642,13 @@ class _NodeWork:
         self.intake.apply_node_burst([self])
 
 
-class _NodeBurst:
-    """The executor's burst of hellos and presence changes: one transaction per run."""
+class _Burst:
+    """An executor burst (``cloud/workqueue.py``) of the intake's: one transaction per run, by
+    ``apply`` (reports: ``Intake.apply_burst``; hellos and presence: ``apply_node_burst``)."""
 
-    def __init__(self, intake: Intake, limit: int) -> None:
-        self.intake = intake
+    def __init__(self, apply: Callable[[list[Any]], None], limit: int) -> None:
+        self.apply = apply
         self.limit = limit
 
     def run(self, tasks: list[Task]) -> None:
-        self.intake.apply_node_burst(cast(list[_NodeWork], tasks))
-
-
-class _ReportBurst:
-    """The executor's burst of reports (``cloud/workqueue.py``): one transaction per run."""
-
-    def __init__(self, intake: Intake, limit: int) -> None:
-        self.intake = intake
-        self.limit = limit
-
-    def run(self, tasks: list[Task]) -> None:
-        self.intake.apply_burst(cast(list[_Report], tasks))
+        self.apply(tasks)
