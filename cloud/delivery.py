@@ -64,12 +64,13 @@ such as Dataset ignore status-only changes), so a node is not sent its own datas
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 from lifelong.cloud.gmstate import DownRow, GMState
 from lifelong.cloud.metrics import GMMetrics
@@ -95,6 +96,15 @@ class Message:
     topic: str
     payload: bytes
     op: Op
+
+
+@dataclass(slots=True)
+class HelloPlan:
+    """A hello diff decided and recorded (``Delivery.plan_hello``), not yet published."""
+
+    node: str
+    to_send: list[DownRow] = field(default_factory=list)
+    desired: list[DownRow] = field(default_factory=list)
 
 
 class Unsendable(Exception):
@@ -180,10 +190,33 @@ class Delivery:
         self._objects = KeyedLocks()
         self._refusals_lock = threading.Lock()
         self._refusals_logged: dict[tuple[str, Key, str], None] = {}  # insertion-ordered set
+        self._local = threading.local()  # .deferred: this thread's held-back want/gone calls
+
+    @contextmanager
+    def deferring(self) -> Iterator[list[Callable[[], None]]]:
+        """Inside the block, this thread's ``want`` and ``gone`` calls are not run but appended
+        to the list it yields, in order, for the caller to run once the store transaction that
+        wrote their objects has committed (the job controller's reconciles in a burst,
+        ``cloud/service.py``): nothing is sent at a version that is not durable yet."""
+        pending: list[Callable[[], None]] = []
+        self._local.deferred = pending
+        try:
+            yield pending
+        finally:
+            self._local.deferred = None
+
+    def _deferred(self) -> list[Callable[[], None]] | None:
+        deferred: list[Callable[[], None]] | None = getattr(self._local, "deferred", None)
+        return deferred
 
     # -- controllers -----------------------------------------------------------------------
     def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
         """``nodes`` should hold ``obj`` (at its version); any other node that held it gets a delete."""
+        deferred = self._deferred()
+        if deferred is not None:
+            later = functools.partial(self.want, key, list(nodes), obj, include_status=include_status)
+            deferred.append(later)
+            return
         rv = str(obj.get("metadata", {}).get("resourceVersion", ""))
         wanted = set(nodes)
         content = _content(obj, include_status)
@@ -200,6 +233,10 @@ class Delivery:
 
     def gone(self, key: Key, rv: str) -> None:
         """The object was deleted (at version ``rv``): every node that held it gets a delete."""
+        deferred = self._deferred()
+        if deferred is not None:
+            deferred.append(functools.partial(self.gone, key, rv))
+            return
         with self._objects.hold(key):
             for row in self.state.down_rows(key=key):
                 if row.op == "upsert":
@@ -227,43 +264,66 @@ class Delivery:
     # -- upstream control messages ---------------------------------------------------------
     def on_hello(self, node: str, held: Iterable[ResourceRef]) -> None:
         """Send ``node`` the difference between what it holds and what it should, then a sync."""
-        holds: dict[Key, str] = {item.key: item.rv for item in held}
         with self._nodes.hold(node):
             # One short transaction for the node's rows (a hello diff of hundreds of resources
             # is one commit); building and publishing the messages come after it.
-            to_send: list[DownRow] = []
-            desired: list[DownRow] = []
             with self.state.transaction():
-                self.state.reset_backoff(node)
-                for row in self.state.down_rows(node=node):
-                    if row.op == "upsert":
-                        desired.append(row)  # in the sync even if its step below fails
-                    try:
-                        if self._diff_row(node, row, holds):
-                            self.state.mark_sent(row.node, row.key, row.rv)
-                            to_send.append(row)
-                    except Exception:
-                        self._failed("hello", node, row.key)
-            dropped: set[Key] = set()
-            for row in to_send:
-                try:
-                    message = self._message_or_drop(row)
-                except Exception:
-                    self._failed("hello", node, row.key)
-                    continue
-                if message is None:
-                    dropped.add(row.key)
-                else:
-                    self._publish(message)
-            sync = Sync(
-                resources=[
-                    ResourceRef(kind=r.kind, ns=r.ns, name=r.name, rv=r.rv)
-                    for r in desired
-                    if r.key not in dropped
-                ]
-            )
-            env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=sync.to_body())
-            self._publish_env(self.topics.down_ctl(node), env)
+                plan = self.plan_hello(node, held)
+            self.send_hello(plan)
+
+    @contextmanager
+    def holding_nodes(self, nodes: Iterable[str]) -> Iterator[None]:
+        """Hold the locks of ``nodes`` (taken in sorted order) inside the block: a burst of
+        hellos (``cloud/intake.py``) plans every diff in one transaction and publishes after it,
+        each node's lock held from reading its rows to publishing its ``sync`` (rule 1)."""
+        with ExitStack() as stack:
+            for node in sorted(set(nodes)):
+                stack.enter_context(self._nodes.hold(node))
+            yield
+
+    def plan_hello(self, node: str, held: Iterable[ResourceRef]) -> HelloPlan:
+        """The bookkeeping of a hello diff: the node's rows read, those to send marked sent.
+
+        Call it inside a ``GMState.transaction()`` holding the node's lock (``on_hello``, or
+        ``holding_nodes`` for a burst), and publish with :meth:`send_hello` after the commit
+        (under the same lock)."""
+        holds: dict[Key, str] = {item.key: item.rv for item in held}
+        plan = HelloPlan(node)
+        self.state.reset_backoff(node)
+        for row in self.state.down_rows(node=node):
+            if row.op == "upsert":
+                plan.desired.append(row)  # in the sync even if its step below fails
+            try:
+                if self._diff_row(node, row, holds):
+                    self.state.mark_sent(row.node, row.key, row.rv)
+                    plan.to_send.append(row)
+            except Exception:
+                self._failed("hello", node, row.key)
+        return plan
+
+    def send_hello(self, plan: HelloPlan) -> None:
+        """Publish a planned hello diff (its upserts and deletes), then its ``sync``."""
+        node = plan.node
+        dropped: set[Key] = set()
+        for row in plan.to_send:
+            try:
+                message = self._message_or_drop(row)
+            except Exception:
+                self._failed("hello", node, row.key)
+                continue
+            if message is None:
+                dropped.add(row.key)
+            else:
+                self._publish(message)
+        sync = Sync(
+            resources=[
+                ResourceRef(kind=r.kind, ns=r.ns, name=r.name, rv=r.rv)
+                for r in plan.desired
+                if r.key not in dropped
+            ]
+        )
+        env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=sync.to_body())
+        self._publish_env(self.topics.down_ctl(node), env)
 
     def _diff_row(self, node: str, row: DownRow, holds: dict[Key, str]) -> bool:
         """One row of a hello diff: whether it must be sent (acks or drops it where it need not)."""

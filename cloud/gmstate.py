@@ -144,7 +144,7 @@ class GMState:
         # NORMAL in WAL mode survives any process crash; a power cut may lose the last
         # records, which costs at most a duplicate apply (caught by the state machine) or a
         # resend (repaired by the next hello's diff).
-        self.db = Database.of(path, synchronous="normal")
+        self.db = Database.of(path, synchronous="normal", readers=True)
         self.path = str(self.db.path)
         with self.db.transaction():
             self.db.execute_all(_SCHEMA)

@@ -91,11 +91,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from lifelong.cloud.controllers.base import Controller, Outcome, ReportDeferred, ReportRejected
 from lifelong.cloud.controllers.registry import Registry
-from lifelong.cloud.delivery import Delivery
+from lifelong.cloud.delivery import Delivery, HelloPlan
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.workqueue import KeyedExecutor, Task
@@ -157,7 +157,8 @@ class Intake:
         self.store_db = store_db
         """The SQLite store's database: reports of kinds that burst are applied in bursts (None:
         one by one, as on a Kubernetes store)."""
-        self._burst = _ReportBurst(self, burst_max)
+        self._burst = _Burst(self.apply_burst, burst_max)
+        self._node_burst = _Burst(self.apply_node_burst, burst_max)
         self._logged = LogOnce()  # (node, reason) rejections logged at WARNING since its hello
         # key -> (when last logged, how many since): names that never said hello, one scope
         self._spells: dict[str, tuple[float, int]] = {}
@@ -262,7 +263,8 @@ class Intake:
                 log.info("node %s was online before this GM started; waiting for its hello", node)
                 return
             log.info("node %s is %s", node, presence.state)
-            self.executor.submit(("node", node), lambda: self.state.set_online(node, online, presence.agent))
+            work = _NodeWork(self, node, online=online, agent=presence.agent)
+            self.executor.submit(("node", node), work, burst=self._node_burst)
             return
         if parsed.direction is not Direction.UP:
             raise ReportRejected("direction", "the GM only reads upstream topics")
@@ -355,21 +357,49 @@ class Intake:
             hello.epoch[:12],
             len(hello.resources),
         )
-        outbox = hello.outbox
+        work = _NodeWork(self, node, hello=hello)
+        self.executor.submit(("node", node), work, burst=self._node_burst)
 
-        def record_and_diff() -> None:
-            self.state.hello(
-                node,
-                agent=hello.agent,
-                epoch=hello.epoch,
-                boot=hello.boot,
-                low_seq=outbox.low_seq,
-                depth=outbox.depth,
-                next_seq=outbox.next_seq,
-            )
-            self.delivery.on_hello(node, hello.resources)
+    def apply_node_burst(self, run: list[_NodeWork]) -> None:
+        """Record a run of hellos and presence changes (in order) in one transaction of the
+        bookkeeping, each in a savepoint (one that raises rolls back alone, logged and counted as
+        a failed task, and the others go on); then, after the commit, publish each hello's diff
+        and ``sync``. The nodes' delivery locks are held from the first read to the last
+        ``sync`` (docs/protocol.md: a diff leaves only once its hello's record is committed)."""
+        plans: list[HelloPlan] = []
+        with self.delivery.holding_nodes(w.node for w in run if w.hello is not None):
+            try:
+                with self.state.transaction():
+                    for work in run:
+                        try:
+                            with self.state.transaction():  # a savepoint: this one alone rolls back
+                                plan = work.record()
+                        except Exception:
+                            log.exception("%s of node %s failed", work.what, work.node)
+                            self._task_failed(work.node)
+                            continue
+                        if plan is not None:
+                            plans.append(plan)
+            except Exception:
+                log.exception("recording %d hellos and presence changes failed; no diff sent", len(run))
+                for work in run:
+                    self._task_failed(work.node)
+                return
+            if len(run) > 1 and log.isEnabledFor(logging.DEBUG):
+                log.debug("recorded %d hellos and presence changes in one transaction", len(run))
+            for plan in plans:
+                try:
+                    self.delivery.send_hello(plan)
+                except Exception:
+                    log.exception("sending the hello diff of node %s failed", plan.node)
+                    self._task_failed(plan.node)
 
-        self.executor.submit(("node", node), record_and_diff)
+    def _task_failed(self, node: str) -> None:
+        if self.executor.on_failure is not None:
+            try:
+                self.executor.on_failure(("node", node))
+            except Exception:
+                log.exception("counting a failed task failed")
 
     def forget_node(self, node: str) -> None:
         """Forget the node's epoch (``lifelong delete node``): its reports are ``unknown_node``
@@ -575,12 +605,50 @@ class _Report:
         self.intake.apply_burst([self])
 
 
-class _ReportBurst:
-    """The executor's burst of reports (``cloud/workqueue.py``): one transaction per run."""
+@dataclass(slots=True)
+class _NodeWork:
+    """A hello (``hello``) or a presence change (``online``) of one node waiting in the
+    executor to be recorded within a burst of them (alone: a burst of one)."""
 
-    def __init__(self, intake: Intake, limit: int) -> None:
-        self.intake = intake
+    intake: Intake
+    node: str
+    hello: Hello | None = None
+    online: bool = False
+    agent: str = ""
+
+    @property
+    def what(self) -> str:
+        return "hello" if self.hello is not None else "presence"
+
+    def record(self) -> HelloPlan | None:
+        """The bookkeeping (inside the burst's transaction); a hello's diff, planned."""
+        state = self.intake.state
+        if self.hello is None:
+            state.set_online(self.node, self.online, self.agent)
+            return None
+        outbox = self.hello.outbox
+        state.hello(
+            self.node,
+            agent=self.hello.agent,
+            epoch=self.hello.epoch,
+            boot=self.hello.boot,
+            low_seq=outbox.low_seq,
+            depth=outbox.depth,
+            next_seq=outbox.next_seq,
+        )
+        return self.intake.delivery.plan_hello(self.node, self.hello.resources)
+
+    def __call__(self) -> None:
+        self.intake.apply_node_burst([self])
+
+
+class _Burst:
+    """An executor burst (``cloud/workqueue.py``) of the intake's: one transaction per run, by
+    ``apply`` (reports: ``Intake.apply_burst``; hellos and presence: ``apply_node_burst``)."""
+
+    def __init__(self, apply: Callable[[list[Any]], None], limit: int) -> None:
+        self.apply = apply
         self.limit = limit
 
     def run(self, tasks: list[Task]) -> None:
-        self.intake.apply_burst(cast(list[_Report], tasks))
+        self.apply(tasks)

@@ -107,13 +107,14 @@ from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
 from lifelong.cloud.stores.base import Object, Refused, ResourceStore, WatchEvent, parse
 from lifelong.cloud.stores.sqlite import SqliteStore
-from lifelong.cloud.workqueue import KeyedExecutor
+from lifelong.cloud.workqueue import KeyedExecutor, Task
 from lifelong.common.api import LifelongLearningJob
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import BusError, ConfigError, LifelongError, ProtocolError
 from lifelong.common.logonce import LogOnce
+from lifelong.common.sqlite import Database
 from lifelong.common.topics import DEFAULT_PREFIX, GM_NAME, Topics
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,52 @@ class _ProbesOnlyApi(GMApi):
         raise LifelongError(_ProbesOnlyStore.MESSAGE)
 
 
+RECONCILE_BURST_MAX = 256
+"""The most reconciles one store transaction takes (the API's applies wait for it)."""
+
+
+class ReconcileBurst:
+    """A run of reconciles in one transaction of the SQLite store (``KeyedExecutor`` bursts).
+
+    Each reconcile runs in a savepoint (one that raises rolls back alone and is retried by the
+    executor as it would be alone); what it sends (``Delivery.want``/``gone``) is held back and
+    sent after the commit, so the job controller's first-condition writes of many new jobs are
+    one fsync and no node gets a version before it is durable. A failed commit fails every
+    reconcile of the run (each retried) and sends nothing."""
+
+    def __init__(self, db: Database, delivery: Delivery, *, limit: int = RECONCILE_BURST_MAX) -> None:
+        self.db = db
+        self.delivery = delivery
+        self.limit = limit
+        self.runs = 0
+        """Store transactions made by runs (tests read it)."""
+
+    def run(self, tasks: list[Task]) -> list[Exception | None]:
+        results: list[Exception | None] = [None] * len(tasks)
+        with self.delivery.deferring() as sends:
+            try:
+                with self.db.transaction():
+                    for i, task in enumerate(tasks):
+                        mark = len(sends)
+                        try:
+                            with self.db.transaction():  # a savepoint: this one alone rolls back
+                                task()
+                        except Exception as exc:
+                            del sends[mark:]
+                            results[i] = exc
+            except Exception as exc:  # the commit failed: nothing of the run is stored
+                return [exc] * len(tasks)
+            finally:
+                self.runs += 1
+        for send in sends:
+            try:
+                send()
+            except Exception:
+                log.exception("sending an object after a burst of reconciles failed")
+                self.delivery.metrics.item_failures.labels(loop="reconcile_send").inc()
+        return results
+
+
 class GMBus(Protocol):
     """What the service needs of its bus client (:class:`~lifelong.common.bus.BusClient`)."""
 
@@ -465,6 +512,10 @@ class GMService:
             # reports are applied in bursts, one transaction each, on the standalone store
             store_db=self.store.db if isinstance(self.store, SqliteStore) else None,
         )
+        # The job controller's reconciles queued next to each other write in one store commit.
+        self._reconcile_bursts: dict[str, ReconcileBurst] = {}
+        if isinstance(self.store, SqliteStore):
+            self._reconcile_bursts[LifelongLearningJob.KIND] = ReconcileBurst(self.store.db, self.delivery)
         self.logs: WorkerLogRequests | None = None
         if not settings.kubernetes:
             self.logs = WorkerLogRequests(
@@ -659,7 +710,7 @@ class GMService:
             if event.type == "DELETED":
                 self.executor.submit(key, handle, supersede=True)
             elif key[0] in LEVEL_TRIGGERED_KINDS:
-                self.executor.reconcile(key, handle)
+                self.executor.reconcile(key, handle, burst=self._reconcile_bursts.get(key[0]))
             else:
                 self.executor.submit(key, handle)
         except Exception:

@@ -32,6 +32,12 @@ contiguous run is taken, so the order of every key's work is the same as without
 burst never waits for more tasks to come, it takes what is queued when its first task's turn
 comes (alone when idle). ``b.run`` owns the failures of its tasks: one that raises is logged
 and counted once for the run.
+
+Reconciles may burst too (``reconcile(key, fn, burst=b)``): a waiting reconcile still collapses
+into the newest, and ``b.run`` returns what each task raised (None for each that succeeded), so
+that a failed reconcile is logged, counted and retried after its key's backoff as it is alone
+(the job controller's reconciles write their conditions in one store transaction per run,
+``cloud/service.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,8 +71,9 @@ class Burst(Protocol):
     limit: int
     """The most tasks one run takes."""
 
-    def run(self, tasks: list[Task]) -> None:
-        """Run ``tasks`` (in the order given, which is the order submitted)."""
+    def run(self, tasks: list[Task]) -> Sequence[Exception | None] | None:
+        """Run ``tasks`` (in the order given, which is the order submitted). Either None (it
+        handled every failure itself) or, per task, what it raised (None: it succeeded)."""
 
 
 @dataclass(slots=True)
@@ -137,10 +144,11 @@ class KeyedExecutor:
             self.retry_backoff.forget(key)
         self._enqueue(key, fn, level=False, burst=burst)
 
-    def reconcile(self, key: Hashable, fn: Task) -> None:
-        """Queue level-triggered work for ``key``, collapsing into a reconcile already waiting."""
+    def reconcile(self, key: Hashable, fn: Task, *, burst: Burst | None = None) -> None:
+        """Queue level-triggered work for ``key``, collapsing into a reconcile already waiting.
+        ``burst``: it may run within a run of the same burst (see the module docstring)."""
         self._cancel_retry(key)
-        self._enqueue(key, fn, level=True)
+        self._enqueue(key, fn, level=True, burst=burst)
 
     def call_later(self, delay: float, key: Hashable, fn: Task) -> None:
         """Submit ``fn`` for ``key`` (ordered) after ``delay`` seconds."""
@@ -152,7 +160,7 @@ class KeyedExecutor:
         worker = self._workers[self.worker_of(key)]
         with worker.cv:
             tail = worker.tails.get(key)
-            if level and tail is not None and tail.level and not tail.started:
+            if level and tail is not None and tail.level and not tail.started and tail.burst is burst:
                 tail.fn = fn  # the newest event wins; the key keeps its place in the queue
                 with self._pending_cv:
                     self.collapsed += 1
@@ -169,7 +177,7 @@ class KeyedExecutor:
         with self._retries_lock:
             self._retries.pop(key, None)
 
-    def _retry_later(self, key: Hashable, fn: Task) -> None:
+    def _retry_later(self, key: Hashable, fn: Task, burst: Burst | None = None) -> None:
         delay = self.retry_backoff.when(key)
         token = next(self._seq)
         with self._retries_lock:
@@ -180,7 +188,7 @@ class KeyedExecutor:
                 if self._retries.get(key) != token:
                     return  # newer work for the key superseded this retry
                 del self._retries[key]
-            self._enqueue(key, fn, level=True)
+            self._enqueue(key, fn, level=True, burst=burst)
 
         log.debug("reconcile of %r: retrying in %.2fs", key, delay)
         self._at(delay, fire)
@@ -191,6 +199,11 @@ class KeyedExecutor:
             return len(self._retries)
 
     # -- running ---------------------------------------------------------------------------
+    def pending(self) -> int:
+        """Tasks queued or running (timers and waiting retries not counted)."""
+        with self._pending_cv:
+            return self._pending
+
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until no queued task is pending (timers not counted). For tests and shutdown."""
         deadline = time.monotonic() + timeout
@@ -221,18 +234,7 @@ class KeyedExecutor:
             try:
                 fn()
             except Exception as exc:
-                if item.level and self.retry_backoff.failures(item.key):
-                    # failed before: one line per retry, the traceback was logged the first time
-                    log.warning("reconcile of %r failed again: %s: %s", item.key, type(exc).__name__, exc)
-                else:
-                    log.exception("task for %r failed", item.key)
-                if self.on_failure is not None:
-                    try:
-                        self.on_failure(item.key)
-                    except Exception:
-                        log.exception("counting a failed task failed")
-                if item.level and not self._stopped.is_set():
-                    self._retry_later(item.key, fn)
+                self._failed(item, fn, exc)
             else:
                 if item.level:
                     self.retry_backoff.forget(item.key)
@@ -241,6 +243,21 @@ class KeyedExecutor:
                     self._pending -= 1
                     if not self._pending:
                         self._pending_cv.notify_all()
+
+    def _failed(self, item: _Item, fn: Task, exc: Exception) -> None:
+        """Log and count a task that raised ``exc``; a reconcile is retried after its backoff."""
+        if item.level and self.retry_backoff.failures(item.key):
+            # failed before: one line per retry, the traceback was logged the first time
+            log.warning("reconcile of %r failed again: %s: %s", item.key, type(exc).__name__, exc)
+        else:
+            log.error("task for %r failed", item.key, exc_info=exc)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(item.key)
+            except Exception:
+                log.exception("counting a failed task failed")
+        if item.level and not self._stopped.is_set():
+            self._retry_later(item.key, fn, item.burst)
 
     @staticmethod
     def _take_burst(worker: _Worker, first: _Item) -> list[_Item]:
@@ -263,8 +280,14 @@ class KeyedExecutor:
 
     def _run_burst(self, first: _Item, run: list[_Item]) -> None:
         assert first.burst is not None
+        fns = [item.fn for item in run]
         try:
-            first.burst.run([item.fn for item in run])
+            results = first.burst.run(fns)
+            for item, fn, exc in zip(run, fns, results or (), strict=False):
+                if exc is not None:
+                    self._failed(item, fn, exc)
+                elif item.level:
+                    self.retry_backoff.forget(item.key)
         except Exception:
             log.exception("a burst of %d tasks starting with %r failed", len(run), first.key)
             if self.on_failure is not None:

@@ -6,8 +6,13 @@ outbox (``edge/db.py``). They hold the SQL of their tables; this module holds wh
 for all of them, once (docs/architecture.md, "Storage"):
 
 * the file: WAL journal, ``synchronous`` FULL or NORMAL as its owner chooses, a busy timeout;
-* one connection guarded by one re-entrant lock, so a :class:`Database` may be shared by
-  threads; a statement outside a transaction commits on its own;
+* one connection for writes guarded by one re-entrant lock, so a :class:`Database` may be
+  shared by threads; a statement outside a transaction commits on its own;
+* with ``readers=True`` (the GM's databases), reads (``fetchall``/``fetchone``) outside a
+  transaction on connections of their own (a small pool, file databases only): WAL lets them
+  read the last commit while a writer holds its transaction or waits for its fsync, so they
+  do not wait for it; a thread that holds the lock (inside a transaction, or ``locked()``)
+  reads on the writer's connection and sees its own changes;
 * :meth:`Database.transaction`, which nests: the outermost is ``BEGIN IMMEDIATE`` ... ``COMMIT``,
   an inner one a SAVEPOINT, so a repository method that groups its own statements can also be
   called inside a caller's bigger transaction;
@@ -73,9 +78,12 @@ def moved_aside(path: Path) -> list[Path]:
 class Database:
     """One SQLite file (or ``:memory:``) behind one connection and one re-entrant lock.
 
-    Thread-safe: every statement runs under the lock, and a transaction holds it from its
-    ``BEGIN`` to its ``COMMIT``, so another thread's reads and writes wait for it and never see
-    it half done. Reads outside a transaction are fine (each is one statement).
+    Thread-safe: every write runs under the lock, and a transaction holds it from its
+    ``BEGIN`` to its ``COMMIT``, so another thread's writes wait for it and no thread sees it
+    half done. With ``readers``, ``fetchall``/``fetchone`` on a thread that does not hold the
+    lock read on a reader connection (file databases): the last committed state, without waiting for a writer
+    (each read is one statement, a snapshot of its own); on the thread holding the lock, or in
+    memory, or without ``readers``, they read on the writer's connection.
 
     Transactions nest (:meth:`transaction`), which is what lets a batch of changes commit at
     once: ``with db.transaction(): for m in batch: repo.apply(m)`` is one ``COMMIT`` (one
@@ -96,10 +104,13 @@ class Database:
         synchronous: Literal["full", "normal"] = "full",
         busy_timeout: float = 30.0,
         recover_corrupt: bool = False,
+        readers: bool = False,
     ) -> None:
         self.path = Path(path)
         """The file (``Path(":memory:")`` for a database in memory)."""
         self.memory = str(path) == MEMORY
+        self.readers = readers and not self.memory
+        """Reads outside a transaction go to reader connections (see the class docstring)."""
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.moved_aside: Path | None = None
@@ -107,6 +118,10 @@ class Database:
         self._lock = threading.RLock()
         self._depth = 0  # open transaction blocks: 0 none, 1 the outermost, 2+ savepoints
         self._after: list[list[Callable[[], None]]] = []  # per open block: run after COMMIT
+        self._readers: list[sqlite3.Connection] = []  # idle reader connections (file databases)
+        self._readers_lock = threading.Lock()
+        self._trace: Callable[[str], object] | None = None
+        self._closed = False
         if not self.memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -137,11 +152,12 @@ class Database:
         *,
         synchronous: Literal["full", "normal"] = "full",
         recover_corrupt: bool = False,
+        readers: bool = False,
     ) -> Database:
         """``source`` itself if it is an open database (a test's seam), else the file opened."""
         if isinstance(source, Database):
             return source
-        return cls(source, synchronous=synchronous, recover_corrupt=recover_corrupt)
+        return cls(source, synchronous=synchronous, recover_corrupt=recover_corrupt, readers=readers)
 
     def _open(self, *, check: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -173,6 +189,12 @@ class Database:
 
     def close(self) -> None:
         """Checkpoint the WAL into the file (so the file alone holds everything) and close."""
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            with suppress(sqlite3.Error):
+                conn.close()
         with self._lock:
             with suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -317,15 +339,70 @@ class Database:
             return int(self._conn.executemany(sql, rows).rowcount)
 
     def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        reader = self._reader()
+        if reader is not None:
+            try:
+                cur = reader.execute(sql, params)
+                try:
+                    return [tuple(row) for row in cur.fetchall()]
+                finally:
+                    cur.close()
+            finally:
+                self._give_back(reader)
         with self._lock:
             self._check_alive()
             return [tuple(row) for row in self._conn.execute(sql, params).fetchall()]
 
     def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        reader = self._reader()
+        if reader is not None:
+            try:
+                cur = reader.execute(sql, params)
+                try:
+                    row = cur.fetchone()
+                finally:
+                    cur.close()  # ends the statement's read snapshot now
+            finally:
+                self._give_back(reader)
+            return None if row is None else tuple(row)
         with self._lock:
             self._check_alive()
             row = self._conn.execute(sql, params).fetchone()
         return None if row is None else tuple(row)
+
+    # -- readers ---------------------------------------------------------------------------
+    READERS_KEPT = 8
+    """Idle reader connections kept open (more are opened while more threads read at once)."""
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """A reader connection for this thread's read, or None to read on the writer's (in
+        memory, or this thread holds the lock: inside a transaction it must see its own changes,
+        and under ``locked()`` the caller keeps memory and tables consistent)."""
+        if not self.readers or self._lock._is_owned():  # type: ignore[attr-defined]
+            return None
+        with self._readers_lock:
+            if self._closed:
+                return None  # the writer's connection raises the usual "closed" error
+            if self._readers:
+                conn = self._readers.pop()
+                conn.set_trace_callback(self._trace)
+                return conn
+        conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=self.busy_timeout
+        )
+        conn.execute("PRAGMA query_only=1")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        conn.set_trace_callback(self._trace)
+        return conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        with self._readers_lock:
+            if not self._closed and len(self._readers) < self.READERS_KEPT:
+                self._readers.append(conn)
+                return
+        with suppress(sqlite3.Error):
+            conn.close()
 
     # -- what tests and metrics look at ----------------------------------------------------
     @property
@@ -335,6 +412,10 @@ class Database:
             return int(self._conn.total_changes)
 
     def trace(self, callback: Callable[[str], object] | None) -> None:
-        """Call ``callback`` with the text of every statement run from now on (None: stop)."""
-        with self._lock:
+        """Call ``callback`` with the text of every statement run from now on (None: stop),
+        on the writer's connection and the readers'."""
+        with self._lock, self._readers_lock:
+            self._trace = callback
             self._conn.set_trace_callback(callback)
+            for conn in self._readers:
+                conn.set_trace_callback(callback)

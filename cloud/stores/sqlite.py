@@ -93,7 +93,7 @@ class SqliteStore:
     :class:`~lifelong.common.sqlite.Database` (tests that prune its change log)."""
 
     def __init__(self, path: str | Path | Database) -> None:
-        self.db = Database.of(path, synchronous="full")
+        self.db = Database.of(path, synchronous="full", readers=True)
         self.path = str(self.db.path)
         self.db.execute_all(_SCHEMA)
         # Woken after every committed change: watchers wait on it. Its lock is never held

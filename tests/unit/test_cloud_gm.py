@@ -590,6 +590,130 @@ def test_a_bad_report_in_a_burst_rolls_back_alone_and_the_others_apply(
     assert state.worker_info("default", "job1")["poison"] == {"v": 0}
 
 
+def test_hellos_and_presence_queued_together_are_one_commit_per_worker_and_synced_after_it(
+    gm: GM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of hellos from many nodes (and a presence change among them) is recorded in one
+    transaction of the bookkeeping; each node's diff and sync leave after that commit; a hello
+    that fails to record rolls back alone (logged and counted) and the others go on."""
+    setup_job(gm)  # node-a and node-b hold job1's rows
+    gm.idle()
+    nodes = ["node-a", "node-b", *[f"n{i:02d}" for i in range(30)], "poison"]
+    state = gm.svc.state
+    real_hello = state.hello
+
+    def hello(node: str, **kw: Any) -> Any:
+        before = real_hello(node, **kw)  # written inside the burst, then it fails
+        if node == "poison":
+            raise RuntimeError("injected failure after the write")
+        return before
+
+    monkeypatch.setattr(state, "hello", hello)
+    executor = gm.svc.executor
+    releases = [
+        hold_worker(gm, ("node", n)) for n in {executor.worker_of(("node", n)): n for n in nodes}.values()
+    ]
+    workers = {f"gm-{executor.worker_of(('node', n))}" for n in nodes}
+    failures = gm.svc.metrics.item_failures.labels(loop="executor")._value.get()
+    gm.bus.clear()
+    commits: list[tuple[str, set[str]]] = []  # (thread, nodes synced by then) at each COMMIT
+
+    def traced(sql: str) -> None:
+        if sql == "COMMIT":
+            synced = {e.node for e in gm.bus.envelopes(op=Op.SYNC)}
+            commits.append((threading.current_thread().name, synced))
+
+    for n in nodes:
+        gm.hello(n, epoch="ep2")
+    offline = Envelope.new(node="node-b", kind=CONTROL_KIND, op=Op.PRESENCE, body={"state": "offline"})
+    gm.deliver(TOPICS.node_presence("node-b"), offline)  # queued behind node-b's hello, in its run
+    state.db.trace(traced)
+    try:
+        for r in releases:
+            r.set()
+        gm.idle()
+    finally:
+        state.db.trace(None)
+    burst_commits = [c for c in commits if c[0] in workers]
+    assert sorted(c[0] for c in burst_commits) == sorted(workers)  # one commit per worker's run
+    for thread, synced_then in burst_commits:  # no node of the run was synced before its commit
+        assert not {n for n in nodes if f"gm-{executor.worker_of(('node', n))}" == thread} & synced_then
+    synced = {e.node for e in gm.bus.envelopes(op=Op.SYNC)}
+    assert synced == set(nodes) - {"poison"}
+    sync_a = gm.bus.envelopes("node-a", Op.SYNC)[-1]
+    assert "job1" in [r["name"] for r in (sync_a.body or {})["resources"]]
+    assert gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")  # its diff, sent
+    info_poison = state.node("poison")
+    assert info_poison is None or info_poison.last_hello == 0  # its record rolled back alone
+    assert state.node("n00") is not None and state.node("n00").epoch == "ep2"  # type: ignore[union-attr]
+    node_b = state.node("node-b")
+    assert node_b is not None and node_b.epoch == "ep2" and not node_b.online  # in order: hello, offline
+    assert gm.svc.metrics.item_failures.labels(loop="executor")._value.get() == failures + 1
+
+
+def test_new_jobs_reconciled_together_write_their_first_conditions_in_one_commit_per_worker(
+    gm: GM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job controller's first-condition writes of jobs queued next to each other are one
+    store commit per executor worker's run; each job is sent to its nodes only after that
+    commit; a reconcile that fails rolls back alone and is retried."""
+    setup_job(gm)
+    gm.idle()
+    controller = gm.svc.registry.get("LifelongLearningJob")
+    real_write = controller._write_conditions  # type: ignore[union-attr]
+    failing = {"poison"}
+
+    def write(key: Any, *args: Any) -> Any:
+        written = real_write(key, *args)  # written inside the run, then it fails
+        if key[2] in failing:
+            raise RuntimeError("injected failure after the write")
+        return written
+
+    monkeypatch.setattr(controller, "_write_conditions", write)
+    names = [f"j{i:02d}" for i in range(24)] + ["poison"]
+    keys = [("LifelongLearningJob", "default", n) for n in names]
+    executor = gm.svc.executor
+    releases = [hold_worker(gm, k) for k in {executor.worker_of(k): k for k in keys}.values()]
+    workers = {f"gm-{executor.worker_of(k)}" for k in keys}
+    failures = gm.svc.metrics.item_failures.labels(loop="executor")._value.get()
+    for n in names:
+        gm.api.apply(job(n))
+    wait_for(lambda: executor.pending() >= len(releases) + len(names), what="every reconcile queued")
+    commits: list[tuple[str, set[str]]] = []  # (thread, jobs sent by then) at each store COMMIT
+
+    def traced(sql: str) -> None:
+        if sql == "COMMIT":
+            sent = {e.name for e in gm.bus.envelopes(op=Op.UPSERT, kind="LifelongLearningJob")}
+            commits.append((threading.current_thread().name, sent))
+
+    gm.svc.store.db.trace(traced)  # type: ignore[attr-defined]
+    try:
+        for r in releases:
+            r.set()
+        wait_for(lambda: all(gm.conditions(n) for n in names[:-1]), what="first conditions")
+        wait_for(
+            lambda: gm.svc.metrics.item_failures.labels(loop="executor")._value.get() > failures,
+            what="the poisoned reconcile counted",
+        )
+    finally:
+        gm.svc.store.db.trace(None)  # type: ignore[attr-defined]
+    runs = [c for c in commits if c[0] in workers]
+    assert sorted(c[0] for c in runs[: len(workers)]) == sorted(workers)  # one commit per worker's run
+    assert len(runs) < len(names) // 2
+    for thread, sent_then in runs[: len(workers)]:  # no job of the run was sent before its commit
+        assert (
+            not {n for n, k in zip(names, keys, strict=True) if f"gm-{executor.worker_of(k)}" == thread}
+            & sent_then
+        )
+    assert all(gm.conditions(n) == [("Train", "Waiting")] for n in names[:-1])
+    sent = {e.name for e in gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")}
+    assert set(names[:-1]) <= sent
+    assert gm.conditions("poison") == []  # rolled back alone, not sent
+    assert "poison" not in sent
+    failing.clear()  # the executor retries it after its backoff
+    wait_for(lambda: gm.conditions("poison") == [("Train", "Waiting")], what="poison retried")
+
+
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:
     setup_job(gm)
     gm.report("node-a", "LifelongLearningJob", "job1", ready("Train", 1))

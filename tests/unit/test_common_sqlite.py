@@ -321,3 +321,48 @@ def test_sync_checkpoints_between_transactions_only(tmp_path: Path) -> None:
         assert db.fetchall("SELECT k, v FROM t") == [("a", 1)]
     finally:
         db.close()
+
+
+def test_a_read_is_not_blocked_by_a_writer_holding_its_transaction(tmp_path: Path) -> None:
+    """Another thread's read outside a transaction answers at once with the last commit while a
+    writer holds its transaction open (WAL: a reader connection of its own); the writer's own
+    reads inside its transaction see its changes; after the commit every thread sees them."""
+    db = Database(tmp_path / "r.db", readers=True)
+    try:
+        db.execute_all(["CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)"])
+        db.execute("INSERT INTO t VALUES ('a', 1)")
+        inside = threading.Event()
+        release = threading.Event()
+        seen_by_writer: list[tuple[object, ...] | None] = []
+
+        def writer() -> None:
+            with db.transaction():
+                db.execute("UPDATE t SET v=2 WHERE k='a'")
+                seen_by_writer.append(db.fetchone("SELECT v FROM t WHERE k='a'"))
+                inside.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            assert inside.wait(10)
+            answers: list[object] = []
+            reader = threading.Thread(
+                target=lambda: answers.append(
+                    (db.fetchone("SELECT v FROM t WHERE k='a'"), db.fetchall("SELECT k FROM t"))
+                )
+            )
+            reader.start()
+            reader.join(5)  # a deadline: blocked on the writer's lock, it would still be waiting
+            assert answers == [((1,), [("a",)])]  # the last commit, not the writer's open change
+        finally:
+            release.set()
+            thread.join(10)
+        assert seen_by_writer == [(2,)]
+        after: list[object] = []
+        t2 = threading.Thread(target=lambda: after.append(db.fetchone("SELECT v FROM t WHERE k='a'")))
+        t2.start()
+        t2.join(5)
+        assert after == [(2,)]
+    finally:
+        db.close()
