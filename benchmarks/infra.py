@@ -227,6 +227,11 @@ class Proc:
             proc.wait(10)
 
 
+MAX_NODES = 20_000
+"""The benchmark GM's node bound (``lifelong gm --max-nodes``): room for 10,000 simulated nodes
+and the real LCs, which say hello first."""
+
+
 class GM(Proc):
     def __init__(self, workdir: Path, broker_url: str) -> None:
         self.api_port = free_port()
@@ -240,6 +245,9 @@ class GM(Proc):
             str(self.api_port),
             "--prefix",
             PREFIX,
+            # the many-nodes scenario's simulated nodes plus the benchmark's own LCs
+            "--max-nodes",
+            str(MAX_NODES),
         ]
         super().__init__("gm", args, workdir)
 

@@ -68,6 +68,17 @@ def _retry_limit(text: str) -> int:
     return value
 
 
+def _max_nodes(text: str) -> int:
+    """``--max-nodes``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _env(flag: str, default: str | None) -> str | None:
     """The default of ``flag``: its ``LIFELONG_GM_*`` variable when set (and not empty), else ``default``."""
     for var, name in GM_ENV.items():
@@ -138,6 +149,7 @@ def cmd_gm(args: argparse.Namespace) -> int:
             backoff_base=args.job_backoff_base,
             backoff_cap=args.job_backoff_cap,
             retry_limit=args.job_retry_limit,
+            max_nodes=args.max_nodes,
             lc_server=args.lc_server,
             kb_server=kb_url,
             leader_election=not args.no_leader_election,
@@ -272,6 +284,13 @@ def register(sub: Any) -> None:
         default=DEFAULT_RETRY_LIMIT,
         help=f"retries of a failed stage on the same data before its round is given up, 0 to "
         f"{MAX_RETRY_LIMIT} (default {DEFAULT_RETRY_LIMIT})",
+    )
+    p.add_argument(
+        "--max-nodes",
+        type=_max_nodes,
+        default=None,
+        help="nodes the GM keeps at most; a hello from one more is refused (too_many_nodes) until "
+        "lifelong delete node makes room (default 10000)",
     )
     p.add_argument("--lc-server", default=DEFAULT_LC_SERVER, help="LC_SERVER given to workers")
     p.add_argument(

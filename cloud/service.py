@@ -97,7 +97,7 @@ from lifelong.cloud.controllers.registry import Registry
 from lifelong.cloud.controllers.worker.controller import WorkerController
 from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
-from lifelong.cloud.intake import Intake
+from lifelong.cloud.intake import MAX_NODES, Intake
 from lifelong.cloud.kb.base import KnowledgeBase
 from lifelong.cloud.kb_routes import KBApi
 from lifelong.cloud.leader import LeaderElectionSettings, LeaderElector, default_identity
@@ -169,6 +169,8 @@ class GMSettings:
     retry_limit: int = 6
     """Retries of a failed stage on the same data before its round is given up (Kubernetes' backoffLimit)."""
     max_payload: int | None = None
+    max_nodes: int | None = None
+    """Nodes the GM keeps at most (``Intake``'s bound); default ``MAX_NODES`` (10,000)."""
     lc_server: str = DEFAULT_LC_SERVER
     kb_server: str = DEFAULT_KB_SERVER
     leader_election: bool = True
@@ -509,6 +511,7 @@ class GMService:
             executor=self.executor,
             metrics=self.metrics,
             max_payload=settings.max_payload,
+            max_nodes=settings.max_nodes or MAX_NODES,
             # reports are applied in bursts, one transaction each, on the standalone store
             store_db=self.store.db if isinstance(self.store, SqliteStore) else None,
         )

@@ -9,6 +9,7 @@ spell, not one per message.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
@@ -98,6 +99,20 @@ def test_made_up_node_names_keep_nothing_and_log_once(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert not [r for r in caplog.records if r.exc_info]
     _record("2000 messages from 1000 made-up node names", 2 * len(names), "no row kept; 1 warning")
+
+
+def test_the_node_bound_is_the_settings(tmp_path: Any) -> None:
+    """``lifelong gm --max-nodes N`` reaches the intake's bound (default ``MAX_NODES``)."""
+    settings = GMSettings(
+        broker="mqtt://127.0.0.1:1", store=f"sqlite:{tmp_path / 'store.db'}", api_port=-1, prefix=PREFIX
+    )
+    fake_bus = SimpleNamespace(publish=lambda *a, **k: object(), close=lambda *a, **k: None)
+    for max_nodes, expected in ((None, intake_mod.MAX_NODES), (20_000, 20_000)):
+        svc = GMService(dataclasses.replace(settings, max_nodes=max_nodes), bus=fake_bus)
+        try:
+            assert svc.intake.max_nodes == expected
+        finally:
+            svc.stop()
 
 
 def test_hellos_beyond_the_node_bound_are_refused(gm: GMService, caplog: pytest.LogCaptureFixture) -> None:

@@ -131,6 +131,15 @@ def test_gm_missing_password_file_is_exit_2(capsys: pytest.CaptureFixture[str], 
     assert one_clear_line(err) == f"error: cannot read --password-file {missing}: No such file or directory"
 
 
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_gm_max_nodes_must_be_a_whole_number_of_at_least_1(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    code, _, err = run(capsys, "gm", "--broker", "mqtt://127.0.0.1:1", "--max-nodes", value)
+    assert code == 2
+    assert "--max-nodes" in err and ("at least 1" in err or "not a whole number" in err)
+
+
 def test_demo_rounds_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "demo", "--scenario", "digits", "--rounds", "0")
     assert code == 2
