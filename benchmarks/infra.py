@@ -6,8 +6,10 @@ Everything is on loopback with free ports and bounded waits. Kept independent of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -154,8 +156,12 @@ class Broker:
     def start(self, timeout: float = 30.0) -> None:
         with (self.workdir / f"broker-{self.kind}.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+        _more_files(self.proc.pid)
         proc = self.proc
 
         def up() -> bool:
@@ -182,6 +188,23 @@ class Broker:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+
+BROKER_FILES = 65_536
+"""Open files the broker may have: many-nodes keeps its 10,000 simulated sessions connected (the
+storm uses them) while 10,000 raw ones connect for the reference, over a soft limit of 20,000."""
+
+
+def _more_files(pid: int) -> None:
+    """Raise the just-started broker's open-file limit towards ``BROKER_FILES`` (``prlimit``; the
+    hard limit too when allowed: root), as far as the system lets it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, BROKER_FILES)
+    with contextlib.suppress(ValueError, OSError):
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (want, max(hard, want)))
+        return
+    with contextlib.suppress(ValueError, OSError):
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def available_brokers() -> list[str]:

@@ -451,6 +451,30 @@ class BrokerRun:
                 future.result()
         return time.monotonic() - t0
 
+    def _delete_concurrently(self, names: list[str]) -> None:
+        """Delete the jobs named and wait until the LC acknowledged every delete: the scenarios
+        after this one restart the LC, whose hello lists what it holds in one message, and
+        thousands more jobs would not fit the payload limit (docs/reliability.md, "Bounds")."""
+        gm, spy = self.gm, self.spy
+        assert gm is not None and spy is not None
+        base = f"http://127.0.0.1:{gm.api_port}"
+        mark = spy.mark()
+
+        def client(share: list[str]) -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                for name in share:
+                    c.delete(f"/api/v1/LifelongLearningJob/default/{name}").raise_for_status()
+
+        with ThreadPoolExecutor(APPLY_CLIENTS) as pool:
+            for future in [pool.submit(client, names[i::APPLY_CLIENTS]) for i in range(APPLY_CLIENTS)]:
+                future.result()
+        wait_for(
+            lambda: set(names) <= set(acked_names(spy, mark, JOB)),
+            timeout=self.cfg.timeout * 4,
+            what="the LC to drop the jobs of the applies scenario",
+            interval=0.1,
+        )
+
     def applies(self) -> None:
         """Jobs applied over HTTP by ``APPLY_CLIENTS`` concurrent clients: applies/s with the LC
         offline (the API and the store alone), then first apply -> last job stored by the LC
@@ -474,6 +498,7 @@ class BrokerRun:
         t0 = time.monotonic()
         took = self._apply_concurrently(names)
         e2e = self._rate_to_last_ack(set(names), mark, t0, self.cfg.timeout * 4)
+        self._delete_concurrently([f"job-c-off-{i}" for i in range(n)] + names)
         self.results["applies"] = row(
             alone,
             None,
