@@ -133,13 +133,14 @@ def detail(key: str, r: dict[str, Any]) -> str:
 
 
 def _sim(x: dict[str, Any]) -> str:
-    """How much of the machine the simulator took (many-nodes)."""
+    """How much of the machine the simulator took (many-nodes), and a raw reference that failed."""
+    failed = f"; raw reference not measured: {x['raw_error']}" if x.get("raw_error") else ""
     if not x.get("sim_processes"):
-        return ""
+        return failed
     share = x.get("sim_machine_share")
     return (
         f"; simulator: {x['sim_processes']} processes, {fmt(x.get('sim_cpu_seconds'))} CPU s"
-        f" ({fmt(100 * share if share is not None else None)} % of the machine)"
+        f" ({fmt(100 * share if share is not None else None)} % of the machine){failed}"
     )
 
 
