@@ -3,7 +3,11 @@ sends nowhere and a Dataset to apply."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from lifelong.cloud.kb.base import KnowledgeBase
+from lifelong.cloud.service import GMService, GMSettings
 
 DATASET = {
     "apiVersion": "sedna.io/v1alpha1",
@@ -42,3 +46,21 @@ class NoBus:
 
     def close(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+def api_gm(tmp_path: Path, kb: KnowledgeBase | None, token_file: str | None = None) -> GMService:
+    """A GM with its SQLite store in ``tmp_path``, its API on a free loopback port (bearer tokens
+    from ``token_file``, if given), the knowledge base ``kb``, no broker, its controllers started."""
+    svc = GMService(
+        GMSettings(
+            broker="mqtt://127.0.0.1:1",
+            store=f"sqlite:{tmp_path / 's.db'}",
+            api_port=0,
+            prefix="c/v1",
+            token_file=token_file,
+        ),
+        bus=NoBus(),
+        kb=kb,
+    )
+    svc.start_controllers()
+    return svc

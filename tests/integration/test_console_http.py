@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
-from harness.gm_inproc import DATASET, NoBus
+from harness.gm_inproc import DATASET, api_gm
 from harness.kb import make_kb, task_index
 
 from lifelong.cloud.kb.service import LocalKnowledgeBase
-from lifelong.cloud.service import GMService, GMSettings
+from lifelong.cloud.service import GMService
 from lifelong.common.kb import UnseenSample
 
 WRITER, READER = "w-console-0123456789", "r-console-0123456789"
@@ -80,18 +80,7 @@ def _start(tmp_path: Path, kb: LocalKnowledgeBase | None, tokens: bool = True) -
         path = tmp_path / "tokens.csv"
         path.write_text(f"{WRITER},write,alice\n{READER},read,bob\n")
         token_file = str(path)
-    svc = GMService(
-        GMSettings(
-            broker="mqtt://127.0.0.1:1",
-            store=f"sqlite:{tmp_path / 's.db'}",
-            api_port=0,
-            prefix="c/v1",
-            token_file=token_file,
-        ),
-        bus=NoBus(),
-        kb=kb,
-    )
-    svc.start_controllers()
+    svc = api_gm(tmp_path, kb, token_file)
     assert svc.api is not None
     svc.api.app.api.apply(DATASET)
     svc.api.app.api.apply(JOB)

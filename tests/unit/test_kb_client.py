@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
-from harness.gm_inproc import DATASET, NoBus
+from harness.gm_inproc import DATASET, api_gm
 from harness.kb import make_kb
 
 from lifelong.__main__ import main
 from lifelong.client import kb as kb_client
 from lifelong.cloud.kb.base import KnowledgeBase
-from lifelong.cloud.service import GMService, GMSettings
+from lifelong.cloud.service import GMService
 from lifelong.common.kb import UnseenSample
 
 JOB = {
@@ -41,18 +41,7 @@ TOKENS = "w-token,write,alice\nr-token,read,bob\n"
 
 
 def start(tmp_path: Path, kb: KnowledgeBase | None, token_file: str | None = None) -> GMService:
-    svc = GMService(
-        GMSettings(
-            broker="mqtt://127.0.0.1:1",
-            store=f"sqlite:{tmp_path / 's.db'}",
-            api_port=0,
-            prefix="c/v1",
-            token_file=token_file,
-        ),
-        bus=NoBus(),
-        kb=kb,
-    )
-    svc.start_controllers()
+    svc = api_gm(tmp_path, kb, token_file)
     api = svc.api.app.api if svc.api else None
     assert api is not None
     api.apply(DATASET)
