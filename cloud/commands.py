@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from lifelong.common.errors import ConfigError
@@ -57,26 +58,21 @@ GM_EPILOG = (
 )
 
 
-def _retry_limit(text: str) -> int:
-    """``--job-retry-limit``: a whole number from 0 to ``MAX_RETRY_LIMIT``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= MAX_RETRY_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_RETRY_LIMIT}, got {value}")
-    return value
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` (to ``high``, when given)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
 
-def _max_nodes(text: str) -> int:
-    """``--max-nodes``: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return parse
 
 
 def _env(flag: str, default: str | None) -> str | None:
@@ -280,14 +276,14 @@ def register(sub: Any) -> None:
     p.add_argument("--job-backoff-cap", type=float, default=360.0, help="longest retry wait (default 360)")
     p.add_argument(
         "--job-retry-limit",
-        type=_retry_limit,
+        type=_whole_number(0, MAX_RETRY_LIMIT),
         default=DEFAULT_RETRY_LIMIT,
         help=f"retries of a failed stage on the same data before its round is given up, 0 to "
         f"{MAX_RETRY_LIMIT} (default {DEFAULT_RETRY_LIMIT})",
     )
     p.add_argument(
         "--max-nodes",
-        type=_max_nodes,
+        type=_whole_number(1),
         default=None,
         help="nodes the GM keeps at most; a hello from one more is refused (too_many_nodes) until "
         "lifelong delete node makes room (default 10000)",
