@@ -69,6 +69,7 @@ class Watcher:
         self._streams = 0
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._idle = False
 
     # -- the thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,6 +84,12 @@ class Watcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether the thread is (or within ``timeout`` gets) blocked waiting for a page to open,
+        computing nothing."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._idle, timeout)
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -93,7 +100,10 @@ class Watcher:
         while not self._stopped.is_set():
             with self._cond:  # no page open: nothing to tell, so no digest either
                 while self._streams == 0 and not self._stopped.is_set():
+                    self._idle = True
+                    self._cond.notify_all()
                     self._cond.wait()
+                self._idle = False
             if self._stopped.is_set():
                 return
             self.check(with_kb=tick % self.kb_every == 0)

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from harness.gm_inproc import DATASET, api_gm
 from harness.kb import make_kb, task_index
+from harness.waiting import wait_for
 
 from lifelong.cloud.kb.service import LocalKnowledgeBase
 from lifelong.cloud.service import GMService
@@ -87,8 +88,9 @@ def _start(tmp_path: Path, kb: LocalKnowledgeBase | None, tokens: bool = True) -
     # The job controller writes the job's first condition (Train/Waiting, round 0) on its own
     # thread; tests that append conditions start after it, as they would after a real apply.
     wait_for(
-        "the job controller's first condition",
         lambda: (svc.store.get("LifelongLearningJob", NS, NAME) or {}).get("status", {}).get("conditions"),
+        what="the job controller's first condition",
+        timeout=DEADLINE,
     )
     return svc
 
@@ -111,17 +113,6 @@ def gm(tmp_path: Path) -> Iterator[GM]:
             yield GM(svc, kb)
         finally:
             svc.stop()
-
-
-def wait_for(what: str, check: Any, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {deadline}s: {what}")
-        time.sleep(0.05)
 
 
 # -- reading pages ------------------------------------------------------------------------------
@@ -437,7 +428,7 @@ def test_a_finished_workers_log_page_and_the_earlier_workers_of_the_job_page(gm:
             fields = ("stage", "round", "node", "phase", "reported")
             return {r.attrs["data-worker"]: tuple(r.field(f) for f in fields) for r in past()}
 
-        wait_for("the earlier workers on the job page", lambda: shown() == expected)
+        wait_for(lambda: shown() == expected, what="the earlier workers on the job page", timeout=DEADLINE)
         rows = past()
         assert [r.attrs["data-worker"] for r in rows][:3] == [
             f"{NAME}-train-1",
@@ -720,15 +711,15 @@ def test_the_stream_tells_of_a_job_condition_and_a_node_going_offline(gm: GM) ->
     stream = Stream(gm)
     try:
         assert stream.status == 200
-        wait_for("the stream's first comment", lambda: stream.comments)
+        wait_for(lambda: stream.comments, what="the stream's first comment", timeout=DEADLINE)
         seen = len(stream.events)
         _add_condition(gm, "Train", "Ready")
-        event = wait_for("a change for the condition", lambda: stream.events[seen:])[0]
+        event = wait_for(lambda: stream.events[seen:], what="a change for the condition", timeout=DEADLINE)[0]
         assert '"jobs"' in event
         seen = len(stream.events)
         gm.svc.state.set_online("node-a", False)  # what the intake does with the LC's will
         started = time.monotonic()
-        event = wait_for("a change for the node", lambda: stream.events[seen:], deadline=11.0)[0]
+        event = wait_for(lambda: stream.events[seen:], what="a change for the node", timeout=11.0)[0]
         assert '"nodes"' in event and time.monotonic() - started < 11.0
         with gm.client(WRITER) as c:
             row = Page(c.get("/ui/nodes?fragment=1").text).root.one("tr", data_node="node-a")
@@ -745,8 +736,9 @@ def test_the_streams_are_bounded_and_end_when_the_gm_stops(tmp_path: Path) -> No
     streams = [Stream(gm) for _ in range(bound)]
     try:
         wait_for(
-            "every stream open",
             lambda: svc.api is not None and svc.api.watcher is not None and svc.api.watcher.streams == bound,
+            what="every stream open",
+            timeout=DEADLINE,
         )
         with gm.client(WRITER) as c:
             before = _refused(gm, "streams_full")
@@ -796,7 +788,7 @@ def test_a_stream_whose_browser_left_gives_its_place_back_within_seconds(gm: GM)
     # The watcher digests only while a page is open: open one first, so it catches up with what
     # changed while none was, then wait until nothing changes.
     socks = [_raw_stream(gm)]
-    wait_for("the GM's pages unchanged for 1.5 s", quiet)
+    wait_for(quiet, what="the GM's pages unchanged for 1.5 s", timeout=DEADLINE)
     version = watcher.version
     socks += [_raw_stream(gm) for _ in range(watcher.max_streams - 1)]
     with gm.client(WRITER) as c:
@@ -805,7 +797,7 @@ def test_a_stream_whose_browser_left_gives_its_place_back_within_seconds(gm: GM)
     for sock in socks:  # the browser went to another page
         sock.close()
     left = time.monotonic()
-    wait_for("every place given back", lambda: watcher.streams == 0, deadline=7.0)
+    wait_for(lambda: watcher.streams == 0, what="every place given back", timeout=7.0)
     print(f"{len(socks)} streams ended {time.monotonic() - left:.1f}s after their browser left")
     assert watcher.version == version  # ended by their keepalives, not by a change
     _raw_stream(gm).close()
@@ -817,4 +809,4 @@ def test_the_watcher_sends_a_change_to_a_browser_behind_by_a_version(gm: GM) -> 
     with gm.client(WRITER) as c, c.stream("GET", f"/ui/events?since={current - 1}") as answer:
         lines = answer.iter_lines()
         assert next(lines) == "retry: 2000"
-        wait_for("a change", lambda: next(lines).startswith("event: change"))
+        wait_for(lambda: next(lines).startswith("event: change"), what="a change", timeout=DEADLINE)

@@ -7,7 +7,6 @@ CPU when nobody was looking (docs/performance.md).
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from lifelong.cloud.console.live import Watcher
@@ -41,10 +40,9 @@ def test_the_watcher_digests_only_while_a_stream_is_open() -> None:
     digest.watcher = watcher
     watcher.start()
     try:
-        digest.wait_calls(1)  # the baseline, at start
-        # Absence can only be seen over a span: 0.3 s is ~150 intervals, in which a watcher
-        # that digests with no page open calls its digest over and over.
-        time.sleep(0.3)
+        # After its baseline the thread blocks until a page opens (a watcher that digests with
+        # no page open never gets there).
+        assert watcher.wait_idle(10)
         assert digest.calls == [0]
         assert watcher.open()
         stream = watcher.stream(None)
@@ -52,10 +50,9 @@ def test_the_watcher_digests_only_while_a_stream_is_open() -> None:
         digest.wait_calls(5)
         stream.close()  # the page went away: its place is given back
         assert watcher.streams == 0
+        assert watcher.wait_idle(10)  # blocked again: no digest until the next page
         with digest.called:
-            after_close = len(digest.calls)
-        time.sleep(0.3)
-        assert len(digest.calls) <= after_close + 1  # at most the one digest already under way
-        assert all(streams > 0 for streams in digest.calls[1 : after_close - 1])  # the last: a race
+            calls = list(digest.calls)
+        assert all(streams > 0 for streams in calls[1:-1])  # the last may race the close
     finally:
         watcher.stop()
