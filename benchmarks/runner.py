@@ -111,7 +111,10 @@ def detail(key: str, r: dict[str, Any]) -> str:
     if key == "downstream-e2e":
         return f"HTTP apply alone (LC offline): {fmt(x.get('apply_rate_lc_offline'))} jobs/s"
     if key == "applies":
-        return f"{x.get('jobs')} jobs from {x.get('clients')} clients"
+        return (
+            f"{x.get('jobs')} jobs from {x.get('clients')} clients; "
+            f"GM CPU {fmt(x.get('gm_cpu_ms_per_apply'))} ms per apply"
+        )
     if key == "applies-e2e":
         return (
             f"{x.get('jobs')} jobs from {x.get('clients')} clients; "

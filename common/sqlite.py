@@ -6,6 +6,10 @@ outbox (``edge/db.py``). They hold the SQL of their tables; this module holds wh
 for all of them, once (docs/architecture.md, "Storage"):
 
 * the file: WAL journal, ``synchronous`` FULL or NORMAL as its owner chooses, a busy timeout;
+* FULL by group commit: a transaction commits under the lock without waiting for the disk, then
+  waits, with the lock released, for one ``fdatasync`` of the WAL that covers its commit; a
+  sync already under way is waited for, and the next one covers every commit made meanwhile
+  (docs/architecture.md, "Storage");
 * one connection for writes guarded by one re-entrant lock, so a :class:`Database` may be
   shared by threads; a statement outside a transaction commits on its own;
 * with ``readers=True`` (the GM's databases), reads (``fetchall``/``fetchone``) outside a
@@ -23,6 +27,7 @@ for all of them, once (docs/architecture.md, "Storage"):
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -86,10 +91,21 @@ class Database:
     memory, or without ``readers``, they read on the writer's connection.
 
     Transactions nest (:meth:`transaction`), which is what lets a batch of changes commit at
-    once: ``with db.transaction(): for m in batch: repo.apply(m)`` is one ``COMMIT`` (one
-    fsync with ``synchronous="full"``), whatever transactions ``repo.apply`` opens itself;
-    with an inner ``with db.transaction():`` around each message, one bad message rolls back
-    alone and the others still commit.
+    once: ``with db.transaction(): for m in batch: repo.apply(m)`` is one ``COMMIT``, whatever
+    transactions ``repo.apply`` opens itself; with an inner ``with db.transaction():`` around
+    each message, one bad message rolls back alone and the others still commit.
+
+    Durability with ``synchronous="full"`` (a file): the connection runs SQLite's NORMAL (a
+    COMMIT writes the WAL, no fsync) and the database syncs the WAL itself, in groups. Whoever
+    may act on a commit waits until a sync covers it, without holding the lock: the outermost
+    :meth:`transaction` before it returns (not ``lazy`` ones), a statement committed on its own
+    before :meth:`execute` returns, and a read outside a transaction (:meth:`fetchall`,
+    :meth:`fetchone`) before it returns what it read. So nothing a caller can send, answer or
+    acknowledge rests on a commit a power cut could still take back, as with SQLite's FULL, while
+    the threads that commit during one sync share the next (one ``fdatasync`` for many commits:
+    what SQLite's FULL cannot do, since it syncs inside COMMIT, under the lock). A sync that
+    fails raises ``OSError`` to the callers waiting for it (their commit is made but not known
+    durable); the next caller tries again.
 
     ``recover_corrupt``: check the file at open (``PRAGMA quick_check``); a corrupt one is
     renamed ``<name>.corrupt-<UTC time>`` with its -wal/-shm (kept for an operator, never
@@ -122,6 +138,18 @@ class Database:
         self._readers_lock = threading.Lock()
         self._trace: Callable[[str], object] | None = None
         self._closed = False
+        # Group commit (synchronous FULL on a file): commits counted under the lock, the count a
+        # finished sync covers, and the one sync at a time under way (see the class docstring).
+        self.group_sync = self.synchronous == "full" and not self.memory
+        self._commits = 0
+        self._durable = 0
+        self._syncing = False
+        self._synced = threading.Condition()
+        self._wal_fd: int | None = None
+        self._wal_ino: int | None = None
+        self.syncs = 0
+        """WAL syncs done (each covers one or more commits)."""
+        self._changes = 0  # the connection's total_changes when the outermost block began
         if not self.memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -165,7 +193,9 @@ class Database:
         )
         self._conn = conn  # closed by the caller if what follows finds the file corrupt
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+        # FULL on a file is the group commit below, over a connection in NORMAL
+        full = self.synchronous == "full" and not self.group_sync
+        conn.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         if check:
             rows = conn.execute("PRAGMA quick_check").fetchall()
@@ -178,14 +208,72 @@ class Database:
             self._conn.close()
 
     def sync(self) -> bool:
-        """Make every commit so far durable, lazy ones included: a passive checkpoint, which
-        syncs the WAL to disk first. Only between transactions: called inside one (of this
-        thread; another thread's is waited for), it does nothing and returns False."""
+        """Make every commit so far durable, lazy ones included: with group commit a sync of
+        the WAL (or the one under way), else a passive checkpoint, which syncs the WAL to disk
+        first. Only between transactions: called inside one (of this thread; another thread's
+        is waited for), it does nothing and returns False."""
         with self._lock:
             if self._depth:
                 return False
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            return True
+            if not self.group_sync:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                return True
+            target = self._commits
+        self._wait_durable(target)
+        return True
+
+    # -- group commit ----------------------------------------------------------------------
+    def _count_commit(self) -> None:
+        """After a COMMIT (the lock held): count it if it changed anything."""
+        if self._conn.total_changes != self._changes:
+            self._commits += 1
+            self._changes = self._conn.total_changes
+
+    def _wait_durable(self, target: int) -> None:
+        """Return once a sync of the WAL covers the first ``target`` commits: wait for the sync
+        under way, or be the one to sync (covering every commit made so far). The lock must
+        not be needed for it: it is not taken here."""
+        if not self.group_sync:
+            return
+        with self._synced:
+            while True:
+                if self._durable >= target:
+                    return
+                if not self._syncing:
+                    break
+                self._synced.wait()
+            self._syncing = True
+            covers = self._commits  # every commit counted has written its WAL frames
+        done = False
+        try:
+            self._sync_wal()
+            done = True
+        finally:
+            with self._synced:
+                self._syncing = False
+                if done:
+                    self._durable = max(self._durable, covers)
+                    self.syncs += 1
+                self._synced.notify_all()
+
+    def _sync_wal(self) -> None:
+        """``fdatasync`` the WAL file (ours, opened read-only; Linux syncs the file whatever
+        descriptor names it). Opened again if SQLite made a new one; its directory synced
+        once per new file, so that the file's name survives a power cut too."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        ino = os.stat(wal).st_ino
+        if self._wal_fd is None or ino != self._wal_ino:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
+            self._wal_fd = os.open(wal, os.O_RDONLY)
+            self._wal_ino = ino
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        os.fdatasync(self._wal_fd)
 
     def close(self) -> None:
         """Checkpoint the WAL into the file (so the file alone holds everything) and close."""
@@ -199,6 +287,10 @@ class Database:
             with suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
+        with self._synced:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     # -- transactions ----------------------------------------------------------------------
     @property
@@ -210,12 +302,15 @@ class Database:
     def transaction(self, *, lazy: bool = False) -> Iterator[Database]:
         """One transaction; blocks nest.
 
-        ``lazy`` (outermost block only, else ignored): commit without waiting for the disk
-        (``synchronous`` NORMAL for this transaction; SQLite allows the change only between
-        transactions). A process crash still loses nothing; a power cut may lose the commit,
-        never corrupt the file, and the next durable commit makes it durable too (the WAL keeps
-        commits in order). For changes that may be lost safely: the LC forgetting reports the
-        GM acknowledged (lost, they are sent again and the GM finds them applied).
+        ``lazy`` (outermost block only, else ignored): return without waiting for the disk
+        (no sync of the WAL for it). A process crash still loses nothing; a power cut may lose
+        the commit, never corrupt the file, and the next durable commit makes it durable too
+        (the WAL keeps commits in order). For changes that may be lost safely: the LC forgetting
+        reports the GM acknowledged (lost, they are sent again and the GM finds them applied).
+
+        With group commit (``synchronous="full"``, a file) the outermost block commits under the
+        lock, then releases it and waits for the WAL's sync (see the class docstring): another
+        thread may commit meanwhile, and its commit shares the next sync.
 
         The outermost block is ``BEGIN IMMEDIATE`` (the write lock is taken at once, so two
         processes never deadlock upgrading a read) and ``COMMIT`` on success. A block inside it
@@ -225,9 +320,10 @@ class Database:
         deferred constraint) is rolled back before its error is raised, so the connection is
         never left inside a transaction. The lock is held for the whole outermost block.
         """
+        target: int | None = None
         with self._lock:
             savepoint = f"sp{self._depth}" if self._depth else None
-            relax = lazy and savepoint is None and self.synchronous == "full"
+            relax = lazy and savepoint is None and self.synchronous == "full" and not self.group_sync
             if relax:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -235,11 +331,17 @@ class Database:
             finally:
                 if relax:
                     self._conn.execute("PRAGMA synchronous=FULL")
+            if savepoint is None and not lazy:
+                target = self._commits  # its own commit, and every one it could have read
+        if target is not None:
+            self._wait_durable(target)
 
     def _block(self, savepoint: str | None) -> Iterator[Database]:
         """The body of ``transaction`` (its lock held)."""
         self._check_alive()
         self._conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN IMMEDIATE")
+        if savepoint is None:
+            self._changes = self._conn.total_changes
         self._depth += 1
         self._after.append([])
         try:
@@ -276,6 +378,7 @@ class Database:
             # would fail and nothing could be written again through this connection.
             self._rollback()
             raise
+        self._count_commit()
 
     def _undo(self, savepoint: str | None) -> None:
         if not self._conn.in_transaction:
@@ -309,7 +412,9 @@ class Database:
         For in-memory state that must follow the database (a cache, a condition to notify):
         a hook of a block that is rolled back, or of a transaction whose COMMIT fails, never
         runs. Hooks run under the lock, on the committing thread, in the order they were added;
-        they must not wait for another thread that uses this database."""
+        they must not wait for another thread that uses this database. With group commit they
+        run right after COMMIT, before its sync: a hook must not send or answer anything itself
+        (what it wakes reads the database, and a read waits for the sync)."""
         with self._lock:
             if self._depth:
                 self._after[-1].append(hook)
@@ -321,10 +426,23 @@ class Database:
         """Run one statement (inside the current transaction, or committed on its own).
 
         For writes: the cursor's ``rowcount`` and ``lastrowid`` say what it did. Read rows
-        with :meth:`fetchall` / :meth:`fetchone`, which fetch under the lock."""
+        with :meth:`fetchall` / :meth:`fetchone`, which fetch under the lock. A write outside a
+        transaction is durable when this returns (group commit: after the WAL's sync)."""
         with self._lock:
             self._check_alive()
-            return self._conn.execute(sql, params)
+            cur = self._conn.execute(sql, params)
+            target = self._autocommitted()
+        if target is not None:
+            self._wait_durable(target)
+        return cur
+
+    def _autocommitted(self) -> int | None:
+        """After a statement (the lock held): outside a transaction, a write committed on its
+        own is counted, and the commits to wait for returned (None: nothing to wait for)."""
+        if self._depth or not self.group_sync:
+            return None
+        self._count_commit()
+        return self._commits if self._durable < self._commits else None
 
     def execute_all(self, statements: Iterable[str]) -> None:
         """Run several statements (a schema) in one transaction."""
@@ -336,24 +454,33 @@ class Database:
         """Run one statement for each of ``rows``; the number of rows changed."""
         with self._lock:
             self._check_alive()
-            return int(self._conn.executemany(sql, rows).rowcount)
+            changed = int(self._conn.executemany(sql, rows).rowcount)
+            target = self._autocommitted()
+        if target is not None:
+            self._wait_durable(target)
+        return changed
 
     def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        seen = self._read_target()
         reader = self._reader()
         if reader is not None:
             try:
                 cur = reader.execute(sql, params)
                 try:
-                    return [tuple(row) for row in cur.fetchall()]
+                    rows = [tuple(row) for row in cur.fetchall()]
                 finally:
                     cur.close()
             finally:
                 self._give_back(reader)
-        with self._lock:
-            self._check_alive()
-            return [tuple(row) for row in self._conn.execute(sql, params).fetchall()]
+        else:
+            with self._lock:
+                self._check_alive()
+                rows = [tuple(row) for row in self._conn.execute(sql, params).fetchall()]
+        self._read_done(seen)
+        return rows
 
     def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        seen = self._read_target()
         reader = self._reader()
         if reader is not None:
             try:
@@ -364,11 +491,22 @@ class Database:
                     cur.close()  # ends the statement's read snapshot now
             finally:
                 self._give_back(reader)
-            return None if row is None else tuple(row)
-        with self._lock:
-            self._check_alive()
-            row = self._conn.execute(sql, params).fetchone()
+        else:
+            with self._lock:
+                self._check_alive()
+                row = self._conn.execute(sql, params).fetchone()
+        self._read_done(seen)
         return None if row is None else tuple(row)
+
+    def _read_target(self) -> bool:
+        """Before a read: does it need the group sync after it (outside a transaction)?"""
+        return self.group_sync and not self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def _read_done(self, outside: bool) -> None:
+        """After a read outside a transaction: wait until every commit it could have seen is
+        durable (at most one sync under way), so nothing read is less durable than FULL."""
+        if outside:
+            self._wait_durable(self._commits)
 
     # -- readers ---------------------------------------------------------------------------
     READERS_KEPT = 8

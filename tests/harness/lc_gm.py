@@ -159,9 +159,10 @@ class FakeGM:
             ),
         )
 
-    def acked(self, kind: str, name: str, rv: str) -> bool:
+    def acked(self, kind: str, name: str, rv: str, *, since: int = 0) -> bool:
+        """Has an ack (the ``since``-th received or a later one) named this version?"""
         with self.lock:
-            acks = list(self.rx.acks)
+            acks = list(self.rx.acks)[since:]
         return any(
             a["kind"] == kind and a["name"] == name and a["rv"] == rv
             for env in acks

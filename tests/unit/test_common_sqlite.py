@@ -1,17 +1,20 @@
 """The one SQLite layer (``lifelong.common.sqlite.Database``): nested transactions with
 savepoints, a failed COMMIT, SQLite's own rollback after a full database, threads, and a
 corrupt file moved aside. Every failure here is provoked for real (a deferred foreign key, a
-tiny ``max_page_count``, garbage bytes in the file), never mocked."""
+tiny ``max_page_count``, garbage bytes in the file), never mocked. Group commit's tests hold
+the WAL's sync in their hand (``os.fdatasync`` wrapped: it still syncs, when the test lets it)
+or make one fail, since a real disk cannot be paused or broken on cue."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.waiting import wait_for
 
 from lifelong.common.sqlite import Database, TransactionLost, moved_aside
 
@@ -46,8 +49,12 @@ def test_pragmas_are_set_once_for_every_owner(tmp_path: Path) -> None:
     normal = Database(tmp_path / "n.db", synchronous="normal")
     try:
         assert full.fetchone("PRAGMA journal_mode") == ("wal",)
-        assert full.fetchone("PRAGMA synchronous") == (2,)  # FULL
-        assert normal.fetchone("PRAGMA synchronous") == (1,)  # NORMAL
+        # FULL on a file is the database's own group commit over a connection in NORMAL
+        assert full.group_sync and full.fetchone("PRAGMA synchronous") == (1,)
+        assert not normal.group_sync and normal.fetchone("PRAGMA synchronous") == (1,)
+        memory = Database(":memory:")
+        assert not memory.group_sync and memory.fetchone("PRAGMA synchronous") == (2,)  # FULL
+        memory.close()
         assert full.fetchone("PRAGMA busy_timeout") == (2500,)
     finally:
         full.close()
@@ -286,28 +293,155 @@ def test_memory_database_for_tests() -> None:
         db.close()
 
 
-def test_a_lazy_transaction_commits_and_the_connection_stays_durable(tmp_path: Path) -> None:
-    full = Database(tmp_path / "f.db")  # synchronous FULL
+def _count(path: Path) -> int:
+    """Rows of ``t`` as another connection sees them (no wait for any sync)."""
+    other = sqlite3.connect(path)
+    try:
+        return int(other.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        other.close()
+
+
+def _waiting(db: Database) -> int:
+    """Threads waiting for the sync under way (CPython's ``Condition`` keeps its waiters)."""
+    return len(db._synced._waiters)  # type: ignore[attr-defined]
+
+
+class _SlowDisk:
+    """Stands in for ``os.fdatasync`` of ``common/sqlite.py``: counts the syncs, each of which
+    blocks until the test lets it finish (a disk whose sync the test holds in its hand)."""
+
+    def __init__(self, real: Callable[[int], None]) -> None:
+        self.real = real
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.started.release()
+        assert self.release.wait(10), "the test never let the sync finish"
+        self.real(fd)
+
+
+def test_a_lazy_transaction_commits_without_a_sync_and_the_next_one_syncs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = Database(tmp_path / "f.db")  # synchronous FULL: group commit
+    syncs: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr("lifelong.common.sqlite.os.fdatasync", lambda fd: (syncs.append(fd), real(fd)))
     try:
         full.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+        syncs.clear()
         with full.transaction(lazy=True):
             full.execute("INSERT INTO t VALUES ('lazy', 1)")
-            assert full.fetchone("PRAGMA synchronous") == (1,)  # NORMAL for this transaction
             with full.transaction(lazy=False):  # an inner block follows the outermost
                 full.execute("INSERT INTO t VALUES ('inner', 2)")
-        assert full.fetchone("PRAGMA synchronous") == (2,)  # FULL again
+        assert syncs == []  # committed, not synced
+        with full.transaction():
+            full.execute("INSERT INTO t VALUES ('durable', 3)")
+        assert len(syncs) == 1  # the WAL's sync, covering the lazy commit before it too
+        assert os.fstat(syncs[0]).st_ino == os.stat(tmp_path / "f.db-wal").st_ino
         other = sqlite3.connect(tmp_path / "f.db")
         try:
-            assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+            assert other.execute("SELECT count(*) FROM t").fetchone() == (3,)
         finally:
             other.close()
-        with pytest.raises(RuntimeError), full.transaction(lazy=True):  # rolled back: FULL again too
-            full.execute("INSERT INTO t VALUES ('gone', 3)")
+        with pytest.raises(RuntimeError), full.transaction(lazy=True):  # rolled back: nothing synced
+            full.execute("INSERT INTO t VALUES ('gone', 4)")
             raise RuntimeError("no")
-        assert full.fetchone("PRAGMA synchronous") == (2,)
-        assert full.fetchone("SELECT count(*) FROM t") == (2,)
+        assert len(syncs) == 1
+        assert full.fetchone("SELECT count(*) FROM t") == (3,)
     finally:
         full.close()
+
+
+def test_commits_made_during_a_sync_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: while one transaction waits for its sync (held by the test), eight others
+    commit without waiting for the lock, and one more sync makes all eight durable; none of them
+    returns before a sync covers it."""
+    db = Database(tmp_path / "g.db", readers=True)
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    disk = _SlowDisk(os.fdatasync)
+    monkeypatch.setattr("lifelong.common.sqlite.os.fdatasync", disk)
+    returned: list[str] = []
+
+    def write(key: str) -> None:
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (?)", (key,))
+        returned.append(key)
+
+    first = threading.Thread(target=write, args=("first",))
+    first.start()
+    try:
+        assert disk.started.acquire(timeout=10)  # the first sync is under way, held
+        others = [threading.Thread(target=write, args=(f"k{i}",)) for i in range(8)]
+        for t in others:
+            t.start()
+        # every one commits (the lock is free while the first waits for the disk) and waits
+        # for the next sync; none has returned, since no sync covers them yet
+        wait_for(lambda: _count(tmp_path / "g.db") == 9, what="nine commits", timeout=10)
+        wait_for(lambda: _waiting(db) == 8, what="eight callers waiting for a sync", timeout=10)
+        assert returned == []
+    finally:
+        disk.release.set()
+    first.join(10)
+    for t in others:
+        t.join(10)
+    assert sorted(returned) == sorted(["first"] + [f"k{i}" for i in range(8)])
+    assert disk.calls == 2  # the first commit's sync, then one for the eight
+    db.close()
+
+
+def test_a_read_waits_for_the_sync_of_what_it_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread's read outside a transaction may see a commit whose sync is under way; it
+    returns only once that sync is done, so nothing it acts on can be taken back by a power cut."""
+    db = Database(tmp_path / "w.db", readers=True)
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    disk = _SlowDisk(os.fdatasync)
+    monkeypatch.setattr("lifelong.common.sqlite.os.fdatasync", disk)
+    read: list[object] = []
+    writer = threading.Thread(target=lambda: db.execute("INSERT INTO t VALUES ('x')"))
+    writer.start()
+    try:
+        assert disk.started.acquire(timeout=10)
+        reader = threading.Thread(target=lambda: read.append(db.fetchone("SELECT k FROM t")))
+        reader.start()
+        wait_for(lambda: _waiting(db) == 1, what="the reader waiting for the sync", timeout=10)
+        assert read == []
+    finally:
+        disk.release.set()
+    writer.join(10)
+    reader.join(10)
+    assert read == [("x",)] and disk.calls == 1
+    db.close()
+
+
+def test_a_failed_sync_is_raised_and_the_next_caller_syncs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(tmp_path / "e.db")
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    real = os.fdatasync
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr("lifelong.common.sqlite.os.fdatasync", flaky)
+    with pytest.raises(OSError, match="Input/output"), db.transaction():
+        db.execute("INSERT INTO t VALUES ('a')")
+    syncs = db.syncs
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES ('b')")
+    assert db.syncs == syncs + 1
+    assert db.fetchall("SELECT k FROM t ORDER BY k") == [("a",), ("b",)]  # committed, then durable
+    db.close()
 
 
 def test_sync_checkpoints_between_transactions_only(tmp_path: Path) -> None:
