@@ -14,7 +14,8 @@ Level-triggered, never trusting the broker to queue for an offline node:
   ``wait_exponential``, evaluated for the row's attempts) while it stays online;
 * on every hello the node's list is diffed against the rows: upserts for what it lacks or holds
   at another version, deletes for tombstones it still holds, then a ``sync`` naming everything
-  it should hold (the LC drops the rest).
+  it should hold (the LC drops the rest), in parts sized from the payload limit to an LC whose
+  hello had part fields (docs/protocol.md, ``sync``).
 
 One bad row never stops the others. A row that can never be sent (its envelope is refused,
 e.g. a Worker name over 253 characters; it is over the payload limit; its topic is invalid) is

@@ -20,6 +20,11 @@ are cheap:
    after this point gets models; no controller reads a body's dict. The refused items of a
    hello's or an ack's list are counted one by one and skipped; the rest goes on.
 
+A hello in parts (``helloId``, ``part``, ``parts``) is gathered here, on the network thread,
+by ``HelloParts`` (one set per node; bounded; dropped after ``HELLO_PARTS_SECONDS``) and handed on
+as one whole hello once every part is in; a part that cannot join is refused with its reason
+(``too_many_parts``, ``duplicate_part``, ``part_mismatch``, ``unknown_hello``, ``busy``).
+
 Presence of a node that never said hello (not in ``_epochs``) is refused (``unknown_node``):
 nothing is kept for such a name. Otherwise a live ``online`` marks the node online,
 ``offline`` (or the will) offline. A *retained* ``online`` (the broker's copy, delivered when

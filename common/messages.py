@@ -17,6 +17,10 @@ A body that lists many items (a ``sync``'s resources, an ``ack``'s seqs) may be 
 item with ``parse_lenient``: the items the model refuses are returned apart, each with its
 error, so one bad item is counted and skipped and the others still apply.
 
+A ``hello`` or ``sync`` too long for one message goes in parts (``split_to_fit`` sizes them from
+the payload limit); ``PartGatherer`` gathers them at the receiver, refusing with ``PartRefused``
+(its ``reason``) a part that cannot join.
+
 The downstream ``upsert`` carries a whole resource; ``parse_object`` parses it into its model
 in ``lifelong.common.api`` (``LifelongLearningJob``, ``Dataset``, ``Worker``).
 

@@ -5,8 +5,9 @@ Created and started by the service. Speaks docs/protocol.md exactly:
 * client id = username = the node name; retained ``presence`` online on every connect, the
   will publishes offline; subscribes to ``{p}/node/{node}/down/#``;
 * on every connect and reconnect: ``hello`` on ``up/_ctl`` (agent, outbox epoch, boot id,
-  the resources held with their rv, outbox depth/lowSeq/nextSeq), and every unacknowledged
-  report becomes due again;
+  the resources held with their rv, outbox depth/lowSeq/nextSeq), in parts sized from the
+  payload limit when one message cannot hold it, and every unacknowledged report becomes due
+  again;
 * every body is parsed into its model (``lifelong.common.messages``) and every upserted object
   into its API model before anything is stored; what the models refuse is logged once with
   its key and the field, counted (``rejected``, by reason) and never stored;
@@ -14,8 +15,9 @@ Created and started by the service. Speaks docs/protocol.md exactly:
   rest is stored; each batch is acknowledged with one ``ack`` (``applied`` list) on
   ``up/_ctl`` after it is committed; a refused object is acknowledged too, with ``refused``
   saying why, so the GM stops resending it. ``sync`` drops what the list does not name (one
-  refused item is skipped, the rest applies). ``ack`` on ``down/_ctl`` deletes the named
-  reports from the outbox (one bad seq is skipped);
+  refused item is skipped, the rest applies); a sync in parts is gathered and applied only once
+  every part is in (a part that cannot join is refused with its reason). ``ack`` on
+  ``down/_ctl`` deletes the named reports from the outbox (one bad seq is skipped);
 * whenever the GM's presence (``{p}/gm/presence``) turns ``online`` while the LC stays
   connected (a GM restart, possibly with a lost state DB): a fresh ``hello``, and every
   unacknowledged report becomes due again at once (not after the ack timeout);
