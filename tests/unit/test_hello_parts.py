@@ -140,16 +140,8 @@ def make(tmp_path: Path, held: list[str], wire: Wire, clock: Clock | None = None
                    "metadata": {"name": name, "namespace": "default"},
                    "spec": {"url": "/d", "format": "txt", "nodeName": NODE}}  # fmt: skip
             store.put_resource("Dataset", "default", name, "1", obj)
-    return Session(
-        store,
-        Outbox(store),
-        node=NODE,
-        topics=TOPICS,
-        codec=Codec.MSGPACK,
-        max_payload=LIMIT,
-        publish=wire,
-        clock=clock or Clock(),
-    )
+    wiring: dict[str, Any] = {"node": NODE, "topics": TOPICS, "codec": Codec.MSGPACK, "max_payload": LIMIT}
+    return Session(store, Outbox(store), publish=wire, clock=clock or Clock(), **wiring)
 
 
 def sync(resources: list[dict[str, str]], **parts: Any) -> bytes:
