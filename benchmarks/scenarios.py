@@ -459,8 +459,8 @@ class BrokerRun:
 
     def _delete_concurrently(self, names: list[str]) -> None:
         """Delete the jobs named and wait until the LC acknowledged every delete: the scenarios
-        after this one restart the LC, whose hello lists what it holds in one message, and
-        thousands more jobs would not fit the payload limit (docs/reliability.md, "Bounds")."""
+        after this one restart the LC, and thousands of jobs left from here would lengthen every
+        hello, diff and sync they wait for (a hello that large goes in parts, docs/protocol.md)."""
         gm, spy = self.gm, self.spy
         assert gm is not None and spy is not None
         base = f"http://127.0.0.1:{gm.api_port}"

@@ -14,7 +14,8 @@ Level-triggered, never trusting the broker to queue for an offline node:
   ``wait_exponential``, evaluated for the row's attempts) while it stays online;
 * on every hello the node's list is diffed against the rows: upserts for what it lacks or holds
   at another version, deletes for tombstones it still holds, then a ``sync`` naming everything
-  it should hold (the LC drops the rest).
+  it should hold (the LC drops the rest), in parts sized from the payload limit to an LC whose
+  hello had part fields (docs/protocol.md, ``sync``).
 
 One bad row never stops the others. A row that can never be sent (its envelope is refused,
 e.g. a Worker name over 253 characters; it is over the payload limit; its topic is invalid) is
@@ -68,6 +69,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -76,10 +78,10 @@ from lifelong.cloud.gmstate import DownRow, GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.stores.base import Object
 from lifelong.common.backoff import exponential, wait_seconds
-from lifelong.common.codec import Codec, encode
-from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.codec import DEFAULT_MAX_PAYLOAD, Codec, encode
+from lifelong.common.envelope import CONTROL_KIND, MAX_INT, Envelope, Op
 from lifelong.common.errors import BusError, LifelongError, PayloadTooLarge, TopicError
-from lifelong.common.messages import Applied, ResourceRef, SeqAck, Sync
+from lifelong.common.messages import MAX_PARTS, Applied, ResourceRef, SeqAck, Sync, split_to_fit
 from lifelong.common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class HelloPlan:
     node: str
     to_send: list[DownRow] = field(default_factory=list)
     desired: list[DownRow] = field(default_factory=list)
+    parted: bool = False
+    """The hello came with part fields: its LC reads a sync in parts."""
 
 
 class Unsendable(Exception):
@@ -315,15 +319,45 @@ class Delivery:
                 dropped.add(row.key)
             else:
                 self._publish(message)
-        sync = Sync(
-            resources=[
-                ResourceRef(kind=r.kind, ns=r.ns, name=r.name, rv=r.rv)
-                for r in plan.desired
-                if r.key not in dropped
-            ]
-        )
-        env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=sync.to_body())
-        self._publish_env(self.topics.down_ctl(node), env)
+        resources = [
+            {"kind": r.kind, "ns": r.ns, "name": r.name, "rv": r.rv}
+            for r in plan.desired
+            if r.key not in dropped
+        ]
+        if plan.parted:
+            self._send_sync_parts(node, resources)
+        else:  # an LC that reads only a whole sync: it must fit in one message
+            sync = Sync(resources=[ResourceRef.model_validate(r) for r in resources])
+            env = Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body=sync.to_body())
+            self._publish_env(self.topics.down_ctl(node), env)
+
+    def _send_sync_parts(self, node: str, resources: list[dict[str, str]]) -> None:
+        """Publish a ``sync`` of ``resources`` in as many parts as the payload limit needs (one if
+        it fits), sharing a ``syncId`` (docs/protocol.md, ``sync``)."""
+        sync_id = uuid.uuid4().hex
+        topic = self.topics.down_ctl(node)
+
+        def envelope(chunk: list[dict[str, str]], part: int, parts: int) -> Envelope:
+            head = Sync(resources=[], sync_id=sync_id, part=part, parts=parts).to_body()
+            return Envelope.new(node=node, kind=CONTROL_KIND, op=Op.SYNC, body={**head, "resources": chunk})
+
+        def size(chunk: list[dict[str, str]]) -> int:  # the largest part numbers: no part is larger
+            return len(encode(envelope(chunk, MAX_PARTS - 1, MAX_PARTS), self.codec, max_payload=MAX_INT))
+
+        limit = self.max_payload if self.max_payload is not None else DEFAULT_MAX_PAYLOAD
+        try:
+            slices = split_to_fit(resources, size, limit)
+            if len(slices) > MAX_PARTS:
+                raise PayloadTooLarge(
+                    f"{len(resources)} resources need {len(slices)} parts, over {MAX_PARTS}"
+                )
+        except PayloadTooLarge as exc:
+            log.error("cannot send the sync of node %s: %s", node, exc)
+            self.metrics.downstream_failed.labels(reason="too_large").inc()
+            return
+        for index, chunk in enumerate(slices):
+            if not self._publish_env(topic, envelope(chunk, index, len(slices))):
+                return  # the LC gets no whole sync: its hello is sent again
 
     def _diff_row(self, node: str, row: DownRow, holds: dict[Key, str]) -> bool:
         """One row of a hello diff: whether it must be sent (acks or drops it where it need not)."""

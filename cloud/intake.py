@@ -20,6 +20,11 @@ are cheap:
    after this point gets models; no controller reads a body's dict. The refused items of a
    hello's or an ack's list are counted one by one and skipped; the rest goes on.
 
+A hello in parts (``helloId``, ``part``, ``parts``) is gathered here, on the network thread,
+by ``HelloParts`` (one set per node; bounded; dropped after ``HELLO_PARTS_SECONDS``) and handed on
+as one whole hello once every part is in; a part that cannot join is refused with its reason
+(``too_many_parts``, ``duplicate_part``, ``part_mismatch``, ``unknown_hello``, ``busy``).
+
 Presence of a node that never said hello (not in ``_epochs``) is refused (``unknown_node``):
 nothing is kept for such a name. Otherwise a live ``online`` marks the node online,
 ``offline`` (or the will) offline. A *retained* ``online`` (the broker's copy, delivered when
@@ -88,6 +93,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -103,7 +109,17 @@ from lifelong.common.codec import decode
 from lifelong.common.envelope import Envelope, Op
 from lifelong.common.errors import InvalidBody, ProtocolError
 from lifelong.common.logonce import LogOnce
-from lifelong.common.messages import Applied, AppliedAck, Hello, ItemRefused, Presence
+from lifelong.common.messages import (
+    Applied,
+    AppliedAck,
+    Hello,
+    ItemRefused,
+    PartGatherer,
+    PartRefused,
+    PartSet,
+    Presence,
+    ResourceRef,
+)
 from lifelong.common.sqlite import Database
 from lifelong.common.topics import Direction, Topic, Topics
 
@@ -121,6 +137,14 @@ MAX_QUEUED_PER_NODE = 10_000
 """Reports of one node handed to the executor and not applied yet: beyond, a report is refused
 (``busy``, not acknowledged: the LC resends it after its ack timeout). A well-behaved LC has at
 most its outbox window (200) in flight."""
+HELLO_PARTS_SECONDS = 30.0
+"""A hello in parts still incomplete this long after its first part is dropped (never answered;
+the LC, answered by no sync, says hello again after 10 s)."""
+MAX_OPEN_HELLOS = 1_000
+"""Hellos in parts gathered at once, all nodes together: a part opening one more is refused
+(``busy``)."""
+MAX_GATHERED_RESOURCES = 500_000
+"""Resources held in incomplete hellos, all nodes together: a part beyond is refused (``busy``)."""
 SPELL_SECONDS = 60.0
 """Rejections of messages from node names that never said hello share one log scope: one
 WARNING per reason per this many seconds (with the count since), however many names. The same
@@ -172,6 +196,8 @@ class Intake:
         # node -> outbox epoch of its last hello. Read and written by the network thread only
         # (loaded here, before it runs), so it needs no lock and no database read per report.
         self._epochs: dict[str, str] = {n.node: n.epoch for n in state.nodes() if n.epoch}
+        self.hello_parts = HelloParts(self._hello_dropped, known=self._epochs.__contains__, clock=clock)
+        """Hellos in parts being gathered (network thread only, as ``_epochs``)."""
         state.on_forgotten = self._forgotten
 
     def _forgotten(self, what: str, reason: str, count: int) -> None:
@@ -344,21 +370,38 @@ class Intake:
                 f"the GM keeps {self.max_nodes} nodes; hello of node {node} refused "
                 "(lifelong delete node makes room)",
             )
-        self._logged.forget_scope(node)  # a new connection: its first rejection of each reason is logged
-        self._refuse_items(node, "hello", refused)
+        if hello.hello_id is not None:
+            # A part (``parts`` 1: a whole hello from an LC that reads a sync in parts): gathered
+            # here, on the network thread, until every part of its hello is in.
+            self._refuse_items(node, "hello", refused)
+            whole = self.hello_parts.add(node, hello)
+            if whole is None:
+                return
+            hello = whole
+        else:
+            self.hello_parts.drop(node, "a whole hello came")
+            self._logged.forget_scope(node)  # a new connection: its first rejection of each reason is logged
+            self._refuse_items(node, "hello", refused)
         # Known at once, here, so reports that follow are deduplicated under the new epoch; the
         # bookkeeping write and the diff run on the node's key, in order with its other work.
         self._epochs[node] = hello.epoch
         self.metrics.hellos.inc()
         log.info(
-            "node %s said hello (%s, epoch %s, holds %d)",
+            "node %s said hello (%s, epoch %s, holds %d%s)",
             node,
             hello.agent,
             hello.epoch[:12],
             len(hello.resources),
+            f", in {hello.parts} parts" if hello.parts and hello.parts > 1 else "",
         )
         work = _NodeWork(self, node, hello=hello)
         self.executor.submit(("node", node), work, burst=self._node_burst)
+
+    def _hello_dropped(self, node: str, dropped: PartSet[ResourceRef], why: str) -> None:
+        """An incomplete hello given up (``HelloParts``): counted, never answered; the LC says
+        hello again when no sync comes."""
+        detail = f"{len(dropped.received)} of its {dropped.parts} parts had come when {why}; dropped"
+        self._reject("incomplete_hello", f"{node}/hello {dropped.id}", detail, node)
 
     def apply_node_burst(self, run: list[_NodeWork]) -> None:
         """Record a run of hellos and presence changes (in order) in one transaction of the
@@ -405,6 +448,7 @@ class Intake:
         """Forget the node's epoch (``lifelong delete node``): its reports are ``unknown_node``
         (not acknowledged, so resent) until its next hello."""
         self._epochs.pop(node, None)
+        self.hello_parts.forget(node)
         self._logged.forget_scope(node)
 
     def _ack(self, node: str, applied: list[Applied]) -> None:
@@ -636,10 +680,116 @@ class _NodeWork:
             depth=outbox.depth,
             next_seq=outbox.next_seq,
         )
-        return self.intake.delivery.plan_hello(self.node, self.hello.resources)
+        plan = self.intake.delivery.plan_hello(self.node, self.hello.resources)
+        plan.parted = self.hello.hello_id is not None  # this LC reads a sync in parts
+        return plan
 
     def __call__(self) -> None:
         self.intake.apply_node_burst([self])
+
+
+class HelloParts:
+    """The parts of hellos being gathered, one set per node (docs/protocol.md, ``hello``). Used by
+    the network thread only.
+
+    Bounds: a set of at most ``MAX_PARTS`` parts per node; at most ``max_open`` incomplete sets
+    and ``max_items`` resources in them, all nodes together (a part beyond is refused ``busy``
+    and its node's set dropped: the LC says hello again later); a set incomplete after
+    ``timeout`` seconds is dropped. ``on_dropped(node, set, why)`` hears of every set given up
+    (by the timeout, a bound, or a newer hello of its node)."""
+
+    def __init__(
+        self,
+        on_dropped: Callable[[str, PartSet[ResourceRef], str], None],
+        *,
+        known: Callable[[str], bool] = lambda node: True,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: float = HELLO_PARTS_SECONDS,
+        max_open: int = MAX_OPEN_HELLOS,
+        max_items: int = MAX_GATHERED_RESOURCES,
+    ) -> None:
+        self.on_dropped = on_dropped
+        self.known = known
+        self.clock = clock
+        self.timeout = timeout
+        self.max_open = max_open
+        self.max_items = max_items
+        self.items = 0  # resources held in incomplete sets
+        self._gatherers: dict[str, PartGatherer[ResourceRef]] = {}
+        self._open: OrderedDict[str, float] = OrderedDict()  # nodes with an incomplete set, oldest first
+
+    def open(self) -> int:
+        """Incomplete sets held."""
+        return len(self._open)
+
+    def add(self, node: str, hello: Hello) -> Hello | None:
+        """Add one part of ``node``'s hello (its part fields given); the whole hello once every
+        part is in, else None. Raises ``PartRefused`` for a part that cannot join (nothing
+        changes) or ``busy`` past the bounds."""
+        assert hello.hello_id is not None and hello.part is not None and hello.parts is not None
+        now = self.clock()
+        self._expire(now)
+        gatherer = self._gatherers.get(node) or PartGatherer[ResourceRef]("hello")
+        header = (hello.epoch, hello.boot, hello.agent)
+        gatherer.check(hello.hello_id, hello.part, hello.parts, header)
+        current = gatherer.current
+        joins = current is not None and current.id == hello.hello_id
+        held = current.items if current is not None and not joins else 0  # what a new set drops
+        adding = len(hello.resources) if hello.parts > 1 else 0  # a whole hello is not held
+        opening = not joins and hello.parts > 1
+        busy = self.items - held + adding > self.max_items or (
+            opening and node not in self._open and len(self._open) >= self.max_open
+        )
+        if busy:
+            self.drop(node, f"the GM holds {self.items} resources of {len(self._open)} incomplete hellos")
+            raise PartRefused(
+                "busy",
+                f"part {hello.part} of {hello.parts} of hello {hello.hello_id}: the GM gathers too many "
+                f"hellos in parts now ({len(self._open)} incomplete, {self.items} resources); "
+                "the node says hello again later",
+            )
+        gathered, dropped = gatherer.add(
+            hello.hello_id, hello.part, hello.parts, list(hello.resources), header=header, now=now
+        )
+        self._gatherers[node] = gatherer
+        if dropped is not None:
+            self.items -= dropped.items
+            self._open.pop(node, None)
+            self.on_dropped(node, dropped, f"hello {hello.hello_id} began")
+        if gathered is None:
+            self.items += len(hello.resources)
+            if not joins:
+                self._open[node] = now
+            return None
+        if joins:
+            self.items -= len(gathered) - len(hello.resources)
+        self._open.pop(node, None)
+        return hello.model_copy(update={"resources": gathered})
+
+    def drop(self, node: str, why: str) -> None:
+        """Give up ``node``'s incomplete set, if any (and forget a node that never said hello)."""
+        gatherer = self._gatherers.get(node)
+        dropped = gatherer.drop() if gatherer is not None else None
+        self._open.pop(node, None)
+        if not self.known(node):
+            self._gatherers.pop(node, None)  # nothing is kept for a name that never said hello
+        if dropped is not None:
+            self.items -= dropped.items
+            self.on_dropped(node, dropped, why)
+
+    def forget(self, node: str) -> None:
+        """Forget everything of ``node`` (its set, the ids it remembers)."""
+        gatherer = self._gatherers.pop(node, None)
+        self._open.pop(node, None)
+        if gatherer is not None and gatherer.current is not None:
+            self.items -= gatherer.current.items
+
+    def _expire(self, now: float) -> None:
+        while self._open:
+            node, started = next(iter(self._open.items()))
+            if now - started < self.timeout:
+                return
+            self.drop(node, f"it was still incomplete after {self.timeout:.0f} s")
 
 
 class _Burst:

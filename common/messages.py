@@ -17,6 +17,10 @@ A body that lists many items (a ``sync``'s resources, an ``ack``'s seqs) may be 
 item with ``parse_lenient``: the items the model refuses are returned apart, each with its
 error, so one bad item is counted and skipped and the others still apply.
 
+A ``hello`` or ``sync`` too long for one message goes in parts (``split_to_fit`` sizes them from
+the payload limit); ``PartGatherer`` gathers them at the receiver, refusing with ``PartRefused``
+(its ``reason``) a part that cannot join.
+
 The downstream ``upsert`` carries a whole resource; ``parse_object`` parses it into its model
 in ``lifelong.common.api`` (``LifelongLearningJob``, ``Dataset``, ``Worker``).
 
@@ -29,8 +33,10 @@ Building a body is constructing its model with Python names and calling ``to_bod
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias, get_args
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeAlias, TypeVar, get_args
 
 import pydantic
 from pydantic import (
@@ -53,7 +59,7 @@ from lifelong.common.api.loader import format_path, parse_resource
 from lifelong.common.api.meta import DnsLabel, DnsSubdomain
 from lifelong.common.api.worker import Worker
 from lifelong.common.envelope import MAX_INT
-from lifelong.common.errors import InvalidBody, ValidationError
+from lifelong.common.errors import InvalidBody, PayloadTooLarge, ProtocolError, ValidationError
 from lifelong.common.stages import Stage
 from lifelong.common.statemachine import parse_time
 
@@ -230,25 +236,197 @@ class OutboxState(Body):
     next_seq: NonNegative | None = None
 
 
+PartIndex = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
+PartCount = Annotated[StrictInt, Field(ge=1, le=MAX_INT)]
+PartId = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+def _check_parts(fields: tuple[str, ...], part_id: str | None, part: int | None, parts: int | None) -> None:
+    """The part fields of a hello or sync go together, and the index lies below the count."""
+    given = [part_id is not None, part is not None, parts is not None]
+    if any(given) and not all(given):
+        missing = ", ".join(n for n, g in zip(fields, given, strict=True) if not g)
+        raise ValueError(f"a part needs {', '.join(fields)} together; {missing} missing")
+    if part is not None and parts is not None and part >= parts:
+        raise ValueError(f"part {part} is not below parts {parts} (parts are numbered from 0)")
+
+
 class Hello(ListBody):
-    """``hello`` (LC -> GM, on every connect): the outbox epoch and what the node holds."""
+    """``hello`` (LC -> GM, on every connect): the outbox epoch and what the node holds.
+
+    A hello too large for one message is sent in parts (``helloId``, ``part``, ``parts``): every
+    part carries the same header (agent, epoch, boot, outbox) and a slice of ``resources``; the
+    GM answers once it has every part. A body without the part fields is a whole hello."""
 
     WHAT = "hello body"
     ITEMS = "resources"
+    PART_FIELDS: ClassVar[tuple[str, str, str]] = ("helloId", "part", "parts")
+    OMIT_IF_NONE = frozenset({"hello_id", "part", "parts"})
     agent: StrictStr = ""
     epoch: Name
     boot: StrictStr = ""
     resources: list[ResourceRef]
     outbox: OutboxState = Field(default_factory=OutboxState)
     """The node's outbox as of this hello (every field None when the hello has no ``outbox``)."""
+    hello_id: PartId | None = None
+    """The id the parts of one hello share (a new one for every hello the LC sends)."""
+    part: PartIndex | None = None
+    """Which part this is, from 0."""
+    parts: PartCount | None = None
+    """How many parts the hello has (1: the whole hello, from an LC that reads a sync in parts)."""
+
+    @model_validator(mode="after")
+    def _parts(self) -> Self:
+        _check_parts(self.PART_FIELDS, self.hello_id, self.part, self.parts)
+        return self
+
+    @property
+    def part_id(self) -> str | None:
+        return self.hello_id
 
 
 class Sync(ListBody):
-    """``sync`` (GM -> LC, after every hello): everything the node should hold."""
+    """``sync`` (GM -> LC, after every hello): everything the node should hold.
+
+    Sent in parts (``syncId``, ``part``, ``parts``, each with a slice of ``resources``) to an LC
+    whose hello carried the part fields, when one message cannot hold the list; the LC drops
+    what the list does not name only once it has every part. A body without the part fields is
+    a whole sync."""
 
     WHAT = "sync body"
     ITEMS = "resources"
+    PART_FIELDS: ClassVar[tuple[str, str, str]] = ("syncId", "part", "parts")
+    OMIT_IF_NONE = frozenset({"sync_id", "part", "parts"})
     resources: list[ResourceRef]
+    sync_id: PartId | None = None
+    """The id the parts of one sync share."""
+    part: PartIndex | None = None
+    parts: PartCount | None = None
+
+    @model_validator(mode="after")
+    def _parts(self) -> Self:
+        _check_parts(self.PART_FIELDS, self.sync_id, self.part, self.parts)
+        return self
+
+    @property
+    def part_id(self) -> str | None:
+        return self.sync_id
+
+
+# -- hellos and syncs in parts ---------------------------------------------------------------------
+
+MAX_PARTS = 256
+"""The most parts one hello or sync may come in (with the default payload limit of 256 KiB, some
+400,000 resources); a part of a set announcing more is refused (``too_many_parts``)."""
+
+T = TypeVar("T")
+
+
+class PartRefused(ProtocolError):
+    """A part of a hello or sync that cannot join its set; ``reason`` says why (a metric label)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def split_to_fit(items: list[T], size: Callable[[list[T]], int], limit: int) -> list[list[T]]:
+    """``items`` cut into consecutive slices whose messages (``size(slice)``: the bytes of the
+    message carrying that slice, as encoded) are each at most ``limit`` bytes; one slice if the
+    whole fits. How many slices is guessed from the size of the whole, and a slice still over the
+    limit is cut again. Raises ``PayloadTooLarge`` if one item alone is over the limit."""
+    whole = size(items)
+    if whole <= limit:
+        return [items]
+    if len(items) <= 1:
+        raise PayloadTooLarge(f"a message with one item is {whole} bytes, over the limit of {limit}")
+    count = max(2, -(-whole * 11 // (limit * 10)))  # 10 % of headroom for each slice's envelope
+    step = -(-len(items) // count)
+    out: list[list[T]] = []
+    for start in range(0, len(items), step):
+        out.extend(split_to_fit(items[start : start + step], size, limit))
+    return out
+
+
+@dataclass(slots=True)
+class PartSet(Generic[T]):
+    """The parts of one hello or sync received so far (``PartGatherer``)."""
+
+    id: str
+    parts: int
+    header: Hashable
+    started: float
+    received: dict[int, list[T]] = field(default_factory=dict)
+    items: int = 0
+
+
+class PartGatherer(Generic[T]):
+    """Gathers the parts of one sender's hellos (at the GM, one per node) or syncs (at the LC),
+    one set at a time: a part with another id starts a new set, dropping the one being gathered.
+
+    The ids of the last ``REMEMBERED`` sets completed or dropped are kept, and a part of one of
+    them is refused (``unknown_hello``, ``unknown_sync``): a late copy must not start a set that
+    can never complete. Memory: one set, at most ``max_parts`` parts."""
+
+    REMEMBERED = 4
+
+    def __init__(self, what: str, max_parts: int = MAX_PARTS) -> None:
+        self.what = what
+        self.max_parts = max_parts
+        self.current: PartSet[T] | None = None
+        self._done: deque[str] = deque(maxlen=self.REMEMBERED)
+
+    def add(
+        self,
+        part_id: str,
+        part: int,
+        parts: int,
+        items: list[T],
+        *,
+        header: Hashable = None,
+        now: float = 0.0,
+    ) -> tuple[list[T] | None, PartSet[T] | None]:
+        """Add one part, whose fields the model checked (``0 <= part < parts``). Returns every item
+        of the set in part order once it is complete (else None), and the set this part dropped by
+        starting a new one (else None). ``header`` (the hello's epoch...) must be the same in every
+        part of a set. Raises ``PartRefused`` (and changes nothing) for a part that cannot join."""
+        self.check(part_id, part, parts, header)
+        dropped: PartSet[T] | None = None
+        current = self.current
+        if current is None or current.id != part_id:
+            dropped = self.drop()
+            current = self.current = PartSet(part_id, parts, header, now)
+        current.received[part] = items
+        current.items += len(items)
+        if len(current.received) < current.parts:
+            return None, dropped
+        self.current = None
+        self._done.append(current.id)
+        return [item for index in range(current.parts) for item in current.received[index]], dropped
+
+    def check(self, part_id: str, part: int, parts: int, header: Hashable = None) -> None:
+        """Raise ``PartRefused`` if this part cannot join (``add`` would refuse it); change nothing."""
+        where = f"part {part} of {parts} of {self.what} {part_id}"
+        if parts > self.max_parts:
+            raise PartRefused("too_many_parts", f"{where}: more than the {self.max_parts} parts allowed")
+        if part_id in self._done:
+            raise PartRefused(f"unknown_{self.what}", f"{where}: that {self.what} was complete or given up")
+        current = self.current
+        if current is None or current.id != part_id:
+            return
+        if parts != current.parts:
+            raise PartRefused("part_mismatch", f"{where}: its first part said {current.parts} parts")
+        if header != current.header:
+            raise PartRefused("part_mismatch", f"{where}: its header differs from its first part's")
+        if part in current.received:
+            raise PartRefused("duplicate_part", f"{where}: that part was received already")
+
+    def drop(self) -> PartSet[T] | None:
+        """Give up the set being gathered, if any (its id is remembered), and return it."""
+        current, self.current = self.current, None
+        if current is not None:
+            self._done.append(current.id)
+        return current
 
 
 class SeqAck(ListBody):

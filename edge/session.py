@@ -5,8 +5,9 @@ Created and started by the service. Speaks docs/protocol.md exactly:
 * client id = username = the node name; retained ``presence`` online on every connect, the
   will publishes offline; subscribes to ``{p}/node/{node}/down/#``;
 * on every connect and reconnect: ``hello`` on ``up/_ctl`` (agent, outbox epoch, boot id,
-  the resources held with their rv, outbox depth/lowSeq/nextSeq), and every unacknowledged
-  report becomes due again;
+  the resources held with their rv, outbox depth/lowSeq/nextSeq), in parts sized from the
+  payload limit when one message cannot hold it, and every unacknowledged report becomes due
+  again;
 * every body is parsed into its model (``lifelong.common.messages``) and every upserted object
   into its API model before anything is stored; what the models refuse is logged once with
   its key and the field, counted (``rejected``, by reason) and never stored;
@@ -14,8 +15,9 @@ Created and started by the service. Speaks docs/protocol.md exactly:
   rest is stored; each batch is acknowledged with one ``ack`` (``applied`` list) on
   ``up/_ctl`` after it is committed; a refused object is acknowledged too, with ``refused``
   saying why, so the GM stops resending it. ``sync`` drops what the list does not name (one
-  refused item is skipped, the rest applies). ``ack`` on ``down/_ctl`` deletes the named
-  reports from the outbox (one bad seq is skipped);
+  refused item is skipped, the rest applies); a sync in parts is gathered and applied only once
+  every part is in (a part that cannot join is refused with its reason). ``ack`` on
+  ``down/_ctl`` deletes the named reports from the outbox (one bad seq is skipped);
 * whenever the GM's presence (``{p}/gm/presence``) turns ``online`` while the LC stays
   connected (a GM restart, possibly with a lost state DB): a fresh ``hello``, and every
   unacknowledged report becomes due again at once (not after the ack timeout);
@@ -47,9 +49,10 @@ from typing import Any, Literal
 
 from lifelong.common.backoff import exponential, wait_seconds
 from lifelong.common.codec import Codec, decode, decode_map, encode
-from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
+from lifelong.common.envelope import CONTROL_KIND, MAX_INT, Envelope, Op
 from lifelong.common.errors import InvalidBody, LifelongError, NotConnected, PayloadTooLarge, ProtocolError
 from lifelong.common.messages import (
+    MAX_PARTS,
     Applied,
     AppliedAck,
     Hello,
@@ -57,12 +60,16 @@ from lifelong.common.messages import (
     LogAnswer,
     LogRequest,
     OutboxState,
+    PartGatherer,
+    PartRefused,
+    PartSet,
     Presence,
     ResourceRef,
     SeqAck,
     Sync,
     Upsert,
     parse_object,
+    split_to_fit,
 )
 from lifelong.common.topics import Topics
 from lifelong.edge.config import AGENT
@@ -83,6 +90,9 @@ LOGGED_ITEMS = 10
 """Refused items of one list body logged one by one; the rest are summed up in one line."""
 BURST_MAX = 1000
 """The most messages the session applies in one transaction (and acknowledges in one ``ack``)."""
+PART_MARGIN = 64
+"""Bytes of the payload limit a hello's part is measured without: its envelope id (a counter)
+may grow by a digit between measuring and sending."""
 Key = tuple[str, str, str]
 
 
@@ -132,6 +142,8 @@ class Session:
         self.hellos = 0
         self.gm_online_hellos = 0  # hellos sent because the GM's presence turned online
         self.hello_retries = 0  # hellos sent again because no sync answered the last one
+        self.hello_parts = 0  # messages the hellos took (more than hellos when sent in parts)
+        self._sync_parts: PartGatherer[ResourceRef | ItemRefused] = PartGatherer("sync")
         self.hello_retry = hello_retry
         self.hello_retry_cap = hello_retry_cap
         self._clock = clock
@@ -154,9 +166,11 @@ class Session:
         """A new envelope id: unique per message (this boot's id and a counter)."""
         return f"{self.boot}{next(self._ids):x}"
 
-    def _envelope(self, kind: str, op: Op, body: dict[str, Any] | None, **kw: Any) -> bytes:
+    def _envelope(
+        self, kind: str, op: Op, body: dict[str, Any] | None, *, max_payload: int | None = None, **kw: Any
+    ) -> bytes:
         env = Envelope.new(node=self.node, kind=kind, op=op, body=body, id=self.next_id(), **kw)
-        return encode(env, self.codec, max_payload=self.max_payload)
+        return encode(env, self.codec, max_payload=max_payload or self.max_payload)
 
     def presence_payload(self, state: Literal["online", "offline"]) -> bytes:
         return self._envelope(CONTROL_KIND, Op.PRESENCE, Presence(state=state, agent=AGENT).to_body())
@@ -398,38 +412,71 @@ class Session:
         log.info("GM presence turned online (%s); hello sent, unacknowledged reports due", presence.agent)
 
     def send_hello(self, *, retry: bool = False) -> None:
-        """Send a hello; a sync must answer it within the current wait or it is sent again."""
+        """Send a hello (in parts if one message cannot hold it); a sync must answer it within
+        the current wait or it is sent again."""
         if not retry:
             self._hello_attempt = 1
         self._hello_due = self._clock() + self._hello_wait()
-        if self._send(
-            self.topics.up_ctl(self.node), self._envelope(CONTROL_KIND, Op.HELLO, self.hello_body())
-        ):
+        try:
+            payloads = self.hello_payloads()
+        except PayloadTooLarge as exc:
+            self._refuse("too_large", "hello", f"it cannot be sent, even in parts: {exc}")
+            return
+        topic = self.topics.up_ctl(self.node)
+        if all(self._send(topic, payload) for payload in payloads):  # stops at the first failure
             self.hellos += 1
+            self.hello_parts += len(payloads)
 
-    def hello_body(self) -> dict[str, Any]:
-        """The hello's body: the outbox epoch and state, and every resource held (a held row the
-        model refuses, which only a damaged database holds, is logged, counted and left out)."""
+    def hello_payloads(self) -> list[bytes]:
+        """The hello as encoded messages: one if it fits the payload limit, else parts sharing
+        a ``helloId``, each with a slice of the resources held (docs/protocol.md, ``hello``). The
+        part fields are always given (``parts`` 1 for a whole hello), telling the GM that this LC
+        reads a sync in parts. Raises ``PayloadTooLarge`` past ``MAX_PARTS`` parts."""
+        header, resources = self._hello_content()
+        hello_id = self.next_id()
+
+        def body(chunk: list[dict[str, str]], part: int, parts: int) -> dict[str, Any]:
+            whole = header.model_copy(update={"hello_id": hello_id, "part": part, "parts": parts})
+            return {**whole.to_body(), "resources": chunk}
+
+        def size(chunk: list[dict[str, str]]) -> int:  # the largest part numbers: no part is larger
+            body_ = body(chunk, MAX_PARTS - 1, MAX_PARTS)
+            return len(self._envelope(CONTROL_KIND, Op.HELLO, body_, max_payload=MAX_INT))
+
+        slices = split_to_fit(resources, size, self.max_payload - PART_MARGIN)
+        if len(slices) > MAX_PARTS:
+            raise PayloadTooLarge(f"{len(resources)} resources need {len(slices)} parts, over {MAX_PARTS}")
+        return [
+            self._envelope(CONTROL_KIND, Op.HELLO, body(chunk, index, len(slices)))
+            for index, chunk in enumerate(slices)
+        ]
+
+    def _hello_content(self) -> tuple[Hello, list[dict[str, str]]]:
+        """The hello's header (outbox epoch and state; no resources) and every resource held (a
+        held row the model refuses, which only a damaged database holds, is logged, counted and
+        left out)."""
         # The outbox state told to the GM must not rest on a lazy commit (acknowledged reports
         # forgotten): the GM forgets its records below lowSeq, so a power cut after this hello
         # could otherwise bring back reports the GM no longer knows it applied. (Inside a batch
         # this does nothing: a batch with a connect syncs before it begins.)
         self.store.db.sync()
-        resources: list[ResourceRef] = []
+        resources: list[dict[str, str]] = []
         for row in self.store.held():
             try:
-                resources.append(ResourceRef.parse(row))
+                ref = ResourceRef.parse(row)
             except InvalidBody as exc:
                 key = "/".join(str(row.get(k)) for k in ("kind", "ns", "name"))
                 self._refuse("invalid", f"held resource {key} (left out of the hello)", str(exc))
-        hello = Hello(
+                continue
+            resources.append({"kind": ref.kind, "ns": ref.ns, "name": ref.name, "rv": ref.rv})
+        header = Hello(
             agent=AGENT,
             epoch=self.outbox.epoch,
             boot=self.boot,
-            resources=resources,
+            resources=[],
             outbox=OutboxState.parse(self.outbox.hello_state()),
         )
-        return hello.to_body()
+        return header, resources
 
     # -- downstream -----------------------------------------------------------------------------
     def _on_down(self, topic: str, payload: bytes, applied: list[Applied]) -> bool:
@@ -546,12 +593,47 @@ class Session:
         self._acks.setdefault(ack.epoch, []).extend(ack.seqs)
 
     def _on_sync(self, env: Envelope) -> bool:
+        """A whole sync, or a part of one: applied (``_apply_sync``) once every part is here, and
+        only then does it answer the hello. A part that cannot join its set is refused with its
+        reason and changes nothing."""
+        sync, refused = Sync.parse_lenient(env.body)
+        items: list[ResourceRef | ItemRefused] = [*sync.resources, *refused]
+        gathered: list[ResourceRef | ItemRefused] | None = items
+        if sync.sync_id is None:
+            self._drop_sync_parts(f"a whole sync ({env.id}) came")
+        else:
+            assert sync.part is not None and sync.parts is not None  # the model checks they go together
+            try:
+                gathered, dropped = self._sync_parts.add(
+                    sync.sync_id, sync.part, sync.parts, items, now=self._clock()
+                )
+            except PartRefused as exc:
+                self._refuse(exc.reason, "sync part", str(exc))
+                return False
+            if dropped is not None:
+                self._dropped_sync(dropped, f"sync {sync.sync_id} began")
+        self._refuse_items("sync", refused)
+        if gathered is None:
+            return False  # the rest follows; the hello is not answered until it has
+        self._hello_due = None  # the hello is answered
+        return self._apply_sync(
+            [i for i in gathered if isinstance(i, ResourceRef)],
+            [i for i in gathered if isinstance(i, ItemRefused)],
+        )
+
+    def _drop_sync_parts(self, why: str) -> None:
+        dropped = self._sync_parts.drop()
+        if dropped is not None:
+            self._dropped_sync(dropped, why)
+
+    def _dropped_sync(self, dropped: PartSet[Any], why: str) -> None:
+        detail = f"{len(dropped.received)} of its {dropped.parts} parts had come when {why}; dropped"
+        self._refuse("incomplete_sync", f"sync {dropped.id}", detail)
+
+    def _apply_sync(self, resources: list[ResourceRef], refused: list[ItemRefused]) -> bool:
         """Drop what the GM's list does not name. A refused item is skipped; what it might have
         named (any held resource whose kind, namespace and name it does not contradict) is kept."""
-        sync, refused = Sync.parse_lenient(env.body)
-        self._hello_due = None  # the hello is answered
-        self._refuse_items("sync", refused)
-        wanted = {ref.key for ref in sync.resources}
+        wanted = {ref.key for ref in resources}
         changed = False
         for res in self.store.held():
             key: Key = (res["kind"], res["ns"], res["name"])

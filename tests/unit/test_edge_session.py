@@ -278,7 +278,18 @@ def test_the_hello_is_built_by_its_model_with_what_the_node_holds(store: Store) 
     down(s, *upsert(dataset("ds-a"), "7"))
     connect(s)
     hello = next(env for _, env in wire.sent if env.op is Op.HELLO)
-    assert list(hello.body or {}) == ["agent", "epoch", "boot", "resources", "outbox"]
+    # the part fields always: a whole hello is part 0 of 1 (the GM then knows syncs in parts are read)
+    assert list(hello.body or {}) == [
+        "agent",
+        "epoch",
+        "boot",
+        "resources",
+        "outbox",
+        "helloId",
+        "part",
+        "parts",
+    ]
+    assert (hello.body or {})["part"] == 0 and (hello.body or {})["parts"] == 1
     assert (hello.body or {})["resources"] == [
         {"kind": "Dataset", "ns": "default", "name": "ds-a", "rv": "7"}
     ]
