@@ -91,7 +91,11 @@ def detail(key: str, r: dict[str, Any]) -> str:
             f"raw {fmt(b.get('p50'))}/{fmt(b.get('p99'))}/{fmt(b.get('max'))} ms"
         )
     if key == "footprint-lc":
-        return f"LC idle CPU {fmt(x.get('lc_idle_cpu_percent'))}%; raw = bare paho client process"
+        return (
+            f"LC idle CPU {fmt(x.get('lc_idle_cpu_percent'))}% over {fmt(x.get('idle_seconds'))} s, "
+            f"{fmt(x.get('lc_wakeups_per_s'))} wake-ups/s; PSS {fmt(x.get('lc_pss_mib'))} MiB, "
+            f"USS {fmt(x.get('lc_uss_mib'))} MiB; raw = bare paho client process (RSS)"
+        )
     if key == "backlog":
         return (
             f"{x.get('reports')} reports; LC peak RSS {fmt(x.get('lc_rss_peak_mib'))} MiB; "

@@ -32,7 +32,9 @@ from benchmarks.infra import (
     Broker,
     RssSampler,
     Spy,
+    context_switches,
     cpu_seconds,
+    memory_rollup,
     rss_mb,
     wait_for,
 )
@@ -67,8 +69,8 @@ class Config:
 
 
 CONFIGS = {
-    "full": Config("full", 500, 5000, 200, 10_000, 100_000, 10.0, 240.0, reps=3, nodes_embedded=1000),
-    "quick": Config("quick", 50, 500, 30, 100, 3000, 2.0, 30.0, concurrent_applies=400),
+    "full": Config("full", 500, 5000, 200, 10_000, 100_000, 30.0, 240.0, reps=3, nodes_embedded=1000),
+    "quick": Config("quick", 50, 500, 30, 100, 3000, 5.0, 30.0, concurrent_applies=400),
     "tiny": Config("tiny", 5, 20, 5, 5, 50, 0.5, 60.0, concurrent_applies=16),
 }
 LATENCY_P99_MS = 5.0
@@ -338,11 +340,14 @@ class BrokerRun:
         lc, gm = self.lc, self.gm
         assert lc is not None and gm is not None
         time.sleep(0.5)  # a benchmark measures an idle period: this is the period's start margin
-        c0, t0 = cpu_seconds(lc.pid), time.monotonic()
+        c0, w0, t0 = cpu_seconds(lc.pid), context_switches(lc.pid), time.monotonic()
         with RssSampler(lc.pid, 0.1) as sampler:
             time.sleep(self.cfg.idle_seconds)
-        cpu = (cpu_seconds(lc.pid) - c0) / (time.monotonic() - t0) * 100
+        took = time.monotonic() - t0
+        cpu = (cpu_seconds(lc.pid) - c0) / took * 100
+        wakeups = (context_switches(lc.pid) - w0) / took
         lc_rss = statistics.mean(m for _t, m in sampler.samples)
+        shares = memory_rollup(lc.pid)
         raw_rss = raw_client_rss(self.broker.port)
         self.results["footprint-lc"] = row(
             lc_rss,
@@ -354,6 +359,9 @@ class BrokerRun:
             extra={
                 "lc_idle_cpu_percent": cpu,
                 "idle_seconds": self.cfg.idle_seconds,
+                "lc_pss_mib": shares.get("Pss"),
+                "lc_uss_mib": shares.get("Uss"),
+                "lc_wakeups_per_s": wakeups,
                 "gm_rss_1_node": rss_mb(gm.pid),
             },
         )

@@ -45,8 +45,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cheroot import wsgi as cheroot_wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 from waitress.server import create_server
 
 log = logging.getLogger(__name__)
@@ -163,6 +161,12 @@ class TLSWSGIServer(_ServedInThread):
         name: str,
         tls: tuple[str, str] | None = None,
     ) -> None:
+        # cheroot is imported here, by the GM alone: the LC serves its worker API with waitress, and
+        # cheroot (with jaraco and more-itertools) was ~2.5 MiB of the idle LC's RSS
+        # (docs/performance.md, "LC").
+        from cheroot import wsgi as cheroot_wsgi
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
         self.name = name
         self.tls = tls is not None
         server = cheroot_wsgi.Server(

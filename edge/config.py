@@ -66,7 +66,6 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-import yaml
 
 from lifelong.common.errors import ValidationError
 from lifelong.common.secretfile import read_secret_file
@@ -235,6 +234,8 @@ def load(
     if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
         config_file = Path(env[ENV_PREFIX + "CONFIG"])
     if config_file is not None:
+        import yaml  # here, not at the top: an LC without a config file never loads PyYAML
+
         try:
             raw = yaml.safe_load(Path(config_file).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:

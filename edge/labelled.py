@@ -52,7 +52,6 @@ from typing import Any
 from lifelong.common.api import Dataset, parse_resource
 from lifelong.common.api.labelled import LabelledSample, LabelledSamples
 from lifelong.common.errors import InvalidBody, ValidationError
-from lifelong.common.kb import LabelledSamplesReport
 from lifelong.common.messages import parse_object
 from lifelong.edge.dataset_monitor import local_path
 from lifelong.edge.db import Store
@@ -297,6 +296,8 @@ class LabelledAppender:
     def _finish(self, ns: str, name: str, intent: dict[str, Any]) -> None:
         """Make the file hold the intent's bytes once, then commit: ids, done, report."""
         ids = [str(i) for i in intent.get("ids") or []]
+        from lifelong.common.kb import LabelledSamplesReport  # with the first labelled samples only
+
         how = "none"
         if ids:
             how = write_intent(Path(intent["path"]), int(intent["size"]), str(intent["text"]).encode())

@@ -61,15 +61,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifelong.common.errors import ConfigError, InvalidBody
 from lifelong.common.httpserver import HTTPLimits, WSGIServer
-from lifelong.common.kb import UnseenSamples
 from lifelong.common.messages import JobWorkerInfo, WorkerInfoPost
 from lifelong.common.samples import MAX_SAMPLE_BYTES, MAX_SAMPLES_PER_POST
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox, OutboxFull
+
+if TYPE_CHECKING:
+    from lifelong.common.kb import UnseenSamples
 
 log = logging.getLogger("lifelong.edge.worker_api")
 
@@ -357,6 +359,10 @@ class WorkerAPI:
     def accept_samples(self, ns: str, job: str, body: Any) -> int:
         """Take one post of unseen samples for job ``ns/job`` into the outbox, split into
         reports; how many samples. ``_Refused`` (400, 404, 413, 503) if none was taken."""
+        # The knowledge base's models load with the first post: an LC whose workers post no
+        # samples never needs them (docs/performance.md, "LC").
+        from lifelong.common.kb import UnseenSamples
+
         try:
             post = UnseenSamples.parse(body)
         except InvalidBody as exc:

@@ -47,12 +47,11 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 
@@ -63,6 +62,9 @@ from lifelong.edge.db import Store
 from lifelong.edge.metrics import ItemFailures
 from lifelong.edge.outbox import Outbox, OutboxFull
 from lifelong.edge.worker_logs import log_path
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger("lifelong.edge.workers")
 
@@ -480,6 +482,8 @@ class WorkerRuntime:
             log.warning("worker %s/%s: not started: %s", ns, name, exc.message)
             return
         self.store.put_record("workers", ns, name, rec)  # Pending before the process exists
+        import subprocess  # here: an LC that runs no worker does not load it (docs/performance.md, "LC")
+
         try:
             with open(rec["log"], "ab") as logf:
                 proc = subprocess.Popen(

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pydantic
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from lifelong.common.api.dataset import Dataset
 from lifelong.common.api.lifelonglearningjob import LifelongLearningJob
@@ -28,6 +25,9 @@ from lifelong.common.api.meta import API_VERSION, Resource
 from lifelong.common.api.model import Model
 from lifelong.common.api.worker import Worker
 from lifelong.common.errors import ValidationError
+
+if TYPE_CHECKING:
+    from yaml.nodes import Node
 
 AnyResource: TypeAlias = LifelongLearningJob | Dataset | Model
 """Any of the resource kinds lifelong knows."""
@@ -46,93 +46,7 @@ RESOURCE_TYPES: dict[str, type[AnyResource]] = {
 """Model class by ``kind``."""
 
 # --------------------------------------------------------------------------------------------
-# YAML the Kubernetes way
-
-_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
-_FLOAT = re.compile(
-    r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?"
-    r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-)
-_INT_TAG = "tag:yaml.org,2002:int"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_DROPPED_TAGS = {_INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without base-60 numbers, timestamps and ``=``; duplicate keys rejected."""
-
-    yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED_TAGS]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable; SafeConstructor reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))
-_Loader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes every string that either PyYAML's default or our loader would read as non-string."""
-
-    yaml_implicit_resolvers = {
-        first: list(resolvers) for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()
-    }
-
-
-_Dumper.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
-# Quote anything base-60-looking ("02:00" too), for YAML 1.1 readers stricter than PyYAML.
-_Dumper.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-9_]+)+$"), list("-+0123456789"))
-
-
-def _yaml_error(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "malformed YAML"
-        if mark is not None:
-            return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-        return f"invalid YAML: {problem}"
-    return f"invalid YAML: {exc}"
-
-
-def _yaml_documents(text: str, source: str | None) -> Iterator[tuple[Any, Node | None]]:
-    try:
-        loader = _Loader(text)  # the reader rejects control characters here, before parsing
-    except yaml.YAMLError as exc:
-        raise ValidationError([("", _yaml_error(exc))], source=source) from None
-    try:
-        while True:
-            try:
-                if not loader.check_node():
-                    return
-                node = loader.get_node()
-                data = loader.construct_document(node)
-            except yaml.YAMLError as exc:
-                raise ValidationError([("", _yaml_error(exc))], source=source) from None
-            yield data, node
-    finally:
-        loader.dispose()
+# YAML the Kubernetes way (``kyaml``, imported when YAML is read or written)
 
 
 def load_yaml(text: str, source: str | None = None) -> list[Any]:
@@ -140,26 +54,9 @@ def load_yaml(text: str, source: str | None = None) -> list[Any]:
 
     Empty documents are skipped. Malformed YAML raises ``ValidationError`` with line and column.
     """
-    return [data for data, _ in _yaml_documents(text, source) if data is not None]
+    from lifelong.common.api import kyaml
 
-
-def _line_of(node: Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing ancestor)."""
-    if node is None:
-        return None
-    for part in loc:
-        child: Node | None = None
-        if isinstance(node, MappingNode) and isinstance(part, str):
-            for key_node, value_node in node.value:
-                if isinstance(key_node, ScalarNode) and key_node.value == part:
-                    child = value_node
-                    break
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            child = node.value[part]
-        if child is None:
-            break
-        node = child
-    return node.start_mark.line + 1
+    return [data for data, _ in kyaml.documents(text, source) if data is not None]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -203,7 +100,11 @@ def _pydantic_errors(
         msg = _MESSAGES.get(err["type"], err["msg"])
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        line = _line_of(node, loc)
+        line = None
+        if node is not None:
+            from lifelong.common.api import kyaml  # a node comes from a YAML text: already loaded
+
+            line = kyaml.line_of(node, loc)
         if line is not None:
             msg = f"{msg} (line {line})"
         errors.append((format_path(loc), msg))
@@ -312,7 +213,9 @@ def load_documents(text: str, source: str | None = None) -> list[AnyResource]:
                 out.extend(_items(doc, _document_source(source, i, len(docs), None), None))
             return out
     try:
-        documents = list(_yaml_documents(text, source))
+        from lifelong.common.api import kyaml
+
+        documents = list(kyaml.documents(text, source))
     except ValidationError:
         # Not JSON and not YAML either: a JSON-looking text gets the JSON parser's complaint.
         if json_error is not None:
@@ -350,9 +253,13 @@ def dump_resource(res: Resource[Any, Any]) -> dict[str, Any]:
 def dump_yaml(resources: Resource[Any, Any] | Iterable[Resource[Any, Any]]) -> str:
     """YAML text of one resource, or of several as ``---``-separated documents."""
     items = [resources] if isinstance(resources, Resource) else list(resources)
+    import yaml
+
+    from lifelong.common.api import kyaml
+
     return yaml.dump_all(
         [dump_resource(r) for r in items],
-        Dumper=_Dumper,
+        Dumper=kyaml.Dumper,
         sort_keys=False,
         default_flow_style=False,
         allow_unicode=True,
