@@ -66,3 +66,13 @@ def test_a_client_command_imports_neither_the_broker_nor_the_gm() -> None:
     loaded = set(out.stdout.split())
     assert "lifelong.client.commands" in loaded
     assert sorted(m for m in loaded if m.startswith(("lifelong.broker", "lifelong.cloud", "amqtt"))) == []
+
+
+def test_a_client_command_without_files_or_tables_does_not_import_the_api_models() -> None:
+    code = (
+        "from lifelong.__main__ import build_parser\n"
+        "build_parser(['delete', 'll', 'j1']).parse_args(['delete', 'll', 'j1'])\n"
+        "import sys\nprint('\\n'.join(sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert sorted(m for m in out.stdout.split() if m.startswith("lifelong.common.api")) == []
