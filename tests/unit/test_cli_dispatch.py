@@ -56,23 +56,24 @@ def test_a_commands_parser_alone_parses_as_the_whole_one(argv: list[str]) -> Non
             assert other == value, key
 
 
-def test_a_client_command_imports_neither_the_broker_nor_the_gm() -> None:
+def _modules_loaded_by(argv: list[str]) -> set[str]:
+    """The modules a fresh interpreter holds after building and using the parser for ``argv``."""
     code = (
         "from lifelong.__main__ import build_parser\n"
-        "build_parser(['get', 'll']).parse_args(['get', 'll'])\n"
+        f"build_parser({argv!r}).parse_args({argv!r})\n"
         "import sys\nprint('\\n'.join(sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    loaded = set(out.stdout.split())
+    return set(out.stdout.split())
+
+
+def test_a_client_command_imports_neither_the_broker_nor_the_gm() -> None:
+    loaded = _modules_loaded_by(["get", "ll"])
     assert "lifelong.client.commands" in loaded
     assert sorted(m for m in loaded if m.startswith(("lifelong.broker", "lifelong.cloud", "amqtt"))) == []
 
 
 def test_a_client_command_without_files_or_tables_does_not_import_the_api_models() -> None:
-    code = (
-        "from lifelong.__main__ import build_parser\n"
-        "build_parser(['delete', 'll', 'j1']).parse_args(['delete', 'll', 'j1'])\n"
-        "import sys\nprint('\\n'.join(sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert sorted(m for m in out.stdout.split() if m.startswith("lifelong.common.api")) == []
+    loaded = _modules_loaded_by(["delete", "ll", "j1"])
+    assert "lifelong.client.commands" in loaded
+    assert sorted(m for m in loaded if m.startswith("lifelong.common.api")) == []
