@@ -2,7 +2,8 @@
 
 Who calls it: the client's sub-commands (``lifelong.client.commands``), ``lifelong demo`` and
 the fault suite. Every document is parsed and validated by the API models of
-``lifelong.common.api`` before anything is sent, so a typo is reported with its file and field.
+``lifelong.common.api`` before anything is sent, so a typo is reported with its file and field
+(imported here only when a file is read: a client command without ``-f`` starts without it).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 
 import yaml
 
-from lifelong.common.api import dump_resource, load_documents
 from lifelong.common.errors import ValidationError
 
 
 def read_resources(paths: Sequence[str], stdin: Any = None) -> list[dict[str, Any]]:
     """Every resource in the files, directories (``*.yaml``, ``*.yml``, ``*.json``) or ``-``."""
+    from lifelong.common.api import dump_resource
+
     out: list[dict[str, Any]] = []
     for given in paths:
         if given == "-":
@@ -48,6 +50,8 @@ def _load(text: str, source: str) -> list[Any]:
     """``load_documents`` with what it lets through turned into a ``ValidationError``: YAML's
     reader refusing a control character, and nesting too deep to parse (found by the fault
     suite's fuzzing, tests/faults/test_bad_input.py)."""
+    from lifelong.common.api import load_documents
+
     try:
         return list(load_documents(text, source=source))
     except yaml.YAMLError as exc:

@@ -2,7 +2,8 @@
 
 Who calls it: the client's sub-commands (``lifelong.client.commands``) and unit tests. Pure:
 it takes the JSON the GM's API answered and returns text; it does no I/O except reading the
-clock for ages.
+clock for ages. ``lifelong.common.api`` (the pydantic models, about 0.3 s of CPU to import) is
+imported by the functions that need it, so that ``lifelong delete`` or ``nodes`` start without it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from lifelong.common.api import dataset_node, job_conditions, node_roles, wire_templates, worker_node
 from lifelong.common.errors import ValidationError
 from lifelong.common.stages import STAGE_ORDER
 from lifelong.common.statemachine import current_round, starts_round
@@ -48,6 +48,8 @@ def _last_condition(obj: dict[str, Any]) -> dict[str, Any]:
 def _round(obj: dict[str, Any]) -> str:
     """The job's current round (``lifelong.common.statemachine.current_round``), "?" when a
     condition is malformed."""
+    from lifelong.common.api import job_conditions
+
     try:
         return str(current_round(job_conditions((obj.get("status") or {}).get("conditions"))))
     except ValidationError:
@@ -56,6 +58,8 @@ def _round(obj: dict[str, Any]) -> str:
 
 def _node(template: Any) -> str:
     """The node a pod template names (``lifelong.common.api.worker_node``), else ``<none>``."""
+    from lifelong.common.api import worker_node
+
     return worker_node(template if isinstance(template, dict) else None) or "<none>"
 
 
@@ -94,6 +98,8 @@ def node_row(node: dict[str, Any]) -> list[str]:
 def row(kind: str, obj: dict[str, Any], wide: bool) -> list[str]:
     if kind == "Node":
         return node_row(obj)
+    from lifelong.common.api import dataset_node, wire_templates
+
     meta = obj.get("metadata", {})
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -180,6 +186,8 @@ def _parse_time(value: Any) -> datetime | None:
 
 def timeline(conds: Sequence[dict[str, Any]]) -> list[str]:
     """A job's conditions as a timeline: round, time, time since the previous, stage/type, why."""
+    from lifelong.common.api import job_conditions
+
     rows = [["ROUND", "TIME", "+", "STAGE", "TYPE", "REASON", "MESSAGE"]]
     try:
         starts = [starts_round(cond) for cond in job_conditions(conds)]
@@ -240,6 +248,8 @@ def last_reports(worker_info: dict[str, Any]) -> list[str]:
 def job_nodes(obj: dict[str, Any], dataset: dict[str, Any] | None) -> list[tuple[str, str]]:
     """(node, roles) for every node a job involves (``LLJobSpec.node_roles``): its Dataset's
     node and each template's."""
+    from lifelong.common.api import dataset_node, node_roles, wire_templates
+
     roles = node_roles(wire_templates(obj), dataset_node(dataset))
     return [(node, ",".join(r)) for node, r in roles]
 
@@ -258,6 +268,8 @@ def outbox_depth(node: dict[str, Any] | None) -> str:
 
 
 def describe_text(info: dict[str, Any]) -> str:
+    from lifelong.common.api import dataset_node, wire_templates
+
     obj = info["object"]
     meta = obj.get("metadata", {})
     spec = obj.get("spec") or {}
