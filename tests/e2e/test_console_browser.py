@@ -428,7 +428,7 @@ def workers_shown(page: Browser) -> dict[str, tuple[str, str, str]]:
 def test_a_workers_log_page_shows_the_tail_its_node_gives(page: Browser, console: Console) -> None:
     worker = f"{JOB}-train-1"  # finished: the GM deleted its Worker, its node still has the log
     show(page, f"/ui/jobs/{KEY}", "job")
-    page.find(f'#past-workers tr[data-worker="{worker}"] a[data-log]').click()  # listed among the earlier
+    page.click(f'#past-workers tr[data-worker="{worker}"] a[data-log]')  # listed among the earlier
     page.wait(lambda: page.has('main#content[data-page="log"]'), f"the log page of {worker}")
     assert page.path() == f"/ui/workers/{NS}/{worker}/log"
     text = page.find("pre#log").text
@@ -443,7 +443,7 @@ def test_the_kb_pages_show_the_tasks_and_the_heat_map_of_the_kbs_metrics(
     page: Browser, console: Console
 ) -> None:
     show(page, "/ui/kb", "kb-index")
-    page.find(f'#kb-jobs tr[data-job="{KEY}"] a[href="/ui/kb/{KEY}"]').click()
+    page.click(f'#kb-jobs tr[data-job="{KEY}"] a[href="/ui/kb/{KEY}"]')
     page.wait(lambda: page.has('main#content[data-page="kb"]'), "the job's KB page")
     check_kb_page(page, console)
 
@@ -474,7 +474,7 @@ def test_the_unseen_pages_show_the_kbs_samples(page: Browser, console: Console) 
     show(page, "/ui/unseen", "unseen-index")
     index = by(rows(page, "#unseen-jobs tr[data-job]"), "data-job")
     assert index[KEY]["fields"]["unlabelled"] == str(UNSEEN), index
-    page.find(f'#unseen-jobs tr[data-job="{KEY}"] a').click()
+    page.click(f'#unseen-jobs tr[data-job="{KEY}"] a')
     page.wait(lambda: page.has('main#content[data-page="unseen"]'), "the job's unseen samples")
     api = console.samples("unlabelled")
     shown = by(rows(page, "#samples tr[data-sample]"), "data-sample")
@@ -501,9 +501,7 @@ def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reache
 
     first = console.samples("unlabelled")[0]
     truth = console.true_label(first)
-    form = page.find(f'form[data-label-one="{first["id"]}"]')
-    form.find_element("css selector", 'input[name="label"]').send_keys(truth)
-    form.find_element("css selector", 'button[type="submit"]').click()
+    page.submit(f'form[data-label-one="{first["id"]}"]', "label", truth)
     assert page.wait(flash, "the page after labelling one sample") == "labelled 1"
     assert page.path().startswith(f"/ui/unseen/{KEY}")  # 303 back to the page
     labelled = {s["id"]: s for s in console.samples("all") if s.get("label") is not None}
@@ -518,9 +516,7 @@ def test_labelling_one_sample_and_then_a_predicted_class_through_the_page_reache
     page.wait(
         lambda: not page.has(f'form[data-label-one="{first["id"]}"]'), "the labelled sample's form gone"
     )
-    form = page.find(f'form[data-label-predicted="{cls}"]')
-    form.find_element("css selector", 'input[name="label"]').send_keys("7")
-    form.find_element("css selector", 'button[type="submit"]').click()
+    page.submit(f'form[data-label-predicted="{cls}"]', "label", "7")
     assert len(ids) > 1, classes
     page.wait(lambda: flash() != "labelled 1", "the page after labelling a class")
     assert flash() == f"labelled {len(ids)}"

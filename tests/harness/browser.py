@@ -145,6 +145,43 @@ class Browser:
 
         return self.wait(lambda: self.driver.find_elements(By.CSS_SELECTOR, css)[:1], f"an element {css}")[0]
 
+    def click(self, css: str) -> None:
+        """Click the first element matching ``css``; one a live update swaps out between the
+        finding and the click is found again and clicked (until the deadline)."""
+        from selenium.webdriver.common.by import By
+
+        def find_and_click() -> bool:
+            found = self.driver.find_elements(By.CSS_SELECTOR, css)
+            if not found:
+                return False
+            found[0].click()
+            return True
+
+        self.wait(find_and_click, f"an element {css} clicked")
+
+    def submit(self, form_css: str, field: str, value: str) -> None:
+        """Type ``value`` into the form's input ``field`` and click its submit button. A live
+        update may swap the form for a new copy between the finding and the click (a stale
+        element), or have it not interactable yet while it lays the page out: it is found again,
+        filled and clicked, until the deadline."""
+        from selenium.common.exceptions import ElementNotInteractableException
+        from selenium.webdriver.common.by import By
+
+        def fill_and_click() -> bool:
+            forms = self.driver.find_elements(By.CSS_SELECTOR, form_css)
+            if not forms:
+                return False
+            try:
+                field_input = forms[0].find_element(By.CSS_SELECTOR, f'input[name="{field}"]')
+                field_input.clear()
+                field_input.send_keys(value)
+                forms[0].find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+            except ElementNotInteractableException:
+                return False
+            return True
+
+        self.wait(fill_and_click, f"the form {form_css} submitted")
+
     def all(self, css: str) -> list[Any]:
         """Every element matching ``css`` now (no wait)."""
         from selenium.webdriver.common.by import By
