@@ -433,10 +433,14 @@ class Delivery:
         the node's lock (a hello diff or a change may have sent them meanwhile). A node whose
         lock is held is skipped, not waited for: its rows still due are resent at the next tick."""
         now = self.clock() if now is None else now
-        online = {n.node for n in self.state.nodes() if n.online}
         nodes = sorted(
-            {row.node for row in self.state.down_rows(unacked=True) if self._due(row, online, now)}
+            {
+                node
+                for node, last_sent, attempts in self.state.unacked_online()
+                if now - last_sent >= self.backoff(attempts)
+            }
         )
+        online = set(nodes)  # online when read; each node's rows are read again below
         sent = 0
         for node in nodes:
             with self._nodes.hold(node, wait=False) as free:

@@ -356,6 +356,16 @@ class GMState:
             sql += " WHERE " + " AND ".join(where)
         return [_down(r) for r in self.db.fetchall(sql + " ORDER BY node, kind, ns, name", args)]
 
+    def unacked_online(self) -> list[tuple[str, float, int]]:
+        """(node, last sent, attempts) of every unacknowledged row of an online node: what the
+        resend loop looks through each tick, without the objects (a row's object is read only
+        when it is resent) and without the rows of offline nodes (a hello brings those)."""
+        rows = self.db.fetchall(
+            "SELECT d.node, d.last_sent, d.attempts FROM downstream d JOIN nodes n ON n.node = d.node"
+            " WHERE n.online = 1 AND (d.acked_rv IS NULL OR d.acked_rv != d.rv)"
+        )
+        return [(str(node), float(last), int(attempts)) for node, last, attempts in rows]
+
     def set_down(
         self, node: str, key: tuple[str, str, str], op: str, rv: str, obj: dict[str, Any] | None
     ) -> bool:

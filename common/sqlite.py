@@ -100,8 +100,9 @@ class Database:
     may act on a commit waits until a sync covers it, without holding the lock: the outermost
     :meth:`transaction` before it returns (not ``lazy`` ones), a statement committed on its own
     before :meth:`execute` returns, and a read outside a transaction (:meth:`fetchall`,
-    :meth:`fetchone`) before it returns what it read. So nothing a caller can send, answer or
-    acknowledge rests on a commit a power cut could still take back, as with SQLite's FULL, while
+    :meth:`fetchone`) before it returns what it read (every commit it could have seen, lazy ones
+    aside: those may be lost by design). So nothing a caller can send, answer or acknowledge
+    rests on a commit a power cut could still take back, as with SQLite's FULL, while
     the threads that commit during one sync share the next (one ``fdatasync`` for many commits:
     what SQLite's FULL cannot do, since it syncs inside COMMIT, under the lock). A sync that
     fails raises ``OSError`` to the callers waiting for it (their commit is made but not known
@@ -142,6 +143,7 @@ class Database:
         # finished sync covers, and the one sync at a time under way (see the class docstring).
         self.group_sync = self.synchronous == "full" and not self.memory
         self._commits = 0
+        self._needed = 0  # the last commit that is not lazy: what a read must see durable
         self._durable = 0
         self._syncing = False
         self._synced = threading.Condition()
@@ -218,16 +220,19 @@ class Database:
             if not self.group_sync:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 return True
-            target = self._commits
+            target = self._commits  # lazy commits included
         self._wait_durable(target)
         return True
 
     # -- group commit ----------------------------------------------------------------------
-    def _count_commit(self) -> None:
-        """After a COMMIT (the lock held): count it if it changed anything."""
+    def _count_commit(self, *, lazy: bool = False) -> None:
+        """After a COMMIT (the lock held): count it if it changed anything; unless ``lazy``, a
+        read from now on waits for a sync that covers it."""
         if self._conn.total_changes != self._changes:
             self._commits += 1
             self._changes = self._conn.total_changes
+            if not lazy:
+                self._needed = self._commits
 
     def _wait_durable(self, target: int) -> None:
         """Return once a sync of the WAL covers the first ``target`` commits: wait for the sync
@@ -327,16 +332,16 @@ class Database:
             if relax:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield from self._block(savepoint)
+                yield from self._block(savepoint, lazy=lazy)
             finally:
                 if relax:
                     self._conn.execute("PRAGMA synchronous=FULL")
             if savepoint is None and not lazy:
-                target = self._commits  # its own commit, and every one it could have read
+                target = self._needed  # its own commit, and every one it could have read
         if target is not None:
             self._wait_durable(target)
 
-    def _block(self, savepoint: str | None) -> Iterator[Database]:
+    def _block(self, savepoint: str | None, *, lazy: bool = False) -> Iterator[Database]:
         """The body of ``transaction`` (its lock held)."""
         self._check_alive()
         self._conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN IMMEDIATE")
@@ -358,7 +363,7 @@ class Database:
             self._conn.execute(f"RELEASE {savepoint}")
             self._after[-1].extend(hooks)  # run when (if) the outermost block commits
             return
-        self._commit()
+        self._commit(lazy=lazy)
         for hook in hooks:
             hook()
 
@@ -368,7 +373,7 @@ class Database:
         if self._depth and not self._conn.in_transaction:
             raise TransactionLost("the transaction was rolled back by SQLite after an earlier error in it")
 
-    def _commit(self) -> None:
+    def _commit(self, *, lazy: bool = False) -> None:
         if not self._conn.in_transaction:
             raise TransactionLost("the transaction was rolled back by SQLite after an error in it")
         try:
@@ -378,7 +383,7 @@ class Database:
             # would fail and nothing could be written again through this connection.
             self._rollback()
             raise
-        self._count_commit()
+        self._count_commit(lazy=lazy)
 
     def _undo(self, savepoint: str | None) -> None:
         if not self._conn.in_transaction:
@@ -442,7 +447,7 @@ class Database:
         if self._depth or not self.group_sync:
             return None
         self._count_commit()
-        return self._commits if self._durable < self._commits else None
+        return self._needed if self._durable < self._needed else None
 
     def execute_all(self, statements: Iterable[str]) -> None:
         """Run several statements (a schema) in one transaction."""
@@ -506,7 +511,7 @@ class Database:
         """After a read outside a transaction: wait until every commit it could have seen is
         durable (at most one sync under way), so nothing read is less durable than FULL."""
         if outside:
-            self._wait_durable(self._commits)
+            self._wait_durable(self._needed)
 
     # -- readers ---------------------------------------------------------------------------
     READERS_KEPT = 8

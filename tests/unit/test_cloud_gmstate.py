@@ -84,3 +84,18 @@ def test_is_applied_answers_from_the_highest_record_and_the_records(tmp_path: Pa
         assert again.is_applied("node-a", "e2", 1) and not again.is_applied("node-a", "e2", 2)
     finally:
         again.close()
+
+
+def test_the_resend_loop_reads_the_unacknowledged_rows_of_online_nodes_only(state: GMState) -> None:
+    """``unacked_online``: what the resend loop looks through each tick; an offline node's rows
+    (a hello brings them) and acknowledged rows are not read, nor any object."""
+    job = {"kind": "LifelongLearningJob", "metadata": {"name": "j"}}
+    for node in ("on", "off"):
+        state.set_online(node, node == "on")
+        state.set_down(node, ("LifelongLearningJob", "default", "j"), "upsert", "5", job)
+        state.set_down(node, ("Dataset", "default", "d"), "upsert", "6", {"kind": "Dataset"})
+    state.mark_sent("on", ("LifelongLearningJob", "default", "j"), "5")
+    state.ack_down("on", ("Dataset", "default", "d"), "6", "upsert")
+    rows = state.unacked_online()
+    assert [(node, attempts) for node, _last, attempts in rows] == [("on", 1)]
+    assert rows[0][1] > 0  # the time it was sent

@@ -420,6 +420,27 @@ def test_a_read_waits_for_the_sync_of_what_it_read(tmp_path: Path, monkeypatch: 
     db.close()
 
 
+def test_a_read_after_a_lazy_commit_does_not_sync_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lazy commit may be lost by design, so another thread's read of it does not wait for a
+    sync (the LC's publisher reads its outbox after every lazy commit of the GM's acks); a read
+    after a commit that is not lazy does."""
+    db = Database(tmp_path / "l.db", readers=True)
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    syncs: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr("lifelong.common.sqlite.os.fdatasync", lambda fd: (syncs.append(fd), real(fd)))
+    with db.transaction(lazy=True):
+        db.execute("INSERT INTO t VALUES ('lazy')")
+    read: list[object] = []
+    reader = threading.Thread(target=lambda: read.append(db.fetchall("SELECT k FROM t")))
+    reader.start()
+    reader.join(10)
+    assert read == [[("lazy",)]] and syncs == []
+    db.execute("INSERT INTO t VALUES ('durable')")  # not lazy: synced before it returns
+    assert len(syncs) == 1
+    db.close()
+
+
 def test_a_failed_sync_is_raised_and_the_next_caller_syncs_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
