@@ -100,6 +100,16 @@ class ModelCache:
         self._entries: dict[tuple[str, str, str], tuple[str, StoredResource]] = {}
         self._lock = threading.Lock()
 
+    def put(self, key: tuple[str, str, str], rv: str, model: StoredResource) -> None:
+        """Remember ``model`` as the parse of ``key`` at version ``rv`` (the store's watch parsed
+        it already: the reconcile it causes then reads it without parsing it again)."""
+        if not rv:
+            return
+        with self._lock:
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[key] = (rv, model)
+
     def read(self, store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
         """As :func:`read`, from the cache when the stored version was parsed before."""
         obj = store.get(cls.KIND, namespace, name)

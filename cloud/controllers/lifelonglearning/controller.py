@@ -75,7 +75,6 @@ from lifelong.cloud.stores.base import (
     StoreError,
     WatchEvent,
     parse,
-    read,
     wire,
 )
 from lifelong.cloud.workqueue import KeyedExecutor
@@ -214,6 +213,8 @@ class LifelongLearningController:
                 self.state.forget_job(ns, name)
                 self._valid_generation.pop(key, None)
             else:
+                if isinstance(event.model, LifelongLearningJob):
+                    self._models.put(key, event.resource_version, event.model)
                 self.reconcile(key)
         finally:
             self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
@@ -246,7 +247,8 @@ class LifelongLearningController:
         _, ns, name = key
         for _ in range(CAS_RETRIES):
             try:
-                job = read(self.store, LifelongLearningJob, ns, name)
+                # the store's version, parsed once (the watch event that brought it parsed it)
+                job = self._models.read(self.store, LifelongLearningJob, ns, name)
                 if job is None:
                     return
             except Refused as exc:
@@ -407,8 +409,11 @@ class LifelongLearningController:
     ) -> LifelongLearningJob:
         """Append ``new`` to the job (compare-and-swap on its version); the job as written."""
         status = wire(job.status) if job.status is not None else {}
-        written = self._write_conditions(job.key, job.metadata.resource_version, status, conds, new)
-        return _job(written)
+        written = _job(self._write_conditions(job.key, job.metadata.resource_version, status, conds, new))
+        # the reconcile reads the job again next (and the watch's event of this write brings it):
+        # that version is parsed already
+        self._models.put(written.key, written.metadata.resource_version or "", written)
+        return written
 
     def _dataset_of(self, job: LifelongLearningJob) -> Dataset | None:
         """The job's Dataset, None if it does not exist or the models refuse it (the watch counts
