@@ -44,6 +44,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -507,7 +508,7 @@ class JobReady(Body):
     event: Literal["ready"] = "ready"
     stage: Stage
     round: NonNegative
-    data: dict[StrictStr, Any] = Field(default_factory=dict)
+    data: dict[StrictStr, JsonValue] = Field(default_factory=dict)
     message: StrictStr | None = None
 
 
@@ -520,7 +521,7 @@ class JobSkipped(Body):
     stage: Stage
     round: NonNegative
     message: StrictStr | None = None
-    data: dict[StrictStr, Any] | None = None
+    data: dict[StrictStr, JsonValue] | None = None
 
 
 class JobWorkerInfo(Body):
@@ -529,7 +530,7 @@ class JobWorkerInfo(Body):
     WHAT = "LifelongLearningJob report"
     event: Literal["workerInfo"] = "workerInfo"
     worker: Name
-    info: dict[StrictStr, Any]
+    info: dict[StrictStr, JsonValue]
 
 
 JobReport: TypeAlias = JobReady | JobSkipped | JobWorkerInfo
@@ -563,7 +564,7 @@ class WorkerReport(Body):
     phase: Literal["Pending", "Running", "Succeeded", "Failed"]
     exit_code: ExitCode | None = None
     message: StrictStr = ""
-    output: dict[StrictStr, Any] = Field(default_factory=dict)
+    output: dict[StrictStr, JsonValue] = Field(default_factory=dict)
 
 
 class WorkerInfoPost(Body):

@@ -56,7 +56,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
+
+from pydantic import JsonValue
 
 from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.errors import ValidationError
@@ -513,7 +515,8 @@ class Manager:
             self._warn_once(f"eval/{ns}/{name}/{rnd}", f"job {ns}/{name} round {rnd}: no trained model yet")
             out.wake = ALWAYS  # a worker may report the model at any time
             return
-        body = JobReady(stage=Stage.EVAL, round=rnd, data={"models": models}).to_body()
+        data: dict[str, JsonValue] = {"models": cast(JsonValue, models)}  # model records: JSON
+        body = JobReady(stage=Stage.EVAL, round=rnd, data=data).to_body()
         prog["acted"] = [*prog["acted"][-20:], key]
         with self.store.tx():
             self._put_progress(ns, name, prog, out)

@@ -235,3 +235,27 @@ def test_an_outbox_the_hello_does_not_give_stays_unknown() -> None:
     assert (bare.outbox.depth, bare.outbox.low_seq, bare.outbox.next_seq) == (None, None, None)
     part = Hello.parse({"epoch": "ep1", "resources": [], "outbox": {"depth": 4}})
     assert (part.outbox.depth, part.outbox.low_seq, part.outbox.next_seq) == (4, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"event": "workerInfo", "worker": "w", "info": {"ok": 1, "blob": b"\xff"}}, "info.blob"),
+        ({"event": "ready", "stage": "Train", "round": 1, "data": {"m": [1, {"b": b"x"}]}}, "data.m"),
+        ({"event": "skipped", "stage": "Eval", "round": 1, "data": {"b": b""}}, "data.b"),
+    ],
+)
+def test_a_report_whose_free_form_part_holds_binary_is_refused_naming_it(
+    body: dict[str, Any], field: str
+) -> None:
+    """msgpack's bin values decode to bytes, which no JSON column can hold: the GM stored a
+    workerInfo's ``info`` as JSON and failed on them (found by the fault suite's fuzzing)."""
+    with pytest.raises(InvalidBody) as refused:
+        parse_job_report(body)
+    assert field in str(refused.value) and "JSON" in str(refused.value)
+
+
+def test_a_worker_report_output_holding_binary_is_refused() -> None:
+    body = {"job": "job1", "stage": "Train", "round": 1, "phase": "Succeeded", "output": {"x": b"1"}}
+    with pytest.raises(InvalidBody, match="output.x"):
+        WorkerReport.parse(body)
