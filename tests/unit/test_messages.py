@@ -257,5 +257,5 @@ def test_a_report_whose_free_form_part_holds_binary_is_refused_naming_it(
 
 def test_a_worker_report_output_holding_binary_is_refused() -> None:
     body = {"job": "job1", "stage": "Train", "round": 1, "phase": "Succeeded", "output": {"x": b"1"}}
-    with pytest.raises(InvalidBody, match="output.x"):
+    with pytest.raises(InvalidBody, match=r"output\.x"):
         WorkerReport.parse(body)
