@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 from harness.faults import Tally
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lifelong.client.files import read_resources
@@ -32,7 +32,7 @@ from lifelong.common.codec import Codec, decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
 from lifelong.common.errors import InvalidBody, LifelongError, ProtocolError
 from lifelong.common.httpserver import HTTPLimits
-from lifelong.common.messages import AppliedAck, Hello, SeqAck, Sync
+from lifelong.common.messages import AppliedAck, Hello, LogRequest, SeqAck, Sync
 from lifelong.common.topics import Topics
 from lifelong.edge.db import Store
 from lifelong.edge.outbox import Outbox
@@ -417,8 +417,28 @@ def down_payloads(draw: st.DrawFn) -> bytes:
     return msgpack.packb(raw, use_bin_type=True)
 
 
+_LOG_REQUEST_REFUSED = msgpack.packb(
+    {
+        "v": 1,
+        "id": "1ef61a08326146fab1817f77803633dc",
+        "node": "node-a",
+        "kind": "LifelongLearningJob",
+        "ns": "default",
+        "name": "job1",
+        "op": "log",
+        "rv": None,
+        "seq": 1,
+        "ts": 1796197388.9286854,
+        "body": {"event": "workerInfo", "worker": "w", "info": 1},
+    },
+    use_bin_type=True,
+)
+"""A worker-log request whose body the model refuses, as ``make faults`` found it."""
+
+
 @FUZZ
 @given(topic=down_topics, payload=down_payloads())
+@example(topic=f"{PREFIX}/node/node-a/down/_ctl", payload=_LOG_REQUEST_REFUSED)
 def test_lc_downstream_survives_and_counts_every_refusal(
     session: Session, topic: str, payload: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -442,6 +462,16 @@ def test_lc_downstream_survives_and_counts_every_refusal(
         model = SeqAck if env.op is Op.ACK else Sync
         try:
             refused = len(model.parse_lenient(env.body)[1])
+        except InvalidBody:
+            refused = 1
+        assert sum(session.rejected.values()) - rejected == refused, env.body
+    elif parsed.is_control and env.node == NODE == parsed.node and env.op is Op.LOG:
+        # a worker-log request is not a downstream resource either: it is answered (a body
+        # the model refuses gets an ``invalid`` answer and is counted among the rejections)
+        assert counted == 0
+        try:
+            LogRequest.parse(env.body)
+            refused = 0
         except InvalidBody:
             refused = 1
         assert sum(session.rejected.values()) - rejected == refused, env.body
