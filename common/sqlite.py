@@ -293,6 +293,8 @@ class Database:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
         with self._synced:
+            while self._syncing:  # a sync under way finishes on its descriptor first
+                self._synced.wait()
             if self._wal_fd is not None:
                 os.close(self._wal_fd)
                 self._wal_fd = None
