@@ -81,7 +81,7 @@ from lifelong.common.backoff import exponential, wait_seconds
 from lifelong.common.codec import DEFAULT_MAX_PAYLOAD, Codec, encode
 from lifelong.common.envelope import CONTROL_KIND, MAX_INT, Envelope, Op
 from lifelong.common.errors import BusError, LifelongError, PayloadTooLarge, TopicError
-from lifelong.common.messages import MAX_PARTS, Applied, ResourceRef, SeqAck, Sync, split_to_fit
+from lifelong.common.messages import MAX_PARTS, Applied, ResourceRef, SeqAck, Sync, split_into_parts
 from lifelong.common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -346,11 +346,7 @@ class Delivery:
 
         limit = self.max_payload if self.max_payload is not None else DEFAULT_MAX_PAYLOAD
         try:
-            slices = split_to_fit(resources, size, limit)
-            if len(slices) > MAX_PARTS:
-                raise PayloadTooLarge(
-                    f"{len(resources)} resources need {len(slices)} parts, over {MAX_PARTS}"
-                )
+            slices = split_into_parts(resources, size, limit)
         except PayloadTooLarge as exc:
             log.error("cannot send the sync of node %s: %s", node, exc)
             self.metrics.downstream_failed.labels(reason="too_large").inc()

@@ -349,6 +349,15 @@ def split_to_fit(items: list[T], size: Callable[[list[T]], int], limit: int) -> 
     return out
 
 
+def split_into_parts(items: list[T], size: Callable[[list[T]], int], limit: int) -> list[list[T]]:
+    """``split_to_fit``, and ``PayloadTooLarge`` if that takes more than ``MAX_PARTS`` parts: the
+    slices of a hello or sync in parts, as both ends cut them."""
+    slices = split_to_fit(items, size, limit)
+    if len(slices) > MAX_PARTS:
+        raise PayloadTooLarge(f"{len(items)} resources need {len(slices)} parts, over {MAX_PARTS}")
+    return slices
+
+
 @dataclass(slots=True)
 class PartSet(Generic[T]):
     """The parts of one hello or sync received so far (``PartGatherer``)."""

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 log = logging.getLogger("lifelong.common.sqlite")
 
@@ -45,6 +45,7 @@ CORRUPT_SUFFIX = ".corrupt-"
 """A corrupt database ``x.db`` is renamed ``x.db.corrupt-<UTC time>`` (with its -wal/-shm)."""
 
 Params = Sequence[Any] | Mapping[str, Any]
+R = TypeVar("R")
 
 
 class TransactionLost(sqlite3.OperationalError):
@@ -330,14 +331,7 @@ class Database:
         target: int | None = None
         with self._lock:
             savepoint = f"sp{self._depth}" if self._depth else None
-            relax = lazy and savepoint is None and self.synchronous == "full" and not self.group_sync
-            if relax:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                yield from self._block(savepoint, lazy=lazy)
-            finally:
-                if relax:
-                    self._conn.execute("PRAGMA synchronous=FULL")
+            yield from self._block(savepoint, lazy=lazy)
             if savepoint is None and not lazy:
                 target = self._needed  # its own commit, and every one it could have read
         if target is not None:
@@ -468,32 +462,24 @@ class Database:
         return changed
 
     def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
-        seen = self._read_target()
-        reader = self._reader()
-        if reader is not None:
-            try:
-                cur = reader.execute(sql, params)
-                try:
-                    rows = [tuple(row) for row in cur.fetchall()]
-                finally:
-                    cur.close()
-            finally:
-                self._give_back(reader)
-        else:
-            with self._lock:
-                self._check_alive()
-                rows = [tuple(row) for row in self._conn.execute(sql, params).fetchall()]
-        self._read_done(seen)
-        return rows
+        return [tuple(row) for row in self._read(sql, params, sqlite3.Cursor.fetchall)]
 
     def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
-        seen = self._read_target()
+        row = self._read(sql, params, sqlite3.Cursor.fetchone)
+        return None if row is None else tuple(row)
+
+    def _read(self, sql: str, params: Params, take: Callable[[sqlite3.Cursor], R]) -> R:
+        """One read: on a reader connection when this thread holds no lock (see ``_reader``),
+        else on the writer's. Outside a transaction it returns only once every commit it could
+        have seen that is not lazy is durable (at most one sync under way), so nothing read is
+        less durable than FULL."""
+        outside = self.group_sync and not self._lock._is_owned()  # type: ignore[attr-defined]
         reader = self._reader()
         if reader is not None:
             try:
                 cur = reader.execute(sql, params)
                 try:
-                    row = cur.fetchone()
+                    found = take(cur)
                 finally:
                     cur.close()  # ends the statement's read snapshot now
             finally:
@@ -501,19 +487,10 @@ class Database:
         else:
             with self._lock:
                 self._check_alive()
-                row = self._conn.execute(sql, params).fetchone()
-        self._read_done(seen)
-        return None if row is None else tuple(row)
-
-    def _read_target(self) -> bool:
-        """Before a read: does it need the group sync after it (outside a transaction)?"""
-        return self.group_sync and not self._lock._is_owned()  # type: ignore[attr-defined]
-
-    def _read_done(self, outside: bool) -> None:
-        """After a read outside a transaction: wait until every commit it could have seen is
-        durable (at most one sync under way), so nothing read is less durable than FULL."""
+                found = take(self._conn.execute(sql, params))
         if outside:
             self._wait_durable(self._needed)
+        return found
 
     # -- readers ---------------------------------------------------------------------------
     READERS_KEPT = 8

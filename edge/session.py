@@ -69,7 +69,7 @@ from lifelong.common.messages import (
     Sync,
     Upsert,
     parse_object,
-    split_to_fit,
+    split_into_parts,
 )
 from lifelong.common.topics import Topics
 from lifelong.edge.config import AGENT
@@ -443,9 +443,7 @@ class Session:
             body_ = body(chunk, MAX_PARTS - 1, MAX_PARTS)
             return len(self._envelope(CONTROL_KIND, Op.HELLO, body_, max_payload=MAX_INT))
 
-        slices = split_to_fit(resources, size, self.max_payload - PART_MARGIN)
-        if len(slices) > MAX_PARTS:
-            raise PayloadTooLarge(f"{len(resources)} resources need {len(slices)} parts, over {MAX_PARTS}")
+        slices = split_into_parts(resources, size, self.max_payload - PART_MARGIN)
         return [
             self._envelope(CONTROL_KIND, Op.HELLO, body(chunk, index, len(slices)))
             for index, chunk in enumerate(slices)

@@ -123,10 +123,7 @@ class ModelCache:
             return hit[1]
         model = _parse_as(cls, obj)
         if isinstance(rv, str):
-            with self._lock:
-                if len(self._entries) >= self.limit:
-                    self._entries.clear()
-                self._entries[key] = (rv, model)
+            self.put(key, rv, model)
         return model
 
 
