@@ -373,6 +373,8 @@ class Intake:
         if hello.hello_id is not None:
             # A part (``parts`` 1: a whole hello from an LC that reads a sync in parts): gathered
             # here, on the network thread, until every part of its hello is in.
+            if hello.part == 0:  # every hello has one: a new connection, as for a whole hello
+                self._logged.forget_scope(node)
             self._refuse_items(node, "hello", refused)
             whole = self.hello_parts.add(node, hello)
             if whole is None:

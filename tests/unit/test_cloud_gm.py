@@ -161,6 +161,7 @@ class GM:
         resources: list[dict[str, Any]] | None = None,
         epoch: str = "ep1",
         low: int | None = None,
+        parted: bool = False,
     ) -> None:
         body = {
             "agent": "test-lc/0",
@@ -169,6 +170,8 @@ class GM:
             "resources": resources or [],
             "outbox": {"depth": 0, "lowSeq": low, "nextSeq": 1},
         }
+        if parted:  # as an LC that reads a sync in parts says it: a hello in one part
+            body.update({"helloId": f"h-{node}-{epoch}", "part": 0, "parts": 1})
         self.deliver(TOPICS.up_ctl(node), Envelope.new(node=node, kind=CONTROL_KIND, op=Op.HELLO, body=body))
 
     def report(self, node: str, kind: str, name: str, body: dict[str, Any], seq: int | None = None) -> int:
@@ -1432,8 +1435,9 @@ def test_an_object_the_node_refused_is_acked_counted_logged_once_and_not_resent(
     assert not gm.bus.envelopes("node-a")  # acked: never resent
 
 
+@pytest.mark.parametrize("parted", [False, True], ids=["whole-hello", "hello-in-parts"])
 def test_refused_bodies_are_acked_counted_each_and_logged_once_per_node_and_reason(
-    gm: GM, caplog: pytest.LogCaptureFixture
+    gm: GM, caplog: pytest.LogCaptureFixture, parted: bool
 ) -> None:
     setup_job(gm)
     bad = {"numberOfSamples": -1, "updateTime": "2026-01-01T00:00:00Z"}
@@ -1444,7 +1448,7 @@ def test_refused_bodies_are_acked_counted_each_and_logged_once_per_node_and_reas
         warned = [r.getMessage() for r in caplog.records if "(invalid)" in r.getMessage()]
         assert len(warned) == 2 and "node-a/Dataset/default/ds1" in warned[0], warned
         assert "numberOfSamples" in warned[0]  # the field the model refused
-        gm.hello("node-a", epoch="ep1")  # a new connection: its first refusal is logged again
+        gm.hello("node-a", epoch="ep1", parted=parted)  # a new connection: its first refusal is logged again
         gm.report("node-a", "Dataset", "ds1", bad)
         gm.idle()
     assert len([r for r in caplog.records if "(invalid)" in r.getMessage()]) == 3
