@@ -709,8 +709,12 @@ def test_new_jobs_reconciled_together_write_their_first_conditions_in_one_commit
             & sent_then
         )
     assert all(gm.conditions(n) == [("Train", "Waiting")] for n in names[:-1])
-    sent = {e.name for e in gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")}
-    assert set(names[:-1]) <= sent
+
+    def sent_now() -> set[str]:
+        return {e.name for e in gm.bus.envelopes("node-a", Op.UPSERT, kind="LifelongLearningJob")}
+
+    # sent by the committing thread after its commit's sync, which a reader can see end first
+    sent = wait_for(lambda: set(names[:-1]) <= sent_now() and sent_now(), what="every job sent")
     assert gm.conditions("poison") == []  # rolled back alone, not sent
     assert "poison" not in sent
     failing.clear()  # the executor retries it after its backoff
