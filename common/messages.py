@@ -102,9 +102,13 @@ _WIRE_NAMES_ONLY: dict[str, Any] = (
 
 
 class Body(BaseModel):
-    """Base of every body: camelCase on the wire, unknown fields ignored, wrong types refused."""
+    """Base of every body: camelCase on the wire, unknown fields ignored, wrong types refused.
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    Built when first used (``defer_build``): a process builds only the bodies it handles."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, defer_build=True
+    )
 
     WHAT: ClassVar[str] = "body"
     """How error messages name this body (``sync body``, ``hello body``...)."""

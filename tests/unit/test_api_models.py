@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
@@ -711,3 +713,50 @@ def test_format_path() -> None:
     assert format_path(("spec", "containers", 0, "env", 1, "value")) == "spec.containers[0].env[1].value"
     assert format_path((0, "spec")) == "[0].spec"
     assert format_path(()) == ""
+
+
+# The models are built on first use (defer_build: a process builds only the models it uses,
+# docs/performance.md). Threads of the GM and the LC may use a model first at the same moment;
+# pydantic >= 2.14 serialises that build (before, a thread could validate with the parent
+# class's validator while another built the model). Run in a fresh interpreter, where no model
+# is built yet.
+FIRST_USE_IN_THREADS = """
+import json, sys, threading
+from pathlib import Path
+from lifelong.common.api import LifelongLearningJob, dump_resource, load_yaml, parse_resource
+from lifelong.common.messages import Hello
+
+assert not LifelongLearningJob.__pydantic_complete__, "built at import"
+assert not Hello.__pydantic_complete__, "built at import"
+(doc,) = load_yaml(Path(sys.argv[1]).read_text())
+barrier = threading.Barrier(8)
+results, errors = [], []
+
+def use():
+    barrier.wait()
+    try:
+        results.append(json.dumps(dump_resource(parse_resource(doc)), sort_keys=True))
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=use) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert errors == [], errors
+assert len(results) == 8 and len(set(results)) == 1, results
+print("ok")
+"""
+
+
+def test_models_are_built_on_first_use_and_safely_from_threads() -> None:
+    job = Path(__file__).resolve().parents[2] / "examples" / "atcii" / "lifelonglearningjob.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_USE_IN_THREADS, str(job)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
