@@ -724,28 +724,41 @@ FIRST_USE_IN_THREADS = """
 import json, sys, threading
 from pathlib import Path
 from lifelong.common.api import LifelongLearningJob, dump_resource, load_yaml, parse_resource
-from lifelong.common.messages import Hello
+from lifelong.common.messages import Hello, JobReady, parse_job_report
 
 assert not LifelongLearningJob.__pydantic_complete__, "built at import"
 assert not Hello.__pydantic_complete__, "built at import"
+assert not JobReady.__pydantic_complete__, "built at import"
+assert sys.modules["lifelong.common.messages"]._job_report is None, "report adapter made at import"
 (doc,) = load_yaml(Path(sys.argv[1]).read_text())
-barrier = threading.Barrier(8)
-results, errors = [], []
+report = {"event": "ready", "stage": "Eval", "round": 1}
+hello = {"epoch": "ep1", "resources": [{"kind": "Dataset", "ns": "default", "name": "d", "rv": "1"}]}
+barrier = threading.Barrier(12)
+results, errors = {"job": [], "report": [], "direct": [], "hello": []}, []
 
-def use():
+def use(what):
     barrier.wait()
     try:
-        results.append(json.dumps(dump_resource(parse_resource(doc)), sort_keys=True))
+        if what == "job":
+            out = dump_resource(parse_resource(doc))
+        elif what == "report":  # a TypeAdapter over models (JobReady) built on first use
+            out = parse_job_report(report).model_dump()
+        elif what == "direct":  # the same model, first used directly
+            out = JobReady.model_validate(report).model_dump()
+        else:  # a list body item by item (another TypeAdapter)
+            out = Hello.parse_lenient(hello)[0].model_dump()
+        results[what].append(json.dumps(out, sort_keys=True, default=str))
     except Exception as exc:
         errors.append(repr(exc))
 
-threads = [threading.Thread(target=use) for _ in range(8)]
+threads = [threading.Thread(target=use, args=(w,)) for w in ("job", "report", "direct", "hello") * 3]
 for t in threads:
     t.start()
 for t in threads:
     t.join()
 assert errors == [], errors
-assert len(results) == 8 and len(set(results)) == 1, results
+for what, outs in results.items():
+    assert len(outs) == 3 and len(set(outs)) == 1, (what, outs)
 print("ok")
 """
 
