@@ -85,9 +85,9 @@ class UnseenSamples(Body):
 
 class IndexModel(BaseModel):
     """Base of the task index's parts: snake_case names as Sedna's index, unknown fields ignored,
-    wrong types refused."""
+    wrong types refused. Built when first used (``defer_build``), as most processes never do."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, defer_build=True)
 
 
 class TaskModel(IndexModel):

@@ -33,6 +33,7 @@ Building a body is constructing its model with Python names and calling ``to_bod
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -102,9 +103,13 @@ _WIRE_NAMES_ONLY: dict[str, Any] = (
 
 
 class Body(BaseModel):
-    """Base of every body: camelCase on the wire, unknown fields ignored, wrong types refused."""
+    """Base of every body: camelCase on the wire, unknown fields ignored, wrong types refused.
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    Built when first used (``defer_build``): a process builds only the bodies it handles."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, defer_build=True
+    )
 
     WHAT: ClassVar[str] = "body"
     """How error messages name this body (``sync body``, ``hello body``...)."""
@@ -181,7 +186,7 @@ class ListBody(Body):
         adapter = _ITEM_ADAPTERS.get(cls)
         if adapter is None:
             (item_type,) = get_args(cls.model_fields[cls.ITEMS].annotation)
-            adapter = _ITEM_ADAPTERS[cls] = TypeAdapter(item_type)
+            adapter = _ITEM_ADAPTERS[cls] = _adapter(item_type, item_type)
         return adapter
 
     @classmethod
@@ -212,6 +217,19 @@ class ListBody(Body):
 
 
 _ITEM_ADAPTERS: dict[type[ListBody], TypeAdapter[Any]] = {}
+
+
+def _adapter(adapted: Any, *models: Any) -> TypeAdapter[Any]:
+    """A ``TypeAdapter`` of ``adapted``, made after the ``models`` in it are built.
+
+    The models are built on first use (``defer_build``), and pydantic builds a model under its
+    rebuild lock; a ``TypeAdapter`` made over a model not yet built would generate the model's
+    schema itself, outside that lock, reading the class while another thread's first use of
+    the model may be writing it. Built first, the model's schema is reused as it is."""
+    for model in models:
+        if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+            model.model_rebuild()  # nothing to do when built; under pydantic's lock otherwise
+    return TypeAdapter(adapted)
 
 
 # -- control messages ------------------------------------------------------------------------------
@@ -543,9 +561,25 @@ class JobWorkerInfo(Body):
 
 
 JobReport: TypeAlias = JobReady | JobSkipped | JobWorkerInfo
-_JOB_REPORT: TypeAdapter[JobReport] = TypeAdapter(
-    Annotated[JobReady | JobSkipped | JobWorkerInfo, Field(discriminator="event")]
-)
+_job_report: TypeAdapter[JobReport] | None = None
+_job_report_lock = threading.Lock()
+
+
+def _job_report_adapter() -> TypeAdapter[JobReport]:
+    """Made with the first report a process parses, as the models are built on first use (an
+    idle LC never parses one: ~0.15 MiB of its RSS, docs/performance.md)."""
+    global _job_report
+    if _job_report is not None:
+        return _job_report
+    with _job_report_lock:
+        if _job_report is None:
+            _job_report = _adapter(
+                Annotated[JobReady | JobSkipped | JobWorkerInfo, Field(discriminator="event")],
+                JobReady,
+                JobSkipped,
+                JobWorkerInfo,
+            )
+        return _job_report
 
 
 def parse_job_report(body: Any) -> JobReport:
@@ -554,7 +588,7 @@ def parse_job_report(body: Any) -> JobReport:
         what = "null" if body is None else type(body).__name__
         raise InvalidBody("LifelongLearningJob report", [("", f"must be a mapping, got {what}")])
     try:
-        return _JOB_REPORT.validate_python(body, **_WIRE_NAMES_ONLY)
+        return _job_report_adapter().validate_python(body, **_WIRE_NAMES_ONLY)
     except pydantic.ValidationError as exc:
         errors = _errors(exc)
         # the discriminated union prefixes the event's tag to every path: drop it

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lifelong.common.errors import ConfigError
@@ -145,6 +144,8 @@ def load(path: Path, required: bool) -> ConfigFile | None:
         raise ConfigError(f"config file {path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    import yaml  # here: a client command without a config file does not import PyYAML
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -279,6 +280,8 @@ def use_context(config: str | None, name: str) -> Path:
     if not any(c.name == name for c in loaded.contexts):
         known = ", ".join(c.name for c in loaded.contexts) or "none"
         raise ConfigError(f"config file {path}: no context named {name!r} (contexts: {known})")
+    import yaml
+
     data = yaml.safe_load(path.read_text()) or {}
     data["current-context"] = name
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lifelong.common.errors import ValidationError
 
 
@@ -50,6 +48,8 @@ def _load(text: str, source: str) -> list[Any]:
     """``load_documents`` with what it lets through turned into a ``ValidationError``: YAML's
     reader refusing a control character, and nesting too deep to parse (found by the fault
     suite's fuzzing, tests/faults/test_bad_input.py)."""
+    import yaml
+
     from lifelong.common.api import load_documents
 
     try:

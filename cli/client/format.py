@@ -13,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
 from lifelong.common.errors import ValidationError
 from lifelong.common.stages import STAGE_ORDER
 from lifelong.common.statemachine import current_round, starts_round
@@ -172,6 +170,8 @@ def table(rows: Iterable[Sequence[str]]) -> str:
 def dump(value: Any, output: str) -> str:
     if output == "json":
         return json.dumps(value, indent=4)
+    import yaml  # here: a table or JSON does not need PyYAML
+
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
 
 

@@ -30,14 +30,13 @@ taken. Every refusal of who is asking or of a malformed request is counted in
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, parse_qsl, quote, urlencode
-
-import jinja2
 
 from lifelong.cloud.console import pages
 from lifelong.cloud.console.auth import Principal, Sessions, clear_cookie, cookie_of, same_origin, set_cookie
@@ -46,6 +45,8 @@ from lifelong.cloud.stores.base import Conflict, NotFound
 from lifelong.common.errors import LifelongError
 
 if TYPE_CHECKING:
+    import jinja2
+
     from lifelong.cloud.api_server import GMApi, Tokens
     from lifelong.cloud.metrics import GMMetrics
 
@@ -79,6 +80,10 @@ class Refusal(Exception):
 
 
 def _environment() -> jinja2.Environment:
+    # jinja2 is imported with the first page: every GM serves the console, few are asked for a
+    # page, and the import was ~35 ms of CPU at each GM start (docs/performance.md).
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("lifelong.cloud.console", "templates"),
         autoescape=True,
@@ -107,11 +112,15 @@ class ConsoleApp:
         self.api, self.watcher, self.tokens, self.secure = api, watcher, tokens, secure
         self.metrics: GMMetrics = api.metrics
         self.sessions = sessions or Sessions()
-        self.templates = _environment()
         self._static = {
             name: resources.files("lifelong.cloud.console").joinpath("static", name).read_bytes()
             for name in STATIC
         }
+
+    @functools.cached_property
+    def templates(self) -> jinja2.Environment:
+        """The pages' templates, loaded with the first page asked for."""
+        return _environment()
 
     # -- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

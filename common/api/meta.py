@@ -100,13 +100,19 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_time_input)]
 
 
 class ApiModel(BaseModel):
-    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+    """Base of every API object: camelCase on the wire, unknown fields rejected.
+
+    The fields' docstrings are the CRDs' descriptions; ``crdgen`` reads them from the source
+    (pydantic's ``use_attribute_docstrings`` would re-parse every model's source at each start).
+    A model's validator is built when the model is first used (``defer_build``), not at import:
+    a process builds the few it uses, and a model nested in another is compiled into its
+    parent's validator rather than on its own too (docs/performance.md, "Start-up CPU")."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        use_attribute_docstrings=True,
+        defer_build=True,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
@@ -711,3 +713,63 @@ def test_format_path() -> None:
     assert format_path(("spec", "containers", 0, "env", 1, "value")) == "spec.containers[0].env[1].value"
     assert format_path((0, "spec")) == "[0].spec"
     assert format_path(()) == ""
+
+
+# The models are built on first use (defer_build: a process builds only the models it uses,
+# docs/performance.md). Threads of the GM and the LC may use a model first at the same moment;
+# pydantic >= 2.14 serialises that build (before, a thread could validate with the parent
+# class's validator while another built the model). Run in a fresh interpreter, where no model
+# is built yet.
+FIRST_USE_IN_THREADS = """
+import json, sys, threading
+from pathlib import Path
+from lifelong.common.api import LifelongLearningJob, dump_resource, load_yaml, parse_resource
+from lifelong.common.messages import Hello, JobReady, parse_job_report
+
+assert not LifelongLearningJob.__pydantic_complete__, "built at import"
+assert not Hello.__pydantic_complete__, "built at import"
+assert not JobReady.__pydantic_complete__, "built at import"
+assert sys.modules["lifelong.common.messages"]._job_report is None, "report adapter made at import"
+(doc,) = load_yaml(Path(sys.argv[1]).read_text())
+report = {"event": "ready", "stage": "Eval", "round": 1}
+hello = {"epoch": "ep1", "resources": [{"kind": "Dataset", "ns": "default", "name": "d", "rv": "1"}]}
+barrier = threading.Barrier(12)
+results, errors = {"job": [], "report": [], "direct": [], "hello": []}, []
+
+def use(what):
+    barrier.wait()
+    try:
+        if what == "job":
+            out = dump_resource(parse_resource(doc))
+        elif what == "report":  # a TypeAdapter over models (JobReady) built on first use
+            out = parse_job_report(report).model_dump()
+        elif what == "direct":  # the same model, first used directly
+            out = JobReady.model_validate(report).model_dump()
+        else:  # a list body item by item (another TypeAdapter)
+            out = Hello.parse_lenient(hello)[0].model_dump()
+        results[what].append(json.dumps(out, sort_keys=True, default=str))
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=use, args=(w,)) for w in ("job", "report", "direct", "hello") * 3]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert errors == [], errors
+for what, outs in results.items():
+    assert len(outs) == 3 and len(set(outs)) == 1, (what, outs)
+print("ok")
+"""
+
+
+def test_models_are_built_on_first_use_and_safely_from_threads() -> None:
+    job = Path(__file__).resolve().parents[2] / "examples" / "atcii" / "lifelonglearningjob.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_USE_IN_THREADS, str(job)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
