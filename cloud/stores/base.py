@@ -110,6 +110,12 @@ class ModelCache:
                 self._entries.clear()
             self._entries[key] = (rv, model)
 
+    def get(self, key: tuple[str, str, str], rv: str) -> StoredResource | None:
+        """The model of ``key`` at version ``rv`` if it was parsed before, else None."""
+        with self._lock:
+            hit = self._entries.get(key)
+        return hit[1] if hit is not None and rv and hit[0] == rv else None
+
     def read(self, store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
         """As :func:`read`, from the cache when the stored version was parsed before."""
         obj = store.get(cls.KIND, namespace, name)
@@ -151,12 +157,17 @@ class WatchEvent:
     """The spec generation of the object (also of a refused one), when the store keeps one."""
 
     @classmethod
-    def of(cls, type_: EventType, obj: Object) -> WatchEvent:
-        """The event of ``obj`` in wire form: its model, or the reason the models refuse it."""
+    def of(cls, type_: EventType, obj: Object, models: ModelCache | None = None) -> WatchEvent:
+        """The event of ``obj`` in wire form: its model, or the reason the models refuse it.
+        ``models``: where a version parsed before is taken from instead of parsing it again (a
+        controller's own write: it parsed what the store returned)."""
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, dict) else {}
         generation = meta.get("generation")
         version = str(meta.get("resourceVersion") or "")
+        known = models.get(wire_key(obj), version) if models is not None else None
+        if known is not None:
+            return cls(type_, known.key, version, known, generation=known.metadata.generation)
         try:
             model = parse(obj)
         except Refused as exc:
@@ -202,8 +213,15 @@ class ResourceStore(Protocol):
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Delete the object; return what was deleted, or None if it did not exist."""
 
-    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
-        """List then stream changes of every kind into ``handler`` until ``stop`` is set."""
+    def watch(
+        self,
+        handler: Callable[[WatchEvent], None],
+        *,
+        stop: threading.Event,
+        models: ModelCache | None = None,
+    ) -> None:
+        """List then stream changes of every kind into ``handler`` until ``stop`` is set. An
+        object whose version ``models`` holds is not parsed again (``WatchEvent.of``)."""
 
     def close(self) -> None:
         """Release connections and files."""

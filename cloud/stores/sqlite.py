@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, WatchEvent
+from lifelong.cloud.stores.base import Conflict, ModelCache, NotFound, Object, WatchEvent
 from lifelong.common.sqlite import Database
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,13 @@ class SqliteStore:
             rows = self.db.fetchall("SELECT rv, body, status FROM objects ORDER BY rv")
         return rv, [self._compose(body, status, r) for r, body, status in rows]
 
-    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
+    def watch(
+        self,
+        handler: Callable[[WatchEvent], None],
+        *,
+        stop: threading.Event,
+        models: ModelCache | None = None,
+    ) -> None:
         """List (ADDED for each object), then every change in version order, until ``stop``."""
         seen: set[tuple[str, str, str]] = set()
 
@@ -249,7 +255,7 @@ class SqliteStore:
             rv, objects = self._snapshot()
             present = set()
             for obj in objects:
-                event = WatchEvent.of("ADDED", obj)
+                event = WatchEvent.of("ADDED", obj, models)
                 present.add(event.key)
                 handler(event)
             for key in sorted(seen - present):
@@ -280,7 +286,7 @@ class SqliteStore:
                 last = relist()
                 continue
             for rv, type_, text in rows:
-                event = WatchEvent.of(type_, json.loads(text))
+                event = WatchEvent.of(type_, json.loads(text), models)
                 if type_ == "DELETED":
                     seen.discard(event.key)
                 else:

@@ -51,6 +51,7 @@ from lifelong.common.api.loader import (
     load_file,
     load_yaml,
     parse_resource,
+    parse_status_write,
     parse_stored,
     resource_key,
 )
@@ -149,6 +150,7 @@ __all__ = [
     "node_names",
     "node_roles",
     "parse_resource",
+    "parse_status_write",
     "parse_stored",
     "resource_key",
     "template_args",

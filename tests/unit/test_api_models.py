@@ -31,6 +31,7 @@ from lifelong.common.api import (
     load_file,
     load_yaml,
     parse_resource,
+    parse_status_write,
     parse_stored,
     resource_key,
     template_env,
@@ -711,3 +712,26 @@ def test_format_path() -> None:
     assert format_path(("spec", "containers", 0, "env", 1, "value")) == "spec.containers[0].env[1].value"
     assert format_path((0, "spec")) == "[0].spec"
     assert format_path(()) == ""
+
+
+def test_a_status_write_parses_to_the_same_model_without_parsing_the_spec_again() -> None:
+    before_obj = job_mapping()
+    before_obj["metadata"].update(resourceVersion="7", uid="u-1", generation=1)
+    before = parse_stored(before_obj)
+    assert isinstance(before, LifelongLearningJob)
+    after_obj = copy.deepcopy(before_obj)
+    after_obj["metadata"]["resourceVersion"] = "8"
+    stamp = "2026-12-02T10:00:00Z"
+    cond = {"type": "Waiting", "stage": "Train", "lastTransitionTime": stamp, "lastHeartbeatTime": stamp}
+    after_obj["status"] = {"conditions": [cond]}
+    after = parse_status_write(before, after_obj)
+    assert after == parse_stored(after_obj)
+    assert after.spec is before.spec  # shared, not validated again
+    assert after.metadata.resource_version == "8" and after.last_condition is not None
+    bad = copy.deepcopy(after_obj)
+    bad["status"]["conditions"][0]["stage"] = "Nowhere"
+    with pytest.raises(ValidationError) as info:
+        parse_status_write(before, bad)
+    assert any(path.startswith("status.conditions[0].stage") for path, _ in info.value.errors)
+    with pytest.raises(ValidationError):
+        parse_status_write(before, {**after_obj, "kind": "Dataset"})
