@@ -276,6 +276,11 @@ class _ProbesOnlyStore:
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         raise self._refuse()
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        raise self._refuse()
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         raise self._refuse()
 

@@ -117,19 +117,25 @@ class ModelCache:
         return hit[1] if hit is not None and rv and hit[0] == rv else None
 
     def read(self, store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
-        """As :func:`read`, from the cache when the stored version was parsed before."""
-        obj = store.get(cls.KIND, namespace, name)
-        if obj is None:
-            return None
+        """As :func:`read`, from the cache when the stored version was parsed before (the store
+        is still asked for its version every time, and not made to decode an object the cache
+        holds at that version: ``ResourceStore.get_changed``)."""
         key = (cls.KIND, namespace, name)
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None and rv is not None and hit[0] == rv and isinstance(hit[1], cls):
+        found = store.get_changed(cls.KIND, namespace, name, hit[0] if hit is not None else None)
+        if found is None:
+            return None
+        rv, obj = found
+        if obj is None and hit is not None and hit[0] == rv and isinstance(hit[1], cls):
             return hit[1]
+        if obj is None:  # not the version asked about after all: read it whole
+            obj = store.get(cls.KIND, namespace, name)
+            if obj is None:
+                return None
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         model = _parse_as(cls, obj)
-        if isinstance(rv, str):
-            self.put(key, rv, model)
+        self.put(key, rv, model)
         return model
 
 
@@ -191,6 +197,13 @@ class ResourceStore(Protocol):
 
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         """The object, or None when it does not exist."""
+
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        """As ``get``, for a caller that holds version ``known`` of the object already: None when
+        it does not exist, else its version and the object, or None for the object when it is
+        still at ``known`` (a store that can tell so cheaply need not read or decode it)."""
 
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         """All objects of a kind (in one namespace, or all namespaces when None)."""

@@ -224,6 +224,14 @@ class KubernetesStore:
             return None
         return self._typed(kind, obj)
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        obj = self.get(kind, namespace, name)  # the API server sends the whole object anyway
+        if obj is None:
+            return None
+        return str(_meta(obj).get("resourceVersion") or ""), obj
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         items, _ = self._list(kind, namespace)
         return items

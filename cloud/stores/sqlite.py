@@ -154,6 +154,22 @@ class SqliteStore:
         row = self._row(kind, namespace, name)
         return None if row is None else self._compose(row[1], row[2], row[0])
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        # one read; the JSON columns only when the version is not ``known``
+        row = self.db.fetchone(
+            "SELECT rv, CASE WHEN rv = ? THEN NULL ELSE body END, CASE WHEN rv = ? THEN NULL ELSE status END"
+            " FROM objects WHERE kind=? AND ns=? AND name=?",
+            (known, known, kind, namespace, name),
+        )
+        if row is None:
+            return None
+        rv, body, status = row
+        if body is None or status is None:
+            return str(rv), None
+        return str(rv), self._compose(str(body), str(status), int(rv))
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         if namespace is None:
             rows = self.db.fetchall(

@@ -249,10 +249,12 @@ class LifelongLearningController:
 
     def reconcile(self, key: Key) -> None:
         _, ns, name = key
+        written: LifelongLearningJob | None = None  # what this reconcile wrote last: current
         for _ in range(CAS_RETRIES):
             try:
                 # the store's version, parsed once (the watch event that brought it parsed it)
-                job = self._models.read(self.store, LifelongLearningJob, ns, name)
+                job = written or self._models.read(self.store, LifelongLearningJob, ns, name)
+                written = None
                 if job is None:
                     return
             except Refused as exc:
@@ -278,7 +280,9 @@ class LifelongLearningController:
                         return
                 settled = transition(conds, Created(), now, **self._backoff)
                 if settled:
-                    self._append_to(job, conds, settled)
+                    # the version written is the current one (a write that lost to another
+                    # raises Conflict): go on with it, not read it again
+                    written = self._append_to(job, conds, settled)
                     continue
                 cur = current(conds)
                 if cur is not None and cur.type is ConditionType.READY:
