@@ -555,7 +555,9 @@ class GMService:
             if settings.kubernetes:
                 api: GMApi = _ProbesOnlyApi(_ProbesOnlyStore(), self.state, self.metrics)
             else:
-                api = GMApi(self.store, self.state, self.metrics, forget_node=self.forget_node)
+                api = GMApi(
+                    self.store, self.state, self.metrics, forget_node=self.forget_node, models=self.models
+                )
                 api.logs = self.logs
                 api.kb = KBApi(self.store, self.kb, on_labelled=self._on_labelled)
             try:

@@ -30,8 +30,8 @@ from lifelong.common.api import (
     load_documents,
     load_file,
     load_yaml,
+    parse_keeping_spec,
     parse_resource,
-    parse_status_write,
     parse_stored,
     resource_key,
     template_env,
@@ -724,14 +724,14 @@ def test_a_status_write_parses_to_the_same_model_without_parsing_the_spec_again(
     stamp = "2026-12-02T10:00:00Z"
     cond = {"type": "Waiting", "stage": "Train", "lastTransitionTime": stamp, "lastHeartbeatTime": stamp}
     after_obj["status"] = {"conditions": [cond]}
-    after = parse_status_write(before, after_obj)
+    after = parse_keeping_spec(before, after_obj)
     assert after == parse_stored(after_obj)
     assert after.spec is before.spec  # shared, not validated again
     assert after.metadata.resource_version == "8" and after.last_condition is not None
     bad = copy.deepcopy(after_obj)
     bad["status"]["conditions"][0]["stage"] = "Nowhere"
     with pytest.raises(ValidationError) as info:
-        parse_status_write(before, bad)
+        parse_keeping_spec(before, bad)
     assert any(path.startswith("status.conditions[0].stage") for path, _ in info.value.errors)
     with pytest.raises(ValidationError):
-        parse_status_write(before, {**after_obj, "kind": "Dataset"})
+        parse_keeping_spec(before, {**after_obj, "kind": "Dataset"})

@@ -24,7 +24,7 @@ from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
-from lifelong.cloud.stores.base import Conflict, NotFound
+from lifelong.cloud.stores.base import Conflict, ModelCache, NotFound, parse
 from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
@@ -150,7 +150,7 @@ class GM:
 
     @property
     def api(self) -> GMApi:
-        return GMApi(self.svc.store, self.svc.state, self.svc.metrics)
+        return GMApi(self.svc.store, self.svc.state, self.svc.metrics, models=self.svc.models)
 
     def deliver(self, topic: str, env: Envelope | bytes) -> None:
         payload = env if isinstance(env, bytes) else encode(env)
@@ -720,6 +720,25 @@ def test_new_jobs_reconciled_together_write_their_first_conditions_in_one_commit
     assert "poison" not in sent
     failing.clear()  # the executor retries it after its backoff
     wait_for(lambda: gm.conditions("poison") == [("Train", "Waiting")], what="poison retried")
+
+
+def test_an_applied_objects_model_is_left_in_the_cache_as_parsing_the_stored_object_gives(gm: GM) -> None:
+    cache = ModelCache()
+    api = GMApi(gm.svc.store, gm.svc.state, gm.svc.metrics, models=cache)
+
+    def cached(answer: dict[str, Any]) -> Any:
+        stored = answer["object"]
+        model = cache.get(parse(stored).key, stored["metadata"]["resourceVersion"])
+        assert model is not None and model == parse(stored)
+        return model
+
+    cached(api.apply(dataset()))
+    cached(api.apply(job()))
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+    changed = job()
+    changed["spec"]["outputDir"] = "/out/job1-v2"
+    model = cached(api.apply(changed))  # with the status the GM wrote meanwhile
+    assert model.status is not None and model.spec.output_dir == "/out/job1-v2"
 
 
 def skipped_reconciles(gm: GM) -> float:

@@ -78,7 +78,7 @@ from lifelong.cloud.stores.base import (
     wire,
 )
 from lifelong.cloud.workqueue import KeyedExecutor
-from lifelong.common.api import Dataset, LifelongLearningJob, parse_status_write
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_keeping_spec
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
 from lifelong.common.logonce import LogOnce
@@ -419,7 +419,7 @@ class LifelongLearningController:
         status = wire(job.status) if job.status is not None else {}
         obj = self._write_conditions(job.key, job.metadata.resource_version, status, conds, new)
         try:
-            written = parse_status_write(job, obj)  # the spec is unchanged: not parsed again
+            written = parse_keeping_spec(job, obj)  # the spec is unchanged: not parsed again
         except ValidationError as exc:
             raise Refused(job.key, exc) from None
         # the reconcile reads the job again next (and the watch's event of this write brings it):
