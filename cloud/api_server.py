@@ -55,6 +55,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -70,8 +71,25 @@ from lifelong.cloud.kb_routes import KBApi
 from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.edge_process import workers_of
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, Refused, ResourceStore, parse, read, wire
-from lifelong.common.api import RESOURCE_TYPES, AnyResource, Dataset, LifelongLearningJob, parse_resource
+from lifelong.cloud.stores.base import (
+    Conflict,
+    ModelCache,
+    NotFound,
+    Object,
+    Refused,
+    ResourceStore,
+    parse,
+    read,
+    wire,
+)
+from lifelong.common.api import (
+    RESOURCE_TYPES,
+    AnyResource,
+    Dataset,
+    LifelongLearningJob,
+    parse_keeping_spec,
+    parse_resource,
+)
 from lifelong.common.errors import ConfigError, LifelongError, ValidationError
 from lifelong.common.httpserver import HTTPLimits, TLSWSGIServer
 from lifelong.common.topics import RESERVED_NODE_NAMES, RESERVED_WHY
@@ -195,10 +213,14 @@ class GMApi:
         metrics: GMMetrics,
         *,
         forget_node: Callable[[str], None] | None = None,
+        models: ModelCache | None = None,
     ) -> None:
         self.store = store
         self.state = state
         self.metrics = metrics
+        self.models = models
+        """Where the model of each applied object is left at its stored version (the service's
+        cache: the store watch then need not parse the apply's event again)."""
         self.logs: WorkerLogRequests | None = None
         """Set by the service when workers' logs can be fetched (standalone mode)."""
         self.forget_node = forget_node
@@ -212,6 +234,8 @@ class GMApi:
         res = validate(obj, self.store, self.state)  # this request's own error, before any write
         key = res.key
         before, stored = self.applies.apply(key, _desired(res))
+        if self.models is not None:
+            self._remember(res, stored)
         if before is None:
             result = "created"
         elif _applied_part(before) == _applied_part(stored):
@@ -220,6 +244,14 @@ class GMApi:
             result = "configured"
         log.info("%s %s/%s %s", key[0], key[1], key[2], result)
         return {"result": result, "object": stored}
+
+    def _remember(self, res: AnyResource, stored: Object) -> None:
+        """Leave the model of ``stored``, the object ``res`` was stored as, in the cache: its spec
+        is ``res``'s (validated just now), only its metadata and status are parsed."""
+        assert self.models is not None
+        rv = str((stored.get("metadata") or {}).get("resourceVersion") or "")
+        with suppress(ValidationError):  # a status the models refuse: the watch says so
+            self.models.put(res.key, rv, parse_keeping_spec(res, stored))
 
     def delete(self, kind: str, ns: str, name: str) -> dict[str, Any]:
         gone = self.store.delete(kind, ns, name)

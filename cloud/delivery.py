@@ -214,11 +214,23 @@ class Delivery:
         return deferred
 
     # -- controllers -----------------------------------------------------------------------
-    def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
-        """``nodes`` should hold ``obj`` (at its version); any other node that held it gets a delete."""
+    def want(
+        self,
+        key: Key,
+        nodes: Iterable[str],
+        obj: Object,
+        *,
+        include_status: bool = True,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """``nodes`` should hold ``obj`` (at its version); any other node that held it gets a
+        delete. ``then`` is called once this has run (when held back by ``deferring``, after the
+        commit); not if it raised."""
         deferred = self._deferred()
         if deferred is not None:
-            later = functools.partial(self.want, key, list(nodes), obj, include_status=include_status)
+            later = functools.partial(
+                self.want, key, list(nodes), obj, include_status=include_status, then=then
+            )
             deferred.append(later)
             return
         rv = str(obj.get("metadata", {}).get("resourceVersion", ""))
@@ -234,6 +246,8 @@ class Delivery:
             for node, row in rows.items():
                 if node not in wanted and row.op == "upsert":
                     self._change("want", node, key, rv, None)
+        if then is not None:
+            then()
 
     def gone(self, key: Key, rv: str) -> None:
         """The object was deleted (at version ``rv``): every node that held it gets a delete."""

@@ -151,6 +151,13 @@ class GMMetrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        self.reconciles_skipped = Counter(
+            "lifelong_gm_reconciles_skipped_total",
+            "Store events of a version a reconcile had already run to the end on (the event of "
+            "its own status write), not reconciled again, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.nodes_online_fn: Callable[[], int] = lambda: 0
         self.unacked_fn: Callable[[], Mapping[str, int]] = dict
         self.jobs_fn: Callable[[], Mapping[tuple[str, str], int]] = dict

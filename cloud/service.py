@@ -105,7 +105,7 @@ from lifelong.cloud.logs import WorkerLogRequests
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.runtimes.base import WorkerPhase, WorkerRuntime
 from lifelong.cloud.runtimes.edge_process import EdgeProcessRuntime
-from lifelong.cloud.stores.base import Object, Refused, ResourceStore, WatchEvent, parse
+from lifelong.cloud.stores.base import ModelCache, Object, Refused, ResourceStore, WatchEvent, parse
 from lifelong.cloud.stores.sqlite import SqliteStore
 from lifelong.cloud.workqueue import KeyedExecutor, Task
 from lifelong.common.api import LifelongLearningJob
@@ -276,6 +276,11 @@ class _ProbesOnlyStore:
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         raise self._refuse()
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        raise self._refuse()
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         raise self._refuse()
 
@@ -290,7 +295,13 @@ class _ProbesOnlyStore:
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         raise self._refuse()
 
-    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
+    def watch(
+        self,
+        handler: Callable[[WatchEvent], None],
+        *,
+        stop: threading.Event,
+        models: ModelCache | None = None,
+    ) -> None:
         raise self._refuse()
 
     def close(self) -> None:
@@ -471,6 +482,9 @@ class GMService:
         self.registry = Registry()
         # key -> why the models refuse it (the store watch's thread only; see _refused_once)
         self._refused = LogOnce()  # stored objects the models refuse, by key: the reason logged
+        self.models = ModelCache()
+        """The models of stored jobs and Datasets, each version parsed once: by the job controller
+        (its reads and its own writes) and the store watch (which takes an own write's from here)."""
         self.jobs = LifelongLearningController(
             self.store,
             self.delivery,
@@ -484,6 +498,7 @@ class GMService:
             backoff_cap=settings.backoff_cap,
             retry_limit=settings.retry_limit,
             validate=validate,
+            models=self.models,
         )
         if not settings.kubernetes:
             # The Pod runtime starts its Pod watch here, so in Kubernetes mode only a leader calls it.
@@ -540,7 +555,9 @@ class GMService:
             if settings.kubernetes:
                 api: GMApi = _ProbesOnlyApi(_ProbesOnlyStore(), self.state, self.metrics)
             else:
-                api = GMApi(self.store, self.state, self.metrics, forget_node=self.forget_node)
+                api = GMApi(
+                    self.store, self.state, self.metrics, forget_node=self.forget_node, models=self.models
+                )
                 api.logs = self.logs
                 api.kb = KBApi(self.store, self.kb, on_labelled=self._on_labelled)
             try:
@@ -737,7 +754,7 @@ class GMService:
     def _watch(self) -> None:
         while not self._stop.is_set():
             try:
-                self.store.watch(self._on_store_event, stop=self._stop)
+                self.store.watch(self._on_store_event, stop=self._stop, models=self.models)
             except Exception:
                 if self._stop.is_set():
                     return

@@ -9,7 +9,7 @@ import the bus side).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -52,8 +52,18 @@ class ReportDeferred(ProtocolError):
 class Sender(Protocol):
     """What a controller asks of the downstream delivery (``cloud/delivery.py``'s ``Delivery``)."""
 
-    def want(self, key: Key, nodes: Iterable[str], obj: Object, *, include_status: bool = True) -> None:
-        """``nodes`` should hold ``obj`` at its version; any other node that held it gets a delete."""
+    def want(
+        self,
+        key: Key,
+        nodes: Iterable[str],
+        obj: Object,
+        *,
+        include_status: bool = True,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """``nodes`` should hold ``obj`` at its version; any other node that held it gets a delete.
+        ``then`` is called once that has run (after the commit, when the caller's sends are held
+        back until its transaction commits); not if it raised."""
 
     def gone(self, key: Key, rv: str) -> None:
         """The object was deleted at version ``rv``: every node that held it gets a delete."""

@@ -110,20 +110,32 @@ class ModelCache:
                 self._entries.clear()
             self._entries[key] = (rv, model)
 
-    def read(self, store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
-        """As :func:`read`, from the cache when the stored version was parsed before."""
-        obj = store.get(cls.KIND, namespace, name)
-        if obj is None:
-            return None
-        key = (cls.KIND, namespace, name)
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
+    def get(self, key: tuple[str, str, str], rv: str) -> StoredResource | None:
+        """The model of ``key`` at version ``rv`` if it was parsed before, else None."""
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None and rv is not None and hit[0] == rv and isinstance(hit[1], cls):
+        return hit[1] if hit is not None and rv and hit[0] == rv else None
+
+    def read(self, store: ResourceStore, cls: type[ModelT], namespace: str, name: str) -> ModelT | None:
+        """As :func:`read`, from the cache when the stored version was parsed before (the store
+        is still asked for its version every time, and not made to decode an object the cache
+        holds at that version: ``ResourceStore.get_changed``)."""
+        key = (cls.KIND, namespace, name)
+        with self._lock:
+            hit = self._entries.get(key)
+        found = store.get_changed(cls.KIND, namespace, name, hit[0] if hit is not None else None)
+        if found is None:
+            return None
+        rv, obj = found
+        if obj is None and hit is not None and hit[0] == rv and isinstance(hit[1], cls):
             return hit[1]
+        if obj is None:  # not the version asked about after all: read it whole
+            obj = store.get(cls.KIND, namespace, name)
+            if obj is None:
+                return None
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         model = _parse_as(cls, obj)
-        if isinstance(rv, str):
-            self.put(key, rv, model)
+        self.put(key, rv, model)
         return model
 
 
@@ -151,12 +163,17 @@ class WatchEvent:
     """The spec generation of the object (also of a refused one), when the store keeps one."""
 
     @classmethod
-    def of(cls, type_: EventType, obj: Object) -> WatchEvent:
-        """The event of ``obj`` in wire form: its model, or the reason the models refuse it."""
+    def of(cls, type_: EventType, obj: Object, models: ModelCache | None = None) -> WatchEvent:
+        """The event of ``obj`` in wire form: its model, or the reason the models refuse it.
+        ``models``: where a version parsed before is taken from instead of parsing it again (a
+        controller's own write: it parsed what the store returned)."""
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, dict) else {}
         generation = meta.get("generation")
         version = str(meta.get("resourceVersion") or "")
+        known = models.get(wire_key(obj), version) if models is not None else None
+        if known is not None:
+            return cls(type_, known.key, version, known, generation=known.metadata.generation)
         try:
             model = parse(obj)
         except Refused as exc:
@@ -181,6 +198,13 @@ class ResourceStore(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         """The object, or None when it does not exist."""
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        """As ``get``, for a caller that holds version ``known`` of the object already: None when
+        it does not exist, else its version and the object, or None for the object when it is
+        still at ``known`` (a store that can tell so cheaply need not read or decode it)."""
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         """All objects of a kind (in one namespace, or all namespaces when None)."""
 
@@ -202,8 +226,15 @@ class ResourceStore(Protocol):
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Delete the object; return what was deleted, or None if it did not exist."""
 
-    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
-        """List then stream changes of every kind into ``handler`` until ``stop`` is set."""
+    def watch(
+        self,
+        handler: Callable[[WatchEvent], None],
+        *,
+        stop: threading.Event,
+        models: ModelCache | None = None,
+    ) -> None:
+        """List then stream changes of every kind into ``handler`` until ``stop`` is set. An
+        object whose version ``models`` holds is not parsed again (``WatchEvent.of``)."""
 
     def close(self) -> None:
         """Release connections and files."""

@@ -41,6 +41,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 from lifelong.cloud.stores.base import (
     Conflict,
     EventType,
+    ModelCache,
     NotFound,
     Object,
     Refused,
@@ -223,6 +224,14 @@ class KubernetesStore:
             return None
         return self._typed(kind, obj)
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        obj = self.get(kind, namespace, name)  # the API server sends the whole object anyway
+        if obj is None:
+            return None
+        return str(_meta(obj).get("resourceVersion") or ""), obj
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         items, _ = self._list(kind, namespace)
         return items
@@ -363,7 +372,13 @@ class KubernetesStore:
         log.info("deleted %s %s/%s", kind, namespace, name)
         return current
 
-    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
+    def watch(
+        self,
+        handler: Callable[[WatchEvent], None],
+        *,
+        stop: threading.Event,
+        models: ModelCache | None = None,
+    ) -> None:
         lock = threading.Lock()
 
         def emit(event: WatchEvent) -> None:
@@ -374,7 +389,7 @@ class KubernetesStore:
                     kind, ns, name = event.key
                     log.exception("watch handler failed on %s %s %s/%s", event.type, kind, ns, name)
 
-        streams = [_KindStream(self, kind, emit, stop) for kind in PLURALS]
+        streams = [_KindStream(self, kind, emit, stop, models) for kind in PLURALS]
         for stream in streams:  # the whole list first: ADDED for everything that exists
             stream.relist_until_done()
         threads = [threading.Thread(target=s.run, name=f"k8s-watch-{s.kind}", daemon=True) for s in streams]
@@ -406,9 +421,15 @@ class _KindStream:
     """List + watch of one kind, with what the handler has seen (to relist without repeats)."""
 
     def __init__(
-        self, store: KubernetesStore, kind: str, emit: Callable[[WatchEvent], None], stop: threading.Event
+        self,
+        store: KubernetesStore,
+        kind: str,
+        emit: Callable[[WatchEvent], None],
+        stop: threading.Event,
+        models: ModelCache | None = None,
     ) -> None:
         self.store = store
+        self.models = models
         self.kind = kind
         self.emit = emit
         self.stop = stop
@@ -434,12 +455,12 @@ class _KindStream:
             fresh[key] = item
             before = self.seen.get(key)
             if before is None:
-                self.emit(WatchEvent.of("ADDED", item))
+                self.emit(WatchEvent.of("ADDED", item, self.models))
             elif _meta(before).get("resourceVersion") != meta.get("resourceVersion"):
-                self.emit(WatchEvent.of("MODIFIED", item))
+                self.emit(WatchEvent.of("MODIFIED", item, self.models))
         for key, gone in self.seen.items():
             if key not in fresh:
-                self.emit(WatchEvent.of("DELETED", gone))
+                self.emit(WatchEvent.of("DELETED", gone, self.models))
         self.seen = fresh
         self.resource_version = version
         self._failures = 0
@@ -534,7 +555,7 @@ class _KindStream:
                 return  # the relist already delivered exactly this version
             self.seen[key] = obj
             type_ = "MODIFIED" if before is not None else "ADDED"
-        self.emit(WatchEvent.of(type_, obj))
+        self.emit(WatchEvent.of(type_, obj, self.models))
 
 
 # --------------------------------------------------------------------------- validation

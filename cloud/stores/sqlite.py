@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lifelong.cloud.stores.base import Conflict, NotFound, Object, WatchEvent
+from lifelong.cloud.stores.base import Conflict, ModelCache, NotFound, Object, WatchEvent
 from lifelong.common.sqlite import Database
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,22 @@ class SqliteStore:
         row = self._row(kind, namespace, name)
         return None if row is None else self._compose(row[1], row[2], row[0])
 
+    def get_changed(
+        self, kind: str, namespace: str, name: str, known: str | None
+    ) -> tuple[str, Object | None] | None:
+        # one read; the JSON columns only when the version is not ``known``
+        row = self.db.fetchone(
+            "SELECT rv, CASE WHEN rv = ? THEN NULL ELSE body END, CASE WHEN rv = ? THEN NULL ELSE status END"
+            " FROM objects WHERE kind=? AND ns=? AND name=?",
+            (known, known, kind, namespace, name),
+        )
+        if row is None:
+            return None
+        rv, body, status = row
+        if body is None or status is None:
+            return str(rv), None
+        return str(rv), self._compose(str(body), str(status), int(rv))
+
     def list(self, kind: str, namespace: str | None = None) -> Sequence[Object]:
         if namespace is None:
             rows = self.db.fetchall(
@@ -241,7 +257,13 @@ class SqliteStore:
             rows = self.db.fetchall("SELECT rv, body, status FROM objects ORDER BY rv")
         return rv, [self._compose(body, status, r) for r, body, status in rows]
 
-    def watch(self, handler: Callable[[WatchEvent], None], *, stop: threading.Event) -> None:
+    def watch(
+        self,
+        handler: Callable[[WatchEvent], None],
+        *,
+        stop: threading.Event,
+        models: ModelCache | None = None,
+    ) -> None:
         """List (ADDED for each object), then every change in version order, until ``stop``."""
         seen: set[tuple[str, str, str]] = set()
 
@@ -249,7 +271,7 @@ class SqliteStore:
             rv, objects = self._snapshot()
             present = set()
             for obj in objects:
-                event = WatchEvent.of("ADDED", obj)
+                event = WatchEvent.of("ADDED", obj, models)
                 present.add(event.key)
                 handler(event)
             for key in sorted(seen - present):
@@ -280,7 +302,7 @@ class SqliteStore:
                 last = relist()
                 continue
             for rv, type_, text in rows:
-                event = WatchEvent.of(type_, json.loads(text))
+                event = WatchEvent.of(type_, json.loads(text), models)
                 if type_ == "DELETED":
                     seen.discard(event.key)
                 else:

@@ -32,6 +32,7 @@ from lifelong.common.api import (
     load_documents,
     load_file,
     load_yaml,
+    parse_keeping_spec,
     parse_resource,
     parse_stored,
     resource_key,
@@ -773,3 +774,26 @@ def test_models_are_built_on_first_use_and_safely_from_threads() -> None:
         check=False,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_a_status_write_parses_to_the_same_model_without_parsing_the_spec_again() -> None:
+    before_obj = job_mapping()
+    before_obj["metadata"].update(resourceVersion="7", uid="u-1", generation=1)
+    before = parse_stored(before_obj)
+    assert isinstance(before, LifelongLearningJob)
+    after_obj = copy.deepcopy(before_obj)
+    after_obj["metadata"]["resourceVersion"] = "8"
+    stamp = "2026-12-02T10:00:00Z"
+    cond = {"type": "Waiting", "stage": "Train", "lastTransitionTime": stamp, "lastHeartbeatTime": stamp}
+    after_obj["status"] = {"conditions": [cond]}
+    after = parse_keeping_spec(before, after_obj)
+    assert after == parse_stored(after_obj)
+    assert after.spec is before.spec  # shared, not validated again
+    assert after.metadata.resource_version == "8" and after.last_condition is not None
+    bad = copy.deepcopy(after_obj)
+    bad["status"]["conditions"][0]["stage"] = "Nowhere"
+    with pytest.raises(ValidationError) as info:
+        parse_keeping_spec(before, bad)
+    assert any(path.startswith("status.conditions[0].stage") for path, _ in info.value.errors)
+    with pytest.raises(ValidationError):
+        parse_keeping_spec(before, {**after_obj, "kind": "Dataset"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from lifelong.cloud.delivery import Delivery
 from lifelong.cloud.gmstate import GMState
 from lifelong.cloud.metrics import GMMetrics
 from lifelong.cloud.service import GMService, GMSettings
-from lifelong.cloud.stores.base import Conflict, NotFound
+from lifelong.cloud.stores.base import Conflict, ModelCache, NotFound, parse
 from lifelong.common.api import Dataset, LifelongLearningJob, parse_resource
 from lifelong.common.codec import decode, encode
 from lifelong.common.envelope import CONTROL_KIND, Envelope, Op
@@ -149,7 +150,7 @@ class GM:
 
     @property
     def api(self) -> GMApi:
-        return GMApi(self.svc.store, self.svc.state, self.svc.metrics)
+        return GMApi(self.svc.store, self.svc.state, self.svc.metrics, models=self.svc.models)
 
     def deliver(self, topic: str, env: Envelope | bytes) -> None:
         payload = env if isinstance(env, bytes) else encode(env)
@@ -719,6 +720,76 @@ def test_new_jobs_reconciled_together_write_their_first_conditions_in_one_commit
     assert "poison" not in sent
     failing.clear()  # the executor retries it after its backoff
     wait_for(lambda: gm.conditions("poison") == [("Train", "Waiting")], what="poison retried")
+
+
+def test_an_applied_objects_model_is_left_in_the_cache_as_parsing_the_stored_object_gives(gm: GM) -> None:
+    cache = ModelCache()
+    api = GMApi(gm.svc.store, gm.svc.state, gm.svc.metrics, models=cache)
+
+    def cached(answer: dict[str, Any]) -> Any:
+        stored = answer["object"]
+        model = cache.get(parse(stored).key, stored["metadata"]["resourceVersion"])
+        assert model is not None and model == parse(stored)
+        return model
+
+    cached(api.apply(dataset()))
+    cached(api.apply(job()))
+    wait_for(lambda: gm.conditions() == [("Train", "Waiting")], what="Train/Waiting")
+    changed = job()
+    changed["spec"]["outputDir"] = "/out/job1-v2"
+    model = cached(api.apply(changed))  # with the status the GM wrote meanwhile
+    assert model.status is not None and model.spec.output_dir == "/out/job1-v2"
+
+
+def skipped_reconciles(gm: GM) -> float:
+    return float(gm.svc.metrics.reconciles_skipped.labels(kind="LifelongLearningJob")._value.get())
+
+
+def test_the_event_of_a_jobs_own_status_write_is_not_reconciled_again(gm: GM) -> None:
+    """A new job's reconcile writes its first condition, reads that version and sends it: the
+    store event of that write is not reconciled a second time, and the nodes hold that version."""
+    setup_job(gm)
+    gm.idle()
+    stored = gm.job()
+    rv = stored["metadata"]["resourceVersion"]
+    sent = wait_for(
+        lambda: [e for e in gm.bus.envelopes("node-a", Op.UPSERT, "LifelongLearningJob") if e.rv == rv],
+        what="the version with the first condition sent",
+    )
+    assert sent[-1].body is not None and sent[-1].body["object"]["status"] == stored["status"]
+    assert skipped_reconciles(gm) == 1
+
+
+def test_a_burst_whose_commit_fails_is_reconciled_again_and_sent(
+    gm: GM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconcile that changes nothing still sends the job's new version; when the commit of its
+    burst fails, nothing was sent, and the executor's retry must not take the version as done."""
+    setup_job(gm)
+    gm.idle()
+    db = gm.svc.store.db  # type: ignore[attr-defined]
+    real_commit = db._commit
+    failed: list[str] = []
+
+    def commit(*, lazy: bool = False) -> None:
+        name = threading.current_thread().name
+        if not failed and name.startswith("gm-") and name[3:].isdigit():  # an executor's burst
+            failed.append(name)
+            db._rollback()
+            raise sqlite3.OperationalError("injected: disk I/O error")
+        real_commit(lazy=lazy)
+
+    monkeypatch.setattr(db, "_commit", commit)
+    changed = job()
+    changed["spec"]["outputDir"] = "/out/job1-v2"  # a new version whose reconcile writes nothing
+    gm.api.apply(changed)
+    rv = gm.job()["metadata"]["resourceVersion"]
+    wait_for(
+        lambda: any(e.rv == rv for e in gm.bus.envelopes("node-a", Op.UPSERT, "LifelongLearningJob")),
+        what="the new version sent after the retry",
+    )
+    assert failed  # the burst's commit did fail once
+    assert gm.conditions() == [("Train", "Waiting")]
 
 
 def test_a_resent_report_across_a_gm_restart_appends_no_second_condition(gm: GM) -> None:

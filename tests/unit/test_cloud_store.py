@@ -185,6 +185,16 @@ def test_watch_parses_each_object_once_and_names_why_the_models_refuse_one(store
         thread.join(5)
 
 
+def test_get_changed_reads_the_object_only_when_its_version_is_not_the_one_known(store: SqliteStore) -> None:
+    stored = store.apply(ds("a"))
+    rv = stored["metadata"]["resourceVersion"]
+    assert store.get_changed("Dataset", "default", "a", None) == (rv, store.get("Dataset", "default", "a"))
+    assert store.get_changed("Dataset", "default", "a", rv) == (rv, None)
+    newer = store.update_status("Dataset", "default", "a", {"numberOfSamples": 3})
+    assert store.get_changed("Dataset", "default", "a", rv) == (newer["metadata"]["resourceVersion"], newer)
+    assert store.get_changed("Dataset", "default", "missing", rv) is None
+
+
 def test_the_model_cache_parses_each_stored_version_once(store: SqliteStore) -> None:
     cache = ModelCache(limit=2)
     store.apply(ds("a"))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -74,11 +75,10 @@ from lifelong.cloud.stores.base import (
     ResourceStore,
     StoreError,
     WatchEvent,
-    parse,
     wire,
 )
 from lifelong.cloud.workqueue import KeyedExecutor
-from lifelong.common.api import Dataset, LifelongLearningJob
+from lifelong.common.api import Dataset, LifelongLearningJob, parse_keeping_spec
 from lifelong.common.envelope import Envelope
 from lifelong.common.errors import StateError, ValidationError
 from lifelong.common.logonce import LogOnce
@@ -134,14 +134,6 @@ def _parked(generation: object, conds: list[Condition]) -> bool:
     return judged is not _UNSET and judged == generation
 
 
-def _job(obj: Object) -> LifelongLearningJob:
-    """The model of a job a store has just written back (``Refused`` if the models refuse it)."""
-    model = parse(obj)
-    if not isinstance(model, LifelongLearningJob):
-        raise TypeError(f"expected a {KIND}, the store returned a {model.kind}")
-    return model
-
-
 class LifelongLearningController:
     kind = KIND
     bursts = True
@@ -164,6 +156,7 @@ class LifelongLearningController:
         retry_limit: int = DEFAULT_RETRY_LIMIT,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         validate: Validator | None = None,
+        models: ModelCache | None = None,
     ) -> None:
         self.store = store
         self.validate = validate
@@ -172,7 +165,10 @@ class LifelongLearningController:
         self.runtime = runtime
         self.executor = executor
         self.state = state
-        self._models = ModelCache()  # each version of a job or Dataset parsed once for reports
+        self._models = models if models is not None else ModelCache()
+        """Each version of a job or Dataset parsed once (for reports, reconciles, the watch)."""
+        self._reconciled: dict[Key, str] = {}
+        """Job -> the version its last reconcile ran to the end on (see ``on_event``)."""
         self._bad_datasets = LogOnce()
         self.metrics = metrics
         self.lc_server = lc_server
@@ -212,9 +208,17 @@ class LifelongLearningController:
                 self.downstream.gone(key, event.resource_version)
                 self.state.forget_job(ns, name)
                 self._valid_generation.pop(key, None)
+                self._reconciled.pop(key, None)
             else:
                 if isinstance(event.model, LifelongLearningJob):
                     self._models.put(key, event.resource_version, event.model)
+                if event.resource_version and self._reconciled.get(key) == event.resource_version:
+                    # A reconcile already ran to the end on this version: it is the event of that
+                    # reconcile's own status write (which read the version it wrote and sent it),
+                    # and reconciling it again would decide and send the same. A version names one
+                    # content only (a store never reuses one), so nothing is skipped that changed.
+                    self.metrics.reconciles_skipped.labels(kind=KIND).inc()
+                    return
                 self.reconcile(key)
         finally:
             self.metrics.reconcile_seconds.labels(kind=KIND).observe(time.perf_counter() - started)
@@ -245,10 +249,12 @@ class LifelongLearningController:
 
     def reconcile(self, key: Key) -> None:
         _, ns, name = key
+        written: LifelongLearningJob | None = None  # what this reconcile wrote last: current
         for _ in range(CAS_RETRIES):
             try:
                 # the store's version, parsed once (the watch event that brought it parsed it)
-                job = self._models.read(self.store, LifelongLearningJob, ns, name)
+                job = written or self._models.read(self.store, LifelongLearningJob, ns, name)
+                written = None
                 if job is None:
                     return
             except Refused as exc:
@@ -274,7 +280,9 @@ class LifelongLearningController:
                         return
                 settled = transition(conds, Created(), now, **self._backoff)
                 if settled:
-                    self._append_to(job, conds, settled)
+                    # the version written is the current one (a write that lost to another
+                    # raises Conflict): go on with it, not read it again
+                    written = self._append_to(job, conds, settled)
                     continue
                 cur = current(conds)
                 if cur is not None and cur.type is ConditionType.READY:
@@ -409,7 +417,11 @@ class LifelongLearningController:
     ) -> LifelongLearningJob:
         """Append ``new`` to the job (compare-and-swap on its version); the job as written."""
         status = wire(job.status) if job.status is not None else {}
-        written = _job(self._write_conditions(job.key, job.metadata.resource_version, status, conds, new))
+        obj = self._write_conditions(job.key, job.metadata.resource_version, status, conds, new)
+        try:
+            written = parse_keeping_spec(job, obj)  # the spec is unchanged: not parsed again
+        except ValidationError as exc:
+            raise Refused(job.key, exc) from None
         # the reconcile reads the job again next (and the watch's event of this write brings it):
         # that version is parsed already
         self._models.put(written.key, written.metadata.resource_version or "", written)
@@ -450,7 +462,15 @@ class LifelongLearningController:
         self.runtime.ensure_worker(spec)
 
     def _send(self, job: LifelongLearningJob) -> None:
-        self.downstream.want(job.key, job.node_names(self._dataset_of(job)), wire(job), include_status=True)
+        """Send ``job`` to its nodes: the last step of a reconcile, which is then done with that
+        version of the job. Once the sending has run (after the commit of a burst of reconciles;
+        never if it rolled back, when the executor runs the reconcile again) that version's own
+        event need not be reconciled again (``on_event``)."""
+        key, rv = job.key, job.metadata.resource_version
+        done = None if not rv else functools.partial(self._reconciled.__setitem__, key, rv)
+        self.downstream.want(
+            key, job.node_names(self._dataset_of(job)), wire(job), include_status=True, then=done
+        )
 
     # -- upstream --------------------------------------------------------------------------
     def parse_report(self, body: Any) -> JobReport:
