@@ -16,8 +16,10 @@ file runs each marked kind:
   stored by the server (no kubelet or scheduler runs: nothing starts); the namespace is deleted
   after;
 * ``<!-- commands: edge-install -->``: as one ``sh -e`` script in a copy of the repository with
-  ``/opt/lifelong`` moved to a scratch folder (a real ``pip install`` from the package index),
-  then ``systemd-analyze verify`` on the shipped unit pointed at that folder;
+  ``/opt/lifelong`` moved to a scratch folder (a real ``pip install``: this package built from
+  the copy, its dependencies from ``harness.deploy.wheelhouse()``, downloaded from the package
+  index at most a week before), then ``systemd-analyze verify`` on the shipped unit pointed at
+  that folder;
 * ``<!-- commands: logs -->``: by tests/integration/test_worker_logs.py, against a real GM and
   LC whose worker writes lines (``lifelong logs`` needs a running worker);
 * ``<!-- not run: REASON -->``: not run here (a Docker engine, a cluster, root, systemd or a
@@ -42,7 +44,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from harness.brokers import Broker, make_broker
-from harness.deploy import copy_build_context, run_shell
+from harness.deploy import copy_build_context, run_shell, wheelhouse
 from harness.k8s_cluster import SHIPPED_NAMESPACE, Cluster
 from harness.processes import GMProcess
 from harness.waiting import wait_for
@@ -332,7 +334,8 @@ def test_edge_install_commands_in_the_docs_put_lifelong_where_the_unit_runs_it(t
     (block,) = marked_blocks("commands: edge-install")
     prefix = tmp_path / "opt" / "lifelong"
     checkout = copy_build_context(tmp_path / "checkout")
-    done = run_shell(block.replace("/opt/lifelong", str(prefix)), cwd=checkout, timeout=900)
+    script = block.replace("/opt/lifelong", str(prefix))
+    done = run_shell(script, cwd=checkout, timeout=900, wheels=wheelhouse())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.startswith("usage: lifelong lc") or "usage: lifelong lc" in done.stdout
 

@@ -237,6 +237,17 @@ def test_job_created_while_the_lc_is_offline_arrives_after_it_reconnects(setup: 
     setup.wait_conditions(FULL_ROUND)
 
 
+def _ready(gm: GMProcess, name: str) -> tuple[str, str] | None:
+    """The (status, reason) of Dataset ``name``'s Ready condition, from the GM's API.
+
+    The waits below poll this, in this process, and then check ``describe`` once: a ``describe``
+    per poll started a client process (about 0.6 s of CPU) every 20 ms for as long as the wait
+    lasted. Each state waited for lasts until the test changes it, so ``describe`` shows it."""
+    conds = ((gm.get("Dataset", name) or {}).get("status") or {}).get("conditions") or []
+    ready = [(str(c.get("status")), str(c.get("reason"))) for c in conds if c.get("type") == "Ready"]
+    return ready[0] if ready else None
+
+
 def test_a_dataset_applied_before_its_node_came_online_waits_then_the_job_converges(
     tmp_path: Path, broker: Broker
 ) -> None:
@@ -246,11 +257,12 @@ def test_a_dataset_applied_before_its_node_came_online_waits_then_the_job_conver
         s.gm.wait_ready()
         s.apply()  # node-a has never said hello: stored all the same, as Kubernetes would
         wait_for(
-            lambda: "Ready:             False (WaitingForNode)" in s.gm.cli("describe", "ds", "ds1").stdout,
+            lambda: _ready(s.gm, "ds1") == ("False", "WaitingForNode"),
             timeout=30,
             what=f"the Dataset waiting for its node\n{s.gm.log_tail()}",
         )
         described = s.gm.cli("describe", "ds", "ds1").stdout
+        assert "Ready:             False (WaitingForNode)" in described, described
         assert "node 'node-a' has not said hello" in described
         assert "node-a: WaitingForNode" in s.gm.cli("describe", "ll", "job1").stdout
         assert s.gm.conditions("job1") == [("Train", "Waiting")]
@@ -265,17 +277,17 @@ def test_a_dataset_applied_before_its_node_came_online_waits_then_the_job_conver
         # What the edge finds reaches describe through the bus: the file goes, then comes back.
         s.data.rename(s.data.with_suffix(".away"))
         wait_for(
-            lambda: "Ready:             False (FileMissing)" in s.gm.cli("describe", "ds", "ds1").stdout,
+            lambda: _ready(s.gm, "ds1") == ("False", "FileMissing"),
             timeout=30,
             what=f"FileMissing\n{s.lc.log_tail()}",
         )
-        assert f"{s.data} does not exist" in s.gm.cli("describe", "ds", "ds1").stdout
+        described = s.gm.cli("describe", "ds", "ds1").stdout
+        assert "Ready:             False (FileMissing)" in described, described
+        assert f"{s.data} does not exist" in described
         s.data.with_suffix(".away").rename(s.data)
-        wait_for(
-            lambda: "Ready:             True (Counted)" in s.gm.cli("describe", "ds", "ds1").stdout,
-            timeout=30,
-            what="Counted again",
-        )
+        wait_for(lambda: _ready(s.gm, "ds1") == ("True", "Counted"), timeout=30, what="Counted again")
+        described = s.gm.cli("describe", "ds", "ds1").stdout
+        assert "Ready:             True (Counted)" in described, described
     finally:
         s.stop()
 

@@ -18,8 +18,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from harness.brokers import Broker
 from harness.faults import (
     NODE,
@@ -134,7 +136,7 @@ def test_gm_sigkilled_while_resyncing_a_node(rig: Rig, broker: Broker) -> None:
         rig.apply_objects([job_manifest(n, "ds1", out) for n in new])
         rig.apply_objects([job_manifest(n, "ds1", out, annotations={"run": str(run)}) for n in names[:5]])
         gone = names.pop()
-        rig.gm.cli("delete", "ll", gone)
+        rig.delete("LifelongLearningJob", gone)
         seqs = queue_reports(rig.lc.state_dir, run * 200, 200)
         hellos = _hellos(rig)
         rig.lc.start()
@@ -159,6 +161,10 @@ def test_gm_sigkilled_while_resyncing_a_node(rig: Rig, broker: Broker) -> None:
     assert (tally.lost, tally.duplicated) == (0, 0), tally
 
 
+def _apply_by_client(rig: Rig, objs: list[dict[str, Any]]) -> None:
+    rig.gm.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+
+
 def test_broker_restarted_without_persistence_while_traffic_flows_both_ways(rig: Rig, broker: Broker) -> None:
     tally = Tally("broker restart (no persistence), traffic both ways", broker.kind)
     rng = random.Random()
@@ -167,9 +173,11 @@ def test_broker_restarted_without_persistence_while_traffic_flows_both_ways(rig:
     for run in range(repeat()):
         seqs = queue_reports(rig.lc.state_dir, run * BACKLOG, BACKLOG)  # upstream
         _wait_applied(rig, epoch, seqs, int(BACKLOG * rng.uniform(0.05, 0.9)), "broker")
-        rig.apply_objects([job_manifest(f"b{run}-{i}", "ds1", out) for i in range(5)])  # downstream
+        # Applied by the client, as before Rig.apply_objects applied from this process: its start
+        # keeps the broker down for a second or two, the window this scenario was written for.
+        _apply_by_client(rig, [job_manifest(f"b{run}-{i}", "ds1", out) for i in range(5)])  # downstream
         broker.stop()  # SIGTERM; persistence off: retained presence, sessions and queues are gone
-        rig.apply_objects([job_manifest(f"c{run}-{i}", "ds1", out) for i in range(3)])  # while down
+        _apply_by_client(rig, [job_manifest(f"c{run}-{i}", "ds1", out) for i in range(3)])  # while down
         t0 = time.monotonic()
         broker.start()
         rig.wait_drained(epoch, seqs)
@@ -247,7 +255,7 @@ def test_link_cut_while_the_lc_monitors_triggers_and_reports(rig: Rig, broker: B
     tally.converge_seconds.append(time.monotonic() - t0)
     tally.runs = 1
     tally.count(rig.gm, epoch, seqs)
-    rig.gm.cli("delete", "ll", "trig")  # stops its worker
+    rig.delete("LifelongLearningJob", "trig")  # stops its worker
     wait_for(lambda: "trig" not in rig.lc_jobs(), timeout=30, what="the job gone from the LC")
     tally.note = f"cut {CUT_SECONDS:.0f} s; trigger fired offline, applied once; dataset count arrived"
     tally.record()

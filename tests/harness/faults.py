@@ -32,8 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.processes import GMProcess, LCProcess
 from harness.waiting import DeadlineExceeded, wait_for
 from lifelong.edge.db import Store
@@ -249,10 +247,16 @@ class Rig:
         self.gm.wait_ready()
 
     def apply(self) -> None:
-        self.gm.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(self.data)))
+        self.apply_objects(manifests(self.data))
 
     def apply_objects(self, objs: list[dict[str, Any]]) -> None:
-        self.gm.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+        """Apply ``objs`` from this process (``GMProcess.apply``, not a client process): the fault
+        scenarios test the GM and the LC, not the client."""
+        self.gm.apply(objs)
+
+    def delete(self, kind: str, name: str) -> None:
+        """Delete one object as ``lifelong delete`` does (``DELETE /api/v1/KIND/NS/NAME``)."""
+        self.gm.api("DELETE", f"/api/v1/{kind}/{NS}/{name}")
 
     def gm_jobs(self) -> dict[str, str]:
         """name -> resourceVersion of every job the GM holds."""
