@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 # Kubernetes control plane, those of the RabbitMQ cluster (each server starts once for the run),
 # and the web console's browser tests (one set of processes and one browser, module-scoped); the
 # slow tests are handed out first (tests/conftest.py, docs/design.md "Testing").
+# PYTHONDONTWRITEBYTECODE is cleared for the run: with it set (as on some machines), each xdist
+# worker rewrote every test module's asserts again and each process the tests start compiled what
+# it imports from source, as an installed system (pip compiles its bytecode) never does.
 TEST_JOBS ?= 3
 
 .PHONY: help venv test check lint typecheck imports crds demo bench eval faults screenshots clean
@@ -46,7 +49,7 @@ test: $(STAMP)
 	elif [ -z "$$LIFELONG_K8S_BIN_DIR" ]; then \
 	  echo "make test: no Go toolchain, so the Kubernetes-mode tests (a real kube-apiserver and etcd, tests/k8s) are skipped"; \
 	fi; \
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
