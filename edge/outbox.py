@@ -80,6 +80,7 @@ class Outbox:
         # Every report with a seq <= _cursor is in flight or gone, so ``due`` reads only the
         # rows after it (plus in-flight ones above it): O(window), not O(depth).
         self._cursor = 0
+        self._resets = 0  # reset_inflight calls: a list ``due`` made before one is stale
         self.wakeup = threading.Event()  # set when there may be something to publish
         self.appended = 0
         self.sent = 0
@@ -154,8 +155,21 @@ class Outbox:
         out = [e for e in self.table.after(after, room + len(skip)) if e.seq not in skip]
         return out[:room]
 
-    def mark_sent(self, seq: int) -> None:
+    @property
+    def resets(self) -> int:
+        """How many times everything unacknowledged was made due again (``reset_inflight``):
+        the publisher reads it before ``due`` and hands it to ``mark_sent``."""
         with self._lock:
+            return self._resets
+
+    def mark_sent(self, seq: int, *, resets: int | None = None) -> bool:
+        """Record that ``seq`` is being published now. With ``resets`` (as read before the
+        ``due`` that listed ``seq``): False, and nothing recorded, if ``reset_inflight`` ran
+        since. That list is stale: a report it skipped as in flight is due again, and marking a
+        later one would move the cursor past it, where only the next reconnect would find it."""
+        with self._lock:
+            if resets is not None and resets != self._resets:
+                return False
             self._inflight[seq] = self._clock()
             self._cursor = max(self._cursor, seq)
             if seq in self._sent:
@@ -163,6 +177,7 @@ class Outbox:
             else:
                 self._sent.add(seq)
                 self.sent += 1
+        return True
 
     def unmark(self, seq: int) -> None:
         """A publish did not go out (connection lost): the report is due again at once."""
@@ -175,6 +190,7 @@ class Outbox:
         with self._lock:
             self._inflight.clear()
             self._cursor = 0
+            self._resets += 1
         self.wakeup.set()
 
     def inflight(self) -> int:

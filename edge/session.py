@@ -714,6 +714,7 @@ class Session:
 
     def _publish_due(self) -> None:
         while not self._stop.is_set() and self.connected.is_set():
+            resets = self.outbox.resets
             due = self.outbox.due()
             if not due:
                 return
@@ -736,7 +737,8 @@ class Session:
                     self.outbox.drop_unsendable(entry.seq)
                     continue
                 topic = self.topics.up(self.node, entry.kind, entry.ns, entry.name)
-                self.outbox.mark_sent(entry.seq)
+                if not self.outbox.mark_sent(entry.seq, resets=resets):
+                    break  # a reconnect made every unacknowledged report due again: list anew
                 if self.publish is None or not self._send(topic, payload):
                     self.outbox.unmark(entry.seq)
                     return

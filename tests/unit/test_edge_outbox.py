@@ -60,6 +60,26 @@ def test_seqs_window_ack_and_resend(store: Store) -> None:
     assert box.append("Dataset", "ns", "d", {}) == 6
 
 
+def test_a_due_list_made_before_a_reconnect_is_not_marked_sent_after_it(store: Store) -> None:
+    """The publisher lists what is due, then publishes it one by one; a reconnect on the bus
+    thread (``reset_inflight``) in between makes every unacknowledged report due again. The rest
+    of the old list must not be marked sent: that would move the cursor past the reports the
+    reset made due again, and they would wait for the next reconnect (a stall seen in the fault
+    suite: 66 reports, acknowledged by a restarted broker the GM was not yet subscribed to)."""
+    box = Outbox(store, window=10, ack_timeout=10, clock=FakeClock())
+    for i in range(6):
+        box.append("LifelongLearningJob", "ns", "j", {"i": i})
+    resets = box.resets
+    listed = box.due()
+    assert [e.seq for e in listed] == [1, 2, 3, 4, 5, 6]
+    for e in listed[:3]:
+        assert box.mark_sent(e.seq, resets=resets)  # published, then the connection drops
+    box.reset_inflight()  # reconnected: everything unacknowledged is due again
+    assert not box.mark_sent(listed[3].seq, resets=resets)  # the stale list stops here
+    assert box.inflight() == 0
+    assert [e.seq for e in box.due()] == [1, 2, 3, 4, 5, 6]
+
+
 def test_dataset_counts_coalesce(store: Store) -> None:
     box = Outbox(store)
     box.append("Dataset", "ns", "d", {"numberOfSamples": 1}, coalesce_key="Dataset/ns/d")
