@@ -173,6 +173,7 @@ def test_broker_restarted_without_persistence_while_traffic_flows_both_ways(rig:
     for run in range(repeat()):
         seqs = queue_reports(rig.lc.state_dir, run * BACKLOG, BACKLOG)  # upstream
         _wait_applied(rig, epoch, seqs, int(BACKLOG * rng.uniform(0.05, 0.9)), "broker")
+
         # Even runs apply with the client, whose start keeps the broker down for a second or two;
         # odd runs from this process, for an outage of ~0.1 s, in which the LC reconnects and
         # publishes while the GM subscribes again (that window once stalled 66 reports: their
