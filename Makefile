@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
-# Test processes for `make test` (pytest-xdist). Most tests wait on brokers and processes, so
-# three share two cores well: 960 tests took 5:47 with 3 and 9:42 in one process here.
+# Test processes for `make test` (pytest-xdist). Most tests wait on brokers, processes and
+# deadlines, so more workers than cores keep the cores busy: 1,550 tests took 7:41 with 3, 6:29
+# with 4 and 5:58 with 5 on 2 cores (~600 s of CPU each time; docs/performance.md).
 # --dist loadgroup: the tests marked xdist_group("NAME") run in one process, in order: those of the
 # Kubernetes control plane, those of the RabbitMQ cluster (each server starts once for the run),
 # and the web console's browser tests (one set of processes and one browser, module-scoped); the
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 # PYTHONDONTWRITEBYTECODE is cleared for the run: with it set (as on some machines), each xdist
 # worker rewrote every test module's asserts again and each process the tests start compiled what
 # it imports from source, as an installed system (pip compiles its bytecode) never does.
-TEST_JOBS ?= 3
+TEST_JOBS ?= 5
 
 .PHONY: help venv test check lint typecheck imports crds demo bench eval faults screenshots clean
 
