@@ -34,11 +34,8 @@ by CI) they fail instead.
 
 from __future__ import annotations
 
-import compileall
 import functools
-import importlib.util
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,36 +156,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "clustered: also run on the two-node RabbitMQ cluster (broker kind rabbitmq)"
     )
-    compile_bytecode()
-
-
-#: The packages of this checkout whose modules the ``lifelong`` processes of the tests import.
-PACKAGES = (
-    "lifelong",
-    "lifelong.common",
-    "lifelong.cloud",
-    "lifelong.edge",
-    "lifelong.broker",
-    "lifelong.learning",
-)
-
-
-def compile_bytecode() -> None:
-    """Compile this checkout's ``lifelong`` packages once, as ``pip install`` would, when Python
-    is told not to write bytecode (``PYTHONDONTWRITEBYTECODE=1``, as on the shared test machines).
-
-    Without it every ``lifelong`` process a test starts (GM, LC, broker, client command, worker)
-    compiled each module it imports from source: about a fifth of the CPU of a GM's or a client
-    command's start, and the suite starts thousands of them. Modules up to date are skipped (a
-    stat each), so every xdist worker calls this; two writing one file at once is safe
-    (``py_compile`` replaces it atomically). The ``__pycache__`` folders are ignored by git.
-    benchmarks/infra.py does the same for the benchmarks."""
-    if not sys.dont_write_bytecode:
-        return  # every process writes and reuses its own
-    for package in PACKAGES:
-        spec = importlib.util.find_spec(package)
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            compileall.compile_dir(folder, quiet=1)
 
 
 #: The session-scoped servers a test may need, by the fixture that starts them, and the xdist

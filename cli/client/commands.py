@@ -62,7 +62,7 @@ _ALIAS = {alias: kind for kind, aliases in KIND_ALIASES.items() for alias in (*a
 
 NODE_ALIASES = ("node", "nodes", "no")
 
-_APPLY_ORDER = {"Dataset": 0, "Model": 1, "LifelongLearningJob": 2}
+APPLY_ORDER = {"Dataset": 0, "Model": 1, "LifelongLearningJob": 2}
 
 
 def kind_of(name: str) -> str:
@@ -134,7 +134,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     resources = read_resources(args.filename)
     if not resources:
         raise ValidationError([("", "no objects passed to apply")])
-    resources.sort(key=lambda r: _APPLY_ORDER.get(r.get("kind", ""), 9))
+    resources.sort(key=lambda r: APPLY_ORDER.get(r.get("kind", ""), 9))
     client = _client(args)
     for res in resources:
         if args.namespace and not res["metadata"].get("namespace"):
@@ -388,7 +388,7 @@ def _delete_targets(args: argparse.Namespace, client: Client) -> list[tuple[str,
             (res["kind"], res["metadata"].get("namespace") or args.namespace, res["metadata"]["name"])
             for res in read_resources(args.filename)
         ]
-        return sorted(found, key=lambda t: -_APPLY_ORDER.get(t[0], 9))
+        return sorted(found, key=lambda t: -APPLY_ORDER.get(t[0], 9))
     if not args.kind:
         raise ValidationError([("", "give KIND NAME..., KIND/NAME, KIND --all, KIND -l SELECTOR or -f FILE")])
     groups = targets(args.kind, args.name)

@@ -127,13 +127,9 @@ class ModelCache:
         if found is None:
             return None
         rv, obj = found
-        if obj is None and hit is not None and hit[0] == rv and isinstance(hit[1], cls):
+        if obj is None:  # still the cached version (the only one get_changed answers so for)
+            assert hit is not None and isinstance(hit[1], cls)
             return hit[1]
-        if obj is None:  # not the version asked about after all: read it whole
-            obj = store.get(cls.KIND, namespace, name)
-            if obj is None:
-                return None
-            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         model = _parse_as(cls, obj)
         self.put(key, rv, model)
         return model

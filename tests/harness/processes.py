@@ -34,10 +34,6 @@ FULL_ROUND = [
 """A job's conditions (stage, type) through one full round, as ``GMProcess.conditions`` gives them."""
 
 
-_APPLY_ORDER = {"Dataset": 0, "Model": 1, "LifelongLearningJob": 2}
-"""The order ``lifelong apply`` sends a file's objects in (cli/client/commands.py)."""
-
-
 class Process:
     """One ``python -m lifelong ARGS`` child process."""
 
@@ -176,10 +172,11 @@ class GMProcess(Process):
         answer's ``result``. For tests whose subject is not the client: a client process costs
         about 0.6 s of CPU each time (tests/e2e and tests/unit/test_client_commands.py run the
         client itself). An error answer raises ``urllib.error.HTTPError``."""
+        from lifelong.client.commands import APPLY_ORDER
         from lifelong.common.api import dump_resource, parse_resource
 
         results = []
-        for obj in sorted(objs, key=lambda o: _APPLY_ORDER.get(o["kind"], 9)):
+        for obj in sorted(objs, key=lambda o: APPLY_ORDER.get(o["kind"], 9)):
             answer = self.api("POST", "/api/v1/apply", dump_resource(parse_resource(obj)))
             assert answer.get("result") in ("created", "configured", "unchanged"), answer
             results.append(str(answer["result"]))
