@@ -157,7 +157,9 @@ def test_bad_sample_posts_are_refused_counted_and_keep_nothing(
 ) -> None:
     hold_job(gm, tmp_path)
     state = StateReader(lc.state_dir)
-    wait_for(lambda: state.outbox_depth() == 0, what="the dataset report acknowledged")
+    wait_for(
+        lambda: gm.reports("Dataset") and state.outbox_depth() == 0, what="the dataset report acknowledged"
+    )
     bad_id = unseen("b", 2)
     bad_id[1]["id"] = "../etc"
     code, answer, _ = post(lc.api_port, samples_path("j"), {"samples": bad_id})
@@ -180,7 +182,10 @@ def test_bad_sample_posts_are_refused_counted_and_keep_nothing(
     code, answer, _ = post(lc.api_port, samples_path("j"), {"samples": huge})
     assert code == 413 and "samples[0]" in answer["error"], answer
 
-    assert state.outbox_depth() == 0 and sample_reports(gm) == []
+    # Whatever else the LC queued meanwhile (its dataset or job reports may still be on their way
+    # when the first wait saw an empty outbox) drains; no samples were among it.
+    wait_for(lambda: state.outbox_depth() == 0, what="the outbox drained")
+    assert sample_reports(gm) == []
     text = lc.metrics()
     assert metric(text, "lifelong_lc_worker_posts_total", result="invalid") == 3, text
     assert metric(text, "lifelong_lc_worker_posts_total", result="not_found") == 1, text
