@@ -268,11 +268,15 @@ class RabbitCluster:
 
     def purge(self) -> None:
         """Delete every queue (the MQTT sessions of the test that just ran), so a client id used
-        again by the next test starts with no leftover subscription or queued message."""
+        again by the next test starts with no leftover subscription or queued message.
+
+        Its deadline is longer than other commands': rabbitmqctl boots an Erlang VM of its own,
+        and on a loaded machine (a parallel test run) that alone took past 60 s."""
         self.ctl(
             0,
             "eval",
             '[rabbit_amqqueue:delete(Q, false, false, <<"tests">>) || Q <- rabbit_amqqueue:list()], ok.',
+            timeout=180.0,
         )
 
     def log_tail(self, lines: int = 20) -> str:
