@@ -35,12 +35,15 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from lifelong.common.sqlite import Database, moved_aside
+
+ModelT = TypeVar("ModelT")
 
 __all__ = ["Entry", "OutboxStats", "OutboxTable", "Store", "moved_aside", "rv_newer", "rv_older"]
 
@@ -113,6 +116,10 @@ class Store:
         self.path: Path = self.db.path
         self._changed_lock = threading.Lock()
         self._changed: dict[str, set[tuple[str, str]]] = {}  # kind -> (ns, name) put or deleted
+        # (kind, ns, name) -> (rv, obj, model): the parse of the last version put or read (see
+        # ``parsed``), least recently remembered first; bounded by MODELS_LIMIT.
+        self._models: dict[tuple[str, str, str], tuple[str, dict[str, Any], object]] = {}
+        self._models_lock = threading.Lock()
         with self.db.transaction():
             self.db.execute_all(_SCHEMA)
             if self.db.fetchone("SELECT value FROM meta WHERE key='epoch'") is None:
@@ -174,15 +181,59 @@ class Store:
         with self._changed_lock:
             self._changed.setdefault(kind, set()).add((ns, name))
 
-    def put_resource(self, kind: str, ns: str, name: str, rv: str, obj: dict[str, Any]) -> None:
+    def put_resource(
+        self, kind: str, ns: str, name: str, rv: str, obj: dict[str, Any], *, model: object = None
+    ) -> None:
+        """Hold ``obj`` at version ``rv``; ``model`` is its parse, if the caller made one (the
+        bus session does): :meth:`parsed` then gives it to the manager instead of parsing again,
+        so it must be what every caller's ``parse`` makes of ``obj`` (the API model of its kind)."""
         with self.db.transaction():
             self._note_changed(kind, ns, name)
             self.db.execute(
                 "INSERT OR REPLACE INTO resources VALUES (?,?,?,?,?)", (kind, ns, name, rv, json.dumps(obj))
             )
             self.db.execute("DELETE FROM tombstones WHERE kind=? AND ns=? AND name=?", (kind, ns, name))
+            if model is not None:
+                self._remember((kind, ns, name), rv, obj, model)
+
+    MODELS_LIMIT = 1024  # an edge node holds a few jobs; a burst of new ones stays well inside
+
+    def _remember(self, key: tuple[str, str, str], rv: str, obj: dict[str, Any], model: object) -> None:
+        with self._models_lock:
+            self._models.pop(key, None)
+            self._models[key] = (rv, obj, model)
+            if len(self._models) > self.MODELS_LIMIT:
+                del self._models[next(iter(self._models))]
+
+    def parsed(
+        self, kind: str, ns: str, name: str, parse: Callable[[dict[str, Any]], ModelT]
+    ) -> tuple[str, dict[str, Any], ModelT] | None:
+        """The held resource as (rv, obj, model), or None if none is held: ``parse(obj)`` of the
+        held version, made once per version (the session's parse when it stored it, else the
+        first call's). The version is always the database's; only the decode and the parse are
+        saved. What ``parse`` raises goes to the caller, and nothing is remembered.
+
+        The objects returned are shared between callers: read them, never change them. A
+        version remembered by a transaction that then rolled back is harmless: the same
+        (kind, ns, name, rv) is the same object, and a different version held never matches it."""
+        key = (kind, ns, name)
+        rv = self.held_rv(kind, ns, name)
+        if rv is None:
+            return None
+        with self._models_lock:
+            hit = self._models.get(key)
+        if hit is not None and hit[0] == rv:
+            return hit[0], hit[1], cast(ModelT, hit[2])  # what ``parse`` made of this version
+        held = self.get_resource(kind, ns, name)
+        if held is None:
+            return None
+        model = parse(held[1])
+        self._remember(key, held[0], held[1], model)
+        return held[0], held[1], model
 
     def delete_resource(self, kind: str, ns: str, name: str, rv: str | None) -> None:
+        with self._models_lock:
+            self._models.pop((kind, ns, name), None)
         with self.db.transaction():
             self._note_changed(kind, ns, name)
             self.db.execute("DELETE FROM resources WHERE kind=? AND ns=? AND name=?", (kind, ns, name))

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 from pydantic import JsonValue
 
@@ -81,6 +81,25 @@ Wake: TypeAlias = tuple[float, float] | None
 
 ALWAYS: Wake = (0.0, float("-inf"))
 """Evaluated at every step."""
+
+
+ParsedT = TypeVar("ParsedT", LifelongLearningJob, Dataset)
+
+
+def model_parser(cls: type[ParsedT], source: str) -> Callable[[dict[str, Any]], ParsedT | ValidationError]:
+    """What ``Store.parsed`` keeps for a held object: its model, or the ``ValidationError`` the
+    models refuse it with (kept too, so a refused version is not parsed again at every step)."""
+
+    def parse(raw: dict[str, Any]) -> ParsedT | ValidationError:
+        try:
+            model = parse_resource(raw, source=source)
+        except ValidationError as exc:
+            return exc
+        if not isinstance(model, cls):
+            return ValidationError([("kind", f"must be {cls.KIND}")], source=source)
+        return model
+
+    return parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,14 +285,16 @@ class Manager:
 
     def _step_one(self, ns: str, name: str, record: _JobRecord, ds_rvs: dict[tuple[str, str], str]) -> None:
         """Evaluate one job; a failure is logged once, counted and leaves the others alone."""
-        held = self.store.get_resource(JOB_KIND, ns, name)
+        held = self.store.parsed(
+            JOB_KIND, ns, name, model_parser(LifelongLearningJob, f"LifelongLearningJob {ns}/{name}")
+        )
         if held is None:
             return  # deleted since the listing
         key = f"{ns}/{name}"
         outcome = _Outcome()
         ds_name = ((held[1].get("spec") or {}).get("dataset") or {}).get("name") or None
         try:
-            self._step_job(ns, name, held[1], record, outcome)
+            self._step_job(ns, name, held[1], held[2], record, outcome)
         except OutboxFull as exc:
             self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
             return
@@ -345,21 +366,28 @@ class Manager:
 
     def _dataset(self, ns: str, job: LifelongLearningJob) -> tuple[Dataset, dict[str, Any]] | None:
         """The job's Dataset as a model (``ValidationError`` if refused) and its wire spec."""
-        held = self.store.get_resource(DATASET_KIND, ns, job.spec.dataset.name)
+        ds_name = job.spec.dataset.name
+        held = self.store.parsed(DATASET_KIND, ns, ds_name, model_parser(Dataset, f"Dataset {ns}/{ds_name}"))
         if held is None:
             return None
-        dataset = parse_resource(held[1], source=f"Dataset {ns}/{job.spec.dataset.name}")
-        if not isinstance(dataset, Dataset):
-            raise ValidationError(
-                [("kind", "must be Dataset")], source=f"Dataset {ns}/{job.spec.dataset.name}"
-            )
-        return dataset, held[1].get("spec") or {}
+        if isinstance(held[2], ValidationError):
+            raise held[2]
+        return held[2], held[1].get("spec") or {}
 
-    def _step_job(self, ns: str, name: str, raw: dict[str, Any], record: _JobRecord, out: _Outcome) -> None:
-        """Evaluate one job; ``out`` says when to evaluate it again if none of its inputs change."""
-        job = parse_resource(raw, source=f"LifelongLearningJob {ns}/{name}")
-        if not isinstance(job, LifelongLearningJob):
-            raise ValidationError([("kind", "must be LifelongLearningJob")], source=f"job {ns}/{name}")
+    def _step_job(  # noqa: PLR0917 - private, called once
+        self,
+        ns: str,
+        name: str,
+        raw: dict[str, Any],
+        parsed: LifelongLearningJob | ValidationError,
+        record: _JobRecord,
+        out: _Outcome,
+    ) -> None:
+        """Evaluate one job (``raw`` as held, ``parsed`` its model or why the models refuse it);
+        ``out`` says when to evaluate it again if none of its inputs change."""
+        if isinstance(parsed, ValidationError):
+            raise parsed
+        job = parsed
         self._check_identity(ns, name, raw, record, out)
         stage, ctype = job.state
         if ctype is not ConditionType.WAITING:

@@ -30,9 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from lifelong.common.api import Dataset, parse_resource
+from lifelong.common.api import Dataset
 from lifelong.common.api.meta import DNS1123_SUBDOMAIN_MAX, is_dns1123_subdomain
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec
@@ -45,7 +44,7 @@ from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store, moved_aside
 from lifelong.edge.labelled import LabelledAppender
-from lifelong.edge.manager import Manager
+from lifelong.edge.manager import Manager, model_parser
 from lifelong.edge.metrics import ItemFailures, Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
 from lifelong.edge.session import Session
@@ -284,9 +283,9 @@ class LocalController:
         API models refuse it, or counting it raises) is logged once, counted
         (``item_failures{loop="datasets"}``) and skipped; the others are still counted."""
         again, self._report_datasets = self._report_datasets, False
-        for _k, ns, name, _rv, obj in self.store.resources(DATASET_KIND):
+        for ns, name in self.store.versions(DATASET_KIND):
             try:
-                self._dataset(ns, name, obj, again=again)
+                self._dataset(ns, name, again=again)
             except sqlite3.OperationalError:
                 raise  # the database, not this dataset: handled by the control step
             except ValidationError as exc:
@@ -298,14 +297,17 @@ class LocalController:
             else:
                 self.failures.ok("datasets", f"{ns}/{name}")
 
-    def _dataset(self, ns: str, name: str, obj: dict[str, Any], *, again: bool = False) -> None:
+    def _dataset(self, ns: str, name: str, *, again: bool = False) -> None:
         """Count one dataset; report it when its count or its state (``ok``, ``missing``,
         ``unreadable``, ``unsupported``, with the message) changed since the last report, or
         ``again`` (after a connect: the GM may have forgotten the node, or never heard it)."""
         node = self.settings.node
-        dataset = parse_resource(obj, source=f"Dataset {ns}/{name}")
-        if not isinstance(dataset, Dataset):
-            raise ValidationError([("kind", "must be Dataset")], source=f"Dataset {ns}/{name}")
+        held = self.store.parsed(DATASET_KIND, ns, name, model_parser(Dataset, f"Dataset {ns}/{name}"))
+        if held is None:
+            return  # deleted since the listing
+        _rv, obj, dataset = held
+        if isinstance(dataset, ValidationError):
+            raise dataset
         if dataset.spec.node_name != node:
             return
         spec = obj.get("spec") or {}

@@ -103,3 +103,76 @@ def test_take_changed_lists_each_put_or_deleted_resource_once(tmp_path: Path) ->
     assert store.take_changed("LifelongLearningJob") == set()
     assert store.take_changed("Dataset") == {("default", "d")}
     store.close()
+
+
+class _Parses:
+    """A ``parse`` for ``Store.parsed`` that counts its calls and makes a fresh object each time."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    def __call__(self, obj: dict[str, object]) -> tuple[str, object]:
+        self.calls.append(obj)
+        if obj.get("bad"):
+            raise ValueError("refused")
+        return ("model", obj.get("v"))
+
+
+def test_parsed_gives_each_held_version_parsed_once(tmp_path: Path) -> None:
+    s = Store(tmp_path / "lc.db")
+    parse = _Parses()
+    assert s.parsed("Dataset", "ns", "d", parse) is None and parse.calls == []
+
+    given = ("model", 1)
+    s.put_resource("Dataset", "ns", "d", "5", {"v": 1}, model=given)  # the session's parse
+    rv, obj, model = s.parsed("Dataset", "ns", "d", parse) or (None, None, None)
+    assert (rv, obj) == ("5", {"v": 1}) and model is given and parse.calls == []
+
+    s.put_resource("Dataset", "ns", "d", "6", {"v": 2})  # no model given: parsed on first read
+    first = s.parsed("Dataset", "ns", "d", parse)
+    again = s.parsed("Dataset", "ns", "d", parse)
+    assert first is not None and again is not None
+    assert first[0] == "6" and first[2] == ("model", 2) and again[2] is first[2]
+    assert parse.calls == [{"v": 2}]
+
+    s.delete_resource("Dataset", "ns", "d", "7")
+    assert s.parsed("Dataset", "ns", "d", parse) is None
+    s.close()
+
+
+def test_parsed_follows_the_database_not_a_rolled_back_put(tmp_path: Path) -> None:
+    s = Store(tmp_path / "lc.db")
+    parse = _Parses()
+    s.put_resource("Dataset", "ns", "d", "5", {"v": 1})
+    with pytest.raises(RuntimeError), s.tx():
+        s.put_resource("Dataset", "ns", "d", "9", {"v": 9}, model=("model", 9))
+        raise RuntimeError("crash")
+    held = s.parsed("Dataset", "ns", "d", parse)
+    assert held is not None and held[0] == "5" and held[2] == ("model", 1)
+    assert parse.calls == [{"v": 1}]
+    s.close()
+
+
+def test_parsed_passes_a_refusal_on_and_remembers_nothing(tmp_path: Path) -> None:
+    s = Store(tmp_path / "lc.db")
+    parse = _Parses()
+    s.put_resource("Dataset", "ns", "d", "5", {"bad": True})
+    for _ in range(2):
+        with pytest.raises(ValueError, match="refused"):
+            s.parsed("Dataset", "ns", "d", parse)
+    assert len(parse.calls) == 2
+    s.close()
+
+
+def test_parsed_keeps_at_most_its_limit_dropping_the_oldest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Store(tmp_path / "lc.db")
+    monkeypatch.setattr(s, "MODELS_LIMIT", 2)
+    parse = _Parses()
+    for i in range(3):
+        s.put_resource("Dataset", "ns", f"d{i}", "1", {"v": i}, model=("model", i))
+    assert s.parsed("Dataset", "ns", "d2", parse) is not None and parse.calls == []
+    assert s.parsed("Dataset", "ns", "d1", parse) is not None and parse.calls == []
+    assert s.parsed("Dataset", "ns", "d0", parse) is not None and parse.calls == [{"v": 0}]  # dropped
+    s.close()
