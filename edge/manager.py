@@ -20,8 +20,11 @@ Cost of a step: a job is evaluated again only when something its outcome depends
 have changed: its object (resourceVersion), its Dataset's object or sample count, our own
 progress (a step that wrote it evaluates the job once more), or time (the trigger's
 ``checkPeriodSeconds`` runs out, 60 s by default; a missing model or a failed copy: every
-step). Any other job costs a dictionary look-up, not a read or a write: nothing is written for
-a job whose progress did not change. What the manager keeps in memory about a job (its memo,
+step). Any other job costs nothing at all, not even a look-up: a step finds the jobs to
+evaluate from an index (the jobs the store lists as changed, those whose last step wrote or
+failed, one check per Dataset state that jobs depend on, a heap of wake times), so its cost
+follows what changed, not how many jobs are held. Nothing is written for a job whose progress
+did not change. What the manager keeps in memory about a job (its memo,
 uid and last trigger check) is one ``_JobRecord``, dropped once when the job goes; a restarted
 LC evaluates every job once, from the progress in the database.
 
@@ -46,6 +49,7 @@ reported ready with its new url.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -53,7 +57,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar, cast
@@ -112,6 +116,19 @@ class _Memo:
     ds_spec: dict[str, Any] | None  # set when the outcome depends on the dataset's sample count
     count: tuple[int | None, str] | None
     wake: Wake
+
+
+_Sig: TypeAlias = tuple[str, str, str | None, tuple[int | None, str] | None, bool]
+"""What a memo depends on of its Dataset: (ns, name, rv held, count, whether the count mattered)."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """The jobs whose memos depend on the same state of one Dataset: checked once per step."""
+
+    spec: dict[str, Any] | None
+    """The Dataset's spec to count its samples with (None: the count did not matter)."""
+    keys: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -208,6 +225,12 @@ class Manager:
         self._forget: set[tuple[str, str]] = set()
         self._forget_lock = threading.Lock()
         self._jobs: dict[tuple[str, str], _JobRecord] | None = None  # every job held
+        # The index of what each job's memo depends on (``step``): a job is in exactly one of
+        # _due (no memo) or, with a memo, in its Dataset's group and/or the wake heap.
+        self._due: set[tuple[str, str]] = set()
+        self._groups: dict[_Sig, _Group] = {}
+        self._wakes: list[tuple[float, int, tuple[str, str], _Memo]] = []
+        self._wake_n = 0  # the heap's tie-break: memos are not ordered
         self.rounds_fired = 0
         self.evaluated = 0  # jobs evaluated (not skipped) so far
 
@@ -264,24 +287,43 @@ class Manager:
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> None:
+        """Evaluate the jobs that may have changed since their last evaluation: those put or
+        deleted, forgotten, never evaluated or whose last step wrote or failed (``_due``); those
+        whose Dataset's version or sample count moved (``_groups``, checked once per group);
+        those whose time came (``_wakes``). The others cost nothing: no look-up per job held."""
         with self._forget_lock:
             forget, self._forget = self._forget, set()
-        jobs = self._job_versions()
-        for ns, name in forget:
-            record = jobs.get((ns, name))
-            if record is not None:
-                record.memo = None
-            if self.store.get_resource(JOB_KIND, ns, name) is None:
-                self.store.delete_record("progress", ns, name)
-                jobs.pop((ns, name), None)
+        jobs, due = self._job_versions()
+        due |= self._due
+        self._due = set()
+        for key in forget:
+            due.add(key)
+            if self.store.get_resource(JOB_KIND, *key) is None:
+                self.store.delete_record("progress", *key)
+                self._drop(key)
         ds_rvs = self.store.versions(DATASET_KIND)
         now = self.mono()
         counts: dict[tuple[str, str], tuple[int | None, str]] = {}  # this step's dataset counts
-        for (ns, name), record in list(jobs.items()):
-            if record.memo is not None and self._unchanged(record, ns, ds_rvs, counts, now):
-                continue
-            record.memo = None
-            self._step_one(ns, name, record, ds_rvs)
+        for sig, group in list(self._groups.items()):
+            if not self._holds(sig, group.spec, ds_rvs, counts):
+                del self._groups[sig]
+                due |= group.keys
+        while self._wakes:
+            memo = self._wakes[0][3]
+            assert memo.wake is not None
+            if now - memo.wake[0] < memo.wake[1]:  # ``LLTrigger.due``'s very test, in deadline order
+                break
+            _deadline, _n, key, memo = heapq.heappop(self._wakes)
+            record = jobs.get(key)
+            if record is not None and record.memo is memo:  # else evaluated since: a stale entry
+                due.add(key)
+        for key in sorted(due):
+            record = jobs.get(key)
+            if record is None:
+                continue  # gone
+            self._unindex(key, record)
+            self._step_one(key[0], key[1], record, ds_rvs)
+            self._index(key, record)
 
     def _step_one(self, ns: str, name: str, record: _JobRecord, ds_rvs: dict[tuple[str, str], str]) -> None:
         """Evaluate one job; a failure is logged once, counted and leaves the others alone."""
@@ -322,45 +364,75 @@ class Manager:
             outcome.wake,
         )
 
-    def _job_versions(self) -> dict[tuple[str, str], _JobRecord]:
-        """Every job held, by key: read from the database at the first step, then kept up to
-        date from the store's list of changed jobs (no scan per step). A job that goes loses
-        its record here, once."""
+    def _job_versions(self) -> tuple[dict[tuple[str, str], _JobRecord], set[tuple[str, str]]]:
+        """Every job held, by key, and the keys to evaluate for a change of their object: read
+        from the database at the first step (every job then), then kept up to date from the
+        store's list of changed jobs (no scan per step). A job that goes loses its record here,
+        once."""
         if self._jobs is None:
             self.store.take_changed(JOB_KIND)
             self._jobs = {k: _JobRecord(rv) for k, rv in self.store.versions(JOB_KIND).items()}
-            return self._jobs
-        for ns, name in sorted(self.store.take_changed(JOB_KIND)):
-            rv = self.store.held_rv(JOB_KIND, ns, name)
+            return self._jobs, set(self._jobs)
+        changed: set[tuple[str, str]] = set()
+        for key in self.store.take_changed(JOB_KIND):
+            rv = self.store.held_rv(JOB_KIND, *key)
+            record = self._jobs.get(key)
             if rv is None:
-                self._jobs.pop((ns, name), None)
-            elif (ns, name) in self._jobs:
-                self._jobs[(ns, name)].rv = rv
-            else:
-                self._jobs[(ns, name)] = _JobRecord(rv)
-        return self._jobs
+                self._drop(key)
+            elif record is None:
+                self._jobs[key] = _JobRecord(rv)
+                changed.add(key)
+            elif record.rv != rv or record.memo is None or record.memo.rv != rv:
+                record.rv = rv
+                changed.add(key)  # a change rolled back (the same rv held) changes nothing
+        return self._jobs, changed
 
-    def _unchanged(
+    def _drop(self, key: tuple[str, str]) -> None:
+        if self._jobs is not None and (record := self._jobs.pop(key, None)) is not None:
+            self._unindex(key, record)
+
+    def _index(self, key: tuple[str, str], record: _JobRecord) -> None:
+        """File the job under what its memo depends on (none: evaluated at the next step)."""
+        memo = record.memo
+        if memo is None:
+            self._due.add(key)
+            return
+        if memo.ds_name is not None:
+            sig = (key[0], memo.ds_name, memo.ds_rv, memo.count, memo.ds_spec is not None)
+            self._groups.setdefault(sig, _Group(memo.ds_spec)).keys.add(key)
+        if memo.wake is not None:
+            self._wake_n += 1
+            heapq.heappush(self._wakes, (memo.wake[0] + memo.wake[1], self._wake_n, key, memo))
+
+    def _unindex(self, key: tuple[str, str], record: _JobRecord) -> None:
+        """Take the job out of its group and forget its memo (its wake, if any, goes stale)."""
+        memo, record.memo = record.memo, None
+        if memo is not None and memo.ds_name is not None:
+            sig = (key[0], memo.ds_name, memo.ds_rv, memo.count, memo.ds_spec is not None)
+            group = self._groups.get(sig)
+            if group is not None:
+                group.keys.discard(key)
+                if not group.keys:
+                    del self._groups[sig]
+
+    def _holds(
         self,
-        record: _JobRecord,
-        ns: str,
+        sig: _Sig,
+        spec: dict[str, Any] | None,
         ds_rvs: dict[tuple[str, str], str],
         counts: dict[tuple[str, str], tuple[int | None, str]],
-        now: float,
     ) -> bool:
-        """May the job be skipped: is everything its last evaluation depended on unchanged?"""
-        memo = record.memo
-        assert memo is not None
-        if memo.rv != record.rv or (memo.wake is not None and now - memo.wake[0] >= memo.wake[1]):
+        """Is the Dataset a group of jobs depended on as it was: the same version held and, if
+        their outcome depended on it, the same sample count (a stat when unchanged)?"""
+        ns, ds_name, ds_rv, count, by_count = sig
+        ds_key = (ns, ds_name)
+        if ds_rvs.get(ds_key) != ds_rv:
             return False
-        if (ds_rvs.get((ns, memo.ds_name)) if memo.ds_name else None) != memo.ds_rv:
-            return False
-        if memo.ds_spec is not None and memo.ds_name is not None:
-            ds_key = (ns, memo.ds_name)
+        if by_count and spec is not None:
             if ds_key not in counts:
-                counted = self.monitor.count(ns, memo.ds_name, memo.ds_spec)  # a stat when unchanged
+                counted = self.monitor.count(ns, ds_name, spec)
                 counts[ds_key] = (counted.count, counted.status)
-            if counts[ds_key] != memo.count:
+            if counts[ds_key] != count:
                 return False
         return True
 

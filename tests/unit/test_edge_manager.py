@@ -364,3 +364,33 @@ def test_deploy_passes_a_model_in_the_knowledge_base_as_its_url(tmp_path: Path) 
     assert len(dep) == 1 and dep[0]["data"]["model"]["url"] == url
     assert not (out / "deploy").exists()
     store.close()
+
+
+def test_a_step_evaluates_only_what_changed_among_many_jobs(tmp_path: Path) -> None:
+    """A step's work follows the changes, not the jobs held: one job's new object evaluates
+    that job alone; a Dataset whose count moves evaluates the jobs that counted it, once."""
+    store, box, data, out, mono = _setup(tmp_path)
+    mono.auto = 0.0
+    data.write_text("a\nb\n")  # below the threshold: nothing fires
+    other = tmp_path / "other.txt"
+    other.write_text("x\n")
+    store.put_resource("Dataset", "default", "ds2", "3", dataset("ds2", NODE, other))
+    for i in range(200):
+        ds = "ds" if i % 2 else "ds2"
+        store.put_resource("LifelongLearningJob", "default", f"k{i}", "5", job(f"k{i}", NODE, ds, out, []))
+    m = _manager(store, box, mono)
+    m.step()
+    m.step()
+    base = m.evaluated
+    m.step()
+    assert m.evaluated == base  # nothing changed
+    store.put_resource("LifelongLearningJob", "default", "k7", "6", job("k7", NODE, "ds", out, []))
+    m.step()
+    assert m.evaluated == base + 1
+    with other.open("a") as fh:  # ds2's count moves: its 100 jobs, and no other
+        fh.write("y\n")
+    m.step()
+    assert m.evaluated == base + 1 + 100
+    m.step()
+    assert m.evaluated == base + 1 + 100
+    store.close()
