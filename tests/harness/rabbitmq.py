@@ -7,8 +7,10 @@ every message between them crosses the cluster. Tests keep apart by their topic 
 
 It runs Debian's ``rabbitmq-server`` (3.10) as the current user, never the system service: its own
 epmd on a free port, two nodes with their own RABBITMQ_NODENAME, ports, Mnesia and log
-directories, ``enabled_plugins`` (``rabbitmq_mqtt``), a shared Erlang cookie in a private HOME,
-MQTT listeners on free loopback ports; node 2 joins node 1 with ``rabbitmqctl join_cluster``.
+directories, ``enabled_plugins`` (``rabbitmq_mqtt``; node 1 also serves the management API on a
+free loopback port, which ``purge`` uses between tests, and node 2 runs its agent), a shared
+Erlang cookie in a private HOME, MQTT listeners on free loopback ports; node 2 joins node 1 with
+``rabbitmqctl join_cluster``.
 Users, permissions and topic permissions (the shipped ACL, deploy/mosquitto/acl, in RabbitMQ's
 terms: ``/`` in a topic is ``.`` in a routing key) are loaded from a definitions file at boot.
 Every process is registered with ``harness/reaper.py`` and stopped by pid.
@@ -26,6 +28,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+import httpx
 
 from harness import reaper
 from harness.waiting import free_port, port_open, wait_for
@@ -92,6 +97,7 @@ class RabbitCluster:
         self.mqtt_ports = [free_port(), free_port()]
         self.amqp_ports = [free_port(), free_port()]
         self.dist_ports = [free_port(), free_port()]
+        self.management_port = free_port()  # node 1's HTTP API, for purge
         self.home = workdir / "home"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.start_seconds: float | None = None
@@ -174,10 +180,20 @@ class RabbitCluster:
         for i in range(2):
             d = self.workdir / f"node{i + 1}"
             d.mkdir(parents=True, exist_ok=True)
-            (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+            # node 1 serves the management API (purge lists and deletes queues through it: a
+            # rabbitmqctl per test booted an Erlang VM, 2 s idle and past 10 s under load);
+            # node 2 runs its agent, which answers for the queues node 2 holds
+            management = "rabbitmq_management" if i == 0 else "rabbitmq_management_agent"
+            (d / "enabled_plugins").write_text(f"[rabbitmq_mqtt,{management}].\n")
+            listener = (
+                [f"management.tcp.ip = {self.host}", f"management.tcp.port = {self.management_port}"]
+                if i == 0
+                else []
+            )
             (d / "rabbitmq.conf").write_text(
                 "\n".join(
                     [
+                        *listener,
                         f"mqtt.listeners.tcp.default = {self.host}:{self.mqtt_ports[i]}",
                         # anonymous MQTT clients are `guest` (the tests without users)
                         "mqtt.allow_anonymous = true",
@@ -244,6 +260,11 @@ class RabbitCluster:
 
         for i in range(2):
             wait_for(lambda i=i: listening(i), timeout=timeout, what=f"RabbitMQ node {i + 1}'s MQTT port")
+        wait_for(
+            lambda: port_open(self.host, self.management_port),
+            timeout=timeout,
+            what="RabbitMQ node 1's management API",
+        )
         self.ctl(1, "stop_app")
         self.ctl(1, "join_cluster", self.nodenames[0])
         self.ctl(1, "start_app")
@@ -270,14 +291,19 @@ class RabbitCluster:
         """Delete every queue (the MQTT sessions of the test that just ran), so a client id used
         again by the next test starts with no leftover subscription or queued message.
 
-        Its deadline is longer than other commands': rabbitmqctl boots an Erlang VM of its own,
-        and on a loaded machine (a parallel test run) that alone took past 60 s."""
-        self.ctl(
-            0,
-            "eval",
-            '[rabbit_amqqueue:delete(Q, false, false, <<"tests">>) || Q <- rabbit_amqqueue:list()], ok.',
-            timeout=180.0,
-        )
+        Through node 1's management API (``GET /api/queues/%2F``, then a ``DELETE`` of each), as
+        ``guest`` (an administrator, on loopback); a queue already gone (its session ended
+        meanwhile) is not an error. Whatever else fails raises, naming the queue."""
+
+        base = f"http://{self.host}:{self.management_port}/api/queues/%2F"
+        with httpx.Client(auth=("guest", "guest"), timeout=60) as client:
+            listed = client.get(base, params={"columns": "name"})
+            listed.raise_for_status()
+            for queue in listed.json():
+                name = queue["name"]
+                gone = client.delete(f"{base}/{quote(name, safe='')}")
+                if gone.status_code not in (204, 404):
+                    raise RuntimeError(f"deleting queue {name!r} answered {gone.status_code}: {gone.text}")
 
     def log_tail(self, lines: int = 20) -> str:
         out = []

@@ -169,3 +169,60 @@ def test_topic_permissions_keep_a_node_off_its_down_topics_and_other_nodes(
     finally:
         for c in (gm, node_a, forger):
             c.close()
+
+
+def test_purge_ends_every_session_a_test_left_on_either_node(cluster: RabbitCluster, prefix: str) -> None:
+    """What the fixture's purge is for: a client id used again by the next test starts with no
+    session, no subscription and no queued message, on the node that held them as well."""
+    topic, marker = f"{prefix}/node/node-a/down/x", f"{prefix}/node/node-a/down/marker"
+    cid = f"purge-{uuid.uuid4().hex[:8]}"
+    got: list[str] = []
+    present: list[bool] = []
+    connected, subscribed = threading.Event(), threading.Event()
+
+    def on_connect(_c: Any, _u: Any, flags: Any, _rc: Any, _p: Any = None) -> None:
+        present.append(bool(flags.session_present))
+        connected.set()
+
+    def session() -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+        c.on_connect = on_connect
+        c.on_subscribe = lambda *_a: subscribed.set()
+        c.on_message = lambda _c, _u, msg: got.append(msg.topic)
+        connected.clear()
+        c.connect("127.0.0.1", cluster.edge_port)  # node 2: the LCs' node
+        c.loop_start()
+        assert connected.wait(10), "no CONNACK"
+        return c
+
+    def subscribe(c: mqtt.Client, filt: str) -> None:
+        subscribed.clear()
+        c.subscribe(filt, qos=1)
+        assert subscribed.wait(10), "no SUBACK"
+
+    def publish(t: str) -> None:
+        pub = Client(cluster.port)  # node 1: the message crosses the cluster
+        try:
+            pub.publish(t, t.encode())
+        finally:
+            pub.close()
+
+    first = session()
+    subscribe(first, topic)
+    first.disconnect()
+    first.loop_stop()
+    publish(topic)  # queued for the session while it is away
+
+    cluster.purge()
+
+    again = session()
+    try:
+        assert present == [False, False]  # the session is gone, not resumed
+        subscribe(again, marker)
+        publish(topic)  # the old subscription, had it survived, would take this
+        publish(marker)  # delivered after anything queued before it
+        wait_for(lambda: marker in got, what="the marker")
+        assert got == [marker], got
+    finally:
+        again.disconnect()
+        again.loop_stop()
