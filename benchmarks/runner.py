@@ -110,7 +110,8 @@ def detail(key: str, r: dict[str, Any]) -> str:
     if key == "downstream":
         return (
             f"{x.get('jobs')} jobs of {x.get('payload_bytes')} B{_runs(x)}; CPU per job "
-            f"GM {fmt(x.get('gm_cpu_us_per_job'))} broker {fmt(x.get('broker_cpu_us_per_job'))} µs"
+            f"GM {fmt(x.get('gm_cpu_us_per_job'))} LC {fmt(x.get('lc_cpu_us_per_job'))} "
+            f"broker {fmt(x.get('broker_cpu_us_per_job'))} µs"
         )
     if key == "downstream-e2e":
         return f"HTTP apply alone (LC offline): {fmt(x.get('apply_rate_lc_offline'))} jobs/s"

@@ -378,6 +378,7 @@ class BrokerRun:
         # (the GM's from the LC's start to the last ack, the LC's own start-up excluded).
         gm_cpu: list[float] = []
         broker_cpu: list[float] = []
+        lc_cpu: list[float] = []  # from its hello (its start-up done) to the last ack
         for r in range(self.cfg.reps):
             lc.terminate()
             t0 = time.monotonic()
@@ -392,6 +393,13 @@ class BrokerRun:
             lc.start()
             names = {f"job-b{r}-{i}" for i in range(k)}
             wait_for(
+                lambda mark=mark: hello_time(spy, mark, NODE) is not None,
+                timeout=self.cfg.timeout,
+                what="the LC's hello",
+                interval=0.005,
+            )
+            lc_cpu0 = cpu_seconds(lc.pid)
+            wait_for(
                 lambda names=names, mark=mark: names <= set(acked_names(spy, mark, JOB)),
                 timeout=self.cfg.timeout,
                 what="the LC to ack every job",
@@ -399,6 +407,7 @@ class BrokerRun:
             )
             gm_cpu.append((cpu_seconds(gm.pid) - gm_cpu0) / k * 1e6)
             broker_cpu.append((cpu_seconds(self.broker.pid) - broker_cpu0) / k * 1e6)
+            lc_cpu.append((cpu_seconds(lc.pid) - lc_cpu0) / k * 1e6)
             acks = acked_names(spy, mark, JOB)
             hello = hello_time(spy, mark, NODE)
             assert hello is not None
@@ -421,6 +430,7 @@ class BrokerRun:
                 "raw_runs": raw_rates,
                 "gm_cpu_us_per_job": statistics.median(gm_cpu),
                 "broker_cpu_us_per_job": statistics.median(broker_cpu),
+                "lc_cpu_us_per_job": statistics.median(lc_cpu),
             },
         )
         # 2. end to end, LC online: apply over HTTP -> GM -> LC stored (the apply path included).
