@@ -327,16 +327,16 @@ class Manager:
 
     def _step_one(self, ns: str, name: str, record: _JobRecord, ds_rvs: dict[tuple[str, str], str]) -> None:
         """Evaluate one job; a failure is logged once, counted and leaves the others alone."""
-        held = self.store.parsed(
-            JOB_KIND, ns, name, model_parser(LifelongLearningJob, f"LifelongLearningJob {ns}/{name}")
-        )
+        held = self.store.get_resource(JOB_KIND, ns, name)
         if held is None:
             return  # deleted since the listing
         key = f"{ns}/{name}"
         outcome = _Outcome()
         ds_name = ((held[1].get("spec") or {}).get("dataset") or {}).get("name") or None
         try:
-            self._step_job(ns, name, held[1], held[2], record, outcome)
+            # Parsed at each evaluation, not kept (Store.parsed says why); its Dataset is kept.
+            parsed = model_parser(LifelongLearningJob, f"LifelongLearningJob {ns}/{name}")(held[1])
+            self._step_job(ns, name, held[1], parsed, record, outcome)
         except OutboxFull as exc:
             self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
             return

@@ -539,9 +539,8 @@ class Session:
             return False
         applied.append(Applied(kind=kind, ns=ns, name=name, rv=env.rv, op="upsert"))
         # Stored as the GM sent it, now that the model took it (dumping the model again would
-        # cost a third of the parse and give the same object, nulls aside); the model goes with
-        # it, so the manager's next step does not parse this version again.
-        self.store.put_resource(kind, ns, name, env.rv, given, model=obj)
+        # cost a third of the parse and give the same object, nulls aside).
+        self.store.put_resource(kind, ns, name, env.rv, given)
         self.downstream["applied"] += 1
         log.info("%s %s/%s rv=%s stored", kind, ns, name, env.rv)
         return True

@@ -118,38 +118,31 @@ class _Parses:
         return ("model", obj.get("v"))
 
 
-def test_parsed_gives_each_held_version_parsed_once(tmp_path: Path) -> None:
+def test_parsed_parses_each_held_version_once(tmp_path: Path) -> None:
     s = Store(tmp_path / "lc.db")
     parse = _Parses()
     assert s.parsed("Dataset", "ns", "d", parse) is None and parse.calls == []
 
-    given = ("model", 1)
-    s.put_resource("Dataset", "ns", "d", "5", {"v": 1}, model=given)  # the session's parse
-    rv, obj, model = s.parsed("Dataset", "ns", "d", parse) or (None, None, None)
-    assert (rv, obj) == ("5", {"v": 1}) and model is given and parse.calls == []
-
-    s.put_resource("Dataset", "ns", "d", "6", {"v": 2})  # no model given: parsed on first read
+    s.put_resource("Dataset", "ns", "d", "5", {"v": 1})
     first = s.parsed("Dataset", "ns", "d", parse)
     again = s.parsed("Dataset", "ns", "d", parse)
     assert first is not None and again is not None
-    assert first[0] == "6" and first[2] == ("model", 2) and again[2] is first[2]
-    assert parse.calls == [{"v": 2}]
+    assert first[:2] == ("5", {"v": 1}) and first[2] == ("model", 1) and again[2] is first[2]
+    assert parse.calls == [{"v": 1}]
+
+    s.put_resource("Dataset", "ns", "d", "6", {"v": 2})  # a new version: parsed once more
+    newer = s.parsed("Dataset", "ns", "d", parse)
+    assert newer is not None and newer[0] == "6" and newer[2] == ("model", 2)
+    assert parse.calls == [{"v": 1}, {"v": 2}]
+
+    with pytest.raises(RuntimeError), s.tx():  # a put rolled back: the held version stays
+        s.put_resource("Dataset", "ns", "d", "9", {"v": 9})
+        raise RuntimeError("crash")
+    held = s.parsed("Dataset", "ns", "d", parse)
+    assert held is not None and held[0] == "6" and held[2] is newer[2] and len(parse.calls) == 2
 
     s.delete_resource("Dataset", "ns", "d", "7")
     assert s.parsed("Dataset", "ns", "d", parse) is None
-    s.close()
-
-
-def test_parsed_follows_the_database_not_a_rolled_back_put(tmp_path: Path) -> None:
-    s = Store(tmp_path / "lc.db")
-    parse = _Parses()
-    s.put_resource("Dataset", "ns", "d", "5", {"v": 1})
-    with pytest.raises(RuntimeError), s.tx():
-        s.put_resource("Dataset", "ns", "d", "9", {"v": 9}, model=("model", 9))
-        raise RuntimeError("crash")
-    held = s.parsed("Dataset", "ns", "d", parse)
-    assert held is not None and held[0] == "5" and held[2] == ("model", 1)
-    assert parse.calls == [{"v": 1}]
     s.close()
 
 
@@ -171,8 +164,10 @@ def test_parsed_keeps_at_most_its_limit_dropping_the_oldest(
     monkeypatch.setattr(s, "MODELS_LIMIT", 2)
     parse = _Parses()
     for i in range(3):
-        s.put_resource("Dataset", "ns", f"d{i}", "1", {"v": i}, model=("model", i))
-    assert s.parsed("Dataset", "ns", "d2", parse) is not None and parse.calls == []
-    assert s.parsed("Dataset", "ns", "d1", parse) is not None and parse.calls == []
-    assert s.parsed("Dataset", "ns", "d0", parse) is not None and parse.calls == [{"v": 0}]  # dropped
+        s.put_resource("Dataset", "ns", f"d{i}", "1", {"v": i})
+        s.parsed("Dataset", "ns", f"d{i}", parse)
+    assert len(parse.calls) == 3
+    assert s.parsed("Dataset", "ns", "d2", parse) is not None and len(parse.calls) == 3
+    assert s.parsed("Dataset", "ns", "d1", parse) is not None and len(parse.calls) == 3
+    assert s.parsed("Dataset", "ns", "d0", parse) is not None and len(parse.calls) == 4  # dropped
     s.close()
