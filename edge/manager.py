@@ -91,8 +91,9 @@ ParsedT = TypeVar("ParsedT", LifelongLearningJob, Dataset)
 
 
 def model_parser(cls: type[ParsedT], source: str) -> Callable[[dict[str, Any]], ParsedT | ValidationError]:
-    """What ``Store.parsed`` keeps for a held object: its model, or the ``ValidationError`` the
-    models refuse it with (kept too, so a refused version is not parsed again at every step)."""
+    """A parse of a held object into its model, or into the ``ValidationError`` the models
+    refuse it with, as a value: ``Store.parsed`` keeps either for a Dataset, so a refused
+    version is not parsed again at every step either."""
 
     def parse(raw: dict[str, Any]) -> ParsedT | ValidationError:
         try:
@@ -225,8 +226,9 @@ class Manager:
         self._forget: set[tuple[str, str]] = set()
         self._forget_lock = threading.Lock()
         self._jobs: dict[tuple[str, str], _JobRecord] | None = None  # every job held
-        # The index of what each job's memo depends on (``step``): a job is in exactly one of
-        # _due (no memo) or, with a memo, in its Dataset's group and/or the wake heap.
+        # The index of what each job's memo depends on (``step``): a job without a memo is in
+        # _due; one with a memo is in its Dataset's group and/or the wake heap, or in neither
+        # (then only a change of its own object evaluates it again).
         self._due: set[tuple[str, str]] = set()
         self._groups: dict[_Sig, _Group] = {}
         self._wakes: list[tuple[float, int, tuple[str, str], _Memo]] = []
