@@ -392,8 +392,8 @@ class BrokerRun:
             gm_cpu0, broker_cpu0 = cpu_seconds(gm.pid), cpu_seconds(self.broker.pid)
             lc.start()
             names = {f"job-b{r}-{i}" for i in range(k)}
-            wait_for(
-                lambda mark=mark: hello_time(spy, mark, NODE) is not None,
+            hello = wait_for(
+                lambda mark=mark: hello_time(spy, mark, NODE),
                 timeout=self.cfg.timeout,
                 what="the LC's hello",
                 interval=0.005,
@@ -409,8 +409,6 @@ class BrokerRun:
             broker_cpu.append((cpu_seconds(self.broker.pid) - broker_cpu0) / k * 1e6)
             lc_cpu.append((cpu_seconds(lc.pid) - lc_cpu0) / k * 1e6)
             acks = acked_names(spy, mark, JOB)
-            hello = hello_time(spy, mark, NODE)
-            assert hello is not None
             rates.append(k / (max(acks[n] for n in names) - hello))
             raw_rates.append(raw.throughput(self.broker.port, k, size))
         rate, raw_rate = statistics.median(rates), statistics.median(raw_rates)

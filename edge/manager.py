@@ -90,21 +90,36 @@ ALWAYS: Wake = (0.0, float("-inf"))
 ParsedT = TypeVar("ParsedT", LifelongLearningJob, Dataset)
 
 
-def model_parser(cls: type[ParsedT], source: str) -> Callable[[dict[str, Any]], ParsedT | ValidationError]:
-    """A parse of a held object into its model, or into the ``ValidationError`` the models
-    refuse it with, as a value: ``Store.parsed`` keeps either for a Dataset, so a refused
-    version is not parsed again at every step either."""
+def parse_as(cls: type[ParsedT], raw: dict[str, Any], source: str) -> ParsedT:
+    """``raw`` as a model of ``cls``; ``ValidationError`` naming ``source`` if the models refuse it."""
+    model = parse_resource(raw, source=source)
+    if not isinstance(model, cls):
+        raise ValidationError([("kind", f"must be {cls.KIND}")], source=source)
+    return model
 
-    def parse(raw: dict[str, Any]) -> ParsedT | ValidationError:
+
+def held_dataset(store: Store, ns: str, name: str) -> tuple[Dataset, dict[str, Any]] | None:
+    """The Dataset held, as its model and its wire spec; None if none is held.
+
+    Parsed once per version (``Store.parsed``), a refusal too: what is kept for a refused
+    version is its errors, and each call raises a new ``ValidationError`` from them. Raising
+    one kept exception again would add each raise's frames to its traceback, for as long as
+    the refused version is held."""
+    source = f"Dataset {ns}/{name}"
+
+    def parse(raw: dict[str, Any]) -> Dataset | list[tuple[str, str]]:
         try:
-            model = parse_resource(raw, source=source)
+            return parse_as(Dataset, raw, source)
         except ValidationError as exc:
-            return exc
-        if not isinstance(model, cls):
-            return ValidationError([("kind", f"must be {cls.KIND}")], source=source)
-        return model
+            return exc.errors
 
-    return parse
+    held = store.parsed(DATASET_KIND, ns, name, parse)
+    if held is None:
+        return None
+    _rv, obj, model = held
+    if not isinstance(model, Dataset):
+        raise ValidationError(model, source=source)
+    return model, obj.get("spec") or {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,13 @@ class _Group:
     spec: dict[str, Any] | None
     """The Dataset's spec to count its samples with (None: the count did not matter)."""
     keys: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _sig(key: tuple[str, str], memo: _Memo) -> _Sig | None:
+    """The Dataset state ``memo`` depends on, None if it depends on no Dataset."""
+    if memo.ds_name is None:
+        return None
+    return (key[0], memo.ds_name, memo.ds_rv, memo.count, memo.ds_spec is not None)
 
 
 @dataclass(slots=True)
@@ -336,9 +358,7 @@ class Manager:
         outcome = _Outcome()
         ds_name = ((held[1].get("spec") or {}).get("dataset") or {}).get("name") or None
         try:
-            # Parsed at each evaluation, not kept (Store.parsed says why); its Dataset is kept.
-            parsed = model_parser(LifelongLearningJob, f"LifelongLearningJob {ns}/{name}")(held[1])
-            self._step_job(ns, name, held[1], parsed, record, outcome)
+            self._step_job(ns, name, held[1], record, outcome)
         except OutboxFull as exc:
             self._warn_once(f"full/{ns}/{name}", f"job {ns}/{name}: {exc}")
             return
@@ -399,8 +419,8 @@ class Manager:
         if memo is None:
             self._due.add(key)
             return
-        if memo.ds_name is not None:
-            sig = (key[0], memo.ds_name, memo.ds_rv, memo.count, memo.ds_spec is not None)
+        sig = _sig(key, memo)
+        if sig is not None:
             self._groups.setdefault(sig, _Group(memo.ds_spec)).keys.add(key)
         if memo.wake is not None:
             self._wake_n += 1
@@ -409,8 +429,8 @@ class Manager:
     def _unindex(self, key: tuple[str, str], record: _JobRecord) -> None:
         """Take the job out of its group and forget its memo (its wake, if any, goes stale)."""
         memo, record.memo = record.memo, None
-        if memo is not None and memo.ds_name is not None:
-            sig = (key[0], memo.ds_name, memo.ds_rv, memo.count, memo.ds_spec is not None)
+        sig = _sig(key, memo) if memo is not None else None
+        if sig is not None:
             group = self._groups.get(sig)
             if group is not None:
                 group.keys.discard(key)
@@ -426,11 +446,11 @@ class Manager:
     ) -> bool:
         """Is the Dataset a group of jobs depended on as it was: the same version held and, if
         their outcome depended on it, the same sample count (a stat when unchanged)?"""
-        ns, ds_name, ds_rv, count, by_count = sig
+        ns, ds_name, ds_rv, count, _by_count = sig
         ds_key = (ns, ds_name)
         if ds_rvs.get(ds_key) != ds_rv:
             return False
-        if by_count and spec is not None:
+        if spec is not None:  # the count mattered (the group's spec is set exactly then)
             if ds_key not in counts:
                 counted = self.monitor.count(ns, ds_name, spec)
                 counts[ds_key] = (counted.count, counted.status)
@@ -440,28 +460,12 @@ class Manager:
 
     def _dataset(self, ns: str, job: LifelongLearningJob) -> tuple[Dataset, dict[str, Any]] | None:
         """The job's Dataset as a model (``ValidationError`` if refused) and its wire spec."""
-        ds_name = job.spec.dataset.name
-        held = self.store.parsed(DATASET_KIND, ns, ds_name, model_parser(Dataset, f"Dataset {ns}/{ds_name}"))
-        if held is None:
-            return None
-        if isinstance(held[2], ValidationError):
-            raise held[2]
-        return held[2], held[1].get("spec") or {}
+        return held_dataset(self.store, ns, job.spec.dataset.name)
 
-    def _step_job(  # noqa: PLR0917 - private, called once
-        self,
-        ns: str,
-        name: str,
-        raw: dict[str, Any],
-        parsed: LifelongLearningJob | ValidationError,
-        record: _JobRecord,
-        out: _Outcome,
-    ) -> None:
-        """Evaluate one job (``raw`` as held, ``parsed`` its model or why the models refuse it);
-        ``out`` says when to evaluate it again if none of its inputs change."""
-        if isinstance(parsed, ValidationError):
-            raise parsed
-        job = parsed
+    def _step_job(self, ns: str, name: str, raw: dict[str, Any], record: _JobRecord, out: _Outcome) -> None:
+        """Evaluate one job; ``out`` says when to evaluate it again if none of its inputs change.
+        The job is parsed at each evaluation, not kept (``Store.parsed`` says why)."""
+        job = parse_as(LifelongLearningJob, raw, f"LifelongLearningJob {ns}/{name}")
         self._check_identity(ns, name, raw, record, out)
         stage, ctype = job.state
         if ctype is not ConditionType.WAITING:

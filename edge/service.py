@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from lifelong.common.api import Dataset
 from lifelong.common.api.meta import DNS1123_SUBDOMAIN_MAX, is_dns1123_subdomain
 from lifelong.common.bus import BrokerAddress, BusClient, Credentials, ReconnectPolicy, TLSParameters, Will
 from lifelong.common.codec import Codec
@@ -44,7 +43,7 @@ from lifelong.edge.config import LCSettings
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store, moved_aside
 from lifelong.edge.labelled import LabelledAppender
-from lifelong.edge.manager import Manager, model_parser
+from lifelong.edge.manager import Manager, held_dataset
 from lifelong.edge.metrics import ItemFailures, Snapshot, make_registry, serve
 from lifelong.edge.outbox import Outbox
 from lifelong.edge.session import Session
@@ -302,15 +301,12 @@ class LocalController:
         ``unreadable``, ``unsupported``, with the message) changed since the last report, or
         ``again`` (after a connect: the GM may have forgotten the node, or never heard it)."""
         node = self.settings.node
-        held = self.store.parsed(DATASET_KIND, ns, name, model_parser(Dataset, f"Dataset {ns}/{name}"))
+        held = held_dataset(self.store, ns, name)
         if held is None:
             return  # deleted since the listing
-        _rv, obj, dataset = held
-        if isinstance(dataset, ValidationError):
-            raise dataset
+        dataset, spec = held
         if dataset.spec.node_name != node:
             return
-        spec = obj.get("spec") or {}
         counted = self.monitor.count(ns, name, spec)
         rec = self.store.get_record("datasets", ns, name) or {"reported": None, "status": None}
         if counted.status != rec.get("status"):

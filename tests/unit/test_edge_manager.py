@@ -4,14 +4,17 @@ deterministic split, checkPeriodSeconds, no round fired twice across a restart, 
 from __future__ import annotations
 
 import json
+import traceback
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from harness.lc_objects import cond, dataset, job
 
+from lifelong.common.errors import ValidationError
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store
-from lifelong.edge.manager import Manager, split_is_train
+from lifelong.edge.manager import Manager, held_dataset, split_is_train
 from lifelong.edge.outbox import Outbox
 
 NODE = "node-a"
@@ -393,4 +396,22 @@ def test_a_step_evaluates_only_what_changed_among_many_jobs(tmp_path: Path) -> N
     assert m.evaluated == base + 1 + 100
     m.step()
     assert m.evaluated == base + 1 + 100
+    store.close()
+
+
+def test_a_refused_dataset_is_parsed_once_and_raised_afresh_each_time(tmp_path: Path) -> None:
+    """The refusal is kept (no parse per step), but not as one exception raised again and again:
+    that would add every raise's frames to its traceback for as long as the Dataset is held."""
+    store = Store(tmp_path / "lc.db", sync="normal")
+    bad = dataset("ds", NODE, tmp_path / "d.txt")
+    bad["spec"]["format"] = 7  # the models refuse it
+    store.put_resource("Dataset", "default", "ds", "1", bad)
+    raised = []
+    for _ in range(3):
+        with pytest.raises(ValidationError, match="Dataset default/ds") as info:
+            held_dataset(store, "default", "ds")
+        raised.append(info.value)
+    assert len({id(e) for e in raised}) == 3
+    depths = [len(traceback.extract_tb(e.__traceback__)) for e in raised]
+    assert depths[0] == depths[1] == depths[2], depths
     store.close()
