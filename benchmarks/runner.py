@@ -86,9 +86,11 @@ def detail(key: str, r: dict[str, Any]) -> str:
     x = r.get("extra") or {}
     if key.startswith("latency"):
         a, b = x.get("lifelong") or {}, x.get("raw") or {}
+        stages = ", ".join(f"{name} {fmt(ms)}" for name, ms in (x.get("stages") or {}).items())
         return (
             f"lifelong p50/p99/max {fmt(a.get('p50'))}/{fmt(a.get('p99'))}/{fmt(a.get('max'))} ms; "
             f"raw {fmt(b.get('p50'))}/{fmt(b.get('p99'))}/{fmt(b.get('max'))} ms"
+            + (f"; p50 from the request: {stages}, acked {fmt(a.get('p50'))} ms" if stages else "")
         )
     if key == "footprint-lc":
         return (

@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 
@@ -125,6 +126,20 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+Stages: TypeAlias = dict[str, list[float]]
+"""Seconds from a latency sample's request to a point on its way, by the point's name."""
+
+
+def stage_p50s(stages: Stages) -> dict[str, float]:
+    """The median of each stage, in ms from the request (where the latency goes)."""
+    return {name: pct([s * 1000 for s in seconds], 0.5) for name, seconds in stages.items()}
+
+
+def seen_at(spy: Spy, since: int, match: Callable[[str, bytes], bool]) -> float | None:
+    """When the spy first saw a message ``match`` takes, since ``since``; None if it did not."""
+    return next((t for t, topic, payload in spy.since(since) if match(topic, payload)), None)
 
 
 def lat_summary(seconds: list[float]) -> dict[str, float]:
@@ -258,20 +273,28 @@ class BrokerRun:
         assert gm is not None and lc is not None and spy is not None
         m = self.cfg.latency_samples
         apply_lat: list[float] = []
+        apply_stages: Stages = {"answered": [], "on the bus": []}
         size = 0
+        down_filters = [f"{PREFIX}/node/{NODE}/down/{JOB}/#"]  # where the GM's upserts go
+        spy.add(down_filters)
         for i in range(m):
             name = f"job-lat-{i}"
             mark = spy.mark()
             t0 = time.monotonic()
             stored = gm.apply(job_obj(name, "ds-0", NODE))["object"]
+            answered = time.monotonic()
             t1 = wait_for(
                 lambda name=name, mark=mark: acked_names(spy, mark, JOB).get(name),
                 timeout=self.cfg.timeout,
                 what=f"the LC to ack {name}",
             )
             apply_lat.append(t1 - t0)
+            apply_stages["answered"].append(answered - t0)
+            upserted = seen_at(spy, mark, lambda topic, _payload, name=name: topic.endswith(f"/{name}"))
+            apply_stages["on the bus"].append((upserted if upserted is not None else t1) - t0)
             if not size:
                 size = len(self._upsert_payload(stored))
+        spy.remove(down_filters)
         raw_apply = raw.latency(self.broker.port, m, size)
         a, r = lat_summary(apply_lat), lat_summary(raw_apply)
         target = LATENCY_TARGET if self.kind == "mosquitto" else "(target is for mosquitto)"
@@ -282,25 +305,29 @@ class BrokerRun:
             higher_is_better=False,
             target=target,
             met=(a["p99"] <= LATENCY_P99_MS) if self.kind == "mosquitto" else None,
-            extra={"lifelong": a, "raw": r, "payload_bytes": size},
+            extra={"lifelong": a, "raw": r, "payload_bytes": size, "stages": stage_p50s(apply_stages)},
         )
         # report -> GM has stored it: a worker posts to the LC's worker API (workerInfo report).
         job = "job-lat-0"
         extra_filters = [f"{PREFIX}/node/{NODE}/up/{JOB}/default/{job}", f"{PREFIX}/node/{NODE}/down/_ctl"]
         spy.add(extra_filters)
         report_lat: list[float] = []
+        report_stages: Stages = {"answered": [], "on the bus": []}
         rsize = 0
         for i in range(m):
             mark = spy.mark()
             t0 = time.monotonic()
             lc.post_info(f"{job}-train-1", {"ownerName": job, "namespace": "default", "marker": i})
+            answered = time.monotonic()
+            reported: list[float] = []
 
-            def acked(mark: int = mark, i: int = i) -> float | None:
+            def acked(mark: int = mark, i: int = i, reported: list[float] = reported) -> float | None:
                 seq = None
                 for t, _topic, payload in spy.since(mark):
                     env = decode(payload)
                     if env.op is Op.REPORT and ((env.body or {}).get("info") or {}).get("marker") == i:
                         seq = env.seq
+                        reported[:] = [t]
                         nonlocal rsize
                         rsize = len(payload)
                     elif seq is not None and env.op is Op.ACK and seq in ((env.body or {}).get("seqs") or []):
@@ -309,6 +336,8 @@ class BrokerRun:
 
             t1 = wait_for(acked, timeout=self.cfg.timeout, what=f"the GM to ack report {i}")
             report_lat.append(t1 - t0)
+            report_stages["answered"].append(answered - t0)
+            report_stages["on the bus"].append(reported[0] - t0)
         spy.remove(extra_filters)
         raw_report = raw.latency(self.broker.port, m, rsize or 200)
         a, r = lat_summary(report_lat), lat_summary(raw_report)
@@ -319,7 +348,7 @@ class BrokerRun:
             higher_is_better=False,
             target=LATENCY_TARGET if self.kind == "mosquitto" else "(target is for mosquitto)",
             met=(a["p99"] <= LATENCY_P99_MS) if self.kind == "mosquitto" else None,
-            extra={"lifelong": a, "raw": r, "payload_bytes": rsize},
+            extra={"lifelong": a, "raw": r, "payload_bytes": rsize, "stages": stage_p50s(report_stages)},
         )
 
     def _upsert_payload(self, obj: dict[str, Any]) -> bytes:

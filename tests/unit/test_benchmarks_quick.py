@@ -57,4 +57,8 @@ def test_every_scenario_runs_at_the_tiniest_size(tmp_path: Path) -> None:
         "footprint-gm",
     ):
         assert results[name]["lifelong"] is not None, name
+    for name in ("latency-apply", "latency-report"):  # where the time goes, each before the ack
+        extra = results[name]["extra"]
+        assert set(extra["stages"]) == {"answered", "on the bus"}, name
+        assert all(0 < ms <= extra["lifelong"]["max"] for ms in extra["stages"].values()), (name, extra)
     assert "| scenario | lifelong | raw paho | ratio |" in out.stdout
