@@ -18,7 +18,13 @@ counters (outbox, session, workers) through one collector registered in a per-pr
     lifelong_lc_downstream_queued               messages received, not yet applied
     lifelong_lc_rejected_total{reason}          messages and list items refused, by reason:
                                                 invalid (a body or object the models refuse),
-                                                decode, too_large, version, topic, identity, op
+                                                decode, too_large, version, topic, identity, op;
+                                                a sync in parts: too_many_parts, part_mismatch,
+                                                duplicate_part, unknown_sync (a late copy),
+                                                incomplete_sync (dropped before its last part
+                                                came); sync_drop_failed (a resource a sync left
+                                                out that could not be dropped; the next sync
+                                                tries again)
     lifelong_lc_workers{phase}                  local worker records by phase
     lifelong_lc_datasets{status}                local datasets by file status (ok, missing, ...)
     lifelong_lc_connected                       1 while connected to the broker
