@@ -290,8 +290,12 @@ class BrokerRun:
             )
             apply_lat.append(t1 - t0)
             apply_stages["answered"].append(answered - t0)
-            upserted = seen_at(spy, mark, lambda topic, _payload, name=name: topic.endswith(f"/{name}"))
-            apply_stages["on the bus"].append((upserted if upserted is not None else t1) - t0)
+            upserted = wait_for(  # seen by now, or just after the ack if the broker reordered them
+                lambda name=name, mark=mark: seen_at(spy, mark, lambda topic, _p: topic.endswith(f"/{name}")),
+                timeout=self.cfg.timeout,
+                what=f"the GM's upsert of {name} on the bus",
+            )
+            apply_stages["on the bus"].append(upserted - t0)
             if not size:
                 size = len(self._upsert_payload(stored))
         spy.remove(down_filters)
