@@ -188,10 +188,11 @@ def acked_names(spy: Spy, since: int, kind: str) -> dict[str, float]:
 
 
 def hello_time(spy: Spy, since: int, node: str) -> float | None:
-    for t, topic, payload in spy.since(since):
-        if topic.endswith(f"/node/{node}/up/_ctl") and decode(payload).op is Op.HELLO:
-            return t
-    return None
+    return seen_at(
+        spy,
+        since,
+        lambda topic, payload: topic.endswith(f"/node/{node}/up/_ctl") and decode(payload).op is Op.HELLO,
+    )
 
 
 class BrokerRun:

@@ -7,11 +7,14 @@ import json
 import traceback
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness.lc_objects import cond, dataset, job
 
+from lifelong.common.api import parse_resource
 from lifelong.common.errors import ValidationError
+from lifelong.edge import manager
 from lifelong.edge.dataset_monitor import DatasetMonitor
 from lifelong.edge.db import Store
 from lifelong.edge.manager import Manager, held_dataset, split_is_train
@@ -399,9 +402,18 @@ def test_a_step_evaluates_only_what_changed_among_many_jobs(tmp_path: Path) -> N
     store.close()
 
 
-def test_a_refused_dataset_is_parsed_once_and_raised_afresh_each_time(tmp_path: Path) -> None:
+def test_a_refused_dataset_is_parsed_once_and_raised_afresh_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The refusal is kept (no parse per step), but not as one exception raised again and again:
     that would add every raise's frames to its traceback for as long as the Dataset is held."""
+    parses: list[str] = []
+
+    def counted(raw: dict[str, Any], *, source: str) -> Any:
+        parses.append(source)
+        return parse_resource(raw, source=source)
+
+    monkeypatch.setattr(manager, "parse_resource", counted)
     store = Store(tmp_path / "lc.db", sync="normal")
     bad = dataset("ds", NODE, tmp_path / "d.txt")
     bad["spec"]["format"] = 7  # the models refuse it
@@ -414,4 +426,5 @@ def test_a_refused_dataset_is_parsed_once_and_raised_afresh_each_time(tmp_path: 
     assert len({id(e) for e in raised}) == 3
     depths = [len(traceback.extract_tb(e.__traceback__)) for e in raised]
     assert depths[0] == depths[1] == depths[2], depths
+    assert parses == ["Dataset default/ds"]  # refused once, the refusal kept for its version
     store.close()
