@@ -12,8 +12,10 @@ How reports are counted, end to end with the real processes:
   ``GMProcess`` runs with) each time a controller changed state for a report, before the seq
   is recorded; the GM log file is appended to across restarts, so a report applied twice
   shows twice.
-* **re-run**: a seq the GM's controller ran again after a GM crash between applying it and
-  recording its seq, and which changed nothing the second time (logged ``duplicate``).
+* **re-run**: a copy of an applied report that the GM took again and acknowledged without
+  changing anything (logged ``duplicate``): a resend found by its recorded seq (an ack the LC
+  never got), or a report the controller ran again after a GM crash between applying it and
+  recording its seq. The log line does not tell the two apart.
 
 With ``LIFELONG_FAULT_RESULTS=PATH`` every scenario run appends one JSON line to PATH;
 ``python -m harness.faults PATH`` (from ``tests/``) renders the table of docs/reliability.md.
@@ -194,7 +196,7 @@ class Tally:
     applied: int = 0
     lost: int = 0
     duplicated: int = 0
-    rerun: int = 0  # reports the controller ran again after a GM crash, without effect
+    rerun: int = 0  # copies of applied reports taken again without effect (logged duplicate)
     converge_seconds: list[float] = field(default_factory=list)
     note: str = ""
 
@@ -203,8 +205,9 @@ class Tally:
 
         lost: the GM's own database does not hold the report's effect (its worker's info);
         duplicated: the GM logged more than one application that changed state;
-        re-run: the controller ran it again without effect (a GM crash between applying a
-        report and recording its seq; the first run may have died before its log line)."""
+        re-run: a copy taken again without effect (found by its recorded seq, or run again by
+        the controller after a GM crash between applying it and recording its seq; the first
+        run may have died before its log line)."""
         counts = applied_counts(gm)
         reruns = applied_counts(gm, outcome="duplicate")
         infos = worker_infos(gm)
